@@ -1,0 +1,536 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// MaxIDBytes bounds every identifier (account, request, key, grant, endpoint ids).
+const MaxIDBytes = 128
+
+// MaxAmountMicros bounds every amount: one billion credits (10^15 micro-credits), far below
+// int64's limit so that sums of many amounts cannot overflow.
+const MaxAmountMicros int64 = 1_000_000_000_000_000
+
+// Priority classes, highest first. Overload sheds batch before standard before critical.
+const (
+	PriorityCritical = "critical"
+	PriorityStandard = "standard"
+	PriorityBatch    = "batch"
+)
+
+// Funding sources of an admitted request.
+const (
+	FundingAllowance = "allowance"
+	FundingCredits   = "credits"
+)
+
+// Request statuses at finish.
+const (
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+	StatusCancelled = "cancelled"
+)
+
+// Units are the measured (or, for a hold, estimated) quantities of a request. The price book
+// turns them into micro-credits.
+type Units struct {
+	VideoSeconds int64  `json:"video_seconds,omitempty"`
+	Resolution   string `json:"resolution,omitempty"`
+	TokensIn     int64  `json:"tokens_in,omitempty"`
+	TokensOut    int64  `json:"tokens_out,omitempty"`
+	ComputeMs    int64  `json:"compute_ms,omitempty"`
+}
+
+// MaxUnit bounds each unit count.
+const MaxUnit int64 = 1 << 40
+
+// Validate checks the ranges of every unit.
+func (u Units) Validate() error {
+	var errs []error
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"video_seconds", u.VideoSeconds}, {"tokens_in", u.TokensIn}, {"tokens_out", u.TokensOut}, {"compute_ms", u.ComputeMs}} {
+		if f.v < 0 || f.v > MaxUnit {
+			errs = append(errs, fmt.Errorf("%s: %d out of range [0, %d]", f.name, f.v, MaxUnit))
+		}
+	}
+	if len(u.Resolution) > 32 {
+		errs = append(errs, errors.New("resolution: at most 32 bytes"))
+	}
+	return errors.Join(errs...)
+}
+
+// RequestStarted records an admitted request and what funds it: a credit hold of HoldMicros,
+// or (funding "allowance") AllowanceMicros of the tier's included allowance.
+type RequestStarted struct {
+	RequestID        string    `json:"request_id"`
+	AccountID        string    `json:"account_id"`
+	Endpoint         string    `json:"endpoint"`
+	Model            string    `json:"model,omitempty"`
+	Tier             string    `json:"tier"`
+	Priority         string    `json:"priority"`
+	Funding          string    `json:"funding"`
+	Estimate         Units     `json:"estimate"`
+	EstimateMicros   int64     `json:"estimate_micros"`
+	HoldMicros       int64     `json:"hold_micros"`
+	AllowanceMicros  int64     `json:"allowance_micros"`
+	HoldExpiresAt    time.Time `json:"hold_expires_at"`
+	PriceBookVersion string    `json:"price_book_version"`
+	KeyID            string    `json:"key_id,omitempty"`
+	ClientAddr       string    `json:"client_addr,omitempty"`
+}
+
+func (RequestStarted) EventType() string { return TypeRequestStarted }
+func (e RequestStarted) Subject() string { return e.AccountID }
+func (e RequestStarted) Validate() error {
+	errs := []error{
+		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
+		checkOptID("model", e.Model), checkID("tier", e.Tier), checkPriority(e.Priority),
+		checkID("price_book_version", e.PriceBookVersion), checkOptID("key_id", e.KeyID),
+		checkOptID("client_addr", e.ClientAddr), prefix("estimate", e.Estimate.Validate()),
+		checkAmount("estimate_micros", e.EstimateMicros), checkAmount("hold_micros", e.HoldMicros),
+		checkAmount("allowance_micros", e.AllowanceMicros),
+	}
+	switch e.Funding {
+	case FundingCredits:
+		if e.AllowanceMicros != 0 {
+			errs = append(errs, errors.New("allowance_micros: must be 0 when funding is credits"))
+		}
+	case FundingAllowance:
+		if e.HoldMicros != 0 {
+			errs = append(errs, errors.New("hold_micros: must be 0 when funding is allowance"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("funding: want allowance or credits, got %q", e.Funding))
+	}
+	if e.HoldExpiresAt.IsZero() {
+		errs = append(errs, errors.New("hold_expires_at: required"))
+	}
+	return errors.Join(errs...)
+}
+
+// RequestRejected records a denied request and why.
+type RequestRejected struct {
+	RequestID        string `json:"request_id"`
+	AccountID        string `json:"account_id"`
+	Endpoint         string `json:"endpoint"`
+	Model            string `json:"model,omitempty"`
+	Tier             string `json:"tier"`
+	Priority         string `json:"priority"`
+	Reason           string `json:"reason"`
+	RetryAfterMs     int64  `json:"retry_after_ms"`
+	EstimateMicros   int64  `json:"estimate_micros"`
+	PriceBookVersion string `json:"price_book_version"`
+	KeyID            string `json:"key_id,omitempty"`
+	ClientAddr       string `json:"client_addr,omitempty"`
+}
+
+func (RequestRejected) EventType() string { return TypeRequestRejected }
+func (e RequestRejected) Subject() string { return e.AccountID }
+func (e RequestRejected) Validate() error {
+	errs := []error{
+		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
+		checkOptID("model", e.Model), checkID("tier", e.Tier), checkPriority(e.Priority), checkID("reason", e.Reason),
+		checkAmount("estimate_micros", e.EstimateMicros), checkID("price_book_version", e.PriceBookVersion),
+		checkOptID("key_id", e.KeyID), checkOptID("client_addr", e.ClientAddr),
+	}
+	if e.RetryAfterMs < 0 || e.RetryAfterMs > 7*24*3600*1000 {
+		errs = append(errs, fmt.Errorf("retry_after_ms: %d out of range", e.RetryAfterMs))
+	}
+	return errors.Join(errs...)
+}
+
+// RequestFinished records the actual usage of a request and its price, CostMicros, computed
+// by the price book version named in the event.
+type RequestFinished struct {
+	RequestID        string `json:"request_id"`
+	AccountID        string `json:"account_id"`
+	Endpoint         string `json:"endpoint"`
+	Model            string `json:"model,omitempty"`
+	Status           string `json:"status"`
+	Usage            Units  `json:"usage"`
+	CostMicros       int64  `json:"cost_micros"`
+	DurationMs       int64  `json:"duration_ms"`
+	PriceBookVersion string `json:"price_book_version"`
+	KeyID            string `json:"key_id,omitempty"`
+	ClientAddr       string `json:"client_addr,omitempty"`
+}
+
+func (RequestFinished) EventType() string { return TypeRequestFinished }
+func (e RequestFinished) Subject() string { return e.AccountID }
+func (e RequestFinished) Validate() error {
+	errs := []error{
+		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
+		checkOptID("model", e.Model), prefix("usage", e.Usage.Validate()), checkAmount("cost_micros", e.CostMicros),
+		checkID("price_book_version", e.PriceBookVersion), checkOptID("key_id", e.KeyID),
+		checkOptID("client_addr", e.ClientAddr),
+	}
+	switch e.Status {
+	case StatusSucceeded, StatusFailed, StatusCancelled:
+	default:
+		errs = append(errs, fmt.Errorf("status: want succeeded, failed or cancelled, got %q", e.Status))
+	}
+	if e.DurationMs < 0 || e.DurationMs > 7*24*3600*1000 {
+		errs = append(errs, fmt.Errorf("duration_ms: %d out of range", e.DurationMs))
+	}
+	return errors.Join(errs...)
+}
+
+// RequestExpired is published by the ledger when a hold's finish did not arrive before
+// HoldExpiresAt (in log time); the hold is released.
+type RequestExpired struct {
+	RequestID      string    `json:"request_id"`
+	AccountID      string    `json:"account_id"`
+	Endpoint       string    `json:"endpoint"`
+	Funding        string    `json:"funding"`
+	HoldMicros     int64     `json:"hold_micros"`
+	ReleasedMicros int64     `json:"released_micros"`
+	StartedEventID string    `json:"started_event_id"`
+	ExpiredAt      time.Time `json:"expired_at"`
+}
+
+func (RequestExpired) EventType() string { return TypeRequestExpired }
+func (e RequestExpired) Subject() string { return e.AccountID }
+func (e RequestExpired) Validate() error {
+	errs := []error{
+		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
+		checkAmount("hold_micros", e.HoldMicros), checkAmount("released_micros", e.ReleasedMicros),
+		checkID("started_event_id", e.StartedEventID), checkFunding(e.Funding),
+	}
+	if e.ExpiredAt.IsZero() {
+		errs = append(errs, errors.New("expired_at: required"))
+	}
+	return errors.Join(errs...)
+}
+
+// Grant sources.
+const (
+	GrantPurchase     = "purchase"
+	GrantSubscription = "subscription"
+	GrantPromotion    = "promotion"
+)
+
+// MaxGrantPriority bounds CreditsGranted.Priority.
+const MaxGrantPriority = 1000
+
+// CreditsGranted adds credits to an account. Spending burns grants in order of Priority
+// (lower first), then earliest expiry (never-expiring last), then grant id.
+type CreditsGranted struct {
+	GrantID      string     `json:"grant_id"`
+	AccountID    string     `json:"account_id"`
+	AmountMicros int64      `json:"amount_micros"`
+	Source       string     `json:"source"`
+	Priority     int32      `json:"priority"`
+	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
+}
+
+func (CreditsGranted) EventType() string { return TypeCreditsGranted }
+func (e CreditsGranted) Subject() string { return e.AccountID }
+func (e CreditsGranted) Validate() error {
+	errs := []error{checkID("grant_id", e.GrantID), checkID("account_id", e.AccountID)}
+	if e.AmountMicros <= 0 || e.AmountMicros > MaxAmountMicros {
+		errs = append(errs, fmt.Errorf("amount_micros: %d out of range [1, %d]", e.AmountMicros, MaxAmountMicros))
+	}
+	switch e.Source {
+	case GrantPurchase, GrantSubscription, GrantPromotion:
+	default:
+		errs = append(errs, fmt.Errorf("source: want purchase, subscription or promotion, got %q", e.Source))
+	}
+	if e.Priority < 0 || e.Priority > MaxGrantPriority {
+		errs = append(errs, fmt.Errorf("priority: %d out of range [0, %d]", e.Priority, MaxGrantPriority))
+	}
+	if e.ExpiresAt != nil && e.ExpiresAt.IsZero() {
+		errs = append(errs, errors.New("expires_at: zero time"))
+	}
+	return errors.Join(errs...)
+}
+
+// CreditsAdjusted is a signed finance correction with a reason.
+type CreditsAdjusted struct {
+	AdjustmentID string `json:"adjustment_id"`
+	AccountID    string `json:"account_id"`
+	AmountMicros int64  `json:"amount_micros"`
+	Reason       string `json:"reason"`
+}
+
+func (CreditsAdjusted) EventType() string { return TypeCreditsAdjusted }
+func (e CreditsAdjusted) Subject() string { return e.AccountID }
+func (e CreditsAdjusted) Validate() error {
+	errs := []error{checkID("adjustment_id", e.AdjustmentID), checkID("account_id", e.AccountID)}
+	if e.AmountMicros == 0 || e.AmountMicros > MaxAmountMicros || e.AmountMicros < -MaxAmountMicros {
+		errs = append(errs, fmt.Errorf("amount_micros: %d must be non-zero and within ±%d", e.AmountMicros, MaxAmountMicros))
+	}
+	if e.Reason == "" || len(e.Reason) > 1024 || !utf8.ValidString(e.Reason) {
+		errs = append(errs, errors.New("reason: required, valid UTF-8, at most 1024 bytes"))
+	}
+	return errors.Join(errs...)
+}
+
+// AccountUpdated sets an account's tier, default priority class and suspension.
+type AccountUpdated struct {
+	AccountID string `json:"account_id"`
+	Tier      string `json:"tier"`
+	Priority  string `json:"priority"`
+	Suspended bool   `json:"suspended"`
+}
+
+func (AccountUpdated) EventType() string { return TypeAccountUpdated }
+func (e AccountUpdated) Subject() string { return e.AccountID }
+func (e AccountUpdated) Validate() error {
+	return errors.Join(checkID("account_id", e.AccountID), checkID("tier", e.Tier), checkPriority(e.Priority))
+}
+
+// AllowanceWindow is the usage of one included-allowance window, aligned to the Unix epoch.
+type AllowanceWindow struct {
+	Window     string    `json:"window"`
+	Start      time.Time `json:"start"`
+	UsedMicros int64     `json:"used_micros"`
+}
+
+// BalanceUpdated is the ledger's view of one account, published on the compacted balances
+// topic keyed by account id. Partition and Offset are the position in the events topic of
+// the last event folded into this view: an admitter drops a local hold once the view has
+// passed the hold's own position.
+type BalanceUpdated struct {
+	AccountID       string            `json:"account_id"`
+	Tier            string            `json:"tier"`
+	Priority        string            `json:"priority"`
+	Suspended       bool              `json:"suspended"`
+	AvailableMicros int64             `json:"available_micros"`
+	HeldMicros      int64             `json:"held_micros"`
+	OverageMicros   int64             `json:"overage_micros"`
+	Allowance       []AllowanceWindow `json:"allowance,omitempty"`
+	Partition       int32             `json:"partition"`
+	Offset          int64             `json:"offset"`
+}
+
+func (BalanceUpdated) EventType() string { return TypeBalanceUpdated }
+func (e BalanceUpdated) Subject() string { return e.AccountID }
+func (e BalanceUpdated) Validate() error {
+	errs := []error{checkID("account_id", e.AccountID), checkAmount("available_micros", e.AvailableMicros),
+		checkAmount("held_micros", e.HeldMicros), checkAmount("overage_micros", e.OverageMicros)}
+	if e.Tier != "" {
+		errs = append(errs, checkID("tier", e.Tier))
+	}
+	if e.Priority != "" {
+		errs = append(errs, checkPriority(e.Priority))
+	}
+	if len(e.Allowance) > 8 {
+		errs = append(errs, errors.New("allowance: at most 8 windows"))
+	}
+	for i, w := range e.Allowance {
+		if err := errors.Join(checkID("window", w.Window), checkAmount("used_micros", w.UsedMicros)); err != nil {
+			errs = append(errs, fmt.Errorf("allowance[%d]: %w", i, err))
+		}
+	}
+	if e.Partition < 0 || e.Offset < -1 {
+		errs = append(errs, errors.New("partition/offset: negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Limit scopes.
+const (
+	ScopeEndpoint = "endpoint" // a load factor for one endpoint and priority class
+	ScopeAccount  = "account"  // a history factor for one account
+)
+
+// MaxFactorPermille bounds a limit factor: 10x.
+const MaxFactorPermille = 10_000
+
+// LimitsAdjusted carries one dynamic limit factor in permille (1000 = ×1.0), published on the
+// compacted limits topic keyed by Key().
+type LimitsAdjusted struct {
+	Scope          string `json:"scope"`
+	Endpoint       string `json:"endpoint,omitempty"`
+	Priority       string `json:"priority,omitempty"`
+	AccountID      string `json:"account_id,omitempty"`
+	FactorPermille int32  `json:"factor_permille"`
+	Reason         string `json:"reason"`
+}
+
+func (LimitsAdjusted) EventType() string { return TypeLimitsAdjusted }
+
+// Subject is the account id for account scope and "" for endpoint scope.
+func (e LimitsAdjusted) Subject() string { return e.AccountID }
+
+// Key is the compaction key: "endpoint/<endpoint>/<priority>" or "account/<id>".
+func (e LimitsAdjusted) Key() string {
+	if e.Scope == ScopeAccount {
+		return "account/" + e.AccountID
+	}
+	return "endpoint/" + e.Endpoint + "/" + e.Priority
+}
+func (e LimitsAdjusted) Validate() error {
+	errs := []error{checkID("reason", e.Reason)}
+	switch e.Scope {
+	case ScopeEndpoint:
+		errs = append(errs, checkID("endpoint", e.Endpoint), checkPriority(e.Priority))
+		if e.AccountID != "" {
+			errs = append(errs, errors.New("account_id: must be empty for endpoint scope"))
+		}
+	case ScopeAccount:
+		errs = append(errs, checkID("account_id", e.AccountID))
+		if e.Endpoint != "" || e.Priority != "" {
+			errs = append(errs, errors.New("endpoint/priority: must be empty for account scope"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("scope: want endpoint or account, got %q", e.Scope))
+	}
+	if e.FactorPermille < 0 || e.FactorPermille > MaxFactorPermille {
+		errs = append(errs, fmt.Errorf("factor_permille: %d out of range [0, %d]", e.FactorPermille, MaxFactorPermille))
+	}
+	return errors.Join(errs...)
+}
+
+// Ledger accounts of the double-entry journal. Customer accounts are per account id; system
+// accounts have an empty AccountID.
+const (
+	LedgerAvailable         = "customer.available"
+	LedgerHeld              = "customer.held"
+	LedgerRevenue           = "system.revenue"
+	LedgerGrantsIssued      = "system.grants_issued"
+	LedgerBreakage          = "system.breakage"
+	LedgerOverageReceivable = "system.overage_receivable"
+	LedgerAdjustments       = "system.adjustments"
+)
+
+// LedgerEntry is one line of a balanced double-entry transaction. AmountMicros is signed:
+// positive increases the ledger account's balance. The lines of one TransactionID sum to zero.
+// EntryID is DerivedID(CauseEventID, leg), so a replay reproduces it.
+type LedgerEntry struct {
+	EntryID       string    `json:"entry_id"`
+	TransactionID string    `json:"transaction_id"`
+	AccountID     string    `json:"account_id"`
+	LedgerAccount string    `json:"ledger_account"`
+	AmountMicros  int64     `json:"amount_micros"`
+	Kind          string    `json:"kind"`
+	CauseEventID  string    `json:"cause_event_id"`
+	RequestID     string    `json:"request_id,omitempty"`
+	GrantID       string    `json:"grant_id,omitempty"`
+	EffectiveAt   time.Time `json:"effective_at"`
+}
+
+func (LedgerEntry) EventType() string { return TypeLedgerEntry }
+func (e LedgerEntry) Subject() string { return e.AccountID }
+func (e LedgerEntry) Validate() error {
+	errs := []error{checkID("entry_id", e.EntryID), checkID("transaction_id", e.TransactionID),
+		checkID("account_id", e.AccountID), checkID("kind", e.Kind), checkID("cause_event_id", e.CauseEventID),
+		checkOptID("request_id", e.RequestID), checkOptID("grant_id", e.GrantID)}
+	switch e.LedgerAccount {
+	case LedgerAvailable, LedgerHeld, LedgerRevenue, LedgerGrantsIssued, LedgerBreakage, LedgerOverageReceivable, LedgerAdjustments:
+	default:
+		errs = append(errs, fmt.Errorf("ledger_account: unknown %q", e.LedgerAccount))
+	}
+	if e.AmountMicros > MaxAmountMicros || e.AmountMicros < -MaxAmountMicros {
+		errs = append(errs, fmt.Errorf("amount_micros: %d out of range", e.AmountMicros))
+	}
+	if e.EffectiveAt.IsZero() {
+		errs = append(errs, errors.New("effective_at: required"))
+	}
+	return errors.Join(errs...)
+}
+
+// Abuse actions.
+const (
+	ActionThrottle = "throttle"
+	ActionBlock    = "block"
+)
+
+// AbuseFlagged is a detector's finding. FlagID is deterministic per rule, account and window,
+// so a detector that runs twice over the same window flags once.
+type AbuseFlagged struct {
+	FlagID      string            `json:"flag_id"`
+	AccountID   string            `json:"account_id"`
+	KeyID       string            `json:"key_id,omitempty"`
+	Rule        string            `json:"rule"`
+	Score       float64           `json:"score"`
+	Action      string            `json:"action"`
+	WindowStart time.Time         `json:"window_start"`
+	WindowEnd   time.Time         `json:"window_end"`
+	Evidence    map[string]string `json:"evidence,omitempty"`
+}
+
+func (AbuseFlagged) EventType() string { return TypeAbuseFlagged }
+func (e AbuseFlagged) Subject() string { return e.AccountID }
+func (e AbuseFlagged) Validate() error {
+	errs := []error{checkID("flag_id", e.FlagID), checkID("account_id", e.AccountID), checkOptID("key_id", e.KeyID), checkID("rule", e.Rule)}
+	if e.Action != ActionThrottle && e.Action != ActionBlock {
+		errs = append(errs, fmt.Errorf("action: want throttle or block, got %q", e.Action))
+	}
+	if e.Score != e.Score || e.Score < 0 || e.Score > 1e12 {
+		errs = append(errs, errors.New("score: out of range [0, 1e12]"))
+	}
+	if e.WindowStart.IsZero() || !e.WindowEnd.After(e.WindowStart) {
+		errs = append(errs, errors.New("window_start/window_end: required, end after start"))
+	}
+	if len(e.Evidence) > 32 {
+		errs = append(errs, errors.New("evidence: at most 32 entries"))
+	}
+	for k, v := range e.Evidence {
+		if len(k) > MaxIDBytes || len(v) > 1024 {
+			errs = append(errs, fmt.Errorf("evidence %q: key at most %d bytes, value at most 1024", k, MaxIDBytes))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CheckID reports whether s is a valid identifier: 1..MaxIDBytes bytes of printable UTF-8
+// with no spaces or control characters. It is exported for the HTTP edges.
+func CheckID(name, s string) error { return checkID(name, s) }
+
+func checkID(name, s string) error {
+	if s == "" {
+		return fmt.Errorf("%s: required", name)
+	}
+	return checkOptID(name, s)
+}
+
+func checkOptID(name, s string) error {
+	if len(s) > MaxIDBytes {
+		return fmt.Errorf("%s: longer than %d bytes", name, MaxIDBytes)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%s: not valid UTF-8", name)
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.IsSpace(r) {
+			return fmt.Errorf("%s: contains a space or control character", name)
+		}
+	}
+	return nil
+}
+
+func checkPriority(p string) error {
+	switch p {
+	case PriorityCritical, PriorityStandard, PriorityBatch:
+		return nil
+	}
+	return fmt.Errorf("priority: want critical, standard or batch, got %q", p)
+}
+
+func checkFunding(f string) error {
+	if f == FundingAllowance || f == FundingCredits {
+		return nil
+	}
+	return fmt.Errorf("funding: want allowance or credits, got %q", f)
+}
+
+func checkAmount(name string, v int64) error {
+	if v < 0 || v > MaxAmountMicros {
+		return fmt.Errorf("%s: %d out of range [0, %d]", name, v, MaxAmountMicros)
+	}
+	return nil
+}
+
+func prefix(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s.%w", name, err)
+}

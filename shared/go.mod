@@ -1,0 +1,22 @@
+module github.com/tallyhq/tally/shared
+
+go 1.26.0
+
+require (
+	github.com/ClickHouse/ch-go v0.75.0
+	github.com/andybalholm/brotli v1.2.6
+	github.com/ebitengine/purego v0.10.1
+	github.com/google/uuid v1.6.0
+	github.com/klauspost/compress v1.20.3
+	github.com/segmentio/kafka-go v0.4.51
+	github.com/twmb/franz-go/pkg/kfake v0.0.0-20260918054303-01f206a7e32c
+)
+
+require (
+	github.com/go-faster/city v1.0.1 // indirect
+	github.com/go-faster/errors v0.8.0 // indirect
+	github.com/pierrec/lz4/v4 v4.1.33 // indirect
+	github.com/twmb/franz-go v1.22.3 // indirect
+	github.com/twmb/franz-go/pkg/kmsg v1.15.1 // indirect
+	golang.org/x/net v0.61.0 // indirect
+)

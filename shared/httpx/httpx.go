@@ -1,0 +1,225 @@
+// Package httpx holds the HTTP conventions every Tally service shares: JSON errors with a
+// stable machine code, bounded strict JSON decoding, bearer-key authentication, and servers
+// with every timeout set.
+package httpx
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Stable error codes. Clients switch on these; the message is for people.
+const (
+	CodeBadRequest       = "bad_request"
+	CodeInvalidJSON      = "invalid_json"
+	CodeValidation       = "validation_failed"
+	CodeBodyTooLarge     = "body_too_large"
+	CodeUnsupportedMedia = "unsupported_media_type"
+	CodeUnauthenticated  = "unauthenticated"
+	CodeForbidden        = "forbidden"
+	CodeNotFound         = "not_found"
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodeConflict         = "conflict"
+	CodeUnavailable      = "unavailable"
+	CodeInternal         = "internal"
+)
+
+// Error is the JSON body of every error answer: {"error":{"code":..., "message":...}}.
+type Error struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Errorf builds an *Error.
+func Errorf(status int, code, format string, a ...any) *Error {
+	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, a...)}
+}
+
+// WriteJSON writes v as JSON with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		status = http.StatusInternalServerError
+		buf.Reset()
+		buf.WriteString(`{"error":{"code":"internal","message":"encode response"}}` + "\n")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", fmt.Sprint(buf.Len()))
+	w.WriteHeader(status)
+	_, _ = w.Write(buf.Bytes())
+}
+
+// WriteError writes err as the JSON error shape; a non-*Error becomes 400 bad_request.
+func WriteError(w http.ResponseWriter, err error) {
+	var e *Error
+	if !errors.As(err, &e) {
+		e = &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: err.Error()}
+	}
+	WriteJSON(w, e.Status, struct {
+		Error *Error `json:"error"`
+	}{e})
+}
+
+// DecodeJSON reads one JSON object from r's body into v: at most maxBytes (413 beyond),
+// content type application/json (415 otherwise), unknown fields and trailing data rejected
+// (400). It never panics on hostile input.
+func DecodeJSON(r *http.Request, maxBytes int64, v any) *Error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" {
+			return Errorf(http.StatusUnsupportedMediaType, CodeUnsupportedMedia, "content type must be application/json")
+		}
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBytes+1))
+	if err != nil {
+		return Errorf(http.StatusBadRequest, CodeBadRequest, "read body: %v", err)
+	}
+	if int64(len(body)) > maxBytes {
+		return Errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "body larger than %d bytes", maxBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "%s", jsonMessage(err))
+	}
+	if dec.More() {
+		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "trailing data after the JSON object")
+	}
+	return nil
+}
+
+func jsonMessage(err error) string {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		return fmt.Sprintf("field %q: want %s, got JSON %s", te.Field, te.Type, te.Value)
+	case errors.As(err, &se):
+		return fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se)
+	case errors.Is(err, io.EOF):
+		return "empty body"
+	}
+	return err.Error()
+}
+
+// Validation wraps a Validate() error as 400 validation_failed.
+func Validation(err error) *Error {
+	return Errorf(http.StatusBadRequest, CodeValidation, "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
+}
+
+// NotFound answers unknown routes with the JSON error shape.
+func NotFound(w http.ResponseWriter, r *http.Request) {
+	WriteError(w, Errorf(http.StatusNotFound, CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
+}
+
+// Recover turns a panic in h into a logged 500 with the JSON shape, so that no client ever
+// sees a dropped connection. Handlers are written never to panic; this is the last guard.
+func Recover(h http.Handler, onPanic func(any)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if onPanic != nil {
+					onPanic(p)
+				}
+				WriteError(w, Errorf(http.StatusInternalServerError, CodeInternal, "internal error"))
+			}
+		}()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// ServerConfig bounds an HTTP server.
+type ServerConfig struct {
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	MaxHeaderBytes    int
+}
+
+// DefaultServerConfig: 5 s to read headers, 15 s to read a request, 30 s to write, 120 s idle,
+// 64 KiB of headers. Slow clients are cut off by these.
+var DefaultServerConfig = ServerConfig{ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second,
+	WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
+
+// NewServer returns an http.Server with every timeout set.
+func NewServer(addr string, h http.Handler, c ServerConfig) *http.Server {
+	return &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: c.ReadHeaderTimeout, ReadTimeout: c.ReadTimeout,
+		WriteTimeout: c.WriteTimeout, IdleTimeout: c.IdleTimeout, MaxHeaderBytes: c.MaxHeaderBytes}
+}
+
+// Key is one API key as configured: its id and the SHA-256 of its secret.
+type Key struct {
+	ID   string
+	Hash [sha256.Size]byte
+}
+
+// Keyring authenticates bearer keys against hashed keys. The secret is never stored.
+type Keyring struct{ keys []Key }
+
+// ParseKeyring parses "id:sha256hex,id2:sha256hex" (the setting's format).
+func ParseKeyring(s string) (*Keyring, error) {
+	k := &Keyring{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		id, hexHash, ok := strings.Cut(part, ":")
+		raw, err := hex.DecodeString(hexHash)
+		if !ok || id == "" || err != nil || len(raw) != sha256.Size {
+			return nil, fmt.Errorf("key %q: want id:sha256-hex", id)
+		}
+		var key Key
+		key.ID = id
+		copy(key.Hash[:], raw)
+		k.keys = append(k.keys, key)
+	}
+	return k, nil
+}
+
+// HashSecret returns the hex SHA-256 of a secret, the form keys are configured in.
+func HashSecret(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
+
+// Len is the number of keys.
+func (k *Keyring) Len() int { return len(k.keys) }
+
+// Authenticate returns the key id for the request's bearer token. A missing token is 401
+// unauthenticated, a wrong one 403 forbidden. Every configured hash is compared in constant
+// time, so the time taken does not reveal which key nearly matched.
+func (k *Keyring) Authenticate(r *http.Request) (string, *Error) {
+	auth := r.Header.Get("Authorization")
+	token, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok || token == "" {
+		return "", Errorf(http.StatusUnauthorized, CodeUnauthenticated, "missing bearer API key")
+	}
+	h := sha256.Sum256([]byte(token))
+	found := -1
+	for i := range k.keys {
+		if subtle.ConstantTimeCompare(h[:], k.keys[i].Hash[:]) == 1 {
+			found = i
+		}
+	}
+	if found < 0 {
+		return "", Errorf(http.StatusForbidden, CodeForbidden, "API key not accepted")
+	}
+	return k.keys[found].ID, nil
+}

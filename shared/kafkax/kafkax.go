@@ -1,0 +1,179 @@
+// Package kafkax holds Tally's Kafka conventions on top of segmentio/kafka-go: topic names,
+// topic creation, and writer and reader settings with every trap-laden default set explicitly.
+package kafkax
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Topics names every topic Tally uses. All names share one prefix (setting TALLY_TOPIC_PREFIX,
+// default "tally."), so several pipelines, or several test runs, can share one cluster.
+type Topics struct {
+	// Events carries the input events: request.*, credits.*, account.updated, abuse.flagged.
+	Events string
+	// Journal carries the ledger's outputs: ledger.entry and request.expired.
+	Journal string
+	// Balances is compacted: the latest balance.updated per account.
+	Balances string
+	// Limits is compacted: the latest limits.adjusted per key.
+	Limits string
+	// DeadLetter holds messages no consumer could read, with the reason in a header.
+	DeadLetter string
+	// LedgerState is compacted: the ledger's state snapshots with their source offsets.
+	LedgerState string
+}
+
+// DefaultPrefix is the default topic prefix.
+const DefaultPrefix = "tally."
+
+// NewTopics returns the topic names under prefix.
+func NewTopics(prefix string) Topics {
+	return Topics{
+		Events: prefix + "events", Journal: prefix + "journal", Balances: prefix + "balances",
+		Limits: prefix + "limits", DeadLetter: prefix + "deadletter", LedgerState: prefix + "ledger.state",
+	}
+}
+
+// Headers a dead-lettered message carries.
+const (
+	HeaderDLQReason    = "tally-dlq-reason"
+	HeaderDLQTopic     = "tally-dlq-topic"
+	HeaderDLQPartition = "tally-dlq-partition"
+	HeaderDLQOffset    = "tally-dlq-offset"
+	HeaderDLQConsumer  = "tally-dlq-consumer"
+)
+
+// Specs returns the topic configurations: the compacted topics use cleanup.policy=compact.
+func (t Topics) Specs(partitions, replication int) []kafka.TopicConfig {
+	compact := []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}
+	mk := func(name string, cfg []kafka.ConfigEntry) kafka.TopicConfig {
+		return kafka.TopicConfig{Topic: name, NumPartitions: partitions, ReplicationFactor: replication, ConfigEntries: cfg}
+	}
+	return []kafka.TopicConfig{
+		mk(t.Events, nil), mk(t.Journal, nil), mk(t.DeadLetter, nil),
+		mk(t.Balances, compact), mk(t.Limits, compact), mk(t.LedgerState, compact),
+	}
+}
+
+// EnsureTopics creates the topics that do not exist yet; existing ones are left as they are.
+func EnsureTopics(ctx context.Context, brokers []string, specs []kafka.TopicConfig) error {
+	var lastErr error
+	for attempt := 0; attempt < 20; attempt++ {
+		if lastErr = ensureOnce(ctx, brokers, specs); lastErr == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kafkax: ensure topics: %w (last error: %v)", ctx.Err(), lastErr)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("kafkax: ensure topics: %w", lastErr)
+}
+
+func ensureOnce(ctx context.Context, brokers []string, specs []kafka.TopicConfig) error {
+	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	res, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: specs})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for name, e := range res.Errors {
+		if e != nil && !errors.Is(e, kafka.TopicAlreadyExists) {
+			errs = append(errs, fmt.Errorf("%s: %w", name, e))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// WriterConfig bounds a writer.
+type WriterConfig struct {
+	// BatchTimeout is how long a partial batch waits before it is sent. kafka-go's default is
+	// 1 s, which would add a second to every synchronous write: Tally uses a few ms.
+	BatchTimeout time.Duration
+	// BatchSize is the most messages in one produce request.
+	BatchSize int
+	// WriteTimeout bounds one produce request.
+	WriteTimeout time.Duration
+	// MaxAttempts bounds retries of one batch.
+	MaxAttempts int
+}
+
+// DefaultWriterConfig: 2 ms batches of at most 1000 messages, 10 s write timeout, 3 attempts.
+var DefaultWriterConfig = WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 1000, WriteTimeout: 10 * time.Second, MaxAttempts: 3}
+
+// NewWriter returns a writer for topic ("" = each message names its topic) that waits for
+// acks=all, so a successful WriteMessages means the events are durable.
+func NewWriter(brokers []string, topic string, cfg WriterConfig) *kafka.Writer {
+	return &kafka.Writer{
+		Addr:  kafka.TCP(brokers...),
+		Topic: topic,
+		// Murmur2 is the Java client's partitioner: every Tally producer puts an account on the
+		// same partition as a Java producer would.
+		Balancer: &kafka.Murmur2Balancer{},
+		// The zero value is RequireNone (fire-and-forget): billing needs acks=all.
+		RequiredAcks: kafka.RequireAll,
+		BatchTimeout: cfg.BatchTimeout,
+		BatchSize:    cfg.BatchSize,
+		BatchBytes:   4 << 20,
+		WriteTimeout: cfg.WriteTimeout,
+		ReadTimeout:  cfg.WriteTimeout,
+		MaxAttempts:  cfg.MaxAttempts,
+		// Topics are created explicitly by EnsureTopics with their partition counts.
+		AllowAutoTopicCreation: false,
+	}
+}
+
+// ParseBrokers splits a comma-separated broker list and checks each host:port.
+func ParseBrokers(s string) ([]string, error) {
+	var out []string
+	for _, b := range strings.Split(s, ",") {
+		b = strings.TrimSpace(b)
+		if b == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(b)
+		if err != nil || host == "" {
+			return nil, fmt.Errorf("broker %q: want host:port", b)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return nil, fmt.Errorf("broker %q: bad port", b)
+		}
+		out = append(out, b)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no brokers")
+	}
+	return out, nil
+}
+
+// DeadLetter publishes msg to the dead-letter topic with the reason and its origin in headers.
+func DeadLetter(ctx context.Context, w *kafka.Writer, topic, consumer string, msg kafka.Message, reason string) error {
+	if len(reason) > 4096 {
+		reason = reason[:4096]
+	}
+	dl := kafka.Message{
+		Topic: topic,
+		Key:   msg.Key,
+		Value: msg.Value,
+		Headers: []kafka.Header{
+			{Key: HeaderDLQReason, Value: []byte(reason)},
+			{Key: HeaderDLQTopic, Value: []byte(msg.Topic)},
+			{Key: HeaderDLQPartition, Value: []byte(strconv.Itoa(msg.Partition))},
+			{Key: HeaderDLQOffset, Value: []byte(strconv.FormatInt(msg.Offset, 10))},
+			{Key: HeaderDLQConsumer, Value: []byte(consumer)},
+		},
+	}
+	if err := w.WriteMessages(ctx, dl); err != nil {
+		return fmt.Errorf("kafkax: dead-letter %s/%d/%d: %w", msg.Topic, msg.Partition, msg.Offset, err)
+	}
+	return nil
+}

@@ -1,0 +1,7 @@
+package pricebook
+
+import "io"
+
+// ioLimit reads at most one byte past MaxBookBytes, so an oversize file is detected without
+// reading it whole.
+func ioLimit(r io.Reader) io.Reader { return io.LimitReader(r, MaxBookBytes+1) }
