@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -182,12 +184,48 @@ func Decode(b []byte) (Event, error) {
 	if err := strictUnmarshal(e.Data, e.Payload); err != nil {
 		return Event{}, fmt.Errorf("events: %s data: %w", e.Type, err)
 	}
+	if err := checkRequired(e.Type, e.Data); err != nil {
+		return Event{}, fmt.Errorf("events: %s data: %w", e.Type, err)
+	}
 	// Store the payload by value so that type switches see plain values.
 	e.Payload = deref(e.Payload)
 	if err := e.Validate(); err != nil {
 		return Event{}, fmt.Errorf("events: %s %s: %w", e.Type, e.ID, err)
 	}
 	return e, nil
+}
+
+// required lists, per event type, the JSON fields its Go type always encodes (no omitempty):
+// a message without one of them is invalid, as the JSON Schema says, rather than zero.
+var required = func() map[string][]string {
+	m := map[string][]string{}
+	for _, typ := range Types {
+		rt := reflect.TypeOf(deref(newPayload(typ)))
+		for i := 0; i < rt.NumField(); i++ {
+			name, opts, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+			if !strings.Contains(opts, "omitempty") {
+				m[typ] = append(m[typ], name)
+			}
+		}
+	}
+	return m
+}()
+
+func checkRequired(typ string, data []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(data, &fields); err != nil {
+		return err
+	}
+	var missing []string
+	for _, f := range required[typ] {
+		if _, ok := fields[f]; !ok {
+			missing = append(missing, f)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing required field(s): %s", strings.Join(missing, ", "))
+	}
+	return nil
 }
 
 func strictUnmarshal(b []byte, v any) error {

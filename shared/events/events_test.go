@@ -1,0 +1,116 @@
+package events_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tallyhq/tally/shared/events"
+)
+
+func TestValidateRejects(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 7, 0, 0, 0, time.UTC)
+	started := func(mut func(*events.RequestStarted)) events.Data {
+		e := events.RequestStarted{RequestID: "r1", AccountID: "a1", Endpoint: "sora.video", Tier: "plus",
+			Priority: events.PriorityStandard, Funding: events.FundingCredits, HoldMicros: 5, EstimateMicros: 5,
+			HoldExpiresAt: t0, PriceBookVersion: "v1"}
+		mut(&e)
+		return e
+	}
+	for _, tc := range []struct {
+		name string
+		d    events.Data
+		want string
+	}{
+		{"empty request id", started(func(e *events.RequestStarted) { e.RequestID = "" }), "request_id: required"},
+		{"unicode space in id", started(func(e *events.RequestStarted) { e.AccountID = "a\u00a0b" }), "account_id: contains a space"},
+		{"control char", started(func(e *events.RequestStarted) { e.AccountID = "a\x00" }), "account_id"},
+		{"long id", started(func(e *events.RequestStarted) { e.Endpoint = strings.Repeat("x", 129) }), "endpoint: longer than 128"},
+		{"invalid utf8", started(func(e *events.RequestStarted) { e.Tier = "\xff" }), "tier: not valid UTF-8"},
+		{"negative hold", started(func(e *events.RequestStarted) { e.HoldMicros = -1 }), "hold_micros: -1 out of range"},
+		{"huge hold", started(func(e *events.RequestStarted) { e.HoldMicros = events.MaxAmountMicros + 1 }), "hold_micros"},
+		{"bad priority", started(func(e *events.RequestStarted) { e.Priority = "vip" }), "priority: want"},
+		{"bad funding", started(func(e *events.RequestStarted) { e.Funding = "" }), "funding: want"},
+		{"allowance with hold", started(func(e *events.RequestStarted) { e.Funding = events.FundingAllowance }), "hold_micros: must be 0"},
+		{"negative units", started(func(e *events.RequestStarted) { e.Estimate.TokensIn = -3 }), "estimate.tokens_in"},
+		{"no expiry", started(func(e *events.RequestStarted) { e.HoldExpiresAt = time.Time{} }), "hold_expires_at: required"},
+		{"finish bad status", events.RequestFinished{RequestID: "r", AccountID: "a", Endpoint: "e", Status: "ok", PriceBookVersion: "v"}, "status: want"},
+		{"finish negative duration", events.RequestFinished{RequestID: "r", AccountID: "a", Endpoint: "e", Status: "failed", PriceBookVersion: "v", DurationMs: -1}, "duration_ms"},
+		{"zero grant", events.CreditsGranted{GrantID: "g", AccountID: "a", Source: events.GrantPurchase}, "amount_micros: 0 out of range"},
+		{"grant bad source", events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 1, Source: "gift"}, "source: want"},
+		{"grant bad priority", events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 1, Source: events.GrantPurchase, Priority: 1001}, "priority: 1001"},
+		{"zero adjustment", events.CreditsAdjusted{AdjustmentID: "x", AccountID: "a", Reason: "r"}, "must be non-zero"},
+		{"adjustment no reason", events.CreditsAdjusted{AdjustmentID: "x", AccountID: "a", AmountMicros: 1}, "reason: required"},
+		{"limits bad scope", events.LimitsAdjusted{Scope: "global", FactorPermille: 1, Reason: "r"}, "scope: want"},
+		{"limits endpoint with account", events.LimitsAdjusted{Scope: events.ScopeEndpoint, Endpoint: "e", Priority: "batch", AccountID: "a", Reason: "r"}, "account_id: must be empty"},
+		{"limits factor too big", events.LimitsAdjusted{Scope: events.ScopeAccount, AccountID: "a", FactorPermille: 10_001, Reason: "r"}, "factor_permille"},
+		{"entry unknown ledger account", events.LedgerEntry{EntryID: "e", TransactionID: "t", AccountID: "a", LedgerAccount: "cash", Kind: "k", CauseEventID: "c", EffectiveAt: t0}, "ledger_account: unknown"},
+		{"flag window backwards", events.AbuseFlagged{FlagID: "f", AccountID: "a", Rule: "burst", Action: events.ActionBlock, WindowStart: t0, WindowEnd: t0}, "end after start"},
+		{"flag bad action", events.AbuseFlagged{FlagID: "f", AccountID: "a", Rule: "burst", Action: "ban", WindowStart: t0, WindowEnd: t0.Add(1)}, "action: want"},
+		{"balance negative", events.BalanceUpdated{AccountID: "a", AvailableMicros: -1}, "available_micros"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.d.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate() = %v, want error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestEnvelopeChecks(t *testing.T) {
+	d := events.AccountUpdated{AccountID: "a1", Tier: "pro", Priority: events.PriorityBatch}
+	ev, err := events.New("src", time.Now(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := ev
+	bad.Subject = "someone-else"
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "subject") {
+		t.Fatalf("subject mismatch not caught: %v", err)
+	}
+	bad = ev
+	bad.ID = "0f8fad5b-d9cb-469f-a165-70867728950e" // v4
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "version") {
+		t.Fatalf("v4 id not caught: %v", err)
+	}
+	if _, err := events.Decode([]byte(strings.Repeat(" ", events.MaxEventBytes+1))); err == nil {
+		t.Fatal("oversize message accepted")
+	}
+	for _, in := range []string{"", "null", "{}", "[]", `{"specversion":"1.0"} trailing`, "\xff\xfe"} {
+		if _, err := events.Decode([]byte(in)); err == nil {
+			t.Errorf("Decode(%q) accepted", in)
+		}
+	}
+}
+
+func TestDerivedIDIsDeterministic(t *testing.T) {
+	a, b := events.DerivedID("cause", "hold"), events.DerivedID("cause", "hold")
+	if a != b || a == events.DerivedID("cause", "release") || a == events.DerivedID("cause2", "hold") {
+		t.Fatalf("DerivedID not a deterministic function of (cause, leg): %s %s", a, b)
+	}
+}
+
+// FuzzDecode: Decode never panics, and whatever it accepts re-encodes to an event it accepts
+// again with the same payload.
+func FuzzDecode(f *testing.F) {
+	for _, d := range samples() {
+		ev, _ := events.New("fuzz", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), d)
+		b, _ := ev.Encode()
+		f.Add(b)
+	}
+	f.Add([]byte(`{"specversion":"1.0","id":"x","type":"tally.request.started.v1","data":{"hold_micros":1e400}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ev, err := events.Decode(b)
+		if err != nil {
+			return
+		}
+		again, err := ev.Encode()
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		if _, err := events.Decode(again); err != nil {
+			t.Fatalf("accepted event does not survive a round trip: %v\n%s", err, again)
+		}
+	})
+}

@@ -1,0 +1,214 @@
+package events_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/tallyhq/tally/shared/events"
+)
+
+const schemaDir = "../../schemas/events"
+const schemaBase = "https://tally.dev/schemas/events/"
+
+// compileEnvelope compiles schemas/events/envelope.json (which references every data schema)
+// with a real JSON Schema (draft 2020-12) validator, asserting formats such as date-time.
+func compileEnvelope(t *testing.T) *jsonschema.Schema {
+	t.Helper()
+	c := jsonschema.NewCompiler()
+	c.DefaultDraft(jsonschema.Draft2020)
+	c.AssertFormat()
+	files, err := filepath.Glob(filepath.Join(schemaDir, "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no schemas in %s: %v", schemaDir, err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if err := c.AddResource(schemaBase+filepath.Base(f), doc); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+	}
+	s, err := c.Compile(schemaBase + "envelope.json")
+	if err != nil {
+		t.Fatalf("compile: %v", err)
+	}
+	return s
+}
+
+func schemaValidate(s *jsonschema.Schema, b []byte) error {
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	return s.Validate(inst)
+}
+
+// samples returns one valid payload of every event type.
+func samples() []events.Data {
+	t0 := time.Date(2026, 11, 25, 7, 0, 0, 0, time.UTC)
+	exp := t0.Add(365 * 24 * time.Hour)
+	return []events.Data{
+		events.RequestStarted{RequestID: "r1", AccountID: "a1", Endpoint: "sora.video", Model: "sora-2", Tier: "plus",
+			Priority: events.PriorityStandard, Funding: events.FundingCredits, Estimate: events.Units{VideoSeconds: 10, Resolution: "1080p"},
+			EstimateMicros: 4_000_000, HoldMicros: 4_000_000, HoldExpiresAt: t0.Add(15 * time.Minute), PriceBookVersion: "v1",
+			KeyID: "k1", ClientAddr: "203.0.113.7"},
+		events.RequestStarted{RequestID: "r2", AccountID: "a1", Endpoint: "codex.responses", Tier: "plus",
+			Priority: events.PriorityBatch, Funding: events.FundingAllowance, Estimate: events.Units{TokensIn: 1000, TokensOut: 500},
+			EstimateMicros: 4500, AllowanceMicros: 4500, HoldExpiresAt: t0.Add(5 * time.Minute), PriceBookVersion: "v1"},
+		events.RequestRejected{RequestID: "r3", AccountID: "a1", Endpoint: "sora.video", Tier: "free", Priority: events.PriorityBatch,
+			Reason: "rate_limited", RetryAfterMs: 1500, EstimateMicros: 100, PriceBookVersion: "v1", ClientAddr: "::1"},
+		events.RequestFinished{RequestID: "r1", AccountID: "a1", Endpoint: "sora.video", Status: events.StatusSucceeded,
+			Usage: events.Units{VideoSeconds: 8, Resolution: "1080p"}, CostMicros: 3_200_000, DurationMs: 42_000, PriceBookVersion: "v1"},
+		events.RequestExpired{RequestID: "r1", AccountID: "a1", Endpoint: "sora.video", Funding: events.FundingCredits,
+			HoldMicros: 10, ReleasedMicros: 10, StartedEventID: "e1", ExpiredAt: t0},
+		events.CreditsGranted{GrantID: "g1", AccountID: "a1", AmountMicros: 1, Source: events.GrantPromotion, Priority: 10, ExpiresAt: &exp},
+		events.CreditsGranted{GrantID: "g2", AccountID: "a1", AmountMicros: events.MaxAmountMicros, Source: events.GrantPurchase},
+		events.CreditsAdjusted{AdjustmentID: "adj1", AccountID: "a1", AmountMicros: -5, Reason: "refund of a failed render"},
+		events.AccountUpdated{AccountID: "a1", Tier: "pro", Priority: events.PriorityCritical, Suspended: true},
+		events.BalanceUpdated{AccountID: "a1", Tier: "pro", Priority: events.PriorityStandard, AvailableMicros: 5, HeldMicros: 1,
+			Allowance: []events.AllowanceWindow{{Window: "5h", Start: t0, UsedMicros: 3}}, Partition: 2, Offset: 99},
+		events.BalanceUpdated{AccountID: "a2", Offset: -1},
+		events.LimitsAdjusted{Scope: events.ScopeEndpoint, Endpoint: "sora.video", Priority: events.PriorityBatch, FactorPermille: 500, Reason: "load"},
+		events.LimitsAdjusted{Scope: events.ScopeAccount, AccountID: "a1", FactorPermille: 0, Reason: "abuse_block"},
+		events.LedgerEntry{EntryID: "e1", TransactionID: "t1", AccountID: "a1", LedgerAccount: events.LedgerHeld, AmountMicros: -10,
+			Kind: "charge", CauseEventID: "c1", RequestID: "r1", EffectiveAt: t0},
+		events.AbuseFlagged{FlagID: "f1", AccountID: "a1", KeyID: "k1", Rule: "burst", Score: 7.5, Action: events.ActionThrottle,
+			WindowStart: t0, WindowEnd: t0.Add(time.Minute), Evidence: map[string]string{"rate_per_min": "900"}},
+	}
+}
+
+// TestGoTypesValidateAgainstSchemas encodes every Go event type and validates the JSON with the
+// JSON Schema, and decodes it back with Decode (which runs Validate).
+func TestGoTypesValidateAgainstSchemas(t *testing.T) {
+	s := compileEnvelope(t)
+	seen := map[string]bool{}
+	for _, d := range samples() {
+		ev, err := events.New("test", time.Now(), d)
+		if err != nil {
+			t.Fatalf("%s: New: %v", d.EventType(), err)
+		}
+		b, err := ev.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := schemaValidate(s, b); err != nil {
+			t.Errorf("%s: schema rejects the Go encoding: %v\n%s", d.EventType(), err, b)
+		}
+		back, err := events.Decode(b)
+		if err != nil {
+			t.Errorf("%s: Decode: %v", d.EventType(), err)
+		} else if !reflect.DeepEqual(back.Payload, d) {
+			t.Errorf("%s: round trip changed the payload:\n got %#v\nwant %#v", d.EventType(), back.Payload, d)
+		}
+		seen[d.EventType()] = true
+	}
+	for _, typ := range events.Types {
+		if !seen[typ] {
+			t.Errorf("no sample for %s", typ)
+		}
+	}
+}
+
+// TestSchemaFieldsMatchGoFields checks, by reflection, that each data schema lists exactly the
+// Go type's JSON fields, and requires exactly the fields the Go type always encodes.
+func TestSchemaFieldsMatchGoFields(t *testing.T) {
+	byType := map[string]events.Data{}
+	for _, d := range samples() {
+		byType[d.EventType()] = d
+	}
+	for _, typ := range events.Types {
+		var doc struct {
+			Properties map[string]json.RawMessage `json:"properties"`
+			Required   []string                   `json:"required"`
+		}
+		b, err := os.ReadFile(filepath.Join(schemaDir, strings.TrimPrefix(typ, "tally.")+".json"))
+		if err != nil {
+			t.Errorf("%s: %v", typ, err)
+			continue
+		}
+		if err := json.Unmarshal(b, &doc); err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		var props, goFields, goRequired []string
+		for p := range doc.Properties {
+			props = append(props, p)
+		}
+		rt := reflect.TypeOf(byType[typ])
+		for i := 0; i < rt.NumField(); i++ {
+			name, opts, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+			goFields = append(goFields, name)
+			if !strings.Contains(opts, "omitempty") {
+				goRequired = append(goRequired, name)
+			}
+		}
+		sort.Strings(props)
+		sort.Strings(goFields)
+		sort.Strings(goRequired)
+		sort.Strings(doc.Required)
+		if !reflect.DeepEqual(props, goFields) {
+			t.Errorf("%s: schema properties %v != Go fields %v", typ, props, goFields)
+		}
+		if !reflect.DeepEqual(doc.Required, goRequired) {
+			t.Errorf("%s: schema required %v != Go always-encoded fields %v", typ, doc.Required, goRequired)
+		}
+	}
+	var env struct {
+		Properties struct {
+			Type struct {
+				Enum []string `json:"enum"`
+			} `json:"type"`
+		} `json:"properties"`
+	}
+	b, _ := os.ReadFile(filepath.Join(schemaDir, "envelope.json"))
+	if err := json.Unmarshal(b, &env); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]string(nil), events.Types...)
+	sort.Strings(want)
+	sort.Strings(env.Properties.Type.Enum)
+	if !reflect.DeepEqual(env.Properties.Type.Enum, want) {
+		t.Errorf("envelope type enum %v != events.Types %v", env.Properties.Type.Enum, want)
+	}
+}
+
+// TestExamples: schemas/events/examples/valid is accepted and examples/invalid rejected, by
+// both the JSON Schema and Decode/Validate.
+func TestExamples(t *testing.T) {
+	s := compileEnvelope(t)
+	for _, kind := range []string{"valid", "invalid"} {
+		files, _ := filepath.Glob(filepath.Join(schemaDir, "examples", kind, "*.json"))
+		if len(files) == 0 {
+			t.Fatalf("no %s examples", kind)
+		}
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			schemaErr := schemaValidate(s, b)
+			_, goErr := events.Decode(b)
+			if kind == "valid" {
+				if schemaErr != nil || goErr != nil {
+					t.Errorf("%s: want accepted; schema: %v; Go: %v", f, schemaErr, goErr)
+				}
+			} else if schemaErr == nil || goErr == nil {
+				t.Errorf("%s: want rejected by both; schema: %v; Go: %v", f, schemaErr, goErr)
+			}
+		}
+	}
+}
