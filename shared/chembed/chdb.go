@@ -96,14 +96,6 @@ func unsafePointer(p uintptr) unsafe.Pointer {
 	return *(*unsafe.Pointer)(unsafe.Pointer(&p))
 }
 
-// bytePtr returns a pointer to the first byte of b, or nil when b is empty.
-func bytePtr(b []byte) *byte {
-	if len(b) == 0 {
-		return nil
-	}
-	return &b[0]
-}
-
 // strPtr returns a pointer to the bytes of s, or nil when s is empty.
 func strPtr(s string) *byte {
 	if s == "" {

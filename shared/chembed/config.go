@@ -26,8 +26,9 @@ const (
 // Config configures an embedded ClickHouse endpoint. The zero value is valid:
 // every zero field takes the default documented on it.
 type Config struct {
-	// LibPath is the path to libchdb.so; "" means $CHDB_LIB_PATH. The library
-	// is loaded once per process: a later Start naming a different file fails.
+	// LibPath is the path to libchdb.so; "" means $CHDB_LIB_PATH, or else the
+	// library already loaded in this process. The library is loaded once per
+	// process: a later Start naming a different file fails.
 	LibPath string
 	// DataPath is the chDB data directory; "" means a temporary directory,
 	// removed when the last Server using it closes. chDB runs one engine per

@@ -81,6 +81,9 @@ func loadLib(libPath string) (*libchdb, error) {
 	if libPath == "" {
 		libPath = os.Getenv("CHDB_LIB_PATH")
 	}
+	if libPath == "" && loaded != nil {
+		return loaded, nil
+	}
 	if libPath == "" {
 		return nil, errors.New("chembed: no libchdb.so: set Config.LibPath or CHDB_LIB_PATH")
 	}
@@ -109,7 +112,9 @@ func (e *engine) release() {
 	if e.refs > 0 {
 		return
 	}
+	e.adminMu.Lock() // a late kill must not use the closed anchor
 	e.anchor.close()
+	e.adminMu.Unlock()
 	e.removeTemp()
 	running = nil
 }
@@ -160,6 +165,9 @@ func (e *engine) loadInfo() error {
 func (e *engine) kill(tag string) {
 	e.adminMu.Lock()
 	defer e.adminMu.Unlock()
+	if e.anchor.handle == 0 { // the engine has shut down
+		return
+	}
 	_ = e.anchor.exec("KILL QUERY WHERE Settings['log_comment'] = " + quoteString(tag) + " ASYNC")
 }
 
@@ -205,10 +213,11 @@ func (p *pool) get(ctx context.Context) (*chConn, error) {
 			return nil, ctx.Err()
 		}
 	}
+	// Checking closed and connecting under one lock keeps a request that
+	// races Close from connecting to an engine that Close then releases.
 	p.closedMu.Lock()
-	closed := p.closed
-	p.closedMu.Unlock()
-	if closed {
+	defer p.closedMu.Unlock()
+	if p.closed {
 		<-p.slots
 		return nil, errPoolClosed
 	}

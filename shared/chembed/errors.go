@@ -15,10 +15,9 @@ const (
 	codeSyntaxError           = 62
 	codeNotImplemented        = 48
 	codeUnknownSetting        = 115
-	codeTimeoutExceeded       = 159
 	codeTooManySimultaneous   = 202
 	codeCannotDecompress      = 271
-	codeUnknownCompression    = 272 // UNKNOWN_COMPRESSION_METHOD
+	codeUnknownCompression    = 89 // UNKNOWN_COMPRESSION_METHOD
 	codeTooManyBytes          = 307
 	codeQueryWasCancelled     = 394
 	codeTooManyRowsOrBytes    = 396
@@ -95,7 +94,7 @@ func statusFor(code int) int {
 		codeBadArguments, codeUnknownSetting, codeCannotDecompress, codeUnknownCompression:
 		// Parse failures, syntax, bad arguments and types, readonly, unknown format.
 		return http.StatusBadRequest
-	case 46, 47, 50, 56, 60, 81, 86: // UNKNOWN_FUNCTION, _IDENTIFIER, _TYPE, _STORAGE, _TABLE, _DATABASE
+	case 46, 47, 50, 56, 60, 81: // UNKNOWN_FUNCTION, _IDENTIFIER, _TYPE, _STORAGE, _TABLE, _DATABASE
 		return http.StatusNotFound
 	case codeTooManyBytes:
 		return http.StatusRequestEntityTooLarge

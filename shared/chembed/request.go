@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"regexp"
 	"sort"
@@ -26,7 +27,7 @@ type request struct {
 	database    string
 	format      string // output format (default_format), default TabSeparated
 	queryID     string
-	compress    bool   // answer in ClickHouse compressed frames
+	compress    bool // answer in ClickHouse compressed frames
 	method      compress.Method
 	zstdLevel   int
 	decompress  bool // body arrives in ClickHouse compressed frames
@@ -77,7 +78,7 @@ func parseRequest(v url.Values) (*request, error) {
 	case "NONE":
 		r.method = compress.None
 	default:
-		return nil, &httpError{code: codeBadArguments, msg: "Unknown network_compression_method " + m}
+		return nil, &httpError{code: codeBadArguments, msg: "Unknown network_compression_method " + strconv.Quote(m) + ". (BAD_ARGUMENTS)"}
 	}
 	if l := v.Get("network_zstd_compression_level"); l != "" {
 		r.zstdLevel, _ = strconv.Atoi(l)
@@ -85,7 +86,7 @@ func parseRequest(v url.Values) (*request, error) {
 	if s := v.Get("max_execution_time"); s != "" {
 		f, err := strconv.ParseFloat(s, 64)
 		if err != nil || f < 0 {
-			return nil, &httpError{code: codeBadArguments, msg: "Invalid max_execution_time " + strconv.Quote(s)}
+			return nil, &httpError{code: codeBadArguments, msg: "Invalid max_execution_time " + strconv.Quote(s) + ". (BAD_ARGUMENTS)"}
 		}
 		r.maxExecSecs = f
 	}
@@ -98,7 +99,7 @@ func parseRequest(v url.Values) (*request, error) {
 			r.params = append(r.params, param{name: strings.TrimPrefix(k, "param_"), value: vs[0]})
 		case httpOnlyParams[k] || strings.HasPrefix(k, "http_"):
 		case !settingNameRe.MatchString(k):
-			return nil, &httpError{code: codeUnknownSetting, msg: "Unknown setting " + strconv.Quote(k)}
+			return nil, &httpError{code: codeUnknownSetting, msg: "Unknown setting " + strconv.Quote(k) + ". (UNKNOWN_SETTING)"}
 		default:
 			if k == "log_comment" {
 				r.logComment = true
@@ -166,7 +167,7 @@ func bodyReader(body io.Reader, contentEncoding string, frames bool) (io.Reader,
 	case "gzip", "x-gzip":
 		zr, err := gzip.NewReader(r)
 		if err != nil {
-			return nil, &httpError{code: codeCannotDecompress, msg: "gzip: " + err.Error()}
+			return nil, &httpError{code: codeCannotDecompress, msg: "Cannot decode gzip body: " + err.Error() + ". (CANNOT_DECOMPRESS)"}
 		}
 		r = zr
 	case "deflate":
@@ -177,7 +178,7 @@ func bodyReader(body io.Reader, contentEncoding string, frames bool) (io.Reader,
 		if len(h) == 2 && h[0]&0x0f == 8 && (uint16(h[0])<<8|uint16(h[1]))%31 == 0 {
 			zr, err := zlib.NewReader(br)
 			if err != nil {
-				return nil, &httpError{code: codeCannotDecompress, msg: "deflate: " + err.Error()}
+				return nil, &httpError{code: codeCannotDecompress, msg: "Cannot decode deflate body: " + err.Error() + ". (CANNOT_DECOMPRESS)"}
 			}
 			r = zr
 		} else {
@@ -188,16 +189,36 @@ func bodyReader(body io.Reader, contentEncoding string, frames bool) (io.Reader,
 	case "zstd":
 		zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
 		if err != nil {
-			return nil, &httpError{code: codeCannotDecompress, msg: "zstd: " + err.Error()}
+			return nil, &httpError{code: codeCannotDecompress, msg: "Cannot decode zstd body: " + err.Error() + ". (CANNOT_DECOMPRESS)"}
 		}
 		r = zr.IOReadCloser()
 	default:
-		return nil, &httpError{code: codeUnknownCompression, msg: "Unknown Content-Encoding " + strconv.Quote(enc)}
+		return nil, &httpError{code: codeUnknownCompression, msg: "Unknown Content-Encoding " + strconv.Quote(enc) + ". (UNKNOWN_COMPRESSION_METHOD)"}
+	}
+	if r != body {
+		r = &decodeReader{r: r, enc: contentEncoding}
 	}
 	if frames {
 		r = &frameReader{r: compress.NewReader(r)}
 	}
 	return r, nil
+}
+
+// decodeReader reports a corrupt Content-Encoding body as CANNOT_DECOMPRESS
+// while letting the body bounds' errors through.
+type decodeReader struct {
+	r   io.Reader
+	enc string
+}
+
+func (d *decodeReader) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	var mbe *http.MaxBytesError
+	var he *httpError
+	if err != nil && err != io.EOF && !errors.As(err, &mbe) && !errors.Is(err, errBodyTooLarge) && !errors.As(err, &he) {
+		err = &httpError{code: codeCannotDecompress, msg: "Cannot decode " + d.enc + " body: " + err.Error() + ". (CANNOT_DECOMPRESS)"}
+	}
+	return n, err
 }
 
 // frameReader reads ClickHouse compressed frames. ch-go's reader reports the
@@ -211,10 +232,11 @@ func (f *frameReader) Read(p []byte) (int, error) {
 		strings.Contains(err.Error(), "header: EOF") {
 		return n, io.EOF
 	}
-	if err != nil && !errors.Is(err, errBodyTooLarge) {
+	var mbe *http.MaxBytesError
+	if err != nil && !errors.As(err, &mbe) {
 		var he *httpError
 		if !errors.As(err, &he) {
-			err = &httpError{code: codeCannotDecompress, msg: "Cannot decompress body: " + err.Error()}
+			err = &httpError{code: codeCannotDecompress, msg: "Cannot decompress body: " + err.Error() + ". (CANNOT_DECOMPRESS)"}
 		}
 	}
 	return n, err
