@@ -1,0 +1,3 @@
+module github.com/tallyhq/tally/schemas/clickhouse
+
+go 1.26

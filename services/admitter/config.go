@@ -1,0 +1,195 @@
+// Package admitter is Tally's edge admitter: POST /v1/admit decides whether an expensive
+// model request may start (and how it is funded), POST /v1/finish settles it. Decisions come
+// from the pure core in package decide; this package wires it to HTTP and Kafka.
+package admitter
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/shared/kafkax"
+	"github.com/tallyhq/tally/shared/pricebook"
+)
+
+// Config is every setting of the admitter, read from the environment by ConfigFromEnv.
+// See README.md for the table of settings.
+type Config struct {
+	KafkaBrokers  string `env:"KAFKA_BROKERS" envDefault:"127.0.0.1:9092"`
+	TopicPrefix   string `env:"TALLY_TOPIC_PREFIX" envDefault:"tally."`
+	PriceBookPath string `env:"TALLY_PRICEBOOK_PATH" envDefault:""`
+
+	ListenAddr string `env:"ADMITTER_LISTEN_ADDR" envDefault:"127.0.0.1:8081"`
+	// InstanceID names this admitter in events' source ("admitter/<id>"); "" = hostname-pid.
+	InstanceID string `env:"ADMITTER_INSTANCE_ID" envDefault:""`
+	// APIKeys is "id:sha256hex,..."; APIKeysFile holds more keys in the same format (commas
+	// or newlines), reloaded on SIGHUP and polled every APIKeysPollMs (0 = no polling).
+	APIKeys       string `env:"ADMITTER_API_KEYS" envDefault:""`
+	APIKeysFile   string `env:"ADMITTER_API_KEYS_FILE" envDefault:""`
+	APIKeysPollMs int64  `env:"ADMITTER_API_KEYS_POLL_MS" envDefault:"5000"`
+
+	BodyMaxBytes      int64 `env:"ADMITTER_BODY_MAX_BYTES" envDefault:"8192"`
+	IdempotencyMax    int   `env:"ADMITTER_IDEMPOTENCY_MAX" envDefault:"1000000"`
+	PublishTimeoutMs  int64 `env:"ADMITTER_PUBLISH_TIMEOUT_MS" envDefault:"2000"`
+	BatchTimeoutMs    int64 `env:"ADMITTER_BATCH_TIMEOUT_MS" envDefault:"2"`
+	BatchMax          int   `env:"ADMITTER_BATCH_MAX" envDefault:"1000"`
+	ExpireIntervalMs  int64 `env:"ADMITTER_EXPIRE_INTERVAL_MS" envDefault:"100"`
+	ExpireBudget      int   `env:"ADMITTER_EXPIRE_BUDGET" envDefault:"20000"`
+	ShutdownTimeoutMs int64 `env:"ADMITTER_SHUTDOWN_TIMEOUT_MS" envDefault:"10000"`
+
+	AccountsMax             int   `env:"ADMITTER_ACCOUNTS_MAX" envDefault:"2000000"`
+	OpenMax                 int   `env:"ADMITTER_OPEN_MAX" envDefault:"1000000"`
+	PendingMax              int   `env:"ADMITTER_PENDING_MAX" envDefault:"2000000"`
+	Instances               int64 `env:"ADMITTER_INSTANCES" envDefault:"1"`
+	CleanBurstBonusPermille int64 `env:"ADMITTER_CLEAN_BURST_BONUS_PERMILLE" envDefault:"1500"`
+	BatchSharePermille      int64 `env:"ADMITTER_BATCH_SHARE_PERMILLE" envDefault:"750"`
+	RetryBlockedMs          int64 `env:"ADMITTER_RETRY_BLOCKED_MS" envDefault:"3600000"`
+	RetryOverloadedMs       int64 `env:"ADMITTER_RETRY_OVERLOADED_MS" envDefault:"1000"`
+	RetryConcurrencyMs      int64 `env:"ADMITTER_RETRY_CONCURRENCY_MS" envDefault:"1000"`
+	RetryInsufficientMs     int64 `env:"ADMITTER_RETRY_INSUFFICIENT_MS" envDefault:"60000"`
+	// OveragePolicy: "available" charges a cost above the hold from the available balance and
+	// records the rest as overage; "hold_only" records all of the excess as overage.
+	OveragePolicy string `env:"ADMITTER_OVERAGE_POLICY" envDefault:"available"`
+	// FollowPeers makes the admitter read the events topic and count the other admitters'
+	// holds before the ledger folds them (needed for exact credits with ADMITTER_INSTANCES>1).
+	FollowPeers bool `env:"ADMITTER_FOLLOW_PEERS" envDefault:"true"`
+
+	AdaptiveEnabled           bool  `env:"ADMITTER_ADAPTIVE_ENABLED" envDefault:"true"`
+	AdaptiveWindowSamples     int64 `env:"ADMITTER_ADAPTIVE_WINDOW_SAMPLES" envDefault:"50"`
+	AdaptiveTolerancePermille int64 `env:"ADMITTER_ADAPTIVE_TOLERANCE_PERMILLE" envDefault:"2000"`
+	AdaptiveFailurePermille   int64 `env:"ADMITTER_ADAPTIVE_FAILURE_PERMILLE" envDefault:"100"`
+	AdaptiveBackoffPermille   int64 `env:"ADMITTER_ADAPTIVE_BACKOFF_PERMILLE" envDefault:"800"`
+	AdaptiveIncreasePermille  int64 `env:"ADMITTER_ADAPTIVE_INCREASE_PERMILLE" envDefault:"50"`
+	AdaptiveDriftPermille     int64 `env:"ADMITTER_ADAPTIVE_DRIFT_PERMILLE" envDefault:"10"`
+	AdaptiveMinInflight       int64 `env:"ADMITTER_ADAPTIVE_MIN_INFLIGHT" envDefault:"1"`
+}
+
+// ConfigFromEnv reads the settings from the environment (unset = the documented default).
+func ConfigFromEnv() (Config, error) {
+	var c Config
+	if err := env.Parse(&c); err != nil {
+		return Config{}, fmt.Errorf("admitter: settings: %w", err)
+	}
+	return c, nil
+}
+
+// DefaultConfig returns the defaults, as if no variable were set.
+func DefaultConfig() Config {
+	var c Config
+	_ = env.ParseWithOptions(&c, env.Options{Environment: map[string]string{}})
+	return c
+}
+
+// Core returns the decision core's settings.
+func (c Config) Core() decide.Config {
+	return decide.Config{
+		AccountsMax: c.AccountsMax, OpenMax: c.OpenMax, PendingMax: c.PendingMax, Instances: c.Instances,
+		CleanBurstBonusPermille: c.CleanBurstBonusPermille, BatchSharePermille: c.BatchSharePermille,
+		RetryBlockedMs: c.RetryBlockedMs, RetryOverloadedMs: c.RetryOverloadedMs,
+		RetryConcurrencyMs: c.RetryConcurrencyMs, RetryInsufficientMs: c.RetryInsufficientMs,
+		OverageFromAvailable: c.OveragePolicy == "available",
+		Adaptive: decide.AdaptiveConfig{Enabled: c.AdaptiveEnabled, WindowSamples: c.AdaptiveWindowSamples,
+			TolerancePermille: c.AdaptiveTolerancePermille, FailurePermille: c.AdaptiveFailurePermille,
+			BackoffPermille: c.AdaptiveBackoffPermille, IncreasePermille: c.AdaptiveIncreasePermille,
+			DriftPermille: c.AdaptiveDriftPermille, MinInflight: c.AdaptiveMinInflight},
+	}
+}
+
+// Validate reports every bad setting, joined, each named by its variable.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(name string, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+	}
+	rng := func(name string, v, lo, hi int64) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
+		}
+	}
+	_, err := kafkax.ParseBrokers(c.KafkaBrokers)
+	add("KAFKA_BROKERS", err)
+	if c.TopicPrefix == "" || len(c.TopicPrefix) > 100 {
+		errs = append(errs, errors.New("TALLY_TOPIC_PREFIX: required, at most 100 bytes"))
+	}
+	if c.PriceBookPath != "" {
+		_, err := pricebook.Load(c.PriceBookPath)
+		add("TALLY_PRICEBOOK_PATH", err)
+	}
+	if c.ListenAddr == "" {
+		errs = append(errs, errors.New("ADMITTER_LISTEN_ADDR: required"))
+	}
+	if len(c.InstanceID) > 64 {
+		errs = append(errs, errors.New("ADMITTER_INSTANCE_ID: at most 64 bytes"))
+	}
+	if _, err := parseKeys(c.APIKeys); err != nil {
+		add("ADMITTER_API_KEYS", err)
+	}
+	if c.APIKeysFile != "" {
+		if _, err := loadKeyFile(c.APIKeysFile); err != nil {
+			add("ADMITTER_API_KEYS_FILE", err)
+		}
+	} else if c.APIKeys == "" {
+		errs = append(errs, errors.New("ADMITTER_API_KEYS: at least one key (or ADMITTER_API_KEYS_FILE) required"))
+	}
+	rng("ADMITTER_API_KEYS_POLL_MS", c.APIKeysPollMs, 0, 3_600_000)
+	rng("ADMITTER_BODY_MAX_BYTES", c.BodyMaxBytes, 256, 1<<20)
+	rng("ADMITTER_IDEMPOTENCY_MAX", int64(c.IdempotencyMax), 1, 100_000_000)
+	rng("ADMITTER_PUBLISH_TIMEOUT_MS", c.PublishTimeoutMs, 10, 60_000)
+	rng("ADMITTER_BATCH_TIMEOUT_MS", c.BatchTimeoutMs, 1, 100)
+	rng("ADMITTER_BATCH_MAX", int64(c.BatchMax), 1, 100_000)
+	rng("ADMITTER_EXPIRE_INTERVAL_MS", c.ExpireIntervalMs, 1, 60_000)
+	rng("ADMITTER_EXPIRE_BUDGET", int64(c.ExpireBudget), 1, 10_000_000)
+	rng("ADMITTER_SHUTDOWN_TIMEOUT_MS", c.ShutdownTimeoutMs, 1, 600_000)
+	switch c.OveragePolicy {
+	case "available", "hold_only":
+	default:
+		errs = append(errs, fmt.Errorf("ADMITTER_OVERAGE_POLICY: want available or hold_only, got %q", c.OveragePolicy))
+	}
+	if err := c.Core().Validate(); err != nil {
+		errs = append(errs, errors.New(coreNames.Replace(err.Error())))
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) source() string {
+	id := c.InstanceID
+	if id == "" {
+		h, _ := os.Hostname()
+		if h == "" {
+			h = "host"
+		}
+		id = fmt.Sprintf("%s-%d", h, os.Getpid())
+	}
+	return "admitter/" + id
+}
+
+// coreNames renames the core's field names to their variables in validation errors.
+var coreNames = strings.NewReplacer(
+	"Adaptive: WindowSamples:", "ADMITTER_ADAPTIVE_WINDOW_SAMPLES:",
+	"Adaptive: TolerancePermille:", "ADMITTER_ADAPTIVE_TOLERANCE_PERMILLE:",
+	"Adaptive: FailurePermille:", "ADMITTER_ADAPTIVE_FAILURE_PERMILLE:",
+	"Adaptive: BackoffPermille:", "ADMITTER_ADAPTIVE_BACKOFF_PERMILLE:",
+	"Adaptive: IncreasePermille:", "ADMITTER_ADAPTIVE_INCREASE_PERMILLE:",
+	"Adaptive: DriftPermille:", "ADMITTER_ADAPTIVE_DRIFT_PERMILLE:",
+	"Adaptive: MinInflight:", "ADMITTER_ADAPTIVE_MIN_INFLIGHT:",
+	"WindowSamples:", "ADMITTER_ADAPTIVE_WINDOW_SAMPLES:",
+	"TolerancePermille:", "ADMITTER_ADAPTIVE_TOLERANCE_PERMILLE:",
+	"FailurePermille:", "ADMITTER_ADAPTIVE_FAILURE_PERMILLE:",
+	"BackoffPermille:", "ADMITTER_ADAPTIVE_BACKOFF_PERMILLE:",
+	"IncreasePermille:", "ADMITTER_ADAPTIVE_INCREASE_PERMILLE:",
+	"DriftPermille:", "ADMITTER_ADAPTIVE_DRIFT_PERMILLE:",
+	"MinInflight:", "ADMITTER_ADAPTIVE_MIN_INFLIGHT:",
+	"AccountsMax:", "ADMITTER_ACCOUNTS_MAX:", "OpenMax:", "ADMITTER_OPEN_MAX:", "PendingMax:", "ADMITTER_PENDING_MAX:",
+	"Instances:", "ADMITTER_INSTANCES:", "CleanBurstBonusPermille:", "ADMITTER_CLEAN_BURST_BONUS_PERMILLE:",
+	"BatchSharePermille:", "ADMITTER_BATCH_SHARE_PERMILLE:", "RetryBlockedMs:", "ADMITTER_RETRY_BLOCKED_MS:",
+	"RetryOverloadedMs:", "ADMITTER_RETRY_OVERLOADED_MS:", "RetryConcurrencyMs:", "ADMITTER_RETRY_CONCURRENCY_MS:",
+	"RetryInsufficientMs:", "ADMITTER_RETRY_INSUFFICIENT_MS:")
+
+func ms(v int64) time.Duration { return time.Duration(v) * time.Millisecond }

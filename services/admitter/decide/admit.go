@@ -1,0 +1,602 @@
+package decide
+
+import (
+	"errors"
+
+	"github.com/tallyhq/tally/shared/events"
+)
+
+// Errors of Admit and Finish. They are input errors (4xx), never denials.
+var (
+	ErrUnknownEndpoint = errors.New("unknown endpoint")
+	ErrUnknownRequest  = errors.New("unknown or expired request")
+)
+
+// Request is one admission question.
+type Request struct {
+	AccountID string
+	Endpoint  string
+	Model     string // "" = the endpoint's default model
+	// Priority is the requested class ("" = the account's class). A request cannot claim a
+	// higher class than its account's.
+	Priority string
+	Estimate events.Units
+}
+
+// Window is the state of one included-allowance window at decision time.
+type Window struct {
+	Name            string
+	LimitMicros     int64
+	UsedMicros      int64 // ledger's usage plus this admitter's unfolded usage
+	RemainingMicros int64
+	ResetsAtMs      int64
+}
+
+// Decision is the full, explainable answer. Admit fills it without allocating.
+type Decision struct {
+	Allowed      bool
+	Reason       Reason
+	RetryAfterMs int64
+
+	Funding         Funding
+	Tier            string
+	Priority        Priority
+	EstimateMicros  int64
+	HoldMicros      int64
+	AllowanceMicros int64
+	// AvailableMicros is the local available balance after this decision's hold.
+	AvailableMicros int64
+	HoldExpiresAtMs int64
+	Windows         [MaxWindows]Window
+	NumWindows      int
+
+	RatePerMinute    int64 // effective rate limit
+	Burst            int64 // effective burst
+	RateRemaining    int64 // requests still allowed at once after this decision
+	ConcurrencyLimit int64 // effective per account per endpoint
+	InFlight         int64 // this account's in-flight on the endpoint after this decision
+
+	EndpointInFlight int64
+	EndpointCapacity int64 // min(capacity_inflight, adaptive limit)
+
+	LoadFactorPermille    int64
+	HistoryFactorPermille int64 // 1000 when the account has no history factor
+
+	// Handle names the open request when allowed; pass it to Published, Abort and Finish.
+	Handle uint32
+}
+
+// Admit decides req at nowMs (Unix ms) and, when allowed, reserves what it takes: in-flight
+// slots, a rate-limit token, and the hold or allowance as an unacknowledged pending change.
+// The caller must then call Published (the request.started event is durable) or Abort.
+// err is non-nil only for input errors (unknown endpoint, model or resolution).
+func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
+	*d = Decision{}
+	ei, ok := t.epIdx[req.Endpoint]
+	if !ok {
+		return ErrUnknownEndpoint
+	}
+	ep := &t.endpoints[ei]
+	est, err := ep.ep.Price(req.Model, req.Estimate)
+	if err != nil {
+		return err
+	}
+	d.EstimateMicros = est
+	ai, ok := t.lookup(req.AccountID)
+	if !ok {
+		return t.deny(d, ReasonTableFull, t.cfg.RetryOverloadedMs)
+	}
+	a := &t.accounts[ai]
+	tier := &t.tiers[a.tier]
+	d.Tier = tier.name
+	prio, given := ParsePriority(req.Priority)
+	if !given || prio < a.priority {
+		prio = a.priority
+	}
+	d.Priority = prio
+	load := ep.loadFactor[prio]
+	hist := int64(a.factorPermille)
+	clean := a.factorPermille == factorUnset || a.factorPermille >= 1000
+	if a.factorPermille == factorUnset {
+		hist = 1000
+	}
+	d.LoadFactorPermille, d.HistoryFactorPermille = load, hist
+	t.fillWindows(a, tier, nowMs, d)
+	d.AvailableMicros = a.availableMicros + a.pendingAvail
+
+	// 1. Blocked.
+	if a.suspended {
+		return t.deny(d, ReasonSuspended, t.cfg.RetryBlockedMs)
+	}
+	if hist == 0 {
+		return t.deny(d, ReasonBlocked, t.cfg.RetryBlockedMs)
+	}
+	// 2. Overload shedding by class, with the critical reserve.
+	capacity := min(ep.ep.CapacityInflight, ep.adaptive.Limit())
+	d.EndpointCapacity, d.EndpointInFlight = capacity, ep.inflight
+	if load == 0 || ep.inflight >= t.classCapacity(ep, capacity, prio) {
+		return t.deny(d, ReasonOverloaded, t.cfg.RetryOverloadedMs)
+	}
+	// 3. Concurrency per account per endpoint.
+	slot := int(ai)*len(t.endpoints) + int(ei)
+	conc := t.scale(tier.t.MaxConcurrent, load, hist, 1000)
+	d.ConcurrencyLimit, d.InFlight = conc, int64(t.eps[slot].inflight)
+	if int64(t.eps[slot].inflight) >= conc {
+		return t.deny(d, ReasonConcurrency, t.cfg.RetryConcurrencyMs)
+	}
+	// 4. Rate limit: GCRA in µs, burst allowed.
+	bonus := int64(1000)
+	if clean {
+		bonus = t.cfg.CleanBurstBonusPermille
+	}
+	rate := t.scale(tier.t.RatePerMinute, load, hist, 1000)
+	burst := t.scale(tier.t.Burst, load, hist, bonus)
+	d.RatePerMinute, d.Burst = rate, burst
+	stepUs := max(60_000_000/rate, 1)
+	nowUs := nowMs * 1000
+	newTat := max(t.eps[slot].tatUs, nowUs) + stepUs
+	if over := newTat - nowUs - burst*stepUs; over > 0 {
+		d.RateRemaining = 0
+		return t.deny(d, ReasonRateLimited, min((over+999)/1000, maxRetryMs))
+	}
+	d.RateRemaining = (burst*stepUs - (newTat - nowUs)) / stepUs
+	// 5. Funding waterfall: allowance (every window), then a credit hold.
+	switch {
+	case d.NumWindows > 0 && est <= minRemaining(d):
+		d.Funding, d.AllowanceMicros = FundingAllowance, est
+	case d.AvailableMicros >= est:
+		d.Funding, d.HoldMicros = FundingCredits, est
+	default:
+		return t.deny(d, ReasonInsufficientCredits, t.insufficientRetry(d, est, nowMs))
+	}
+	if t.pendLive >= t.cfg.PendingMax || t.openLive >= t.cfg.OpenMax {
+		d.Funding, d.AllowanceMicros, d.HoldMicros = FundingNone, 0, 0
+		return t.deny(d, ReasonTableFull, t.cfg.RetryOverloadedMs)
+	}
+	// Allowed: reserve.
+	p := t.newPending(ai, -d.HoldMicros, d.AllowanceMicros)
+	oi := t.newOpen()
+	t.opens[oi] = open{account: ai, endpoint: ei, funding: d.Funding, priority: prio, holdMicros: d.HoldMicros,
+		allowMicros: d.AllowanceMicros, startedMs: nowMs, expiresAtMs: nowMs + ep.ep.HoldTimeoutMs,
+		startPending: p, stepUs: stepUs, nextFree: none, live: true}
+	t.eps[slot].tatUs = newTat
+	t.eps[slot].inflight++
+	ep.inflight++
+	d.Allowed, d.Handle = true, oi
+	d.HoldExpiresAtMs = nowMs + ep.ep.HoldTimeoutMs
+	d.InFlight, d.EndpointInFlight = int64(t.eps[slot].inflight), ep.inflight
+	d.AvailableMicros -= d.HoldMicros
+	for i := 0; i < d.NumWindows; i++ {
+		d.Windows[i].UsedMicros += d.AllowanceMicros
+		d.Windows[i].RemainingMicros -= d.AllowanceMicros
+	}
+	return nil
+}
+
+func (t *Table) deny(d *Decision, r Reason, retryMs int64) error {
+	d.Allowed, d.Reason, d.RetryAfterMs = false, r, max(retryMs, 1)
+	return nil
+}
+
+// classCapacity is the in-flight level at which class p is shed: critical may use the whole
+// capacity, standard all but the critical reserve, batch BatchSharePermille of that.
+func (t *Table) classCapacity(ep *endpointInfo, capacity int64, p Priority) int64 {
+	if p == PriorityCritical {
+		return capacity
+	}
+	shared := capacity * (1000 - ep.ep.CriticalReservePermille) / 1000
+	if p == PriorityBatch {
+		return shared * t.cfg.BatchSharePermille / 1000
+	}
+	return shared
+}
+
+// scale is base × load‰ × history‰ × bonus‰, divided between the instances, at least 1.
+func (t *Table) scale(base, load, hist, bonus int64) int64 {
+	v := base * load / 1000 * hist / 1000 * bonus / 1000
+	v = (v + t.cfg.Instances - 1) / t.cfg.Instances
+	return max(v, 1)
+}
+
+func (t *Table) fillWindows(a *account, tier *tierInfo, nowMs int64, d *Decision) {
+	n := min(len(tier.t.Allowance), MaxWindows)
+	d.NumWindows = n
+	for i := 0; i < n; i++ {
+		w := &tier.t.Allowance[i]
+		start := nowMs - mod(nowMs, w.LengthMs)
+		used := a.pendingAllow
+		if a.winStartMs[i] == start {
+			used += a.winUsedMicros[i]
+		}
+		d.Windows[i] = Window{Name: w.Name, LimitMicros: w.Micros, UsedMicros: used,
+			RemainingMicros: max(w.Micros-used, 0), ResetsAtMs: start + w.LengthMs}
+	}
+}
+
+func mod(a, b int64) int64 {
+	m := a % b
+	if m < 0 {
+		m += b
+	}
+	return m
+}
+
+func minRemaining(d *Decision) int64 {
+	m := d.Windows[0].RemainingMicros
+	for i := 1; i < d.NumWindows; i++ {
+		m = min(m, d.Windows[i].RemainingMicros)
+	}
+	return m
+}
+
+// insufficientRetry is the time until every window short of est has reset, when the
+// allowance could then cover est; otherwise RetryInsufficientMs (credits must be bought).
+func (t *Table) insufficientRetry(d *Decision, est, nowMs int64) int64 {
+	if d.NumWindows == 0 {
+		return t.cfg.RetryInsufficientMs
+	}
+	var wait int64
+	for i := 0; i < d.NumWindows; i++ {
+		w := &d.Windows[i]
+		if est > w.LimitMicros {
+			return t.cfg.RetryInsufficientMs
+		}
+		if est > w.RemainingMicros {
+			wait = max(wait, w.ResetsAtMs-nowMs)
+		}
+	}
+	return min(max(wait, 1), maxRetryMs)
+}
+
+// Published records that the request.started event of an admitted request is durable at
+// (partition, offset) of the events topic.
+func (t *Table) Published(h uint32, partition int32, offset int64) {
+	if int(h) >= len(t.opens) || !t.opens[h].live {
+		return
+	}
+	// After the ack the open request no longer owns its pending change: the ledger's view
+	// drops it, and Abort must not touch a slot that may have been reused.
+	p := t.opens[h].startPending
+	t.opens[h].startPending = none
+	t.acked(p, partition, offset)
+}
+
+// Abort undoes an admission whose request.started event could not be published: the
+// pending change, the in-flight slots and the rate-limit token are given back.
+func (t *Table) Abort(h uint32) {
+	if int(h) >= len(t.opens) || !t.opens[h].live {
+		return
+	}
+	o := &t.opens[h]
+	if o.startPending != none {
+		t.dropPending(o.startPending)
+	}
+	slot := int(o.account)*len(t.endpoints) + int(o.endpoint)
+	t.eps[slot].tatUs -= o.stepUs
+	t.release(h)
+}
+
+// release frees an open request and its in-flight slots.
+func (t *Table) release(h uint32) {
+	o := &t.opens[h]
+	slot := int(o.account)*len(t.endpoints) + int(o.endpoint)
+	if t.eps[slot].inflight > 0 {
+		t.eps[slot].inflight--
+	}
+	if ep := &t.endpoints[o.endpoint]; ep.inflight > 0 {
+		ep.inflight--
+	}
+	*o = open{live: false, nextFree: t.openFree, startPending: none}
+	t.openFree = h
+	t.openLive--
+}
+
+// Open describes an open request.
+type Open struct {
+	Endpoint        string
+	Funding         Funding
+	Priority        Priority
+	HoldMicros      int64
+	AllowanceMicros int64
+	ExpiresAtMs     int64
+}
+
+// OpenInfo reports an open request; ok is false when it is not open.
+func (t *Table) OpenInfo(h uint32) (Open, bool) {
+	if int(h) >= len(t.opens) || !t.opens[h].live {
+		return Open{}, false
+	}
+	o := &t.opens[h]
+	return Open{Endpoint: t.endpoints[o.endpoint].name, Funding: o.funding, Priority: o.priority,
+		HoldMicros: o.holdMicros, AllowanceMicros: o.allowMicros, ExpiresAtMs: o.expiresAtMs}, true
+}
+
+// Settlement is how a finish is paid.
+type Settlement struct {
+	Funding        Funding
+	CostMicros     int64
+	ChargedMicros  int64 // from the hold (or allowance) plus from the available balance
+	ReleasedMicros int64 // the part of the hold (or allowance reservation) given back
+	OverageMicros  int64 // what could not be paid
+	// availDelta and allowDelta are the local balance changes the finish makes.
+	availDelta, allowDelta int64
+}
+
+// Quote prices the settlement of open request h at costMicros without changing anything.
+func (t *Table) Quote(h uint32, costMicros int64) (Settlement, error) {
+	if int(h) >= len(t.opens) || !t.opens[h].live {
+		return Settlement{}, ErrUnknownRequest
+	}
+	o := &t.opens[h]
+	return t.settle(&t.accounts[o.account], o.funding, o.holdMicros, o.allowMicros, costMicros), nil
+}
+
+// settle is the finish policy: allowance covers the actual cost (the reservation is
+// corrected to it); credits charge the hold first, then (OverageFromAvailable) the available
+// balance, and what is left is overage.
+func (t *Table) settle(a *account, funding Funding, hold, allow, cost int64) Settlement {
+	s := Settlement{Funding: funding, CostMicros: cost}
+	if funding == FundingAllowance {
+		s.ChargedMicros = cost
+		s.ReleasedMicros = max(allow-cost, 0)
+		s.allowDelta = cost - allow
+		return s
+	}
+	fromHold := min(cost, hold)
+	s.ReleasedMicros = hold - fromHold
+	extra := cost - fromHold
+	var fromAvail int64
+	if extra > 0 && t.cfg.OverageFromAvailable {
+		fromAvail = min(extra, max(a.availableMicros+a.pendingAvail+s.ReleasedMicros, 0))
+	}
+	s.ChargedMicros = fromHold + fromAvail
+	s.OverageMicros = extra - fromAvail
+	s.availDelta = hold - s.ChargedMicros
+	return s
+}
+
+// Peer is another admitter's request, seen on the events topic.
+type Peer struct {
+	AccountID       string
+	Funding         Funding
+	HoldMicros      int64
+	AllowanceMicros int64
+}
+
+// ApplyPeerStart records another admitter's durable request.started at (partition, offset)
+// as a pending change, so that this admitter's local balance counts the peer's hold until
+// the ledger folds it. It returns false when the table is full.
+func (t *Table) ApplyPeerStart(p *Peer, partition int32, offset int64) bool {
+	ai, ok := t.lookup(p.AccountID)
+	if !ok || t.pendLive >= t.cfg.PendingMax {
+		return false
+	}
+	var avail, allow int64
+	if p.Funding == FundingCredits {
+		avail = -p.HoldMicros
+	} else {
+		allow = p.AllowanceMicros
+	}
+	t.acked(t.newPending(ai, avail, allow), partition, offset)
+	return true
+}
+
+// ApplyPeerFinish records another admitter's durable request.finished the same way, with
+// the settlement this admitter's policy computes for it.
+func (t *Table) ApplyPeerFinish(p *Peer, costMicros int64, partition int32, offset int64) bool {
+	ai, ok := t.lookup(p.AccountID)
+	if !ok {
+		return false
+	}
+	s := t.settle(&t.accounts[ai], p.Funding, p.HoldMicros, p.AllowanceMicros, costMicros)
+	if s.availDelta != 0 || s.allowDelta != 0 {
+		t.acked(t.newPending(ai, s.availDelta, s.allowDelta), partition, offset)
+	}
+	return true
+}
+
+// Finish settles open request h once its request.finished event is durable at (partition,
+// offset): frees its in-flight slots, feeds the adaptive limit, and records the settlement
+// as a pending change until the ledger folds it.
+func (t *Table) Finish(h uint32, s Settlement, durationMs int64, failed bool, partition int32, offset int64) error {
+	if int(h) >= len(t.opens) || !t.opens[h].live {
+		return ErrUnknownRequest
+	}
+	o := &t.opens[h]
+	ai := o.account
+	t.endpoints[o.endpoint].adaptive.Observe(durationMs, failed)
+	t.release(h)
+	if s.availDelta == 0 && s.allowDelta == 0 {
+		return nil
+	}
+	// Never forget a change: PendingMax is enforced at admission only, so a finish is always
+	// recorded even when the table is saturated.
+	p := t.newPending(ai, s.availDelta, s.allowDelta)
+	t.acked(p, partition, offset)
+	return nil
+}
+
+// Expire frees at most budget open requests whose hold expired by nowMs, scanning from a
+// cursor so that each call is bounded; it returns the handles' count freed. The ledger
+// releases the hold itself (request.expired); the local pending change stays until folded.
+func (t *Table) Expire(nowMs int64, budget int, freed func(h uint32)) int {
+	n := 0
+	for i := 0; i < budget && len(t.opens) > 0; i++ {
+		if t.sweep >= uint32(len(t.opens)) {
+			t.sweep = 0
+		}
+		h := t.sweep
+		t.sweep++
+		if o := &t.opens[h]; o.live && o.expiresAtMs <= nowMs {
+			t.release(h)
+			if freed != nil {
+				freed(h)
+			}
+			n++
+		}
+	}
+	return n
+}
+
+func (t *Table) newOpen() uint32 {
+	t.openLive++
+	if t.openFree != none {
+		h := t.openFree
+		t.openFree = t.opens[h].nextFree
+		return h
+	}
+	t.opens = append(t.opens, open{})
+	return uint32(len(t.opens) - 1)
+}
+
+func (t *Table) newPending(ai uint32, availDelta, allowDelta int64) uint32 {
+	a := &t.accounts[ai]
+	var p uint32
+	if t.pendFree != none {
+		p = t.pendFree
+		t.pendFree = t.pend[p].next
+	} else {
+		t.pend = append(t.pend, pending{})
+		p = uint32(len(t.pend) - 1)
+	}
+	t.pend[p] = pending{account: ai, next: a.pendingHead, partition: -1, offset: -1,
+		availMicros: availDelta, allowMicros: allowDelta}
+	a.pendingHead = p
+	a.pendingAvail += availDelta
+	a.pendingAllow += allowDelta
+	t.pendLive++
+	return p
+}
+
+// acked stamps a pending change with its event's position, dropping it at once when the
+// ledger's view already passed it (the balance.updated can arrive before the ack).
+func (t *Table) acked(p uint32, partition int32, offset int64) {
+	if p == none {
+		return
+	}
+	pc := &t.pend[p]
+	pc.partition, pc.offset = partition, offset
+	a := &t.accounts[pc.account]
+	if a.foldedPartition == partition && a.foldedOffset >= offset {
+		t.dropPending(p)
+	}
+}
+
+// dropPending unlinks a pending change from its account and undoes its sums.
+func (t *Table) dropPending(p uint32) {
+	pc := &t.pend[p]
+	a := &t.accounts[pc.account]
+	for prev, cur := none, a.pendingHead; cur != none; prev, cur = cur, t.pend[cur].next {
+		if cur != p {
+			continue
+		}
+		if prev == none {
+			a.pendingHead = pc.next
+		} else {
+			t.pend[prev].next = pc.next
+		}
+		a.pendingAvail -= pc.availMicros
+		a.pendingAllow -= pc.allowMicros
+		*pc = pending{next: t.pendFree, partition: -1}
+		t.pendFree = p
+		t.pendLive--
+		return
+	}
+}
+
+// ApplyBalance folds the ledger's balance.updated into the account and drops the pending
+// changes it covers (same partition, offset at or below the view's). It returns false when
+// the table is full. An older view than the one held is ignored.
+func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
+	ai, ok := t.lookup(b.AccountID)
+	if !ok {
+		return false
+	}
+	a := &t.accounts[ai]
+	if a.foldedPartition == b.Partition && b.Offset < a.foldedOffset {
+		return true
+	}
+	a.availableMicros, a.heldMicros = b.AvailableMicros, b.HeldMicros
+	a.suspended = b.Suspended
+	a.tier = t.defTier
+	if ti, ok := t.tierIdx[b.Tier]; ok {
+		a.tier = ti
+	}
+	a.priority = PriorityStandard
+	if p, ok := ParsePriority(b.Priority); ok {
+		a.priority = p
+	}
+	tier := &t.tiers[a.tier].t
+	for i := range a.winStartMs {
+		a.winStartMs[i], a.winUsedMicros[i] = -1, 0
+		if i >= len(tier.Allowance) {
+			continue
+		}
+		for _, w := range b.Allowance {
+			if w.Window == tier.Allowance[i].Name {
+				a.winStartMs[i], a.winUsedMicros[i] = w.Start.UnixMilli(), w.UsedMicros
+			}
+		}
+	}
+	a.foldedPartition, a.foldedOffset = b.Partition, b.Offset
+	for cur := a.pendingHead; cur != none; {
+		next := t.pend[cur].next
+		if pc := &t.pend[cur]; pc.partition == b.Partition && pc.offset >= 0 && pc.offset <= b.Offset {
+			t.dropPending(cur)
+		}
+		cur = next
+	}
+	return true
+}
+
+// ApplyLimits folds a limits.adjusted factor. Unknown endpoints are ignored (another price
+// book version may know them). It returns false when the table is full.
+func (t *Table) ApplyLimits(l *events.LimitsAdjusted) bool {
+	switch l.Scope {
+	case events.ScopeEndpoint:
+		ei, ok := t.epIdx[l.Endpoint]
+		p, okp := ParsePriority(l.Priority)
+		if ok && okp {
+			t.endpoints[ei].loadFactor[p] = int64(l.FactorPermille)
+		}
+	case events.ScopeAccount:
+		ai, ok := t.lookup(l.AccountID)
+		if !ok {
+			return false
+		}
+		t.accounts[ai].factorPermille = uint16(min(max(l.FactorPermille, 0), events.MaxFactorPermille))
+	}
+	return true
+}
+
+// Snapshot is an account's local view, for tests and diagnostics.
+type Snapshot struct {
+	AvailableMicros, HeldMicros, PendingAvailMicros, PendingAllowMicros int64
+	Pending                                                             int
+	Tier                                                                string
+	Suspended                                                           bool
+}
+
+// Account reports an account's local view; ok is false when it is not cached.
+func (t *Table) Account(id string) (Snapshot, bool) {
+	ai, ok := t.ids[id]
+	if !ok {
+		return Snapshot{}, false
+	}
+	a := &t.accounts[ai]
+	n := 0
+	for cur := a.pendingHead; cur != none; cur = t.pend[cur].next {
+		n++
+	}
+	return Snapshot{AvailableMicros: a.availableMicros, HeldMicros: a.heldMicros, PendingAvailMicros: a.pendingAvail,
+		PendingAllowMicros: a.pendingAllow, Pending: n, Tier: t.tiers[a.tier].name, Suspended: a.suspended}, true
+}
+
+// Price prices units on an endpoint with the table's book (used at finish).
+func (t *Table) Price(endpoint, model string, u events.Units) (int64, error) {
+	ei, ok := t.epIdx[endpoint]
+	if !ok {
+		return 0, ErrUnknownEndpoint
+	}
+	return t.endpoints[ei].ep.Price(model, u)
+}

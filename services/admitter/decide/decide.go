@@ -1,0 +1,336 @@
+// Package decide is the admitter's pure decision core: the account state table, the decision
+// order (blocked, overload shedding, concurrency, rate limit, funding waterfall), the local
+// balance (the ledger's view minus this admitter's unfolded holds and settlements) and the
+// local adaptive concurrency limit. It imports no Kafka or HTTP; time is always a parameter.
+//
+// A Table is not safe for concurrent use: the service serialises calls with one mutex. Every
+// decision runs in well under a microsecond and allocates nothing once the account is known.
+package decide
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/pricebook"
+)
+
+// Bounds of the table layout.
+const (
+	// MaxEndpoints bounds the endpoints of a price book the table can hold.
+	MaxEndpoints = 16
+	// MaxWindows is the most allowance windows per tier (the price book allows 4).
+	MaxWindows = 4
+	// factorUnset marks an account without a history factor (never adjusted: clean).
+	factorUnset = 0xFFFF
+	// none is the nil index of the slabs' linked lists.
+	none = ^uint32(0)
+)
+
+// Reason says why a request was denied. The zero value means allowed.
+type Reason uint8
+
+// Denial reasons, in decision order. Their strings are the API's stable reason codes.
+const (
+	ReasonNone Reason = iota
+	ReasonSuspended
+	ReasonBlocked
+	ReasonOverloaded
+	ReasonConcurrency
+	ReasonRateLimited
+	ReasonInsufficientCredits
+	ReasonTableFull
+	numReasons
+)
+
+var reasonNames = [numReasons]string{"", "account_suspended", "account_blocked", "overloaded",
+	"concurrency_limited", "rate_limited", "insufficient_credits", "account_table_full"}
+
+// String is the stable reason code ("" for allowed).
+func (r Reason) String() string {
+	if r < numReasons {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Reasons lists every denial reason code.
+func Reasons() []string { return append([]string(nil), reasonNames[1:]...) }
+
+// Funding sources.
+type Funding uint8
+
+// Funding values; their strings are events.FundingAllowance and events.FundingCredits.
+const (
+	FundingNone Funding = iota
+	FundingAllowance
+	FundingCredits
+)
+
+func (f Funding) String() string {
+	switch f {
+	case FundingAllowance:
+		return events.FundingAllowance
+	case FundingCredits:
+		return events.FundingCredits
+	}
+	return ""
+}
+
+// Priority classes, highest first.
+type Priority uint8
+
+const (
+	PriorityCritical Priority = iota
+	PriorityStandard
+	PriorityBatch
+	numPriorities
+)
+
+var priorityNames = [numPriorities]string{events.PriorityCritical, events.PriorityStandard, events.PriorityBatch}
+
+func (p Priority) String() string {
+	if p < numPriorities {
+		return priorityNames[p]
+	}
+	return ""
+}
+
+// ParsePriority maps a class name to a Priority; an unknown or empty name reports ok=false.
+func ParsePriority(s string) (Priority, bool) {
+	switch s {
+	case events.PriorityCritical:
+		return PriorityCritical, true
+	case events.PriorityStandard:
+		return PriorityStandard, true
+	case events.PriorityBatch:
+		return PriorityBatch, true
+	}
+	return PriorityStandard, false
+}
+
+// Config holds the core's policy settings. Every field is a documented bound.
+type Config struct {
+	// AccountsMax bounds the account table (memory ≈ 250 bytes per account).
+	AccountsMax int
+	// OpenMax bounds the requests open at once (admitted, not finished nor expired).
+	OpenMax int
+	// PendingMax bounds the local balance changes waiting for the ledger to fold them.
+	PendingMax int
+	// Instances divides the rate and concurrency limits between N admitters (each enforces
+	// ceil(limit/N)); 1 = a single admitter.
+	Instances int64
+	// CleanBurstBonusPermille multiplies the burst of accounts with a clean history (no
+	// history factor below 1000); 1000 = no bonus.
+	CleanBurstBonusPermille int64
+	// BatchSharePermille is the share of the non-reserved capacity batch traffic may use
+	// before it is shed (standard may use all of it, critical also the reserve).
+	BatchSharePermille int64
+	// RetryBlockedMs, RetryOverloadedMs, RetryConcurrencyMs and RetryInsufficientMs are the
+	// retry_after_ms of those denials when no exact time is known.
+	RetryBlockedMs      int64
+	RetryOverloadedMs   int64
+	RetryConcurrencyMs  int64
+	RetryInsufficientMs int64
+	// OverageFromAvailable: at finish, a cost above the hold is charged from the available
+	// balance before the rest becomes overage (true), or all of it becomes overage (false).
+	OverageFromAvailable bool
+	// Adaptive configures the local adaptive concurrency limit per endpoint.
+	Adaptive AdaptiveConfig
+}
+
+// DefaultConfig is the documented default policy.
+var DefaultConfig = Config{
+	AccountsMax: 2_000_000, OpenMax: 1_000_000, PendingMax: 2_000_000, Instances: 1,
+	CleanBurstBonusPermille: 1500, BatchSharePermille: 750,
+	RetryBlockedMs: 3_600_000, RetryOverloadedMs: 1000, RetryConcurrencyMs: 1000, RetryInsufficientMs: 60_000,
+	OverageFromAvailable: true, Adaptive: DefaultAdaptiveConfig,
+}
+
+const maxRetryMs = 7 * 24 * 3600 * 1000
+
+// Validate reports every out-of-range setting, joined.
+func (c Config) Validate() error {
+	var errs []error
+	rng := func(name string, v, lo, hi int64) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
+		}
+	}
+	rng("AccountsMax", int64(c.AccountsMax), 1, 1<<31)
+	rng("OpenMax", int64(c.OpenMax), 1, 1<<30)
+	rng("PendingMax", int64(c.PendingMax), 1, 1<<31)
+	rng("Instances", c.Instances, 1, 1000)
+	rng("CleanBurstBonusPermille", c.CleanBurstBonusPermille, 1000, 10_000)
+	rng("BatchSharePermille", c.BatchSharePermille, 0, 1000)
+	rng("RetryBlockedMs", c.RetryBlockedMs, 1, maxRetryMs)
+	rng("RetryOverloadedMs", c.RetryOverloadedMs, 1, maxRetryMs)
+	rng("RetryConcurrencyMs", c.RetryConcurrencyMs, 1, maxRetryMs)
+	rng("RetryInsufficientMs", c.RetryInsufficientMs, 1, maxRetryMs)
+	if err := c.Adaptive.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("Adaptive: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// account is one cached account: the ledger's last view plus the local pending deltas.
+type account struct {
+	availableMicros int64 // ledger's available balance
+	heldMicros      int64 // ledger's held balance
+	pendingAvail    int64 // sum of unfolded local deltas to available (holds are negative)
+	pendingAllow    int64 // sum of unfolded local allowance usage
+	foldedOffset    int64 // events-topic offset of the last event the ledger folded (-1 none)
+	winStartMs      [MaxWindows]int64
+	winUsedMicros   [MaxWindows]int64
+	foldedPartition int32
+	pendingHead     uint32 // first pending change, or none
+	factorPermille  uint16 // history factor, factorUnset when never adjusted
+	tier            uint8
+	priority        Priority
+	suspended       bool
+}
+
+// epState is one account's state on one endpoint: the GCRA theoretical arrival time and the
+// in-flight count, side by side so that a decision touches one cache line for both.
+type epState struct {
+	tatUs    int64
+	inflight int32
+}
+
+// pending is one local change to an account's balance the ledger has not folded yet.
+type pending struct {
+	account     uint32
+	next        uint32 // next pending change of the same account, or none
+	partition   int32  // -1 until the event is acknowledged
+	offset      int64
+	availMicros int64 // delta to available
+	allowMicros int64 // delta to allowance usage
+}
+
+// open is one admitted request that has not finished nor expired.
+type open struct {
+	account      uint32
+	endpoint     uint8
+	funding      Funding
+	priority     Priority
+	holdMicros   int64
+	allowMicros  int64
+	startedMs    int64
+	expiresAtMs  int64
+	stepUs       int64 // the GCRA step taken, given back by Abort
+	startPending uint32
+	nextFree     uint32
+	live         bool
+}
+
+type tierInfo struct {
+	name string
+	t    pricebook.Tier
+}
+
+type endpointInfo struct {
+	name       string
+	ep         *pricebook.Endpoint
+	inflight   int64
+	loadFactor [numPriorities]int64 // permille
+	adaptive   Adaptive
+}
+
+// Table is the admitter's state: accounts, open requests and pending balance changes.
+type Table struct {
+	cfg       Config
+	book      *pricebook.Book
+	tiers     []tierInfo
+	tierIdx   map[string]uint8
+	defTier   uint8
+	endpoints []endpointInfo
+	epIdx     map[string]uint8
+
+	ids      map[string]uint32
+	accounts []account
+	// per account × endpoint (index account×endpoints+endpoint): GCRA state and in-flight.
+	eps []epState
+
+	opens    []open
+	openFree uint32
+	openLive int
+
+	pend     []pending
+	pendFree uint32
+	pendLive int
+
+	sweep uint32 // Expire's cursor
+}
+
+// NewTable builds an empty table for a validated price book.
+func NewTable(book *pricebook.Book, cfg Config) (*Table, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("decide: config: %w", err)
+	}
+	if err := book.Validate(); err != nil {
+		return nil, fmt.Errorf("decide: price book: %w", err)
+	}
+	if len(book.Endpoints) > MaxEndpoints || len(book.Tiers) > 255 {
+		return nil, fmt.Errorf("decide: at most %d endpoints and 255 tiers", MaxEndpoints)
+	}
+	t := &Table{cfg: cfg, book: book, tierIdx: map[string]uint8{}, epIdx: map[string]uint8{},
+		ids: make(map[string]uint32), openFree: none, pendFree: none}
+	for _, name := range sortedKeys(book.Tiers) {
+		t.tierIdx[name] = uint8(len(t.tiers))
+		t.tiers = append(t.tiers, tierInfo{name: name, t: book.Tiers[name]})
+	}
+	t.defTier = t.tierIdx[book.DefaultTier]
+	for _, name := range sortedKeys(book.Endpoints) {
+		ep := book.Endpoints[name]
+		t.epIdx[name] = uint8(len(t.endpoints))
+		info := endpointInfo{name: name, ep: &ep, loadFactor: [numPriorities]int64{1000, 1000, 1000}}
+		info.adaptive.init(cfg.Adaptive, ep.CapacityInflight)
+		t.endpoints = append(t.endpoints, info)
+	}
+	return t, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// Book is the price book the table was built with.
+func (t *Table) Book() *pricebook.Book { return t.book }
+
+// Accounts is the number of cached accounts.
+func (t *Table) Accounts() int { return len(t.accounts) }
+
+// OpenRequests is the number of open (admitted, unfinished) requests.
+func (t *Table) OpenRequests() int { return t.openLive }
+
+// PendingChanges is the number of local balance changes not yet folded by the ledger.
+func (t *Table) PendingChanges() int { return t.pendLive }
+
+// Endpoint reports whether name is a known endpoint.
+func (t *Table) Endpoint(name string) bool { _, ok := t.epIdx[name]; return ok }
+
+// lookup returns the account's index, inserting it when absent. ok is false when the table
+// is full.
+func (t *Table) lookup(id string) (uint32, bool) {
+	if i, ok := t.ids[id]; ok {
+		return i, true
+	}
+	if len(t.accounts) >= t.cfg.AccountsMax {
+		return 0, false
+	}
+	i := uint32(len(t.accounts))
+	t.ids[id] = i
+	t.accounts = append(t.accounts, account{foldedOffset: -1, foldedPartition: -1, pendingHead: none,
+		factorPermille: factorUnset, tier: t.defTier, priority: PriorityStandard,
+		winStartMs: [MaxWindows]int64{-1, -1, -1, -1}})
+	for range t.endpoints {
+		t.eps = append(t.eps, epState{})
+	}
+	return i, true
+}

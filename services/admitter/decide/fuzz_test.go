@@ -1,0 +1,118 @@
+package decide
+
+import (
+	"testing"
+
+	"github.com/tallyhq/tally/shared/events"
+)
+
+// FuzzTable drives a table with an arbitrary sequence of admits, acks, aborts, finishes,
+// ledger views, limit changes and expiries, and checks after every step what must never
+// happen: a pending sum that differs from its changes, a negative in-flight count, an open
+// count that drifts, a hold kept after the ledger folded it, a panic.
+func FuzzTable(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
+	f.Add([]byte{0, 0, 0, 1, 1, 3, 3, 4, 4, 5, 200, 7, 9, 0, 0, 2})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		tb := newTable(t, func(c *Config) { c.AccountsMax = 8; c.OpenMax = 16; c.PendingMax = 32 })
+		accts := []string{"a", "b", "c"}
+		eps := []string{"sora.video", "codex.responses", "nope"}
+		var handles []uint32
+		offset := int64(0)
+		now := t0
+		for i := 0; i+1 < len(ops); i += 2 {
+			op, arg := ops[i]%8, int(ops[i+1])
+			acct := accts[arg%len(accts)]
+			switch op {
+			case 0, 1:
+				r := &Request{AccountID: acct, Endpoint: eps[arg%len(eps)], Priority: []string{"", "batch", "critical", "x"}[arg%4],
+					Estimate: events.Units{VideoSeconds: int64(arg), Resolution: "480p", TokensIn: int64(arg) * 100}}
+				var d Decision
+				if err := tb.Admit(r, now, &d); err == nil && d.Allowed {
+					handles = append(handles, d.Handle)
+				} else if err == nil && (d.Reason == ReasonNone || d.RetryAfterMs <= 0) {
+					t.Fatalf("denial without reason or retry: %+v", d)
+				}
+			case 2:
+				if len(handles) > 0 {
+					offset++
+					tb.Published(handles[arg%len(handles)], int32(arg%2), offset)
+				}
+			case 3:
+				if len(handles) > 0 {
+					k := arg % len(handles)
+					tb.Abort(handles[k])
+					handles = append(handles[:k], handles[k+1:]...)
+				}
+			case 4:
+				if len(handles) > 0 {
+					k := arg % len(handles)
+					if s, err := tb.Quote(handles[k], int64(arg)*50_000); err == nil {
+						offset++
+						_ = tb.Finish(handles[k], s, int64(arg), arg%3 == 0, int32(arg%2), offset)
+					}
+					handles = append(handles[:k], handles[k+1:]...)
+				}
+			case 5:
+				tb.ApplyBalance(&events.BalanceUpdated{AccountID: acct, Tier: []string{"free", "pro", "bogus"}[arg%3],
+					AvailableMicros: int64(arg) * 100_000, Partition: int32(arg % 2), Offset: int64(arg)})
+			case 6:
+				tb.ApplyLimits(&events.LimitsAdjusted{Scope: events.ScopeAccount, AccountID: acct, FactorPermille: int32(arg * 40), Reason: "f"})
+			case 7:
+				now += int64(arg) * 10_000
+				tb.Expire(now, arg, nil)
+			}
+			checkInvariants(t, tb)
+		}
+	})
+}
+
+func checkInvariants(t *testing.T, tb *Table) {
+	t.Helper()
+	live := 0
+	for ai := range tb.accounts {
+		a := &tb.accounts[ai]
+		var sa, sl int64
+		for cur := a.pendingHead; cur != none; cur = tb.pend[cur].next {
+			p := &tb.pend[cur]
+			if p.account != uint32(ai) {
+				t.Fatalf("pending %d linked to the wrong account", cur)
+			}
+			if p.partition == a.foldedPartition && p.offset >= 0 && p.offset <= a.foldedOffset {
+				t.Fatalf("pending change at offset %d kept after the ledger folded %d", p.offset, a.foldedOffset)
+			}
+			sa += p.availMicros
+			sl += p.allowMicros
+			live++
+		}
+		if sa != a.pendingAvail || sl != a.pendingAllow {
+			t.Fatalf("account %d: pending sums %d/%d, changes sum %d/%d", ai, a.pendingAvail, a.pendingAllow, sa, sl)
+		}
+	}
+	if live != tb.pendLive {
+		t.Fatalf("pendLive %d, linked %d", tb.pendLive, live)
+	}
+	opens := 0
+	perSlot := make([]int32, len(tb.eps))
+	perEp := make([]int64, len(tb.endpoints))
+	for i := range tb.opens {
+		if o := &tb.opens[i]; o.live {
+			opens++
+			perSlot[int(o.account)*len(tb.endpoints)+int(o.endpoint)]++
+			perEp[o.endpoint]++
+		}
+	}
+	if opens != tb.openLive {
+		t.Fatalf("openLive %d, live %d", tb.openLive, opens)
+	}
+	for i := range tb.eps {
+		if v := tb.eps[i].inflight; v != perSlot[i] {
+			t.Fatalf("inflight slot %d = %d, open requests %d", i, v, perSlot[i])
+		}
+	}
+	for i := range tb.endpoints {
+		if tb.endpoints[i].inflight != perEp[i] {
+			t.Fatalf("endpoint %d inflight %d, open %d", i, tb.endpoints[i].inflight, perEp[i])
+		}
+	}
+}

@@ -1,0 +1,465 @@
+package admitter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tallyhq/tally/services/admitter/api"
+	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/httpx"
+	"github.com/tallyhq/tally/shared/pricebook"
+)
+
+// entry is one request_id's idempotency record: the admit answer, the open request while it
+// runs, and the finish answer.
+type entry struct {
+	id   string
+	req  api.AdmitRequest // the admit's parameters, to detect a reused request_id
+	done chan struct{}    // closed once the admit answer (or its failure) is known
+
+	status int
+	body   []byte // nil when the admit failed (503): the entry is then gone from the map
+
+	allowed  bool
+	open     bool // the request is open in the table under handle
+	handle   uint32
+	keyID    string
+	client   string
+	funding  decide.Funding
+	hold     int64
+	startPos [2]int64 // partition, offset of request.started
+
+	fin *finish
+}
+
+type finish struct {
+	req    api.FinishRequest
+	done   chan struct{}
+	status int
+	body   []byte
+}
+
+// Handler is the admitter's HTTP API.
+func (s *Service) Handler() http.Handler {
+	routes := s.routes()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.m.httpInflight.Inc()
+		defer s.m.httpInflight.Dec()
+		rt, ok := routes[r.URL.Path]
+		switch {
+		case !ok:
+			httpx.NotFound(w, r)
+		case r.Method != rt.method:
+			w.Header().Set("Allow", rt.method)
+			httpx.WriteError(w, httpx.Errorf(http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "%s %s: use %s", r.Method, r.URL.Path, rt.method))
+		default:
+			rt.h(w, r)
+		}
+	})
+	return httpx.Recover(h, func(p any) { s.log.Error("panic in handler", "panic", p) })
+}
+
+type route struct {
+	method string
+	h      http.HandlerFunc
+}
+
+// routes is the routing table: one method per path (api/openapi.json documents each).
+func (s *Service) routes() map[string]route {
+	return map[string]route{
+		api.PathAdmit:   {http.MethodPost, s.handleAdmit},
+		api.PathFinish:  {http.MethodPost, s.handleFinish},
+		"/healthz":      {http.MethodGet, s.handleHealthz},
+		"/readyz":       {http.MethodGet, s.handleReadyz},
+		"/metrics":      {http.MethodGet, promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}).ServeHTTP},
+		"/openapi.json": {http.MethodGet, func(w http.ResponseWriter, _ *http.Request) { writeAnswer(w, http.StatusOK, api.OpenAPI, 0) }},
+	}
+}
+
+func (s *Service) handleHealthz(w http.ResponseWriter, _ *http.Request) {
+	httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Service) handleReadyz(w http.ResponseWriter, _ *http.Request) {
+	if !s.ready.Load() {
+		httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable, "loading balances and limits"))
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "price_book_version": s.book.Version})
+}
+
+func (s *Service) auth(r *http.Request) (string, *httpx.Error) {
+	return s.keys.Load().Authenticate(r)
+}
+
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil || events.CheckID("client_addr", host) != nil {
+		return ""
+	}
+	return host
+}
+
+func unavailable(format string, a ...any) *httpx.Error {
+	return httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable, format, a...)
+}
+
+func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
+	keyID, herr := s.auth(r)
+	if herr != nil {
+		httpx.WriteError(w, herr)
+		return
+	}
+	var req api.AdmitRequest
+	if herr := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); herr != nil {
+		httpx.WriteError(w, herr)
+		return
+	}
+	if err := req.Validate(); err != nil {
+		httpx.WriteError(w, httpx.Validation(err))
+		return
+	}
+	if !s.table.Endpoint(req.Endpoint) {
+		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound, "unknown endpoint %q", req.Endpoint))
+		return
+	}
+	if req.RequestID == "" {
+		id, err := uuid.NewV7()
+		if err != nil {
+			httpx.WriteError(w, unavailable("request id: %v", err))
+			return
+		}
+		req.RequestID = id.String()
+	}
+	now := time.Now()
+	s.mu.Lock()
+	if e := s.reqs[req.RequestID]; e != nil {
+		s.mu.Unlock()
+		s.replayAdmit(w, r, e, &req)
+		return
+	}
+	var d decide.Decision
+	t0 := time.Now()
+	err := s.table.Admit(&decide.Request{AccountID: req.AccountID, Endpoint: req.Endpoint, Model: req.Model,
+		Priority: req.Priority, Estimate: req.Estimate}, now.UnixMilli(), &d)
+	if err != nil || d.Reason == decide.ReasonTableFull {
+		s.mu.Unlock()
+		if err != nil {
+			httpx.WriteError(w, priceError(err))
+		} else {
+			httpx.WriteError(w, unavailable("admitter state at its bound (accounts, open requests or pending changes)"))
+		}
+		return
+	}
+	e := &entry{id: req.RequestID, req: req, done: make(chan struct{}), allowed: d.Allowed, handle: d.Handle,
+		keyID: keyID, client: clientAddr(r), funding: d.Funding, hold: d.HoldMicros}
+	s.reqs[req.RequestID] = e
+	s.mu.Unlock()
+	s.m.decisionSec.Observe(time.Since(t0).Seconds())
+
+	resp := s.admitResponse(&req, &d)
+	status := http.StatusOK
+	if !d.Allowed {
+		status = http.StatusTooManyRequests
+	}
+	body, _ := json.Marshal(resp)
+	value, name, err := s.admitEvent(e, &req, &d, now)
+	var part int32
+	var off int64
+	if err == nil {
+		part, off, err = s.publish(r.Context(), name, req.AccountID, value)
+	}
+	s.mu.Lock()
+	if err != nil {
+		if d.Allowed {
+			s.table.Abort(d.Handle)
+		}
+		delete(s.reqs, e.id)
+		s.mu.Unlock()
+		close(e.done)
+		s.log.Warn("admit not answered: event not acknowledged", "request_id", e.id, "err", err)
+		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
+		return
+	}
+	e.status, e.body = status, body
+	if d.Allowed {
+		s.table.Published(d.Handle, part, off)
+		e.open, e.startPos = true, [2]int64{int64(part), off}
+		s.byHandle[d.Handle] = e
+	} else {
+		s.rememberLocked(e.id)
+	}
+	s.m.open.Set(float64(s.table.OpenRequests()))
+	s.mu.Unlock()
+	close(e.done)
+	reason := "allowed"
+	if !d.Allowed {
+		reason = d.Reason.String()
+	}
+	s.m.decisions.WithLabelValues(reason, d.Funding.String()).Inc()
+	writeAnswer(w, status, body, d.RetryAfterMs)
+}
+
+var newline = []byte{'\n'}
+
+func writeAnswer(w http.ResponseWriter, status int, body []byte, retryAfterMs int64) {
+	w.Header().Set("Content-Type", "application/json")
+	if status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", strconv.FormatInt((retryAfterMs+999)/1000, 10))
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	_, _ = w.Write(newline)
+}
+
+// replayAdmit answers a repeated request_id with the first answer, publishing nothing.
+func (s *Service) replayAdmit(w http.ResponseWriter, r *http.Request, e *entry, req *api.AdmitRequest) {
+	select {
+	case <-e.done:
+	case <-r.Context().Done():
+		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
+		return
+	}
+	if e.body == nil {
+		httpx.WriteError(w, unavailable("the first call with this request_id failed; retry"))
+		return
+	}
+	if !sameAdmit(&e.req, req) {
+		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, api.CodeRequestIDReused, "request_id %q was used with different parameters", req.RequestID))
+		return
+	}
+	s.m.replays.Inc()
+	var retry int64
+	if e.status == http.StatusTooManyRequests {
+		var a api.AdmitResponse
+		_ = json.Unmarshal(e.body, &a)
+		retry = a.RetryAfterMs
+	}
+	writeAnswer(w, e.status, e.body, retry)
+}
+
+func sameAdmit(a, b *api.AdmitRequest) bool {
+	return a.AccountID == b.AccountID && a.Endpoint == b.Endpoint && a.Model == b.Model &&
+		a.Priority == b.Priority && a.Estimate == b.Estimate
+}
+
+func priceError(err error) *httpx.Error {
+	switch {
+	case errors.Is(err, decide.ErrUnknownEndpoint), errors.Is(err, pricebook.ErrUnknownEndpoint):
+		return httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound, "unknown endpoint")
+	case errors.Is(err, pricebook.ErrUnknownModel):
+		return httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "model: unknown for this endpoint")
+	case errors.Is(err, pricebook.ErrUnknownResolution):
+		return httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "resolution: unknown for this endpoint")
+	}
+	return httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "price: %v", err)
+}
+
+func (s *Service) admitResponse(req *api.AdmitRequest, d *decide.Decision) api.AdmitResponse {
+	resp := api.AdmitResponse{RequestID: req.RequestID, Allowed: d.Allowed, Reason: d.Reason.String(),
+		RetryAfterMs: d.RetryAfterMs, Funding: d.Funding.String(), Tier: d.Tier, Priority: d.Priority.String(),
+		EstimateMicros: d.EstimateMicros, ReservedMicros: d.HoldMicros + d.AllowanceMicros, HoldMicros: d.HoldMicros,
+		AllowanceMicros: d.AllowanceMicros, PriceBookVersion: s.book.Version,
+		Remaining: api.Remaining{AvailableMicros: d.AvailableMicros, Allowance: []api.Window{},
+			RatePerMinute: d.RatePerMinute, Burst: d.Burst, RateRemaining: d.RateRemaining,
+			ConcurrencyLimit: d.ConcurrencyLimit, InFlight: d.InFlight, EndpointInFlight: d.EndpointInFlight,
+			EndpointCapacity: d.EndpointCapacity, LoadFactorPermille: d.LoadFactorPermille,
+			HistoryFactorPermille: d.HistoryFactorPermille}}
+	if d.Allowed {
+		resp.RetryAfterMs = 0
+		t := time.UnixMilli(d.HoldExpiresAtMs).UTC()
+		resp.HoldExpiresAt = &t
+	}
+	for i := 0; i < d.NumWindows; i++ {
+		wd := &d.Windows[i]
+		resp.Remaining.Allowance = append(resp.Remaining.Allowance, api.Window{Name: wd.Name, LimitMicros: wd.LimitMicros,
+			UsedMicros: wd.UsedMicros, RemainingMicros: wd.RemainingMicros, ResetsAt: time.UnixMilli(wd.ResetsAtMs).UTC()})
+	}
+	return resp
+}
+
+func (s *Service) admitEvent(e *entry, req *api.AdmitRequest, d *decide.Decision, now time.Time) ([]byte, string, error) {
+	var data events.Data
+	if d.Allowed {
+		data = events.RequestStarted{RequestID: req.RequestID, AccountID: req.AccountID, Endpoint: req.Endpoint,
+			Model: req.Model, Tier: d.Tier, Priority: d.Priority.String(), Funding: d.Funding.String(),
+			Estimate: req.Estimate, EstimateMicros: d.EstimateMicros, HoldMicros: d.HoldMicros,
+			AllowanceMicros: d.AllowanceMicros, HoldExpiresAt: time.UnixMilli(d.HoldExpiresAtMs).UTC(),
+			PriceBookVersion: s.book.Version, KeyID: e.keyID, ClientAddr: e.client}
+	} else {
+		data = events.RequestRejected{RequestID: req.RequestID, AccountID: req.AccountID, Endpoint: req.Endpoint,
+			Model: req.Model, Tier: d.Tier, Priority: d.Priority.String(), Reason: d.Reason.String(),
+			RetryAfterMs: d.RetryAfterMs, EstimateMicros: d.EstimateMicros, PriceBookVersion: s.book.Version,
+			KeyID: e.keyID, ClientAddr: e.client}
+	}
+	return encode(s.source, now, data)
+}
+
+func encode(source string, now time.Time, data events.Data) ([]byte, string, error) {
+	ev, err := events.New(source, now, data)
+	if err != nil {
+		return nil, "", err
+	}
+	b, err := ev.Encode()
+	return b, data.EventType(), err
+}
+
+// publish makes one event durable, bounded by ADMITTER_PUBLISH_TIMEOUT_MS.
+func (s *Service) publish(ctx context.Context, eventType, key string, value []byte) (int32, int64, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ms(s.cfg.PublishTimeoutMs))
+	defer cancel()
+	t0 := time.Now()
+	p, o, err := s.pub.Publish(ctx, key, value)
+	s.m.publishSec.WithLabelValues(eventType).Observe(time.Since(t0).Seconds())
+	if err != nil {
+		s.m.publishErrors.WithLabelValues(eventType).Inc()
+	}
+	return p, o, err
+}
+
+// rememberLocked puts an answered request id in the bounded FIFO; the oldest answered id
+// leaves the cache when it is full. Open requests are never in the FIFO.
+func (s *Service) rememberLocked(id string) {
+	n := len(s.fifo)
+	if s.fifoLen == n {
+		old := s.fifo[s.fifoHead]
+		if e := s.reqs[old]; e != nil && !e.open {
+			delete(s.reqs, old)
+		}
+		s.fifoHead = (s.fifoHead + 1) % n
+		s.fifoLen--
+	}
+	s.fifo[(s.fifoHead+s.fifoLen)%n] = id
+	s.fifoLen++
+}
+
+func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
+	keyID, herr := s.auth(r)
+	if herr != nil {
+		httpx.WriteError(w, herr)
+		return
+	}
+	var req api.FinishRequest
+	if herr := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); herr != nil {
+		httpx.WriteError(w, herr)
+		return
+	}
+	if err := req.Validate(); err != nil {
+		httpx.WriteError(w, httpx.Validation(err))
+		return
+	}
+	s.mu.Lock()
+	e := s.reqs[req.RequestID]
+	s.mu.Unlock()
+	if e == nil {
+		httpx.WriteError(w, unknownRequest(req.RequestID))
+		return
+	}
+	select { // an admit still being published
+	case <-e.done:
+	case <-r.Context().Done():
+		httpx.WriteError(w, unavailable("request cancelled"))
+		return
+	}
+	s.mu.Lock()
+	if !e.allowed || e.body == nil {
+		s.mu.Unlock()
+		httpx.WriteError(w, unknownRequest(req.RequestID))
+		return
+	}
+	if f := e.fin; f != nil {
+		s.mu.Unlock()
+		s.replayFinish(w, r, f, &req)
+		return
+	}
+	if !e.open {
+		s.mu.Unlock()
+		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, api.CodeUnknownRequest, "request %q: its hold expired", req.RequestID))
+		return
+	}
+	var cost int64
+	var err error
+	if req.Usage != (events.Units{}) { // no usage at all (e.g. a cancelled request) costs nothing
+		cost, err = s.table.Price(e.req.Endpoint, e.req.Model, req.Usage)
+	}
+	if err != nil {
+		s.mu.Unlock()
+		httpx.WriteError(w, priceError(err))
+		return
+	}
+	q, err := s.table.Quote(e.handle, cost)
+	if err != nil {
+		s.mu.Unlock()
+		httpx.WriteError(w, unknownRequest(req.RequestID))
+		return
+	}
+	f := &finish{req: req, done: make(chan struct{})}
+	e.fin = f
+	s.mu.Unlock()
+
+	resp := api.FinishResponse{RequestID: req.RequestID, Funding: q.Funding.String(), CostMicros: q.CostMicros,
+		ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
+		PriceBookVersion: s.book.Version}
+	value, name, err := encode(s.source, time.Now(), events.RequestFinished{RequestID: req.RequestID,
+		AccountID: e.req.AccountID, Endpoint: e.req.Endpoint, Model: e.req.Model, Status: req.Status, Usage: req.Usage,
+		CostMicros: cost, DurationMs: req.DurationMs, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: clientAddr(r)})
+	var part int32
+	var off int64
+	if err == nil {
+		part, off, err = s.publish(r.Context(), name, e.req.AccountID, value)
+	}
+	s.mu.Lock()
+	if err != nil {
+		e.fin = nil
+		s.mu.Unlock()
+		close(f.done)
+		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
+		return
+	}
+	if e.open {
+		_ = s.table.Finish(e.handle, q, req.DurationMs, req.Status == events.StatusFailed, part, off)
+		delete(s.byHandle, e.handle)
+		e.open = false
+	}
+	body, _ := json.Marshal(resp)
+	f.status, f.body = http.StatusOK, body
+	s.rememberLocked(e.id)
+	s.m.open.Set(float64(s.table.OpenRequests()))
+	s.mu.Unlock()
+	close(f.done)
+	s.m.finishes.WithLabelValues(req.Status).Inc()
+	writeAnswer(w, http.StatusOK, body, 0)
+}
+
+func (s *Service) replayFinish(w http.ResponseWriter, r *http.Request, f *finish, req *api.FinishRequest) {
+	select {
+	case <-f.done:
+	case <-r.Context().Done():
+		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
+		return
+	}
+	if f.body == nil {
+		httpx.WriteError(w, unavailable("the first finish with this request_id failed; retry"))
+		return
+	}
+	if f.req.Status != req.Status || f.req.Usage != req.Usage || f.req.DurationMs != req.DurationMs {
+		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, api.CodeRequestIDReused, "request %q was already finished with different usage", req.RequestID))
+		return
+	}
+	s.m.replays.Inc()
+	writeAnswer(w, f.status, f.body, 0)
+}
+
+func unknownRequest(id string) *httpx.Error {
+	return httpx.Errorf(http.StatusNotFound, api.CodeUnknownRequest, "request %q was not admitted by this admitter", id)
+}

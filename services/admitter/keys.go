@@ -1,0 +1,73 @@
+package admitter
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/tallyhq/tally/shared/httpx"
+)
+
+// maxKeyFileBytes bounds the API key file.
+const maxKeyFileBytes = 1 << 20
+
+// parseKeys parses "id:sha256hex" entries separated by commas or newlines; lines starting
+// with # are comments.
+func parseKeys(s string) (*httpx.Keyring, error) {
+	var parts []string
+	for _, line := range strings.Split(s, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		parts = append(parts, line)
+	}
+	return httpx.ParseKeyring(strings.Join(parts, ","))
+}
+
+func loadKeyFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	if len(b) > maxKeyFileBytes {
+		return "", fmt.Errorf("%s: larger than %d bytes", path, maxKeyFileBytes)
+	}
+	if _, err := parseKeys(string(b)); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return string(b), nil
+}
+
+// ReloadKeys rebuilds the keyring from ADMITTER_API_KEYS and the key file. On error the
+// previous keyring stays in force (a bad edit never locks every client out).
+func (s *Service) ReloadKeys() error {
+	all := s.cfg.APIKeys
+	if s.cfg.APIKeysFile != "" {
+		st, err := os.Stat(s.cfg.APIKeysFile)
+		if err != nil {
+			return fmt.Errorf("admitter: key file: %w", err)
+		}
+		f, err := loadKeyFile(s.cfg.APIKeysFile)
+		if err != nil {
+			return fmt.Errorf("admitter: key file: %w", err)
+		}
+		all += "\n" + f
+		s.keyMod.Store(st.ModTime().UnixNano() ^ st.Size())
+	}
+	k, err := parseKeys(strings.ReplaceAll(all, ",", "\n"))
+	if err != nil {
+		return fmt.Errorf("admitter: keys: %w", err)
+	}
+	s.keys.Store(k)
+	return nil
+}
+
+// keyFileChanged reports whether the key file's modification time or size changed.
+func (s *Service) keyFileChanged() bool {
+	st, err := os.Stat(s.cfg.APIKeysFile)
+	if err != nil {
+		return false
+	}
+	return st.ModTime().UnixNano()^st.Size() != s.keyMod.Load()
+}

@@ -1,0 +1,81 @@
+package admitter
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/tallyhq/tally/services/admitter/api"
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
+)
+
+// TestThreeInstancesOverAdmission runs 3 admitters against one cluster and one account, with
+// clients hammering all three at once, and measures how far the admitted total goes past the
+// account's concurrency limit, burst and credit balance. No ledger runs: the only way an
+// admitter learns of another's holds is the events topic (ADMITTER_FOLLOW_PEERS).
+func TestThreeInstancesOverAdmission(t *testing.T) {
+	for _, follow := range []bool{true, false} {
+		t.Run(fmt.Sprintf("follow_peers=%v", follow), func(t *testing.T) {
+			c := kafkatest.Start(t)
+			// conc3x2: max_concurrent 6; tiny: burst 2 × 1.5 = 3; money: 100,000 µ funds 13 × 7,500.
+			seed(t, c, bal("conc", "conc3", 1e12), bal("rate", "tiny", 1e12), bal("money", "wide", 100_000))
+			var inst []*running
+			for i := 0; i < 3; i++ {
+				cfg := testConfig(t, c)
+				cfg.Instances = 3
+				cfg.FollowPeers = follow
+				cfg.InstanceID = fmt.Sprint("i", i)
+				inst = append(inst, start(t, cfg))
+			}
+			hammer := func(acct string, perInstance int, finish bool, req func(id string) api.AdmitRequest) (allowed int64) {
+				var n atomic.Int64
+				var wg sync.WaitGroup
+				for i, s := range inst {
+					for g := 0; g < 3; g++ {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							for k := 0; k < perInstance/3; k++ {
+								id := fmt.Sprintf("%s-%d-%d-%d", acct, i, g, k)
+								a := post(t, s.url+api.PathAdmit, testSecret, req(id))
+								if a.status == 200 {
+									n.Add(1)
+								} else if a.status != 429 {
+									t.Errorf("%s: %d %s", id, a.status, a.body)
+								}
+							}
+						}()
+					}
+				}
+				wg.Wait()
+				return n.Load()
+			}
+			// Concurrency: conc3 has max_concurrent 3 → 1 per instance; nothing finishes.
+			conc := hammer("conc", 30, false, func(id string) api.AdmitRequest { return codeReq(id, "conc") })
+			// Rate: tiny's burst of 3 within one instant → 1 per instance.
+			rate := hammer("rate", 30, false, func(id string) api.AdmitRequest {
+				return api.AdmitRequest{RequestID: id, AccountID: "rate", Endpoint: "codex.responses", Estimate: events.Units{TokensIn: 1}}
+			})
+			// Credits: 100,000 µ at 7,500 µ per hold → 13 fundable.
+			money := hammer("money", 90, false, func(id string) api.AdmitRequest { return codeReq(id, "money") })
+			held := money * 7_500
+			t.Logf("3 instances, follow_peers=%v: concurrency admitted %d (limit 3), burst admitted %d (limit 3, rate may refill), credits admitted %d holds = %d µ (balance 100,000 µ, 13 fundable): over-admission %d requests, %d µ",
+				follow, conc, rate, money, held, max(money-13, 0), max(held-100_000, 0))
+			if conc > 3 {
+				t.Errorf("concurrency over-admitted: %d > 3", conc)
+			}
+			if rate > 3+3 { // +1 per instance if a refill (1/s per instance) lands during the burst
+				t.Errorf("rate over-admitted: %d", rate)
+			}
+			if money < 13 {
+				t.Errorf("under-admitted credits: %d < 13", money)
+			}
+			// Documented bound (README): at most 2 × (N-1) × concurrent callers per instance = 12 here.
+			if follow && money > 13+12 {
+				t.Errorf("credits over-admitted beyond the documented bound: %d", money)
+			}
+		})
+	}
+}

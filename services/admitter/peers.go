@@ -1,0 +1,115 @@
+package admitter
+
+import (
+	"context"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/shared/events"
+)
+
+// peerOpen is another admitter's open request, kept until its finish or its hold expiry so
+// that the finish can be settled locally. At most ADMITTER_OPEN_MAX are kept.
+type peerOpen struct {
+	peer        decide.Peer
+	expiresAtMs int64
+}
+
+// followPeers reads the events topic from its end at start-up and applies the other
+// admitters' request.started and request.finished events to the local balances, so that N
+// admitters see each other's holds within the topic's propagation delay instead of the
+// ledger's fold delay. Its own events (same source) are skipped.
+func (s *Service) followPeers(ctx context.Context, positioned func()) {
+	var ends map[int]int64
+	for {
+		var err error
+		if ends, err = partitionEnds(ctx, s.brokers, s.topics.Events); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(followRetry):
+		}
+	}
+	positioned() // every event written from now on will be read
+	done := make(chan struct{}, len(ends))
+	for p, end := range ends {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.brokers, Topic: s.topics.Events, Partition: p,
+				MinBytes: 1, MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait})
+			defer r.Close()
+			if err := r.SetOffset(end); err != nil {
+				s.log.Error("peer follower: set offset", "partition", p, "err", err)
+				return
+			}
+			for {
+				msg, err := r.FetchMessage(ctx)
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					s.log.Warn("peer follower: read failed; retrying", "partition", p, "err", err)
+					time.Sleep(followRetry)
+					continue
+				}
+				s.applyPeer(msg)
+			}
+		}()
+	}
+	for range ends {
+		<-done
+	}
+}
+
+func (s *Service) applyPeer(msg kafka.Message) {
+	for _, h := range msg.Headers {
+		if h.Key == HeaderSource && string(h.Value) == s.source {
+			return
+		}
+	}
+	// Unreadable input events are the ledger's to dead-letter; the admitter only skips them.
+	ev, err := events.Decode(msg.Value)
+	if err != nil || ev.Source == s.source {
+		return
+	}
+	part, off := int32(msg.Partition), msg.Offset
+	switch p := ev.Payload.(type) {
+	case events.RequestStarted:
+		po := peerOpen{peer: decide.Peer{AccountID: p.AccountID, HoldMicros: p.HoldMicros, AllowanceMicros: p.AllowanceMicros,
+			Funding: decide.FundingCredits}, expiresAtMs: p.HoldExpiresAt.UnixMilli()}
+		if p.Funding == events.FundingAllowance {
+			po.peer.Funding = decide.FundingAllowance
+		}
+		s.mu.Lock()
+		s.table.ApplyPeerStart(&po.peer, part, off)
+		if len(s.peers) < s.cfg.OpenMax {
+			s.peers[p.RequestID] = po
+		}
+		s.mu.Unlock()
+		s.m.peerEvents.Inc()
+	case events.RequestFinished:
+		s.mu.Lock()
+		if po, ok := s.peers[p.RequestID]; ok {
+			delete(s.peers, p.RequestID)
+			s.table.ApplyPeerFinish(&po.peer, p.CostMicros, part, off)
+		}
+		s.mu.Unlock()
+		s.m.peerEvents.Inc()
+	}
+}
+
+// expirePeersLocked drops at most budget peer requests whose hold expired.
+func (s *Service) expirePeersLocked(nowMs int64, budget int) {
+	for id, po := range s.peers {
+		if budget--; budget < 0 {
+			return
+		}
+		if po.expiresAtMs <= nowMs {
+			delete(s.peers, id)
+		}
+	}
+}

@@ -1,0 +1,252 @@
+package admitter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/shared/httpx"
+	"github.com/tallyhq/tally/shared/kafkax"
+	"github.com/tallyhq/tally/shared/pricebook"
+)
+
+// Publisher makes one event durable on the events topic (acks=all) and reports where.
+type Publisher interface {
+	Publish(ctx context.Context, key string, value []byte) (partition int32, offset int64, err error)
+}
+
+// Service is one admitter: HTTP API, decision core, event publisher and state followers.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	book    *pricebook.Book
+	brokers []string
+	topics  kafkax.Topics
+	source  string
+
+	mu       sync.Mutex // guards table, reqs, byHandle, fifo
+	table    *decide.Table
+	reqs     map[string]*entry
+	byHandle map[uint32]*entry
+	fifo     []string // answered request ids in answer order, a ring of IdempotencyMax
+	fifoHead int
+	fifoLen  int
+	peers    map[string]peerOpen // other admitters' open requests (ADMITTER_FOLLOW_PEERS)
+
+	keys   atomic.Pointer[httpx.Keyring]
+	keyMod atomic.Int64
+
+	writer *kafka.Writer
+	dlq    *kafka.Writer
+	pub    Publisher
+	m      *metrics
+
+	ln      net.Listener
+	srv     *http.Server
+	ready   atomic.Bool
+	readyCh chan struct{}
+}
+
+// New validates cfg, loads the price book (a bad one stops the service with the reason),
+// binds the listen address and prepares the Kafka writers. Run starts it.
+func New(cfg Config, log *slog.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("admitter: settings: %w", err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	book, err := pricebook.LoadOrDefault(cfg.PriceBookPath)
+	if err != nil {
+		return nil, fmt.Errorf("admitter: price book: %w", err)
+	}
+	table, err := decide.NewTable(book, cfg.Core())
+	if err != nil {
+		return nil, fmt.Errorf("admitter: %w", err)
+	}
+	brokers, _ := kafkax.ParseBrokers(cfg.KafkaBrokers)
+	s := &Service{cfg: cfg, log: log, book: book, brokers: brokers, topics: kafkax.NewTopics(cfg.TopicPrefix),
+		source: cfg.source(), table: table, reqs: map[string]*entry{}, byHandle: map[uint32]*entry{}, peers: map[string]peerOpen{},
+		fifo: make([]string, cfg.IdempotencyMax), m: newMetrics(), readyCh: make(chan struct{})}
+	if err := s.ReloadKeys(); err != nil {
+		return nil, err
+	}
+	wc := kafkax.WriterConfig{BatchTimeout: ms(cfg.BatchTimeoutMs), BatchSize: cfg.BatchMax,
+		WriteTimeout: ms(cfg.PublishTimeoutMs), MaxAttempts: 3}
+	s.writer = kafkax.NewWriter(brokers, s.topics.Events, wc)
+	s.writer.Completion = completion
+	s.pub = &kafkaPublisher{w: s.writer, source: []byte(s.source)}
+	s.dlq = kafkax.NewWriter(brokers, "", wc)
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("admitter: listen %s: %w", cfg.ListenAddr, err)
+	}
+	s.ln = ln
+	s.srv = httpx.NewServer(cfg.ListenAddr, s.Handler(), httpx.DefaultServerConfig)
+	return s, nil
+}
+
+// Addr is the bound HTTP address (useful with port 0).
+func (s *Service) Addr() string { return s.ln.Addr().String() }
+
+// Ready is closed once the compacted balances and limits topics are loaded.
+func (s *Service) Ready() <-chan struct{} { return s.readyCh }
+
+// Metrics returns the Prometheus registry (served on /metrics).
+func (s *Service) Metrics() *prometheus.Registry { return s.m.reg }
+
+// Run serves until ctx is cancelled, then shuts down: stops accepting, waits for the
+// in-flight calls (bounded by ADMITTER_SHUTDOWN_TIMEOUT_MS) and closes the writers.
+func (s *Service) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	go func() {
+		if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("admitter: serve: %w", err)
+		}
+	}()
+	var loaded sync.WaitGroup
+	loaded.Add(2)
+	if s.cfg.FollowPeers {
+		loaded.Add(1)
+		wg.Add(1)
+		go func() { defer wg.Done(); s.followPeers(ctx, loaded.Done) }()
+	}
+	for _, topic := range []string{s.topics.Balances, s.topics.Limits} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.follow(ctx, topic, loaded.Done)
+		}()
+	}
+	go func() {
+		loaded.Wait()
+		if ctx.Err() == nil {
+			s.ready.Store(true)
+			close(s.readyCh)
+			s.log.Info("admitter ready", "addr", s.Addr(), "accounts", s.accounts())
+		}
+	}()
+	wg.Add(1)
+	go func() { defer wg.Done(); s.housekeeping(ctx) }()
+
+	s.log.Info("admitter started", "addr", s.Addr(), "source", s.source, "price_book", s.book.Version)
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), ms(s.cfg.ShutdownTimeoutMs))
+	defer scancel()
+	_ = s.srv.Shutdown(sctx)
+	cancel()
+	wg.Wait()
+	_ = s.writer.Close()
+	_ = s.dlq.Close()
+	s.log.Info("admitter stopped")
+	return runErr
+}
+
+// housekeeping expires open requests whose hold timed out and polls the key file.
+func (s *Service) housekeeping(ctx context.Context) {
+	exp := time.NewTicker(ms(s.cfg.ExpireIntervalMs))
+	defer exp.Stop()
+	var poll <-chan time.Time
+	if s.cfg.APIKeysFile != "" && s.cfg.APIKeysPollMs > 0 {
+		t := time.NewTicker(ms(s.cfg.APIKeysPollMs))
+		defer t.Stop()
+		poll = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-exp.C:
+			s.expire(now)
+		case <-poll:
+			if s.keyFileChanged() {
+				if err := s.ReloadKeys(); err != nil {
+					s.log.Error("api keys reload failed; previous keys stay", "err", err)
+				} else {
+					s.log.Info("api keys reloaded", "keys", s.keys.Load().Len())
+				}
+			}
+		}
+	}
+}
+
+func (s *Service) expire(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.table.Expire(now.UnixMilli(), s.cfg.ExpireBudget, func(h uint32) {
+		if e := s.byHandle[h]; e != nil {
+			delete(s.byHandle, h)
+			e.open = false
+			s.m.expired.Inc()
+			if e.fin == nil {
+				s.rememberLocked(e.id)
+			}
+		}
+	})
+	s.expirePeersLocked(now.UnixMilli(), s.cfg.ExpireBudget)
+	s.m.open.Set(float64(s.table.OpenRequests()))
+}
+
+func (s *Service) accounts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.table.Accounts()
+}
+
+// kafkaPublisher is the Publisher over a kafka-go writer with acks=all.
+type kafkaPublisher struct {
+	w      *kafka.Writer
+	source []byte
+}
+
+// HeaderSource carries the producing admitter's CloudEvents source on every message, so that
+// the peer follower skips its own events without decoding them.
+const HeaderSource = "tally-source"
+
+type ackPos struct {
+	partition int32
+	offset    int64
+}
+
+// completion copies each message's position into its ackPos: kafka-go sets Partition and
+// Offset on the messages it passes to Completion, not on the caller's slice. It runs before
+// WriteMessages returns.
+func completion(msgs []kafka.Message, err error) {
+	if err != nil {
+		return
+	}
+	for i := range msgs {
+		if a, ok := msgs[i].WriterData.(*ackPos); ok {
+			a.partition, a.offset = int32(msgs[i].Partition), msgs[i].Offset
+		}
+	}
+}
+
+func (p *kafkaPublisher) Publish(ctx context.Context, key string, value []byte) (int32, int64, error) {
+	a := &ackPos{partition: -1, offset: -1}
+	if err := p.w.WriteMessages(ctx, kafka.Message{Key: []byte(key), Value: value, WriterData: a,
+		Headers: []kafka.Header{{Key: HeaderSource, Value: p.source}}}); err != nil {
+		return -1, -1, err
+	}
+	if a.offset < 0 {
+		return -1, -1, errors.New("admitter: write acknowledged without a position")
+	}
+	return a.partition, a.offset, nil
+}

@@ -1,0 +1,279 @@
+// Package api is the ledger's HTTP edge: account views, the cached journal, and admin
+// writes that publish events (grants, adjustments, account updates) with acks=all.
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tallyhq/tally/services/ledger/view"
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/httpx"
+	"github.com/tallyhq/tally/shared/pricebook"
+)
+
+// Source is the CloudEvents source of events the API publishes.
+const Source = "urn:tally:ledger-api"
+
+// Reader serves the folded state.
+type Reader interface {
+	Account(id string) (view.Account, bool)
+	Entries(id string, q view.EntriesQuery) (view.Entries, bool)
+	Ready() bool
+}
+
+// Publisher durably publishes one input event (acks=all) to the events topic.
+type Publisher interface {
+	Publish(ctx context.Context, ev events.Event) error
+}
+
+// Config bounds the API.
+type Config struct {
+	Admin *httpx.Keyring
+	Book  *pricebook.Book
+	// BodyMaxBytes bounds a request body.
+	BodyMaxBytes int64
+	// PageMax bounds the entries per page (and is the default page size).
+	PageMax int
+	// PublishTimeout bounds one publish.
+	PublishTimeout time.Duration
+	Logger         *slog.Logger
+	Gatherer       prometheus.Gatherer
+	Now            func() time.Time
+}
+
+// Route is one routed method and path (as in the OpenAPI document).
+type Route struct{ Method, Path string }
+
+// Routes lists every route; openapi_test.go checks it against openapi.json.
+var Routes = []Route{
+	{"GET", "/v1/accounts/{id}"},
+	{"PUT", "/v1/accounts/{id}"},
+	{"GET", "/v1/accounts/{id}/entries"},
+	{"POST", "/v1/accounts/{id}/grants"},
+	{"POST", "/v1/accounts/{id}/adjustments"},
+	{"GET", "/metrics"},
+	{"GET", "/healthz"},
+	{"GET", "/readyz"},
+}
+
+type server struct {
+	cfg Config
+	r   Reader
+	pub Publisher
+}
+
+// Handler returns the ledger's HTTP handler.
+func Handler(cfg Config, r Reader, pub Publisher) http.Handler {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &server{cfg: cfg, r: r, pub: pub}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/accounts/{id}", s.admin(s.getAccount))
+	mux.HandleFunc("PUT /v1/accounts/{id}", s.admin(s.putAccount))
+	mux.HandleFunc("GET /v1/accounts/{id}/entries", s.admin(s.getEntries))
+	mux.HandleFunc("POST /v1/accounts/{id}/grants", s.admin(s.postGrant))
+	mux.HandleFunc("POST /v1/accounts/{id}/adjustments", s.admin(s.postAdjustment))
+	if cfg.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !r.Ready() {
+			httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable, "state not restored yet"))
+			return
+		}
+		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	return httpx.Recover(jsonErrors(mux), func(p any) { cfg.Logger.Error("ledger api: panic", "panic", p) })
+}
+
+// jsonErrors turns the mux's plain-text 404 and 405 answers into the JSON error shape.
+func jsonErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, pattern := mux.Handler(r)
+		if pattern == "" {
+			// Distinguish a wrong method on a known path from an unknown path.
+			for _, m := range []string{"GET", "PUT", "POST", "DELETE", "PATCH"} {
+				probe := r.Clone(r.Context())
+				probe.Method = m
+				if _, p := mux.Handler(probe); p != "" {
+					httpx.WriteError(w, httpx.Errorf(http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+					return
+				}
+			}
+			httpx.NotFound(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (s *server) admin(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if _, err := s.cfg.Admin.Authenticate(r); err != nil {
+			httpx.WriteError(w, err)
+			return
+		}
+		id := r.PathValue("id")
+		if err := events.CheckID("id", id); err != nil {
+			httpx.WriteError(w, httpx.Validation(err))
+			return
+		}
+		h(w, r, id)
+	}
+}
+
+func (s *server) getAccount(w http.ResponseWriter, _ *http.Request, id string) {
+	v, ok := s.r.Account(id)
+	if !ok {
+		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound, "account %q not known to this ledger instance", id))
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, v)
+}
+
+func (s *server) getEntries(w http.ResponseWriter, r *http.Request, id string) {
+	q := view.EntriesQuery{Limit: s.cfg.PageMax}
+	qs := r.URL.Query()
+	var err error
+	if v := qs.Get("from"); v != "" {
+		if q.From, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "from: want RFC 3339 time"))
+			return
+		}
+	}
+	if v := qs.Get("to"); v != "" {
+		if q.To, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "to: want RFC 3339 time"))
+			return
+		}
+	}
+	if v := qs.Get("cursor"); v != "" {
+		if q.Cursor, err = strconv.ParseUint(v, 10, 64); err != nil {
+			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "cursor: not a cursor from next_cursor"))
+			return
+		}
+	}
+	if v := qs.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > s.cfg.PageMax {
+			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "limit: want 1..%d", s.cfg.PageMax))
+			return
+		}
+		q.Limit = n
+	}
+	page, ok := s.r.Entries(id, q)
+	if !ok {
+		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound, "account %q not known to this ledger instance", id))
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, page)
+}
+
+// GrantRequest is POST /v1/accounts/{id}/grants. GrantID is the idempotency key: a grant
+// re-sent with the same id is applied once (one is generated when empty).
+type GrantRequest struct {
+	GrantID      string     `json:"grant_id"`
+	AmountMicros int64      `json:"amount_micros"`
+	Source       string     `json:"source"`
+	Priority     int32      `json:"priority"`
+	ExpiresAt    *time.Time `json:"expires_at"`
+}
+
+// AdjustmentRequest is POST /v1/accounts/{id}/adjustments.
+type AdjustmentRequest struct {
+	AdjustmentID string `json:"adjustment_id"`
+	AmountMicros int64  `json:"amount_micros"`
+	Reason       string `json:"reason"`
+}
+
+// AccountRequest is PUT /v1/accounts/{id}.
+type AccountRequest struct {
+	Tier      string `json:"tier"`
+	Priority  string `json:"priority"`
+	Suspended bool   `json:"suspended"`
+}
+
+// Accepted is the 202 answer of every write.
+type Accepted struct {
+	EventID string `json:"event_id"`
+}
+
+func (s *server) postGrant(w http.ResponseWriter, r *http.Request, id string) {
+	var req GrantRequest
+	if err := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); err != nil {
+		httpx.WriteError(w, err)
+		return
+	}
+	if req.GrantID == "" {
+		req.GrantID = uuid.NewString()
+	}
+	if req.Source == "" {
+		req.Source = events.GrantPurchase
+	}
+	s.publish(w, r, events.CreditsGranted{GrantID: req.GrantID, AccountID: id, AmountMicros: req.AmountMicros,
+		Source: req.Source, Priority: req.Priority, ExpiresAt: req.ExpiresAt})
+}
+
+func (s *server) postAdjustment(w http.ResponseWriter, r *http.Request, id string) {
+	var req AdjustmentRequest
+	if err := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); err != nil {
+		httpx.WriteError(w, err)
+		return
+	}
+	if req.AdjustmentID == "" {
+		req.AdjustmentID = uuid.NewString()
+	}
+	s.publish(w, r, events.CreditsAdjusted{AdjustmentID: req.AdjustmentID, AccountID: id, AmountMicros: req.AmountMicros, Reason: req.Reason})
+}
+
+func (s *server) putAccount(w http.ResponseWriter, r *http.Request, id string) {
+	var req AccountRequest
+	if err := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); err != nil {
+		httpx.WriteError(w, err)
+		return
+	}
+	if _, ok := s.cfg.Book.Tiers[req.Tier]; !ok && req.Tier != "" {
+		httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "tier: %q is not a tier of price book %s", req.Tier, s.cfg.Book.Version))
+		return
+	}
+	s.publish(w, r, events.AccountUpdated{AccountID: id, Tier: req.Tier, Priority: req.Priority, Suspended: req.Suspended})
+}
+
+func (s *server) publish(w http.ResponseWriter, r *http.Request, d events.Data) {
+	if err := d.Validate(); err != nil {
+		httpx.WriteError(w, httpx.Validation(err))
+		return
+	}
+	ev, err := events.New(Source, s.cfg.Now(), d)
+	if err != nil {
+		httpx.WriteError(w, httpx.Validation(err))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
+	defer cancel()
+	if err := s.pub.Publish(ctx, ev); err != nil {
+		s.cfg.Logger.Error("ledger api: publish", "type", ev.Type, "account", ev.Subject, "err", err)
+		httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable, "could not publish the event durably; retry with the same id"))
+		return
+	}
+	httpx.WriteJSON(w, http.StatusAccepted, Accepted{EventID: ev.ID})
+}
+
+// String makes Route print as "GET /path".
+func (r Route) String() string { return fmt.Sprintf("%s %s", r.Method, r.Path) }

@@ -1,0 +1,73 @@
+package api_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tallyhq/tally/services/ledger/api"
+	"github.com/tallyhq/tally/services/ledger/view"
+	"github.com/tallyhq/tally/shared/httpx"
+	"github.com/tallyhq/tally/shared/pricebook"
+)
+
+type nopReader struct{}
+
+func (nopReader) Account(string) (view.Account, bool) { return view.Account{}, false }
+func (nopReader) Entries(string, view.EntriesQuery) (view.Entries, bool) {
+	return view.Entries{}, false
+}
+func (nopReader) Ready() bool { return true }
+
+// TestOpenAPIMatchesRoutes checks that every documented path and method is routed (it does
+// not answer "no route" or 405) and that every route is documented.
+func TestOpenAPIMatchesRoutes(t *testing.T) {
+	raw, err := os.ReadFile("../openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		OpenAPI string                                `json:"openapi"`
+		Paths   map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(doc.OpenAPI, "3.") {
+		t.Fatalf("openapi %q, want 3.x", doc.OpenAPI)
+	}
+	var documented []string
+	for path, ops := range doc.Paths {
+		for m := range ops {
+			if m == "parameters" {
+				continue
+			}
+			documented = append(documented, strings.ToUpper(m)+" "+path)
+		}
+	}
+	var routed []string
+	for _, r := range api.Routes {
+		routed = append(routed, r.String())
+	}
+	sort.Strings(documented)
+	sort.Strings(routed)
+	if strings.Join(documented, "\n") != strings.Join(routed, "\n") {
+		t.Fatalf("documented:\n%s\nrouted:\n%s", strings.Join(documented, "\n"), strings.Join(routed, "\n"))
+	}
+	keys, _ := httpx.ParseKeyring("ops:" + httpx.HashSecret("s"))
+	h := api.Handler(api.Config{Admin: keys, Book: pricebook.Default(), BodyMaxBytes: 1024, PageMax: 10, Gatherer: prometheus.NewRegistry()}, nopReader{}, nil)
+	for _, r := range api.Routes {
+		req := httptest.NewRequest(r.Method, strings.ReplaceAll(r.Path, "{id}", "acme"), nil)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code == http.StatusMethodNotAllowed || strings.Contains(w.Body.String(), "no route") {
+			t.Errorf("%s: not routed: %d %s", r, w.Code, w.Body.String())
+		}
+	}
+}

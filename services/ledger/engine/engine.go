@@ -1,0 +1,707 @@
+// Package engine runs the ledger fold on Kafka: it consumes the events topic in a consumer
+// group, folds each assigned partition with package fold, publishes the outputs, persists
+// per-account state with the offsets it reflects on the compacted ledger-state topic, and
+// only then commits the consumer offsets.
+//
+// Exactly-once effect, per batch of one partition:
+//  1. fold the batch (undecodable messages go to the dead-letter topic);
+//  2. publish journal (ledger.entry, request.expired), balances and limits, acks=all;
+//  3. write the touched accounts' state records (each carries the offset of the last event
+//     folded for that account), acks=all;
+//  4. write the partition record (watermark and last offset), acks=all;
+//  5. commit the consumer offset.
+//
+// A crash between any two steps restarts from the committed offset with the state records:
+// events at or below an account's stored offset are skipped, so nothing is applied twice;
+// nothing past the committed offset was lost; outputs re-emitted by the replay carry the
+// same deterministic ids. The partition record is written after the accounts so the
+// restored clock (watermark) never runs ahead of the restored accounts.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/tallyhq/tally/services/ledger/fold"
+	"github.com/tallyhq/tally/services/ledger/view"
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/kafkax"
+)
+
+// Source is the CloudEvents source of the ledger's outputs.
+const Source = "urn:tally:ledger"
+
+// Config bounds the engine. The root package fills it from the environment.
+type Config struct {
+	Brokers []string
+	Topics  kafkax.Topics
+	Group   string
+	Fold    fold.Config
+	// BatchMax is the most events folded per batch (one publish/persist/commit cycle).
+	BatchMax int
+	// BatchWait is how long a batch waits for more events after its first.
+	BatchWait time.Duration
+	// FetchMaxBytes bounds one fetch from the broker.
+	FetchMaxBytes int
+	// FetchWait is the broker-side long-poll wait.
+	FetchWait time.Duration
+	// QueueMax bounds the messages a partition reader buffers ahead of the fold.
+	QueueMax int
+	// JournalPerAccount is how many recent journal lines per account the engine keeps in
+	// memory for the entries API; JournalAccountsMax bounds how many accounts it keeps them for.
+	JournalPerAccount  int
+	JournalAccountsMax int
+	// RetryBackoff is the pause before rejoining after a failed generation.
+	RetryBackoff time.Duration
+	Writer       kafkax.WriterConfig
+	Logger       *slog.Logger
+	Registry     prometheus.Registerer
+}
+
+// Engine is the running ledger.
+type Engine struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	out     *kafka.Writer // journal, balances, limits
+	state   *kafka.Writer // ledger state
+	dlq     *kafka.Writer
+	mu      sync.RWMutex
+	parts   map[int32]*partition
+	ready   atomic.Bool
+	restore atomic.Int64 // last restore duration, ns
+	done    atomic.Int64 // messages whose batch was published, persisted and committed
+}
+
+// Committed is the number of events-topic messages (folded or dead-lettered) whose batch
+// has been published, persisted and committed since the engine started.
+func (e *Engine) Committed() int64 { return e.done.Load() }
+
+type partition struct {
+	mu      sync.Mutex
+	st      *fold.State
+	journal *journal
+}
+
+// New builds an engine; cfg must be valid (see the root package's Config.Validate).
+func New(cfg Config) *Engine {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	e := &Engine{cfg: cfg, log: cfg.Logger, parts: map[int32]*partition{},
+		out: newWriter(cfg, ""), state: newWriter(cfg, cfg.Topics.LedgerState),
+		dlq: newWriter(cfg, "")} // kafkax.DeadLetter names the topic per message
+	e.m = newMetrics(cfg.Registry)
+	return e
+}
+
+// shortErr reduces kafka-go's per-message WriteErrors (one line per message) to a count and
+// the first error, so that a failed batch logs one line.
+func shortErr(err error) error {
+	var we kafka.WriteErrors
+	if errors.As(err, &we) {
+		for _, e := range we {
+			if e != nil {
+				return fmt.Errorf("%d of %d messages failed, first: %w", we.Count(), len(we), e)
+			}
+		}
+	}
+	return err
+}
+
+// BatchBytesMax bounds one produce batch per partition. kafkax.NewWriter allows 4 MiB, but
+// a broker's default message.max.bytes is 1 MiB (kfake's too): a larger batch is refused
+// with "Message Size Too Large".
+const BatchBytesMax = 1_000_000
+
+func newWriter(cfg Config, topic string) *kafka.Writer {
+	w := kafkax.NewWriter(cfg.Brokers, topic, cfg.Writer)
+	w.BatchBytes = BatchBytesMax
+	return w
+}
+
+// Ready reports whether the state of the current assignment has been restored.
+func (e *Engine) Ready() bool { return e.ready.Load() }
+
+// RestoreDuration is how long the last restore took.
+func (e *Engine) RestoreDuration() time.Duration { return time.Duration(e.restore.Load()) }
+
+// Run consumes until ctx is cancelled. A failed generation (a write that failed after the
+// writer's retries) is abandoned and rejoined: the state is restored again from the
+// ledger-state topic, which is always consistent with the committed offsets.
+func (e *Engine) Run(ctx context.Context) error {
+	defer e.out.Close()
+	defer e.state.Close()
+	defer e.dlq.Close()
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID: e.cfg.Group, Brokers: e.cfg.Brokers, Topics: []string{e.cfg.Topics.Events},
+		StartOffset: kafka.FirstOffset, HeartbeatInterval: time.Second, SessionTimeout: 10 * time.Second,
+		RebalanceTimeout: 10 * time.Second, JoinGroupBackoff: time.Second, Timeout: 10 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("ledger: consumer group: %w", err)
+	}
+	defer group.Close()
+	for {
+		gen, err := group.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			e.log.Warn("ledger: join group", "err", err)
+			if !sleep(ctx, e.cfg.RetryBackoff) {
+				return nil
+			}
+			continue
+		}
+		e.ready.Store(false)
+		done := make(chan error, 1)
+		gen.Start(func(gctx context.Context) {
+			done <- e.generation(ctx, gctx, gen)
+		})
+		select {
+		case err = <-done:
+		case <-ctx.Done():
+			err = <-done
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			e.log.Error("ledger: generation failed; rejoining and restoring", "err", err)
+			if !sleep(ctx, e.cfg.RetryBackoff) {
+				return nil
+			}
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
+
+// generation restores the assigned partitions and folds them until the generation ends.
+func (e *Engine) generation(ctx, gctx context.Context, gen *kafka.Generation) error {
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-gctx.Done():
+			cancel()
+		case <-runCtx.Done():
+		}
+	}()
+	assigned := gen.Assignments[e.cfg.Topics.Events]
+	ids := make([]int32, 0, len(assigned))
+	for _, a := range assigned {
+		ids = append(ids, int32(a.ID))
+	}
+	t0 := time.Now()
+	states, err := Restore(runCtx, e.cfg.Brokers, e.cfg.Topics.LedgerState, e.cfg.Fold, ids)
+	if err != nil {
+		return err
+	}
+	e.restore.Store(int64(time.Since(t0)))
+	parts := map[int32]*partition{}
+	for _, id := range ids {
+		parts[id] = &partition{st: states[id], journal: newJournal(e.cfg.JournalPerAccount, e.cfg.JournalAccountsMax)}
+	}
+	e.mu.Lock()
+	e.parts = parts
+	e.mu.Unlock()
+	e.ready.Store(true)
+	e.log.Info("ledger: assignment restored", "generation", gen.ID, "partitions", ids, "restore", time.Since(t0).String())
+	var commitMu sync.Mutex
+	errs := make(chan error, len(assigned))
+	for _, a := range assigned {
+		go func(a kafka.PartitionAssignment) {
+			errs <- e.consume(runCtx, gen, &commitMu, parts[int32(a.ID)], a)
+		}(a)
+	}
+	var first error
+	for range assigned {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	e.ready.Store(false)
+	if runCtx.Err() != nil && first != nil && errors.Is(first, context.Canceled) {
+		return nil
+	}
+	return first
+}
+
+func (e *Engine) consume(ctx context.Context, gen *kafka.Generation, commitMu *sync.Mutex, p *partition, a kafka.PartitionAssignment) error {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers: e.cfg.Brokers, Topic: e.cfg.Topics.Events, Partition: a.ID,
+		MinBytes: 1, MaxBytes: e.cfg.FetchMaxBytes, MaxWait: e.cfg.FetchWait,
+		QueueCapacity: e.cfg.QueueMax, ReadLagInterval: -1, ReadBatchTimeout: e.cfg.FetchWait + time.Second,
+	})
+	defer r.Close()
+	off := a.Offset
+	if off < 0 {
+		off = kafka.FirstOffset
+	}
+	if err := r.SetOffset(off); err != nil {
+		return fmt.Errorf("ledger: partition %d: seek %d: %w", a.ID, off, err)
+	}
+	// Two stages: this goroutine fetches, decodes, folds and encodes batch k+1 while the
+	// writer goroutine publishes, persists and commits batch k. The hand-off is unbuffered
+	// and there are two batchers, so a batcher's buffers are reused only after its batch
+	// was written. Batches are written strictly in order.
+	batchers := [2]*batcher{newBatcher(e, p, int32(a.ID)), newBatcher(e, p, int32(a.ID))}
+	jobs := make(chan *batcher)
+	werr := make(chan error, 1)
+	go func() { werr <- e.writeLoop(ctx, gen, commitMu, a.ID, jobs) }()
+	defer func() { close(jobs); <-werr }()
+	for i := 0; ; i++ {
+		b := batchers[i%2]
+		msgs, err := e.fetch(ctx, r, b.msgs[:0])
+		b.msgs = msgs
+		if len(msgs) == 0 {
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("ledger: partition %d: fetch: %w", a.ID, err)
+			}
+			continue
+		}
+		if err := b.prepare(ctx); err != nil {
+			return err
+		}
+		select {
+		case jobs <- b:
+		case err := <-werr:
+			werr <- err // for the deferred drain
+			return err
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// writeLoop writes prepared batches in order: outputs, state records, snapshot, commit.
+func (e *Engine) writeLoop(ctx context.Context, gen *kafka.Generation, commitMu *sync.Mutex, part int, jobs <-chan *batcher) error {
+	for b := range jobs {
+		if err := b.write(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		last := b.msgs[len(b.msgs)-1]
+		tc := time.Now()
+		commitMu.Lock()
+		err := gen.CommitOffsets(map[string]map[int]int64{e.cfg.Topics.Events: {part: last.Offset + 1}})
+		commitMu.Unlock()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("ledger: partition %d: commit %d: %w", part, last.Offset+1, err)
+		}
+		e.m.stage.WithLabelValues("commit").Observe(time.Since(tc).Seconds())
+		e.done.Add(int64(len(b.msgs)))
+		e.m.lag.WithLabelValues(itoa(part)).Set(float64(max(0, last.HighWaterMark-last.Offset-1)))
+	}
+	return nil
+}
+
+// fetch returns up to BatchMax messages: it blocks for the first, then waits at most
+// BatchWait for more.
+func (e *Engine) fetch(ctx context.Context, r *kafka.Reader, dst []kafka.Message) ([]kafka.Message, error) {
+	m, err := r.FetchMessage(ctx)
+	if err != nil {
+		return dst, err
+	}
+	dst = append(dst, m)
+	wctx, cancel := context.WithTimeout(ctx, e.cfg.BatchWait)
+	defer cancel()
+	for len(dst) < e.cfg.BatchMax {
+		m, err := r.FetchMessage(wctx)
+		if err != nil {
+			break
+		}
+		dst = append(dst, m)
+	}
+	return dst, nil
+}
+
+// stateRecord is one record of the ledger-state topic: an account (key "a/<id>") or a
+// partition snapshot (key "p/<partition>").
+type stateRecord struct {
+	Partition int32          `json:"p"`
+	Account   *fold.Account  `json:"a,omitempty"`
+	Snapshot  *fold.Snapshot `json:"s,omitempty"`
+}
+
+func accountKey(id string) []byte      { return []byte("a/" + id) }
+func partitionKey(p int32) []byte      { return []byte("p/" + itoa(int(p))) }
+func itoa[T ~int | ~int32](v T) string { return fmt.Sprint(int64(v)) }
+
+// batcher folds and publishes one partition's batches, reusing its buffers.
+type batcher struct {
+	e       *Engine
+	p       *partition
+	id      int32
+	msgs    []kafka.Message
+	evs     []events.Event
+	out     fold.Output
+	les     []events.LedgerEntry
+	outMsg  []kafka.Message
+	stMsg   []kafka.Message
+	outMsgs []kafka.Message // the prepared batch
+	stMsgs  []kafka.Message
+	arena   []byte
+	stArena []byte
+	data    []byte
+	spans   []struct{ key, val [2]int }
+	topics  []string
+}
+
+func newBatcher(e *Engine, p *partition, id int32) *batcher { return &batcher{e: e, p: p, id: id} }
+
+// prepare decodes (dead-lettering what does not decode), folds and encodes the batch.
+func (b *batcher) prepare(ctx context.Context) error {
+	e := b.e
+	t0 := time.Now()
+	b.evs = b.evs[:0]
+	type pos struct {
+		off int64
+		i   int
+	}
+	decoded := make([]pos, 0, len(b.msgs))
+	for _, m := range b.msgs {
+		ev, err := events.Decode(m.Value)
+		if err != nil {
+			e.m.deadLettered.Inc()
+			if derr := kafkax.DeadLetter(ctx, e.dlq, e.cfg.Topics.DeadLetter, "ledger", m, err.Error()); derr != nil {
+				return fmt.Errorf("ledger: partition %d: %w", b.id, derr)
+			}
+			continue
+		}
+		b.evs = append(b.evs, ev)
+		decoded = append(decoded, pos{m.Offset, len(b.evs) - 1})
+	}
+	t1 := time.Now()
+	e.m.stage.WithLabelValues("decode").Observe(t1.Sub(t0).Seconds())
+	b.out.Reset()
+	p := b.p
+	p.mu.Lock()
+	for _, d := range decoded {
+		p.st.Apply(fold.Input{Offset: d.off, Event: &b.evs[d.i]}, &b.out)
+	}
+	// The last message may have been dead-lettered: the partition offset still moves past it.
+	snap := p.st.Snapshot()
+	if last := b.msgs[len(b.msgs)-1].Offset; snap.Offset < last {
+		snap.Offset = last
+	}
+	t2 := time.Now()
+	e.m.stage.WithLabelValues("fold").Observe(t2.Sub(t1).Seconds())
+	var err error
+	b.outMsgs, err = b.outputs()
+	if err != nil {
+		p.mu.Unlock()
+		return err
+	}
+	b.stMsgs = b.stateRecords(snap)
+	p.journal.add(b.les)
+	p.mu.Unlock()
+	t3 := time.Now()
+	e.m.stage.WithLabelValues("encode").Observe(t3.Sub(t2).Seconds())
+	e.m.folded.Add(float64(len(decoded)))
+	if len(decoded) > 0 {
+		e.m.foldSeconds.Observe(time.Since(t0).Seconds() / float64(len(decoded)))
+	}
+	for _, an := range b.out.Anomalies {
+		e.m.anomalies.WithLabelValues(an.Kind).Inc()
+		if an.Kind != fold.AnomalyDuplicate {
+			e.log.Warn("ledger: anomaly", "kind", an.Kind, "account", an.AccountID, "event", an.EventID, "request", an.RequestID)
+		}
+	}
+	return nil
+}
+
+// write publishes the batch's outputs, then its account records, then its snapshot.
+func (b *batcher) write(ctx context.Context) error {
+	e, outMsgs, stMsgs := b.e, b.outMsgs, b.stMsgs
+	t3 := time.Now()
+	if err := e.out.WriteMessages(ctx, outMsgs...); err != nil {
+		return fmt.Errorf("ledger: partition %d: publish %d outputs: %w", b.id, len(outMsgs), shortErr(err))
+	}
+	t4 := time.Now()
+	e.m.stage.WithLabelValues("publish").Observe(t4.Sub(t3).Seconds())
+	// Accounts first, then the partition record (see the package comment).
+	if err := e.state.WriteMessages(ctx, stMsgs[:len(stMsgs)-1]...); err != nil {
+		return fmt.Errorf("ledger: partition %d: persist %d accounts: %w", b.id, len(stMsgs)-1, shortErr(err))
+	}
+	if err := e.state.WriteMessages(ctx, stMsgs[len(stMsgs)-1]); err != nil {
+		return fmt.Errorf("ledger: partition %d: persist snapshot: %w", b.id, shortErr(err))
+	}
+	e.m.stage.WithLabelValues("persist").Observe(time.Since(t4).Seconds())
+	e.m.published.Add(float64(len(outMsgs)))
+	e.m.batchEvents.Observe(float64(len(b.msgs)))
+	return nil
+}
+
+// outputs encodes the fold's outputs as messages (called under the partition lock: it
+// reads account state for balance.updated). Message values share one arena per batch.
+func (b *batcher) outputs() ([]kafka.Message, error) {
+	e, st, out := b.e, b.p.st, &b.out
+	msgs := b.outMsg[:0]
+	arena := b.arena[:0]
+	type span struct{ key, val [2]int }
+	spans := b.spans[:0]
+	topics := b.topics[:0]
+	put := func(topic, key string, val func([]byte) []byte) {
+		k0 := len(arena)
+		arena = append(arena, key...)
+		v0 := len(arena)
+		arena = val(arena)
+		spans = append(spans, span{[2]int{k0, v0}, [2]int{v0, len(arena)}})
+		topics = append(topics, topic)
+	}
+	b.les = b.les[:0]
+	for i := range out.Entries {
+		b.les = append(b.les, out.Entries[i].Event())
+	}
+	for i := range b.les {
+		le := &b.les[i]
+		put(e.cfg.Topics.Journal, le.AccountID, func(dst []byte) []byte {
+			b.data = appendLedgerEntry(b.data[:0], le)
+			return appendEnvelope(dst, le.EntryID, events.TypeLedgerEntry, le.EffectiveAt, le.AccountID, b.data)
+		})
+	}
+	var rareErr error
+	rare := func(topic, key, id string, at time.Time, d events.Data) {
+		v, err := encodeEvent(id, at, d)
+		if err != nil {
+			rareErr = err
+			return
+		}
+		put(topic, key, func(dst []byte) []byte { return append(dst, v...) })
+	}
+	for i := range out.Expired {
+		x := &out.Expired[i]
+		rare(e.cfg.Topics.Journal, x.Data.AccountID, x.ID, x.Data.ExpiredAt, x.Data)
+	}
+	at := st.Watermark()
+	for _, l := range out.Limits {
+		id := events.DerivedID(fmt.Sprintf("limits/%d/%d", b.id, st.Offset()), l.Key()+"/"+itoa(l.FactorPermille))
+		rare(e.cfg.Topics.Limits, l.Key(), id, at, l)
+	}
+	if rareErr != nil {
+		return nil, rareErr
+	}
+	for _, a := range out.Touched {
+		bu := st.Balance(a)
+		id := events.DerivedID(fmt.Sprintf("balance/%d/%d", b.id, a.Offset), a.ID)
+		put(e.cfg.Topics.Balances, a.ID, func(dst []byte) []byte {
+			b.data = appendBalance(b.data[:0], &bu)
+			return appendEnvelope(dst, id, events.TypeBalanceUpdated, at, a.ID, b.data)
+		})
+	}
+	// Slice the arena only now: appends above may have moved it.
+	for i, sp := range spans {
+		msgs = append(msgs, kafka.Message{Topic: topics[i], Key: arena[sp.key[0]:sp.key[1]:sp.key[1]], Value: arena[sp.val[0]:sp.val[1]:sp.val[1]]})
+	}
+	b.outMsg, b.arena, b.spans, b.topics = msgs, arena, spans, topics
+	return msgs, nil
+}
+
+func (b *batcher) stateRecords(snap fold.Snapshot) []kafka.Message {
+	msgs := b.stMsg[:0]
+	arena := b.stArena[:0]
+	var ends []int
+	for _, a := range b.out.Touched {
+		arena = append(arena, "a/"...)
+		arena = append(arena, a.ID...)
+		ends = append(ends, len(arena))
+		arena = encodeAccountRecord(arena, b.id, a)
+		ends = append(ends, len(arena))
+	}
+	start := 0
+	for i := 0; i < len(ends); i += 2 {
+		msgs = append(msgs, kafka.Message{Key: arena[start:ends[i]:ends[i]], Value: arena[ends[i]:ends[i+1]:ends[i+1]]})
+		start = ends[i+1]
+	}
+	msgs = append(msgs, kafka.Message{Key: partitionKey(b.id), Value: encodeSnapshotRecord(snap)})
+	b.stMsg, b.stArena = msgs, arena
+	return msgs
+}
+
+// Restore reads the whole ledger-state topic (latest record per key wins) and returns a
+// fold state per partition in ids, restored.
+func Restore(ctx context.Context, brokers []string, topic string, cfg fold.Config, ids []int32) (map[int32]*fold.State, error) {
+	want := map[int32]bool{}
+	states := map[int32]*fold.State{}
+	for _, id := range ids {
+		want[id] = true
+		states[id] = fold.New(cfg, id)
+	}
+	snaps := map[int32]fold.Snapshot{}
+	err := ReadAll(ctx, brokers, topic, func(m kafka.Message) error {
+		p, a, snap, err := decodeRecord(m.Value)
+		if err != nil {
+			return fmt.Errorf("ledger: restore: record %s/%d/%d: %w", topic, m.Partition, m.Offset, err)
+		}
+		if !want[p] {
+			return nil
+		}
+		if a != nil {
+			states[p].RestoreAccount(a)
+		} else {
+			snaps[p] = *snap
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for id, s := range snaps {
+		states[id].RestoreSnapshot(s)
+	}
+	return states, nil
+}
+
+// ReadAll calls fn for every message of every partition of topic that exists when it
+// starts, partitions one after the other.
+func ReadAll(ctx context.Context, brokers []string, topic string, fn func(kafka.Message) error) error {
+	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		return fmt.Errorf("ledger: dial %s: %w", brokers[0], err)
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		return fmt.Errorf("ledger: partitions of %s: %w", topic, err)
+	}
+	for _, p := range parts {
+		if err := readPartition(ctx, brokers, topic, p.ID, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readPartition(ctx context.Context, brokers []string, topic string, part int, fn func(kafka.Message) error) error {
+	lc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, part)
+	if err != nil {
+		return fmt.Errorf("ledger: leader of %s/%d: %w", topic, part, err)
+	}
+	first, last, err := lc.ReadOffsets()
+	lc.Close()
+	if err != nil {
+		return fmt.Errorf("ledger: offsets of %s/%d: %w", topic, part, err)
+	}
+	if last <= first {
+		return nil
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: part, MinBytes: 1,
+		MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, QueueCapacity: 10_000, ReadLagInterval: -1})
+	defer r.Close()
+	if err := r.SetOffset(first); err != nil {
+		return err
+	}
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			return fmt.Errorf("ledger: read %s/%d: %w", topic, part, err)
+		}
+		if err := fn(m); err != nil {
+			return err
+		}
+		if m.Offset >= last-1 {
+			return nil
+		}
+	}
+}
+
+// Account returns the view of one account, or false when no assigned partition knows it.
+func (e *Engine) Account(id string) (view.Account, bool) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	for _, p := range e.parts {
+		p.mu.Lock()
+		a := p.st.Account(id)
+		if a == nil {
+			p.mu.Unlock()
+			continue
+		}
+		v := accountView(p.st, a, e.cfg.Fold)
+		p.mu.Unlock()
+		return v, true
+	}
+	return view.Account{}, false
+}
+
+func accountView(st *fold.State, a *fold.Account, cfg fold.Config) view.Account {
+	bu := st.Balance(a)
+	v := view.Account{AccountID: a.ID, Tier: bu.Tier, Priority: a.Priority, Suspended: a.Suspended,
+		AvailableMicros: a.AvailableMicros, HeldMicros: a.HeldMicros, OverageMicros: a.OverageMicros, OpenHolds: len(a.Holds),
+		Grants: []view.Grant{}, Allowance: []view.Allowance{},
+		Limits:   view.Limits{HistoryFactorPermille: a.HistoryFactor(), Endpoints: map[string]map[string]int32{}},
+		Position: view.Position{Partition: st.Partition(), Offset: a.Offset, Watermark: st.Watermark()}}
+	for _, g := range a.Grants {
+		vg := view.Grant{GrantID: g.ID, AmountMicros: g.Amount, RemainingMicros: g.Remaining, Priority: g.Priority}
+		if g.ExpiresNs != 0 {
+			t := time.Unix(0, g.ExpiresNs).UTC()
+			vg.ExpiresAt = &t
+		}
+		v.Grants = append(v.Grants, vg)
+	}
+	tier, _ := cfg.Book.Tier(a.Tier)
+	for i, w := range bu.Allowance {
+		lim := tier.Allowance[i].Micros
+		v.Allowance = append(v.Allowance, view.Allowance{Window: w.Window, Start: w.Start, LimitMicros: lim, UsedMicros: w.UsedMicros, RemainingMicros: max(0, lim-w.UsedMicros)})
+	}
+	for name := range cfg.Book.Endpoints {
+		m := map[string]int32{}
+		for _, pr := range []string{events.PriorityCritical, events.PriorityStandard, events.PriorityBatch} {
+			m[pr] = st.EndpointFactor(name, pr)
+		}
+		v.Limits.Endpoints[name] = m
+	}
+	return v
+}
+
+// Entries returns a page of the account's cached journal lines.
+func (e *Engine) Entries(id string, q view.EntriesQuery) (view.Entries, bool) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	for _, p := range e.parts {
+		p.mu.Lock()
+		if p.st.Account(id) == nil {
+			p.mu.Unlock()
+			continue
+		}
+		lines, more := p.journal.page(id, q.Cursor, q.Limit, func(le *events.LedgerEntry) bool {
+			return (q.From.IsZero() || !le.EffectiveAt.Before(q.From)) && (q.To.IsZero() || le.EffectiveAt.Before(q.To))
+		})
+		p.mu.Unlock()
+		out := view.Entries{AccountID: id, Entries: make([]view.Entry, 0, len(lines))}
+		for _, l := range lines {
+			out.Entries = append(out.Entries, view.Entry{Seq: l.Seq, LedgerEntry: l.Entry})
+		}
+		if more && len(lines) > 0 {
+			out.NextCursor = fmt.Sprint(lines[len(lines)-1].Seq)
+		}
+		return out, true
+	}
+	return view.Entries{}, false
+}

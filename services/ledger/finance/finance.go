@@ -1,0 +1,348 @@
+// Package finance holds the operator's proofs over the ledger: a from-scratch replay of the
+// events topic through the same fold, statements from the journal that add up, and a
+// reconciliation of the replay against the live ledger (and optionally ClickHouse).
+// tallyctl wires these into its statement and reconcile commands.
+package finance
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/tallyhq/tally/services/ledger/engine"
+	"github.com/tallyhq/tally/services/ledger/fold"
+	"github.com/tallyhq/tally/services/ledger/view"
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/kafkax"
+)
+
+// Balance is one account's figures, to the micro-credit.
+type Balance struct {
+	AccountID       string `json:"account_id"`
+	AvailableMicros int64  `json:"available_micros"`
+	HeldMicros      int64  `json:"held_micros"`
+	OverageMicros   int64  `json:"overage_micros"`
+}
+
+// Replayed is the result of a replay.
+type Replayed struct {
+	States      map[int32]*fold.State
+	Events      int64 // events folded
+	Undecodable int64 // messages skipped (the ledger dead-letters them)
+	Entries     []fold.Entry
+}
+
+// Balances returns every account's balance, sorted by account id.
+func (r *Replayed) Balances() []Balance {
+	var out []Balance
+	for _, s := range r.States {
+		s.Accounts(func(a *fold.Account) {
+			out = append(out, Balance{AccountID: a.ID, AvailableMicros: a.AvailableMicros, HeldMicros: a.HeldMicros, OverageMicros: a.OverageMicros})
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].AccountID < out[j].AccountID })
+	return out
+}
+
+// Progress is called after each partition's batch with events read so far and the total.
+type Progress func(done, total int64)
+
+// Replay reads the events topic from the beginning up to its end at the time of the call,
+// folds each partition with a fresh fold.State (in-process, nothing published), and returns
+// the final states. keepEntries keeps the journal lines (for tests and statements).
+func Replay(ctx context.Context, brokers []string, topics kafkax.Topics, cfg fold.Config, keepEntries bool, progress Progress) (*Replayed, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	total, err := topicSize(ctx, brokers, topics.Events)
+	if err != nil {
+		return nil, err
+	}
+	r := &Replayed{States: map[int32]*fold.State{}}
+	var out fold.Output
+	var done int64
+	err = engine.ReadAll(ctx, brokers, topics.Events, func(m kafka.Message) error {
+		done++
+		if progress != nil && done%10_000 == 0 {
+			progress(done, total)
+		}
+		st := r.States[int32(m.Partition)]
+		if st == nil {
+			st = fold.New(cfg, int32(m.Partition))
+			r.States[int32(m.Partition)] = st
+		}
+		ev, err := events.Decode(m.Value)
+		if err != nil {
+			r.Undecodable++
+			return nil
+		}
+		st.Apply(fold.Input{Offset: m.Offset, Event: &ev}, &out)
+		r.Events++
+		if keepEntries {
+			r.Entries = append(r.Entries, out.Entries...)
+		}
+		out.Reset()
+		return nil
+	})
+	if progress != nil {
+		progress(done, total)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("finance: replay %s: %w", topics.Events, err)
+	}
+	return r, nil
+}
+
+func topicSize(ctx context.Context, brokers []string, topic string) (int64, error) {
+	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		return 0, fmt.Errorf("finance: dial: %w", err)
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		return 0, fmt.Errorf("finance: partitions of %s: %w", topic, err)
+	}
+	var n int64
+	for _, p := range parts {
+		lc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
+		if err != nil {
+			return 0, err
+		}
+		f, l, err := lc.ReadOffsets()
+		lc.Close()
+		if err != nil {
+			return 0, err
+		}
+		n += l - f
+	}
+	return n, nil
+}
+
+// ReadJournal reads the journal topic to its current end and returns the ledger.entry lines,
+// deduplicated by entry id (a replay after a crash re-emits lines with the same ids). A
+// repeated id with different content is an error: it would mean a non-deterministic fold.
+func ReadJournal(ctx context.Context, brokers []string, topics kafkax.Topics) ([]events.LedgerEntry, error) {
+	seen := map[string]events.LedgerEntry{}
+	var out []events.LedgerEntry
+	err := engine.ReadAll(ctx, brokers, topics.Journal, func(m kafka.Message) error {
+		ev, err := events.Decode(m.Value)
+		if err != nil {
+			return fmt.Errorf("finance: journal %d/%d: %w", m.Partition, m.Offset, err)
+		}
+		le, ok := ev.Payload.(events.LedgerEntry)
+		if !ok {
+			return nil // request.expired
+		}
+		if prev, dup := seen[le.EntryID]; dup {
+			if prev != le {
+				return fmt.Errorf("finance: entry %s re-emitted with different content", le.EntryID)
+			}
+			return nil
+		}
+		seen[le.EntryID] = le
+		out = append(out, le)
+		return nil
+	})
+	return out, err
+}
+
+// Statement is an account's journal over [From, To): the opening balance, every entry and the
+// closing balance of its customer accounts (available + held). Closing = opening + Σ entries.
+type Statement struct {
+	AccountID     string               `json:"account_id"`
+	From          time.Time            `json:"from"`
+	To            time.Time            `json:"to"`
+	OpeningMicros int64                `json:"opening_micros"`
+	ClosingMicros int64                `json:"closing_micros"`
+	Entries       []events.LedgerEntry `json:"entries"`
+}
+
+func customer(le *events.LedgerEntry) bool {
+	return le.LedgerAccount == events.LedgerAvailable || le.LedgerAccount == events.LedgerHeld
+}
+
+// NewStatement builds the statement of account over [from, to) from journal lines (any
+// order). Only customer lines (customer.available, customer.held) count in the balance;
+// every line of the account in the period is listed, in effective time then entry id order.
+func NewStatement(journal []events.LedgerEntry, account string, from, to time.Time) (*Statement, error) {
+	if !to.After(from) {
+		return nil, errors.New("finance: statement: to must be after from")
+	}
+	s := &Statement{AccountID: account, From: from, To: to, Entries: []events.LedgerEntry{}}
+	for i := range journal {
+		le := &journal[i]
+		if le.AccountID != account {
+			continue
+		}
+		switch {
+		case le.EffectiveAt.Before(from):
+			if customer(le) {
+				s.OpeningMicros += le.AmountMicros
+			}
+		case le.EffectiveAt.Before(to):
+			s.Entries = append(s.Entries, *le)
+		}
+	}
+	sort.Slice(s.Entries, func(i, j int) bool {
+		a, b := &s.Entries[i], &s.Entries[j]
+		if !a.EffectiveAt.Equal(b.EffectiveAt) {
+			return a.EffectiveAt.Before(b.EffectiveAt)
+		}
+		return a.EntryID < b.EntryID
+	})
+	s.ClosingMicros = s.OpeningMicros
+	for i := range s.Entries {
+		if customer(&s.Entries[i]) {
+			s.ClosingMicros += s.Entries[i].AmountMicros
+		}
+	}
+	return s, nil
+}
+
+// Check verifies that the statement adds up.
+func (s *Statement) Check() error {
+	sum := s.OpeningMicros
+	for i := range s.Entries {
+		if customer(&s.Entries[i]) {
+			sum += s.Entries[i].AmountMicros
+		}
+	}
+	if sum != s.ClosingMicros {
+		return fmt.Errorf("finance: statement of %s: opening %d + entries = %d, closing %d", s.AccountID, s.OpeningMicros, sum, s.ClosingMicros)
+	}
+	return nil
+}
+
+// WriteJSON writes the statement as one JSON document.
+func (s *Statement) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+// WriteCSV writes a header, an "opening" row, one row per entry with the running customer
+// balance, and a "closing" row.
+func (s *Statement) WriteCSV(w io.Writer) error {
+	cw := csv.NewWriter(w)
+	_ = cw.Write([]string{"row", "effective_at", "entry_id", "transaction_id", "kind", "ledger_account", "request_id", "grant_id", "amount_micros", "balance_micros"})
+	_ = cw.Write([]string{"opening", s.From.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.OpeningMicros, 10)})
+	bal := s.OpeningMicros
+	for _, e := range s.Entries {
+		if customer(&e) {
+			bal += e.AmountMicros
+		}
+		_ = cw.Write([]string{"entry", e.EffectiveAt.UTC().Format(time.RFC3339Nano), e.EntryID, e.TransactionID, e.Kind, e.LedgerAccount,
+			e.RequestID, e.GrantID, strconv.FormatInt(e.AmountMicros, 10), strconv.FormatInt(bal, 10)})
+	}
+	_ = cw.Write([]string{"closing", s.To.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.ClosingMicros, 10)})
+	cw.Flush()
+	return cw.Error()
+}
+
+// Difference is one disagreement found by Reconcile.
+type Difference struct {
+	AccountID string `json:"account_id"`
+	Source    string `json:"source"` // "live" or "clickhouse"
+	Field     string `json:"field"`
+	Replay    int64  `json:"replay_micros"`
+	Other     int64  `json:"other_micros"`
+}
+
+// Report is the outcome of Reconcile; OK when Differences is empty.
+type Report struct {
+	Accounts    int          `json:"accounts"`
+	Events      int64        `json:"events"`
+	Differences []Difference `json:"differences"`
+}
+
+// OK reports whether everything agreed.
+func (r *Report) OK() bool { return len(r.Differences) == 0 }
+
+// LiveFunc fetches the live ledger's view of an account (false = unknown to the ledger).
+type LiveFunc func(ctx context.Context, accountID string) (view.Account, bool, error)
+
+// ClickHouseSums returns Σ amount_micros of the journal per account for customer.available
+// and customer.held lines (nil to skip the ClickHouse check).
+type ClickHouseSums func(ctx context.Context) (map[string]Balance, error)
+
+// Reconcile compares every replayed account with the live ledger and, when chSums is not
+// nil, with ClickHouse's sums of the journal.
+func Reconcile(ctx context.Context, replay *Replayed, live LiveFunc, chSums ClickHouseSums) (*Report, error) {
+	rep := &Report{Events: replay.Events, Differences: []Difference{}}
+	var ch map[string]Balance
+	if chSums != nil {
+		var err error
+		if ch, err = chSums(ctx); err != nil {
+			return nil, fmt.Errorf("finance: clickhouse sums: %w", err)
+		}
+	}
+	for _, b := range replay.Balances() {
+		rep.Accounts++
+		if live != nil {
+			v, ok, err := live(ctx, b.AccountID)
+			if err != nil {
+				return nil, fmt.Errorf("finance: live %s: %w", b.AccountID, err)
+			}
+			if !ok {
+				rep.Differences = append(rep.Differences, Difference{AccountID: b.AccountID, Source: "live", Field: "missing"})
+			} else {
+				diff(rep, b.AccountID, "live", "available", b.AvailableMicros, v.AvailableMicros)
+				diff(rep, b.AccountID, "live", "held", b.HeldMicros, v.HeldMicros)
+				diff(rep, b.AccountID, "live", "overage", b.OverageMicros, v.OverageMicros)
+			}
+		}
+		if ch != nil {
+			c := ch[b.AccountID]
+			diff(rep, b.AccountID, "clickhouse", "available", b.AvailableMicros, c.AvailableMicros)
+			diff(rep, b.AccountID, "clickhouse", "held", b.HeldMicros, c.HeldMicros)
+		}
+	}
+	return rep, nil
+}
+
+func diff(rep *Report, id, src, field string, a, b int64) {
+	if a != b {
+		rep.Differences = append(rep.Differences, Difference{AccountID: id, Source: src, Field: field, Replay: a, Other: b})
+	}
+}
+
+// HTTPLive returns a LiveFunc over the ledger's GET /v1/accounts/{id} at baseURL with an
+// admin token.
+func HTTPLive(client *http.Client, baseURL, adminToken string) LiveFunc {
+	return func(ctx context.Context, id string) (view.Account, bool, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/v1/accounts/"+url.PathEscape(id), nil)
+		if err != nil {
+			return view.Account{}, false, err
+		}
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			return view.Account{}, false, err
+		}
+		defer resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+		case http.StatusNotFound:
+			return view.Account{}, false, nil
+		default:
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			return view.Account{}, false, fmt.Errorf("GET account %s: %s: %s", id, resp.Status, b)
+		}
+		var v view.Account
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v); err != nil {
+			return view.Account{}, false, fmt.Errorf("GET account %s: decode: %w", id, err)
+		}
+		return v, true, nil
+	}
+}

@@ -1,0 +1,236 @@
+package fold
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// codecVersion is the first byte of an encoded account; decoders refuse other versions.
+const codecVersion = 1
+
+// AppendBinary appends the compact binary form of the account (the persisted state record)
+// to dst. It is about a fifth of the JSON size and several times faster to encode and
+// decode, which is what bounds recovery time.
+func (a *Account) AppendBinary(dst []byte) []byte {
+	dst = append(dst, codecVersion)
+	dst = appendStr(dst, a.ID)
+	dst = appendStr(dst, a.Tier)
+	dst = appendStr(dst, a.Priority)
+	var flags uint64
+	if a.Suspended {
+		flags |= 1
+	}
+	if a.FactorSet {
+		flags |= 2
+	}
+	dst = binary.AppendUvarint(dst, flags)
+	for _, v := range [...]int64{a.Offset, a.AvailableMicros, a.HeldMicros, a.OverageMicros, a.ExtraMicros,
+		a.GrantedMicros, a.ChargedMicros, a.BreakageMicros, a.AdjustedMicros,
+		a.HistWindowNs, int64(a.ReqsCur), int64(a.RejsCur), int64(a.ReqsPrev), int64(a.RejsPrev), a.SettledOK,
+		int64(a.PenaltyPermille), a.FlagNs, a.BlockedUntilNs, int64(a.Factor)} {
+		dst = binary.AppendVarint(dst, v)
+	}
+	for _, w := range a.Windows {
+		dst = binary.AppendVarint(dst, w.StartMs)
+		dst = binary.AppendVarint(dst, w.UsedMicros)
+	}
+	dst = appendRing(dst, a.Events[:], a.EventsN)
+	dst = appendRing(dst, a.Reqs[:], a.ReqsN)
+	dst = appendRing(dst, a.BizIDs[:], a.BizN)
+	dst = binary.AppendUvarint(dst, uint64(len(a.Grants)))
+	for i := range a.Grants {
+		g := &a.Grants[i]
+		dst = appendStr(dst, g.ID)
+		dst = append(dst, g.EventID[:]...)
+		dst = binary.AppendVarint(dst, g.Amount)
+		dst = binary.AppendVarint(dst, g.Remaining)
+		dst = binary.AppendVarint(dst, int64(g.Priority))
+		dst = binary.AppendVarint(dst, g.ExpiresNs)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(a.Holds)))
+	for i := range a.Holds {
+		h := &a.Holds[i]
+		dst = appendStr(dst, h.RequestID)
+		dst = append(dst, h.EventID[:]...)
+		dst = appendStr(dst, h.Endpoint)
+		dst = append(dst, h.Priority, h.Funding)
+		dst = binary.AppendVarint(dst, h.HoldMicros)
+		dst = binary.AppendVarint(dst, h.AllowanceMicros)
+		dst = binary.AppendVarint(dst, h.StartNs)
+		dst = binary.AppendVarint(dst, h.ExpiresNs)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(a.Parked)))
+	for i := range a.Parked {
+		p := &a.Parked[i]
+		dst = appendStr(dst, p.RequestID)
+		dst = appendStr(dst, p.EventID)
+		dst = appendStr(dst, p.Endpoint)
+		dst = appendStr(dst, p.Status)
+		dst = binary.AppendVarint(dst, p.CostMicros)
+		dst = binary.AppendVarint(dst, p.AtNs)
+	}
+	return dst
+}
+
+func appendStr(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// appendRing writes the fill count and only the filled slots.
+func appendRing(dst []byte, r []uint64, n uint8) []byte {
+	dst = append(dst, n)
+	for i := 0; i < int(n) && i < len(r); i++ {
+		dst = binary.LittleEndian.AppendUint64(dst, r[i])
+	}
+	return dst
+}
+
+// ErrCorrupt is returned for a record that does not decode.
+var ErrCorrupt = errors.New("fold: corrupt account record")
+
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = ErrCorrupt
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = ErrCorrupt
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) bytes(n int) []byte {
+	if r.err != nil || n < 0 || len(r.b) < n {
+		r.err = ErrCorrupt
+		return nil
+	}
+	b := r.b[:n]
+	r.b = r.b[n:]
+	return b
+}
+
+func (r *reader) str() string {
+	n := r.uvarint()
+	if n > 1<<16 {
+		r.err = ErrCorrupt
+		return ""
+	}
+	return string(r.bytes(int(n)))
+}
+
+func (r *reader) byte1() byte {
+	b := r.bytes(1)
+	if b == nil {
+		return 0
+	}
+	return b[0]
+}
+
+func (r *reader) ring(dst []uint64) uint8 {
+	n := r.byte1()
+	if int(n) > 2*len(dst) {
+		r.err = ErrCorrupt
+		return 0
+	}
+	for i := 0; i < int(n) && i < len(dst); i++ {
+		b := r.bytes(8)
+		if b == nil {
+			return 0
+		}
+		dst[i] = binary.LittleEndian.Uint64(b)
+	}
+	return n
+}
+
+func (r *reader) count(max int) int {
+	n := r.uvarint()
+	if n > uint64(max) {
+		r.err = ErrCorrupt
+		return 0
+	}
+	return int(n)
+}
+
+// DecodeAccount decodes a record written by AppendBinary.
+func DecodeAccount(b []byte) (*Account, error) {
+	r := &reader{b: b}
+	if v := r.byte1(); v != codecVersion {
+		return nil, fmt.Errorf("%w: version %d", ErrCorrupt, v)
+	}
+	a := &Account{}
+	a.ID, a.Tier, a.Priority = r.str(), r.str(), r.str()
+	flags := r.uvarint()
+	a.Suspended, a.FactorSet = flags&1 != 0, flags&2 != 0
+	for _, p := range [...]*int64{&a.Offset, &a.AvailableMicros, &a.HeldMicros, &a.OverageMicros, &a.ExtraMicros,
+		&a.GrantedMicros, &a.ChargedMicros, &a.BreakageMicros, &a.AdjustedMicros, &a.HistWindowNs} {
+		*p = r.varint()
+	}
+	a.ReqsCur, a.RejsCur, a.ReqsPrev, a.RejsPrev = int32(r.varint()), int32(r.varint()), int32(r.varint()), int32(r.varint())
+	a.SettledOK = r.varint()
+	a.PenaltyPermille = int32(r.varint())
+	a.FlagNs, a.BlockedUntilNs = r.varint(), r.varint()
+	a.Factor = int32(r.varint())
+	for i := range a.Windows {
+		a.Windows[i].StartMs, a.Windows[i].UsedMicros = r.varint(), r.varint()
+	}
+	a.EventsN = r.ring(a.Events[:])
+	a.ReqsN = r.ring(a.Reqs[:])
+	a.BizN = r.ring(a.BizIDs[:])
+	if n := r.count(1 << 20); n > 0 {
+		a.Grants = make([]Grant, n)
+		for i := range a.Grants {
+			g := &a.Grants[i]
+			g.ID = r.str()
+			copy(g.EventID[:], r.bytes(16))
+			g.Amount, g.Remaining, g.Priority, g.ExpiresNs = r.varint(), r.varint(), int32(r.varint()), r.varint()
+		}
+	}
+	if n := r.count(1 << 20); n > 0 {
+		a.Holds = make([]Hold, n)
+		for i := range a.Holds {
+			h := &a.Holds[i]
+			h.RequestID = r.str()
+			copy(h.EventID[:], r.bytes(16))
+			h.Endpoint = r.str()
+			h.Priority, h.Funding = r.byte1(), r.byte1()
+			h.HoldMicros, h.AllowanceMicros, h.StartNs, h.ExpiresNs = r.varint(), r.varint(), r.varint(), r.varint()
+		}
+	}
+	if n := r.count(1 << 20); n > 0 {
+		a.Parked = make([]Parked, n)
+		for i := range a.Parked {
+			p := &a.Parked[i]
+			p.RequestID, p.EventID, p.Endpoint, p.Status = r.str(), r.str(), r.str(), r.str()
+			p.CostMicros, p.AtNs = r.varint(), r.varint()
+		}
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if len(r.b) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(r.b))
+	}
+	return a, nil
+}

@@ -1,0 +1,798 @@
+package fold
+
+import (
+	"time"
+
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/pricebook"
+)
+
+// State is the folded state of one events-topic partition. It is not safe for concurrent
+// use: one goroutine folds, readers synchronise outside.
+type State struct {
+	cfg       Config
+	partition int32
+	accounts  map[string]*Account
+	// Watermark is the largest event time seen in the partition (ns): the fold's clock.
+	watermark int64
+	offset    int64
+	heap      expiryHeap
+	live      int // heap entries that still name an open hold, live grant or parked finish
+	endpoints map[string]*endpointLoad
+	epOrder   []string
+	scratch   []byte
+}
+
+// Snapshot is the partition-level part of the persisted state.
+type Snapshot struct {
+	Partition   int32 `json:"partition"`
+	WatermarkNs int64 `json:"watermark_ns"`
+	Offset      int64 `json:"offset"`
+}
+
+// New returns an empty state for partition. cfg must be valid.
+func New(cfg Config, partition int32) *State {
+	s := &State{cfg: cfg, partition: partition, accounts: make(map[string]*Account), offset: -1,
+		endpoints: make(map[string]*endpointLoad)}
+	for _, name := range sortedKeys(cfg.Book.Endpoints) {
+		ep := cfg.Book.Endpoints[name]
+		s.endpoints[name] = &endpointLoad{name: name, capacity: ep.CapacityInflight, reserve: ep.CriticalReservePermille,
+			factor: [3]int32{1000, 1000, 1000}}
+		s.epOrder = append(s.epOrder, name)
+	}
+	return s
+}
+
+// Partition returns the partition this state folds.
+func (s *State) Partition() int32 { return s.partition }
+
+// Watermark returns the partition's log time.
+func (s *State) Watermark() time.Time {
+	if s.watermark == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, s.watermark).UTC()
+}
+
+// Offset returns the offset of the last event folded (-1 none).
+func (s *State) Offset() int64 { return s.offset }
+
+// Snapshot returns the partition-level record.
+func (s *State) Snapshot() Snapshot {
+	return Snapshot{Partition: s.partition, WatermarkNs: s.watermark, Offset: s.offset}
+}
+
+// Account returns the account or nil.
+func (s *State) Account(id string) *Account { return s.accounts[id] }
+
+// Len is the number of accounts.
+func (s *State) Len() int { return len(s.accounts) }
+
+// Accounts calls fn for every account, in no particular order.
+func (s *State) Accounts(fn func(*Account)) {
+	for _, a := range s.accounts {
+		fn(a)
+	}
+}
+
+// EndpointFactor returns the current load factor of endpoint and priority (1000 if unknown).
+func (s *State) EndpointFactor(endpoint, priority string) int32 {
+	ep := s.endpoints[endpoint]
+	if ep == nil {
+		return 1000
+	}
+	return ep.factor[prioIndex(priority)]
+}
+
+// Restore installs persisted records: the partition snapshot and the accounts. Call it on
+// an empty state before folding. Derived indexes (expiry heap, endpoint load) are rebuilt.
+func (s *State) Restore(snap Snapshot, accounts []*Account) {
+	s.watermark, s.offset = snap.WatermarkNs, snap.Offset
+	for _, a := range accounts {
+		s.accounts[a.ID] = a
+		s.index(a)
+	}
+	for _, name := range s.epOrder {
+		ep := s.endpoints[name]
+		for i := range ep.factor {
+			ep.factor[i] = ep.compute(i, s.cfg.PartitionsTotal)
+		}
+	}
+}
+
+// RestoreAccount installs one persisted account (see Restore).
+func (s *State) RestoreAccount(a *Account) {
+	if old := s.accounts[a.ID]; old != nil {
+		s.unindex(old)
+	}
+	s.accounts[a.ID] = a
+	s.index(a)
+}
+
+// RestoreSnapshot installs the partition-level record and recomputes the load factors.
+func (s *State) RestoreSnapshot(snap Snapshot) {
+	s.watermark, s.offset = snap.WatermarkNs, snap.Offset
+	for _, name := range s.epOrder {
+		ep := s.endpoints[name]
+		for i := range ep.factor {
+			ep.factor[i] = ep.compute(i, s.cfg.PartitionsTotal)
+		}
+	}
+}
+
+func (s *State) index(a *Account) {
+	for i := range a.Holds {
+		h := &a.Holds[i]
+		s.schedule(expiry{atNs: h.ExpiresNs, acct: a, kind: expHold, hash: hashID(h.RequestID)})
+		if ep := s.endpoints[h.Endpoint]; ep != nil {
+			ep.inflight[h.Priority%3]++
+		}
+	}
+	for i := range a.Grants {
+		if g := &a.Grants[i]; g.ExpiresNs != 0 {
+			s.schedule(expiry{atNs: g.ExpiresNs, acct: a, kind: expGrant, hash: hashID(g.ID)})
+		}
+	}
+	for i := range a.Parked {
+		p := &a.Parked[i]
+		s.schedule(expiry{atNs: p.AtNs + s.cfg.ParkTimeoutNs, acct: a, kind: expParked, hash: hashID(p.RequestID)})
+	}
+}
+
+func (s *State) unindex(a *Account) {
+	s.live -= len(a.Holds) + len(a.Parked)
+	for i := range a.Grants {
+		if a.Grants[i].ExpiresNs != 0 {
+			s.live--
+		}
+	}
+	for i := range a.Holds {
+		if ep := s.endpoints[a.Holds[i].Endpoint]; ep != nil {
+			ep.inflight[a.Holds[i].Priority%3]--
+		}
+	}
+	// Heap entries of the old object are dropped lazily: they no longer match the map.
+}
+
+// Apply folds one event. It never fails: every valid event has a defined effect, and
+// oddities are recorded as anomalies. Events at or below the account's stored offset (a
+// replay after restore) only advance the clock.
+func (s *State) Apply(in Input, out *Output) {
+	ev := in.Event
+	t := ev.Time.UnixNano()
+	if t > s.watermark {
+		s.watermark = t
+	}
+	if in.Offset > s.offset {
+		s.offset = in.Offset
+	}
+	s.sweep(out)
+	acctID := ev.Subject
+	if acctID == "" {
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnexpectedType, EventID: ev.ID})
+		return
+	}
+	switch ev.Payload.(type) {
+	case events.RequestStarted, events.RequestRejected, events.RequestFinished, events.CreditsGranted,
+		events.CreditsAdjusted, events.AccountUpdated, events.AbuseFlagged:
+	default:
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnexpectedType, AccountID: acctID, EventID: ev.ID})
+		return
+	}
+	a := s.accounts[acctID]
+	if a == nil {
+		a = &Account{ID: acctID, Offset: -1}
+		s.accounts[acctID] = a
+	}
+	if in.Offset <= a.Offset {
+		return // already folded before a restart: state and offsets were persisted together
+	}
+	a.Offset = in.Offset
+	out.touch(a)
+	h := hashID(ev.ID)
+	if ringHas(a.Events[:], a.EventsN, h) {
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID})
+		return
+	}
+	ringPut(a.Events[:], &a.EventsN, h)
+	switch p := ev.Payload.(type) {
+	case events.RequestStarted:
+		s.start(a, ev, &p, out)
+	case events.RequestFinished:
+		s.finish(a, ev, &p, out)
+	case events.RequestRejected:
+		s.rollHistory(a, t)
+		a.ReqsCur++
+		a.RejsCur++
+	case events.CreditsGranted:
+		s.grant(a, ev, &p, out)
+	case events.CreditsAdjusted:
+		s.adjust(a, ev, &p, out)
+	case events.AccountUpdated:
+		a.Tier, a.Priority, a.Suspended = s.internTier(p.Tier), internPriority(p.Priority), p.Suspended
+	case events.AbuseFlagged:
+		s.flag(a, t, &p)
+	}
+	s.history(a, out)
+}
+
+func (s *State) internTier(name string) string {
+	for k := range s.cfg.Book.Tiers {
+		if k == name {
+			return k
+		}
+	}
+	return name
+}
+
+func (s *State) internEndpoint(name string) string {
+	if ep := s.endpoints[name]; ep != nil {
+		return ep.name
+	}
+	return name
+}
+
+func internPriority(p string) string {
+	switch p {
+	case events.PriorityCritical:
+		return events.PriorityCritical
+	case events.PriorityStandard:
+		return events.PriorityStandard
+	case events.PriorityBatch:
+		return events.PriorityBatch
+	}
+	return p
+}
+
+func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, out *Output) {
+	rh := hashID(p.RequestID)
+	if a.findHold(p.RequestID) >= 0 || ringHas(a.Reqs[:], a.ReqsN, rh) || ringHas(a.Reqs[:], a.ReqsN, rh|1) {
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+		return
+	}
+	s.rollHistory(a, ev.Time.UnixNano())
+	a.ReqsCur++
+	if len(a.Holds) >= s.cfg.MaxHoldsPerAccount {
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyTooManyHolds, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+		return
+	}
+	hold := Hold{RequestID: p.RequestID, EventID: ParseUUID(ev.ID), Endpoint: s.internEndpoint(p.Endpoint), Priority: uint8(prioIndex(p.Priority)),
+		StartNs: ev.Time.UnixNano(), ExpiresNs: p.HoldExpiresAt.UnixNano()}
+	if p.Funding == events.FundingAllowance {
+		hold.Funding = fundAllowance
+		hold.AllowanceMicros = p.AllowanceMicros
+		s.useAllowance(a, hold.StartNs, hold.StartNs, p.AllowanceMicros)
+	} else {
+		hold.Funding = fundCredits
+		amt := p.HoldMicros
+		if amt > a.AvailableMicros {
+			out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyHoldShort, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+			amt = a.AvailableMicros
+		}
+		if amt > 0 {
+			a.burn(amt)
+			a.HeldMicros += amt
+			hold.HoldMicros = amt
+			out.Entries = append(out.Entries,
+				Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: -amt, Kind: "hold", RequestID: p.RequestID, At: ev.Time},
+				Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: amt, Kind: "hold", RequestID: p.RequestID, At: ev.Time})
+		}
+	}
+	a.Holds = append(a.Holds, hold)
+	s.schedule(expiry{atNs: hold.ExpiresNs, acct: a, kind: expHold, hash: rh})
+	s.inflight(hold.Endpoint, hold.Priority, 1, out)
+	// A finish that came first is settled now.
+	if i := a.findParked(p.RequestID); i >= 0 {
+		pk := a.Parked[i]
+		a.removeParked(i)
+		s.live--
+		s.settle(a, len(a.Holds)-1, pk.EventID, pk.Status, pk.CostMicros, time.Unix(0, pk.AtNs).UTC(), out)
+	}
+}
+
+func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, out *Output) {
+	if i := a.findHold(p.RequestID); i >= 0 {
+		s.settle(a, i, ev.ID, p.Status, p.CostMicros, ev.Time, out)
+		return
+	}
+	rh := hashID(p.RequestID)
+	switch {
+	case ringHas(a.Reqs[:], a.ReqsN, rh):
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+	case ringHas(a.Reqs[:], a.ReqsN, rh|1):
+		// The hold expired before the finish: charge late from the available balance.
+		ringReplace(a.Reqs[:], a.ReqsN, rh|1, rh)
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyLateFinish, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+		s.charge(a, ev.ID, "late_charge", p.RequestID, 0, p.CostMicros, ev.Time, out)
+		s.settledOK(a, p.Status)
+	case a.findParked(p.RequestID) >= 0:
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+	case len(a.Parked) < s.cfg.MaxParkedPerAccount:
+		t := ev.Time.UnixNano()
+		a.Parked = append(a.Parked, Parked{RequestID: p.RequestID, EventID: ev.ID, Endpoint: p.Endpoint, Status: p.Status, CostMicros: p.CostMicros, AtNs: t})
+		s.schedule(expiry{atNs: t + s.cfg.ParkTimeoutNs, acct: a, kind: expParked, hash: rh})
+	default:
+		s.unknownFinish(a, ev.ID, p.RequestID, p.CostMicros, ev.Time, out)
+	}
+}
+
+func (s *State) unknownFinish(a *Account, eventID, requestID string, cost int64, at time.Time, out *Output) {
+	ringPut(a.Reqs[:], &a.ReqsN, hashID(requestID))
+	out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnknownFinish, AccountID: a.ID, EventID: eventID, RequestID: requestID})
+	s.charge(a, eventID, "unknown_finish_charge", requestID, 0, cost, at, out)
+}
+
+// settle posts the charge of hold i and releases the rest. One transaction, caused by the
+// finish event: held −hold, available ±(hold−paid from available), overage −unpaid,
+// revenue +cost.
+func (s *State) settle(a *Account, i int, causeID, status string, cost int64, at time.Time, out *Output) {
+	h := a.Holds[i]
+	a.removeHold(i)
+	s.live--
+	ringPut(a.Reqs[:], &a.ReqsN, hashID(h.RequestID))
+	s.inflight(h.Endpoint, h.Priority, -1, out)
+	s.settledOK(a, status)
+	if h.Funding == fundAllowance {
+		// Allowance requests move no credits: the windows are corrected to the actual cost.
+		s.useAllowance(a, h.StartNs, at.UnixNano(), cost-h.AllowanceMicros)
+		return
+	}
+	s.charge(a, causeID, "charge", h.RequestID, h.HoldMicros, cost, at, out)
+}
+
+// charge posts cost against a hold of held micros (0 for late and unknown finishes).
+func (s *State) charge(a *Account, causeID, kind, requestID string, held, cost int64, at time.Time, out *Output) {
+	if held == 0 && cost == 0 {
+		return
+	}
+	var availDelta, unpaid int64
+	if cost <= held {
+		availDelta = held - cost
+		a.refill(availDelta)
+	} else {
+		extra := cost - held
+		pay := min(extra, a.AvailableMicros)
+		a.burn(pay)
+		availDelta, unpaid = -pay, extra-pay
+	}
+	a.HeldMicros -= held
+	a.ChargedMicros += cost - unpaid
+	a.OverageMicros += unpaid
+	if held != 0 {
+		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: -held, Kind: kind, RequestID: requestID, At: at})
+	}
+	if availDelta != 0 {
+		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: availDelta, Kind: kind, RequestID: requestID, At: at})
+	}
+	if unpaid != 0 {
+		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerOverageReceivable, AmountMicros: -unpaid, Kind: kind, RequestID: requestID, At: at})
+	}
+	if cost != 0 {
+		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerRevenue, AmountMicros: cost, Kind: kind, RequestID: requestID, At: at})
+	}
+}
+
+func (s *State) settledOK(a *Account, status string) {
+	if status == events.StatusSucceeded {
+		a.SettledOK++
+	}
+}
+
+func (s *State) grant(a *Account, ev *events.Event, p *events.CreditsGranted, out *Output) {
+	gh := hashID(p.GrantID)
+	if a.findGrant(p.GrantID) >= 0 || ringHas(a.BizIDs[:], a.BizN, gh) {
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID})
+		return
+	}
+	var expNs int64
+	if p.ExpiresAt != nil {
+		expNs = p.ExpiresAt.UnixNano()
+	}
+	a.GrantedMicros += p.AmountMicros
+	a.AvailableMicros += p.AmountMicros
+	out.Entries = append(out.Entries,
+		Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: p.AmountMicros, Kind: "grant", GrantID: p.GrantID, At: ev.Time},
+		Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerGrantsIssued, AmountMicros: -p.AmountMicros, Kind: "grant", GrantID: p.GrantID, At: ev.Time})
+	if expNs != 0 && expNs <= s.watermark {
+		// Already expired in log time: all of it is breakage at once.
+		ringPut(a.BizIDs[:], &a.BizN, gh)
+		s.breakage(a, events.DerivedID(ev.ID, "breakage"), p.GrantID, p.AmountMicros, time.Unix(0, expNs).UTC(), out)
+		return
+	}
+	if len(a.Grants) >= s.cfg.MaxGrantsPerAccount {
+		ringPut(a.BizIDs[:], &a.BizN, gh)
+		a.ExtraMicros += p.AmountMicros
+		return
+	}
+	a.insertGrant(Grant{ID: p.GrantID, EventID: ParseUUID(ev.ID), Amount: p.AmountMicros, Remaining: p.AmountMicros, Priority: p.Priority, ExpiresNs: expNs})
+	if expNs != 0 {
+		s.schedule(expiry{atNs: expNs, acct: a, kind: expGrant, hash: gh})
+	}
+}
+
+func (s *State) breakage(a *Account, cause, grantID string, amt int64, at time.Time, out *Output) {
+	if amt == 0 {
+		return
+	}
+	a.AvailableMicros -= amt
+	a.BreakageMicros += amt
+	out.touch(a)
+	out.Entries = append(out.Entries,
+		Entry{Cause: cause, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: -amt, Kind: "breakage", GrantID: grantID, At: at},
+		Entry{Cause: cause, AccountID: a.ID, LedgerAccount: events.LedgerBreakage, AmountMicros: amt, Kind: "breakage", GrantID: grantID, At: at})
+}
+
+func (s *State) adjust(a *Account, ev *events.Event, p *events.CreditsAdjusted, out *Output) {
+	ah := hashID(p.AdjustmentID)
+	if ringHas(a.BizIDs[:], a.BizN, ah) {
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID})
+		return
+	}
+	ringPut(a.BizIDs[:], &a.BizN, ah)
+	amt := p.AmountMicros
+	if amt > 0 {
+		a.ExtraMicros += amt
+		a.AvailableMicros += amt
+		a.AdjustedMicros += amt
+		out.Entries = append(out.Entries,
+			Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: amt, Kind: "adjustment", At: ev.Time},
+			Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAdjustments, AmountMicros: -amt, Kind: "adjustment", At: ev.Time})
+		return
+	}
+	// A debit takes what is available; the rest becomes overage receivable.
+	pay := min(-amt, a.AvailableMicros)
+	a.burn(pay)
+	a.AdjustedMicros -= pay
+	unpaid := -amt - pay
+	a.OverageMicros += unpaid
+	if pay != 0 {
+		out.Entries = append(out.Entries, Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: -pay, Kind: "adjustment", At: ev.Time})
+	}
+	if unpaid != 0 {
+		out.Entries = append(out.Entries, Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerOverageReceivable, AmountMicros: -unpaid, Kind: "adjustment", At: ev.Time})
+	}
+	out.Entries = append(out.Entries, Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAdjustments, AmountMicros: -amt, Kind: "adjustment", At: ev.Time})
+}
+
+// useAllowance adds delta to every allowance window of the account's tier that contains
+// both the request's start (startNs) and now (nowNs); windows are aligned to the epoch.
+func (s *State) useAllowance(a *Account, startNs, nowNs, delta int64) {
+	tier, _ := s.cfg.Book.Tier(a.Tier)
+	for i, w := range tier.Allowance {
+		if i >= len(a.Windows) {
+			break
+		}
+		startMs := startNs / 1e6
+		ws := startMs - mod(startMs, w.LengthMs)
+		nowMs := nowNs / 1e6
+		if nowMs-mod(nowMs, w.LengthMs) != ws {
+			continue // the request straddles windows: its window is closed, leave it
+		}
+		win := &a.Windows[i]
+		if win.StartMs != ws {
+			if ws < win.StartMs {
+				continue // an older window than the one tracked
+			}
+			win.StartMs, win.UsedMicros = ws, 0
+		}
+		win.UsedMicros = max(0, win.UsedMicros+delta)
+	}
+}
+
+func mod(a, b int64) int64 {
+	m := a % b
+	if m < 0 {
+		m += b
+	}
+	return m
+}
+
+// AllowanceWindows returns the account's current allowance usage per tier window at log
+// time nowNs (windows that rolled over report zero use).
+func (s *State) AllowanceWindows(a *Account, nowNs int64, dst []events.AllowanceWindow) []events.AllowanceWindow {
+	tier, _ := s.cfg.Book.Tier(a.Tier)
+	nowMs := nowNs / 1e6
+	for i, w := range tier.Allowance {
+		if i >= len(a.Windows) {
+			break
+		}
+		ws := nowMs - mod(nowMs, w.LengthMs)
+		used := int64(0)
+		if a.Windows[i].StartMs == ws {
+			used = a.Windows[i].UsedMicros
+		}
+		dst = append(dst, events.AllowanceWindow{Window: w.Name, Start: time.UnixMilli(ws).UTC(), UsedMicros: used})
+	}
+	return dst
+}
+
+// Balance returns the balance.updated view of a.
+func (s *State) Balance(a *Account) events.BalanceUpdated {
+	tier := a.Tier
+	if tier == "" {
+		tier = s.cfg.Book.DefaultTier
+	}
+	return events.BalanceUpdated{
+		AccountID: a.ID, Tier: tier, Priority: a.Priority, Suspended: a.Suspended,
+		AvailableMicros: a.AvailableMicros, HeldMicros: a.HeldMicros, OverageMicros: a.OverageMicros,
+		Allowance: s.AllowanceWindows(a, s.watermark, nil), Partition: s.partition, Offset: a.Offset,
+	}
+}
+
+// schedule adds a live expiry. When stale entries (of settled holds) outnumber live ones
+// the heap is rebuilt, so its length stays below 2 × live + 1024.
+func (s *State) schedule(e expiry) {
+	s.live++
+	if len(s.heap) >= 2*s.live+1024 {
+		q := s.heap[:0]
+		for _, x := range s.heap {
+			if s.isLive(&x) {
+				q = append(q, x)
+			}
+		}
+		clear(s.heap[len(q):])
+		s.heap = q
+		s.heap.init()
+	}
+	s.heap.push(e)
+}
+
+func (s *State) isLive(e *expiry) bool {
+	a := e.acct
+	if s.accounts[a.ID] != a {
+		return false
+	}
+	switch e.kind {
+	case expHold:
+		for j := range a.Holds {
+			if a.Holds[j].ExpiresNs == e.atNs && hashID(a.Holds[j].RequestID) == e.hash {
+				return true
+			}
+		}
+	case expGrant:
+		for j := range a.Grants {
+			if a.Grants[j].ExpiresNs == e.atNs && hashID(a.Grants[j].ID) == e.hash {
+				return true
+			}
+		}
+	case expParked:
+		for j := range a.Parked {
+			if a.Parked[j].AtNs+s.cfg.ParkTimeoutNs == e.atNs && hashID(a.Parked[j].RequestID) == e.hash {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// sweep expires everything due at the watermark, in (time, kind, hash) order.
+func (s *State) sweep(out *Output) {
+	for len(s.heap) > 0 && s.heap[0].atNs < s.watermark {
+		e := s.heap.pop()
+		a := e.acct
+		if s.accounts[a.ID] != a {
+			continue // replaced by a restore
+		}
+		switch e.kind {
+		case expHold:
+			s.expireHold(a, e, out)
+		case expGrant:
+			s.expireGrant(a, e, out)
+		case expParked:
+			s.expireParked(a, e, out)
+		}
+	}
+}
+
+func (s *State) expireHold(a *Account, e expiry, out *Output) {
+	i := -1
+	for j := range a.Holds {
+		if a.Holds[j].ExpiresNs == e.atNs && hashID(a.Holds[j].RequestID) == e.hash {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		return // settled already
+	}
+	h := a.Holds[i]
+	a.removeHold(i)
+	s.live--
+	ringPut(a.Reqs[:], &a.ReqsN, hashID(h.RequestID)|1)
+	s.inflight(h.Endpoint, h.Priority, -1, out)
+	out.touch(a)
+	at := time.Unix(0, h.ExpiresNs).UTC()
+	startID := h.EventID.String()
+	id := events.DerivedID(startID, "expired")
+	x := events.RequestExpired{RequestID: h.RequestID, AccountID: a.ID, Endpoint: h.Endpoint, StartedEventID: startID, ExpiredAt: at}
+	if h.Funding == fundAllowance {
+		x.Funding, x.ReleasedMicros = events.FundingAllowance, h.AllowanceMicros
+		s.useAllowance(a, h.StartNs, h.StartNs, -h.AllowanceMicros)
+	} else {
+		x.Funding, x.HoldMicros, x.ReleasedMicros = events.FundingCredits, h.HoldMicros, h.HoldMicros
+		if h.HoldMicros != 0 {
+			a.HeldMicros -= h.HoldMicros
+			a.refill(h.HoldMicros)
+			out.Entries = append(out.Entries,
+				Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: -h.HoldMicros, Kind: "expiry", RequestID: h.RequestID, At: at},
+				Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: h.HoldMicros, Kind: "expiry", RequestID: h.RequestID, At: at})
+		}
+	}
+	out.Expired = append(out.Expired, Expired{ID: id, Data: x})
+}
+
+func (s *State) expireGrant(a *Account, e expiry, out *Output) {
+	i := -1
+	for j := range a.Grants {
+		if a.Grants[j].ExpiresNs == e.atNs && hashID(a.Grants[j].ID) == e.hash {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		return
+	}
+	g := a.Grants[i]
+	a.Grants = append(a.Grants[:i], a.Grants[i+1:]...)
+	s.live--
+	ringPut(a.BizIDs[:], &a.BizN, e.hash)
+	out.touch(a)
+	s.breakage(a, events.DerivedID(g.EventID.String(), "breakage"), g.ID, g.Remaining, time.Unix(0, g.ExpiresNs).UTC(), out)
+}
+
+func (s *State) expireParked(a *Account, e expiry, out *Output) {
+	for j := range a.Parked {
+		p := a.Parked[j]
+		if p.AtNs+s.cfg.ParkTimeoutNs == e.atNs && hashID(p.RequestID) == e.hash {
+			a.removeParked(j)
+			s.live--
+			out.touch(a)
+			s.unknownFinish(a, p.EventID, p.RequestID, p.CostMicros, time.Unix(0, p.AtNs).UTC(), out)
+			return
+		}
+	}
+}
+
+// burn takes amt (≤ available) from the grants in burn order, then from Extra.
+func (a *Account) burn(amt int64) {
+	a.AvailableMicros -= amt
+	for i := range a.Grants {
+		if amt == 0 {
+			return
+		}
+		g := &a.Grants[i]
+		take := min(amt, g.Remaining)
+		g.Remaining -= take
+		amt -= take
+	}
+	a.ExtraMicros -= amt
+}
+
+// refill returns amt to available: grants in burn order up to their original amount, the
+// rest to Extra (a grant that expired or was dropped while the money was held).
+func (a *Account) refill(amt int64) {
+	a.AvailableMicros += amt
+	for i := range a.Grants {
+		if amt == 0 {
+			return
+		}
+		g := &a.Grants[i]
+		put := min(amt, g.Amount-g.Remaining)
+		g.Remaining += put
+		amt -= put
+	}
+	a.ExtraMicros += amt
+}
+
+// grantLess is the burn order: priority (lower first), then earliest expiry (never last),
+// then grant id.
+func grantLess(x, y *Grant) bool {
+	if x.Priority != y.Priority {
+		return x.Priority < y.Priority
+	}
+	xe, ye := x.ExpiresNs, y.ExpiresNs
+	if xe == 0 {
+		xe = 1<<63 - 1
+	}
+	if ye == 0 {
+		ye = 1<<63 - 1
+	}
+	if xe != ye {
+		return xe < ye
+	}
+	return x.ID < y.ID
+}
+
+func (a *Account) insertGrant(g Grant) {
+	i := len(a.Grants)
+	for i > 0 && grantLess(&g, &a.Grants[i-1]) {
+		i--
+	}
+	a.Grants = append(a.Grants, Grant{})
+	copy(a.Grants[i+1:], a.Grants[i:])
+	a.Grants[i] = g
+}
+
+func (a *Account) findGrant(id string) int {
+	for i := range a.Grants {
+		if a.Grants[i].ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+func (a *Account) findHold(id string) int {
+	for i := range a.Holds {
+		if a.Holds[i].RequestID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+func (a *Account) removeHold(i int) {
+	last := len(a.Holds) - 1
+	a.Holds[i] = a.Holds[last]
+	a.Holds[last] = Hold{}
+	a.Holds = a.Holds[:last]
+	if len(a.Holds) == 0 && cap(a.Holds) > 16 {
+		a.Holds = nil // give back a burst's memory
+	}
+}
+
+func (a *Account) findParked(id string) int {
+	for i := range a.Parked {
+		if a.Parked[i].RequestID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+func (a *Account) removeParked(i int) {
+	a.Parked = append(a.Parked[:i], a.Parked[i+1:]...)
+	if len(a.Parked) == 0 {
+		a.Parked = nil
+	}
+}
+
+// hashID is FNV-1a 64 with the low bit cleared (the rings use it as a flag).
+func hashID(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h &^ 1
+}
+
+func ringHas(r []uint64, n uint8, h uint64) bool {
+	for i := 0; i < int(n) && i < len(r); i++ {
+		if r[i] == h {
+			return true
+		}
+	}
+	return false
+}
+
+// ringPut stores h in the ring; n counts puts modulo 2*len (slot = n mod len).
+func ringPut(r []uint64, n *uint8, h uint64) {
+	slot := int(*n) % len(r)
+	r[slot] = h
+	if int(*n) < len(r) {
+		*n++
+		return
+	}
+	*n = uint8(len(r) + (slot+1)%len(r))
+}
+
+func ringReplace(r []uint64, n uint8, old, h uint64) {
+	for i := 0; i < int(n) && i < len(r); i++ {
+		if r[i] == old {
+			r[i] = h
+		}
+	}
+}
+
+var _ = pricebook.KindVideo

@@ -1,0 +1,131 @@
+package fold
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/tallyhq/tally/shared/events"
+)
+
+// CheckAccount reports every broken invariant of one account:
+//   - available = Σ grant remaining + extra;
+//   - available = granted − charged − held − breakage + adjusted;
+//   - held = Σ credit holds;
+//   - available, held, overage and every grant remainder are never negative
+//     (what could not be paid is overage);
+//   - a grant's remainder never exceeds its amount.
+func CheckAccount(a *Account) error {
+	var errs []error
+	var grants, holds int64
+	for _, g := range a.Grants {
+		grants += g.Remaining
+		if g.Remaining < 0 || g.Remaining > g.Amount {
+			errs = append(errs, fmt.Errorf("grant %s: remaining %d outside [0, %d]", g.ID, g.Remaining, g.Amount))
+		}
+	}
+	for _, h := range a.Holds {
+		holds += h.HoldMicros
+	}
+	if a.AvailableMicros != grants+a.ExtraMicros {
+		errs = append(errs, fmt.Errorf("available %d != grants %d + extra %d", a.AvailableMicros, grants, a.ExtraMicros))
+	}
+	if want := a.GrantedMicros - a.ChargedMicros - a.HeldMicros - a.BreakageMicros + a.AdjustedMicros; a.AvailableMicros != want {
+		errs = append(errs, fmt.Errorf("available %d != granted %d - charged %d - held %d - breakage %d + adjusted %d = %d",
+			a.AvailableMicros, a.GrantedMicros, a.ChargedMicros, a.HeldMicros, a.BreakageMicros, a.AdjustedMicros, want))
+	}
+	if a.HeldMicros != holds {
+		errs = append(errs, fmt.Errorf("held %d != sum of holds %d", a.HeldMicros, holds))
+	}
+	if a.AvailableMicros < 0 || a.HeldMicros < 0 || a.OverageMicros < 0 || a.ExtraMicros < 0 {
+		errs = append(errs, fmt.Errorf("negative: available %d held %d overage %d extra %d", a.AvailableMicros, a.HeldMicros, a.OverageMicros, a.ExtraMicros))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("account %s: %w", a.ID, err)
+	}
+	return nil
+}
+
+// Check runs CheckAccount on every account, in id order.
+func (s *State) Check() error {
+	ids := make([]string, 0, len(s.accounts))
+	for id := range s.accounts {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var errs []error
+	live := 0
+	for _, id := range ids {
+		a := s.accounts[id]
+		if err := CheckAccount(a); err != nil {
+			errs = append(errs, err)
+		}
+		live += len(a.Holds) + len(a.Parked)
+		for _, g := range a.Grants {
+			if g.ExpiresNs != 0 {
+				live++
+			}
+		}
+	}
+	if live != s.live {
+		errs = append(errs, fmt.Errorf("expiry index: %d live entries counted, %d tracked", live, s.live))
+	}
+	if len(s.heap) > 2*s.live+1024 {
+		errs = append(errs, fmt.Errorf("expiry index: %d entries for %d live", len(s.heap), s.live))
+	}
+	return errors.Join(errs...)
+}
+
+// JournalTotals are the per-account sums of a journal.
+type JournalTotals struct {
+	Available, Held, Overage int64
+}
+
+// CheckJournal checks a journal: every transaction sums to zero, no entry id repeats, each
+// ledger account appears once per transaction, and each request's hold is placed once and
+// released or posted at most once (its customer.held lines never go below zero and end at
+// zero unless it is still open). It returns the per-account sums of customer.available,
+// customer.held and overage receivable (negated: what is owed).
+func CheckJournal(entries []Entry) (map[string]JournalTotals, error) {
+	var errs []error
+	txSum := map[string]int64{}
+	seen := map[string]bool{}
+	heldByReq := map[string]int64{}
+	totals := map[string]JournalTotals{}
+	var order []string
+	for i := range entries {
+		e := &entries[i]
+		key := e.Cause + "/" + e.LedgerAccount
+		if seen[key] {
+			errs = append(errs, fmt.Errorf("entry %s: duplicate line (cause %s, account %s)", events.DerivedID(e.Cause, e.LedgerAccount), e.Cause, e.LedgerAccount))
+		}
+		seen[key] = true
+		if _, ok := txSum[e.Cause]; !ok {
+			order = append(order, e.Cause)
+		}
+		txSum[e.Cause] += e.AmountMicros
+		t := totals[e.AccountID]
+		switch e.LedgerAccount {
+		case events.LedgerAvailable:
+			t.Available += e.AmountMicros
+		case events.LedgerHeld:
+			t.Held += e.AmountMicros
+			if e.RequestID != "" {
+				k := e.AccountID + "/" + e.RequestID
+				heldByReq[k] += e.AmountMicros
+				if heldByReq[k] < 0 {
+					errs = append(errs, fmt.Errorf("request %s: hold released or posted more than once", k))
+				}
+			}
+		case events.LedgerOverageReceivable:
+			t.Overage -= e.AmountMicros
+		}
+		totals[e.AccountID] = t
+	}
+	for _, c := range order {
+		if txSum[c] != 0 {
+			errs = append(errs, fmt.Errorf("transaction %s (cause %s): sums to %d", TransactionID(c), c, txSum[c]))
+		}
+	}
+	return totals, errors.Join(errs...)
+}

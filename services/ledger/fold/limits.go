@@ -1,0 +1,249 @@
+package fold
+
+import (
+	"sort"
+
+	"github.com/tallyhq/tally/shared/events"
+)
+
+// Limit-factor reasons (LimitsAdjusted.Reason).
+const (
+	ReasonLoad       = "load"
+	ReasonBlock      = "abuse_block"
+	ReasonFlag       = "abuse_flag"
+	ReasonRejections = "rejection_ratio"
+	ReasonClean      = "clean_history"
+	ReasonNeutral    = "neutral"
+)
+
+var priorities = [3]string{events.PriorityCritical, events.PriorityStandard, events.PriorityBatch}
+
+func prioIndex(p string) int {
+	switch p {
+	case events.PriorityCritical:
+		return 0
+	case events.PriorityBatch:
+		return 2
+	}
+	return 1
+}
+
+// endpointLoad tracks one endpoint's in-flight holds per priority class.
+type endpointLoad struct {
+	name     string
+	capacity int64
+	reserve  int64 // critical reserve, permille of capacity
+	inflight [3]int64
+	factor   [3]int32
+}
+
+// compute is the load factor of priority class i. Utilisation u (permille of capacity) is
+// this partition's in-flight count × partitions / capacity. Batch sheds first (from half of
+// the non-reserved capacity to 80 % of it), standard next (80 % to 100 % of it); critical
+// keeps the reserve and only drops, to at least 100, once the whole capacity is used.
+// Factors are quantised to steps of 100 so that they change rarely.
+func (e *endpointLoad) compute(i int, partitions int64) int32 {
+	total := e.inflight[0] + e.inflight[1] + e.inflight[2]
+	u := total * partitions * 1000 / e.capacity
+	open := 1000 - e.reserve
+	var lo, hi, floor int64
+	switch i {
+	case 2:
+		lo, hi = open/2, open*8/10
+	case 1:
+		lo, hi = open*8/10, open
+	default:
+		lo, hi, floor = 1000, 1500, 100
+	}
+	if u <= lo {
+		return 1000
+	}
+	if u >= hi || hi <= lo {
+		return int32(max(floor, 0))
+	}
+	f := 1000 - (u-lo)*1000/(hi-lo)
+	f = f / 100 * 100
+	return int32(max(f, floor))
+}
+
+func (s *State) inflight(endpoint string, prio uint8, delta int64, out *Output) {
+	ep := s.endpoints[endpoint]
+	if ep == nil {
+		return
+	}
+	ep.inflight[prio%3] += delta
+	for i := range ep.factor {
+		f := ep.compute(i, s.cfg.PartitionsTotal)
+		if f != ep.factor[i] {
+			ep.factor[i] = f
+			out.Limits = append(out.Limits, events.LimitsAdjusted{Scope: events.ScopeEndpoint, Endpoint: ep.name,
+				Priority: priorities[i], FactorPermille: f, Reason: ReasonLoad})
+		}
+	}
+}
+
+func (s *State) rollHistory(a *Account, t int64) {
+	w := t - mod(t, s.cfg.HistoryWindowNs)
+	switch {
+	case w == a.HistWindowNs:
+	case w == a.HistWindowNs+s.cfg.HistoryWindowNs:
+		a.ReqsPrev, a.RejsPrev, a.ReqsCur, a.RejsCur, a.HistWindowNs = a.ReqsCur, a.RejsCur, 0, 0, w
+	case w > a.HistWindowNs:
+		a.ReqsPrev, a.RejsPrev, a.ReqsCur, a.RejsCur, a.HistWindowNs = 0, 0, 0, 0, w
+	}
+}
+
+func (s *State) flag(a *Account, t int64, p *events.AbuseFlagged) {
+	if p.Action == events.ActionBlock {
+		a.BlockedUntilNs = max(a.BlockedUntilNs, t+s.cfg.BlockNs)
+	}
+	a.PenaltyPermille = min(900, s.penalty(a, t)+s.cfg.FlagPenaltyPermille)
+	a.FlagNs = t
+}
+
+// penalty is the flag penalty decayed linearly over log time.
+func (s *State) penalty(a *Account, t int64) int32 {
+	if a.PenaltyPermille == 0 {
+		return 0
+	}
+	el := t - a.FlagNs
+	if el >= s.cfg.FlagDecayNs {
+		return 0
+	}
+	if el < 0 {
+		el = 0
+	}
+	return int32(int64(a.PenaltyPermille) * (s.cfg.FlagDecayNs - el) / s.cfg.FlagDecayNs)
+}
+
+// historyFactor is the account's history factor at log time t, with its reason.
+func (s *State) historyFactor(a *Account, t int64) (int32, string) {
+	if t < a.BlockedUntilNs {
+		return 0, ReasonBlock
+	}
+	if p := s.penalty(a, t); p > 0 {
+		return 1000 - (p+99)/100*100, ReasonFlag
+	}
+	s.rollHistory(a, t)
+	if reqs := a.ReqsCur + a.ReqsPrev; reqs >= s.cfg.RejectMinRequests {
+		if (a.RejsCur+a.RejsPrev)*1000/reqs > s.cfg.RejectRatioPermille {
+			return s.cfg.RejectFactorPermille, ReasonRejections
+		}
+	}
+	if a.SettledOK >= s.cfg.CleanMinRequests && a.OverageMicros == 0 && a.FlagNs == 0 {
+		return s.cfg.CleanBonusPermille, ReasonClean
+	}
+	return 1000, ReasonNeutral
+}
+
+func (s *State) history(a *Account, out *Output) {
+	f, reason := s.historyFactor(a, s.watermark)
+	if f == a.HistoryFactor() {
+		return
+	}
+	a.Factor, a.FactorSet = f, true
+	out.Limits = append(out.Limits, events.LimitsAdjusted{Scope: events.ScopeAccount, AccountID: a.ID, FactorPermille: f, Reason: reason})
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// Expiry kinds, in the order they fire at the same instant.
+const (
+	expGrant  uint8 = 1
+	expHold   uint8 = 2
+	expParked uint8 = 3
+)
+
+type expiry struct {
+	atNs int64
+	hash uint64
+	acct *Account
+	kind uint8
+}
+
+func (x *expiry) less(y *expiry) bool {
+	if x.atNs != y.atNs {
+		return x.atNs < y.atNs
+	}
+	if x.kind != y.kind {
+		return x.kind < y.kind
+	}
+	if x.hash != y.hash {
+		return x.hash < y.hash
+	}
+	return x.acct.ID < y.acct.ID
+}
+
+// expiryHeap is a binary min-heap; entries of settled holds are dropped lazily when popped.
+type expiryHeap []expiry
+
+func (h *expiryHeap) push(e expiry) {
+	*h = append(*h, e)
+	q := *h
+	i := len(q) - 1
+	for i > 0 {
+		p := (i - 1) / 2
+		if !q[i].less(&q[p]) {
+			break
+		}
+		q[i], q[p] = q[p], q[i]
+		i = p
+	}
+}
+
+func (h *expiryHeap) init() {
+	for i := len(*h)/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
+}
+
+func (h *expiryHeap) down(i int) {
+	q := *h
+	for {
+		l, r, m := 2*i+1, 2*i+2, i
+		if l < len(q) && q[l].less(&q[m]) {
+			m = l
+		}
+		if r < len(q) && q[r].less(&q[m]) {
+			m = r
+		}
+		if m == i {
+			return
+		}
+		q[i], q[m] = q[m], q[i]
+		i = m
+	}
+}
+
+func (h *expiryHeap) pop() expiry {
+	q := *h
+	top := q[0]
+	last := len(q) - 1
+	q[0] = q[last]
+	q[last] = expiry{}
+	q = q[:last]
+	i := 0
+	for {
+		l, r, m := 2*i+1, 2*i+2, i
+		if l < len(q) && q[l].less(&q[m]) {
+			m = l
+		}
+		if r < len(q) && q[r].less(&q[m]) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		q[i], q[m] = q[m], q[i]
+		i = m
+	}
+	*h = q
+	return top
+}

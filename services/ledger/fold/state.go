@@ -1,0 +1,304 @@
+// Package fold is the ledger's pure core: it folds decoded events of one events-topic
+// partition, in log order, into per-account balances, a double-entry journal, request
+// expiries and limit factors. It imports only the standard library, shared/events and
+// shared/pricebook; time comes from the log (event times, the partition watermark), never
+// from the wall clock, so replaying the same log gives identical state and outputs.
+//
+// One State folds one partition. Accounts are keyed to partitions (the Kafka key is the
+// account id), so partitions are independent and can be folded in parallel.
+package fold
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/pricebook"
+)
+
+// Fixed per-account dedupe windows. They are constants (not settings) because they size
+// the Account struct and so its memory (≤ 1 KiB per account); changing one changes the
+// persisted state format.
+const (
+	// RecentEvents is how many recent event ids (64-bit hashes) an account remembers to drop
+	// a producer's re-sent copy of an event.
+	RecentEvents = 8
+	// RecentRequests is how many settled or expired request ids (hashes) an account
+	// remembers, to drop duplicate starts and finishes and to spot late finishes.
+	RecentRequests = 16
+	// RecentBusinessIDs is how many grant and adjustment ids (hashes) an account remembers
+	// after the grant is gone, to drop re-sent grants and adjustments.
+	RecentBusinessIDs = 8
+)
+
+// Config is the fold's policy. Every bound is named and validated.
+type Config struct {
+	// Book is the price book: endpoint capacities and reserves, tier allowance windows.
+	Book *pricebook.Book
+	// PartitionsTotal scales this partition's in-flight count to an estimate of the whole
+	// system's (accounts hash uniformly over partitions). Default 1.
+	PartitionsTotal int64
+	// ParkTimeoutNs is how long (log time) a finish without its start waits before it is
+	// settled as a finish for an unknown request. Default 1 h.
+	ParkTimeoutNs int64
+	// MaxParkedPerAccount bounds the finishes parked per account; beyond it a finish is
+	// settled at once as unknown. Default 8.
+	MaxParkedPerAccount int
+	// MaxHoldsPerAccount bounds the open holds per account; a start beyond it is recorded
+	// as an anomaly and places no hold. Default 1024.
+	MaxHoldsPerAccount int
+	// MaxGrantsPerAccount bounds the live grants per account; a grant beyond it is added to
+	// the account's unexpiring pool instead of its own slot. Default 64.
+	MaxGrantsPerAccount int
+	// History factor policy.
+	HistoryWindowNs      int64 // rejection-ratio window length, aligned to the epoch. Default 1 h.
+	RejectMinRequests    int32 // requests in the last two windows before the ratio counts. Default 20.
+	RejectRatioPermille  int32 // ratio above which the factor drops. Default 500.
+	RejectFactorPermille int32 // factor while the ratio is above. Default 700.
+	FlagPenaltyPermille  int32 // penalty per throttle flag, decaying linearly. Default 500.
+	FlagDecayNs          int64 // time for a flag's penalty to decay to zero. Default 24 h.
+	BlockNs              int64 // how long a block flag sets the factor to 0. Default 24 h.
+	CleanMinRequests     int64 // settled requests, no overage, no live flag -> bonus. Default 100.
+	CleanBonusPermille   int32 // the clean-history factor. Default 1200.
+}
+
+// DefaultConfig returns the default policy over book.
+func DefaultConfig(book *pricebook.Book) Config {
+	return Config{
+		Book: book, PartitionsTotal: 1, ParkTimeoutNs: int64(time.Hour), MaxParkedPerAccount: 8,
+		MaxHoldsPerAccount: 1024, MaxGrantsPerAccount: 64,
+		HistoryWindowNs: int64(time.Hour), RejectMinRequests: 20, RejectRatioPermille: 500,
+		RejectFactorPermille: 700, FlagPenaltyPermille: 500, FlagDecayNs: int64(24 * time.Hour),
+		BlockNs: int64(24 * time.Hour), CleanMinRequests: 100, CleanBonusPermille: 1200,
+	}
+}
+
+// Validate reports every bad field, joined.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Book == nil {
+		errs = append(errs, errors.New("fold: Book: required"))
+	} else if err := c.Book.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("fold: Book: %w", err))
+	}
+	pos := func(name string, v, lo, hi int64) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("fold: %s: %d out of range [%d, %d]", name, v, lo, hi))
+		}
+	}
+	day := int64(24 * time.Hour)
+	pos("PartitionsTotal", c.PartitionsTotal, 1, 100_000)
+	pos("ParkTimeoutNs", c.ParkTimeoutNs, int64(time.Second), 7*day)
+	pos("MaxParkedPerAccount", int64(c.MaxParkedPerAccount), 0, 1024)
+	pos("MaxHoldsPerAccount", int64(c.MaxHoldsPerAccount), 1, 100_000)
+	pos("MaxGrantsPerAccount", int64(c.MaxGrantsPerAccount), 1, 10_000)
+	pos("HistoryWindowNs", c.HistoryWindowNs, int64(time.Minute), 31*day)
+	pos("RejectMinRequests", int64(c.RejectMinRequests), 1, 1_000_000)
+	pos("RejectRatioPermille", int64(c.RejectRatioPermille), 0, 1000)
+	pos("RejectFactorPermille", int64(c.RejectFactorPermille), 0, events.MaxFactorPermille)
+	pos("FlagPenaltyPermille", int64(c.FlagPenaltyPermille), 0, 1000)
+	pos("FlagDecayNs", c.FlagDecayNs, int64(time.Minute), 365*day)
+	pos("BlockNs", c.BlockNs, int64(time.Minute), 365*day)
+	pos("CleanMinRequests", c.CleanMinRequests, 1, 1<<40)
+	pos("CleanBonusPermille", int64(c.CleanBonusPermille), 1000, events.MaxFactorPermille)
+	return errors.Join(errs...)
+}
+
+// Input is one decoded event at its position in the partition.
+type Input struct {
+	Offset int64
+	Event  *events.Event
+}
+
+// Funding of a hold.
+const (
+	fundCredits   uint8 = 1
+	fundAllowance uint8 = 2
+)
+
+// Grant is one credit grant's live remainder. Amount is the original amount: a released
+// hold refills grants, in burn order, up to it.
+type Grant struct {
+	ID        string `json:"id"`
+	EventID   UUID   `json:"event_id"`
+	Amount    int64  `json:"amount"`
+	Remaining int64  `json:"remaining"`
+	Priority  int32  `json:"priority"`
+	ExpiresNs int64  `json:"expires_ns,omitempty"` // 0 = never
+}
+
+// Hold is one open request.
+type Hold struct {
+	RequestID       string `json:"request_id"`
+	EventID         UUID   `json:"event_id"`
+	Endpoint        string `json:"endpoint"` // interned to the price book's key when known
+	Priority        uint8  `json:"priority"` // index: 0 critical, 1 standard, 2 batch
+	Funding         uint8  `json:"funding"`
+	HoldMicros      int64  `json:"hold_micros"`      // actually held from available
+	AllowanceMicros int64  `json:"allowance_micros"` // reserved from allowance windows
+	StartNs         int64  `json:"start_ns"`
+	ExpiresNs       int64  `json:"expires_ns"`
+}
+
+// Parked is a finish that arrived before its start.
+type Parked struct {
+	RequestID  string `json:"request_id"`
+	EventID    string `json:"event_id"`
+	Endpoint   string `json:"endpoint"`
+	Status     string `json:"status"`
+	CostMicros int64  `json:"cost_micros"`
+	AtNs       int64  `json:"at_ns"`
+}
+
+// Window is the usage of one allowance window (index = the tier's window index).
+type Window struct {
+	StartMs    int64 `json:"start_ms"`
+	UsedMicros int64 `json:"used_micros"`
+}
+
+// Account is one customer's folded state. It is exported whole (with JSON tags) because it
+// is also the persisted state record.
+type Account struct {
+	ID        string `json:"id"`
+	Tier      string `json:"tier,omitempty"` // "" = the book's default tier
+	Priority  string `json:"priority,omitempty"`
+	Suspended bool   `json:"suspended,omitempty"`
+	// Offset is the events-topic offset of the last event folded for this account (-1 none).
+	Offset int64 `json:"offset"`
+
+	AvailableMicros int64 `json:"available"`
+	HeldMicros      int64 `json:"held"`
+	OverageMicros   int64 `json:"overage"`
+	// Extra is the unexpiring part of available: positive adjustments, and refunds that no
+	// grant could take back. Available = Σ grant remaining + Extra.
+	ExtraMicros int64 `json:"extra"`
+
+	// Running totals for the invariant available = granted − charged − held − breakage + adjusted.
+	GrantedMicros  int64 `json:"granted"`
+	ChargedMicros  int64 `json:"charged"` // paid charges (overage excluded)
+	BreakageMicros int64 `json:"breakage"`
+	AdjustedMicros int64 `json:"adjusted"` // net adjustments applied to available
+
+	Grants  []Grant                   `json:"grants,omitempty"`
+	Holds   []Hold                    `json:"holds,omitempty"`
+	Parked  []Parked                  `json:"parked,omitempty"`
+	Windows [4]Window                 `json:"windows"`
+	Events  [RecentEvents]uint64      `json:"ev"`
+	Reqs    [RecentRequests]uint64    `json:"rq"`
+	BizIDs  [RecentBusinessIDs]uint64 `json:"biz"`
+	EventsN uint8                     `json:"evn"`
+	ReqsN   uint8                     `json:"rqn"`
+	BizN    uint8                     `json:"bizn"`
+
+	// History.
+	HistWindowNs    int64 `json:"hw"`
+	ReqsCur         int32 `json:"rc"`
+	RejsCur         int32 `json:"jc"`
+	ReqsPrev        int32 `json:"rp"`
+	RejsPrev        int32 `json:"jp"`
+	SettledOK       int64 `json:"ok"`
+	PenaltyPermille int32 `json:"pen"`
+	FlagNs          int64 `json:"fl"`
+	BlockedUntilNs  int64 `json:"bu"`
+	Factor          int32 `json:"factor"` // last history factor published (0 value means 1000 until set)
+	FactorSet       bool  `json:"fs"`
+
+	touched uint64 // the Output generation that last listed this account in Touched
+}
+
+// HistoryFactor returns the last history factor (1000 before any was published).
+func (a *Account) HistoryFactor() int32 {
+	if !a.FactorSet {
+		return 1000
+	}
+	return a.Factor
+}
+
+// Entry is one journal line. Its event id is events.DerivedID(Cause, LedgerAccount) and its
+// transaction id events.DerivedID(Cause, "tx"): computed when the line is published, so the
+// fold's hot path does not allocate. Within one transaction each ledger account appears at
+// most once.
+type Entry struct {
+	Cause         string
+	AccountID     string
+	LedgerAccount string
+	AmountMicros  int64
+	Kind          string
+	RequestID     string
+	GrantID       string
+	At            time.Time
+}
+
+// Event returns the journal line as an events.LedgerEntry.
+func (e *Entry) Event() events.LedgerEntry {
+	return events.LedgerEntry{
+		EntryID: events.DerivedID(e.Cause, e.LedgerAccount), TransactionID: TransactionID(e.Cause),
+		AccountID: e.AccountID, LedgerAccount: e.LedgerAccount, AmountMicros: e.AmountMicros, Kind: e.Kind,
+		CauseEventID: e.Cause, RequestID: e.RequestID, GrantID: e.GrantID, EffectiveAt: e.At.UTC(),
+	}
+}
+
+// TransactionID is the transaction id of the lines caused by cause.
+func TransactionID(cause string) string { return events.DerivedID(cause, "tx") }
+
+// Expired is one request.expired output with its deterministic event id.
+type Expired struct {
+	ID   string
+	Data events.RequestExpired
+}
+
+// Anomaly kinds: recorded, counted and logged, never fatal.
+const (
+	AnomalyUnknownFinish  = "unknown_finish"  // a finish whose start never came (park timeout or park full)
+	AnomalyLateFinish     = "late_finish"     // a finish after its hold expired: charged late
+	AnomalyDuplicate      = "duplicate"       // an event or business id already applied
+	AnomalyUnexpectedType = "unexpected_type" // an output type on the events topic
+	AnomalyHoldShort      = "hold_short"      // a hold larger than the available balance
+	AnomalyTooManyHolds   = "too_many_holds"
+	AnomalyUnknownAccount = "unknown_account" // an allowance request with no tier windows
+)
+
+// Anomaly is one flagged oddity.
+type Anomaly struct {
+	Kind      string
+	AccountID string
+	EventID   string
+	RequestID string
+}
+
+// Output collects what folding produced. The caller resets it between batches; slices keep
+// their capacity so the steady state does not allocate.
+type Output struct {
+	Entries   []Entry
+	Expired   []Expired
+	Limits    []events.LimitsAdjusted
+	Anomalies []Anomaly
+	// Touched lists the accounts changed since the last Reset, once each, in first-touch
+	// order; publish their balance.updated from State.Balance.
+	Touched []*Account
+	gen     uint64
+}
+
+// touchGen hands out Output generations. It is process-wide so that two Outputs used in
+// turn on one State (the engine pipelines two batches) never share a generation.
+var touchGen atomic.Uint64
+
+// Reset empties the output, keeping capacity.
+func (o *Output) Reset() {
+	o.Entries, o.Expired, o.Limits, o.Anomalies = o.Entries[:0], o.Expired[:0], o.Limits[:0], o.Anomalies[:0]
+	clear(o.Touched)
+	o.Touched = o.Touched[:0]
+	o.gen = 0
+}
+
+func (o *Output) touch(a *Account) {
+	if o.gen == 0 {
+		o.gen = touchGen.Add(1)
+	}
+	if a.touched != o.gen {
+		a.touched = o.gen
+		o.Touched = append(o.Touched, a)
+	}
+}

@@ -1,0 +1,300 @@
+// Package ledger is Tally's credit ledger service: the settings, and the constructor that
+// wires the pure fold (package fold), the Kafka engine (package engine) and the HTTP API
+// (package api). See README.md for the design.
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/tallyhq/tally/services/ledger/api"
+	"github.com/tallyhq/tally/services/ledger/engine"
+	"github.com/tallyhq/tally/services/ledger/fold"
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/httpx"
+	"github.com/tallyhq/tally/shared/kafkax"
+	"github.com/tallyhq/tally/shared/pricebook"
+)
+
+// Config is every ledger setting, read from the environment with caarlos0/env.
+type Config struct {
+	Brokers       string `env:"KAFKA_BROKERS" envDefault:"127.0.0.1:9092"`
+	TopicPrefix   string `env:"TALLY_TOPIC_PREFIX" envDefault:"tally."`
+	PriceBookPath string `env:"TALLY_PRICEBOOK_PATH"`
+
+	// ListenAddr is the HTTP address (port 0 picks a free port; see Service.Addr).
+	ListenAddr string `env:"LEDGER_LISTEN_ADDR" envDefault:"127.0.0.1:8082"`
+	// AdminKeys are the admin bearer keys, "id:sha256hex,...", separate from edge keys.
+	AdminKeys string `env:"LEDGER_ADMIN_KEYS"`
+	// Group is the consumer group of the events topic.
+	Group string `env:"LEDGER_GROUP" envDefault:"tally-ledger"`
+	// EnsureTopics creates missing topics at start with TopicPartitions partitions.
+	EnsureTopics    bool `env:"LEDGER_ENSURE_TOPICS" envDefault:"true"`
+	TopicPartitions int  `env:"LEDGER_TOPIC_PARTITIONS" envDefault:"4"`
+	TopicReplicas   int  `env:"LEDGER_TOPIC_REPLICAS" envDefault:"1"`
+
+	BatchMax           int   `env:"LEDGER_BATCH_MAX" envDefault:"5000"`
+	BatchWaitMs        int64 `env:"LEDGER_BATCH_WAIT_MS" envDefault:"2"`
+	FetchMaxBytes      int   `env:"LEDGER_FETCH_MAX_BYTES" envDefault:"8388608"`
+	FetchWaitMs        int64 `env:"LEDGER_FETCH_WAIT_MS" envDefault:"100"`
+	QueueMax           int   `env:"LEDGER_QUEUE_MAX" envDefault:"10000"`
+	WriteTimeoutMs     int64 `env:"LEDGER_WRITE_TIMEOUT_MS" envDefault:"10000"`
+	WriteAttemptsMax   int   `env:"LEDGER_WRITE_ATTEMPTS_MAX" envDefault:"5"`
+	RetryBackoffMs     int64 `env:"LEDGER_RETRY_BACKOFF_MS" envDefault:"1000"`
+	JournalPerAccount  int   `env:"LEDGER_JOURNAL_PER_ACCOUNT" envDefault:"64"`
+	JournalAccountsMax int   `env:"LEDGER_JOURNAL_ACCOUNTS_MAX" envDefault:"10000"`
+	BodyMaxBytes       int64 `env:"LEDGER_BODY_MAX_BYTES" envDefault:"65536"`
+	PageMax            int   `env:"LEDGER_PAGE_MAX" envDefault:"500"`
+	PublishTimeoutMs   int64 `env:"LEDGER_PUBLISH_TIMEOUT_MS" envDefault:"10000"`
+	ShutdownTimeoutMs  int64 `env:"LEDGER_SHUTDOWN_TIMEOUT_MS" envDefault:"10000"`
+
+	// Fold policy (see package fold).
+	PartitionsTotal      int64 `env:"LEDGER_LOAD_PARTITIONS" envDefault:"4"`
+	ParkTimeoutMs        int64 `env:"LEDGER_PARK_TIMEOUT_MS" envDefault:"3600000"`
+	ParkedPerAccountMax  int   `env:"LEDGER_PARKED_PER_ACCOUNT_MAX" envDefault:"8"`
+	HoldsPerAccountMax   int   `env:"LEDGER_HOLDS_PER_ACCOUNT_MAX" envDefault:"1024"`
+	GrantsPerAccountMax  int   `env:"LEDGER_GRANTS_PER_ACCOUNT_MAX" envDefault:"64"`
+	HistoryWindowMs      int64 `env:"LEDGER_HISTORY_WINDOW_MS" envDefault:"3600000"`
+	RejectMinRequests    int32 `env:"LEDGER_REJECT_MIN_REQUESTS" envDefault:"20"`
+	RejectRatioPermille  int32 `env:"LEDGER_REJECT_RATIO_PERMILLE" envDefault:"500"`
+	RejectFactorPermille int32 `env:"LEDGER_REJECT_FACTOR_PERMILLE" envDefault:"700"`
+	FlagPenaltyPermille  int32 `env:"LEDGER_FLAG_PENALTY_PERMILLE" envDefault:"500"`
+	FlagDecayMs          int64 `env:"LEDGER_FLAG_DECAY_MS" envDefault:"86400000"`
+	BlockMs              int64 `env:"LEDGER_BLOCK_MS" envDefault:"86400000"`
+	CleanMinRequests     int64 `env:"LEDGER_CLEAN_MIN_REQUESTS" envDefault:"100"`
+	CleanBonusPermille   int32 `env:"LEDGER_CLEAN_BONUS_PERMILLE" envDefault:"1200"`
+
+	// Book overrides TALLY_PRICEBOOK_PATH when set in code (tests, tallyctl run).
+	Book *pricebook.Book `env:"-"`
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger `env:"-"`
+}
+
+// DefaultConfig returns the defaults (the envDefault values) for code-built configs.
+func DefaultConfig() Config {
+	return Config{Brokers: "127.0.0.1:9092", TopicPrefix: kafkax.DefaultPrefix, ListenAddr: "127.0.0.1:8082",
+		Group: "tally-ledger", EnsureTopics: true, TopicPartitions: 4, TopicReplicas: 1,
+		BatchMax: 5000, BatchWaitMs: 2, FetchMaxBytes: 8 << 20, FetchWaitMs: 100, QueueMax: 10_000,
+		WriteTimeoutMs: 10_000, WriteAttemptsMax: 5, RetryBackoffMs: 1000, JournalPerAccount: 64, JournalAccountsMax: 10_000,
+		BodyMaxBytes: 64 << 10, PageMax: 500, PublishTimeoutMs: 10_000, ShutdownTimeoutMs: 10_000,
+		PartitionsTotal: 4, ParkTimeoutMs: 3_600_000, ParkedPerAccountMax: 8, HoldsPerAccountMax: 1024, GrantsPerAccountMax: 64,
+		HistoryWindowMs: 3_600_000, RejectMinRequests: 20, RejectRatioPermille: 500, RejectFactorPermille: 700,
+		FlagPenaltyPermille: 500, FlagDecayMs: 86_400_000, BlockMs: 86_400_000, CleanMinRequests: 100, CleanBonusPermille: 1200}
+}
+
+// Validate reports every bad setting by its variable name, joined.
+func (c Config) Validate() error {
+	var errs []error
+	if _, err := kafkax.ParseBrokers(c.Brokers); err != nil {
+		errs = append(errs, fmt.Errorf("KAFKA_BROKERS: %w", err))
+	}
+	if c.TopicPrefix == "" || len(c.TopicPrefix) > 100 {
+		errs = append(errs, errors.New("TALLY_TOPIC_PREFIX: required, at most 100 bytes"))
+	}
+	if c.Book == nil {
+		if _, err := pricebook.LoadOrDefault(c.PriceBookPath); err != nil {
+			errs = append(errs, fmt.Errorf("TALLY_PRICEBOOK_PATH: %w", err))
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
+		errs = append(errs, fmt.Errorf("LEDGER_LISTEN_ADDR: %w", err))
+	}
+	if k, err := httpx.ParseKeyring(c.AdminKeys); err != nil {
+		errs = append(errs, fmt.Errorf("LEDGER_ADMIN_KEYS: %w", err))
+	} else if k.Len() == 0 {
+		errs = append(errs, errors.New("LEDGER_ADMIN_KEYS: at least one admin key (id:sha256hex) required"))
+	}
+	if err := events.CheckID("LEDGER_GROUP", c.Group); err != nil {
+		errs = append(errs, err)
+	}
+	rng := func(name string, v, lo, hi int64) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
+		}
+	}
+	day := int64(86_400_000)
+	rng("LEDGER_TOPIC_PARTITIONS", int64(c.TopicPartitions), 1, 10_000)
+	rng("LEDGER_TOPIC_REPLICAS", int64(c.TopicReplicas), 1, 16)
+	rng("LEDGER_BATCH_MAX", int64(c.BatchMax), 1, 100_000)
+	rng("LEDGER_BATCH_WAIT_MS", c.BatchWaitMs, 0, 10_000)
+	rng("LEDGER_FETCH_MAX_BYTES", int64(c.FetchMaxBytes), 1<<10, 256<<20)
+	rng("LEDGER_FETCH_WAIT_MS", c.FetchWaitMs, 1, 60_000)
+	rng("LEDGER_QUEUE_MAX", int64(c.QueueMax), 1, 1_000_000)
+	rng("LEDGER_WRITE_TIMEOUT_MS", c.WriteTimeoutMs, 100, 600_000)
+	rng("LEDGER_WRITE_ATTEMPTS_MAX", int64(c.WriteAttemptsMax), 1, 100)
+	rng("LEDGER_RETRY_BACKOFF_MS", c.RetryBackoffMs, 1, 600_000)
+	rng("LEDGER_JOURNAL_PER_ACCOUNT", int64(c.JournalPerAccount), 0, 100_000)
+	rng("LEDGER_JOURNAL_ACCOUNTS_MAX", int64(c.JournalAccountsMax), 1, 10_000_000)
+	rng("LEDGER_BODY_MAX_BYTES", c.BodyMaxBytes, 256, 16<<20)
+	rng("LEDGER_PAGE_MAX", int64(c.PageMax), 1, 100_000)
+	rng("LEDGER_PUBLISH_TIMEOUT_MS", c.PublishTimeoutMs, 100, 600_000)
+	rng("LEDGER_SHUTDOWN_TIMEOUT_MS", c.ShutdownTimeoutMs, 100, 600_000)
+	rng("LEDGER_LOAD_PARTITIONS", c.PartitionsTotal, 1, 100_000)
+	rng("LEDGER_PARK_TIMEOUT_MS", c.ParkTimeoutMs, 1000, 7*day)
+	rng("LEDGER_PARKED_PER_ACCOUNT_MAX", int64(c.ParkedPerAccountMax), 0, 1024)
+	rng("LEDGER_HOLDS_PER_ACCOUNT_MAX", int64(c.HoldsPerAccountMax), 1, 100_000)
+	rng("LEDGER_GRANTS_PER_ACCOUNT_MAX", int64(c.GrantsPerAccountMax), 1, 10_000)
+	rng("LEDGER_HISTORY_WINDOW_MS", c.HistoryWindowMs, 60_000, 31*day)
+	rng("LEDGER_REJECT_MIN_REQUESTS", int64(c.RejectMinRequests), 1, 1_000_000)
+	rng("LEDGER_REJECT_RATIO_PERMILLE", int64(c.RejectRatioPermille), 0, 1000)
+	rng("LEDGER_REJECT_FACTOR_PERMILLE", int64(c.RejectFactorPermille), 0, events.MaxFactorPermille)
+	rng("LEDGER_FLAG_PENALTY_PERMILLE", int64(c.FlagPenaltyPermille), 0, 1000)
+	rng("LEDGER_FLAG_DECAY_MS", c.FlagDecayMs, 60_000, 365*day)
+	rng("LEDGER_BLOCK_MS", c.BlockMs, 60_000, 365*day)
+	rng("LEDGER_CLEAN_MIN_REQUESTS", c.CleanMinRequests, 1, 1<<40)
+	rng("LEDGER_CLEAN_BONUS_PERMILLE", int64(c.CleanBonusPermille), 1000, events.MaxFactorPermille)
+	return errors.Join(errs...)
+}
+
+// FoldConfig is the fold policy these settings describe.
+func (c Config) FoldConfig(book *pricebook.Book) fold.Config {
+	ms := int64(time.Millisecond)
+	return fold.Config{Book: book, PartitionsTotal: c.PartitionsTotal, ParkTimeoutNs: c.ParkTimeoutMs * ms,
+		MaxParkedPerAccount: c.ParkedPerAccountMax, MaxHoldsPerAccount: c.HoldsPerAccountMax, MaxGrantsPerAccount: c.GrantsPerAccountMax,
+		HistoryWindowNs: c.HistoryWindowMs * ms, RejectMinRequests: c.RejectMinRequests, RejectRatioPermille: c.RejectRatioPermille,
+		RejectFactorPermille: c.RejectFactorPermille, FlagPenaltyPermille: c.FlagPenaltyPermille, FlagDecayNs: c.FlagDecayMs * ms,
+		BlockNs: c.BlockMs * ms, CleanMinRequests: c.CleanMinRequests, CleanBonusPermille: c.CleanBonusPermille}
+}
+
+// Service is a wired ledger: engine, API server and the events publisher.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	brokers []string
+	topics  kafkax.Topics
+	engine  *engine.Engine
+	pub     *kafkaPublisher
+	srv     *http.Server
+	ln      net.Listener
+	addr    chan string
+	once    sync.Once
+}
+
+// New validates cfg and wires the service. Nothing runs until Run.
+func New(cfg Config) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("ledger: config: %w", err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	book := cfg.Book
+	if book == nil {
+		var err error
+		if book, err = pricebook.LoadOrDefault(cfg.PriceBookPath); err != nil {
+			return nil, fmt.Errorf("ledger: %w", err)
+		}
+	}
+	fc := cfg.FoldConfig(book)
+	if err := fc.Validate(); err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
+	brokers, _ := kafkax.ParseBrokers(cfg.Brokers)
+	keys, _ := httpx.ParseKeyring(cfg.AdminKeys)
+	topics := kafkax.NewTopics(cfg.TopicPrefix)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	wc := kafkax.DefaultWriterConfig
+	wc.WriteTimeout = time.Duration(cfg.WriteTimeoutMs) * time.Millisecond
+	wc.MaxAttempts = cfg.WriteAttemptsMax
+	eng := engine.New(engine.Config{
+		Brokers: brokers, Topics: topics, Group: cfg.Group, Fold: fc,
+		BatchMax: cfg.BatchMax, BatchWait: time.Duration(cfg.BatchWaitMs) * time.Millisecond,
+		FetchMaxBytes: cfg.FetchMaxBytes, FetchWait: time.Duration(cfg.FetchWaitMs) * time.Millisecond, QueueMax: cfg.QueueMax,
+		JournalPerAccount: cfg.JournalPerAccount, JournalAccountsMax: cfg.JournalAccountsMax,
+		RetryBackoff: time.Duration(cfg.RetryBackoffMs) * time.Millisecond, Writer: wc, Logger: cfg.Logger, Registry: reg,
+	})
+	pub := &kafkaPublisher{w: kafkax.NewWriter(brokers, topics.Events, kafkax.DefaultWriterConfig)}
+	h := api.Handler(api.Config{Admin: keys, Book: book, BodyMaxBytes: cfg.BodyMaxBytes, PageMax: cfg.PageMax,
+		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg}, eng, pub)
+	return &Service{cfg: cfg, log: cfg.Logger, brokers: brokers, topics: topics, engine: eng, pub: pub,
+		srv: httpx.NewServer(cfg.ListenAddr, h, httpx.DefaultServerConfig), addr: make(chan string, 1)}, nil
+}
+
+// Addr blocks until the HTTP server listens (or ctx ends) and returns its address, so a
+// config with port 0 can be used in tests.
+func (s *Service) Addr(ctx context.Context) (string, error) {
+	select {
+	case a := <-s.addr:
+		s.addr <- a
+		return a, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// Ready reports whether the ledger state of the current assignment is restored.
+func (s *Service) Ready() bool { return s.engine.Ready() }
+
+// Engine exposes the engine (tests, benchmarks and the single-process stack).
+func (s *Service) Engine() *engine.Engine { return s.engine }
+
+// Run creates missing topics (if configured), serves HTTP and folds until ctx is cancelled,
+// then stops in reverse order: HTTP server, engine, publisher.
+func (s *Service) Run(ctx context.Context) error {
+	if s.cfg.EnsureTopics {
+		if err := kafkax.EnsureTopics(ctx, s.brokers, s.topics.Specs(s.cfg.TopicPartitions, s.cfg.TopicReplicas)); err != nil {
+			return fmt.Errorf("ledger: %w", err)
+		}
+	}
+	ln, err := net.Listen("tcp", s.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("ledger: listen %s: %w", s.cfg.ListenAddr, err)
+	}
+	s.addr <- ln.Addr().String()
+	s.log.Info("ledger: listening", "addr", ln.Addr().String(), "topics", s.topics.Events)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	engErr := make(chan error, 1)
+	go func() { engErr <- s.engine.Run(runCtx) }()
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- s.srv.Serve(ln) }()
+	var first error
+	select {
+	case <-ctx.Done():
+	case err := <-engErr:
+		first = fmt.Errorf("ledger: engine: %w", err)
+		engErr <- nil
+	case err := <-srvErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			first = fmt.Errorf("ledger: http: %w", err)
+		}
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.ShutdownTimeoutMs)*time.Millisecond)
+	defer scancel()
+	if err := s.srv.Shutdown(sctx); err != nil && first == nil {
+		first = fmt.Errorf("ledger: http shutdown: %w", err)
+	}
+	cancel()
+	if err := <-engErr; err != nil && first == nil {
+		first = fmt.Errorf("ledger: engine: %w", err)
+	}
+	if err := s.pub.w.Close(); err != nil && first == nil {
+		first = fmt.Errorf("ledger: close publisher: %w", err)
+	}
+	return first
+}
+
+// kafkaPublisher publishes input events keyed by account id, acks=all.
+type kafkaPublisher struct{ w *kafka.Writer }
+
+func (p *kafkaPublisher) Publish(ctx context.Context, ev events.Event) error {
+	v, err := ev.Encode()
+	if err != nil {
+		return err
+	}
+	return p.w.WriteMessages(ctx, kafka.Message{Key: []byte(ev.Subject), Value: v})
+}
+
+var _ api.Publisher = (*kafkaPublisher)(nil)
+var _ api.Reader = (*engine.Engine)(nil)

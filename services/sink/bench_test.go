@@ -1,0 +1,237 @@
+package sink_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/tallyhq/tally/services/sink"
+	"github.com/tallyhq/tally/services/sink/chstore"
+	"github.com/tallyhq/tally/services/sink/internal/chtest"
+	"github.com/tallyhq/tally/services/sink/internal/testevents"
+	"github.com/tallyhq/tally/services/sink/pipeline"
+	"github.com/tallyhq/tally/services/sink/rows"
+	"github.com/tallyhq/tally/shared/kafkax"
+	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// benchRequests requests = 3 × benchRequests messages (started, finished, ledger entry).
+const benchRequests = 70_000
+
+// runUntil runs a sink over pre-produced messages until want rows are inserted and returns
+// the elapsed time since Ready, plus the steady-state rate between the first and last flush.
+func runUntil(b *testing.B, cfg sink.Config, hooks pipeline.Hooks, want int64) (time.Duration, float64, *pipeline.Pipeline) {
+	b.Helper()
+	var mu sync.Mutex
+	var first, last time.Time
+	var firstRows, total int64
+	inner := hooks.FlushDone
+	hooks.FlushDone = func(bs []*rows.Batch, at time.Time) {
+		n := int64(0)
+		for _, x := range bs {
+			n += int64(x.Rows())
+		}
+		mu.Lock()
+		if first.IsZero() {
+			first, firstRows = at, n
+		}
+		last, total = at, total+n
+		mu.Unlock()
+		if inner != nil {
+			inner(bs, at)
+		}
+	}
+	svc, err := sink.New(cfg, quiet)
+	if err != nil {
+		b.Fatal(err)
+	}
+	svc.SetHooks(hooks)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-svc.Ready()
+	start := time.Now()
+	p := svc.Pipeline()
+	for p.Stats.UsageRows.Load()+p.Stats.LedgerRows.Load() < want {
+		select {
+		case err := <-done:
+			b.Fatalf("sink stopped: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	elapsed := time.Since(start)
+	mu.Lock()
+	defer mu.Unlock()
+	steady := 0.0
+	if d := last.Sub(first).Seconds(); d > 0 {
+		steady = float64(total-firstRows) / d
+	}
+	return elapsed, steady, p
+}
+
+func benchConfig(c *kafkatest.Cluster, ch chstore.Config, group string) sink.Config {
+	cfg := testConfig(c, ch)
+	cfg.GroupID = c.Group(group)
+	cfg.BatchRowsMax = 50_000
+	cfg.BatchWaitMs = 250
+	return cfg
+}
+
+func migrated(b *testing.B) chstore.Config {
+	b.Helper()
+	ch, conn := chtest.Open(b)
+	_ = conn
+	return ch
+}
+
+// BenchmarkInsertThroughput: rows per second from Kafka into the embedded ClickHouse through
+// clickhouse-go, 3 × benchRequests messages pre-produced. rows/s counts from Ready (group
+// join included); steady_rows/s from the first flush to the last.
+func BenchmarkInsertThroughput(b *testing.B) {
+	c := kafkatest.Start(b)
+	testevents.Produce(b, c.Brokers, testevents.Stream(b, c.Topics, benchRequests, 1000, time.Now().UTC().Add(-time.Hour)))
+	want := int64(3 * benchRequests)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		ch := migrated(b)
+		b.StartTimer()
+		elapsed, steady, _ := runUntil(b, benchConfig(c, ch, fmt.Sprint("tp", i)), pipeline.Hooks{}, want)
+		b.ReportMetric(float64(want)/elapsed.Seconds(), "rows/s")
+		b.ReportMetric(steady, "steady_rows/s")
+	}
+}
+
+// BenchmarkFreshness: events produced at 5,000/s for 10 s while the sink runs; the latency of
+// each row is the end of the insert that made it queryable minus the event's time, stamped
+// just before it was produced.
+func BenchmarkFreshness(b *testing.B) {
+	const rate, seconds = 5000, 10
+	for i := 0; i < b.N; i++ {
+		c := kafkatest.Start(b)
+		ch := migrated(b)
+		var mu sync.Mutex
+		var lat []time.Duration
+		hooks := pipeline.Hooks{FlushDone: func(bs []*rows.Batch, at time.Time) {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, x := range bs {
+				for j := range x.Usage {
+					lat = append(lat, at.Sub(x.Usage[j].Time))
+				}
+			}
+		}}
+		cfg := benchConfig(c, ch, "fresh")
+		svc, err := sink.New(cfg, quiet)
+		if err != nil {
+			b.Fatal(err)
+		}
+		svc.SetHooks(hooks)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- svc.Run(ctx) }()
+		<-svc.Ready()
+		// Let the consumer join its group before the clock starts.
+		testevents.Produce(b, c.Brokers, testevents.Stream(b, c.Topics, 1, 1, time.Now().UTC())[:1])
+		for svc.Pipeline().Stats.UsageRows.Load() < 1 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		mu.Lock()
+		lat = lat[:0]
+		mu.Unlock()
+		w := kafkax.NewWriter(c.Brokers, "", kafkax.DefaultWriterConfig)
+		tick := time.NewTicker(10 * time.Millisecond)
+		perTick := rate / 100
+		sent := 0
+		t0 := time.Now()
+		for n := 0; n < rate*seconds/perTick; n++ {
+			<-tick.C
+			msgs := make([]kafka.Message, 0, perTick)
+			for k := 0; k < perTick/2; k++ {
+				s, f, _ := testevents.Request(b, fmt.Sprintf("acct-%d", k%50), fmt.Sprintf("f%d-%d", n, k), time.Now().UTC(), 1000, 10)
+				msgs = append(msgs, testevents.Message(b, c.Topics.Events, s), testevents.Message(b, c.Topics.Events, f))
+			}
+			if err := w.WriteMessages(ctx, msgs...); err != nil {
+				b.Fatal(err)
+			}
+			sent += len(msgs)
+		}
+		achieved := float64(sent) / time.Since(t0).Seconds()
+		tick.Stop()
+		_ = w.Close()
+		for svc.Pipeline().Stats.UsageRows.Load() < int64(sent)+1 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel()
+		<-done
+		mu.Lock()
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		q := func(p float64) float64 { return lat[int(p*float64(len(lat)-1))].Seconds() }
+		b.ReportMetric(achieved, "events/s")
+		b.ReportMetric(q(0.5), "p50_s")
+		b.ReportMetric(q(0.99), "p99_s")
+		b.ReportMetric(lat[len(lat)-1].Seconds(), "max_s")
+		mu.Unlock()
+	}
+}
+
+// slowStore delays every insert: a ClickHouse that takes delay per batch.
+type slowStore struct {
+	rows.Storage
+	delay time.Duration
+}
+
+func (s slowStore) BatchInsert(ctx context.Context, b *rows.Batch) error {
+	time.Sleep(s.delay)
+	return s.Storage.BatchInsert(ctx, b)
+}
+
+// BenchmarkMemorySlowClickHouse: peak Go heap while draining 3 × benchRequests messages
+// through a ClickHouse slowed to 300 ms per batch, with 10,000-row / 4 MiB batches. The
+// backlog stays in Kafka; the sink holds at most a batch plus the prefetch queue.
+func BenchmarkMemorySlowClickHouse(b *testing.B) {
+	c := kafkatest.Start(b)
+	testevents.Produce(b, c.Brokers, testevents.Stream(b, c.Topics, benchRequests, 1000, time.Now().UTC().Add(-time.Hour)))
+	want := int64(3 * benchRequests)
+	for i := 0; i < b.N; i++ {
+		ch := migrated(b)
+		cfg := benchConfig(c, ch, fmt.Sprint("mem", i))
+		cfg.BatchRowsMax, cfg.BatchBytesMax, cfg.QueueMessagesMax = 10_000, 4<<20, 1000
+		runtime.GC()
+		var peakHeap atomic.Uint64
+		stop := make(chan struct{})
+		go func() {
+			var ms runtime.MemStats
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				runtime.ReadMemStats(&ms)
+				if ms.HeapInuse > peakHeap.Load() {
+					peakHeap.Store(ms.HeapInuse)
+				}
+			}
+		}()
+		hooks := pipeline.Hooks{WrapStorage: func(s rows.Storage) rows.Storage { return slowStore{s, 300 * time.Millisecond} }}
+		hooks.FlushDone = func([]*rows.Batch, time.Time) {}
+		elapsed, _, p := runUntil(b, cfg, hooks, want)
+		close(stop)
+		b.ReportMetric(float64(peakHeap.Load())/(1<<20), "peak_heap_MiB")
+		b.ReportMetric(float64(p.Stats.BufferedBytesPeak.Load())/(1<<20), "peak_buffered_MiB")
+		b.ReportMetric(float64(want)/elapsed.Seconds(), "rows/s")
+	}
+}

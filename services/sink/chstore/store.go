@@ -1,0 +1,190 @@
+package chstore
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/tallyhq/tally/services/sink/rows"
+)
+
+// Store writes batches to usage_events and ledger_entries and keeps the sink's intents.
+type Store struct {
+	conn    clickhouse.Conn
+	timeout time.Duration
+}
+
+var _ rows.Storage = (*Store)(nil)
+
+// NewStore wraps an open connection; timeout bounds each insert or query.
+func NewStore(conn clickhouse.Conn, timeout time.Duration) *Store {
+	return &Store{conn: conn, timeout: timeout}
+}
+
+// Conn is the underlying connection.
+func (s *Store) Conn() clickhouse.Conn { return s.conn }
+
+// dedupCtx carries the settings that make a re-sent batch insert nothing: the token, and its
+// propagation to the materialized views so the rollups do not count the batch twice.
+func dedupCtx(ctx context.Context, token string) context.Context {
+	return clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+		"insert_deduplicate":                                 1,
+		"insert_deduplication_token":                         token,
+		"deduplicate_blocks_in_dependent_materialized_views": 1,
+	}))
+}
+
+// BatchInsert writes b's usage rows and ledger rows, each with b.Range.Token().
+func (s *Store) BatchInsert(ctx context.Context, b *rows.Batch) error {
+	tok := b.Range.Token()
+	if len(b.Usage) > 0 {
+		if err := s.insertUsage(ctx, tok, b.Usage); err != nil {
+			return fmt.Errorf("chstore: insert usage_events %s: %w", b.Range, err)
+		}
+	}
+	if len(b.Ledger) > 0 {
+		if err := s.insertLedger(ctx, tok, b.Ledger); err != nil {
+			return fmt.Errorf("chstore: insert ledger_entries %s: %w", b.Range, err)
+		}
+	}
+	return nil
+}
+
+const usageInsert = `INSERT INTO usage_events (event_id, type, time, source, account_id, request_id, key_id,
+client_addr, endpoint, model, tier, priority, funding, status, reason, estimate_micros, hold_micros,
+allowance_micros, cost_micros, amount_micros, hold_expires_at, video_seconds, resolution, tokens_in,
+tokens_out, compute_ms, duration_ms, retry_after_ms, score, price_book_version, attrs, kafka_topic,
+kafka_partition, kafka_offset)`
+
+func (s *Store) insertUsage(ctx context.Context, tok string, us []rows.Usage) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	n := len(us)
+	var (
+		strs  [17][]string // string columns, in insert order of the strCols below
+		times [2][]time.Time
+		ints  [14][]int64
+		score = make([]float64, n)
+		attrs = make([]map[string]string, n)
+		parts = make([]int32, n)
+	)
+	for i := range strs {
+		strs[i] = make([]string, n)
+	}
+	for i := range times {
+		times[i] = make([]time.Time, n)
+	}
+	for i := range ints {
+		ints[i] = make([]int64, n)
+	}
+	for i := range us {
+		u := &us[i]
+		s := [...]string{u.EventID, u.Type, u.Source, u.AccountID, u.RequestID, u.KeyID, u.ClientAddr, u.Endpoint,
+			u.Model, u.Tier, u.Priority, u.Funding, u.Status, u.Reason, u.Resolution, u.PriceBookVersion, u.Pos.Topic}
+		for j, v := range s {
+			strs[j][i] = v
+		}
+		times[0][i], times[1][i] = u.Time, u.HoldExpiresAt
+		iv := [...]int64{u.EstimateMicros, u.HoldMicros, u.AllowanceMicros, u.CostMicros, u.AmountMicros,
+			u.VideoSeconds, u.TokensIn, u.TokensOut, u.ComputeMs, u.DurationMs, u.RetryAfterMs, u.Pos.Offset}
+		for j, v := range iv {
+			ints[j][i] = v
+		}
+		score[i], parts[i] = u.Score, u.Pos.Partition
+		if u.Attrs == nil {
+			attrs[i] = map[string]string{}
+		} else {
+			attrs[i] = u.Attrs
+		}
+	}
+	b, err := s.conn.PrepareBatch(dedupCtx(ctx, tok), usageInsert, driver.WithReleaseConnection())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = b.Abort() }()
+	cols := []any{
+		strs[0], strs[1], times[0], strs[2], strs[3], strs[4], strs[5], // event_id..key_id
+		strs[6], strs[7], strs[8], strs[9], strs[10], strs[11], strs[12], strs[13], // client_addr..reason
+		ints[0], ints[1], ints[2], ints[3], ints[4], times[1], // estimate..hold_expires_at
+		ints[5], strs[14], ints[6], ints[7], ints[8], ints[9], ints[10], // video..retry_after
+		score, strs[15], attrs, strs[16], parts, ints[11],
+	}
+	for i, c := range cols {
+		if err := b.Column(i).Append(c); err != nil {
+			return fmt.Errorf("column %d: %w", i, err)
+		}
+	}
+	return b.Send()
+}
+
+const ledgerInsert = `INSERT INTO ledger_entries (entry_id, transaction_id, account_id, ledger_account,
+amount_micros, kind, cause_event_id, request_id, grant_id, effective_at, event_id, kafka_topic,
+kafka_partition, kafka_offset)`
+
+func (s *Store) insertLedger(ctx context.Context, tok string, ls []rows.Ledger) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	b, err := s.conn.PrepareBatch(dedupCtx(ctx, tok), ledgerInsert, driver.WithReleaseConnection())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = b.Abort() }()
+	for i := range ls {
+		l := &ls[i]
+		if err := b.Append(l.EntryID, l.TransactionID, l.AccountID, l.LedgerAccount, l.AmountMicros, l.Kind,
+			l.CauseEventID, l.RequestID, l.GrantID, l.EffectiveAt, l.EventID, l.Pos.Topic, l.Pos.Partition, l.Pos.Offset); err != nil {
+			return fmt.Errorf("row %d: %w", i, err)
+		}
+	}
+	return b.Send()
+}
+
+// RecordIntents durably records the ranges of the batches about to be inserted, so that a
+// sink restarted before committing their offsets re-forms exactly these batches.
+func (s *Store) RecordIntents(ctx context.Context, group string, rs []rows.Range) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO sink_intents (consumer_group, topic, partition, first_offset, last_offset, token)", driver.WithReleaseConnection())
+	if err != nil {
+		return fmt.Errorf("chstore: record intents: %w", err)
+	}
+	defer func() { _ = b.Abort() }()
+	for _, r := range rs {
+		if err := b.Append(group, r.Topic, r.Partition, r.First, r.Last, r.Token()); err != nil {
+			return fmt.Errorf("chstore: record intents: %w", err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("chstore: record intents: %w", err)
+	}
+	return nil
+}
+
+// PendingIntents returns, in offset order, at most limit recorded ranges of one partition that
+// end at or after offset from: the batches that may have been inserted without their offsets
+// being committed.
+func (s *Store) PendingIntents(ctx context.Context, group, topic string, partition int32, from int64, limit int) ([]rows.Range, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	ctx = clickhouse.Context(ctx, clickhouse.WithParameters(clickhouse.Parameters{
+		"g": group, "t": topic, "p": fmt.Sprint(partition), "o": fmt.Sprint(from), "n": fmt.Sprint(limit)}))
+	rs, err := s.conn.Query(ctx, `SELECT DISTINCT first_offset, last_offset FROM sink_intents
+WHERE consumer_group = {g:String} AND topic = {t:String} AND partition = {p:Int32} AND last_offset >= {o:Int64}
+ORDER BY first_offset LIMIT {n:UInt32}`)
+	if err != nil {
+		return nil, fmt.Errorf("chstore: pending intents %s/%d: %w", topic, partition, err)
+	}
+	defer rs.Close()
+	var out []rows.Range
+	for rs.Next() {
+		r := rows.Range{Topic: topic, Partition: partition}
+		if err := rs.Scan(&r.First, &r.Last); err != nil {
+			return nil, fmt.Errorf("chstore: pending intents %s/%d: %w", topic, partition, err)
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}

@@ -1,0 +1,205 @@
+// Package rows is the sink's pure core: it turns decoded events and their Kafka positions
+// into table rows, groups them into per-partition batches with their deduplication token,
+// and declares the one-method storage contract. It imports neither Kafka nor ClickHouse.
+package rows
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/tallyhq/tally/shared/events"
+)
+
+// Storage writes one batch atomically with respect to redelivery: a batch sent twice with the
+// same Token is stored once. It is the sink's only write path to the analytics store.
+type Storage interface {
+	BatchInsert(ctx context.Context, b *Batch) error
+}
+
+// Position is a message's place in Kafka.
+type Position struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+}
+
+// Usage is one row of usage_events. Money is int64 micro-credits. Fields that an event type
+// does not carry stay zero.
+type Usage struct {
+	EventID          string
+	Type             string
+	Time             time.Time
+	Source           string
+	AccountID        string
+	RequestID        string
+	KeyID            string
+	ClientAddr       string
+	Endpoint         string
+	Model            string
+	Tier             string
+	Priority         string
+	Funding          string
+	Status           string
+	Reason           string
+	EstimateMicros   int64
+	HoldMicros       int64
+	AllowanceMicros  int64
+	CostMicros       int64
+	AmountMicros     int64
+	HoldExpiresAt    time.Time
+	VideoSeconds     int64
+	Resolution       string
+	TokensIn         int64
+	TokensOut        int64
+	ComputeMs        int64
+	DurationMs       int64
+	RetryAfterMs     int64
+	Score            float64
+	PriceBookVersion string
+	Attrs            map[string]string
+	Pos              Position
+}
+
+// Ledger is one row of ledger_entries.
+type Ledger struct {
+	EntryID       string
+	TransactionID string
+	AccountID     string
+	LedgerAccount string
+	AmountMicros  int64
+	Kind          string
+	CauseEventID  string
+	RequestID     string
+	GrantID       string
+	EffectiveAt   time.Time
+	EventID       string
+	Pos           Position
+}
+
+// epoch is the "unset" time: ClickHouse DateTime64 columns are not nullable here, and the
+// Unix epoch sorts below every real time, which the requests table's max() relies on.
+var epoch = time.Unix(0, 0).UTC()
+
+// FromEvent maps a decoded event to its row. ok is false for event types the sink does not
+// store (balance.updated and limits.adjusted live on compacted topics the sink does not read;
+// if one appears on an input topic it is dead-lettered by the caller).
+func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
+	if le, isLedger := ev.Payload.(events.LedgerEntry); isLedger {
+		return nil, &Ledger{
+			EntryID: le.EntryID, TransactionID: le.TransactionID, AccountID: le.AccountID,
+			LedgerAccount: le.LedgerAccount, AmountMicros: le.AmountMicros, Kind: le.Kind,
+			CauseEventID: le.CauseEventID, RequestID: le.RequestID, GrantID: le.GrantID,
+			EffectiveAt: le.EffectiveAt.UTC(), EventID: ev.ID, Pos: pos,
+		}, true
+	}
+	r := &Usage{EventID: ev.ID, Type: ev.Type, Time: ev.Time.UTC(), Source: ev.Source,
+		AccountID: ev.Subject, HoldExpiresAt: epoch, Pos: pos}
+	switch p := ev.Payload.(type) {
+	case events.RequestStarted:
+		r.RequestID, r.Endpoint, r.Model, r.Tier, r.Priority, r.Funding = p.RequestID, p.Endpoint, p.Model, p.Tier, p.Priority, p.Funding
+		r.KeyID, r.ClientAddr, r.PriceBookVersion = p.KeyID, p.ClientAddr, p.PriceBookVersion
+		r.EstimateMicros, r.HoldMicros, r.AllowanceMicros, r.HoldExpiresAt = p.EstimateMicros, p.HoldMicros, p.AllowanceMicros, p.HoldExpiresAt.UTC()
+		r.setUnits(p.Estimate)
+	case events.RequestRejected:
+		r.RequestID, r.Endpoint, r.Model, r.Tier, r.Priority, r.Reason = p.RequestID, p.Endpoint, p.Model, p.Tier, p.Priority, p.Reason
+		r.KeyID, r.ClientAddr, r.PriceBookVersion = p.KeyID, p.ClientAddr, p.PriceBookVersion
+		r.EstimateMicros, r.RetryAfterMs = p.EstimateMicros, p.RetryAfterMs
+	case events.RequestFinished:
+		r.RequestID, r.Endpoint, r.Model, r.Status = p.RequestID, p.Endpoint, p.Model, p.Status
+		r.KeyID, r.ClientAddr, r.PriceBookVersion = p.KeyID, p.ClientAddr, p.PriceBookVersion
+		r.CostMicros, r.DurationMs = p.CostMicros, p.DurationMs
+		r.setUnits(p.Usage)
+	case events.RequestExpired:
+		r.RequestID, r.Endpoint, r.Funding = p.RequestID, p.Endpoint, p.Funding
+		r.HoldMicros, r.AmountMicros = p.HoldMicros, p.ReleasedMicros
+		r.Attrs = map[string]string{"started_event_id": p.StartedEventID, "expired_at": p.ExpiredAt.UTC().Format(time.RFC3339Nano)}
+	case events.CreditsGranted:
+		r.AmountMicros, r.Reason = p.AmountMicros, p.Source
+		r.Attrs = map[string]string{"grant_id": p.GrantID, "priority": strconv.Itoa(int(p.Priority))}
+		if p.ExpiresAt != nil {
+			r.Attrs["expires_at"] = p.ExpiresAt.UTC().Format(time.RFC3339Nano)
+		}
+	case events.CreditsAdjusted:
+		r.AmountMicros, r.Reason = p.AmountMicros, p.Reason
+		r.Attrs = map[string]string{"adjustment_id": p.AdjustmentID}
+	case events.AccountUpdated:
+		r.Tier, r.Priority = p.Tier, p.Priority
+		r.Attrs = map[string]string{"suspended": strconv.FormatBool(p.Suspended)}
+	case events.AbuseFlagged:
+		r.KeyID, r.Reason, r.Score, r.Status = p.KeyID, p.Rule, p.Score, p.Action
+		r.Attrs = make(map[string]string, len(p.Evidence)+3)
+		for k, v := range p.Evidence {
+			r.Attrs[k] = v
+		}
+		r.Attrs["flag_id"] = p.FlagID
+		r.Attrs["window_start"] = p.WindowStart.UTC().Format(time.RFC3339)
+		r.Attrs["window_end"] = p.WindowEnd.UTC().Format(time.RFC3339)
+	default:
+		return nil, nil, false
+	}
+	return r, nil, true
+}
+
+func (r *Usage) setUnits(u events.Units) {
+	r.VideoSeconds, r.Resolution, r.TokensIn, r.TokensOut, r.ComputeMs = u.VideoSeconds, u.Resolution, u.TokensIn, u.TokensOut, u.ComputeMs
+}
+
+// Range is a contiguous offset range of one topic partition: the unit of a batch, of its
+// deduplication token and of its recorded intent.
+type Range struct {
+	Topic     string
+	Partition int32
+	First     int64
+	Last      int64
+}
+
+// Token is the insert_deduplication_token of the batch covering r: the same range always
+// gives the same token, and a redelivered batch is re-formed on exactly its recorded range.
+// Hashing keeps it short whatever the topic name; the readable prefix helps debugging.
+func (r Range) Token() string {
+	h := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%d\x00%d", r.Topic, r.Partition, r.First, r.Last)))
+	return fmt.Sprintf("p%d-%d-%d-%s", r.Partition, r.First, r.Last, hex.EncodeToString(h[:12]))
+}
+
+// Contains reports whether offset o lies in r.
+func (r Range) Contains(o int64) bool { return o >= r.First && o <= r.Last }
+
+func (r Range) String() string {
+	return fmt.Sprintf("%s/%d[%d..%d]", r.Topic, r.Partition, r.First, r.Last)
+}
+
+// Batch is the rows of one contiguous offset range of one partition. Messages that produced
+// no row (dead-lettered ones) still widen the range, so that the committed offset passes them.
+type Batch struct {
+	Range  Range
+	Usage  []Usage
+	Ledger []Ledger
+	// Bytes is the sum of the source message sizes, the measure SINK_BATCH_BYTES_MAX bounds.
+	Bytes int64
+	// Messages counts every message in the range, rows or not.
+	Messages int
+}
+
+// Rows is the number of table rows in b.
+func (b *Batch) Rows() int { return len(b.Usage) + len(b.Ledger) }
+
+// Add extends b with the message at offset o of size n bytes and its row, if any.
+// The first Add fixes the batch's topic, partition and first offset.
+func (b *Batch) Add(pos Position, n int, u *Usage, l *Ledger) {
+	if b.Messages == 0 {
+		b.Range = Range{Topic: pos.Topic, Partition: pos.Partition, First: pos.Offset}
+	}
+	b.Range.Last = pos.Offset
+	b.Messages++
+	b.Bytes += int64(n)
+	if u != nil {
+		b.Usage = append(b.Usage, *u)
+	}
+	if l != nil {
+		b.Ledger = append(b.Ledger, *l)
+	}
+}

@@ -1,0 +1,114 @@
+package rows_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/tallyhq/tally/services/sink/rows"
+	"github.com/tallyhq/tally/shared/events"
+)
+
+var at = time.Date(2026, 3, 1, 12, 0, 0, 0, time.FixedZone("x", 3600))
+
+func ev(t *testing.T, d events.Data) events.Event {
+	t.Helper()
+	e, err := events.New("test", at, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func TestFromEventMapsEveryStoredType(t *testing.T) {
+	pos := rows.Position{Topic: "tally.events", Partition: 2, Offset: 41}
+	exp := at.Add(time.Minute)
+	cases := []struct {
+		d     events.Data
+		check func(*rows.Usage) bool
+	}{
+		{events.RequestStarted{RequestID: "r", AccountID: "a", Endpoint: "e", Tier: "pro", Priority: "batch", Funding: "credits",
+			EstimateMicros: 7, HoldMicros: 7, HoldExpiresAt: exp, PriceBookVersion: "v", KeyID: "k", ClientAddr: "c", Estimate: events.Units{TokensIn: 3}},
+			func(u *rows.Usage) bool {
+				return u.RequestID == "r" && u.HoldMicros == 7 && u.TokensIn == 3 && u.HoldExpiresAt.Equal(exp) && u.KeyID == "k" && u.Funding == "credits"
+			}},
+		{events.RequestRejected{RequestID: "r", AccountID: "a", Endpoint: "e", Tier: "pro", Priority: "batch", Reason: "rate_limited", RetryAfterMs: 5, PriceBookVersion: "v"},
+			func(u *rows.Usage) bool {
+				return u.Reason == "rate_limited" && u.RetryAfterMs == 5 && u.HoldExpiresAt.Unix() == 0
+			}},
+		{events.RequestFinished{RequestID: "r", AccountID: "a", Endpoint: "e", Status: "failed", CostMicros: 9, DurationMs: 11, PriceBookVersion: "v", Usage: events.Units{VideoSeconds: 2, Resolution: "720p"}},
+			func(u *rows.Usage) bool {
+				return u.Status == "failed" && u.CostMicros == 9 && u.DurationMs == 11 && u.VideoSeconds == 2 && u.Resolution == "720p"
+			}},
+		{events.RequestExpired{RequestID: "r", AccountID: "a", Endpoint: "e", Funding: "credits", HoldMicros: 4, ReleasedMicros: 3, StartedEventID: "s", ExpiredAt: exp},
+			func(u *rows.Usage) bool {
+				return u.HoldMicros == 4 && u.AmountMicros == 3 && u.Attrs["started_event_id"] == "s"
+			}},
+		{events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 100, Source: "purchase", Priority: 2},
+			func(u *rows.Usage) bool {
+				return u.AmountMicros == 100 && u.Reason == "purchase" && u.Attrs["grant_id"] == "g"
+			}},
+		{events.CreditsAdjusted{AdjustmentID: "j", AccountID: "a", AmountMicros: -5, Reason: "refund"},
+			func(u *rows.Usage) bool { return u.AmountMicros == -5 && u.Reason == "refund" }},
+		{events.AccountUpdated{AccountID: "a", Tier: "free", Priority: "standard", Suspended: true},
+			func(u *rows.Usage) bool { return u.Tier == "free" && u.Attrs["suspended"] == "true" }},
+		{events.AbuseFlagged{FlagID: "f", AccountID: "a", Rule: "burst", Score: 3, Action: "throttle", WindowStart: at, WindowEnd: exp, Evidence: map[string]string{"x": "1"}},
+			func(u *rows.Usage) bool {
+				return u.Reason == "burst" && u.Score == 3 && u.Status == "throttle" && u.Attrs["flag_id"] == "f" && u.Attrs["x"] == "1"
+			}},
+	}
+	for _, c := range cases {
+		e := ev(t, c.d)
+		u, l, ok := rows.FromEvent(e, pos)
+		if !ok || u == nil || l != nil {
+			t.Fatalf("%s: ok=%v usage=%v ledger=%v", e.Type, ok, u != nil, l != nil)
+		}
+		if u.EventID != e.ID || u.Type != e.Type || u.AccountID != "a" || u.Pos != pos || u.Time.Location() != time.UTC || !u.Time.Equal(at) {
+			t.Errorf("%s: envelope fields %+v", e.Type, u)
+		}
+		if !c.check(u) {
+			t.Errorf("%s: payload fields %+v", e.Type, u)
+		}
+	}
+	le := ev(t, events.LedgerEntry{EntryID: "x", TransactionID: "t", AccountID: "a", LedgerAccount: events.LedgerHeld, AmountMicros: -3, Kind: "hold", CauseEventID: "c", EffectiveAt: at})
+	u, l, ok := rows.FromEvent(le, pos)
+	if !ok || u != nil || l == nil || l.AmountMicros != -3 || l.EventID != le.ID || l.Pos != pos {
+		t.Fatalf("ledger entry: %v %+v %+v", ok, u, l)
+	}
+	bu := ev(t, events.BalanceUpdated{AccountID: "a"})
+	if _, _, ok := rows.FromEvent(bu, pos); ok {
+		t.Fatal("balance.updated must not be stored from an input topic")
+	}
+}
+
+func TestTokenIsAFunctionOfTheRange(t *testing.T) {
+	r := rows.Range{Topic: "t", Partition: 1, First: 10, Last: 20}
+	if r.Token() != r.Token() {
+		t.Fatal("token not deterministic")
+	}
+	for _, o := range []rows.Range{{Topic: "u", Partition: 1, First: 10, Last: 20}, {Topic: "t", Partition: 2, First: 10, Last: 20},
+		{Topic: "t", Partition: 1, First: 11, Last: 20}, {Topic: "t", Partition: 1, First: 10, Last: 21}} {
+		if o.Token() == r.Token() {
+			t.Fatalf("ranges %v and %v share a token", r, o)
+		}
+	}
+}
+
+func TestBatchAddKeepsRangeAndBounds(t *testing.T) {
+	var b rows.Batch
+	b.Add(rows.Position{Topic: "t", Partition: 3, Offset: 5}, 100, &rows.Usage{}, nil)
+	b.Add(rows.Position{Topic: "t", Partition: 3, Offset: 6}, 50, nil, nil) // dead-lettered: no row
+	b.Add(rows.Position{Topic: "t", Partition: 3, Offset: 7}, 10, nil, &rows.Ledger{})
+	if b.Range != (rows.Range{Topic: "t", Partition: 3, First: 5, Last: 7}) || b.Rows() != 2 || b.Messages != 3 || b.Bytes != 160 {
+		t.Fatalf("batch %+v", b)
+	}
+}
+
+func BenchmarkFromEvent(b *testing.B) {
+	e, _ := events.New("bench", at, events.RequestFinished{RequestID: "r", AccountID: "a", Endpoint: "e", Status: "succeeded",
+		CostMicros: 9, DurationMs: 11, PriceBookVersion: "v"})
+	pos := rows.Position{Topic: "t"}
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _, _ = rows.FromEvent(e, pos)
+	}
+}

@@ -1,0 +1,135 @@
+// Package sink is Tally's ClickHouse sink: it stores every event of the events and journal
+// topics exactly once in ClickHouse, applies the schema migrations at start-up, and runs the
+// abuse detector over the rollups. This root package holds the settings (Config) and the
+// wiring (New, Run); the parts live in subpackages:
+//
+//   - rows: pure mapping of events to rows, batches and dedup tokens, the Storage contract;
+//   - chstore: ClickHouse connection, migrations and the batch writer;
+//   - pipeline: the Kafka consumer, batching, dead-lettering, retries and commits;
+//   - detect: the abuse rules and the abuse.flagged publisher;
+//   - sqlcli: runs an analyst query and prints a table, CSV or JSON;
+//   - httpapi: /metrics, /healthz, /readyz.
+package sink
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/tallyhq/tally/services/sink/chstore"
+	"github.com/tallyhq/tally/services/sink/detect"
+	"github.com/tallyhq/tally/services/sink/pipeline"
+	"github.com/tallyhq/tally/shared/kafkax"
+)
+
+// Config is every sink setting, read from the environment with caarlos0/env.
+type Config struct {
+	// Brokers is the Kafka bootstrap list (KAFKA_BROKERS, default 127.0.0.1:9092).
+	Brokers string `env:"KAFKA_BROKERS" envDefault:"127.0.0.1:9092"`
+	// TopicPrefix prefixes every topic name (TALLY_TOPIC_PREFIX, default "tally.").
+	TopicPrefix string `env:"TALLY_TOPIC_PREFIX" envDefault:"tally."`
+	// PriceBookPath is common to every service; the sink stores prices as the events carry
+	// them and does not read the book (TALLY_PRICEBOOK_PATH, default "").
+	PriceBookPath string `env:"TALLY_PRICEBOOK_PATH"`
+	// ListenAddr serves /metrics, /healthz and /readyz (SINK_LISTEN_ADDR, default
+	// 127.0.0.1:8083; port 0 picks a free port, see Service.Addr).
+	ListenAddr string `env:"SINK_LISTEN_ADDR" envDefault:"127.0.0.1:8083"`
+	// GroupID is the Kafka consumer group (SINK_GROUP_ID, default "tally-sink").
+	GroupID string `env:"SINK_GROUP_ID" envDefault:"tally-sink"`
+	// BatchRowsMax flushes once this many rows are buffered (SINK_BATCH_ROWS_MAX, default
+	// 50000, 1..1000000).
+	BatchRowsMax int `env:"SINK_BATCH_ROWS_MAX" envDefault:"50000"`
+	// BatchBytesMax flushes once this many message bytes are buffered (SINK_BATCH_BYTES_MAX,
+	// default 33554432 = 32 MiB, 1 KiB..1 GiB).
+	BatchBytesMax int64 `env:"SINK_BATCH_BYTES_MAX" envDefault:"33554432"`
+	// BatchWaitMs flushes this long after the first buffered message (SINK_BATCH_WAIT_MS,
+	// default 250, 1..60000).
+	BatchWaitMs int `env:"SINK_BATCH_WAIT_MS" envDefault:"250"`
+	// FetchBytesMax bounds one Kafka fetch per partition (SINK_FETCH_BYTES_MAX, default
+	// 4194304 = 4 MiB, 64 KiB..256 MiB).
+	FetchBytesMax int `env:"SINK_FETCH_BYTES_MAX" envDefault:"4194304"`
+	// QueueMessagesMax bounds prefetched messages (SINK_QUEUE_MESSAGES_MAX, default 10000,
+	// 1..1000000).
+	QueueMessagesMax int `env:"SINK_QUEUE_MESSAGES_MAX" envDefault:"10000"`
+	// RetryBackoffMinMs and RetryBackoffMaxMs bound the exponential backoff between insert
+	// attempts (SINK_RETRY_BACKOFF_MIN_MS default 100, SINK_RETRY_BACKOFF_MAX_MS default 5000,
+	// 1..600000, min <= max); RetryAttemptsMax bounds the attempts before Run fails
+	// (SINK_RETRY_ATTEMPTS_MAX, default 30, 1..10000).
+	RetryBackoffMinMs int `env:"SINK_RETRY_BACKOFF_MIN_MS" envDefault:"100"`
+	RetryBackoffMaxMs int `env:"SINK_RETRY_BACKOFF_MAX_MS" envDefault:"5000"`
+	RetryAttemptsMax  int `env:"SINK_RETRY_ATTEMPTS_MAX" envDefault:"30"`
+	// IntentsMax bounds the recorded batch ranges recalled per partition after a restart
+	// (SINK_INTENTS_MAX, default 10000, 1..1000000).
+	IntentsMax int `env:"SINK_INTENTS_MAX" envDefault:"10000"`
+	// RetentionDays is usage_events' TTL (SINK_RETENTION_DAYS, default 400, 1..36500).
+	RetentionDays int `env:"SINK_RETENTION_DAYS" envDefault:"400"`
+	// ClickHouse is the CLICKHOUSE_* connection.
+	ClickHouse chstore.Config
+	// Detect is the SINK_DETECT_* schedule and thresholds.
+	Detect detect.Config
+}
+
+// DefaultConfig returns the defaults documented on each field.
+func DefaultConfig() Config {
+	return Config{Brokers: "127.0.0.1:9092", TopicPrefix: kafkax.DefaultPrefix, ListenAddr: "127.0.0.1:8083",
+		GroupID: "tally-sink", BatchRowsMax: 50000, BatchBytesMax: 32 << 20, BatchWaitMs: 250, FetchBytesMax: 4 << 20,
+		QueueMessagesMax: 10000, RetryBackoffMinMs: 100, RetryBackoffMaxMs: 5000, RetryAttemptsMax: 30,
+		IntentsMax: 10000, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig()}
+}
+
+// Validate reports every invalid setting, joined, by variable name.
+func (c Config) Validate() error {
+	var errs []error
+	if _, err := kafkax.ParseBrokers(c.Brokers); err != nil {
+		errs = append(errs, fmt.Errorf("KAFKA_BROKERS: %w", err))
+	}
+	if len(c.TopicPrefix) > 100 {
+		errs = append(errs, errors.New("TALLY_TOPIC_PREFIX: at most 100 bytes"))
+	}
+	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
+		errs = append(errs, fmt.Errorf("SINK_LISTEN_ADDR: %w", err))
+	}
+	if c.GroupID == "" || len(c.GroupID) > 200 {
+		errs = append(errs, errors.New("SINK_GROUP_ID: required, at most 200 bytes"))
+	}
+	in := func(name string, v, lo, hi int64) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("%s: %d not in [%d, %d]", name, v, lo, hi))
+		}
+	}
+	in("SINK_BATCH_ROWS_MAX", int64(c.BatchRowsMax), 1, 1_000_000)
+	in("SINK_BATCH_BYTES_MAX", c.BatchBytesMax, 1<<10, 1<<30)
+	in("SINK_BATCH_WAIT_MS", int64(c.BatchWaitMs), 1, 60000)
+	in("SINK_FETCH_BYTES_MAX", int64(c.FetchBytesMax), 64<<10, 256<<20)
+	in("SINK_QUEUE_MESSAGES_MAX", int64(c.QueueMessagesMax), 1, 1_000_000)
+	in("SINK_RETRY_BACKOFF_MIN_MS", int64(c.RetryBackoffMinMs), 1, 600000)
+	in("SINK_RETRY_BACKOFF_MAX_MS", int64(c.RetryBackoffMaxMs), 1, 600000)
+	if c.RetryBackoffMaxMs < c.RetryBackoffMinMs {
+		errs = append(errs, errors.New("SINK_RETRY_BACKOFF_MAX_MS: below SINK_RETRY_BACKOFF_MIN_MS"))
+	}
+	in("SINK_RETRY_ATTEMPTS_MAX", int64(c.RetryAttemptsMax), 1, 10000)
+	in("SINK_INTENTS_MAX", int64(c.IntentsMax), 1, 1_000_000)
+	in("SINK_RETENTION_DAYS", int64(c.RetentionDays), 1, 36500)
+	if err := c.ClickHouse.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Detect.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Topics is the topic set under TopicPrefix.
+func (c Config) Topics() kafkax.Topics { return kafkax.NewTopics(c.TopicPrefix) }
+
+func (c Config) pipelineConfig(brokers []string) pipeline.Config {
+	t := c.Topics()
+	return pipeline.Config{
+		Brokers: brokers, Topics: []string{t.Events, t.Journal}, DeadLetterTopic: t.DeadLetter, GroupID: c.GroupID,
+		BatchRowsMax: c.BatchRowsMax, BatchBytesMax: c.BatchBytesMax, BatchWait: time.Duration(c.BatchWaitMs) * time.Millisecond,
+		FetchBytesMax: c.FetchBytesMax, QueueMessagesMax: c.QueueMessagesMax,
+		RetryBackoffMin: time.Duration(c.RetryBackoffMinMs) * time.Millisecond, RetryBackoffMax: time.Duration(c.RetryBackoffMaxMs) * time.Millisecond,
+		RetryAttemptsMax: c.RetryAttemptsMax, IntentsMax: c.IntentsMax,
+	}
+}

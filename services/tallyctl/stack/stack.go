@@ -1,0 +1,283 @@
+// Package stack runs the whole Tally pipeline in one process: a Kafka broker (the embedded
+// kfake, or real brokers), the embedded ClickHouse endpoint (or a real server), the ledger,
+// the sink and the admitter. `tallyctl run` and the end-to-end tests use it.
+package stack
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/tallyhq/tally/services/admitter"
+	"github.com/tallyhq/tally/services/ledger"
+	"github.com/tallyhq/tally/services/sink"
+	"github.com/tallyhq/tally/shared/chembed"
+	"github.com/tallyhq/tally/shared/httpx"
+	"github.com/tallyhq/tally/shared/kafkax"
+	"github.com/tallyhq/tally/shared/pricebook"
+)
+
+// Config describes one single-process pipeline.
+type Config struct {
+	// Brokers are real Kafka brokers; empty starts the embedded kfake broker on KafkaAddr.
+	Brokers []string
+	// KafkaAddr is where the embedded broker listens (default 127.0.0.1:19092).
+	KafkaAddr   string
+	TopicPrefix string
+	// Partitions of every topic the stack creates (default 4).
+	Partitions int
+	// ClickHouseAddr is a ClickHouse HTTP endpoint to use; empty starts the embedded one on
+	// EmbedClickHouseAddr.
+	ClickHouseAddr      string
+	EmbedClickHouseAddr string
+	ClickHouseDatabase  string
+	// Listen addresses of the services (port 0 = any free port).
+	AdmitterAddr, LedgerAddr, SinkAddr string
+	// APIKey and AdminToken are plaintext secrets; empty ones are generated. They are handed
+	// to the services only as SHA-256 hashes.
+	APIKey, AdminToken string
+	// DetectIntervalMs is the abuse detector's schedule (0 = the sink's default).
+	DetectIntervalMs int
+	// PriceBookPath "" = the built-in price book.
+	PriceBookPath string
+	Logger        *slog.Logger
+}
+
+// Stack is a running pipeline.
+type Stack struct {
+	Brokers                                     []string
+	Topics                                      kafkax.Topics
+	AdmitterURL, LedgerURL, SinkURL, ClickHouse string
+	ClickHouseDatabase                          string
+	APIKey, AdminToken                          string
+	Book                                        *pricebook.Book
+
+	Admitter *admitter.Service
+	Ledger   *ledger.Service
+	Sink     *sink.Service
+
+	cancel  context.CancelFunc
+	errs    chan error
+	running int
+	closers []func()
+}
+
+// Start starts every part, in dependency order, and returns once each is ready.
+func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
+	cfg = withDefaults(cfg)
+	book, err := pricebook.LoadOrDefault(cfg.PriceBookPath)
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	st = &Stack{cancel: cancel, errs: make(chan error, 4), Book: book, APIKey: cfg.APIKey, AdminToken: cfg.AdminToken,
+		ClickHouseDatabase: cfg.ClickHouseDatabase}
+	defer func() {
+		if err != nil {
+			st.Close()
+			st = nil
+		}
+	}()
+	log := cfg.Logger
+
+	// Kafka.
+	if len(cfg.Brokers) == 0 {
+		_, port, _ := net.SplitHostPort(cfg.KafkaAddr)
+		p, _ := strconv.Atoi(port)
+		fake, ferr := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(p), kfake.DefaultNumPartitions(cfg.Partitions))
+		if ferr != nil {
+			return st, fmt.Errorf("stack: embedded Kafka on %s: %w", cfg.KafkaAddr, ferr)
+		}
+		st.closers = append(st.closers, fake.Close)
+		cfg.Brokers = fake.ListenAddrs()
+	}
+	st.Brokers = cfg.Brokers
+	st.Topics = kafkax.NewTopics(cfg.TopicPrefix)
+	tctx, tcancel := context.WithTimeout(ctx, 60*time.Second)
+	err = kafkax.EnsureTopics(tctx, st.Brokers, st.Topics.Specs(cfg.Partitions, 1))
+	tcancel()
+	if err != nil {
+		return st, fmt.Errorf("stack: %w", err)
+	}
+
+	// ClickHouse.
+	chAddr := cfg.ClickHouseAddr
+	if chAddr == "" {
+		srv, cerr := chembed.Start(chembed.Config{}, cfg.EmbedClickHouseAddr)
+		if cerr != nil {
+			return st, fmt.Errorf("stack: embedded ClickHouse: %w", cerr)
+		}
+		st.closers = append(st.closers, func() { _ = srv.Close() })
+		chAddr = srv.Addr()
+	}
+	st.ClickHouse = "http://" + chAddr
+	brokers := strings.Join(st.Brokers, ",")
+
+	// Ledger: folds the events, publishes balances and limits.
+	lc := ledger.DefaultConfig()
+	lc.Brokers, lc.TopicPrefix, lc.ListenAddr, lc.PriceBookPath = brokers, cfg.TopicPrefix, cfg.LedgerAddr, cfg.PriceBookPath
+	lc.AdminKeys = "admin:" + httpx.HashSecret(cfg.AdminToken)
+	lc.TopicPartitions = cfg.Partitions
+	lc.Group = cfg.TopicPrefix + "ledger"
+	lc.Book = book
+	lc.Logger = log.With("service", "ledger")
+	if st.Ledger, err = ledger.New(lc); err != nil {
+		return st, err
+	}
+	st.goRun(runCtx, "ledger", st.Ledger.Run)
+	actx, acancel := context.WithTimeout(ctx, 60*time.Second)
+	laddr, err := st.Ledger.Addr(actx)
+	acancel()
+	if err != nil {
+		return st, st.failed("ledger", err)
+	}
+	st.LedgerURL = "http://" + laddr
+
+	// Sink: stores every event in ClickHouse and runs the detector.
+	sc := sink.DefaultConfig()
+	sc.Brokers, sc.TopicPrefix, sc.ListenAddr = brokers, cfg.TopicPrefix, cfg.SinkAddr
+	sc.GroupID = cfg.TopicPrefix + "sink"
+	sc.ClickHouse.Addr, sc.ClickHouse.Protocol, sc.ClickHouse.Database = chAddr, "http", cfg.ClickHouseDatabase
+	sc.BatchWaitMs = 100
+	if cfg.DetectIntervalMs != 0 {
+		sc.Detect.IntervalMs = cfg.DetectIntervalMs
+	}
+	if st.Sink, err = sink.New(sc, log); err != nil {
+		return st, err
+	}
+	st.goRun(runCtx, "sink", st.Sink.Run)
+	if err = st.wait(ctx, "sink", st.Sink.Ready()); err != nil {
+		return st, err
+	}
+	st.SinkURL = "http://" + st.Sink.Addr()
+
+	// Admitter: the edge API.
+	ac := admitter.DefaultConfig()
+	ac.KafkaBrokers, ac.TopicPrefix, ac.ListenAddr, ac.PriceBookPath = brokers, cfg.TopicPrefix, cfg.AdmitterAddr, cfg.PriceBookPath
+	ac.APIKeys = "dev:" + httpx.HashSecret(cfg.APIKey)
+	ac.InstanceID = "local"
+	if st.Admitter, err = admitter.New(ac, log.With("service", "admitter")); err != nil {
+		return st, err
+	}
+	st.goRun(runCtx, "admitter", st.Admitter.Run)
+	if err = st.wait(ctx, "admitter", st.Admitter.Ready()); err != nil {
+		return st, err
+	}
+	st.AdmitterURL = "http://" + st.Admitter.Addr()
+	return st, nil
+}
+
+func (st *Stack) goRun(ctx context.Context, name string, run func(context.Context) error) {
+	st.running++
+	go func() {
+		err := run(ctx)
+		if err != nil && !errors.Is(err, context.Canceled) {
+			err = fmt.Errorf("%s: %w", name, err)
+		} else {
+			err = nil
+		}
+		st.errs <- err
+	}()
+}
+
+func (st *Stack) wait(ctx context.Context, name string, ready <-chan struct{}) error {
+	t := time.NewTimer(90 * time.Second)
+	defer t.Stop()
+	select {
+	case <-ready:
+		return nil
+	case err := <-st.errs:
+		st.running--
+		return st.failed(name, err)
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("stack: %s not ready after 90s", name)
+	}
+}
+
+func (st *Stack) failed(name string, err error) error {
+	if err == nil {
+		err = errors.New("stopped")
+	}
+	return fmt.Errorf("stack: %s did not start: %w", name, err)
+}
+
+// Wait blocks until ctx ends or a service fails, and returns that failure.
+func (st *Stack) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-st.errs:
+		st.running--
+		if err == nil {
+			err = errors.New("a service stopped")
+		}
+		return err
+	}
+}
+
+// Close stops the services (they stop in reverse order of their dependencies as their
+// contexts end), then ClickHouse and Kafka.
+func (st *Stack) Close() {
+	st.cancel()
+	for ; st.running > 0; st.running-- {
+		select {
+		case <-st.errs:
+		case <-time.After(30 * time.Second):
+			st.running = 0
+		}
+	}
+	for i := len(st.closers) - 1; i >= 0; i-- {
+		st.closers[i]()
+	}
+	st.closers = nil
+}
+
+func withDefaults(c Config) Config {
+	if c.KafkaAddr == "" {
+		c.KafkaAddr = "127.0.0.1:19092"
+	}
+	if c.TopicPrefix == "" {
+		c.TopicPrefix = kafkax.DefaultPrefix
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 4
+	}
+	if c.EmbedClickHouseAddr == "" {
+		c.EmbedClickHouseAddr = "127.0.0.1:8123"
+	}
+	if c.ClickHouseDatabase == "" {
+		c.ClickHouseDatabase = "default"
+	}
+	for _, a := range []*string{&c.AdmitterAddr, &c.LedgerAddr, &c.SinkAddr} {
+		if *a == "" {
+			*a = "127.0.0.1:0"
+		}
+	}
+	if c.APIKey == "" {
+		c.APIKey = "tk_" + randomHex(16)
+	}
+	if c.AdminToken == "" {
+		c.AdminToken = "ta_" + randomHex(16)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
