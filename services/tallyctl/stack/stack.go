@@ -19,6 +19,7 @@ import (
 
 	"github.com/tallyhq/tally/services/admitter"
 	"github.com/tallyhq/tally/services/ledger"
+	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/services/sink"
 	"github.com/tallyhq/tally/shared/chembed"
 	"github.com/tallyhq/tally/shared/httpx"
@@ -60,6 +61,8 @@ type Stack struct {
 	ClickHouseDatabase                          string
 	APIKey, AdminToken                          string
 	Book                                        *pricebook.Book
+	// FoldConfig is the ledger's fold configuration, for replays that must match it.
+	FoldConfig fold.Config
 
 	Admitter *admitter.Service
 	Ledger   *ledger.Service
@@ -130,6 +133,7 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	lc.Group = cfg.TopicPrefix + "ledger"
 	lc.Book = book
 	lc.Logger = log.With("service", "ledger")
+	st.FoldConfig = lc.FoldConfig(book)
 	if st.Ledger, err = ledger.New(lc); err != nil {
 		return st, err
 	}
