@@ -70,6 +70,10 @@ fuzz: ## run every fuzz target for FUZZ_TIME (default 10s) each
 	      echo "== fuzz $$pkg $$f"; go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZ_TIME) $$pkg; \
 	    done; done); done
 
+.PHONY: chaos
+chaos: chdb ## the fault suite: kills, broker restarts, hostile messages (real Kafka when KAFKA_BROKERS is set)
+	cd services/tallyctl && go test -tags chaos -count=1 -timeout 30m -v ./chaos/
+
 .PHONY: bench
 bench: chdb ## run every benchmark (medians: pipe through benchstat)
 	@mkdir -p .out
@@ -80,6 +84,12 @@ ci: ## what .ci/run runs after starting Kafka
 	$(MAKE) check
 	$(MAKE) test
 	$(MAKE) fuzz FUZZ_TIME=5s
+
+.PHONY: docs
+docs: ## regenerate the README's settings table from the services' Config structs
+	@table=$$(cd services/tallyctl && go run ./internal/settings/gen) && \
+	  python3 -c 'import sys,re; p="README.md"; s=open(p).read(); t=sys.argv[1]; \
+	  s=re.sub(r"(<!-- settings:begin -->\n).*?(<!-- settings:end -->)", lambda m: m.group(1)+t+"\n"+m.group(2), s, flags=re.S); open(p,"w").write(s)' "$$table"
 
 .PHONY: clean
 clean:
