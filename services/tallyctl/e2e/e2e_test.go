@@ -19,9 +19,12 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
+	"github.com/tallyhq/tally/services/admitter"
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/services/admitter/client"
+	"github.com/tallyhq/tally/services/ledger"
 	"github.com/tallyhq/tally/services/ledger/finance"
+	"github.com/tallyhq/tally/services/sink"
 	"github.com/tallyhq/tally/services/tallyctl/stack"
 	"github.com/tallyhq/tally/shared/chembed/chembedtest"
 	"github.com/tallyhq/tally/shared/events"
@@ -30,6 +33,18 @@ import (
 
 // startStack starts the pipeline on a fresh topic prefix and a fresh ClickHouse database.
 func startStack(t *testing.T, detectIntervalMs int) (*stack.Stack, clickhouse.Conn) {
+	t.Helper()
+	return startStackWith(t, stack.Config{DetectIntervalMs: detectIntervalMs})
+}
+
+// startStackTuned starts the stack with adjusted service settings; the detector runs only
+// when the test calls it.
+func startStackTuned(t *testing.T, tune func(*admitter.Config, *ledger.Config, *sink.Config)) (*stack.Stack, clickhouse.Conn) {
+	t.Helper()
+	return startStackWith(t, stack.Config{DetectIntervalMs: 86_400_000, Tune: tune})
+}
+
+func startStackWith(t *testing.T, cfg stack.Config) (*stack.Stack, clickhouse.Conn) {
 	t.Helper()
 	kc := kafkatest.Start(t)
 	ch := chembedtest.Start(t)
@@ -40,10 +55,9 @@ func startStack(t *testing.T, detectIntervalMs int) (*stack.Stack, clickhouse.Co
 	if os.Getenv("TALLY_E2E_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	st, err := stack.Start(ctx, stack.Config{
-		Brokers: kc.Brokers, TopicPrefix: kc.Prefix, Partitions: kafkatest.Partitions,
-		ClickHouseAddr: ch.Addr(), ClickHouseDatabase: db, DetectIntervalMs: detectIntervalMs, Logger: logger,
-	})
+	cfg.Brokers, cfg.TopicPrefix, cfg.Partitions = kc.Brokers, kc.Prefix, kafkatest.Partitions
+	cfg.ClickHouseAddr, cfg.ClickHouseDatabase, cfg.Logger = ch.Addr(), db, logger
+	st, err := stack.Start(ctx, cfg)
 	if err != nil {
 		t.Fatalf("start stack: %v", err)
 	}

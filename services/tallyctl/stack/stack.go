@@ -51,6 +51,9 @@ type Config struct {
 	// PriceBookPath "" = the built-in price book.
 	PriceBookPath string
 	Logger        *slog.Logger
+	// Tune, when set, adjusts the services' settings after the stack has filled them in
+	// (tests use it for thresholds).
+	Tune func(a *admitter.Config, l *ledger.Config, s *sink.Config)
 }
 
 // Stack is a running pipeline.
@@ -133,6 +136,11 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	lc.Group = cfg.TopicPrefix + "ledger"
 	lc.Book = book
 	lc.Logger = log.With("service", "ledger")
+	sc := sink.DefaultConfig()
+	ac := admitter.DefaultConfig()
+	if cfg.Tune != nil {
+		cfg.Tune(&ac, &lc, &sc)
+	}
 	st.FoldConfig = lc.FoldConfig(book)
 	if st.Ledger, err = ledger.New(lc); err != nil {
 		return st, err
@@ -147,7 +155,6 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	st.LedgerURL = "http://" + laddr
 
 	// Sink: stores every event in ClickHouse and runs the detector.
-	sc := sink.DefaultConfig()
 	sc.Brokers, sc.TopicPrefix, sc.ListenAddr = brokers, cfg.TopicPrefix, cfg.SinkAddr
 	sc.GroupID = cfg.TopicPrefix + "sink"
 	sc.ClickHouse.Addr, sc.ClickHouse.Protocol, sc.ClickHouse.Database = chAddr, "http", cfg.ClickHouseDatabase
@@ -165,7 +172,6 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	st.SinkURL = "http://" + st.Sink.Addr()
 
 	// Admitter: the edge API.
-	ac := admitter.DefaultConfig()
 	ac.KafkaBrokers, ac.TopicPrefix, ac.ListenAddr, ac.PriceBookPath = brokers, cfg.TopicPrefix, cfg.AdmitterAddr, cfg.PriceBookPath
 	ac.APIKeys = "dev:" + httpx.HashSecret(cfg.APIKey)
 	ac.InstanceID = "local"
