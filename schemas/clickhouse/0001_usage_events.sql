@@ -5,8 +5,9 @@
 -- * ORDER BY (account_id, time, event_id): per-account time scans read one contiguous range;
 --   event_id last makes the key unique so ReplacingMergeTree also folds an event that a
 --   producer published twice (same id at two offsets).
--- * The projection by_endpoint keeps a copy of the columns that per-endpoint time scans read,
---   sorted by (endpoint, time).
+-- * Per-endpoint time scans: the set index on endpoint skips granules without the endpoint,
+--   and the per-minute rollup usage_1m answers per-endpoint aggregates without touching this
+--   table. (A projection sorted by endpoint was measured: it halved insert throughput.)
 -- * non_replicated_deduplication_window lets insert_deduplication_token work on a
 --   non-replicated table: a batch the sink re-sends after a crash inserts nothing.
 -- * TTL: 400 days here; the sink re-applies SINK_RETENTION_DAYS at start-up.
@@ -49,14 +50,10 @@ CREATE TABLE IF NOT EXISTS usage_events
     inserted_at        DateTime64(3, 'UTC') DEFAULT now64(3),
     INDEX idx_request request_id TYPE bloom_filter(0.01) GRANULARITY 4,
     INDEX idx_type type TYPE set(64) GRANULARITY 4,
-    PROJECTION by_endpoint
-    (
-        SELECT endpoint, time, type, account_id, request_id, tier, status, reason, cost_micros, duration_ms
-        ORDER BY endpoint, time
-    )
+    INDEX idx_endpoint endpoint TYPE set(256) GRANULARITY 4
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(time)
 ORDER BY (account_id, time, event_id)
 TTL toDateTime(time) + INTERVAL 400 DAY
-SETTINGS non_replicated_deduplication_window = 1000, deduplicate_merge_projection_mode = 'rebuild';
+SETTINGS non_replicated_deduplication_window = 1000;

@@ -2,7 +2,8 @@
 -- insert_deduplication_token reaches these views too (deduplicate_blocks_in_dependent_
 -- materialized_views), so a re-sent batch is not counted twice.
 
--- usage_1m: per account and endpoint per minute. attempts = started + rejected.
+-- usage_1m: per account and endpoint per minute. attempts = started + rejected. Per-endpoint
+-- questions aggregate it across accounts (it is far smaller than usage_events).
 -- cost_sq_sum is the sum of squared per-request costs, for the cost-anomaly z-score.
 CREATE TABLE IF NOT EXISTS usage_1m
 (
@@ -56,44 +57,6 @@ FROM
     WHERE request_id != ''
 )
 GROUP BY minute, account_id, endpoint;
-
--- endpoint_1m: per endpoint per minute, for per-endpoint scans (latency, load, burn).
-CREATE TABLE IF NOT EXISTS endpoint_1m
-(
-    minute          DateTime('UTC'),
-    endpoint        LowCardinality(String),
-    started         SimpleAggregateFunction(sum, UInt64),
-    rejected        SimpleAggregateFunction(sum, UInt64),
-    finished        SimpleAggregateFunction(sum, UInt64),
-    expired         SimpleAggregateFunction(sum, UInt64),
-    cost_micros     SimpleAggregateFunction(sum, Int64),
-    duration_q      AggregateFunction(quantiles(0.5, 0.9, 0.99), Int64),
-    accounts        AggregateFunction(uniq, String)
-)
-ENGINE = AggregatingMergeTree
-PARTITION BY toYYYYMM(minute)
-ORDER BY (endpoint, minute)
-SETTINGS non_replicated_deduplication_window = 1000;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS endpoint_1m_mv TO endpoint_1m AS
-SELECT
-    toStartOfMinute(e_time) AS minute,
-    e_endpoint AS endpoint,
-    toUInt64(countIf(e_type = 'tally.request.started.v1')) AS started,
-    toUInt64(countIf(e_type = 'tally.request.rejected.v1')) AS rejected,
-    toUInt64(countIf(e_type = 'tally.request.finished.v1')) AS finished,
-    toUInt64(countIf(e_type = 'tally.request.expired.v1')) AS expired,
-    toInt64(sumIf(e_cost, e_type = 'tally.request.finished.v1')) AS cost_micros,
-    quantilesStateIf(0.5, 0.9, 0.99)(e_duration, e_type = 'tally.request.finished.v1') AS duration_q,
-    uniqState(e_account) AS accounts
-FROM
-(
-    SELECT time AS e_time, endpoint AS e_endpoint, type AS e_type, cost_micros AS e_cost,
-           duration_ms AS e_duration, account_id AS e_account
-    FROM usage_events
-    WHERE request_id != ''
-)
-GROUP BY minute, endpoint;
 
 -- rejections_1m: rejections per reason, endpoint and account per minute.
 CREATE TABLE IF NOT EXISTS rejections_1m

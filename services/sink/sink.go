@@ -62,6 +62,12 @@ type Config struct {
 	// IntentsMax bounds the recorded batch ranges recalled per partition after a restart
 	// (SINK_INTENTS_MAX, default 10000, 1..1000000).
 	IntentsMax int `env:"SINK_INTENTS_MAX" envDefault:"10000"`
+	// DecodeWorkers decode messages in parallel, keeping each partition's order
+	// (SINK_DECODE_WORKERS, default 2, 1..64).
+	DecodeWorkers int `env:"SINK_DECODE_WORKERS" envDefault:"2"`
+	// InsertsParallelMax bounds the partition batches of one flush inserted at once
+	// (SINK_INSERTS_PARALLEL_MAX, default 2, 1..64; keep it <= CLICKHOUSE_CONNS_MAX).
+	InsertsParallelMax int `env:"SINK_INSERTS_PARALLEL_MAX" envDefault:"2"`
 	// RetentionDays is usage_events' TTL (SINK_RETENTION_DAYS, default 400, 1..36500).
 	RetentionDays int `env:"SINK_RETENTION_DAYS" envDefault:"400"`
 	// ClickHouse is the CLICKHOUSE_* connection.
@@ -75,7 +81,7 @@ func DefaultConfig() Config {
 	return Config{Brokers: "127.0.0.1:9092", TopicPrefix: kafkax.DefaultPrefix, ListenAddr: "127.0.0.1:8083",
 		GroupID: "tally-sink", BatchRowsMax: 50000, BatchBytesMax: 32 << 20, BatchWaitMs: 250, FetchBytesMax: 4 << 20,
 		QueueMessagesMax: 10000, RetryBackoffMinMs: 100, RetryBackoffMaxMs: 5000, RetryAttemptsMax: 30,
-		IntentsMax: 10000, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig()}
+		IntentsMax: 10000, DecodeWorkers: 2, InsertsParallelMax: 2, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig()}
 }
 
 // Validate reports every invalid setting, joined, by variable name.
@@ -111,6 +117,11 @@ func (c Config) Validate() error {
 	in("SINK_RETRY_ATTEMPTS_MAX", int64(c.RetryAttemptsMax), 1, 10000)
 	in("SINK_INTENTS_MAX", int64(c.IntentsMax), 1, 1_000_000)
 	in("SINK_RETENTION_DAYS", int64(c.RetentionDays), 1, 36500)
+	in("SINK_DECODE_WORKERS", int64(c.DecodeWorkers), 1, 64)
+	in("SINK_INSERTS_PARALLEL_MAX", int64(c.InsertsParallelMax), 1, 64)
+	if c.InsertsParallelMax > c.ClickHouse.ConnsMax {
+		errs = append(errs, fmt.Errorf("SINK_INSERTS_PARALLEL_MAX: %d exceeds CLICKHOUSE_CONNS_MAX %d", c.InsertsParallelMax, c.ClickHouse.ConnsMax))
+	}
 	if err := c.ClickHouse.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -130,6 +141,7 @@ func (c Config) pipelineConfig(brokers []string) pipeline.Config {
 		BatchRowsMax: c.BatchRowsMax, BatchBytesMax: c.BatchBytesMax, BatchWait: time.Duration(c.BatchWaitMs) * time.Millisecond,
 		FetchBytesMax: c.FetchBytesMax, QueueMessagesMax: c.QueueMessagesMax,
 		RetryBackoffMin: time.Duration(c.RetryBackoffMinMs) * time.Millisecond, RetryBackoffMax: time.Duration(c.RetryBackoffMaxMs) * time.Millisecond,
-		RetryAttemptsMax: c.RetryAttemptsMax, IntentsMax: c.IntentsMax,
+		RetryAttemptsMax: c.RetryAttemptsMax, IntentsMax: c.IntentsMax, DecodeWorkers: c.DecodeWorkers,
+		InsertsParallelMax: c.InsertsParallelMax,
 	}
 }

@@ -43,7 +43,7 @@ func TestMigrateIdempotentAndRecorded(t *testing.T) {
 	if n := chtest.Count(t, conn, "SELECT count() FROM schema_migrations FINAL"); n != uint64(len(ms)) {
 		t.Fatalf("schema_migrations has %d rows, want %d", n, len(ms))
 	}
-	for _, tbl := range []string{"usage_events", "ledger_entries", "requests", "usage_1m", "endpoint_1m", "rejections_1m", "clients_1h", "sink_intents"} {
+	for _, tbl := range []string{"usage_events", "ledger_entries", "requests", "usage_1m", "rejections_1m", "clients_1h", "sink_intents"} {
 		if n := chtest.Count(t, conn, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?", tbl); n != 1 {
 			t.Errorf("table %s missing", tbl)
 		}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +56,10 @@ type Config struct {
 	RetryAttemptsMax int
 	// IntentsMax bounds the recorded ranges recalled per partition after a restart.
 	IntentsMax int
+	// DecodeWorkers decode messages in parallel (order is kept per partition).
+	DecodeWorkers int
+	// InsertsParallelMax bounds the partition batches of one flush inserted at once.
+	InsertsParallelMax int
 }
 
 // Validate checks the bounds.
@@ -64,7 +69,8 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("pipeline: brokers, topics, dead-letter topic and group are required"))
 	}
 	if c.BatchRowsMax < 1 || c.BatchBytesMax < 1 || c.BatchWait <= 0 || c.FetchBytesMax < 1 || c.QueueMessagesMax < 1 ||
-		c.RetryBackoffMin <= 0 || c.RetryBackoffMax < c.RetryBackoffMin || c.RetryAttemptsMax < 1 || c.IntentsMax < 1 {
+		c.RetryBackoffMin <= 0 || c.RetryBackoffMax < c.RetryBackoffMin || c.RetryAttemptsMax < 1 || c.IntentsMax < 1 ||
+		c.DecodeWorkers < 1 || c.InsertsParallelMax < 1 {
 		errs = append(errs, fmt.Errorf("pipeline: every bound must be positive: %+v", c))
 	}
 	return errors.Join(errs...)
@@ -134,9 +140,32 @@ type partState struct {
 	known  bool         // replay was loaded for this run of offsets
 }
 
+// fetched is one message on its way from the fetcher through a decode worker to the batcher.
+// The batcher takes them in fetch order and waits on done, so decoding runs in parallel while
+// every partition's order is kept.
 type fetched struct {
-	msg kafka.Message
-	err error
+	msg    kafka.Message
+	err    error
+	u      *rows.Usage
+	l      *rows.Ledger
+	reason string // non-empty: dead-letter with this reason
+	done   chan struct{}
+}
+
+func decodeOne(f *fetched) {
+	defer close(f.done)
+	m := f.msg
+	ev, err := events.Decode(m.Value)
+	if err != nil {
+		f.reason = err.Error()
+		return
+	}
+	u, lg, ok := rows.FromEvent(ev, rows.Position{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset})
+	if !ok {
+		f.reason = fmt.Sprintf("sink: event type %s is not stored from topic %s", ev.Type, m.Topic)
+		return
+	}
+	f.u, f.l = u, lg
 }
 
 // Run consumes until ctx is cancelled (returns nil) or an unrecoverable error.
@@ -172,22 +201,47 @@ func (p *Pipeline) Run(ctx context.Context) error {
 
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ch := make(chan fetched, p.cfg.QueueMessagesMax)
+	// The fetcher hands each message to the decode workers and, in the same order, to the
+	// batcher; both channels are bounded by QueueMessagesMax.
+	ordered := make(chan *fetched, p.cfg.QueueMessagesMax)
+	work := make(chan *fetched, p.cfg.QueueMessagesMax)
+	var workers sync.WaitGroup
+	for i := 0; i < p.cfg.DecodeWorkers; i++ {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for f := range work {
+				decodeOne(f)
+			}
+		}()
+	}
+	defer workers.Wait()
 	go func() {
+		defer close(work)
 		for {
 			m, err := r.FetchMessage(fctx)
+			f := &fetched{msg: m, err: err, done: make(chan struct{})}
+			if err != nil {
+				close(f.done)
+			}
 			select {
-			case ch <- fetched{m, err}:
+			case ordered <- f:
 			case <-fctx.Done():
 				return
 			}
 			if err != nil {
 				return
 			}
+			select {
+			case work <- f:
+			case <-fctx.Done():
+				return
+			}
 		}
 	}()
 	l := &loop{p: p, r: r, dlq: dlq, parts: map[partKey]*partState{}}
-	return l.run(ctx, ch)
+	defer stop()
+	return l.run(ctx, ordered)
 }
 
 type loop struct {
@@ -201,16 +255,24 @@ type loop struct {
 	bytesN    int64
 	deadline  time.Time
 	flushTick *time.Timer
+	// inflight yields the result of the flush being inserted, nil when none is.
+	inflight chan error
 }
 
-func (l *loop) run(ctx context.Context, ch <-chan fetched) error {
+func (l *loop) run(ctx context.Context, ch <-chan *fetched) error {
 	l.flushTick = time.NewTimer(time.Hour)
 	l.flushTick.Stop()
 	l.replayed = map[*rows.Batch]bool{}
+	defer func() { _ = l.waitInflight() }()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-l.inflight:
+			l.inflight = nil
+			if err != nil {
+				return ctx2nil(ctx, err)
+			}
 		case f := <-ch:
 			if f.err != nil {
 				if ctx.Err() != nil {
@@ -218,7 +280,12 @@ func (l *loop) run(ctx context.Context, ch <-chan fetched) error {
 				}
 				return fmt.Errorf("pipeline: fetch: %w", f.err)
 			}
-			if err := l.handle(ctx, f.msg); err != nil {
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return nil
+			}
+			if err := l.handle(ctx, f); err != nil {
 				return ctx2nil(ctx, err)
 			}
 			if l.rowsN >= l.p.cfg.BatchRowsMax || l.bytesN >= l.p.cfg.BatchBytesMax {
@@ -241,8 +308,19 @@ func ctx2nil(ctx context.Context, err error) error {
 	return err
 }
 
-// handle routes one message into its partition's batch.
-func (l *loop) handle(ctx context.Context, m kafka.Message) error {
+// waitInflight waits for the flush being inserted and returns its error.
+func (l *loop) waitInflight() error {
+	if l.inflight == nil {
+		return nil
+	}
+	err := <-l.inflight
+	l.inflight = nil
+	return err
+}
+
+// handle routes one decoded message into its partition's batch.
+func (l *loop) handle(ctx context.Context, f *fetched) error {
+	m := f.msg
 	l.p.Stats.Messages.Add(1)
 	key := partKey{m.Topic, int32(m.Partition)}
 	st := l.parts[key]
@@ -273,9 +351,11 @@ func (l *loop) handle(ctx context.Context, m kafka.Message) error {
 	for len(st.replay) > 0 && m.Offset > st.replay[0].Last {
 		l.sealReplay(st, st.replay[0])
 	}
-	u, lg, err := l.decode(ctx, m)
-	if err != nil {
-		return err
+	u, lg := f.u, f.l
+	if f.reason != "" {
+		if err := l.deadLetter(ctx, m, f.reason); err != nil {
+			return err
+		}
 	}
 	if st.cur == nil {
 		st.cur = &rows.Batch{}
@@ -307,28 +387,17 @@ func (l *loop) handle(ctx context.Context, m kafka.Message) error {
 	return nil
 }
 
-// decode returns the message's row, or dead-letters it (nil rows, nil error).
-func (l *loop) decode(ctx context.Context, m kafka.Message) (*rows.Usage, *rows.Ledger, error) {
-	ev, err := events.Decode(m.Value)
-	var reason string
-	if err != nil {
-		reason = err.Error()
-	} else {
-		u, lg, ok := rows.FromEvent(ev, rows.Position{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset})
-		if ok {
-			return u, lg, nil
-		}
-		reason = fmt.Sprintf("sink: event type %s is not stored from topic %s", ev.Type, m.Topic)
-	}
-	_, err = retry(ctx, l.p, "dead-letter", func() (struct{}, error) {
+// deadLetter publishes m to the dead-letter topic with the reason, retrying.
+func (l *loop) deadLetter(ctx context.Context, m kafka.Message, reason string) error {
+	_, err := retry(ctx, l.p, "dead-letter", func() (struct{}, error) {
 		return struct{}{}, kafkax.DeadLetter(ctx, l.dlq, l.p.cfg.DeadLetterTopic, "sink", m, reason)
 	})
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	l.p.Stats.DeadLetters.Add(1)
 	l.p.log.Warn("dead-lettered", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", reason)
-	return nil, nil, nil
+	return nil
 }
 
 func (l *loop) seal(st *partState) {
@@ -350,7 +419,9 @@ func (l *loop) sealReplay(st *partState, r rows.Range) {
 	st.replay = st.replay[1:]
 }
 
-// flush records intents for new batches, inserts every sealed batch, then commits.
+// flush seals every partition's batch and hands the sealed batches to an inserter. One
+// flush is inserted at a time while the next batch fills: memory holds at most two flushes'
+// worth of rows, and a slow ClickHouse makes flush wait here, which stops consumption.
 func (l *loop) flush(ctx context.Context) error {
 	l.flushTick.Stop()
 	l.deadline = time.Time{}
@@ -369,9 +440,34 @@ func (l *loop) flush(ctx context.Context) error {
 		}
 		return nil
 	}
+	if err := l.waitInflight(); err != nil {
+		return err
+	}
+	job := &flushJob{batches: append([]*rows.Batch(nil), l.ready...), replayed: map[*rows.Batch]bool{}}
+	for _, b := range job.batches {
+		job.replayed[b] = l.replayed[b]
+		l.rowsN -= b.Rows()
+		l.bytesN -= b.Bytes
+	}
+	l.ready = l.ready[:0]
+	clear(l.replayed)
+	l.p.Stats.BufferedBytes.Store(l.bytesN)
+	l.inflight = make(chan error, 1)
+	go func(ch chan error) { ch <- l.insert(ctx, job) }(l.inflight)
+	return nil
+}
+
+type flushJob struct {
+	batches  []*rows.Batch
+	replayed map[*rows.Batch]bool
+}
+
+// insert records intents for the new batches, inserts every batch (InsertsParallelMax at a
+// time), then commits their offsets.
+func (l *loop) insert(ctx context.Context, job *flushJob) error {
 	var fresh []rows.Range
-	for _, b := range l.ready {
-		if !l.replayed[b] {
+	for _, b := range job.batches {
+		if !job.replayed[b] {
 			fresh = append(fresh, b.Range)
 		}
 	}
@@ -379,35 +475,42 @@ func (l *loop) flush(ctx context.Context) error {
 		if _, err := retry(ctx, l.p, "record intents", func() (struct{}, error) {
 			return struct{}{}, l.p.intents.RecordIntents(ctx, l.p.cfg.GroupID, fresh)
 		}); err != nil {
-			return err
-		}
-	}
-	commits := make([]kafka.Message, 0, len(l.ready))
-	batches := append([]*rows.Batch(nil), l.ready...)
-	for _, b := range l.ready {
-		if _, err := retry(ctx, l.p, "insert "+b.Range.String(), func() (struct{}, error) {
-			err := l.p.store.BatchInsert(ctx, b)
-			if err != nil {
-				l.p.Stats.InsertErrors.Add(1)
-			}
-			return struct{}{}, err
-		}); err != nil {
 			l.p.healthy.Store(false)
 			return err
 		}
+	}
+	sem := make(chan struct{}, l.p.cfg.InsertsParallelMax)
+	errs := make([]error, len(job.batches))
+	var wg sync.WaitGroup
+	for i, b := range job.batches {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			_, errs[i] = retry(ctx, l.p, "insert "+b.Range.String(), func() (struct{}, error) {
+				err := l.p.store.BatchInsert(ctx, b)
+				if err != nil {
+					l.p.Stats.InsertErrors.Add(1)
+				}
+				return struct{}{}, err
+			})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		l.p.healthy.Store(false)
+		return err
+	}
+	commits := make([]kafka.Message, 0, len(job.batches))
+	for _, b := range job.batches {
 		l.p.Stats.UsageRows.Add(int64(len(b.Usage)))
 		l.p.Stats.LedgerRows.Add(int64(len(b.Ledger)))
 		l.p.Stats.Batches.Add(1)
-		if l.replayed[b] {
+		if job.replayed[b] {
 			l.p.Stats.ReplayedBatches.Add(1)
 		}
 		commits = append(commits, kafka.Message{Topic: b.Range.Topic, Partition: int(b.Range.Partition), Offset: b.Range.Last})
-		l.rowsN -= b.Rows()
-		l.bytesN -= b.Bytes
 	}
-	l.ready = l.ready[:0]
-	clear(l.replayed)
-	l.p.Stats.BufferedBytes.Store(l.bytesN)
 	if h := l.p.hooks.AfterInsert; h != nil {
 		if err := h(); err != nil {
 			return err
@@ -422,7 +525,7 @@ func (l *loop) flush(ctx context.Context) error {
 	now := time.Now()
 	l.p.Stats.LastFlushUnixMs.Store(now.UnixMilli())
 	if h := l.p.hooks.FlushDone; h != nil {
-		h(batches, now)
+		h(job.batches, now)
 	}
 	return nil
 }
