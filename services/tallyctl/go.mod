@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/ClickHouse/clickhouse-go/v2 v2.50.0
 	github.com/caarlos0/env/v11 v11.4.2
+	github.com/segmentio/kafka-go v0.4.51
 	github.com/tallyhq/tally/services/admitter v0.0.0
 	github.com/tallyhq/tally/services/ledger v0.0.0
 	github.com/tallyhq/tally/services/sink v0.0.0
@@ -30,7 +31,6 @@ require (
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/segmentio/asm v1.2.1 // indirect
-	github.com/segmentio/kafka-go v0.4.51 // indirect
 	github.com/shopspring/decimal v1.5.0 // indirect
 	github.com/tallyhq/tally/schemas/clickhouse v0.0.0-00010101000000-000000000000 // indirect
 	github.com/twmb/franz-go v1.22.3 // indirect

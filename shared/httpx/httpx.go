@@ -16,6 +16,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	fastjson "github.com/segmentio/encoding/json"
 )
 
 // Stable error codes. Clients switch on these; the message is for people.
@@ -92,12 +94,16 @@ func DecodeJSON(r *http.Request, maxBytes int64, v any) *Error {
 	if int64(len(body)) > maxBytes {
 		return Errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "body larger than %d bytes", maxBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "empty body")
+	}
+	// segmentio/encoding/json: encoding/json's semantics, several times faster, and field
+	// names must match exactly (encoding/json would accept "Account_ID").
+	rest, err := fastjson.Parse(body, v, fastjson.DisallowUnknownFields|fastjson.DontMatchCaseInsensitiveStructFields)
+	if err != nil {
 		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "%s", jsonMessage(err))
 	}
-	if dec.More() {
+	if len(bytes.TrimSpace(rest)) != 0 {
 		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "trailing data after the JSON object")
 	}
 	return nil
