@@ -78,6 +78,8 @@ type Config struct {
 	Book *pricebook.Book `env:"-"`
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger `env:"-"`
+	// FaultHook (tests only) injects a crash after a batch's write stage; see engine.Config.
+	FaultHook func(stage string) error `env:"-"`
 }
 
 // DefaultConfig returns the defaults (the envDefault values) for code-built configs.
@@ -213,6 +215,7 @@ func New(cfg Config) (*Service, error) {
 		FetchMaxBytes: cfg.FetchMaxBytes, FetchWait: time.Duration(cfg.FetchWaitMs) * time.Millisecond, QueueMax: cfg.QueueMax,
 		JournalPerAccount: cfg.JournalPerAccount, JournalAccountsMax: cfg.JournalAccountsMax,
 		RetryBackoff: time.Duration(cfg.RetryBackoffMs) * time.Millisecond, Writer: wc, Logger: cfg.Logger, Registry: reg,
+		FaultHook: cfg.FaultHook,
 	})
 	pub := &kafkaPublisher{w: kafkax.NewWriter(brokers, topics.Events, kafkax.DefaultWriterConfig)}
 	h := api.Handler(api.Config{Admin: keys, Book: book, BodyMaxBytes: cfg.BodyMaxBytes, PageMax: cfg.PageMax,

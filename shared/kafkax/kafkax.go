@@ -123,7 +123,8 @@ func NewWriter(brokers []string, topic string, cfg WriterConfig) *kafka.Writer {
 		RequiredAcks: kafka.RequireAll,
 		BatchTimeout: cfg.BatchTimeout,
 		BatchSize:    cfg.BatchSize,
-		BatchBytes:   4 << 20,
+		// Kafka's default message.max.bytes is 1 MiB; a batch above it is refused.
+		BatchBytes:   1_000_000,
 		WriteTimeout: cfg.WriteTimeout,
 		ReadTimeout:  cfg.WriteTimeout,
 		MaxAttempts:  cfg.MaxAttempts,

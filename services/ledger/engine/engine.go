@@ -64,6 +64,10 @@ type Config struct {
 	Writer       kafkax.WriterConfig
 	Logger       *slog.Logger
 	Registry     prometheus.Registerer
+	// FaultHook, when set (tests only), is called after each write stage of a batch
+	// ("published", "persisted", "snapshotted"); an error aborts the batch there, exactly as a
+	// crash would: the generation fails and the state is restored from Kafka.
+	FaultHook func(stage string) error
 }
 
 // Engine is the running ledger.
@@ -101,6 +105,16 @@ func New(cfg Config) *Engine {
 		dlq: newWriter(cfg, "")} // kafkax.DeadLetter names the topic per message
 	e.m = newMetrics(cfg.Registry)
 	return e
+}
+
+func (e *Engine) fault(stage string) error {
+	if e.cfg.FaultHook == nil {
+		return nil
+	}
+	if err := e.cfg.FaultHook(stage); err != nil {
+		return fmt.Errorf("ledger: injected fault after %s: %w", stage, err)
+	}
+	return nil
 }
 
 // shortErr reduces kafka-go's per-message WriteErrors (one line per message) to a count and
@@ -444,14 +458,23 @@ func (b *batcher) write(ctx context.Context) error {
 	if err := e.out.WriteMessages(ctx, outMsgs...); err != nil {
 		return fmt.Errorf("ledger: partition %d: publish %d outputs: %w", b.id, len(outMsgs), shortErr(err))
 	}
+	if err := e.fault("published"); err != nil {
+		return err
+	}
 	t4 := time.Now()
 	e.m.stage.WithLabelValues("publish").Observe(t4.Sub(t3).Seconds())
 	// Accounts first, then the partition record (see the package comment).
 	if err := e.state.WriteMessages(ctx, stMsgs[:len(stMsgs)-1]...); err != nil {
 		return fmt.Errorf("ledger: partition %d: persist %d accounts: %w", b.id, len(stMsgs)-1, shortErr(err))
 	}
+	if err := e.fault("persisted"); err != nil {
+		return err
+	}
 	if err := e.state.WriteMessages(ctx, stMsgs[len(stMsgs)-1]); err != nil {
 		return fmt.Errorf("ledger: partition %d: persist snapshot: %w", b.id, shortErr(err))
+	}
+	if err := e.fault("snapshotted"); err != nil {
+		return err
 	}
 	e.m.stage.WithLabelValues("persist").Observe(time.Since(t4).Seconds())
 	e.m.published.Add(float64(len(outMsgs)))
@@ -477,8 +500,13 @@ func (b *batcher) outputs() ([]kafka.Message, error) {
 		topics = append(topics, topic)
 	}
 	b.les = b.les[:0]
+	var cause, tx string
 	for i := range out.Entries {
-		b.les = append(b.les, out.Entries[i].Event())
+		en := &out.Entries[i]
+		if en.Cause != cause {
+			cause, tx = en.Cause, fold.TransactionID(en.Cause)
+		}
+		b.les = append(b.les, en.EventInTx(tx))
 	}
 	for i := range b.les {
 		le := &b.les[i]
@@ -545,8 +573,10 @@ func (b *batcher) stateRecords(snap fold.Snapshot) []kafka.Message {
 	return msgs
 }
 
-// Restore reads the whole ledger-state topic (latest record per key wins) and returns a
-// fold state per partition in ids, restored.
+// Restore reads the whole ledger-state topic (latest record per key wins; a key always
+// lives in one partition of that topic, so its records are read in order) and returns a
+// fold state per partition in ids, restored. The topic's partitions are read and decoded
+// concurrently.
 func Restore(ctx context.Context, brokers []string, topic string, cfg fold.Config, ids []int32) (map[int32]*fold.State, error) {
 	want := map[int32]bool{}
 	states := map[int32]*fold.State{}
@@ -554,8 +584,9 @@ func Restore(ctx context.Context, brokers []string, topic string, cfg fold.Confi
 		want[id] = true
 		states[id] = fold.New(cfg, id)
 	}
+	var mu sync.Mutex
 	snaps := map[int32]fold.Snapshot{}
-	err := ReadAll(ctx, brokers, topic, func(m kafka.Message) error {
+	err := readAll(ctx, brokers, topic, true, func(m kafka.Message) error {
 		p, a, snap, err := decodeRecord(m.Value)
 		if err != nil {
 			return fmt.Errorf("ledger: restore: record %s/%d/%d: %w", topic, m.Partition, m.Offset, err)
@@ -563,11 +594,13 @@ func Restore(ctx context.Context, brokers []string, topic string, cfg fold.Confi
 		if !want[p] {
 			return nil
 		}
+		mu.Lock()
 		if a != nil {
 			states[p].RestoreAccount(a)
 		} else {
 			snaps[p] = *snap
 		}
+		mu.Unlock()
 		return nil
 	})
 	if err != nil {
@@ -579,9 +612,13 @@ func Restore(ctx context.Context, brokers []string, topic string, cfg fold.Confi
 	return states, nil
 }
 
-// ReadAll calls fn for every message of every partition of topic that exists when it
-// starts, partitions one after the other.
+// ReadAll calls fn for every message of every partition of topic, up to each partition's
+// end when the call starts, partitions one after the other.
 func ReadAll(ctx context.Context, brokers []string, topic string, fn func(kafka.Message) error) error {
+	return readAll(ctx, brokers, topic, false, fn)
+}
+
+func readAll(ctx context.Context, brokers []string, topic string, parallel bool, fn func(kafka.Message) error) error {
 	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
 	if err != nil {
 		return fmt.Errorf("ledger: dial %s: %w", brokers[0], err)
@@ -591,12 +628,25 @@ func ReadAll(ctx context.Context, brokers []string, topic string, fn func(kafka.
 	if err != nil {
 		return fmt.Errorf("ledger: partitions of %s: %w", topic, err)
 	}
+	if !parallel {
+		for _, p := range parts {
+			if err := readPartition(ctx, brokers, topic, p.ID, fn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	errs := make(chan error, len(parts))
 	for _, p := range parts {
-		if err := readPartition(ctx, brokers, topic, p.ID, fn); err != nil {
-			return err
+		go func(id int) { errs <- readPartition(ctx, brokers, topic, id, fn) }(p.ID)
+	}
+	var first error
+	for range parts {
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
 	}
-	return nil
+	return first
 }
 
 func readPartition(ctx context.Context, brokers []string, topic string, part int, fn func(kafka.Message) error) error {

@@ -232,9 +232,12 @@ type Entry struct {
 }
 
 // Event returns the journal line as an events.LedgerEntry.
-func (e *Entry) Event() events.LedgerEntry {
+func (e *Entry) Event() events.LedgerEntry { return e.EventInTx(TransactionID(e.Cause)) }
+
+// EventInTx is Event with the transaction id already computed (lines of one cause share it).
+func (e *Entry) EventInTx(txID string) events.LedgerEntry {
 	return events.LedgerEntry{
-		EntryID: events.DerivedID(e.Cause, e.LedgerAccount), TransactionID: TransactionID(e.Cause),
+		EntryID: events.DerivedID(e.Cause, e.LedgerAccount), TransactionID: txID,
 		AccountID: e.AccountID, LedgerAccount: e.LedgerAccount, AmountMicros: e.AmountMicros, Kind: e.Kind,
 		CauseEventID: e.Cause, RequestID: e.RequestID, GrantID: e.GrantID, EffectiveAt: e.At.UTC(),
 	}
@@ -257,7 +260,6 @@ const (
 	AnomalyUnexpectedType = "unexpected_type" // an output type on the events topic
 	AnomalyHoldShort      = "hold_short"      // a hold larger than the available balance
 	AnomalyTooManyHolds   = "too_many_holds"
-	AnomalyUnknownAccount = "unknown_account" // an allowance request with no tier windows
 )
 
 // Anomaly is one flagged oddity.

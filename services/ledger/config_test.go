@@ -1,0 +1,49 @@
+package ledger_test
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/tallyhq/tally/services/ledger"
+	"github.com/tallyhq/tally/shared/httpx"
+)
+
+// TestDefaultConfigMatchesEnvDefaults: the code-built defaults are the envDefault tags.
+func TestDefaultConfigMatchesEnvDefaults(t *testing.T) {
+	var fromEnv ledger.Config
+	if err := env.ParseWithOptions(&fromEnv, env.Options{Environment: map[string]string{}}); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(fromEnv, ledger.DefaultConfig()) {
+		t.Fatalf("env defaults %+v\ncode defaults %+v", fromEnv, ledger.DefaultConfig())
+	}
+}
+
+func TestConfigValidateNamesEveryBadSetting(t *testing.T) {
+	cfg := ledger.DefaultConfig()
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "LEDGER_ADMIN_KEYS") {
+		t.Fatalf("missing admin keys accepted: %v", err)
+	}
+	cfg.AdminKeys = "ops:" + httpx.HashSecret("x")
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("defaults with a key: %v", err)
+	}
+	cfg.Brokers = "nohost"
+	cfg.BatchMax = 0
+	cfg.PageMax = -1
+	cfg.ParkTimeoutMs = 5
+	cfg.AdminKeys = "ops:nothex"
+	cfg.TopicPrefix = ""
+	err := cfg.Validate()
+	for _, name := range []string{"KAFKA_BROKERS", "LEDGER_BATCH_MAX", "LEDGER_PAGE_MAX", "LEDGER_PARK_TIMEOUT_MS", "LEDGER_ADMIN_KEYS", "TALLY_TOPIC_PREFIX"} {
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("error does not name %s: %v", name, err)
+		}
+	}
+	if _, err := ledger.New(cfg); err == nil {
+		t.Fatal("New accepted an invalid config")
+	}
+}
