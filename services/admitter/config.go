@@ -34,10 +34,11 @@ type Config struct {
 	APIKeysPollMs int64  `env:"ADMITTER_API_KEYS_POLL_MS" envDefault:"5000"`
 
 	BodyMaxBytes      int64 `env:"ADMITTER_BODY_MAX_BYTES" envDefault:"8192"`
-	IdempotencyMax    int   `env:"ADMITTER_IDEMPOTENCY_MAX" envDefault:"1000000"`
+	IdempotencyMax    int   `env:"ADMITTER_IDEMPOTENCY_MAX" envDefault:"200000"`
 	PublishTimeoutMs  int64 `env:"ADMITTER_PUBLISH_TIMEOUT_MS" envDefault:"2000"`
 	BatchTimeoutMs    int64 `env:"ADMITTER_BATCH_TIMEOUT_MS" envDefault:"2"`
-	BatchMax          int   `env:"ADMITTER_BATCH_MAX" envDefault:"1000"`
+	BatchMax          int   `env:"ADMITTER_BATCH_MAX" envDefault:"100"`
+	Writers           int   `env:"ADMITTER_WRITERS" envDefault:"1"`
 	ExpireIntervalMs  int64 `env:"ADMITTER_EXPIRE_INTERVAL_MS" envDefault:"100"`
 	ExpireBudget      int   `env:"ADMITTER_EXPIRE_BUDGET" envDefault:"20000"`
 	ShutdownTimeoutMs int64 `env:"ADMITTER_SHUTDOWN_TIMEOUT_MS" envDefault:"10000"`
@@ -58,6 +59,11 @@ type Config struct {
 	// FollowPeers makes the admitter read the events topic and count the other admitters'
 	// holds before the ledger folds them (needed for exact credits with ADMITTER_INSTANCES>1).
 	FollowPeers bool `env:"ADMITTER_FOLLOW_PEERS" envDefault:"true"`
+	// ConfirmInLogOrder (with FollowPeers and ADMITTER_INSTANCES>1): after its event is
+	// durable, a credit or allowance admission waits until the peer follower has read up to
+	// it and keeps it only if it is covered counting what precedes it in the log; otherwise it
+	// is cancelled (request.finished, cost 0) and answered 429 insufficient_credits.
+	ConfirmInLogOrder bool `env:"ADMITTER_CONFIRM_IN_LOG_ORDER" envDefault:"true"`
 
 	AdaptiveEnabled           bool  `env:"ADMITTER_ADAPTIVE_ENABLED" envDefault:"true"`
 	AdaptiveWindowSamples     int64 `env:"ADMITTER_ADAPTIVE_WINDOW_SAMPLES" envDefault:"50"`
@@ -144,6 +150,7 @@ func (c Config) Validate() error {
 	rng("ADMITTER_PUBLISH_TIMEOUT_MS", c.PublishTimeoutMs, 10, 60_000)
 	rng("ADMITTER_BATCH_TIMEOUT_MS", c.BatchTimeoutMs, 1, 100)
 	rng("ADMITTER_BATCH_MAX", int64(c.BatchMax), 1, 100_000)
+	rng("ADMITTER_WRITERS", int64(c.Writers), 1, 16)
 	rng("ADMITTER_EXPIRE_INTERVAL_MS", c.ExpireIntervalMs, 1, 60_000)
 	rng("ADMITTER_EXPIRE_BUDGET", int64(c.ExpireBudget), 1, 10_000_000)
 	rng("ADMITTER_SHUTDOWN_TIMEOUT_MS", c.ShutdownTimeoutMs, 1, 600_000)

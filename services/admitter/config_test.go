@@ -1,6 +1,8 @@
 package admitter
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +14,7 @@ import (
 func TestConfigDefaultsAndValidation(t *testing.T) {
 	d := DefaultConfig()
 	if d.ListenAddr != "127.0.0.1:8081" || d.KafkaBrokers != "127.0.0.1:9092" || d.TopicPrefix != "tally." ||
-		d.BatchTimeoutMs != 2 || d.IdempotencyMax != 1_000_000 || !d.FollowPeers || d.Instances != 1 {
+		d.BatchTimeoutMs != 2 || d.IdempotencyMax != 200_000 || !d.FollowPeers || d.Instances != 1 {
 		t.Fatalf("defaults: %+v", d)
 	}
 	if err := d.Validate(); err == nil || !strings.Contains(err.Error(), "ADMITTER_API_KEYS") {
@@ -86,5 +88,31 @@ func TestKeyFileRotation(t *testing.T) {
 	_ = os.WriteFile(kf, []byte("broken"), 0o600)
 	if err := s.ReloadKeys(); err == nil || s.keys.Load().Len() != 2 {
 		t.Fatalf("bad file must keep the previous keys: %v", err)
+	}
+}
+
+// TestNotReadyAnswers503: before the compacted topics are loaded, admits are refused with 503
+// rather than decided on empty balances, and /readyz says so.
+func TestNotReadyAnswers503(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.APIKeys = "k1:" + httpx.HashSecret(testSecret)
+	cfg.ListenAddr = "127.0.0.1:0"
+	s, err := New(cfg, nil) // never Run: never ready
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.ln.Close()
+	h := s.Handler()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPost, "/v1/admit", strings.NewReader(`{"account_id":"a","endpoint":"codex.responses"}`))
+	req.Header.Set("Authorization", "Bearer "+testSecret)
+	h.ServeHTTP(rec, req)
+	if rec.Code != 503 || !strings.Contains(rec.Body.String(), `"unavailable"`) {
+		t.Fatalf("admit before ready: %d %s", rec.Code, rec.Body)
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if rec.Code != 503 {
+		t.Fatalf("readyz before ready: %d", rec.Code)
 	}
 }

@@ -29,14 +29,11 @@ type entry struct {
 	status int
 	body   []byte // nil when the admit failed (503): the entry is then gone from the map
 
-	allowed  bool
-	open     bool // the request is open in the table under handle
-	handle   uint32
-	keyID    string
-	client   string
-	funding  decide.Funding
-	hold     int64
-	startPos [2]int64 // partition, offset of request.started
+	allowed bool
+	open    bool // the request is open in the table under handle
+	handle  uint32
+	keyID   string
+	client  string
 
 	fin *finish
 }
@@ -113,32 +110,42 @@ func unavailable(format string, a ...any) *httpx.Error {
 	return httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable, format, a...)
 }
 
-func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
+// readAdmit authenticates and reads an admit body: every input error is answered here.
+func (s *Service) readAdmit(r *http.Request) (api.AdmitRequest, string, *httpx.Error) {
+	var req api.AdmitRequest
 	keyID, herr := s.auth(r)
 	if herr != nil {
-		httpx.WriteError(w, herr)
-		return
+		return req, "", herr
 	}
-	var req api.AdmitRequest
 	if herr := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); herr != nil {
-		httpx.WriteError(w, herr)
-		return
+		return req, "", herr
 	}
 	if err := req.Validate(); err != nil {
-		httpx.WriteError(w, httpx.Validation(err))
-		return
+		return req, "", httpx.Validation(err)
+	}
+	if !s.ready.Load() {
+		return req, "", unavailable("loading balances and limits")
 	}
 	if !s.table.Endpoint(req.Endpoint) {
-		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound, "unknown endpoint %q", req.Endpoint))
-		return
+		return req, "", httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound, "unknown endpoint %q", req.Endpoint)
 	}
 	if req.RequestID == "" {
 		id, err := uuid.NewV7()
 		if err != nil {
-			httpx.WriteError(w, unavailable("request id: %v", err))
-			return
+			return req, "", unavailable("request id: %v", err)
 		}
 		req.RequestID = id.String()
+	}
+	return req, keyID, nil
+}
+
+// handleAdmit decides under the lock, publishes the event outside it (acks=all), and only
+// then records and answers; a repeat of the request_id waits for and replays the answer.
+func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
+	req, keyID, herr := s.readAdmit(r)
+	if herr != nil {
+		httpx.WriteError(w, herr)
+		return
 	}
 	now := time.Now()
 	s.mu.Lock()
@@ -161,7 +168,7 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e := &entry{id: req.RequestID, req: req, done: make(chan struct{}), allowed: d.Allowed, handle: d.Handle,
-		keyID: keyID, client: clientAddr(r), funding: d.Funding, hold: d.HoldMicros}
+		keyID: keyID, client: clientAddr(r)}
 	s.reqs[req.RequestID] = e
 	s.mu.Unlock()
 	s.m.decisionSec.Observe(time.Since(t0).Seconds())
@@ -178,22 +185,31 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		part, off, err = s.publish(r.Context(), name, req.AccountID, value)
 	}
-	s.mu.Lock()
-	if err != nil {
-		if d.Allowed {
-			s.table.Abort(d.Handle)
-		}
-		delete(s.reqs, e.id)
+	published := false
+	if err == nil && d.Allowed && s.confirming() {
+		s.mu.Lock()
+		s.table.Published(d.Handle, part, off)
 		s.mu.Unlock()
-		close(e.done)
+		published = true
+		if s.revokeIfUncovered(r.Context(), e, &req, &d, part, off, now) {
+			resp = s.admitResponse(&req, &d)
+			status = http.StatusTooManyRequests
+			body, _ = json.Marshal(resp)
+		}
+	}
+	if err != nil {
+		s.abortAdmit(e, &d)
 		s.log.Warn("admit not answered: event not acknowledged", "request_id", e.id, "err", err)
 		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
 		return
 	}
-	e.status, e.body = status, body
+	s.mu.Lock()
+	e.status, e.body, e.allowed = status, body, d.Allowed
 	if d.Allowed {
-		s.table.Published(d.Handle, part, off)
-		e.open, e.startPos = true, [2]int64{int64(part), off}
+		if !published {
+			s.table.Published(d.Handle, part, off)
+		}
+		e.open = true
 		s.byHandle[d.Handle] = e
 	} else {
 		s.rememberLocked(e.id)
@@ -211,6 +227,18 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 
 var newline = []byte{'\n'}
 
+// abortAdmit gives back an admission whose event was not acknowledged and forgets the
+// request_id, so that a retry decides afresh.
+func (s *Service) abortAdmit(e *entry, d *decide.Decision) {
+	s.mu.Lock()
+	if d.Allowed {
+		s.table.Abort(d.Handle)
+	}
+	delete(s.reqs, e.id)
+	s.mu.Unlock()
+	close(e.done)
+}
+
 func writeAnswer(w http.ResponseWriter, status int, body []byte, retryAfterMs int64) {
 	w.Header().Set("Content-Type", "application/json")
 	if status == http.StatusTooManyRequests {
@@ -220,6 +248,51 @@ func writeAnswer(w http.ResponseWriter, status int, body []byte, retryAfterMs in
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 	_, _ = w.Write(newline)
+}
+
+func (s *Service) confirming() bool {
+	return s.cfg.ConfirmInLogOrder && s.cfg.FollowPeers && s.cfg.Instances > 1
+}
+
+// revokeIfUncovered applies the log-order rule (decide.Table.FundedInLogOrder) to an
+// admission whose request.started is durable at (part, off). When it is not covered, it
+// publishes a cost-0 cancelled request.finished, settles the request locally and turns d into
+// an insufficient_credits denial; it reports whether it did. When the peer follower does not
+// reach the offset within ADMITTER_PUBLISH_TIMEOUT_MS, or the cancel cannot be published, the
+// admission stands (the documented propagation bound applies).
+func (s *Service) revokeIfUncovered(ctx context.Context, e *entry, req *api.AdmitRequest, d *decide.Decision, part int32, off int64, now time.Time) bool {
+	if !s.waitPeerPosition(part, off, time.Now().Add(ms(s.cfg.PublishTimeoutMs))) {
+		s.m.confirmTimeouts.Inc()
+		return false
+	}
+	amount := d.HoldMicros + d.AllowanceMicros
+	s.mu.Lock()
+	ok := s.table.FundedInLogOrder(req.AccountID, d.Funding, amount, part, off, now.UnixMilli())
+	q, qerr := s.table.Quote(d.Handle, 0)
+	s.mu.Unlock()
+	if ok || qerr != nil {
+		return false
+	}
+	value, name, err := encode(s.source, time.Now(), events.RequestFinished{RequestID: req.RequestID,
+		AccountID: req.AccountID, Endpoint: req.Endpoint, Model: req.Model, Status: events.StatusCancelled,
+		PriceBookVersion: s.book.Version, KeyID: e.keyID, ClientAddr: e.client})
+	var p2 int32
+	var o2 int64
+	if err == nil {
+		p2, o2, err = s.publish(ctx, name, req.AccountID, value)
+	}
+	if err != nil {
+		s.log.Warn("log-order revoke not published; admission stands", "request_id", req.RequestID, "err", err)
+		return false
+	}
+	s.mu.Lock()
+	_ = s.table.Finish(d.Handle, q, -1, false, p2, o2)
+	s.mu.Unlock()
+	s.m.revoked.Inc()
+	d.Allowed, d.Reason, d.RetryAfterMs = false, decide.ReasonInsufficientCredits, s.cfg.RetryInsufficientMs
+	d.Funding, d.HoldMicros, d.AllowanceMicros = decide.FundingNone, 0, 0
+	d.AvailableMicros += amount
+	return true
 }
 
 // replayAdmit answers a repeated request_id with the first answer, publishing nothing.
@@ -303,15 +376,6 @@ func (s *Service) admitEvent(e *entry, req *api.AdmitRequest, d *decide.Decision
 			KeyID: e.keyID, ClientAddr: e.client}
 	}
 	return encode(s.source, now, data)
-}
-
-func encode(source string, now time.Time, data events.Data) ([]byte, string, error) {
-	ev, err := events.New(source, now, data)
-	if err != nil {
-		return nil, "", err
-	}
-	b, err := ev.Encode()
-	return b, data.EventType(), err
 }
 
 // publish makes one event durable, bounded by ADMITTER_PUBLISH_TIMEOUT_MS.

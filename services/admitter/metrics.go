@@ -8,19 +8,21 @@ import (
 // metrics are the admitter's Prometheus series, on a registry of its own so that several
 // admitters can run in one process.
 type metrics struct {
-	reg           *prometheus.Registry
-	decisions     *prometheus.CounterVec
-	decisionSec   prometheus.Histogram
-	publishSec    *prometheus.HistogramVec
-	publishErrors *prometheus.CounterVec
-	finishes      *prometheus.CounterVec
-	open          prometheus.Gauge
-	httpInflight  prometheus.Gauge
-	expired       prometheus.Counter
-	stateEvents   *prometheus.CounterVec
-	deadLettered  prometheus.Counter
-	replays       prometheus.Counter
-	peerEvents    prometheus.Counter
+	reg             *prometheus.Registry
+	decisions       *prometheus.CounterVec
+	decisionSec     prometheus.Histogram
+	publishSec      *prometheus.HistogramVec
+	publishErrors   *prometheus.CounterVec
+	finishes        *prometheus.CounterVec
+	open            prometheus.Gauge
+	httpInflight    prometheus.Gauge
+	expired         prometheus.Counter
+	stateEvents     *prometheus.CounterVec
+	deadLettered    prometheus.Counter
+	replays         prometheus.Counter
+	peerEvents      prometheus.Counter
+	revoked         prometheus.Counter
+	confirmTimeouts prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -50,7 +52,11 @@ func newMetrics() *metrics {
 		Help: "Repeated calls answered from the idempotency cache."})
 	m.peerEvents = prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_admitter_peer_events_total",
 		Help: "Other admitters' request.started/finished events applied to the local balances."})
-	m.reg.MustRegister(m.peerEvents, m.decisions, m.decisionSec, m.publishSec, m.publishErrors, m.finishes, m.open,
+	m.revoked = prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_admitter_revoked_total",
+		Help: "Admissions cancelled because an earlier hold in the log took the funds (ADMITTER_CONFIRM_IN_LOG_ORDER)."})
+	m.confirmTimeouts = prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_admitter_confirm_timeouts_total",
+		Help: "Admissions kept unconfirmed because the peer follower did not reach them in time."})
+	m.reg.MustRegister(m.peerEvents, m.revoked, m.confirmTimeouts, m.decisions, m.decisionSec, m.publishSec, m.publishErrors, m.finishes, m.open,
 		m.httpInflight, m.expired, m.stateEvents, m.deadLettered, m.replays,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -2,6 +2,7 @@ package admitter
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -34,6 +35,15 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 		case <-time.After(followRetry):
 		}
 	}
+	maxP := 0
+	for p := range ends {
+		maxP = max(maxP, p)
+	}
+	pos := make([]atomic.Int64, maxP+1)
+	for p, end := range ends {
+		pos[p].Store(end - 1) // what precedes the start is the ledger's to count
+	}
+	s.peerPos.Store(&pos)
 	positioned() // every event written from now on will be read
 	done := make(chan struct{}, len(ends))
 	for p, end := range ends {
@@ -57,6 +67,7 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 					continue
 				}
 				s.applyPeer(msg)
+				pos[p].Store(msg.Offset)
 			}
 		}()
 	}
@@ -112,4 +123,21 @@ func (s *Service) expirePeersLocked(nowMs int64, budget int) {
 			delete(s.peers, id)
 		}
 	}
+}
+
+// waitPeerPosition waits until the peer follower has applied the events topic's partition up
+// to offset, or until deadline; it reports whether it got there.
+func (s *Service) waitPeerPosition(partition int32, offset int64, deadline time.Time) bool {
+	pp := s.peerPos.Load()
+	if pp == nil || int(partition) >= len(*pp) {
+		return false
+	}
+	pos := &(*pp)[partition]
+	for pos.Load() < offset {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	return true
 }

@@ -41,15 +41,16 @@ type Service struct {
 	fifo     []string // answered request ids in answer order, a ring of IdempotencyMax
 	fifoHead int
 	fifoLen  int
-	peers    map[string]peerOpen // other admitters' open requests (ADMITTER_FOLLOW_PEERS)
+	peers    map[string]peerOpen            // other admitters' open requests (ADMITTER_FOLLOW_PEERS)
+	peerPos  atomic.Pointer[[]atomic.Int64] // per events partition: last offset the peer follower applied
 
 	keys   atomic.Pointer[httpx.Keyring]
 	keyMod atomic.Int64
 
-	writer *kafka.Writer
-	dlq    *kafka.Writer
-	pub    Publisher
-	m      *metrics
+	writers []*kafka.Writer
+	dlq     *kafka.Writer
+	pub     Publisher
+	m       *metrics
 
 	ln      net.Listener
 	srv     *http.Server
@@ -83,9 +84,13 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	}
 	wc := kafkax.WriterConfig{BatchTimeout: ms(cfg.BatchTimeoutMs), BatchSize: cfg.BatchMax,
 		WriteTimeout: ms(cfg.PublishTimeoutMs), MaxAttempts: 3}
-	s.writer = kafkax.NewWriter(brokers, s.topics.Events, wc)
-	s.writer.Completion = completion
-	s.pub = &kafkaPublisher{w: s.writer, source: []byte(s.source)}
+	kp := &kafkaPublisher{source: []byte(s.source)}
+	for i := 0; i < cfg.Writers; i++ {
+		w := kafkax.NewWriter(brokers, s.topics.Events, wc)
+		w.Completion = completion
+		kp.ws = append(kp.ws, w)
+	}
+	s.writers, s.pub = kp.ws, kp
 	s.dlq = kafkax.NewWriter(brokers, "", wc)
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
@@ -153,7 +158,9 @@ func (s *Service) Run(ctx context.Context) error {
 	_ = s.srv.Shutdown(sctx)
 	cancel()
 	wg.Wait()
-	_ = s.writer.Close()
+	for _, w := range s.writers {
+		_ = w.Close()
+	}
 	_ = s.dlq.Close()
 	s.log.Info("admitter stopped")
 	return runErr
@@ -211,8 +218,13 @@ func (s *Service) accounts() int {
 }
 
 // kafkaPublisher is the Publisher over a kafka-go writer with acks=all.
+// kafkaPublisher spreads events over ADMITTER_WRITERS kafka-go writers: a kafka-go writer
+// sends one produce request at a time per partition, so several writers keep several in
+// flight. Ordering between two events of one account is not needed (an admit is answered
+// before its finish can be sent, and log-order confirmation compares offsets).
 type kafkaPublisher struct {
-	w      *kafka.Writer
+	ws     []*kafka.Writer
+	next   atomic.Uint32
 	source []byte
 }
 
@@ -239,9 +251,12 @@ func completion(msgs []kafka.Message, err error) {
 	}
 }
 
+var _ Publisher = (*kafkaPublisher)(nil)
+
 func (p *kafkaPublisher) Publish(ctx context.Context, key string, value []byte) (int32, int64, error) {
 	a := &ackPos{partition: -1, offset: -1}
-	if err := p.w.WriteMessages(ctx, kafka.Message{Key: []byte(key), Value: value, WriterData: a,
+	w := p.ws[int(p.next.Add(1))%len(p.ws)]
+	if err := w.WriteMessages(ctx, kafka.Message{Key: []byte(key), Value: value, WriterData: a,
 		Headers: []kafka.Header{{Key: HeaderSource, Value: p.source}}}); err != nil {
 		return -1, -1, err
 	}

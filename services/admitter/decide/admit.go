@@ -118,10 +118,10 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		return t.deny(d, ReasonOverloaded, t.cfg.RetryOverloadedMs)
 	}
 	// 3. Concurrency per account per endpoint.
-	slot := int(ai)*len(t.endpoints) + int(ei)
+	slot := t.epState(ai, ei)
 	conc := t.scale(tier.t.MaxConcurrent, load, hist, 1000)
-	d.ConcurrencyLimit, d.InFlight = conc, int64(t.eps[slot].inflight)
-	if int64(t.eps[slot].inflight) >= conc {
+	d.ConcurrencyLimit, d.InFlight = conc, int64(slot.inflight)
+	if int64(slot.inflight) >= conc {
 		return t.deny(d, ReasonConcurrency, t.cfg.RetryConcurrencyMs)
 	}
 	// 4. Rate limit: GCRA in µs, burst allowed.
@@ -134,7 +134,7 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 	d.RatePerMinute, d.Burst = rate, burst
 	stepUs := max(60_000_000/rate, 1)
 	nowUs := nowMs * 1000
-	newTat := max(t.eps[slot].tatUs, nowUs) + stepUs
+	newTat := max(slot.tatUs, nowUs) + stepUs
 	if over := newTat - nowUs - burst*stepUs; over > 0 {
 		d.RateRemaining = 0
 		return t.deny(d, ReasonRateLimited, min((over+999)/1000, maxRetryMs))
@@ -159,12 +159,12 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 	t.opens[oi] = open{account: ai, endpoint: ei, funding: d.Funding, priority: prio, holdMicros: d.HoldMicros,
 		allowMicros: d.AllowanceMicros, startedMs: nowMs, expiresAtMs: nowMs + ep.ep.HoldTimeoutMs,
 		startPending: p, stepUs: stepUs, nextFree: none, live: true}
-	t.eps[slot].tatUs = newTat
-	t.eps[slot].inflight++
+	slot.tatUs = newTat
+	slot.inflight++
 	ep.inflight++
 	d.Allowed, d.Handle = true, oi
 	d.HoldExpiresAtMs = nowMs + ep.ep.HoldTimeoutMs
-	d.InFlight, d.EndpointInFlight = int64(t.eps[slot].inflight), ep.inflight
+	d.InFlight, d.EndpointInFlight = int64(slot.inflight), ep.inflight
 	d.AvailableMicros -= d.HoldMicros
 	for i := 0; i < d.NumWindows; i++ {
 		d.Windows[i].UsedMicros += d.AllowanceMicros
@@ -271,17 +271,17 @@ func (t *Table) Abort(h uint32) {
 	if o.startPending != none {
 		t.dropPending(o.startPending)
 	}
-	slot := int(o.account)*len(t.endpoints) + int(o.endpoint)
-	t.eps[slot].tatUs -= o.stepUs
+	slot := t.epState(o.account, o.endpoint)
+	slot.tatUs -= o.stepUs
 	t.release(h)
 }
 
 // release frees an open request and its in-flight slots.
 func (t *Table) release(h uint32) {
 	o := &t.opens[h]
-	slot := int(o.account)*len(t.endpoints) + int(o.endpoint)
-	if t.eps[slot].inflight > 0 {
-		t.eps[slot].inflight--
+	slot := t.epState(o.account, o.endpoint)
+	if slot.inflight > 0 {
+		slot.inflight--
 	}
 	if ep := &t.endpoints[o.endpoint]; ep.inflight > 0 {
 		ep.inflight--
@@ -404,7 +404,9 @@ func (t *Table) Finish(h uint32, s Settlement, durationMs int64, failed bool, pa
 	}
 	o := &t.opens[h]
 	ai := o.account
-	t.endpoints[o.endpoint].adaptive.Observe(durationMs, failed)
+	if durationMs >= 0 { // a negative duration (a revoked admission) is no latency sample
+		t.endpoints[o.endpoint].adaptive.Observe(durationMs, failed)
+	}
 	t.release(h)
 	if s.availDelta == 0 && s.allowDelta == 0 {
 		return nil
@@ -599,4 +601,46 @@ func (t *Table) Price(endpoint, model string, u events.Units) (int64, error) {
 		return 0, ErrUnknownEndpoint
 	}
 	return t.endpoints[ei].ep.Price(model, u)
+}
+
+// FundedInLogOrder reports whether a request admitted by this admitter, whose event is at
+// (partition, offset), is covered when only what precedes it in the events log is counted:
+// the ledger's view plus the pending changes (this admitter's and its peers') at lower
+// offsets of the same partition, and its own not yet acknowledged ones. Every admitter applies the same rule to its own requests,
+// so two admitters racing for the last credits cannot both keep their holds: the later one in
+// the log is not covered. If the ledger has already folded the event, the ledger decided and
+// the answer is true.
+func (t *Table) FundedInLogOrder(accountID string, funding Funding, amountMicros int64, partition int32, offset int64, nowMs int64) bool {
+	ai, ok := t.ids[accountID]
+	if !ok {
+		return true
+	}
+	a := &t.accounts[ai]
+	if a.foldedPartition == partition && a.foldedOffset >= offset {
+		return true
+	}
+	var avail, allow int64
+	for cur := a.pendingHead; cur != none; cur = t.pend[cur].next {
+		// This admitter's own admissions whose ack has not come back yet (offset -1) may
+		// precede this one in the log: they are counted, which can only err on the safe side.
+		if p := &t.pend[cur]; p.offset < 0 || (p.partition == partition && p.offset < offset) {
+			avail += p.availMicros
+			allow += p.allowMicros
+		}
+	}
+	if funding == FundingCredits {
+		return a.availableMicros+avail >= amountMicros
+	}
+	tier := &t.tiers[a.tier].t
+	for i := 0; i < min(len(tier.Allowance), MaxWindows); i++ {
+		w := &tier.Allowance[i]
+		used := allow
+		if a.winStartMs[i] == nowMs-mod(nowMs, w.LengthMs) {
+			used += a.winUsedMicros[i]
+		}
+		if w.Micros-used < amountMicros {
+			return false
+		}
+	}
+	return true
 }

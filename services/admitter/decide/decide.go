@@ -174,21 +174,27 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// inlineEndpoints is how many endpoints' GCRA and in-flight state live inside the account
+// record (the rest in Table.eps), so that a decision usually touches adjacent cache lines.
+const inlineEndpoints = 2
+
 // account is one cached account: the ledger's last view plus the local pending deltas.
+// Fields are ordered hot first: the first 64 bytes hold what every decision reads.
 type account struct {
-	availableMicros int64 // ledger's available balance
-	heldMicros      int64 // ledger's held balance
-	pendingAvail    int64 // sum of unfolded local deltas to available (holds are negative)
-	pendingAllow    int64 // sum of unfolded local allowance usage
-	foldedOffset    int64 // events-topic offset of the last event the ledger folded (-1 none)
-	winStartMs      [MaxWindows]int64
-	winUsedMicros   [MaxWindows]int64
-	foldedPartition int32
-	pendingHead     uint32 // first pending change, or none
+	ep              [inlineEndpoints]epState
+	availableMicros int64  // ledger's available balance
+	pendingAvail    int64  // sum of unfolded local deltas to available (holds are negative)
+	pendingAllow    int64  // sum of unfolded local allowance usage
 	factorPermille  uint16 // history factor, factorUnset when never adjusted
 	tier            uint8
 	priority        Priority
 	suspended       bool
+	winStartMs      [MaxWindows]int64
+	winUsedMicros   [MaxWindows]int64
+	heldMicros      int64 // ledger's held balance
+	foldedOffset    int64 // events-topic offset of the last event the ledger folded (-1 none)
+	foldedPartition int32
+	pendingHead     uint32 // first pending change, or none
 }
 
 // epState is one account's state on one endpoint: the GCRA theoretical arrival time and the
@@ -249,7 +255,7 @@ type Table struct {
 
 	ids      map[string]uint32
 	accounts []account
-	// per account × endpoint (index account×endpoints+endpoint): GCRA state and in-flight.
+	// per account × endpoint beyond the inline ones (index account×(endpoints−2)+endpoint−2).
 	eps []epState
 
 	opens    []open
@@ -315,6 +321,14 @@ func (t *Table) PendingChanges() int { return t.pendLive }
 // Endpoint reports whether name is a known endpoint.
 func (t *Table) Endpoint(name string) bool { _, ok := t.epIdx[name]; return ok }
 
+// epState returns account ai's state on endpoint ei.
+func (t *Table) epState(ai uint32, ei uint8) *epState {
+	if ei < inlineEndpoints {
+		return &t.accounts[ai].ep[ei]
+	}
+	return &t.eps[int(ai)*(len(t.endpoints)-inlineEndpoints)+int(ei)-inlineEndpoints]
+}
+
 // lookup returns the account's index, inserting it when absent. ok is false when the table
 // is full.
 func (t *Table) lookup(id string) (uint32, bool) {
@@ -329,7 +343,7 @@ func (t *Table) lookup(id string) (uint32, bool) {
 	t.accounts = append(t.accounts, account{foldedOffset: -1, foldedPartition: -1, pendingHead: none,
 		factorPermille: factorUnset, tier: t.defTier, priority: PriorityStandard,
 		winStartMs: [MaxWindows]int64{-1, -1, -1, -1}})
-	for range t.endpoints {
+	for range max(len(t.endpoints)-inlineEndpoints, 0) {
 		t.eps = append(t.eps, epState{})
 	}
 	return i, true

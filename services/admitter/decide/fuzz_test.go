@@ -21,7 +21,7 @@ func FuzzTable(f *testing.F) {
 		offset := int64(0)
 		now := t0
 		for i := 0; i+1 < len(ops); i += 2 {
-			op, arg := ops[i]%8, int(ops[i+1])
+			op, arg := ops[i]%10, int(ops[i+1])
 			acct := accts[arg%len(accts)]
 			switch op {
 			case 0, 1:
@@ -61,6 +61,14 @@ func FuzzTable(f *testing.F) {
 			case 7:
 				now += int64(arg) * 10_000
 				tb.Expire(now, arg, nil)
+			case 8:
+				offset++
+				tb.ApplyPeerStart(&Peer{AccountID: acct, Funding: Funding(1 + arg%2), HoldMicros: int64(arg) * 1000,
+					AllowanceMicros: int64(arg) * 7}, int32(arg%2), offset)
+			case 9:
+				offset++
+				tb.ApplyPeerFinish(&Peer{AccountID: acct, Funding: Funding(1 + arg%2), HoldMicros: int64(arg) * 1000,
+					AllowanceMicros: int64(arg) * 7}, int64(arg)*1500, int32(arg%2), offset)
 			}
 			checkInvariants(t, tb)
 		}
@@ -93,21 +101,27 @@ func checkInvariants(t *testing.T, tb *Table) {
 		t.Fatalf("pendLive %d, linked %d", tb.pendLive, live)
 	}
 	opens := 0
-	perSlot := make([]int32, len(tb.eps))
+	type key struct {
+		a uint32
+		e uint8
+	}
+	perSlot := map[key]int32{}
 	perEp := make([]int64, len(tb.endpoints))
 	for i := range tb.opens {
 		if o := &tb.opens[i]; o.live {
 			opens++
-			perSlot[int(o.account)*len(tb.endpoints)+int(o.endpoint)]++
+			perSlot[key{o.account, o.endpoint}]++
 			perEp[o.endpoint]++
 		}
 	}
 	if opens != tb.openLive {
 		t.Fatalf("openLive %d, live %d", tb.openLive, opens)
 	}
-	for i := range tb.eps {
-		if v := tb.eps[i].inflight; v != perSlot[i] {
-			t.Fatalf("inflight slot %d = %d, open requests %d", i, v, perSlot[i])
+	for ai := range tb.accounts {
+		for ei := range tb.endpoints {
+			if v, want := tb.epState(uint32(ai), uint8(ei)).inflight, perSlot[key{uint32(ai), uint8(ei)}]; v != want {
+				t.Fatalf("inflight account %d endpoint %d = %d, open requests %d", ai, ei, v, want)
+			}
 		}
 	}
 	for i := range tb.endpoints {
