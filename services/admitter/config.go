@@ -53,9 +53,6 @@ type Config struct {
 	RetryOverloadedMs       int64 `env:"ADMITTER_RETRY_OVERLOADED_MS" envDefault:"1000"`
 	RetryConcurrencyMs      int64 `env:"ADMITTER_RETRY_CONCURRENCY_MS" envDefault:"1000"`
 	RetryInsufficientMs     int64 `env:"ADMITTER_RETRY_INSUFFICIENT_MS" envDefault:"60000"`
-	// OveragePolicy: "available" charges a cost above the hold from the available balance and
-	// records the rest as overage; "hold_only" records all of the excess as overage.
-	OveragePolicy string `env:"ADMITTER_OVERAGE_POLICY" envDefault:"available"`
 	// FollowPeers makes the admitter read the events topic and count the other admitters'
 	// holds before the ledger folds them (needed for exact credits with ADMITTER_INSTANCES>1).
 	FollowPeers bool `env:"ADMITTER_FOLLOW_PEERS" envDefault:"true"`
@@ -98,7 +95,6 @@ func (c Config) Core() decide.Config {
 		CleanBurstBonusPermille: c.CleanBurstBonusPermille, BatchSharePermille: c.BatchSharePermille,
 		RetryBlockedMs: c.RetryBlockedMs, RetryOverloadedMs: c.RetryOverloadedMs,
 		RetryConcurrencyMs: c.RetryConcurrencyMs, RetryInsufficientMs: c.RetryInsufficientMs,
-		OverageFromAvailable: c.OveragePolicy == "available",
 		Adaptive: decide.AdaptiveConfig{Enabled: c.AdaptiveEnabled, WindowSamples: c.AdaptiveWindowSamples,
 			TolerancePermille: c.AdaptiveTolerancePermille, FailurePermille: c.AdaptiveFailurePermille,
 			BackoffPermille: c.AdaptiveBackoffPermille, IncreasePermille: c.AdaptiveIncreasePermille,
@@ -154,11 +150,6 @@ func (c Config) Validate() error {
 	rng("ADMITTER_EXPIRE_INTERVAL_MS", c.ExpireIntervalMs, 1, 60_000)
 	rng("ADMITTER_EXPIRE_BUDGET", int64(c.ExpireBudget), 1, 10_000_000)
 	rng("ADMITTER_SHUTDOWN_TIMEOUT_MS", c.ShutdownTimeoutMs, 1, 600_000)
-	switch c.OveragePolicy {
-	case "available", "hold_only":
-	default:
-		errs = append(errs, fmt.Errorf("ADMITTER_OVERAGE_POLICY: want available or hold_only, got %q", c.OveragePolicy))
-	}
 	if err := c.Core().Validate(); err != nil {
 		errs = append(errs, errors.New(coreNames.Replace(err.Error())))
 	}

@@ -29,14 +29,13 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 	bad.BodyMaxBytes = 1
 	bad.Instances = 0
 	bad.AdaptiveBackoffPermille = 1000
-	bad.OveragePolicy = "forgive"
 	bad.APIKeys = "k:nothex"
 	p := filepath.Join(t.TempDir(), "book.json")
 	_ = os.WriteFile(p, []byte(`{"version":"v1","endpoints":{}}`), 0o600)
 	bad.PriceBookPath = p
 	err := bad.Validate()
 	for _, name := range []string{"KAFKA_BROKERS", "ADMITTER_BODY_MAX_BYTES", "ADMITTER_INSTANCES", "ADMITTER_ADAPTIVE_BACKOFF_PERMILLE",
-		"ADMITTER_OVERAGE_POLICY", "ADMITTER_API_KEYS", "TALLY_PRICEBOOK_PATH"} {
+		"ADMITTER_API_KEYS", "TALLY_PRICEBOOK_PATH"} {
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}

@@ -71,7 +71,9 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admitter: price book: %w", err)
 	}
-	table, err := decide.NewTable(book, cfg.Core())
+	core := cfg.Core()
+	core.OverageFromAvailable = book.ChargesExcessFromAvailable() // the policy is the price book's
+	table, err := decide.NewTable(book, core)
 	if err != nil {
 		return nil, fmt.Errorf("admitter: %w", err)
 	}

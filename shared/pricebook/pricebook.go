@@ -31,7 +31,22 @@ type Book struct {
 	Tiers     map[string]Tier     `json:"tiers"`
 	// DefaultTier applies to accounts the ledger has not yet seen an account.updated for.
 	DefaultTier string `json:"default_tier"`
+	// OveragePolicy says what happens when a request costs more than its hold: "available"
+	// (the default when empty) charges the excess from the available balance and records only
+	// what it cannot pay as overage; "hold_only" records all of the excess as overage. It is in
+	// the book, not in one service's settings, so the admitters and the ledger always agree.
+	OveragePolicy string `json:"overage_policy,omitempty"`
 }
+
+// Overage policies.
+const (
+	OverageFromAvailable = "available"
+	OverageHoldOnly      = "hold_only"
+)
+
+// ChargesExcessFromAvailable reports whether a cost above the hold is charged from the
+// available balance before it becomes overage.
+func (b *Book) ChargesExcessFromAvailable() bool { return b.OveragePolicy != OverageHoldOnly }
 
 // Endpoint prices one endpoint. Multipliers are permille (1000 = ×1.0).
 type Endpoint struct {
@@ -122,6 +137,11 @@ func (b *Book) Validate() error {
 	}
 	if len(b.Endpoints) == 0 {
 		add("endpoints: at least one required")
+	}
+	switch b.OveragePolicy {
+	case "", OverageFromAvailable, OverageHoldOnly:
+	default:
+		add("overage_policy: want available or hold_only, got %q", b.OveragePolicy)
 	}
 	for _, name := range sortedKeys(b.Endpoints) {
 		e := b.Endpoints[name]

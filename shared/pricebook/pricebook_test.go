@@ -111,3 +111,19 @@ func TestDefaultJSONRoundTrips(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestOveragePolicy(t *testing.T) {
+	b := pricebook.Default()
+	if !b.ChargesExcessFromAvailable() {
+		t.Fatal("default policy must charge the excess from the available balance")
+	}
+	raw := strings.Replace(string(pricebook.DefaultJSON()), `"overage_policy": "available"`, `"overage_policy": "hold_only"`, 1)
+	hb, err := pricebook.Parse([]byte(raw))
+	if err != nil || hb.ChargesExcessFromAvailable() {
+		t.Fatalf("hold_only: %v", err)
+	}
+	raw = strings.Replace(string(pricebook.DefaultJSON()), `"overage_policy": "available"`, `"overage_policy": "forgive"`, 1)
+	if _, err := pricebook.Parse([]byte(raw)); err == nil || !strings.Contains(err.Error(), "overage_policy") {
+		t.Fatalf("bad policy accepted: %v", err)
+	}
+}

@@ -352,6 +352,9 @@ func (s *State) charge(a *Account, causeID, kind, requestID string, held, cost i
 	} else {
 		extra := cost - held
 		pay := min(extra, a.AvailableMicros)
+		if !s.cfg.Book.ChargesExcessFromAvailable() {
+			pay = 0 // price book policy hold_only: all of the excess is overage
+		}
 		a.burn(pay)
 		availDelta, unpaid = -pay, extra-pay
 	}
