@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/tallyhq/tally/shared/kafkax"
@@ -55,8 +56,24 @@ func Start(tb testing.TB) *Cluster {
 	c.Topics = kafkax.NewTopics(c.Prefix)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := kafkax.EnsureTopics(ctx, c.Brokers, c.Topics.Specs(Partitions, 1)); err != nil {
+	specs := c.Topics.Specs(Partitions, 1)
+	if err := kafkax.EnsureTopics(ctx, c.Brokers, specs); err != nil {
 		tb.Fatalf("create topics: %v", err)
+	}
+	if c.Real {
+		// A shared broker outlives the test: delete its topics so runs do not pile up.
+		tb.Cleanup(func() {
+			names := make([]string, len(specs))
+			for i, s := range specs {
+				names[i] = s.Topic
+			}
+			dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer dcancel()
+			cl := &kafka.Client{Addr: kafka.TCP(c.Brokers...), Timeout: 30 * time.Second}
+			if _, err := cl.DeleteTopics(dctx, &kafka.DeleteTopicsRequest{Topics: names}); err != nil {
+				tb.Logf("delete topics %v: %v", names, err)
+			}
+		})
 	}
 	return c
 }
