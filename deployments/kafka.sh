@@ -6,6 +6,7 @@
 #   deployments/kafka.sh stop     stop it (SIGTERM, then SIGKILL after 30 s)
 #   deployments/kafka.sh status   exit 0 if it answers on the port
 #   deployments/kafka.sh restart
+#   deployments/kafka.sh wipe     stop it and delete its data (topics, offsets); the jars stay
 #
 # Idempotent: jars stay in Maven's own cache (~/.m2); a second start finds the broker running.
 # Settings (environment), with defaults:
@@ -154,7 +155,8 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   restart) stop; start ;;
+  wipe) stop; rm -rf "$DATA"; log "data removed: $DATA" ;;
   status) if answers; then log "running on $KAFKA_HOST:$KAFKA_PORT"; else log "not running"; exit 1; fi ;;
   install) install ;;
-  *) echo "usage: $0 start|stop|restart|status|install" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|status|wipe|install" >&2; exit 2 ;;
 esac
