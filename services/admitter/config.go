@@ -13,8 +13,10 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
+	"github.com/tallyhq/tally/shared/tlsx"
 )
 
 // Config is every setting of the admitter, read from the environment by ConfigFromEnv.
@@ -70,6 +72,29 @@ type Config struct {
 	AdaptiveIncreasePermille  int64 `env:"ADMITTER_ADAPTIVE_INCREASE_PERMILLE" envDefault:"50"`
 	AdaptiveDriftPermille     int64 `env:"ADMITTER_ADAPTIVE_DRIFT_PERMILLE" envDefault:"10"`
 	AdaptiveMinInflight       int64 `env:"ADMITTER_ADAPTIVE_MIN_INFLIGHT" envDefault:"1"`
+
+	// HTTPReadHeaderTimeoutMs bounds reading a request's headers: a client that stalls in them is cut off (1..600000).
+	HTTPReadHeaderTimeoutMs int64 `env:"ADMITTER_HTTP_READ_HEADER_TIMEOUT_MS" envDefault:"5000"`
+	// HTTPReadTimeoutMs bounds reading a whole request, headers and body: a client that stalls in the body is cut off (1..600000).
+	HTTPReadTimeoutMs int64 `env:"ADMITTER_HTTP_READ_TIMEOUT_MS" envDefault:"15000"`
+	// HTTPWriteTimeoutMs bounds writing the answer (1..600000).
+	HTTPWriteTimeoutMs int64 `env:"ADMITTER_HTTP_WRITE_TIMEOUT_MS" envDefault:"30000"`
+	// HTTPIdleTimeoutMs bounds how long a keep-alive connection waits for its next request (1..3600000).
+	HTTPIdleTimeoutMs int64 `env:"ADMITTER_HTTP_IDLE_TIMEOUT_MS" envDefault:"120000"`
+	// HTTPHeaderMaxBytes bounds the request headers (1024..1048576).
+	HTTPHeaderMaxBytes int64 `env:"ADMITTER_HTTP_HEADER_MAX_BYTES" envDefault:"65536"`
+
+	// TLS is ADMITTER_TLS_*: HTTPS when ADMITTER_TLS_CERT_FILE and ADMITTER_TLS_KEY_FILE are
+	// set, optionally requiring client certificates (see package tlsx).
+	TLS tlsx.ServerConfig `envPrefix:"ADMITTER_TLS_"`
+	// KafkaTLS is KAFKA_TLS_*: TLS to the brokers for every writer, reader and admin client.
+	KafkaTLS tlsx.ClientConfig `envPrefix:"KAFKA_TLS_"`
+}
+
+// HTTPServer is the HTTP server's bounds from the ADMITTER_HTTP_* settings.
+func (c Config) HTTPServer() httpx.ServerConfig {
+	return httpx.ServerConfig{ReadHeaderTimeout: ms(c.HTTPReadHeaderTimeoutMs), ReadTimeout: ms(c.HTTPReadTimeoutMs),
+		WriteTimeout: ms(c.HTTPWriteTimeoutMs), IdleTimeout: ms(c.HTTPIdleTimeoutMs), MaxHeaderBytes: int(c.HTTPHeaderMaxBytes)}
 }
 
 // ConfigFromEnv reads the settings from the environment (unset = the documented default).
@@ -150,6 +175,17 @@ func (c Config) Validate() error {
 	rng("ADMITTER_EXPIRE_INTERVAL_MS", c.ExpireIntervalMs, 1, 60_000)
 	rng("ADMITTER_EXPIRE_BUDGET", int64(c.ExpireBudget), 1, 10_000_000)
 	rng("ADMITTER_SHUTDOWN_TIMEOUT_MS", c.ShutdownTimeoutMs, 1, 600_000)
+	rng("ADMITTER_HTTP_READ_HEADER_TIMEOUT_MS", c.HTTPReadHeaderTimeoutMs, 1, 600_000)
+	rng("ADMITTER_HTTP_READ_TIMEOUT_MS", c.HTTPReadTimeoutMs, 1, 600_000)
+	rng("ADMITTER_HTTP_WRITE_TIMEOUT_MS", c.HTTPWriteTimeoutMs, 1, 600_000)
+	rng("ADMITTER_HTTP_IDLE_TIMEOUT_MS", c.HTTPIdleTimeoutMs, 1, 3_600_000)
+	rng("ADMITTER_HTTP_HEADER_MAX_BYTES", c.HTTPHeaderMaxBytes, 1024, 1<<20)
+	if err := c.TLS.ValidateEnv("ADMITTER_TLS_"); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.KafkaTLS.ValidateEnv("KAFKA_TLS_"); err != nil {
+		errs = append(errs, err)
+	}
 	if err := c.Core().Validate(); err != nil {
 		errs = append(errs, errors.New(coreNames.Replace(err.Error())))
 	}

@@ -94,8 +94,15 @@ func (s *Service) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 	httpx.WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "price_book_version": s.book.Version})
 }
 
+// auth authenticates the bearer API key. A refusal is logged at DEBUG (DEBUG, so that a
+// flood of bad keys cannot flood the logs) with the route, the peer and the code, never
+// with the presented token.
 func (s *Service) auth(r *http.Request) (string, *httpx.Error) {
-	return s.keys.Load().Authenticate(r)
+	id, herr := s.keys.Load().Authenticate(r)
+	if herr != nil {
+		s.log.Debug("api key refused", "path", r.URL.Path, "remote", r.RemoteAddr, "code", herr.Code)
+	}
+	return id, herr
 }
 
 func clientAddr(r *http.Request) string {

@@ -1,6 +1,7 @@
 package admitter
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -61,6 +62,27 @@ func (s *Service) ReloadKeys() error {
 	}
 	s.keys.Store(k)
 	return nil
+}
+
+// ReloadOn reloads the keys (ReloadKeys) each time a signal arrives on sig, until ctx ends or
+// sig is closed: cmd/admitter feeds it SIGHUP. A failed reload is logged and the previous
+// keys stay in force.
+func (s *Service) ReloadOn(ctx context.Context, sig <-chan os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case v, ok := <-sig:
+			if !ok {
+				return
+			}
+			if err := s.ReloadKeys(); err != nil {
+				s.log.Error("api keys reload failed; previous keys stay", "signal", fmt.Sprint(v), "err", err)
+			} else {
+				s.log.Info("api keys reloaded", "signal", fmt.Sprint(v), "keys", s.keys.Load().Len())
+			}
+		}
+	}
 }
 
 // keyFileChanged reports whether the key file's modification time or size changed.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tallyhq/tally/services/admitter/decide"
 	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/kafkax"
 )
 
 // peerOpen is another admitter's open request, kept until its finish or its hold expiry so
@@ -26,7 +27,7 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 	var ends map[int]int64
 	for {
 		var err error
-		if ends, err = partitionEnds(ctx, s.brokers, s.topics.Events); err == nil {
+		if ends, err = partitionEnds(ctx, s.kafkaClient(), s.topics.Events); err == nil {
 			break
 		}
 		select {
@@ -50,7 +51,7 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.brokers, Topic: s.topics.Events, Partition: p,
-				MinBytes: 1, MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait})
+				MinBytes: 1, MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait, Dialer: kafkax.Dialer(s.kafkaTLS)})
 			defer r.Close()
 			if err := r.SetOffset(end); err != nil {
 				s.log.Error("peer follower: set offset", "partition", p, "err", err)

@@ -2,6 +2,7 @@ package admitter
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
+	"github.com/tallyhq/tally/shared/tlsx"
 )
 
 // Publisher makes one event durable on the events topic (acks=all) and reports where.
@@ -32,7 +34,9 @@ type Service struct {
 	book    *pricebook.Book
 	brokers []string
 	topics  kafkax.Topics
-	source  string
+	// kafkaTLS is the KAFKA_TLS_* client config, nil = plaintext.
+	kafkaTLS *tls.Config
+	source   string
 
 	mu       sync.Mutex // guards table, reqs, byHandle, fifo
 	table    *decide.Table
@@ -78,14 +82,18 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		return nil, fmt.Errorf("admitter: %w", err)
 	}
 	brokers, _ := kafkax.ParseBrokers(cfg.KafkaBrokers)
-	s := &Service{cfg: cfg, log: log, book: book, brokers: brokers, topics: kafkax.NewTopics(cfg.TopicPrefix),
+	kafkaTLS, err := cfg.KafkaTLS.Build()
+	if err != nil {
+		return nil, fmt.Errorf("admitter: KAFKA_TLS_*: %w", err)
+	}
+	s := &Service{cfg: cfg, log: log, book: book, brokers: brokers, topics: kafkax.NewTopics(cfg.TopicPrefix), kafkaTLS: kafkaTLS,
 		source: cfg.source(), table: table, reqs: map[string]*entry{}, byHandle: map[uint32]*entry{}, peers: map[string]peerOpen{},
 		fifo: make([]string, cfg.IdempotencyMax), m: newMetrics(), readyCh: make(chan struct{})}
 	if err := s.ReloadKeys(); err != nil {
 		return nil, err
 	}
 	wc := kafkax.WriterConfig{BatchTimeout: ms(cfg.BatchTimeoutMs), BatchSize: cfg.BatchMax,
-		WriteTimeout: ms(cfg.PublishTimeoutMs), MaxAttempts: 3}
+		WriteTimeout: ms(cfg.PublishTimeoutMs), MaxAttempts: 3, TLS: kafkaTLS}
 	kp := &kafkaPublisher{source: []byte(s.source)}
 	for i := 0; i < cfg.Writers; i++ {
 		w := kafkax.NewWriter(brokers, s.topics.Events, wc)
@@ -93,18 +101,29 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		kp.ws = append(kp.ws, w)
 	}
 	s.writers, s.pub = kp.ws, kp
-	s.dlq = kafkax.NewWriter(brokers, "", wc)
+	s.dlq = kafkax.NewWriter(brokers, "", wc) // wc carries KAFKA_TLS_*
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return nil, fmt.Errorf("admitter: listen %s: %w", cfg.ListenAddr, err)
 	}
 	s.ln = ln
-	s.srv = httpx.NewServer(cfg.ListenAddr, s.Handler(), httpx.DefaultServerConfig)
+	s.srv = httpx.NewServer(cfg.ListenAddr, s.Handler(), cfg.HTTPServer())
 	return s, nil
 }
 
 // Addr is the bound HTTP address (useful with port 0).
 func (s *Service) Addr() string { return s.ln.Addr().String() }
+
+// URL is the base URL of the HTTP API: https://Addr when ADMITTER_TLS_* is set, else http://Addr.
+func (s *Service) URL() string {
+	if s.cfg.TLS.Enabled() {
+		return "https://" + s.Addr()
+	}
+	return "http://" + s.Addr()
+}
+
+// kafkaClient is a kafka.Client for metadata and offsets over KAFKA_TLS_*.
+func (s *Service) kafkaClient() *kafka.Client { return kafkax.NewClient(s.brokers, s.kafkaTLS) }
 
 // Ready is closed once the compacted balances and limits topics are loaded.
 func (s *Service) Ready() <-chan struct{} { return s.readyCh }
@@ -120,7 +139,8 @@ func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
 	go func() {
-		if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// HTTPS when ADMITTER_TLS_CERT_FILE/KEY_FILE are set (validated in New).
+		if err := tlsx.Serve(s.srv, s.ln, s.cfg.TLS); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("admitter: serve: %w", err)
 		}
 	}()

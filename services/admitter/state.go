@@ -28,7 +28,7 @@ func (s *Service) follow(ctx context.Context, topic string, loaded func()) {
 	var ends map[int]int64
 	for {
 		var err error
-		if ends, err = partitionEnds(ctx, s.brokers, topic); err == nil {
+		if ends, err = partitionEnds(ctx, s.kafkaClient(), topic); err == nil {
 			break
 		}
 		s.log.Warn("state topic not reachable; retrying", "topic", topic, "err", err)
@@ -62,7 +62,8 @@ func (s *Service) follow(ctx context.Context, topic string, loaded func()) {
 
 func (s *Service) followPartition(ctx context.Context, topic string, partition int, end int64, loaded func()) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.brokers, Topic: topic, Partition: partition,
-		MinBytes: 1, MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait, StartOffset: kafka.FirstOffset})
+		MinBytes: 1, MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait, StartOffset: kafka.FirstOffset,
+		Dialer: kafkax.Dialer(s.kafkaTLS)})
 	defer r.Close()
 	isLoaded := false
 	if end <= 0 {
@@ -127,8 +128,7 @@ func (s *Service) applyState(ctx context.Context, topic string, msg kafka.Messag
 }
 
 // partitionEnds returns each partition's end offset (the next offset to be written).
-func partitionEnds(ctx context.Context, brokers []string, topic string) (map[int]int64, error) {
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+func partitionEnds(ctx context.Context, c *kafka.Client, topic string) (map[int]int64, error) {
 	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		return nil, fmt.Errorf("metadata %s: %w", topic, err)

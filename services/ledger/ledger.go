@@ -5,6 +5,7 @@ package ledger
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
+	"github.com/tallyhq/tally/shared/tlsx"
 )
 
 // Config is every ledger setting, read from the environment with caarlos0/env.
@@ -74,6 +76,24 @@ type Config struct {
 	CleanMinRequests     int64 `env:"LEDGER_CLEAN_MIN_REQUESTS" envDefault:"100"`
 	CleanBonusPermille   int32 `env:"LEDGER_CLEAN_BONUS_PERMILLE" envDefault:"1200"`
 
+	// HTTPReadHeaderTimeoutMs bounds reading a request's headers: a client that stalls in them is cut off (1..600000).
+	HTTPReadHeaderTimeoutMs int64 `env:"LEDGER_HTTP_READ_HEADER_TIMEOUT_MS" envDefault:"5000"`
+	// HTTPReadTimeoutMs bounds reading a whole request, headers and body: a client that stalls in the body is cut off (1..600000).
+	HTTPReadTimeoutMs int64 `env:"LEDGER_HTTP_READ_TIMEOUT_MS" envDefault:"15000"`
+	// HTTPWriteTimeoutMs bounds writing the answer (1..600000).
+	HTTPWriteTimeoutMs int64 `env:"LEDGER_HTTP_WRITE_TIMEOUT_MS" envDefault:"30000"`
+	// HTTPIdleTimeoutMs bounds how long a keep-alive connection waits for its next request (1..3600000).
+	HTTPIdleTimeoutMs int64 `env:"LEDGER_HTTP_IDLE_TIMEOUT_MS" envDefault:"120000"`
+	// HTTPHeaderMaxBytes bounds the request headers (1024..1048576).
+	HTTPHeaderMaxBytes int64 `env:"LEDGER_HTTP_HEADER_MAX_BYTES" envDefault:"65536"`
+
+	// TLS is LEDGER_TLS_*: HTTPS when LEDGER_TLS_CERT_FILE and LEDGER_TLS_KEY_FILE are set,
+	// optionally requiring client certificates (see package tlsx).
+	TLS tlsx.ServerConfig `envPrefix:"LEDGER_TLS_"`
+	// KafkaTLS is KAFKA_TLS_*: TLS to the brokers for every writer, reader, the consumer
+	// group and topic creation.
+	KafkaTLS tlsx.ClientConfig `envPrefix:"KAFKA_TLS_"`
+
 	// Book overrides TALLY_PRICEBOOK_PATH when set in code (tests, tallyctl run).
 	Book *pricebook.Book `env:"-"`
 	// Logger defaults to slog.Default().
@@ -91,7 +111,16 @@ func DefaultConfig() Config {
 		BodyMaxBytes: 64 << 10, PageMax: 500, PublishTimeoutMs: 10_000, ShutdownTimeoutMs: 10_000,
 		PartitionsTotal: 4, ParkTimeoutMs: 3_600_000, ParkedPerAccountMax: 8, HoldsPerAccountMax: 1024, GrantsPerAccountMax: 64,
 		HistoryWindowMs: 3_600_000, RejectMinRequests: 20, RejectRatioPermille: 500, RejectFactorPermille: 700,
-		FlagPenaltyPermille: 500, FlagDecayMs: 86_400_000, BlockMs: 86_400_000, CleanMinRequests: 100, CleanBonusPermille: 1200}
+		FlagPenaltyPermille: 500, FlagDecayMs: 86_400_000, BlockMs: 86_400_000, CleanMinRequests: 100, CleanBonusPermille: 1200,
+		HTTPReadHeaderTimeoutMs: 5000, HTTPReadTimeoutMs: 15_000, HTTPWriteTimeoutMs: 30_000, HTTPIdleTimeoutMs: 120_000,
+		HTTPHeaderMaxBytes: 64 << 10, TLS: tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
+}
+
+// HTTPServer is the HTTP server's bounds from the LEDGER_HTTP_* settings.
+func (c Config) HTTPServer() httpx.ServerConfig {
+	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
+	return httpx.ServerConfig{ReadHeaderTimeout: ms(c.HTTPReadHeaderTimeoutMs), ReadTimeout: ms(c.HTTPReadTimeoutMs),
+		WriteTimeout: ms(c.HTTPWriteTimeoutMs), IdleTimeout: ms(c.HTTPIdleTimeoutMs), MaxHeaderBytes: int(c.HTTPHeaderMaxBytes)}
 }
 
 // Validate reports every bad setting by its variable name, joined.
@@ -155,6 +184,17 @@ func (c Config) Validate() error {
 	rng("LEDGER_BLOCK_MS", c.BlockMs, 60_000, 365*day)
 	rng("LEDGER_CLEAN_MIN_REQUESTS", c.CleanMinRequests, 1, 1<<40)
 	rng("LEDGER_CLEAN_BONUS_PERMILLE", int64(c.CleanBonusPermille), 1000, events.MaxFactorPermille)
+	rng("LEDGER_HTTP_READ_HEADER_TIMEOUT_MS", c.HTTPReadHeaderTimeoutMs, 1, 600_000)
+	rng("LEDGER_HTTP_READ_TIMEOUT_MS", c.HTTPReadTimeoutMs, 1, 600_000)
+	rng("LEDGER_HTTP_WRITE_TIMEOUT_MS", c.HTTPWriteTimeoutMs, 1, 600_000)
+	rng("LEDGER_HTTP_IDLE_TIMEOUT_MS", c.HTTPIdleTimeoutMs, 1, 3_600_000)
+	rng("LEDGER_HTTP_HEADER_MAX_BYTES", c.HTTPHeaderMaxBytes, 1024, 1<<20)
+	if err := c.TLS.ValidateEnv("LEDGER_TLS_"); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.KafkaTLS.ValidateEnv("KAFKA_TLS_"); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -173,13 +213,15 @@ type Service struct {
 	cfg     Config
 	log     *slog.Logger
 	brokers []string
-	topics  kafkax.Topics
-	engine  *engine.Engine
-	pub     *kafkaPublisher
-	srv     *http.Server
-	ln      net.Listener
-	addr    chan string
-	once    sync.Once
+	// kafkaTLS is the KAFKA_TLS_* client config, nil = plaintext.
+	kafkaTLS *tls.Config
+	topics   kafkax.Topics
+	engine   *engine.Engine
+	pub      *kafkaPublisher
+	srv      *http.Server
+	ln       net.Listener
+	addr     chan string
+	once     sync.Once
 }
 
 // New validates cfg and wires the service. Nothing runs until Run.
@@ -202,6 +244,10 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
 	brokers, _ := kafkax.ParseBrokers(cfg.Brokers)
+	kafkaTLS, err := cfg.KafkaTLS.Build()
+	if err != nil {
+		return nil, fmt.Errorf("ledger: KAFKA_TLS_*: %w", err)
+	}
 	keys, _ := httpx.ParseKeyring(cfg.AdminKeys)
 	topics := kafkax.NewTopics(cfg.TopicPrefix)
 	reg := prometheus.NewRegistry()
@@ -209,6 +255,7 @@ func New(cfg Config) (*Service, error) {
 	wc := kafkax.DefaultWriterConfig
 	wc.WriteTimeout = time.Duration(cfg.WriteTimeoutMs) * time.Millisecond
 	wc.MaxAttempts = cfg.WriteAttemptsMax
+	wc.TLS = kafkaTLS
 	eng := engine.New(engine.Config{
 		Brokers: brokers, Topics: topics, Group: cfg.Group, Fold: fc,
 		BatchMax: cfg.BatchMax, BatchWait: time.Duration(cfg.BatchWaitMs) * time.Millisecond,
@@ -217,11 +264,13 @@ func New(cfg Config) (*Service, error) {
 		RetryBackoff: time.Duration(cfg.RetryBackoffMs) * time.Millisecond, Writer: wc, Logger: cfg.Logger, Registry: reg,
 		FaultHook: cfg.FaultHook,
 	})
-	pub := &kafkaPublisher{w: kafkax.NewWriter(brokers, topics.Events, kafkax.DefaultWriterConfig)}
+	pwc := kafkax.DefaultWriterConfig
+	pwc.TLS = kafkaTLS
+	pub := &kafkaPublisher{w: kafkax.NewWriter(brokers, topics.Events, pwc)}
 	h := api.Handler(api.Config{Admin: keys, Book: book, BodyMaxBytes: cfg.BodyMaxBytes, PageMax: cfg.PageMax,
 		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg}, eng, pub)
-	return &Service{cfg: cfg, log: cfg.Logger, brokers: brokers, topics: topics, engine: eng, pub: pub,
-		srv: httpx.NewServer(cfg.ListenAddr, h, httpx.DefaultServerConfig), addr: make(chan string, 1)}, nil
+	return &Service{cfg: cfg, log: cfg.Logger, brokers: brokers, kafkaTLS: kafkaTLS, topics: topics, engine: eng, pub: pub,
+		srv: httpx.NewServer(cfg.ListenAddr, h, cfg.HTTPServer()), addr: make(chan string, 1)}, nil
 }
 
 // Addr blocks until the HTTP server listens (or ctx ends) and returns its address, so a
@@ -236,6 +285,18 @@ func (s *Service) Addr(ctx context.Context) (string, error) {
 	}
 }
 
+// URL blocks like Addr and returns the API's base URL: https:// when LEDGER_TLS_* is set.
+func (s *Service) URL(ctx context.Context) (string, error) {
+	a, err := s.Addr(ctx)
+	if err != nil {
+		return "", err
+	}
+	if s.cfg.TLS.Enabled() {
+		return "https://" + a, nil
+	}
+	return "http://" + a, nil
+}
+
 // Ready reports whether the ledger state of the current assignment is restored.
 func (s *Service) Ready() bool { return s.engine.Ready() }
 
@@ -246,7 +307,7 @@ func (s *Service) Engine() *engine.Engine { return s.engine }
 // then stops in reverse order: HTTP server, engine, publisher.
 func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.EnsureTopics {
-		if err := kafkax.EnsureTopics(ctx, s.brokers, s.topics.Specs(s.cfg.TopicPartitions, s.cfg.TopicReplicas)); err != nil {
+		if err := kafkax.EnsureTopicsTLS(ctx, s.brokers, s.kafkaTLS, s.topics.Specs(s.cfg.TopicPartitions, s.cfg.TopicReplicas)); err != nil {
 			return fmt.Errorf("ledger: %w", err)
 		}
 	}
@@ -261,7 +322,8 @@ func (s *Service) Run(ctx context.Context) error {
 	engErr := make(chan error, 1)
 	go func() { engErr <- s.engine.Run(runCtx) }()
 	srvErr := make(chan error, 1)
-	go func() { srvErr <- s.srv.Serve(ln) }()
+	// HTTPS when LEDGER_TLS_CERT_FILE/KEY_FILE are set (validated in New).
+	go func() { srvErr <- tlsx.Serve(s.srv, ln, s.cfg.TLS) }()
 	var first error
 	select {
 	case <-ctx.Done():

@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"github.com/tallyhq/tally/services/sink/pipeline"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
+	"github.com/tallyhq/tally/shared/tlsx"
 )
 
 // Service is one sink process: migrations, the consumer pipeline, the detector and the
@@ -27,8 +29,10 @@ import (
 type Service struct {
 	cfg     Config
 	brokers []string
-	log     *slog.Logger
-	hooks   pipeline.Hooks
+	// kafkaTLS is the KAFKA_TLS_* client config, nil = plaintext.
+	kafkaTLS *tls.Config
+	log      *slog.Logger
+	hooks    pipeline.Hooks
 
 	ready    chan struct{}
 	addr     atomic.Value // string
@@ -42,10 +46,14 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		return nil, fmt.Errorf("sink: invalid settings: %w", err)
 	}
 	brokers, _ := kafkax.ParseBrokers(cfg.Brokers)
+	kafkaTLS, err := cfg.KafkaTLS.Build()
+	if err != nil {
+		return nil, fmt.Errorf("sink: KAFKA_TLS_*: %w", err)
+	}
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{cfg: cfg, brokers: brokers, log: log.With("service", "sink"), ready: make(chan struct{})}, nil
+	return &Service{cfg: cfg, brokers: brokers, kafkaTLS: kafkaTLS, log: log.With("service", "sink"), ready: make(chan struct{})}, nil
 }
 
 // SetHooks installs test hooks on the pipeline; call before Run.
@@ -56,6 +64,15 @@ func (s *Service) Ready() <-chan struct{} { return s.ready }
 
 // Addr is the bound HTTP address, valid once Ready is closed.
 func (s *Service) Addr() string { v, _ := s.addr.Load().(string); return v }
+
+// URL is the base URL of the operational endpoints (https:// with SINK_TLS_*), valid once
+// Ready is closed.
+func (s *Service) URL() string {
+	if s.cfg.TLS.Enabled() {
+		return "https://" + s.Addr()
+	}
+	return "http://" + s.Addr()
+}
 
 // Pipeline is the running consumer (nil before Ready), for its Stats.
 func (s *Service) Pipeline() *pipeline.Pipeline { return s.pipe.Load() }
@@ -81,14 +98,14 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("schema ready", "applied", applied)
 	store := chstore.NewStore(conn, time.Duration(s.cfg.ClickHouse.QueryTimeoutMs)*time.Millisecond)
-	pipe, err := pipeline.New(s.cfg.pipelineConfig(s.brokers), store, store, s.log, s.hooks)
+	pipe, err := pipeline.New(s.cfg.pipelineConfig(s.brokers, s.kafkaTLS), store, store, s.log, s.hooks)
 	if err != nil {
 		return err
 	}
 	s.pipe.Store(pipe)
 	var det *detect.Detector
 	if s.cfg.Detect.IntervalMs > 0 {
-		pub := detect.NewKafkaPublisher(s.brokers, s.cfg.Topics().Events)
+		pub := detect.NewKafkaPublisherTLS(s.brokers, s.kafkaTLS, s.cfg.Topics().Events)
 		defer pub.Close()
 		if det, err = detect.New(s.cfg.Detect, conn, pub, s.log); err != nil {
 			return err
@@ -102,7 +119,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("sink: listen %s: %w", s.cfg.ListenAddr, err)
 	}
 	s.addr.Store(ln.Addr().String())
-	srv := httpx.NewServer(s.cfg.ListenAddr, httpapi.Handler(reg, s.readiness), httpx.DefaultServerConfig)
+	srv := httpx.NewServer(s.cfg.ListenAddr, httpapi.Handler(reg, s.readiness), s.cfg.HTTPServer())
 
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -122,7 +139,8 @@ func (s *Service) Run(ctx context.Context) error {
 		start("detector", det.Run)
 	}
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// HTTPS when SINK_TLS_CERT_FILE/KEY_FILE are set (validated in New).
+		if err := tlsx.Serve(srv, ln, s.cfg.TLS); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("sink: http: %w", err)
 		}
 	}()

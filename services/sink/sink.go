@@ -12,6 +12,7 @@
 package sink
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -20,7 +21,9 @@ import (
 	"github.com/tallyhq/tally/services/sink/chstore"
 	"github.com/tallyhq/tally/services/sink/detect"
 	"github.com/tallyhq/tally/services/sink/pipeline"
+	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
+	"github.com/tallyhq/tally/shared/tlsx"
 )
 
 // Config is every sink setting, read from the environment with caarlos0/env.
@@ -70,7 +73,23 @@ type Config struct {
 	InsertsParallelMax int `env:"SINK_INSERTS_PARALLEL_MAX" envDefault:"2"`
 	// RetentionDays is usage_events' TTL (SINK_RETENTION_DAYS, default 400, 1..36500).
 	RetentionDays int `env:"SINK_RETENTION_DAYS" envDefault:"400"`
-	// ClickHouse is the CLICKHOUSE_* connection.
+	// HTTPReadHeaderTimeoutMs bounds reading a request's headers: a client that stalls in them is cut off (1..600000).
+	HTTPReadHeaderTimeoutMs int64 `env:"SINK_HTTP_READ_HEADER_TIMEOUT_MS" envDefault:"5000"`
+	// HTTPReadTimeoutMs bounds reading a whole request, headers and body: a client that stalls in the body is cut off (1..600000).
+	HTTPReadTimeoutMs int64 `env:"SINK_HTTP_READ_TIMEOUT_MS" envDefault:"15000"`
+	// HTTPWriteTimeoutMs bounds writing the answer (1..600000).
+	HTTPWriteTimeoutMs int64 `env:"SINK_HTTP_WRITE_TIMEOUT_MS" envDefault:"30000"`
+	// HTTPIdleTimeoutMs bounds how long a keep-alive connection waits for its next request (1..3600000).
+	HTTPIdleTimeoutMs int64 `env:"SINK_HTTP_IDLE_TIMEOUT_MS" envDefault:"120000"`
+	// HTTPHeaderMaxBytes bounds the request headers (1024..1048576).
+	HTTPHeaderMaxBytes int64 `env:"SINK_HTTP_HEADER_MAX_BYTES" envDefault:"65536"`
+	// TLS is SINK_TLS_*: HTTPS for /metrics, /healthz and /readyz when SINK_TLS_CERT_FILE and
+	// SINK_TLS_KEY_FILE are set (see package tlsx).
+	TLS tlsx.ServerConfig `envPrefix:"SINK_TLS_"`
+	// KafkaTLS is KAFKA_TLS_*: TLS to the brokers for the consumer, the dead-letter writer and
+	// the detector's publisher.
+	KafkaTLS tlsx.ClientConfig `envPrefix:"KAFKA_TLS_"`
+	// ClickHouse is the CLICKHOUSE_* connection (CLICKHOUSE_TLS_* for its TLS).
 	ClickHouse chstore.Config
 	// Detect is the SINK_DETECT_* schedule and thresholds.
 	Detect detect.Config
@@ -81,7 +100,16 @@ func DefaultConfig() Config {
 	return Config{Brokers: "127.0.0.1:9092", TopicPrefix: kafkax.DefaultPrefix, ListenAddr: "127.0.0.1:8083",
 		GroupID: "tally-sink", BatchRowsMax: 50000, BatchBytesMax: 32 << 20, BatchWaitMs: 250, FetchBytesMax: 4 << 20,
 		QueueMessagesMax: 10000, RetryBackoffMinMs: 100, RetryBackoffMaxMs: 5000, RetryAttemptsMax: 30,
-		IntentsMax: 10000, DecodeWorkers: 2, InsertsParallelMax: 2, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig()}
+		IntentsMax: 10000, DecodeWorkers: 2, InsertsParallelMax: 2, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig(),
+		HTTPReadHeaderTimeoutMs: 5000, HTTPReadTimeoutMs: 15000, HTTPWriteTimeoutMs: 30000, HTTPIdleTimeoutMs: 120000,
+		HTTPHeaderMaxBytes: 64 << 10, TLS: tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
+}
+
+// HTTPServer is the HTTP server's bounds from the SINK_HTTP_* settings.
+func (c Config) HTTPServer() httpx.ServerConfig {
+	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
+	return httpx.ServerConfig{ReadHeaderTimeout: ms(c.HTTPReadHeaderTimeoutMs), ReadTimeout: ms(c.HTTPReadTimeoutMs),
+		WriteTimeout: ms(c.HTTPWriteTimeoutMs), IdleTimeout: ms(c.HTTPIdleTimeoutMs), MaxHeaderBytes: int(c.HTTPHeaderMaxBytes)}
 }
 
 // Validate reports every invalid setting, joined, by variable name.
@@ -122,6 +150,17 @@ func (c Config) Validate() error {
 	if c.InsertsParallelMax > c.ClickHouse.ConnsMax {
 		errs = append(errs, fmt.Errorf("SINK_INSERTS_PARALLEL_MAX: %d exceeds CLICKHOUSE_CONNS_MAX %d", c.InsertsParallelMax, c.ClickHouse.ConnsMax))
 	}
+	in("SINK_HTTP_READ_HEADER_TIMEOUT_MS", c.HTTPReadHeaderTimeoutMs, 1, 600_000)
+	in("SINK_HTTP_READ_TIMEOUT_MS", c.HTTPReadTimeoutMs, 1, 600_000)
+	in("SINK_HTTP_WRITE_TIMEOUT_MS", c.HTTPWriteTimeoutMs, 1, 600_000)
+	in("SINK_HTTP_IDLE_TIMEOUT_MS", c.HTTPIdleTimeoutMs, 1, 3_600_000)
+	in("SINK_HTTP_HEADER_MAX_BYTES", c.HTTPHeaderMaxBytes, 1024, 1<<20)
+	if err := c.TLS.ValidateEnv("SINK_TLS_"); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.KafkaTLS.ValidateEnv("KAFKA_TLS_"); err != nil {
+		errs = append(errs, err)
+	}
 	if err := c.ClickHouse.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -134,7 +173,7 @@ func (c Config) Validate() error {
 // Topics is the topic set under TopicPrefix.
 func (c Config) Topics() kafkax.Topics { return kafkax.NewTopics(c.TopicPrefix) }
 
-func (c Config) pipelineConfig(brokers []string) pipeline.Config {
+func (c Config) pipelineConfig(brokers []string, tc *tls.Config) pipeline.Config {
 	t := c.Topics()
 	return pipeline.Config{
 		Brokers: brokers, Topics: []string{t.Events, t.Journal}, DeadLetterTopic: t.DeadLetter, GroupID: c.GroupID,
@@ -142,6 +181,6 @@ func (c Config) pipelineConfig(brokers []string) pipeline.Config {
 		FetchBytesMax: c.FetchBytesMax, QueueMessagesMax: c.QueueMessagesMax,
 		RetryBackoffMin: time.Duration(c.RetryBackoffMinMs) * time.Millisecond, RetryBackoffMax: time.Duration(c.RetryBackoffMaxMs) * time.Millisecond,
 		RetryAttemptsMax: c.RetryAttemptsMax, IntentsMax: c.IntentsMax, DecodeWorkers: c.DecodeWorkers,
-		InsertsParallelMax: c.InsertsParallelMax,
+		InsertsParallelMax: c.InsertsParallelMax, TLS: tc,
 	}
 }

@@ -4,6 +4,7 @@ package kafkax
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/tallyhq/tally/shared/tlsx"
 )
 
 // Topics names every topic Tally uses. All names share one prefix (setting TALLY_TOPIC_PREFIX,
@@ -64,10 +67,17 @@ func (t Topics) Specs(partitions, replication int) []kafka.TopicConfig {
 }
 
 // EnsureTopics creates the topics that do not exist yet; existing ones are left as they are.
+// It speaks plaintext; EnsureTopicsTLS is the same over TLS.
 func EnsureTopics(ctx context.Context, brokers []string, specs []kafka.TopicConfig) error {
+	return EnsureTopicsTLS(ctx, brokers, nil, specs)
+}
+
+// EnsureTopicsTLS is EnsureTopics with tc (nil = plaintext), e.g. the Build() of the
+// KAFKA_TLS_* settings (tlsx.ClientConfig).
+func EnsureTopicsTLS(ctx context.Context, brokers []string, tc *tls.Config, specs []kafka.TopicConfig) error {
 	var lastErr error
 	for attempt := 0; attempt < 20; attempt++ {
-		if lastErr = ensureOnce(ctx, brokers, specs); lastErr == nil {
+		if lastErr = ensureOnce(ctx, NewClient(brokers, tc), specs); lastErr == nil {
 			return nil
 		}
 		select {
@@ -79,8 +89,7 @@ func EnsureTopics(ctx context.Context, brokers []string, specs []kafka.TopicConf
 	return fmt.Errorf("kafkax: ensure topics: %w", lastErr)
 }
 
-func ensureOnce(ctx context.Context, brokers []string, specs []kafka.TopicConfig) error {
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+func ensureOnce(ctx context.Context, c *kafka.Client, specs []kafka.TopicConfig) error {
 	res, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: specs})
 	if err != nil {
 		return err
@@ -105,6 +114,9 @@ type WriterConfig struct {
 	WriteTimeout time.Duration
 	// MaxAttempts bounds retries of one batch.
 	MaxAttempts int
+	// TLS, when not nil, is the client TLS config the writer dials the brokers with (the
+	// Build() of the KAFKA_TLS_* settings); nil = plaintext.
+	TLS *tls.Config
 }
 
 // DefaultWriterConfig: 2 ms batches of at most 1000 messages, 10 s write timeout, 3 attempts.
@@ -130,7 +142,32 @@ func NewWriter(brokers []string, topic string, cfg WriterConfig) *kafka.Writer {
 		MaxAttempts:  cfg.MaxAttempts,
 		// Topics are created explicitly by EnsureTopics with their partition counts.
 		AllowAutoTopicCreation: false,
+		Transport:              Transport(cfg.TLS),
 	}
+}
+
+// Transport returns the kafka-go Transport for writers and kafka.Client over tc: nil (kafka-go's
+// DefaultTransport) when tc is nil, otherwise tlsx.KafkaTransport(tc).
+func Transport(tc *tls.Config) kafka.RoundTripper {
+	if tc == nil {
+		return nil
+	}
+	return tlsx.KafkaTransport(tc)
+}
+
+// Dialer returns the kafka-go Dialer for readers, consumer groups and direct connections over
+// tc: kafka.DefaultDialer when tc is nil, otherwise tlsx.KafkaDialer(tc).
+func Dialer(tc *tls.Config) *kafka.Dialer {
+	if tc == nil {
+		return kafka.DefaultDialer
+	}
+	return tlsx.KafkaDialer(tc)
+}
+
+// NewClient returns a kafka.Client (topic creation, metadata, offsets) for brokers over tc
+// (nil = plaintext), each request bounded by 10 s.
+func NewClient(brokers []string, tc *tls.Config) *kafka.Client {
+	return &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second, Transport: Transport(tc)}
 }
 
 // ParseBrokers splits a comma-separated broker list and checks each host:port.

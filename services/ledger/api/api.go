@@ -126,6 +126,8 @@ func jsonErrors(mux *http.ServeMux) http.Handler {
 func (s *server) admin(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if _, err := s.cfg.Admin.Authenticate(r); err != nil {
+			// DEBUG, so that a flood of bad tokens cannot flood the logs; never the token.
+			s.cfg.Logger.Debug("admin token refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "code", err.Code)
 			httpx.WriteError(w, err)
 			return
 		}

@@ -20,6 +20,7 @@ package engine
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,9 +62,11 @@ type Config struct {
 	JournalAccountsMax int
 	// RetryBackoff is the pause before rejoining after a failed generation.
 	RetryBackoff time.Duration
-	Writer       kafkax.WriterConfig
-	Logger       *slog.Logger
-	Registry     prometheus.Registerer
+	// Writer bounds the writers; Writer.TLS (KAFKA_TLS_*) is also used by the consumer group,
+	// the readers and the restore (nil = plaintext).
+	Writer   kafkax.WriterConfig
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
 	// FaultHook, when set (tests only), is called after each write stage of a batch
 	// ("published", "persisted", "snapshotted"); an error aborts the batch there, exactly as a
 	// crash would: the generation fails and the state is restored from Kafka.
@@ -159,6 +162,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		ID: e.cfg.Group, Brokers: e.cfg.Brokers, Topics: []string{e.cfg.Topics.Events},
 		StartOffset: kafka.FirstOffset, HeartbeatInterval: time.Second, SessionTimeout: 10 * time.Second,
 		RebalanceTimeout: 10 * time.Second, JoinGroupBackoff: time.Second, Timeout: 10 * time.Second,
+		Dialer: kafkax.Dialer(e.cfg.Writer.TLS),
 	})
 	if err != nil {
 		return fmt.Errorf("ledger: consumer group: %w", err)
@@ -224,7 +228,7 @@ func (e *Engine) generation(ctx, gctx context.Context, gen *kafka.Generation) er
 		ids = append(ids, int32(a.ID))
 	}
 	t0 := time.Now()
-	states, err := Restore(runCtx, e.cfg.Brokers, e.cfg.Topics.LedgerState, e.cfg.Fold, ids)
+	states, err := restore(runCtx, kafkax.Dialer(e.cfg.Writer.TLS), e.cfg.Brokers, e.cfg.Topics.LedgerState, e.cfg.Fold, ids)
 	if err != nil {
 		return err
 	}
@@ -264,6 +268,7 @@ func (e *Engine) consume(ctx context.Context, gen *kafka.Generation, commitMu *s
 		Brokers: e.cfg.Brokers, Topic: e.cfg.Topics.Events, Partition: a.ID,
 		MinBytes: 1, MaxBytes: e.cfg.FetchMaxBytes, MaxWait: e.cfg.FetchWait,
 		QueueCapacity: e.cfg.QueueMax, ReadLagInterval: -1, ReadBatchTimeout: e.cfg.FetchWait + time.Second,
+		Dialer: kafkax.Dialer(e.cfg.Writer.TLS),
 	})
 	defer r.Close()
 	off := a.Offset
@@ -578,6 +583,10 @@ func (b *batcher) stateRecords(snap fold.Snapshot) []kafka.Message {
 // fold state per partition in ids, restored. The topic's partitions are read and decoded
 // concurrently.
 func Restore(ctx context.Context, brokers []string, topic string, cfg fold.Config, ids []int32) (map[int32]*fold.State, error) {
+	return restore(ctx, kafka.DefaultDialer, brokers, topic, cfg, ids)
+}
+
+func restore(ctx context.Context, d *kafka.Dialer, brokers []string, topic string, cfg fold.Config, ids []int32) (map[int32]*fold.State, error) {
 	want := map[int32]bool{}
 	states := map[int32]*fold.State{}
 	for _, id := range ids {
@@ -586,7 +595,7 @@ func Restore(ctx context.Context, brokers []string, topic string, cfg fold.Confi
 	}
 	var mu sync.Mutex
 	snaps := map[int32]fold.Snapshot{}
-	err := readAll(ctx, brokers, topic, true, func(m kafka.Message) error {
+	err := readAll(ctx, d, brokers, topic, true, func(m kafka.Message) error {
 		p, a, snap, err := decodeRecord(m.Value)
 		if err != nil {
 			return fmt.Errorf("ledger: restore: record %s/%d/%d: %w", topic, m.Partition, m.Offset, err)
@@ -615,11 +624,16 @@ func Restore(ctx context.Context, brokers []string, topic string, cfg fold.Confi
 // ReadAll calls fn for every message of every partition of topic, up to each partition's
 // end when the call starts, partitions one after the other.
 func ReadAll(ctx context.Context, brokers []string, topic string, fn func(kafka.Message) error) error {
-	return readAll(ctx, brokers, topic, false, fn)
+	return readAll(ctx, kafka.DefaultDialer, brokers, topic, false, fn)
 }
 
-func readAll(ctx context.Context, brokers []string, topic string, parallel bool, fn func(kafka.Message) error) error {
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+// ReadAllTLS is ReadAll over tc (the KAFKA_TLS_* client config; nil = plaintext).
+func ReadAllTLS(ctx context.Context, brokers []string, tc *tls.Config, topic string, fn func(kafka.Message) error) error {
+	return readAll(ctx, kafkax.Dialer(tc), brokers, topic, false, fn)
+}
+
+func readAll(ctx context.Context, d *kafka.Dialer, brokers []string, topic string, parallel bool, fn func(kafka.Message) error) error {
+	conn, err := d.DialContext(ctx, "tcp", brokers[0])
 	if err != nil {
 		return fmt.Errorf("ledger: dial %s: %w", brokers[0], err)
 	}
@@ -630,7 +644,7 @@ func readAll(ctx context.Context, brokers []string, topic string, parallel bool,
 	}
 	if !parallel {
 		for _, p := range parts {
-			if err := readPartition(ctx, brokers, topic, p.ID, fn); err != nil {
+			if err := readPartition(ctx, d, brokers, topic, p.ID, fn); err != nil {
 				return err
 			}
 		}
@@ -638,7 +652,7 @@ func readAll(ctx context.Context, brokers []string, topic string, parallel bool,
 	}
 	errs := make(chan error, len(parts))
 	for _, p := range parts {
-		go func(id int) { errs <- readPartition(ctx, brokers, topic, id, fn) }(p.ID)
+		go func(id int) { errs <- readPartition(ctx, d, brokers, topic, id, fn) }(p.ID)
 	}
 	var first error
 	for range parts {
@@ -649,8 +663,8 @@ func readAll(ctx context.Context, brokers []string, topic string, parallel bool,
 	return first
 }
 
-func readPartition(ctx context.Context, brokers []string, topic string, part int, fn func(kafka.Message) error) error {
-	lc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, part)
+func readPartition(ctx context.Context, d *kafka.Dialer, brokers []string, topic string, part int, fn func(kafka.Message) error) error {
+	lc, err := d.DialLeader(ctx, "tcp", brokers[0], topic, part)
 	if err != nil {
 		return fmt.Errorf("ledger: leader of %s/%d: %w", topic, part, err)
 	}
@@ -663,7 +677,7 @@ func readPartition(ctx context.Context, brokers []string, topic string, part int
 		return nil
 	}
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: part, MinBytes: 1,
-		MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, QueueCapacity: 10_000, ReadLagInterval: -1})
+		MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, QueueCapacity: 10_000, ReadLagInterval: -1, Dialer: d})
 	defer r.Close()
 	if err := r.SetOffset(first); err != nil {
 		return err

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/tallyhq/tally/shared/tlsx"
 )
 
 // Protocols accepted by CLICKHOUSE_PROTOCOL.
@@ -40,6 +42,9 @@ type Config struct {
 	// QueryTimeoutMs bounds one query or insert (CLICKHOUSE_QUERY_TIMEOUT_MS, default 30000,
 	// 100..3600000).
 	QueryTimeoutMs int `env:"CLICKHOUSE_QUERY_TIMEOUT_MS" envDefault:"30000"`
+	// TLS is CLICKHOUSE_TLS_*: TLS to ClickHouse (CA, optional client certificate), off by
+	// default (see package tlsx).
+	TLS tlsx.ClientConfig `envPrefix:"CLICKHOUSE_TLS_"`
 }
 
 // DefaultConfig returns the defaults above, for code-built configurations.
@@ -72,6 +77,9 @@ func (c Config) Validate() error {
 	if c.User == "" && c.Password != "" {
 		errs = append(errs, errors.New("CLICKHOUSE_PASSWORD: set without CLICKHOUSE_USER"))
 	}
+	if err := c.TLS.ValidateEnv("CLICKHOUSE_TLS_"); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -79,6 +87,10 @@ func (c Config) Validate() error {
 func Open(c Config) (clickhouse.Conn, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	tc, err := c.TLS.Build()
+	if err != nil {
+		return nil, fmt.Errorf("chstore: CLICKHOUSE_TLS_*: %w", err)
 	}
 	proto := clickhouse.Native
 	if c.Protocol == ProtocolHTTP {
@@ -88,6 +100,7 @@ func Open(c Config) (clickhouse.Conn, error) {
 		Addr:     []string{c.Addr},
 		Protocol: proto,
 		Auth:     clickhouse.Auth{Database: c.Database, Username: c.User, Password: c.Password},
+		TLS:      tc, // nil = plaintext
 		// LZ4 on the wire: batches of JSON-ish strings compress several-fold.
 		Compression:     &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
 		DialTimeout:     time.Duration(c.DialTimeoutMs) * time.Millisecond,

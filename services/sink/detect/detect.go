@@ -7,6 +7,7 @@ package detect
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -230,9 +231,16 @@ type KafkaPublisher struct{ w *kafka.Writer }
 
 var _ Publisher = (*KafkaPublisher)(nil)
 
-// NewKafkaPublisher returns a publisher to topic.
+// NewKafkaPublisher returns a plaintext publisher to topic.
 func NewKafkaPublisher(brokers []string, topic string) *KafkaPublisher {
-	return &KafkaPublisher{w: kafkax.NewWriter(brokers, topic, kafkax.DefaultWriterConfig)}
+	return NewKafkaPublisherTLS(brokers, nil, topic)
+}
+
+// NewKafkaPublisherTLS returns a publisher to topic over tc (KAFKA_TLS_*; nil = plaintext).
+func NewKafkaPublisherTLS(brokers []string, tc *tls.Config, topic string) *KafkaPublisher {
+	wc := kafkax.DefaultWriterConfig
+	wc.TLS = tc
+	return &KafkaPublisher{w: kafkax.NewWriter(brokers, topic, wc)}
 }
 
 // Publish writes evs and returns once every one is acknowledged by all in-sync replicas.

@@ -13,6 +13,7 @@ package pipeline
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -60,6 +61,9 @@ type Config struct {
 	DecodeWorkers int
 	// InsertsParallelMax bounds the partition batches of one flush inserted at once.
 	InsertsParallelMax int
+	// TLS is the KAFKA_TLS_* client config of the reader and the dead-letter writer (nil =
+	// plaintext).
+	TLS *tls.Config
 }
 
 // Validate checks the bounds.
@@ -191,12 +195,15 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		ReadBackoffMin:    50 * time.Millisecond,
 		ReadBackoffMax:    time.Second,
 		MaxAttempts:       3,
+		Dialer:            kafkax.Dialer(p.cfg.TLS),
 		ErrorLogger: kafka.LoggerFunc(func(msg string, a ...any) {
 			p.log.Warn("kafka reader", "detail", fmt.Sprintf(msg, a...))
 		}),
 	})
 	defer r.Close()
-	dlq := kafkax.NewWriter(p.cfg.Brokers, "", kafkax.DefaultWriterConfig)
+	dwc := kafkax.DefaultWriterConfig
+	dwc.TLS = p.cfg.TLS
+	dlq := kafkax.NewWriter(p.cfg.Brokers, "", dwc)
 	defer dlq.Close()
 
 	fctx, stop := context.WithCancel(ctx)

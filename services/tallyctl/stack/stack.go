@@ -41,6 +41,11 @@ type Config struct {
 	ClickHouseAddr      string
 	EmbedClickHouseAddr string
 	ClickHouseDatabase  string
+	// ClickHouseUser and ClickHousePassword, when ClickHouseUser is set, are required by the
+	// embedded endpoint on every query and presented by the sink (with ClickHouseAddr, they
+	// are the real server's credentials). "" = the embedded endpoint asks for none and the
+	// sink presents the user "default" without a password.
+	ClickHouseUser, ClickHousePassword string
 	// Listen addresses of the services (port 0 = any free port).
 	AdmitterAddr, LedgerAddr, SinkAddr string
 	// APIKey and AdminToken are plaintext secrets; empty ones are generated. They are handed
@@ -62,8 +67,10 @@ type Stack struct {
 	Topics                                      kafkax.Topics
 	AdmitterURL, LedgerURL, SinkURL, ClickHouse string
 	ClickHouseDatabase                          string
-	APIKey, AdminToken                          string
-	Book                                        *pricebook.Book
+	// ClickHouseUser and ClickHousePassword are the credentials of ClickHouse ("" = none).
+	ClickHouseUser, ClickHousePassword string
+	APIKey, AdminToken                 string
+	Book                               *pricebook.Book
 	// FoldConfig is the ledger's fold configuration, for replays that must match it.
 	FoldConfig fold.Config
 
@@ -86,7 +93,7 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	st = &Stack{cancel: cancel, errs: make(chan error, 4), Book: book, APIKey: cfg.APIKey, AdminToken: cfg.AdminToken,
-		ClickHouseDatabase: cfg.ClickHouseDatabase}
+		ClickHouseDatabase: cfg.ClickHouseDatabase, ClickHouseUser: cfg.ClickHouseUser, ClickHousePassword: cfg.ClickHousePassword}
 	defer func() {
 		if err != nil {
 			st.Close()
@@ -118,7 +125,7 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	// ClickHouse.
 	chAddr := cfg.ClickHouseAddr
 	if chAddr == "" {
-		srv, cerr := chembed.Start(chembed.Config{}, cfg.EmbedClickHouseAddr)
+		srv, cerr := chembed.Start(chembed.Config{User: cfg.ClickHouseUser, Password: cfg.ClickHousePassword}, cfg.EmbedClickHouseAddr)
 		if cerr != nil {
 			return st, fmt.Errorf("stack: embedded ClickHouse: %w", cerr)
 		}
@@ -147,17 +154,19 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	}
 	st.goRun(runCtx, "ledger", st.Ledger.Run)
 	actx, acancel := context.WithTimeout(ctx, 60*time.Second)
-	laddr, err := st.Ledger.Addr(actx)
+	st.LedgerURL, err = st.Ledger.URL(actx) // https:// when Tune set LEDGER_TLS_*
 	acancel()
 	if err != nil {
 		return st, st.failed("ledger", err)
 	}
-	st.LedgerURL = "http://" + laddr
 
 	// Sink: stores every event in ClickHouse and runs the detector.
 	sc.Brokers, sc.TopicPrefix, sc.ListenAddr = brokers, cfg.TopicPrefix, cfg.SinkAddr
 	sc.GroupID = cfg.TopicPrefix + "sink"
 	sc.ClickHouse.Addr, sc.ClickHouse.Protocol, sc.ClickHouse.Database = chAddr, "http", cfg.ClickHouseDatabase
+	if cfg.ClickHouseUser != "" {
+		sc.ClickHouse.User, sc.ClickHouse.Password = cfg.ClickHouseUser, cfg.ClickHousePassword
+	}
 	sc.BatchWaitMs = 100
 	if cfg.DetectIntervalMs != 0 {
 		sc.Detect.IntervalMs = cfg.DetectIntervalMs
@@ -169,7 +178,7 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	if err = st.wait(ctx, "sink", st.Sink.Ready()); err != nil {
 		return st, err
 	}
-	st.SinkURL = "http://" + st.Sink.Addr()
+	st.SinkURL = st.Sink.URL()
 
 	// Admitter: the edge API.
 	ac.KafkaBrokers, ac.TopicPrefix, ac.ListenAddr, ac.PriceBookPath = brokers, cfg.TopicPrefix, cfg.AdmitterAddr, cfg.PriceBookPath
@@ -182,7 +191,7 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	if err = st.wait(ctx, "admitter", st.Admitter.Ready()); err != nil {
 		return st, err
 	}
-	st.AdmitterURL = "http://" + st.Admitter.Addr()
+	st.AdmitterURL = st.Admitter.URL()
 	return st, nil
 }
 

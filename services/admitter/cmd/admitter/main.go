@@ -31,15 +31,7 @@ func main() {
 	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		for range hup {
-			if err := svc.ReloadKeys(); err != nil {
-				log.Error("api keys reload failed; previous keys stay", "err", err)
-			} else {
-				log.Info("api keys reloaded on SIGHUP")
-			}
-		}
-	}()
+	go svc.ReloadOn(ctx, hup)
 	if err := svc.Run(ctx); err != nil {
 		log.Error("admitter: stopped with error", "err", err)
 		os.Exit(1)
