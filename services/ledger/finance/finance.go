@@ -6,6 +6,7 @@ package finance
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -67,17 +68,22 @@ type Progress func(done, total int64)
 // folds each partition with a fresh fold.State (in-process, nothing published), and returns
 // the final states. keepEntries keeps the journal lines (for tests and statements).
 func Replay(ctx context.Context, brokers []string, topics kafkax.Topics, cfg fold.Config, keepEntries bool, progress Progress) (*Replayed, error) {
+	return ReplayTLS(ctx, brokers, nil, topics, cfg, keepEntries, progress)
+}
+
+// ReplayTLS is Replay over TLS (tc nil = plaintext), for brokers that require it.
+func ReplayTLS(ctx context.Context, brokers []string, tc *tls.Config, topics kafkax.Topics, cfg fold.Config, keepEntries bool, progress Progress) (*Replayed, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	total, err := topicSize(ctx, brokers, topics.Events)
+	total, err := topicSize(ctx, brokers, tc, topics.Events)
 	if err != nil {
 		return nil, err
 	}
 	r := &Replayed{States: map[int32]*fold.State{}}
 	var out fold.Output
 	var done int64
-	err = engine.ReadAll(ctx, brokers, topics.Events, func(m kafka.Message) error {
+	err = engine.ReadAllTLS(ctx, brokers, tc, topics.Events, func(m kafka.Message) error {
 		done++
 		if progress != nil && done%10_000 == 0 {
 			progress(done, total)
@@ -109,8 +115,9 @@ func Replay(ctx context.Context, brokers []string, topics kafkax.Topics, cfg fol
 	return r, nil
 }
 
-func topicSize(ctx context.Context, brokers []string, topic string) (int64, error) {
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+func topicSize(ctx context.Context, brokers []string, tc *tls.Config, topic string) (int64, error) {
+	d := kafkax.Dialer(tc)
+	conn, err := d.DialContext(ctx, "tcp", brokers[0])
 	if err != nil {
 		return 0, fmt.Errorf("finance: dial: %w", err)
 	}
@@ -121,7 +128,7 @@ func topicSize(ctx context.Context, brokers []string, topic string) (int64, erro
 	}
 	var n int64
 	for _, p := range parts {
-		lc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
+		lc, err := d.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
 		if err != nil {
 			return 0, err
 		}
@@ -139,9 +146,14 @@ func topicSize(ctx context.Context, brokers []string, topic string) (int64, erro
 // deduplicated by entry id (a replay after a crash re-emits lines with the same ids). A
 // repeated id with different content is an error: it would mean a non-deterministic fold.
 func ReadJournal(ctx context.Context, brokers []string, topics kafkax.Topics) ([]events.LedgerEntry, error) {
+	return ReadJournalTLS(ctx, brokers, nil, topics)
+}
+
+// ReadJournalTLS is ReadJournal over TLS (tc nil = plaintext).
+func ReadJournalTLS(ctx context.Context, brokers []string, tc *tls.Config, topics kafkax.Topics) ([]events.LedgerEntry, error) {
 	seen := map[string]events.LedgerEntry{}
 	var out []events.LedgerEntry
-	err := engine.ReadAll(ctx, brokers, topics.Journal, func(m kafka.Message) error {
+	err := engine.ReadAllTLS(ctx, brokers, tc, topics.Journal, func(m kafka.Message) error {
 		ev, err := events.Decode(m.Value)
 		if err != nil {
 			return fmt.Errorf("finance: journal %d/%d: %w", m.Partition, m.Offset, err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,16 +19,34 @@ import (
 	"github.com/tallyhq/tally/services/sink/sqlcli"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
+	"github.com/tallyhq/tally/shared/tlsx"
 )
 
-// kafkaFlags are the Kafka settings the finance commands share, from the same environment
-// variables as the services (KAFKA_BROKERS, TALLY_TOPIC_PREFIX).
-func kafkaSettings() ([]string, kafkax.Topics, error) {
+// kafkaConn is what the finance commands need to read Kafka, from the same environment
+// variables as the services (KAFKA_BROKERS, TALLY_TOPIC_PREFIX, KAFKA_TLS_*).
+type kafkaConn struct {
+	brokers []string
+	tls     *tls.Config
+	topics  kafkax.Topics
+}
+
+func kafkaSettings() (kafkaConn, error) {
 	brokers, err := kafkax.ParseBrokers(envOr("KAFKA_BROKERS", "127.0.0.1:9092"))
 	if err != nil {
-		return nil, kafkax.Topics{}, fmt.Errorf("KAFKA_BROKERS: %w", err)
+		return kafkaConn{}, fmt.Errorf("KAFKA_BROKERS: %w", err)
 	}
-	return brokers, kafkax.NewTopics(envOr("TALLY_TOPIC_PREFIX", kafkax.DefaultPrefix)), nil
+	tc, err := env.ParseAsWithOptions[tlsx.ClientConfig](env.Options{Prefix: "KAFKA_TLS_"})
+	if err == nil {
+		err = tc.ValidateEnv("KAFKA_TLS_")
+	}
+	if err != nil {
+		return kafkaConn{}, err
+	}
+	built, err := tc.Build()
+	if err != nil {
+		return kafkaConn{}, err
+	}
+	return kafkaConn{brokers: brokers, tls: built, topics: kafkax.NewTopics(envOr("TALLY_TOPIC_PREFIX", kafkax.DefaultPrefix))}, nil
 }
 
 func cmdSQL(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -67,11 +86,11 @@ func cmdStatement(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 		*p.t = t
 	}
-	brokers, topics, err := kafkaSettings()
+	kc, err := kafkaSettings()
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	journal, err := finance.ReadJournal(ctx, brokers, topics)
+	journal, err := finance.ReadJournalTLS(ctx, kc.brokers, kc.tls, kc.topics)
 	if err != nil {
 		return err
 	}
@@ -99,7 +118,7 @@ func cmdReconcile(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if a.token == "" {
 		return usageError{"an admin token is required (-token or TALLY_ADMIN_TOKEN)"}
 	}
-	brokers, topics, err := kafkaSettings()
+	kc, err := kafkaSettings()
 	if err != nil {
 		return usageError{err.Error()}
 	}
@@ -113,7 +132,7 @@ func cmdReconcile(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	bar := newProgress(stderr)
-	rep, err := finance.Replay(ctx, brokers, topics, lc.FoldConfig(book), false, bar.update)
+	rep, err := finance.ReplayTLS(ctx, kc.brokers, kc.tls, kc.topics, lc.FoldConfig(book), false, bar.update)
 	bar.done()
 	if err != nil {
 		return fmt.Errorf("replay: %w", err)

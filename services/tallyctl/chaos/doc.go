@@ -1,0 +1,19 @@
+// Package chaos is Tally's fault suite (issue 6): it builds the admitter, ledger and sink
+// binaries, runs them as subprocesses against Kafka (real when KAFKA_BROKERS is set, the
+// in-process kfake broker otherwise) and the embedded ClickHouse engine, drives a seeded
+// workload through their public APIs, injects faults (SIGKILL, broker restarts, hostile
+// messages, several admitters) and checks the outcome to the micro-credit against a
+// reference computed by the pure ledger fold.
+//
+// The tests are behind the build tag "chaos":
+//
+//	cd services/tallyctl && go test -tags chaos -count=1 -timeout 30m -v ./chaos/
+//
+// Each scenario prints a summary table and appends it to .out/chaos-summary.md at the repo
+// root. Settings (environment): KAFKA_BROKERS (real brokers), CHDB_LIB_PATH (libchdb.so),
+// CHAOS_SEED (workload seed, default 20261125), CHAOS_EVENTS (events of scenario 1, default
+// 50000), CHAOS_RATE (scenario 1's pace in operations per second, default 250),
+// CHAOS_LATE_DUPLICATES=1 (run the two late-duplicate tests, which fail today),
+// CHAOS_KEEP_LOGS=1 (print the service logs of every test and copy them to
+// .out/chaos-logs/; failed tests always do).
+package chaos
