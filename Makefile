@@ -67,7 +67,7 @@ fuzz: ## run every fuzz target for FUZZ_TIME (default 10s) each
 	@for m in $(MODULES); do (cd $$m && \
 	  for pkg in $$(go list ./...); do \
 	    for f in $$(go test -list 'Fuzz.*' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
-	      echo "== fuzz $$pkg $$f"; go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZ_TIME) $$pkg; \
+	      echo "== fuzz $$pkg $$f"; go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZ_TIME) -fuzzminimizetime 500x -parallel 2 $$pkg; \
 	    done; done); done
 
 .PHONY: chaos
