@@ -237,7 +237,7 @@ func hostileScenario(t *testing.T, late bool) {
 	sort.Strings(keys)
 	for _, k := range keys {
 		for _, reason := range dl[k] {
-			s.Notes = append(s.Notes, fmt.Sprintf("sample reason (%s): %.120s", k, reason))
+			s.Notes = append(s.Notes, fmt.Sprintf("sample reason (%s): %.120q", k, reason))
 			break
 		}
 	}

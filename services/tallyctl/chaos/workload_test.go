@@ -215,6 +215,9 @@ func (w *Workload) grant(ctx context.Context, rng *rand.Rand, acct, grantID stri
 	}
 	code, err := w.H.Admin(ctx, w.Ledger.Addr, http.MethodPost, "/v1/accounts/"+acct+"/grants", body, &acc)
 	if err != nil || code != http.StatusAccepted {
+		if ctx.Err() != nil {
+			return // the workload ended mid-call
+		}
 		w.Rec.mu.Lock()
 		w.Rec.Errors[fmt.Sprintf("grant %d", code)]++
 		w.Rec.mu.Unlock()
@@ -234,6 +237,9 @@ func (w *Workload) tier(ctx context.Context, acct, tier string) {
 	code, err := w.H.Admin(ctx, w.Ledger.Addr, http.MethodPut, "/v1/accounts/"+acct,
 		map[string]any{"tier": tier, "priority": events.PriorityStandard}, &acc)
 	if err != nil || code != http.StatusAccepted {
+		if ctx.Err() != nil {
+			return
+		}
 		w.Rec.mu.Lock()
 		w.Rec.Errors[fmt.Sprintf("tier %d", code)]++
 		w.Rec.mu.Unlock()
