@@ -19,6 +19,7 @@ import (
 	"github.com/tallyhq/tally/services/ledger/engine"
 	"github.com/tallyhq/tally/services/ledger/finance"
 	"github.com/tallyhq/tally/services/ledger/fold"
+	"github.com/tallyhq/tally/services/tallyctl/internal/journal"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
@@ -156,7 +157,7 @@ func Verify(t *testing.T, ctx context.Context, h *Harness, rec *Record, opt Veri
 			t.Fatalf("finance.Replay: %v", err)
 		}
 		report, err := finance.Reconcile(ctx, rep, finance.HTTPLive(adminWith(h), "http://"+opt.Ledger.Addr, h.AdminToken),
-			func(ctx context.Context) (map[string]finance.Balance, error) { return journalSums(ctx, h) })
+			func(ctx context.Context) (map[string]finance.Balance, error) { return journal.Sums(ctx, h.Conn) })
 		if err != nil {
 			t.Fatalf("finance.Reconcile: %v", err)
 		}
@@ -263,26 +264,6 @@ func checkLive(t *testing.T, ctx context.Context, h *Harness, p *Proc, ref *Refe
 	}
 }
 
-func journalSums(ctx context.Context, h *Harness) (map[string]finance.Balance, error) {
-	rows, err := h.Conn.Query(ctx, `SELECT account_id,
-		sumIf(amount_micros, ledger_account = 'customer.available'),
-		sumIf(amount_micros, ledger_account = 'customer.held')
-		FROM ledger_entries FINAL GROUP BY account_id`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]finance.Balance{}
-	for rows.Next() {
-		var b finance.Balance
-		if err := rows.Scan(&b.AccountID, &b.AvailableMicros, &b.HeldMicros); err != nil {
-			return nil, err
-		}
-		out[b.AccountID] = b
-	}
-	return out, rows.Err()
-}
-
 // checkJournal compares ledger_entries with the reference entry by entry. ReplacingMergeTree
 // may keep a re-inserted row until a merge, so rows are grouped by entry_id: each id must
 // have exactly one distinct content, equal to the reference's.
@@ -341,7 +322,7 @@ func checkJournal(t *testing.T, ctx context.Context, h *Harness, ref *Reference,
 		}
 	}
 	// The sums with FINAL equal the balances.
-	sums, err := journalSums(ctx, h)
+	sums, err := journal.Sums(ctx, h.Conn)
 	if err != nil {
 		t.Fatalf("journal sums: %v", err)
 	}

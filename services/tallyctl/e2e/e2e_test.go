@@ -25,6 +25,7 @@ import (
 	"github.com/tallyhq/tally/services/ledger"
 	"github.com/tallyhq/tally/services/ledger/finance"
 	"github.com/tallyhq/tally/services/sink"
+	"github.com/tallyhq/tally/services/tallyctl/internal/journal"
 	"github.com/tallyhq/tally/services/tallyctl/stack"
 	"github.com/tallyhq/tally/shared/chembed/chembedtest"
 	"github.com/tallyhq/tally/shared/events"
@@ -234,7 +235,7 @@ func TestGrantAdmitFinishReconcile(t *testing.T) {
 		t.Fatalf("replay: %v", err)
 	}
 	report, err := finance.Reconcile(ctx, rep, finance.HTTPLive(http.DefaultClient, st.LedgerURL, st.AdminToken),
-		func(ctx context.Context) (map[string]finance.Balance, error) { return journalSums(ctx, conn) })
+		func(ctx context.Context) (map[string]finance.Balance, error) { return journal.Sums(ctx, conn) })
 	if err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}
@@ -250,24 +251,4 @@ func TestGrantAdmitFinishReconcile(t *testing.T) {
 	if !found {
 		t.Fatalf("replay balances %+v lack %s at %d", rep.Balances(), acct, want.AvailableMicros)
 	}
-}
-
-func journalSums(ctx context.Context, conn clickhouse.Conn) (map[string]finance.Balance, error) {
-	rows, err := conn.Query(ctx, `SELECT account_id,
-		sumIf(amount_micros, ledger_account = 'customer.available'),
-		sumIf(amount_micros, ledger_account = 'customer.held')
-		FROM ledger_entries FINAL GROUP BY account_id`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]finance.Balance{}
-	for rows.Next() {
-		var b finance.Balance
-		if err := rows.Scan(&b.AccountID, &b.AvailableMicros, &b.HeldMicros); err != nil {
-			return nil, err
-		}
-		out[b.AccountID] = b
-	}
-	return out, rows.Err()
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/tallyhq/tally/services/ledger/finance"
 	"github.com/tallyhq/tally/services/sink/chstore"
 	"github.com/tallyhq/tally/services/sink/sqlcli"
+	"github.com/tallyhq/tally/services/tallyctl/internal/journal"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
 	"github.com/tallyhq/tally/shared/tlsx"
@@ -178,23 +179,7 @@ func clickHouseSums() (finance.ClickHouseSums, error) {
 			return nil, err
 		}
 		defer conn.Close()
-		rows, err := conn.Query(ctx, `SELECT account_id,
-			sumIf(amount_micros, ledger_account = 'customer.available'),
-			sumIf(amount_micros, ledger_account = 'customer.held')
-			FROM ledger_entries FINAL GROUP BY account_id`)
-		if err != nil {
-			return nil, err
-		}
-		defer rows.Close()
-		out := map[string]finance.Balance{}
-		for rows.Next() {
-			var b finance.Balance
-			if err := rows.Scan(&b.AccountID, &b.AvailableMicros, &b.HeldMicros); err != nil {
-				return nil, err
-			}
-			out[b.AccountID] = b
-		}
-		return out, rows.Err()
+		return journal.Sums(ctx, conn)
 	}, nil
 }
 
