@@ -1,20 +1,17 @@
 package admitter
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/tallyhq/tally/shared/httpx/httpxtest"
 
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/shared/events"
@@ -227,68 +224,8 @@ func TestSlowClientsCutOff(t *testing.T) {
 	cfg.HTTPWriteTimeoutMs = 2000
 	cfg.HTTPIdleTimeoutMs = 1000
 	s := start(t, cfg)
-	slowClientChecks(t, s.Addr(), "/v1/admit", testSecret)
+	httpxtest.SlowClients(t, s.Addr(), "/v1/admit", testSecret, `{"account_id":`)
 	if a := post(t, s.url+"/v1/admit", testSecret, `{"account_id":"a","endpoint":"codex.responses","estimate":{"tokens_in":1}}`); a.status != 429 && a.status != 200 {
 		t.Fatalf("normal request after the slow ones: %d %s", a.status, a.body)
-	}
-}
-
-// slowClientChecks opens raw connections that misbehave and checks that the server closes
-// each (or answers it with a 4xx) well before the client's own 15 s deadline.
-func slowClientChecks(t *testing.T, addr, path, token string) {
-	t.Helper()
-	const clientDeadline = 15 * time.Second
-	head := "POST " + path + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\nContent-Type: application/json\r\n"
-	cases := []struct {
-		name string
-		send func(net.Conn) error
-	}{
-		{"headers then stall", func(c net.Conn) error { _, err := io.WriteString(c, head); return err }},
-		{"header trickle", func(c net.Conn) error {
-			for i := 0; i < len(head); i++ { // one byte every 100 ms: ~10 s for the whole head
-				if _, err := c.Write([]byte{head[i]}); err != nil {
-					return nil // cut off while sending: what we want
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-			return nil
-		}},
-		{"body stall", func(c net.Conn) error {
-			_, err := io.WriteString(c, head+"Content-Length: 200\r\n\r\n{\"account_id\":")
-			return err
-		}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			conn, err := net.Dial("tcp", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			start := time.Now()
-			if err := conn.SetDeadline(start.Add(clientDeadline)); err != nil {
-				t.Fatal(err)
-			}
-			if err := tc.send(conn); err != nil {
-				t.Fatal(err)
-			}
-			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("server still holds the connection after %s", time.Since(start))
-			}
-			if err == nil {
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode < 400 || resp.StatusCode >= 500 {
-					t.Fatalf("slow client answered %d %s", resp.StatusCode, body)
-				}
-				// The connection is not kept for another request.
-				if _, err := conn.Read(make([]byte, 1)); err == nil {
-					t.Fatal("connection still open after the answer")
-				}
-			}
-			t.Logf("cut off after %s (%v)", time.Since(start).Round(time.Millisecond), fmt.Sprint(err))
-		})
 	}
 }
