@@ -168,6 +168,9 @@ func (s *Service) readiness() error {
 	if !p.Healthy() {
 		return errors.New("the last flush to ClickHouse failed")
 	}
+	if !p.Connected() {
+		return errors.New("not connected to Kafka: joining the consumer group")
+	}
 	return nil
 }
 
@@ -184,6 +187,15 @@ func registerMetrics(reg *prometheus.Registry, p *pipeline.Pipeline, d *detect.D
 	counter("replayed_batches_total", "Recorded batches re-sent after a restart.", p.Stats.ReplayedBatches.Load)
 	counter("insert_errors_total", "Failed insert attempts (retried).", p.Stats.InsertErrors.Load)
 	counter("commit_errors_total", "Failed offset commits.", p.Stats.CommitErrors.Load)
+	counter("kafka_errors_total", "Failed consumer-group joins and failed fetches (each followed by a rejoin after a backoff).", p.Stats.KafkaErrors.Load)
+	counter("kafka_reconnects_total", "Consumer-group generations joined after the first (rejoins after a broker restart, coordinator change or rebalance).", p.Stats.KafkaReconnects.Load)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "tally_sink", Name: "kafka_connected", Help: "1 while the consumer is a member of a live consumer-group generation."},
+		func() float64 {
+			if p.Connected() {
+				return 1
+			}
+			return 0
+		}))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "tally_sink", Name: "buffered_bytes", Help: "Message bytes buffered in batches."},
 		func() float64 { return float64(p.Stats.BufferedBytes.Load()) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "tally_sink", Name: "last_flush_timestamp_seconds", Help: "Unix time of the last successful flush."},

@@ -62,6 +62,23 @@ type Config struct {
 	RetryBackoffMinMs int `env:"SINK_RETRY_BACKOFF_MIN_MS" envDefault:"100"`
 	RetryBackoffMaxMs int `env:"SINK_RETRY_BACKOFF_MAX_MS" envDefault:"5000"`
 	RetryAttemptsMax  int `env:"SINK_RETRY_ATTEMPTS_MAX" envDefault:"30"`
+	// KafkaReconnectBackoffMinMs and KafkaReconnectBackoffMaxMs bound the exponential backoff
+	// before the consumer rejoins its group after a Kafka error (broker down or restarted,
+	// coordinator moved, fetch failed): Kafka errors never stop the sink, it stays not ready
+	// (/readyz 503) until it has rejoined (SINK_KAFKA_RECONNECT_BACKOFF_MIN_MS default 200,
+	// SINK_KAFKA_RECONNECT_BACKOFF_MAX_MS default 5000, 1..600000, min <= max).
+	KafkaReconnectBackoffMinMs int `env:"SINK_KAFKA_RECONNECT_BACKOFF_MIN_MS" envDefault:"200"`
+	KafkaReconnectBackoffMaxMs int `env:"SINK_KAFKA_RECONNECT_BACKOFF_MAX_MS" envDefault:"5000"`
+	// KafkaSessionTimeoutMs is the consumer-group session timeout: a member silent that long
+	// is dropped. After a broker restart the sink rejoins under a new member id and the
+	// broker waits for the old one to expire, so this bounds the pause in consumption
+	// (SINK_KAFKA_SESSION_TIMEOUT_MS, default 10000, 6000..300000 within the broker's
+	// group.min/max.session.timeout.ms).
+	KafkaSessionTimeoutMs int `env:"SINK_KAFKA_SESSION_TIMEOUT_MS" envDefault:"10000"`
+	// KafkaRebalanceTimeoutMs bounds how long a rebalance waits for the members to rejoin; a
+	// member first finishes its flush in flight (SINK_KAFKA_REBALANCE_TIMEOUT_MS, default
+	// 30000, 1000..600000).
+	KafkaRebalanceTimeoutMs int `env:"SINK_KAFKA_REBALANCE_TIMEOUT_MS" envDefault:"30000"`
 	// IntentsMax bounds the recorded batch ranges recalled per partition after a restart
 	// (SINK_INTENTS_MAX, default 10000, 1..1000000).
 	IntentsMax int `env:"SINK_INTENTS_MAX" envDefault:"10000"`
@@ -100,6 +117,7 @@ func DefaultConfig() Config {
 	return Config{Brokers: "127.0.0.1:9092", TopicPrefix: kafkax.DefaultPrefix, ListenAddr: "127.0.0.1:8083",
 		GroupID: "tally-sink", BatchRowsMax: 50000, BatchBytesMax: 32 << 20, BatchWaitMs: 250, FetchBytesMax: 4 << 20,
 		QueueMessagesMax: 10000, RetryBackoffMinMs: 100, RetryBackoffMaxMs: 5000, RetryAttemptsMax: 30,
+		KafkaReconnectBackoffMinMs: 200, KafkaReconnectBackoffMaxMs: 5000, KafkaSessionTimeoutMs: 10000, KafkaRebalanceTimeoutMs: 30000,
 		IntentsMax: 10000, DecodeWorkers: 2, InsertsParallelMax: 2, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig(),
 		HTTPReadHeaderTimeoutMs: 5000, HTTPReadTimeoutMs: 15000, HTTPWriteTimeoutMs: 30000, HTTPIdleTimeoutMs: 120000,
 		HTTPHeaderMaxBytes: 64 << 10, TLS: tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
@@ -143,6 +161,13 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("SINK_RETRY_BACKOFF_MAX_MS: below SINK_RETRY_BACKOFF_MIN_MS"))
 	}
 	in("SINK_RETRY_ATTEMPTS_MAX", int64(c.RetryAttemptsMax), 1, 10000)
+	in("SINK_KAFKA_RECONNECT_BACKOFF_MIN_MS", int64(c.KafkaReconnectBackoffMinMs), 1, 600000)
+	in("SINK_KAFKA_RECONNECT_BACKOFF_MAX_MS", int64(c.KafkaReconnectBackoffMaxMs), 1, 600000)
+	if c.KafkaReconnectBackoffMaxMs < c.KafkaReconnectBackoffMinMs {
+		errs = append(errs, errors.New("SINK_KAFKA_RECONNECT_BACKOFF_MAX_MS: below SINK_KAFKA_RECONNECT_BACKOFF_MIN_MS"))
+	}
+	in("SINK_KAFKA_SESSION_TIMEOUT_MS", int64(c.KafkaSessionTimeoutMs), 6000, 300000)
+	in("SINK_KAFKA_REBALANCE_TIMEOUT_MS", int64(c.KafkaRebalanceTimeoutMs), 1000, 600000)
 	in("SINK_INTENTS_MAX", int64(c.IntentsMax), 1, 1_000_000)
 	in("SINK_RETENTION_DAYS", int64(c.RetentionDays), 1, 36500)
 	in("SINK_DECODE_WORKERS", int64(c.DecodeWorkers), 1, 64)
@@ -182,5 +207,9 @@ func (c Config) pipelineConfig(brokers []string, tc *tls.Config) pipeline.Config
 		RetryBackoffMin: time.Duration(c.RetryBackoffMinMs) * time.Millisecond, RetryBackoffMax: time.Duration(c.RetryBackoffMaxMs) * time.Millisecond,
 		RetryAttemptsMax: c.RetryAttemptsMax, IntentsMax: c.IntentsMax, DecodeWorkers: c.DecodeWorkers,
 		InsertsParallelMax: c.InsertsParallelMax, TLS: tc,
+		ReconnectBackoffMin: time.Duration(c.KafkaReconnectBackoffMinMs) * time.Millisecond,
+		ReconnectBackoffMax: time.Duration(c.KafkaReconnectBackoffMaxMs) * time.Millisecond,
+		SessionTimeout:      time.Duration(c.KafkaSessionTimeoutMs) * time.Millisecond,
+		RebalanceTimeout:    time.Duration(c.KafkaRebalanceTimeoutMs) * time.Millisecond,
 	}
 }

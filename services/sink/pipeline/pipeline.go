@@ -9,6 +9,15 @@
 // offsets again, re-forms exactly the recorded ranges, and re-sends them with the same
 // tokens: ClickHouse keeps the first copy and drops the second, in the tables and in the
 // rollups fed by materialized views.
+//
+// Kafka outages are transient: the pipeline is a kafka-go ConsumerGroup member with one
+// partition reader per assigned partition. When a generation ends (broker restart,
+// coordinator change, rebalance, fetch error) the pipeline drops every batch not yet handed to
+// ClickHouse, waits for the flush in flight to finish (its intents are recorded before the
+// member may rejoin, so the next owner of a partition recalls them), and rejoins with bounded
+// exponential backoff (ReconnectBackoffMin..Max). Each generation starts every partition at
+// the committed offset, with fresh recovery state, so a partition handed back after another
+// member owned it never mixes rows of two generations in one range.
 package pipeline
 
 import (
@@ -61,6 +70,17 @@ type Config struct {
 	DecodeWorkers int
 	// InsertsParallelMax bounds the partition batches of one flush inserted at once.
 	InsertsParallelMax int
+	// ReconnectBackoffMin/Max bound the exponential backoff before the consumer-group member
+	// rejoins after a failed join or a failed fetch (a broker restart, a coordinator change):
+	// Kafka errors never stop Run.
+	ReconnectBackoffMin time.Duration
+	ReconnectBackoffMax time.Duration
+	// SessionTimeout is how long the coordinator keeps a silent member: after a broker
+	// restart the member that lost its id is only replaced when it expires, so it bounds how
+	// long the rejoin waits. RebalanceTimeout bounds how long the group waits for members to
+	// rejoin, among them a member finishing its flush in flight.
+	SessionTimeout   time.Duration
+	RebalanceTimeout time.Duration
 	// TLS is the KAFKA_TLS_* client config of the reader and the dead-letter writer (nil =
 	// plaintext).
 	TLS *tls.Config
@@ -74,7 +94,8 @@ func (c Config) Validate() error {
 	}
 	if c.BatchRowsMax < 1 || c.BatchBytesMax < 1 || c.BatchWait <= 0 || c.FetchBytesMax < 1 || c.QueueMessagesMax < 1 ||
 		c.RetryBackoffMin <= 0 || c.RetryBackoffMax < c.RetryBackoffMin || c.RetryAttemptsMax < 1 || c.IntentsMax < 1 ||
-		c.DecodeWorkers < 1 || c.InsertsParallelMax < 1 {
+		c.DecodeWorkers < 1 || c.InsertsParallelMax < 1 || c.ReconnectBackoffMin <= 0 || c.ReconnectBackoffMax < c.ReconnectBackoffMin ||
+		c.SessionTimeout < 6*time.Second || c.RebalanceTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("pipeline: every bound must be positive: %+v", c))
 	}
 	return errors.Join(errs...)
@@ -84,6 +105,10 @@ func (c Config) Validate() error {
 type Stats struct {
 	Messages, UsageRows, LedgerRows, DeadLetters, Batches, ReplayedBatches atomic.Int64
 	InsertErrors, CommitErrors                                             atomic.Int64
+	// KafkaErrors counts failed joins and failed fetches; KafkaReconnects counts the
+	// generations joined after the first one (each is a rejoin after a lost generation: a
+	// broker restart, a coordinator change or a rebalance).
+	KafkaErrors, KafkaReconnects atomic.Int64
 	// LastFlushUnixMs is the time of the last successful flush.
 	LastFlushUnixMs atomic.Int64
 	// BufferedBytes is the source bytes currently buffered in batches; BufferedBytesPeak its
@@ -112,6 +137,11 @@ type Pipeline struct {
 	hooks   Hooks
 	Stats   Stats
 	healthy atomic.Bool
+	// connected is the sequence number of the live generation whose fetches did not fail; 0
+	// while none is (starting, rejoining).
+	connected atomic.Int64
+	// failures counts Kafka errors since the last fetched message; it sets the backoff.
+	failures atomic.Int64
 }
 
 // New validates cfg and returns a pipeline.
@@ -131,6 +161,19 @@ func New(cfg Config, store rows.Storage, intents Intents, log *slog.Logger, hook
 // Healthy reports whether Run is going and its last flush did not fail.
 func (p *Pipeline) Healthy() bool { return p.healthy.Load() }
 
+// Connected reports whether the pipeline is a member of a live consumer-group generation
+// (false while it starts, and while it rejoins after a Kafka error).
+func (p *Pipeline) Connected() bool { return p.connected.Load() != 0 }
+
+// backoff is the wait after the n-th consecutive Kafka error (n >= 1).
+func (p *Pipeline) backoff(n int64) time.Duration {
+	w := p.cfg.ReconnectBackoffMin
+	for i := int64(1); i < n && w < p.cfg.ReconnectBackoffMax; i++ {
+		w *= 2
+	}
+	return min(w, p.cfg.ReconnectBackoffMax)
+}
+
 type partKey struct {
 	topic     string
 	partition int32
@@ -149,7 +192,7 @@ type partState struct {
 // every partition's order is kept.
 type fetched struct {
 	msg    kafka.Message
-	err    error
+	gen    *generation
 	u      *rows.Usage
 	l      *rows.Ledger
 	reason string // non-empty: dead-letter with this reason
@@ -172,35 +215,30 @@ func decodeOne(f *fetched) {
 	f.u, f.l = u, lg
 }
 
-// Run consumes until ctx is cancelled (returns nil) or an unrecoverable error.
+// generation is one consumer-group generation as the loop sees it.
+type generation struct {
+	seq int64
+	kg  *kafka.Generation
+	// ctx ends when the generation ends or Run stops; fetches and dead-letter writes of the
+	// generation use it.
+	ctx  context.Context
+	stop context.CancelFunc
+	// acked is closed by the loop once the generation's unflushed batches are dropped and the
+	// flush in flight is done: only then may the member rejoin.
+	acked chan struct{}
+	// failed is set by the first fetch error: one outage counts once, not once per partition.
+	failed atomic.Bool
+}
+
+// errGenerationEnded aborts work of a generation that ended (its messages come back in the
+// next one, from the committed offsets).
+var errGenerationEnded = errors.New("pipeline: consumer-group generation ended")
+
+// Run consumes until ctx is cancelled (returns nil) or an unrecoverable error: a ClickHouse
+// failure beyond the retry budget. Kafka errors are never returned: the member rejoins.
 func (p *Pipeline) Run(ctx context.Context) error {
 	p.healthy.Store(true)
-	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:     p.cfg.Brokers,
-		GroupID:     p.cfg.GroupID,
-		GroupTopics: p.cfg.Topics,
-		MinBytes:    1,
-		MaxBytes:    p.cfg.FetchBytesMax,
-		// A short broker wait keeps freshness; the batcher does the batching.
-		MaxWait:       50 * time.Millisecond,
-		QueueCapacity: p.cfg.QueueMessagesMax,
-		// 0 = synchronous commits: CommitMessages returns once the broker has the offsets,
-		// which the sink calls only after the insert succeeded.
-		CommitInterval: 0,
-		// A new group starts at the beginning: every event must reach ClickHouse.
-		StartOffset:       kafka.FirstOffset,
-		HeartbeatInterval: 3 * time.Second,
-		SessionTimeout:    30 * time.Second,
-		RebalanceTimeout:  30 * time.Second,
-		ReadBackoffMin:    50 * time.Millisecond,
-		ReadBackoffMax:    time.Second,
-		MaxAttempts:       3,
-		Dialer:            kafkax.Dialer(p.cfg.TLS),
-		ErrorLogger: kafka.LoggerFunc(func(msg string, a ...any) {
-			p.log.Warn("kafka reader", "detail", fmt.Sprintf(msg, a...))
-		}),
-	})
-	defer r.Close()
+	p.connected.Store(0)
 	dwc := kafkax.DefaultWriterConfig
 	dwc.TLS = p.cfg.TLS
 	dlq := kafkax.NewWriter(p.cfg.Brokers, "", dwc)
@@ -208,10 +246,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
-	// The fetcher hands each message to the decode workers and, in the same order, to the
-	// batcher; both channels are bounded by QueueMessagesMax.
+	// Partition fetchers hand each message to the decode workers and, in the same order, to
+	// the batcher; both channels are bounded by QueueMessagesMax.
 	ordered := make(chan *fetched, p.cfg.QueueMessagesMax)
 	work := make(chan *fetched, p.cfg.QueueMessagesMax)
+	revoked := make(chan *generation)
 	var workers sync.WaitGroup
 	for i := 0; i < p.cfg.DecodeWorkers; i++ {
 		workers.Add(1)
@@ -222,38 +261,171 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	defer workers.Wait()
-	go func() {
-		defer close(work)
-		for {
-			m, err := r.FetchMessage(fctx)
-			f := &fetched{msg: m, err: err, done: make(chan struct{})}
-			if err != nil {
-				close(f.done)
+	memberDone := make(chan error, 1)
+	go func() { memberDone <- p.member(fctx, work, ordered, revoked) }()
+	l := &loop{p: p, dlq: dlq, parts: map[partKey]*partState{}}
+	err := l.run(ctx, ordered, revoked, memberDone)
+	stop()
+	// The member returns once every fetcher of its last generation has returned.
+	if merr := <-memberDone; err == nil {
+		err = ctx2nil(ctx, merr)
+	}
+	close(work)
+	workers.Wait()
+	return err
+}
+
+// member joins the consumer group, starts one fetcher per assigned partition in each
+// generation, and rejoins after every generation, with exponential backoff after errors.
+func (p *Pipeline) member(ctx context.Context, work, ordered chan<- *fetched, revoked chan<- *generation) error {
+	warn := kafka.LoggerFunc(func(msg string, a ...any) {
+		p.log.Warn("kafka consumer group", "detail", fmt.Sprintf(msg, a...))
+	})
+	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID: p.cfg.GroupID, Brokers: p.cfg.Brokers, Topics: p.cfg.Topics, Dialer: kafkax.Dialer(p.cfg.TLS),
+		// A third of the smallest session timeout the broker accepts (6 s by default).
+		HeartbeatInterval: 2 * time.Second,
+		SessionTimeout:    p.cfg.SessionTimeout,
+		// A member waits for its flush in flight before it rejoins: RebalanceTimeout bounds that.
+		RebalanceTimeout: p.cfg.RebalanceTimeout,
+		// kafka-go's own fixed pause after a failed join; the exponential backoff is ours.
+		JoinGroupBackoff: p.cfg.ReconnectBackoffMin,
+		// A new group starts at the beginning: every event must reach ClickHouse.
+		StartOffset: kafka.FirstOffset,
+		// Bounds each coordinator request, the offset commit included.
+		Timeout:     5 * time.Second,
+		ErrorLogger: warn,
+	})
+	if err != nil {
+		return fmt.Errorf("pipeline: consumer group: %w", err)
+	}
+	defer cg.Close()
+	var seq int64
+	for {
+		kg, err := cg.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
 			}
+			p.connected.Store(0)
+			p.Stats.KafkaErrors.Add(1)
+			wait := p.backoff(p.failures.Add(1))
+			p.log.Warn("kafka: joining the consumer group failed; retrying", "group", p.cfg.GroupID, "error", err, "backoff", wait)
+			if !sleepCtx(ctx, wait) {
+				return nil
+			}
+			continue
+		}
+		seq++
+		if seq > 1 {
+			p.Stats.KafkaReconnects.Add(1)
+		}
+		g := &generation{seq: seq, kg: kg, acked: make(chan struct{})}
+		g.ctx, g.stop = context.WithCancel(ctx)
+		n := 0
+		for _, as := range kg.Assignments {
+			n += len(as)
+		}
+		p.log.Info("kafka: joined the consumer group", "group", p.cfg.GroupID, "generation", kg.ID, "member", kg.MemberID, "partitions", n)
+		// The fence holds the generation open until the loop has let go of it.
+		kg.Start(func(gctx context.Context) {
 			select {
-			case ordered <- f:
-			case <-fctx.Done():
-				return
+			case <-gctx.Done():
+			case <-ctx.Done():
 			}
-			if err != nil {
-				return
-			}
+			g.stop()
+			p.connected.CompareAndSwap(g.seq, 0)
 			select {
-			case work <- f:
-			case <-fctx.Done():
-				return
+			case revoked <- g:
+				select {
+				case <-g.acked:
+				case <-ctx.Done():
+				}
+			case <-ctx.Done():
+			}
+		})
+		queue := max(1, p.cfg.QueueMessagesMax/max(n, 1))
+		for topic, as := range kg.Assignments {
+			for _, a := range as {
+				kg.Start(func(context.Context) { p.fetch(ctx, g, topic, a, queue, work, ordered) })
 			}
 		}
-	}()
-	l := &loop{p: p, r: r, dlq: dlq, parts: map[partKey]*partState{}}
-	defer stop()
-	return l.run(ctx, ordered)
+		p.connected.Store(g.seq)
+		if g.ctx.Err() != nil { // the fence already ran
+			p.connected.CompareAndSwap(g.seq, 0)
+		}
+	}
+}
+
+// fetch reads one assigned partition from the generation's starting offset until the
+// generation ends. A fetch error ends the generation (after a backoff), so the member rejoins.
+func (p *Pipeline) fetch(ctx context.Context, g *generation, topic string, a kafka.PartitionAssignment, queue int, work, ordered chan<- *fetched) {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers: p.cfg.Brokers, Topic: topic, Partition: a.ID,
+		MinBytes: 1, MaxBytes: p.cfg.FetchBytesMax,
+		// A short broker wait keeps freshness; the batcher does the batching.
+		MaxWait:        50 * time.Millisecond,
+		QueueCapacity:  queue,
+		ReadBackoffMin: 50 * time.Millisecond,
+		ReadBackoffMax: time.Second,
+		MaxAttempts:    3,
+		Dialer:         kafkax.Dialer(p.cfg.TLS),
+		ErrorLogger: kafka.LoggerFunc(func(msg string, a ...any) {
+			p.log.Warn("kafka reader", "detail", fmt.Sprintf(msg, a...))
+		}),
+	})
+	defer r.Close()
+	if err := r.SetOffset(a.Offset); err != nil {
+		return
+	}
+	for {
+		m, err := r.FetchMessage(g.ctx)
+		if err != nil {
+			if g.ctx.Err() != nil {
+				return
+			}
+			p.connected.CompareAndSwap(g.seq, 0)
+			if !g.failed.CompareAndSwap(false, true) {
+				return // another partition reported it; returning ends the generation
+			}
+			p.Stats.KafkaErrors.Add(1)
+			wait := p.backoff(p.failures.Add(1))
+			p.log.Warn("kafka: fetch failed; rejoining the consumer group", "topic", topic, "partition", a.ID, "error", err, "backoff", wait)
+			// Returning ends the generation; the rejoin waits for this sleep.
+			sleepCtx(ctx, wait)
+			return
+		}
+		if p.failures.Load() != 0 {
+			p.failures.Store(0)
+		}
+		f := &fetched{msg: m, gen: g, done: make(chan struct{})}
+		// To the decoders first: a message the batcher waits for is always decoded.
+		select {
+		case work <- f:
+		case <-g.ctx.Done():
+			return
+		}
+		select {
+		case ordered <- f:
+		case <-g.ctx.Done():
+			return
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 type loop struct {
 	p         *Pipeline
-	r         *kafka.Reader
 	dlq       *kafka.Writer
 	parts     map[partKey]*partState
 	ready     []*rows.Batch // sealed batches awaiting the next flush
@@ -264,9 +436,13 @@ type loop struct {
 	flushTick *time.Timer
 	// inflight yields the result of the flush being inserted, nil when none is.
 	inflight chan error
+	// gen is the generation whose messages are batched; ended is the highest generation let
+	// go of: its messages still queued are dropped.
+	gen   *generation
+	ended int64
 }
 
-func (l *loop) run(ctx context.Context, ch <-chan *fetched) error {
+func (l *loop) run(ctx context.Context, ch <-chan *fetched, revoked <-chan *generation, memberDone <-chan error) error {
 	l.flushTick = time.NewTimer(time.Hour)
 	l.flushTick.Stop()
 	l.replayed = map[*rows.Batch]bool{}
@@ -275,24 +451,40 @@ func (l *loop) run(ctx context.Context, ch <-chan *fetched) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-memberDone:
+			return ctx2nil(ctx, err)
 		case err := <-l.inflight:
 			l.inflight = nil
 			if err != nil {
 				return ctx2nil(ctx, err)
 			}
-		case f := <-ch:
-			if f.err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("pipeline: fetch: %w", f.err)
+		case g := <-revoked:
+			// The generation ended: its partitions may go to another member, which will
+			// recall the intents recorded by the flush in flight, so finish that first.
+			l.abandon(g)
+			err := l.waitInflight()
+			close(g.acked)
+			if err != nil {
+				return ctx2nil(ctx, err)
 			}
+		case f := <-ch:
 			select {
 			case <-f.done:
 			case <-ctx.Done():
 				return nil
 			}
+			if f.gen.seq <= l.ended {
+				continue // a message of a generation let go of: it comes back in the next one
+			}
+			if l.gen != f.gen {
+				l.abandon(l.gen)
+				l.gen = f.gen
+			}
 			if err := l.handle(ctx, f); err != nil {
+				if errors.Is(err, errGenerationEnded) {
+					l.abandon(f.gen)
+					continue
+				}
 				return ctx2nil(ctx, err)
 			}
 			if l.rowsN >= l.p.cfg.BatchRowsMax || l.bytesN >= l.p.cfg.BatchBytesMax {
@@ -306,6 +498,26 @@ func (l *loop) run(ctx context.Context, ch <-chan *fetched) error {
 			}
 		}
 	}
+}
+
+// abandon lets go of generation g: every batch not yet handed to an inserter is dropped
+// (its messages were not committed, so the next generation redelivers them) and every
+// partition's recovery state is forgotten (the next generation recalls the intents again).
+func (l *loop) abandon(g *generation) {
+	if g == nil || g.seq <= l.ended {
+		return
+	}
+	l.ended = g.seq
+	if l.rowsN > 0 || l.bytesN > 0 {
+		l.p.log.Warn("consumer-group generation ended: dropping unflushed batches", "generation", g.kg.ID, "rows", l.rowsN, "bytes", l.bytesN)
+	}
+	clear(l.parts)
+	l.ready = l.ready[:0]
+	clear(l.replayed)
+	l.rowsN, l.bytesN = 0, 0
+	l.p.Stats.BufferedBytes.Store(0)
+	l.flushTick.Stop()
+	l.deadline = time.Time{}
 }
 
 func ctx2nil(ctx context.Context, err error) error {
@@ -344,6 +556,11 @@ func (l *loop) handle(ctx context.Context, f *fetched) error {
 			l.p.log.Warn("offset jump: dropping unflushed batch", "range", st.cur.Range.String(), "offset", m.Offset)
 		}
 		st.cur = nil
+		// The flush in flight may hold this partition's previous range: its intent must be
+		// recorded before the recall reads the intents.
+		if err := l.waitInflight(); err != nil {
+			return err
+		}
 		rs, err := retry(ctx, l.p, "recall intents", func() ([]rows.Range, error) {
 			return l.p.intents.PendingIntents(ctx, l.p.cfg.GroupID, m.Topic, int32(m.Partition), m.Offset, l.p.cfg.IntentsMax)
 		})
@@ -360,7 +577,7 @@ func (l *loop) handle(ctx context.Context, f *fetched) error {
 	}
 	u, lg := f.u, f.l
 	if f.reason != "" {
-		if err := l.deadLetter(ctx, m, f.reason); err != nil {
+		if err := l.deadLetter(ctx, f.gen, m, f.reason); err != nil {
 			return err
 		}
 	}
@@ -394,12 +611,17 @@ func (l *loop) handle(ctx context.Context, f *fetched) error {
 	return nil
 }
 
-// deadLetter publishes m to the dead-letter topic with the reason, retrying.
-func (l *loop) deadLetter(ctx context.Context, m kafka.Message, reason string) error {
-	_, err := retry(ctx, l.p, "dead-letter", func() (struct{}, error) {
-		return struct{}{}, kafkax.DeadLetter(ctx, l.dlq, l.p.cfg.DeadLetterTopic, "sink", m, reason)
+// deadLetter publishes m to the dead-letter topic with the reason, retrying while the
+// generation lasts: when it ends (a broker outage ends it within seconds), the message is
+// not committed and comes back in the next generation, so an outage never stops Run here.
+func (l *loop) deadLetter(ctx context.Context, g *generation, m kafka.Message, reason string) error {
+	_, err := retry(g.ctx, l.p, "dead-letter", func() (struct{}, error) {
+		return struct{}{}, kafkax.DeadLetter(g.ctx, l.dlq, l.p.cfg.DeadLetterTopic, "sink", m, reason)
 	})
 	if err != nil {
+		if g.ctx.Err() != nil && ctx.Err() == nil {
+			return errGenerationEnded
+		}
 		return err
 	}
 	l.p.Stats.DeadLetters.Add(1)
@@ -450,7 +672,7 @@ func (l *loop) flush(ctx context.Context) error {
 	if err := l.waitInflight(); err != nil {
 		return err
 	}
-	job := &flushJob{batches: append([]*rows.Batch(nil), l.ready...), replayed: map[*rows.Batch]bool{}}
+	job := &flushJob{gen: l.gen, batches: append([]*rows.Batch(nil), l.ready...), replayed: map[*rows.Batch]bool{}}
 	for _, b := range job.batches {
 		job.replayed[b] = l.replayed[b]
 		l.rowsN -= b.Rows()
@@ -465,6 +687,10 @@ func (l *loop) flush(ctx context.Context) error {
 }
 
 type flushJob struct {
+	// gen is the generation the batches were read in; their offsets are committed in it, so
+	// a stale generation's commit is refused by the coordinator instead of overwriting the
+	// next owner's offsets.
+	gen      *generation
 	batches  []*rows.Batch
 	replayed map[*rows.Batch]bool
 }
@@ -508,7 +734,7 @@ func (l *loop) insert(ctx context.Context, job *flushJob) error {
 		l.p.healthy.Store(false)
 		return err
 	}
-	commits := make([]kafka.Message, 0, len(job.batches))
+	commits := map[string]map[int]int64{}
 	for _, b := range job.batches {
 		l.p.Stats.UsageRows.Add(int64(len(b.Usage)))
 		l.p.Stats.LedgerRows.Add(int64(len(b.Ledger)))
@@ -516,15 +742,22 @@ func (l *loop) insert(ctx context.Context, job *flushJob) error {
 		if job.replayed[b] {
 			l.p.Stats.ReplayedBatches.Add(1)
 		}
-		commits = append(commits, kafka.Message{Topic: b.Range.Topic, Partition: int(b.Range.Partition), Offset: b.Range.Last})
+		// Kafka's committed offset is the next one to read.
+		if commits[b.Range.Topic] == nil {
+			commits[b.Range.Topic] = map[int]int64{}
+		}
+		if next := b.Range.Last + 1; next > commits[b.Range.Topic][int(b.Range.Partition)] {
+			commits[b.Range.Topic][int(b.Range.Partition)] = next
+		}
 	}
 	if h := l.p.hooks.AfterInsert; h != nil {
 		if err := h(); err != nil {
 			return err
 		}
 	}
-	if err := l.r.CommitMessages(ctx, commits...); err != nil {
+	if err := job.gen.kg.CommitOffsets(commits); err != nil {
 		// The rows are in; a later commit or a redelivery (deduplicated) covers these offsets.
+		// A generation that ended (broker restart, rebalance) lands here.
 		l.p.Stats.CommitErrors.Add(1)
 		l.p.log.Warn("commit failed; redelivery will be deduplicated", "error", err)
 	}
