@@ -37,8 +37,11 @@ func TestConfigValidateNamesEveryBadSetting(t *testing.T) {
 	cfg.ParkTimeoutMs = 5
 	cfg.AdminKeys = "ops:nothex"
 	cfg.TopicPrefix = ""
+	cfg.DedupeWindowMs = 999
+	cfg.DedupePerAccountMax = 15
 	err := cfg.Validate()
-	for _, name := range []string{"KAFKA_BROKERS", "LEDGER_BATCH_MAX", "LEDGER_PAGE_MAX", "LEDGER_PARK_TIMEOUT_MS", "LEDGER_ADMIN_KEYS", "TALLY_TOPIC_PREFIX"} {
+	for _, name := range []string{"KAFKA_BROKERS", "LEDGER_BATCH_MAX", "LEDGER_PAGE_MAX", "LEDGER_PARK_TIMEOUT_MS", "LEDGER_ADMIN_KEYS", "TALLY_TOPIC_PREFIX",
+		"LEDGER_DEDUPE_WINDOW_MS", "LEDGER_DEDUPE_PER_ACCOUNT_MAX"} {
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}

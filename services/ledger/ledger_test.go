@@ -365,3 +365,46 @@ func startB(b *testing.B, cfg ledger.Config) *ledger.Service {
 	}
 	return svc
 }
+
+// TestLateCopiesAcrossRestart: a copy of an applied event produced after a restart (the
+// dedupe memory was persisted with the account and restored) is not applied again, and an
+// event older than the dedupe window is not applied but dead-lettered with the reason.
+func TestLateCopiesAcrossRestart(t *testing.T) {
+	c := kafkatest.Start(t)
+	cfg := testConfig(c)
+	r := start(t, cfg)
+	g1 := ev(t, t0, events.CreditsGranted{GrantID: "g1", AccountID: "acme", AmountMicros: 10, Source: events.GrantPurchase})
+	adj := ev(t, t0, events.CreditsAdjusted{AdjustmentID: "x1", AccountID: "acme", AmountMicros: 3, Reason: "fix"})
+	produce(t, c, g1, adj)
+	waitAccount(t, r.base, "acme", func(v view.Account) bool { return v.AvailableMicros == 13 })
+	r.stop(t)
+	r = start(t, cfg)
+	old := ev(t, t0.Add(-25*time.Hour), events.CreditsGranted{GrantID: "g-old", AccountID: "acme", AmountMicros: 1000, Source: events.GrantPurchase})
+	adj2 := ev(t, t0.Add(time.Second), events.CreditsAdjusted{AdjustmentID: "x1", AccountID: "acme", AmountMicros: 3, Reason: "fix"}) // same adjustment id, new event
+	g3 := ev(t, t0.Add(2*time.Second), events.CreditsGranted{GrantID: "g3", AccountID: "acme", AmountMicros: 5, Source: events.GrantPurchase})
+	produce(t, c, g1, adj, old, adj2, g3)
+	v := waitAccount(t, r.base, "acme", func(v view.Account) bool { return v.Position.Watermark.Equal(t0.Add(2 * time.Second)) })
+	if v.AvailableMicros != 18 {
+		t.Fatalf("available %d after the copies, want 18 (13 + g3)", v.AvailableMicros)
+	}
+	var reason string
+	deadline := time.Now().Add(30 * time.Second)
+	for reason == "" && time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = engineReadAll(ctx, c.Brokers, c.Topics.DeadLetter, func(m kafka.Message) error {
+			if e, err := events.Decode(m.Value); err == nil && e.ID == old.ID {
+				for _, h := range m.Headers {
+					if h.Key == kafkax.HeaderDLQReason {
+						reason = string(h.Value)
+					}
+				}
+			}
+			return nil
+		})
+		cancel()
+	}
+	if !bytes.HasPrefix([]byte(reason), []byte(fold.AnomalyTooLate+": event "+old.ID)) {
+		t.Fatalf("the too-late event was not dead-lettered with its reason: %q", reason)
+	}
+	t.Logf("reason: %s", reason)
+}

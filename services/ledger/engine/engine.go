@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -440,6 +441,7 @@ func (b *batcher) prepare(ctx context.Context) error {
 	}
 	b.stMsgs = b.stateRecords(snap)
 	p.journal.add(b.les)
+	dedupeIDs := p.st.DedupeEntries()
 	p.mu.Unlock()
 	t3 := time.Now()
 	e.m.stage.WithLabelValues("encode").Observe(t3.Sub(t2).Seconds())
@@ -447,13 +449,48 @@ func (b *batcher) prepare(ctx context.Context) error {
 	if len(decoded) > 0 {
 		e.m.foldSeconds.Observe(time.Since(t0).Seconds() / float64(len(decoded)))
 	}
+	e.m.dedupeEvicted.Add(float64(b.out.Evicted))
+	e.m.dedupeIDs.WithLabelValues(itoa(b.id)).Set(float64(dedupeIDs))
 	for _, an := range b.out.Anomalies {
 		e.m.anomalies.WithLabelValues(an.Kind).Inc()
 		if an.Kind != fold.AnomalyDuplicate {
 			e.log.Warn("ledger: anomaly", "kind", an.Kind, "account", an.AccountID, "event", an.EventID, "request", an.RequestID)
 		}
+		if an.Kind == fold.AnomalyTooLate {
+			if err := b.deadLetterTooLate(ctx, &an); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+// deadLetterTooLate sends an event the fold refused as too late to the dead-letter topic,
+// with the reason: it was not applied, and must not be silently dropped.
+func (b *batcher) deadLetterTooLate(ctx context.Context, an *fold.Anomaly) error {
+	e := b.e
+	i := sort.Search(len(b.msgs), func(i int) bool { return b.msgs[i].Offset >= an.Offset })
+	if i == len(b.msgs) || b.msgs[i].Offset != an.Offset {
+		return fmt.Errorf("ledger: partition %d: too-late event at offset %d is not in the batch", b.id, an.Offset)
+	}
+	reason := fmt.Sprintf("%s: event %s for account %s has time %s, before the ledger's dedupe horizon %s "+
+		"(the partition watermark minus LEDGER_DEDUPE_WINDOW_MS, or the account's dedupe floor): it cannot be proven new "+
+		"and was not applied; re-publish it with a new event id if it must count",
+		fold.AnomalyTooLate, an.EventID, an.AccountID, eventTime(&b.evs, an.EventID), time.Unix(0, an.HorizonNs).UTC().Format(time.RFC3339Nano))
+	e.m.deadLettered.Inc()
+	if err := kafkax.DeadLetter(ctx, e.dlq, e.cfg.Topics.DeadLetter, "ledger", b.msgs[i], reason); err != nil {
+		return fmt.Errorf("ledger: partition %d: %w", b.id, err)
+	}
+	return nil
+}
+
+func eventTime(evs *[]events.Event, id string) string {
+	for i := range *evs {
+		if (*evs)[i].ID == id {
+			return (*evs)[i].Time.UTC().Format(time.RFC3339Nano)
+		}
+	}
+	return "?"
 }
 
 // write publishes the batch's outputs, then its account records, then its snapshot.

@@ -45,8 +45,8 @@ func BenchmarkRecovery(b *testing.B) {
 			Grants: []fold.Grant{{ID: "grant-" + id, EventID: fold.ParseUUID("01a211a1-e5b0-78f5-bfff-ede27dab8a44"), Amount: 1_000_000, Remaining: 989_000}},
 			Holds: []fold.Hold{{RequestID: "req-2-" + id, EventID: fold.ParseUUID("01a211a1-e5b9-7859-a887-f4c563e81c55"), Endpoint: "codex.responses", Priority: 1,
 				Funding: 1, HoldMicros: 10_000, StartNs: at, ExpiresNs: at + int64(5*time.Minute)}}}
-		a.Events[0], a.Events[1], a.Events[2], a.EventsN = 1, 2, 3, 3
-		a.Reqs[0], a.ReqsN = 4, 1
+		// One settled request, remembered at the watermark.
+		a.Dedupe.Append(0x9e3779b97f4a7c14, at)
 		v := encodeAccountRecord(nil, p, a)
 		bytes += int64(len(v))
 		msgs = append(msgs, kafka.Message{Key: []byte("a/" + id), Value: v})

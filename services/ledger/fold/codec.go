@@ -6,8 +6,16 @@ import (
 	"fmt"
 )
 
-// codecVersion is the first byte of an encoded account; decoders refuse other versions.
-const codecVersion = 1
+// codecVersion is the first byte of an encoded account. Version 2 replaced the fixed dedupe
+// rings of version 1 by the timed dedupe memory; version-1 records still decode (their ids
+// are kept for one window from the first fold after the restore). Other versions are refused.
+const (
+	codecVersion   = 2
+	codecVersionV1 = 1
+)
+
+// maxDedupeDecoded bounds the dedupe entries a record may carry (the setting's maximum).
+const maxDedupeDecoded = 1 << 20
 
 // AppendBinary appends the compact binary form of the account (the persisted state record)
 // to dst. It is about a fifth of the JSON size and several times faster to encode and
@@ -35,9 +43,22 @@ func (a *Account) AppendBinary(dst []byte) []byte {
 		dst = binary.AppendVarint(dst, w.StartMs)
 		dst = binary.AppendVarint(dst, w.UsedMicros)
 	}
-	dst = appendRing(dst, a.Events[:], a.EventsN)
-	dst = appendRing(dst, a.Reqs[:], a.ReqsN)
-	dst = appendRing(dst, a.BizIDs[:], a.BizN)
+	// Dedupe: floor, count, then each entry's key (8 bytes) and time (the first as a varint,
+	// the others as the uvarint delta from the previous: the memory is in time order).
+	d := &a.Dedupe
+	dst = binary.AppendVarint(dst, d.FloorNs)
+	dst = binary.AppendUvarint(dst, uint64(d.Len()))
+	var prev int64
+	for i := 0; i < d.Len(); i++ {
+		k, at := d.At(i)
+		dst = binary.LittleEndian.AppendUint64(dst, k)
+		if i == 0 {
+			dst = binary.AppendVarint(dst, at)
+		} else {
+			dst = binary.AppendUvarint(dst, uint64(at-prev))
+		}
+		prev = at
+	}
 	dst = binary.AppendUvarint(dst, uint64(len(a.Grants)))
 	for i := range a.Grants {
 		g := &a.Grants[i]
@@ -76,15 +97,6 @@ func (a *Account) AppendBinary(dst []byte) []byte {
 func appendStr(dst []byte, s string) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(s)))
 	return append(dst, s...)
-}
-
-// appendRing writes the fill count and only the filled slots.
-func appendRing(dst []byte, r []uint64, n uint8) []byte {
-	dst = append(dst, n)
-	for i := 0; i < int(n) && i < len(r); i++ {
-		dst = binary.LittleEndian.AppendUint64(dst, r[i])
-	}
-	return dst
 }
 
 // ErrCorrupt is returned for a record that does not decode.
@@ -148,20 +160,48 @@ func (r *reader) byte1() byte {
 	return b[0]
 }
 
-func (r *reader) ring(dst []uint64) uint8 {
-	n := r.byte1()
-	if int(n) > 2*len(dst) {
+// ringV1 reads a version-1 dedupe ring of size slots and adds its ids, salted with each of
+// salts, to d (times are set when the account is first folded).
+func (r *reader) ringV1(d *Dedupe, size int, salts ...uint64) {
+	n := int(r.byte1())
+	if n > 2*size {
 		r.err = ErrCorrupt
-		return 0
+		return
 	}
-	for i := 0; i < int(n) && i < len(dst); i++ {
+	for i := 0; i < n && i < size; i++ {
 		b := r.bytes(8)
 		if b == nil {
-			return 0
+			return
 		}
-		dst[i] = binary.LittleEndian.Uint64(b)
+		for _, salt := range salts {
+			d.Append(binary.LittleEndian.Uint64(b)^salt, 0)
+		}
 	}
-	return n
+}
+
+func (r *reader) dedupe(d *Dedupe) {
+	d.FloorNs = r.varint()
+	n := r.count(maxDedupeDecoded)
+	var prev int64
+	for i := 0; i < n && r.err == nil; i++ {
+		b := r.bytes(8)
+		if b == nil {
+			return
+		}
+		var at int64
+		if i == 0 {
+			at = r.varint()
+		} else {
+			delta := r.uvarint()
+			at = prev + int64(delta)
+			if delta > 1<<62 || at < prev {
+				r.err = ErrCorrupt
+				return
+			}
+		}
+		d.Append(binary.LittleEndian.Uint64(b), at)
+		prev = at
+	}
 }
 
 func (r *reader) count(max int) int {
@@ -176,7 +216,8 @@ func (r *reader) count(max int) int {
 // DecodeAccount decodes a record written by AppendBinary.
 func DecodeAccount(b []byte) (*Account, error) {
 	r := &reader{b: b}
-	if v := r.byte1(); v != codecVersion {
+	v := r.byte1()
+	if v != codecVersion && v != codecVersionV1 {
 		return nil, fmt.Errorf("%w: version %d", ErrCorrupt, v)
 	}
 	a := &Account{}
@@ -195,9 +236,15 @@ func DecodeAccount(b []byte) (*Account, error) {
 	for i := range a.Windows {
 		a.Windows[i].StartMs, a.Windows[i].UsedMicros = r.varint(), r.varint()
 	}
-	a.EventsN = r.ring(a.Events[:])
-	a.ReqsN = r.ring(a.Reqs[:])
-	a.BizN = r.ring(a.BizIDs[:])
+	if v == codecVersionV1 {
+		// Rings of 8 event ids, 16 request ids and 8 grant-or-adjustment ids.
+		a.legacy = true
+		r.ringV1(&a.Dedupe, 8, saltEvent)
+		r.ringV1(&a.Dedupe, 16, saltRequest)
+		r.ringV1(&a.Dedupe, 8, saltGrant, saltAdjust)
+	} else {
+		r.dedupe(&a.Dedupe)
+	}
 	if n := r.count(1 << 20); n > 0 {
 		a.Grants = make([]Grant, n)
 		for i := range a.Grants {

@@ -21,6 +21,8 @@ type State struct {
 	endpoints map[string]*endpointLoad
 	epOrder   []string
 	scratch   []byte
+	dedupeN   int        // dedupe entries over all accounts
+	legacy    []*Account // restored from version-1 records, their dedupe times not yet set
 }
 
 // Snapshot is the partition-level part of the persisted state.
@@ -137,10 +139,22 @@ func (s *State) index(a *Account) {
 		p := &a.Parked[i]
 		s.schedule(expiry{atNs: p.AtNs + s.cfg.ParkTimeoutNs, acct: a, kind: expParked, hash: hashID(p.RequestID)})
 	}
+	s.dedupeN += a.Dedupe.Len()
+	a.pruneNs = 0
+	if a.legacy {
+		s.legacy = append(s.legacy, a) // its dedupe times are set to the watermark at the next fold
+	} else {
+		s.schedulePrune(a)
+	}
 }
 
 func (s *State) unindex(a *Account) {
+	a.replaced = true
 	s.live -= len(a.Holds) + len(a.Parked)
+	if a.pruneNs != 0 {
+		s.live--
+	}
+	s.dedupeN -= a.Dedupe.Len()
 	for i := range a.Grants {
 		if a.Grants[i].ExpiresNs != 0 {
 			s.live--
@@ -166,6 +180,9 @@ func (s *State) Apply(in Input, out *Output) {
 	if in.Offset > s.offset {
 		s.offset = in.Offset
 	}
+	if s.legacy != nil {
+		s.stampLegacy()
+	}
 	s.sweep(out)
 	acctID := ev.Subject
 	if acctID == "" {
@@ -180,27 +197,34 @@ func (s *State) Apply(in Input, out *Output) {
 		return
 	}
 	a := s.accounts[acctID]
+	if a != nil && in.Offset <= a.Offset {
+		return // already folded before a restart: state and offsets were persisted together
+	}
+	// An event older than the horizon may have been applied and forgotten: refuse it.
+	horizon := s.cutoff()
+	if a != nil && a.Dedupe.FloorNs >= horizon {
+		horizon = a.Dedupe.FloorNs + 1
+	}
+	if t < horizon {
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyTooLate, AccountID: acctID, EventID: ev.ID,
+			RequestID: requestID(ev), Offset: in.Offset, HorizonNs: horizon})
+		return
+	}
 	if a == nil {
 		a = &Account{ID: acctID, Offset: -1}
 		s.accounts[acctID] = a
 	}
-	if in.Offset <= a.Offset {
-		return // already folded before a restart: state and offsets were persisted together
-	}
 	a.Offset = in.Offset
 	out.touch(a)
-	h := hashID(ev.ID)
-	if ringHas(a.Events[:], a.EventsN, h) {
-		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID})
-		return
-	}
-	ringPut(a.Events[:], &a.EventsN, h)
 	switch p := ev.Payload.(type) {
 	case events.RequestStarted:
 		s.start(a, ev, &p, out)
 	case events.RequestFinished:
 		s.finish(a, ev, &p, out)
 	case events.RequestRejected:
+		if s.duplicateEvent(a, ev, out) {
+			return
+		}
 		s.rollHistory(a, t)
 		a.ReqsCur++
 		a.RejsCur++
@@ -209,11 +233,41 @@ func (s *State) Apply(in Input, out *Output) {
 	case events.CreditsAdjusted:
 		s.adjust(a, ev, &p, out)
 	case events.AccountUpdated:
+		if s.duplicateEvent(a, ev, out) {
+			return
+		}
 		a.Tier, a.Priority, a.Suspended = s.internTier(p.Tier), internPriority(p.Priority), p.Suspended
 	case events.AbuseFlagged:
+		if s.duplicateEvent(a, ev, out) {
+			return
+		}
 		s.flag(a, t, &p)
 	}
 	s.history(a, out)
+}
+
+func requestID(ev *events.Event) string {
+	switch p := ev.Payload.(type) {
+	case events.RequestStarted:
+		return p.RequestID
+	case events.RequestFinished:
+		return p.RequestID
+	case events.RequestRejected:
+		return p.RequestID
+	}
+	return ""
+}
+
+// duplicateEvent checks and remembers the event id of an event that has no business id
+// the fold tracks (request.rejected, account.updated, abuse.flagged).
+func (s *State) duplicateEvent(a *Account, ev *events.Event, out *Output) bool {
+	k := hashID(ev.ID) ^ saltEvent
+	if s.seen(a, k, ev.Time.UnixNano(), out) {
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID})
+		return true
+	}
+	s.remember(a, k, out)
+	return false
 }
 
 func (s *State) internTier(name string) string {
@@ -246,7 +300,7 @@ func internPriority(p string) string {
 
 func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, out *Output) {
 	rh := hashID(p.RequestID)
-	if a.findHold(p.RequestID) >= 0 || ringHas(a.Reqs[:], a.ReqsN, rh) || ringHas(a.Reqs[:], a.ReqsN, rh|1) {
+	if a.findHold(p.RequestID) >= 0 || s.seenRequest(a, rh, ev.Time.UnixNano(), out) {
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
 		return
 	}
@@ -254,6 +308,7 @@ func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, ou
 	a.ReqsCur++
 	if len(a.Holds) >= s.cfg.MaxHoldsPerAccount {
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyTooManyHolds, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+		s.remember(a, rh^saltNoHold, out) // a copy of this start is a duplicate; a finish is parked as before
 		return
 	}
 	hold := Hold{RequestID: p.RequestID, EventID: ParseUUID(ev.ID), Endpoint: s.internEndpoint(p.Endpoint), Priority: uint8(prioIndex(p.Priority)),
@@ -297,11 +352,12 @@ func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, 
 	}
 	rh := hashID(p.RequestID)
 	switch {
-	case ringHas(a.Reqs[:], a.ReqsN, rh):
+	case s.seen(a, rh, ev.Time.UnixNano(), out):
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
-	case ringHas(a.Reqs[:], a.ReqsN, rh|1):
-		// The hold expired before the finish: charge late from the available balance.
-		ringReplace(a.Reqs[:], a.ReqsN, rh|1, rh)
+	case a.Dedupe.has(rh | 1):
+		// The hold expired before the finish: charge late from the available balance. The
+		// request is remembered as settled from now on (a copy of this finish is a duplicate).
+		s.remember(a, rh, out)
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyLateFinish, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
 		s.charge(a, ev.ID, "late_charge", p.RequestID, 0, p.CostMicros, ev.Time, out)
 		s.settledOK(a, p.Status)
@@ -317,7 +373,7 @@ func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, 
 }
 
 func (s *State) unknownFinish(a *Account, eventID, requestID string, cost int64, at time.Time, out *Output) {
-	ringPut(a.Reqs[:], &a.ReqsN, hashID(requestID))
+	s.remember(a, hashID(requestID), out)
 	out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnknownFinish, AccountID: a.ID, EventID: eventID, RequestID: requestID})
 	s.charge(a, eventID, "unknown_finish_charge", requestID, 0, cost, at, out)
 }
@@ -329,7 +385,7 @@ func (s *State) settle(a *Account, i int, causeID, status string, cost int64, at
 	h := a.Holds[i]
 	a.removeHold(i)
 	s.live--
-	ringPut(a.Reqs[:], &a.ReqsN, hashID(h.RequestID))
+	s.remember(a, hashID(h.RequestID), out)
 	s.inflight(h.Endpoint, h.Priority, -1, out)
 	s.settledOK(a, status)
 	if h.Funding == fundAllowance {
@@ -383,7 +439,7 @@ func (s *State) settledOK(a *Account, status string) {
 
 func (s *State) grant(a *Account, ev *events.Event, p *events.CreditsGranted, out *Output) {
 	gh := hashID(p.GrantID)
-	if a.findGrant(p.GrantID) >= 0 || ringHas(a.BizIDs[:], a.BizN, gh) {
+	if a.findGrant(p.GrantID) >= 0 || s.seen(a, gh^saltGrant, ev.Time.UnixNano(), out) {
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID})
 		return
 	}
@@ -398,12 +454,12 @@ func (s *State) grant(a *Account, ev *events.Event, p *events.CreditsGranted, ou
 		Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerGrantsIssued, AmountMicros: -p.AmountMicros, Kind: "grant", GrantID: p.GrantID, At: ev.Time})
 	if expNs != 0 && expNs <= s.watermark {
 		// Already expired in log time: all of it is breakage at once.
-		ringPut(a.BizIDs[:], &a.BizN, gh)
+		s.remember(a, gh^saltGrant, out)
 		s.breakage(a, events.DerivedID(ev.ID, "breakage"), p.GrantID, p.AmountMicros, time.Unix(0, expNs).UTC(), out)
 		return
 	}
 	if len(a.Grants) >= s.cfg.MaxGrantsPerAccount {
-		ringPut(a.BizIDs[:], &a.BizN, gh)
+		s.remember(a, gh^saltGrant, out)
 		a.ExtraMicros += p.AmountMicros
 		return
 	}
@@ -426,12 +482,12 @@ func (s *State) breakage(a *Account, cause, grantID string, amt int64, at time.T
 }
 
 func (s *State) adjust(a *Account, ev *events.Event, p *events.CreditsAdjusted, out *Output) {
-	ah := hashID(p.AdjustmentID)
-	if ringHas(a.BizIDs[:], a.BizN, ah) {
+	ah := hashID(p.AdjustmentID) ^ saltAdjust
+	if s.seen(a, ah, ev.Time.UnixNano(), out) {
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID})
 		return
 	}
-	ringPut(a.BizIDs[:], &a.BizN, ah)
+	s.remember(a, ah, out)
 	amt := p.AmountMicros
 	if amt > 0 {
 		a.ExtraMicros += amt
@@ -542,7 +598,7 @@ func (s *State) schedule(e expiry) {
 
 func (s *State) isLive(e *expiry) bool {
 	a := e.acct
-	if s.accounts[a.ID] != a {
+	if a.replaced {
 		return false
 	}
 	switch e.kind {
@@ -564,6 +620,8 @@ func (s *State) isLive(e *expiry) bool {
 				return true
 			}
 		}
+	case expDedupe:
+		return a.pruneNs == e.atNs
 	}
 	return false
 }
@@ -573,7 +631,7 @@ func (s *State) sweep(out *Output) {
 	for len(s.heap) > 0 && s.heap[0].atNs < s.watermark {
 		e := s.heap.pop()
 		a := e.acct
-		if s.accounts[a.ID] != a {
+		if a.replaced {
 			continue // replaced by a restore
 		}
 		switch e.kind {
@@ -583,6 +641,13 @@ func (s *State) sweep(out *Output) {
 			s.expireGrant(a, e, out)
 		case expParked:
 			s.expireParked(a, e, out)
+		case expDedupe:
+			if a.pruneNs == e.atNs {
+				a.pruneNs = 0
+				s.live--
+				s.prune(a)
+				s.schedulePrune(a)
+			}
 		}
 	}
 }
@@ -601,7 +666,7 @@ func (s *State) expireHold(a *Account, e expiry, out *Output) {
 	h := a.Holds[i]
 	a.removeHold(i)
 	s.live--
-	ringPut(a.Reqs[:], &a.ReqsN, hashID(h.RequestID)|1)
+	s.remember(a, hashID(h.RequestID)|1, out)
 	s.inflight(h.Endpoint, h.Priority, -1, out)
 	out.touch(a)
 	at := time.Unix(0, h.ExpiresNs).UTC()
@@ -638,7 +703,7 @@ func (s *State) expireGrant(a *Account, e expiry, out *Output) {
 	g := a.Grants[i]
 	a.Grants = append(a.Grants[:i], a.Grants[i+1:]...)
 	s.live--
-	ringPut(a.BizIDs[:], &a.BizN, e.hash)
+	s.remember(a, e.hash^saltGrant, out)
 	out.touch(a)
 	s.breakage(a, events.DerivedID(g.EventID.String(), "breakage"), g.ID, g.Remaining, time.Unix(0, g.ExpiresNs).UTC(), out)
 }
@@ -770,32 +835,106 @@ func hashID(s string) uint64 {
 	return h &^ 1
 }
 
-func ringHas(r []uint64, n uint8, h uint64) bool {
-	for i := 0; i < int(n) && i < len(r); i++ {
-		if r[i] == h {
-			return true
-		}
+// cutoff is the dedupe horizon of the partition: ids remembered before it are forgotten.
+func (s *State) cutoff() int64 {
+	c := s.watermark - s.cfg.DedupeWindowNs
+	if c > s.watermark {
+		return -1 << 63
 	}
-	return false
+	return c
 }
 
-// ringPut stores h in the ring; n counts puts modulo 2*len (slot = n mod len).
-func ringPut(r []uint64, n *uint8, h uint64) {
-	slot := int(*n) % len(r)
-	r[slot] = h
-	if int(*n) < len(r) {
-		*n++
+// prune forgets a's ids remembered before the horizon.
+func (s *State) prune(a *Account) {
+	if d := &a.Dedupe; d.n > 0 && d.headAt() < s.cutoff() {
+		s.dedupeN -= d.prune(s.cutoff())
+	}
+}
+
+// seen reports whether key is remembered by a. A copy found with an event time (t) later
+// than the time its id was remembered at renews the id at the watermark: an id must be
+// remembered at least as long as every event it stopped (a re-send with a new event id and a
+// later time would otherwise outlive the id that stopped it).
+func (s *State) seen(a *Account, key uint64, t int64, out *Output) bool {
+	s.prune(a)
+	at, ok := a.Dedupe.lookup(key)
+	if ok && at < t {
+		s.remember(a, key, out)
+	}
+	return ok
+}
+
+// seenRequest reports whether the request hashed rh was settled, expired or refused a hold
+// (renewed as seen does).
+func (s *State) seenRequest(a *Account, rh uint64, t int64, out *Output) bool {
+	s.prune(a)
+	k, at, ok := a.Dedupe.lookupRequest(rh)
+	if ok && at < t {
+		s.remember(a, k, out)
+	}
+	return ok
+}
+
+// remember adds key to a's memory at the watermark. Beyond the per-account bound the oldest
+// ids are evicted: counted, and the account's dedupe floor rises to their time.
+func (s *State) remember(a *Account, key uint64, out *Output) {
+	d := &a.Dedupe
+	s.prune(a)
+	for d.n > 0 && d.n >= uint32(s.cfg.MaxDedupePerAccount) {
+		d.popHead()
+		s.dedupeN--
+		out.Evicted++
+	}
+	at := s.watermark
+	if d.n > 0 {
+		// A restore can rewind the clock below ids persisted by a batch whose partition record
+		// was not written; keep the memory in time order.
+		_, tail := d.At(d.Len() - 1)
+		at = max(at, tail)
+	}
+	d.Append(key, at)
+	s.dedupeN++
+	if a.pruneNs == 0 {
+		s.schedulePrune(a)
+	}
+}
+
+// schedulePrune schedules the pruning of a's memory one window after its oldest id is
+// forgotten. Accounts in use are pruned as they are folded; this bounds the memory of idle
+// ones, whose rings are released when empty.
+func (s *State) schedulePrune(a *Account) {
+	if a.Dedupe.n == 0 {
 		return
 	}
-	*n = uint8(len(r) + (slot+1)%len(r))
+	at := a.Dedupe.headAt() + 2*s.cfg.DedupeWindowNs
+	if at < a.Dedupe.headAt() {
+		at = 1<<63 - 1
+	}
+	if at == 0 {
+		at = 1
+	}
+	a.pruneNs = at
+	s.schedule(expiry{atNs: at, acct: a, kind: expDedupe})
 }
 
-func ringReplace(r []uint64, n uint8, old, h uint64) {
-	for i := 0; i < int(n) && i < len(r); i++ {
-		if r[i] == old {
-			r[i] = h
+// stampLegacy sets the dedupe times of accounts restored from version-1 records (which
+// carried no times) to the watermark: from now on they are kept for a full window.
+func (s *State) stampLegacy() {
+	for _, a := range s.legacy {
+		if a.replaced || !a.legacy {
+			continue
 		}
+		a.legacy = false
+		d := &a.Dedupe
+		for i := uint32(0); i < d.n; i++ {
+			d.ring[(d.head+i)&uint32(len(d.ring)-1)].atNs = s.watermark
+		}
+		s.schedulePrune(a)
 	}
+	s.legacy = nil
 }
+
+// DedupeEntries is the number of ids remembered over all accounts of the partition.
+func (s *State) DedupeEntries() int { return s.dedupeN }
 
 var _ = pricebook.KindVideo

@@ -383,6 +383,24 @@ func FuzzFold(f *testing.F) {
 		if s1.Len() != s2.Len() {
 			t.Fatal("replay account count differs")
 		}
+		// Late copies of a random half of the log, in random order, move no money.
+		var copies []*events.Event
+		for _, e := range evs {
+			if r.IntN(2) == 0 {
+				copies = append(copies, e)
+			}
+		}
+		r.Shuffle(len(copies), func(i, j int) { copies[i], copies[j] = copies[j], copies[i] })
+		s3, out3 := run(t, append(append([]*events.Event(nil), evs...), copies...))
+		mustCheck(t, s3, out3)
+		if len(out3.Entries) != len(out1.Entries) {
+			t.Fatalf("late copies added %d journal lines", len(out3.Entries)-len(out1.Entries))
+		}
+		s1.Accounts(func(a *Account) {
+			if money(a) != money(s3.Account(a.ID)) {
+				t.Fatalf("late copies changed account %s", a.ID)
+			}
+		})
 	})
 }
 
@@ -403,8 +421,7 @@ func TestRestoreResumes(t *testing.T) {
 	s1.Accounts(func(a *Account) { accts = append(accts, roundTrip(t, a)) })
 	s2.Restore(s1.Snapshot(), accts)
 	// Resume from the start (an old committed offset): events at or below each account's
-	// stored offset must be skipped by offset; the replay window reaches back
-	// far enough back that the dedupe rings alone could not tell what was folded.
+	// stored offset must be skipped by offset, not reported as duplicates.
 	for i := 0; i < len(evs); i++ {
 		s2.Apply(Input{Offset: int64(i), Event: evs[i]}, &out)
 	}
@@ -418,14 +435,12 @@ func TestRestoreResumes(t *testing.T) {
 }
 
 func TestFoldAllocs(t *testing.T) {
-	s, evs := steadyState(t, 1000)
+	s, c := steadyState(t, 1000)
 	var out Output
-	i := 0
 	off := int64(1_000_000)
 	allocs := testing.AllocsPerRun(2000, func() {
-		s.Apply(Input{Offset: off, Event: evs[i%len(evs)]}, &out)
+		s.Apply(Input{Offset: off, Event: c.next()}, &out)
 		off++
-		i++
 		if len(out.Entries) > 4096 {
 			out.Reset()
 		}
@@ -433,89 +448,205 @@ func TestFoldAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("steady-state fold allocates %.2f per event", allocs)
 	}
+	if len(out.Anomalies) != 0 {
+		t.Fatalf("steady state has anomalies: %+v", out.Anomalies[0])
+	}
 }
 
-// steadyState returns a warmed state and a cyclic log of start/finish pairs over accts
-// accounts whose event times stay inside one hold window. Ids repeat per cycle, so the
-// log is re-fed with fresh offsets and distinct event ids per lap are not needed: each lap
-// reuses request ids that have left the dedupe ring.
-func steadyState(t testing.TB, accts int) (*State, []*events.Event) {
+// cycle re-feeds a log forever: each lap moves every event time forward by the log's span,
+// so the watermark keeps advancing. The dedupe window is shorter than a lap, so the request
+// ids of the previous lap have been forgotten when they come again.
+type cycle struct {
+	evs  []*events.Event
+	base []time.Time
+	span time.Duration
+	i    int
+	lap  int
+}
+
+func (c *cycle) next() *events.Event {
+	if c.i == len(c.evs) {
+		c.i = 0
+		c.lap++
+		d := time.Duration(c.lap) * c.span
+		for j, e := range c.evs {
+			e.Time = c.base[j].Add(d)
+		}
+	}
+	e := c.evs[c.i]
+	c.i++
+	return e
+}
+
+// steadyStateStep is the log time between two events of the steady-state log.
+const steadyStateStep = 40 * time.Microsecond
+
+// steadyState returns a warmed state and a cyclic log of start/finish pairs, 25 requests
+// per account over accts accounts, with event times advancing by steadyStateStep. The dedupe
+// window is half a lap, so each account remembers about 12 settled requests, and every id
+// is forgotten before it comes again.
+func steadyState(t testing.TB, accts int) (*State, *cycle) {
+	const reqs = 25
 	l := &logb{t: t}
 	for a := 0; a < accts; a++ {
 		l.add(t0, grant(fmt.Sprint("acct-", a), "g", 1_000_000_000_000, 0, nil))
 	}
-	s, _ := run(t, l.evs)
+	cfg := DefaultConfig(pricebook.Default())
+	span := time.Duration(2*reqs*accts) * steadyStateStep
+	cfg.DedupeWindowNs = int64(span / 2)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s := New(cfg, 0)
+	var out Output
+	for i, e := range l.evs {
+		s.Apply(Input{Offset: int64(i), Event: e}, &out)
+	}
 	l.evs = l.evs[:0]
-	// RecentRequests+1 distinct request ids per account so a lap later an id is forgotten.
-	for r := 0; r < RecentRequests+RecentEvents+1; r++ {
+	at := t0
+	far := t0.Add(1000 * time.Hour) // holds settle long before they could expire
+	for r := 0; r < reqs; r++ {
 		for a := 0; a < accts; a++ {
 			acct := fmt.Sprint("acct-", a)
 			req := fmt.Sprint("r", r)
-			l.add(t0, start(acct, req, 1000, t0))
-			l.add(t0, finish(acct, req, 900))
+			at = at.Add(steadyStateStep)
+			l.add(at, start(acct, req, 1000, far.Add(-5*time.Minute)))
+			at = at.Add(steadyStateStep)
+			l.add(at, finish(acct, req, 900))
 		}
 	}
-	var out Output
-	for lap := 0; lap < 2; lap++ {
-		for i, e := range l.evs {
-			s.Apply(Input{Offset: int64(100_000 + lap*len(l.evs) + i), Event: e}, &out)
-			out.Reset()
-		}
+	c := &cycle{evs: l.evs, span: span}
+	for _, e := range c.evs {
+		c.base = append(c.base, e.Time)
 	}
-	return s, l.evs
+	c.lap = 0
+	for k := 0; k < 3*len(c.evs); k++ {
+		s.Apply(Input{Offset: int64(100_000 + k), Event: c.next()}, &out)
+		if len(out.Anomalies) != 0 {
+			t.Fatalf("warm-up: anomaly %+v", out.Anomalies[0])
+		}
+		out.Reset()
+	}
+	if err := s.Check(); err != nil {
+		t.Fatal(err)
+	}
+	return s, c
 }
 
 func BenchmarkFold(b *testing.B) {
-	s, evs := steadyState(b, 10_000)
+	s, c := steadyState(b, 10_000)
 	var out Output
 	b.ReportAllocs()
 	b.ResetTimer()
 	off := int64(10_000_000)
 	for i := 0; i < b.N; i++ {
-		s.Apply(Input{Offset: off, Event: evs[i%len(evs)]}, &out)
+		s.Apply(Input{Offset: off, Event: c.next()}, &out)
 		off++
 		if len(out.Entries) > 4096 {
 			out.Reset()
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	b.ReportMetric(float64(s.DedupeEntries())/float64(s.Len()), "ids/account")
 }
 
-// TestMemoryPerAccount measures heap bytes per account for 100k accounts, each with one
-// grant, a settled history and one open hold.
+// TestMemoryPerAccount measures retained heap bytes per account (state, remembered ids and
+// the expiry index) for 100k accounts in two profiles:
+//   - "grant+settled+open": each account has one grant, one settled request and one open hold;
+//   - "1M mix": a day's mix of a large population, where 90 % of the accounts were last
+//     active more than two windows ago (one grant, one settled request), and 10 % are
+//     active, with one grant, 20 settled requests and 2 rejections in the window;
+//   - "all active" (reported, not bounded): every account as the active ones above.
 func TestMemoryPerAccount(t *testing.T) {
 	if testing.Short() {
 		t.Skip("allocates 100k accounts")
 	}
 	const n = 100_000
-	var m0, m1 runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&m0)
-	s := New(DefaultConfig(pricebook.Default()), 0)
-	var out Output
-	l := &logb{t: t}
-	off := int64(0)
-	for a := 0; a < n; a++ {
-		acct := fmt.Sprintf("acct-%07d", a)
-		l.add(t0, grant(acct, "grant-"+acct, 1_000_000, 0, nil))
-		l.add(t0, start(acct, "req-1-"+acct, 1000, t0))
-		l.add(t0, finish(acct, "req-1-"+acct, 900))
-		l.add(t0, start(acct, "req-2-"+acct, 1000, t0))
-		for _, e := range l.evs {
-			s.Apply(Input{Offset: off, Event: e}, &out)
-			off++
-		}
-		l.evs = l.evs[:0]
-		out.Reset()
+	rejected := func(acct, id string) events.RequestRejected {
+		return events.RequestRejected{RequestID: id, AccountID: acct, Endpoint: ep, Tier: "free", Priority: events.PriorityBatch, Reason: "rate", PriceBookVersion: "v1"}
 	}
-	l, out = nil, Output{}
-	runtime.GC()
-	runtime.ReadMemStats(&m1)
-	per := float64(m1.HeapAlloc-m0.HeapAlloc) / n
-	t.Logf("retained heap per account: %.0f bytes (state, its ids and the expiry index)", per)
-	runtime.KeepAlive(s)
-	if per > 1024 {
-		t.Fatalf("%.0f bytes per account, want ≤ 1024", per)
+	profiles := []struct {
+		name  string
+		limit float64
+		build func(l *logb, a int, acct string)
+		later func(l *logb, a int, acct string) // after the clock moved two windows on
+	}{
+		{"grant+settled+open", 1024, func(l *logb, _ int, acct string) {
+			l.add(t0, grant(acct, "grant-"+acct, 1_000_000, 0, nil))
+			l.add(t0, start(acct, "req-1-"+acct, 1000, t0))
+			l.add(t0, finish(acct, "req-1-"+acct, 900))
+			l.add(t0, start(acct, "req-2-"+acct, 1000, t0))
+		}, nil},
+		{"1M mix", 1024, func(l *logb, a int, acct string) {
+			if a%10 != 0 {
+				l.add(t0, grant(acct, "grant-"+acct, 1_000_000, 0, nil))
+				l.add(t0, start(acct, "req-1-"+acct, 1000, t0))
+				l.add(t0, finish(acct, "req-1-"+acct, 900))
+			}
+		}, func(l *logb, a int, acct string) {
+			if a%10 == 0 {
+				at := t0.Add(49 * time.Hour)
+				l.add(at, grant(acct, "grant-"+acct, 1_000_000, 0, nil))
+				for r := 0; r < 20; r++ {
+					rid := fmt.Sprintf("req-%d-%s", r, acct)
+					l.add(at, start(acct, rid, 1000, at))
+					l.add(at, finish(acct, rid, 900))
+				}
+				l.add(at, rejected(acct, "rej-1-"+acct))
+				l.add(at, rejected(acct, "rej-2-"+acct))
+			}
+		}},
+		{"all active", 0, func(l *logb, a int, acct string) {
+			l.add(t0, grant(acct, "grant-"+acct, 1_000_000, 0, nil))
+			for r := 0; r < 20; r++ {
+				rid := fmt.Sprintf("req-%d-%s", r, acct)
+				l.add(t0, start(acct, rid, 1000, t0))
+				l.add(t0, finish(acct, rid, 900))
+			}
+			l.add(t0, rejected(acct, "rej-1-"+acct))
+			l.add(t0, rejected(acct, "rej-2-"+acct))
+		}, nil},
+	}
+	for _, p := range profiles {
+		t.Run(p.name, func(t *testing.T) {
+			var m0, m1 runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&m0)
+			s := New(DefaultConfig(pricebook.Default()), 0)
+			var out Output
+			l := &logb{t: t}
+			off := int64(0)
+			feed := func(fn func(l *logb, a int, acct string)) {
+				for a := 0; a < n; a++ {
+					acct := fmt.Sprintf("acct-%07d", a)
+					fn(l, a, acct)
+					for _, e := range l.evs {
+						s.Apply(Input{Offset: off, Event: e}, &out)
+						off++
+					}
+					l.evs = l.evs[:0]
+					out.Reset()
+				}
+			}
+			feed(p.build)
+			if p.later != nil {
+				feed(p.later)
+			}
+			if err := s.Check(); err != nil {
+				t.Fatal(err)
+			}
+			ids := s.DedupeEntries()
+			l, out = nil, Output{}
+			runtime.GC()
+			runtime.ReadMemStats(&m1)
+			per := float64(m1.HeapAlloc-m0.HeapAlloc) / n
+			t.Logf("%s: retained heap per account: %.0f bytes (state, its ids and the expiry index); %.1f ids per account",
+				p.name, per, float64(ids)/n)
+			runtime.KeepAlive(s)
+			if p.limit > 0 && per > p.limit {
+				t.Fatalf("%.0f bytes per account, want ≤ %.0f", per, p.limit)
+			}
+		})
 	}
 }
 

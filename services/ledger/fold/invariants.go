@@ -14,7 +14,8 @@ import (
 //   - held = Σ credit holds;
 //   - available, held, overage and every grant remainder are never negative
 //     (what could not be paid is overage);
-//   - a grant's remainder never exceeds its amount.
+//   - a grant's remainder never exceeds its amount;
+//   - the dedupe memory is in time order and every entry is found by a lookup.
 func CheckAccount(a *Account) error {
 	var errs []error
 	var grants, holds int64
@@ -40,6 +41,9 @@ func CheckAccount(a *Account) error {
 	if a.AvailableMicros < 0 || a.HeldMicros < 0 || a.OverageMicros < 0 || a.ExtraMicros < 0 {
 		errs = append(errs, fmt.Errorf("negative: available %d held %d overage %d extra %d", a.AvailableMicros, a.HeldMicros, a.OverageMicros, a.ExtraMicros))
 	}
+	if err := a.Dedupe.check(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("account %s: %w", a.ID, err)
 	}
@@ -54,13 +58,22 @@ func (s *State) Check() error {
 	}
 	sort.Strings(ids)
 	var errs []error
-	live := 0
+	live, dedupe := 0, 0
 	for _, id := range ids {
 		a := s.accounts[id]
 		if err := CheckAccount(a); err != nil {
 			errs = append(errs, err)
 		}
 		live += len(a.Holds) + len(a.Parked)
+		dedupe += a.Dedupe.Len()
+		if a.pruneNs != 0 {
+			live++
+		} else if a.Dedupe.Len() > 0 && !a.legacy {
+			errs = append(errs, fmt.Errorf("account %s: %d dedupe entries and no prune scheduled", id, a.Dedupe.Len()))
+		}
+		if n := a.Dedupe.Len(); n > s.cfg.MaxDedupePerAccount {
+			errs = append(errs, fmt.Errorf("account %s: %d dedupe entries, bound %d", id, n, s.cfg.MaxDedupePerAccount))
+		}
 		for _, g := range a.Grants {
 			if g.ExpiresNs != 0 {
 				live++
@@ -69,6 +82,9 @@ func (s *State) Check() error {
 	}
 	if live != s.live {
 		errs = append(errs, fmt.Errorf("expiry index: %d live entries counted, %d tracked", live, s.live))
+	}
+	if dedupe != s.dedupeN {
+		errs = append(errs, fmt.Errorf("dedupe: %d entries counted, %d tracked", dedupe, s.dedupeN))
 	}
 	if len(s.heap) > 2*s.live+1024 {
 		errs = append(errs, fmt.Errorf("expiry index: %d entries for %d live", len(s.heap), s.live))

@@ -159,6 +159,7 @@ const (
 	expGrant  uint8 = 1
 	expHold   uint8 = 2
 	expParked uint8 = 3
+	expDedupe uint8 = 4 // prune an account's dedupe memory (no output)
 )
 
 type expiry struct {

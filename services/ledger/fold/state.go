@@ -18,21 +18,6 @@ import (
 	"github.com/tallyhq/tally/shared/pricebook"
 )
 
-// Fixed per-account dedupe windows. They are constants (not settings) because they size
-// the Account struct and so its memory (≤ 1 KiB per account); changing one changes the
-// persisted state format.
-const (
-	// RecentEvents is how many recent event ids (64-bit hashes) an account remembers to drop
-	// a producer's re-sent copy of an event.
-	RecentEvents = 8
-	// RecentRequests is how many settled or expired request ids (hashes) an account
-	// remembers, to drop duplicate starts and finishes and to spot late finishes.
-	RecentRequests = 16
-	// RecentBusinessIDs is how many grant and adjustment ids (hashes) an account remembers
-	// after the grant is gone, to drop re-sent grants and adjustments.
-	RecentBusinessIDs = 8
-)
-
 // Config is the fold's policy. Every bound is named and validated.
 type Config struct {
 	// Book is the price book: endpoint capacities and reserves, tier allowance windows.
@@ -52,6 +37,13 @@ type Config struct {
 	// MaxGrantsPerAccount bounds the live grants per account; a grant beyond it is added to
 	// the account's unexpiring pool instead of its own slot. Default 64.
 	MaxGrantsPerAccount int
+	// DedupeWindowNs is how long (log time) an account remembers an applied id (see Dedupe).
+	// An input event whose event time is older than the watermark minus this window cannot be
+	// proven new: it is not applied but recorded as AnomalyTooLate. Default 24 h.
+	DedupeWindowNs int64
+	// MaxDedupePerAccount bounds the ids an account remembers; beyond it the oldest is
+	// evicted (counted in Output.Evicted) and the account's dedupe floor rises. Default 4096.
+	MaxDedupePerAccount int
 	// History factor policy.
 	HistoryWindowNs      int64 // rejection-ratio window length, aligned to the epoch. Default 1 h.
 	RejectMinRequests    int32 // requests in the last two windows before the ratio counts. Default 20.
@@ -68,7 +60,7 @@ type Config struct {
 func DefaultConfig(book *pricebook.Book) Config {
 	return Config{
 		Book: book, PartitionsTotal: 1, ParkTimeoutNs: int64(time.Hour), MaxParkedPerAccount: 8,
-		MaxHoldsPerAccount: 1024, MaxGrantsPerAccount: 64,
+		MaxHoldsPerAccount: 1024, MaxGrantsPerAccount: 64, DedupeWindowNs: int64(24 * time.Hour), MaxDedupePerAccount: 4096,
 		HistoryWindowNs: int64(time.Hour), RejectMinRequests: 20, RejectRatioPermille: 500,
 		RejectFactorPermille: 700, FlagPenaltyPermille: 500, FlagDecayNs: int64(24 * time.Hour),
 		BlockNs: int64(24 * time.Hour), CleanMinRequests: 100, CleanBonusPermille: 1200,
@@ -94,6 +86,8 @@ func (c Config) Validate() error {
 	pos("MaxParkedPerAccount", int64(c.MaxParkedPerAccount), 0, 1024)
 	pos("MaxHoldsPerAccount", int64(c.MaxHoldsPerAccount), 1, 100_000)
 	pos("MaxGrantsPerAccount", int64(c.MaxGrantsPerAccount), 1, 10_000)
+	pos("DedupeWindowNs", c.DedupeWindowNs, int64(time.Second), 31*day)
+	pos("MaxDedupePerAccount", int64(c.MaxDedupePerAccount), 16, 1<<20)
 	pos("HistoryWindowNs", c.HistoryWindowNs, int64(time.Minute), 31*day)
 	pos("RejectMinRequests", int64(c.RejectMinRequests), 1, 1_000_000)
 	pos("RejectRatioPermille", int64(c.RejectRatioPermille), 0, 1000)
@@ -181,16 +175,12 @@ type Account struct {
 	BreakageMicros int64 `json:"breakage"`
 	AdjustedMicros int64 `json:"adjusted"` // net adjustments applied to available
 
-	Grants  []Grant                   `json:"grants,omitempty"`
-	Holds   []Hold                    `json:"holds,omitempty"`
-	Parked  []Parked                  `json:"parked,omitempty"`
-	Windows [4]Window                 `json:"windows"`
-	Events  [RecentEvents]uint64      `json:"ev"`
-	Reqs    [RecentRequests]uint64    `json:"rq"`
-	BizIDs  [RecentBusinessIDs]uint64 `json:"biz"`
-	EventsN uint8                     `json:"evn"`
-	ReqsN   uint8                     `json:"rqn"`
-	BizN    uint8                     `json:"bizn"`
+	Grants  []Grant   `json:"grants,omitempty"`
+	Holds   []Hold    `json:"holds,omitempty"`
+	Parked  []Parked  `json:"parked,omitempty"`
+	Windows [4]Window `json:"windows"`
+	// Dedupe remembers the ids applied within the dedupe window (see Dedupe).
+	Dedupe Dedupe `json:"dedupe"`
 
 	// History.
 	HistWindowNs    int64 `json:"hw"`
@@ -205,7 +195,10 @@ type Account struct {
 	Factor          int32 `json:"factor"` // last history factor published (0 value means 1000 until set)
 	FactorSet       bool  `json:"fs"`
 
-	touched uint64 // the Output generation that last listed this account in Touched
+	touched  uint64 // the Output generation that last listed this account in Touched
+	pruneNs  int64  // when the scheduled prune of Dedupe is due (0 = none scheduled)
+	legacy   bool   // decoded from a version-1 record: Dedupe times are set at the first fold
+	replaced bool   // replaced by a restore: its expiry entries are stale
 }
 
 // HistoryFactor returns the last history factor (1000 before any was published).
@@ -260,6 +253,10 @@ const (
 	AnomalyUnexpectedType = "unexpected_type" // an output type on the events topic
 	AnomalyHoldShort      = "hold_short"      // a hold larger than the available balance
 	AnomalyTooManyHolds   = "too_many_holds"
+	// AnomalyTooLate is an input event whose event time is before the account's dedupe
+	// horizon (the watermark minus the dedupe window, or the account's dedupe floor): it
+	// cannot be proven new, so it is not applied. The engine dead-letters it with the reason.
+	AnomalyTooLate = "too_late"
 )
 
 // Anomaly is one flagged oddity.
@@ -268,6 +265,10 @@ type Anomaly struct {
 	AccountID string
 	EventID   string
 	RequestID string
+	// For AnomalyTooLate only: the input's offset and the horizon (ns) its event time was
+	// before; the event is applied only if its time is at or after HorizonNs.
+	Offset    int64
+	HorizonNs int64
 }
 
 // Output collects what folding produced. The caller resets it between batches; slices keep
@@ -280,6 +281,9 @@ type Output struct {
 	// Touched lists the accounts changed since the last Reset, once each, in first-touch
 	// order; publish their balance.updated from State.Balance.
 	Touched []*Account
+	// Evicted counts the dedupe entries evicted by the per-account bound (not the ones
+	// that aged out of the window).
+	Evicted int
 	gen     uint64
 }
 
@@ -292,7 +296,7 @@ func (o *Output) Reset() {
 	o.Entries, o.Expired, o.Limits, o.Anomalies = o.Entries[:0], o.Expired[:0], o.Limits[:0], o.Anomalies[:0]
 	clear(o.Touched)
 	o.Touched = o.Touched[:0]
-	o.gen = 0
+	o.gen, o.Evicted = 0, 0
 }
 
 func (o *Output) touch(a *Account) {

@@ -1,0 +1,281 @@
+package fold
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/bits"
+)
+
+// Dedupe is an account's memory of the ids it has applied, each with the log time (the
+// partition watermark) at which it was remembered. Keys are 64-bit FNV-1a hashes of an id,
+// salted by the id's kind (request, grant, adjustment, event), so ids of different kinds
+// never match.
+//
+// What is remembered, and when:
+//   - a request id when its hold is settled (or its finish is charged as unknown or late),
+//     with the low bit set when its hold expired unused; open holds and parked finishes are
+//     found in Account.Holds and Account.Parked;
+//   - a grant id when the grant leaves Account.Grants (expiry, breakage at once, or the
+//     grant went to the pool);
+//   - an adjustment id when it is applied;
+//   - the event id of every other input event (request.rejected, account.updated,
+//     abuse.flagged, and a request.started that placed no hold).
+//
+// An entry is kept while its time is at or after the horizon, watermark −
+// Config.DedupeWindowNs. Entries are added in watermark order, so the memory is a FIFO: the
+// oldest is at the head. Because an entry's time is never before the event time of any event
+// it covers, a copy of an applied event whose event time is at or after the horizon always
+// finds its entry; a copy older than the horizon is refused as too late (AnomalyTooLate).
+//
+// The memory holds at most Config.MaxDedupePerAccount entries. Beyond it the oldest is
+// evicted, and FloorNs records the latest time forgotten: an event of this account whose event
+// time is at or before FloorNs cannot be proven new and is refused as too late too. So the
+// fold never applies an event twice, whatever the bound; the bound only decides how old an
+// event may be and still be accepted.
+type Dedupe struct {
+	ring []dedupeEntry // FIFO ring; len is its capacity (a power of two), nil when empty
+	head uint32
+	n    uint32
+	idx  []uint32 // open-addressing index (ring slot + 1; 0 = free) when len(ring) > dedupeLinearMax
+	// FloorNs is the latest log time of an entry that was forgotten (evicted or pruned): ids
+	// remembered at or before it may be gone.
+	FloorNs int64
+}
+
+type dedupeEntry struct {
+	key  uint64
+	atNs int64
+}
+
+// dedupeLinearMax is the ring capacity up to which lookups scan the ring instead of using
+// the index (a scan of 32 entries is faster than hashing into a table).
+const dedupeLinearMax = 32
+
+// Salts of the key kinds. Their low bit is 0: the request kind uses it to mark an expired
+// hold.
+const (
+	saltRequest uint64 = 0
+	saltNoHold  uint64 = 0x2545f4914f6cdd1c // a request.started that placed no hold
+	saltGrant   uint64 = 0x9e3779b97f4a7c14
+	saltAdjust  uint64 = 0xbf58476d1ce4e5b8
+	saltEvent   uint64 = 0x94d049bb133111ea
+)
+
+// Len is the number of remembered ids.
+func (d *Dedupe) Len() int { return int(d.n) }
+
+// At returns the i-th oldest entry: its key and the log time it was remembered at.
+func (d *Dedupe) At(i int) (key uint64, atNs int64) {
+	e := d.ring[(d.head+uint32(i))&uint32(len(d.ring)-1)]
+	return e.key, e.atNs
+}
+
+// Append adds an entry at the tail. atNs must not be before the tail's time. It is for
+// building records (decoding, tests); the fold remembers ids through State.
+func (d *Dedupe) Append(key uint64, atNs int64) {
+	if d.n == uint32(len(d.ring)) {
+		d.resize(max(2, 2*len(d.ring)))
+	}
+	slot := (d.head + d.n) & uint32(len(d.ring)-1)
+	d.ring[slot] = dedupeEntry{key, atNs}
+	d.n++
+	if d.idx != nil {
+		d.idxInsert(slot)
+	}
+}
+
+func (d *Dedupe) headAt() int64 { return d.ring[d.head].atNs }
+
+// popHead forgets the oldest entry and raises FloorNs to its time.
+func (d *Dedupe) popHead() {
+	if d.idx != nil {
+		d.idxDelete(d.head)
+	}
+	e := d.ring[d.head]
+	d.ring[d.head] = dedupeEntry{}
+	d.head = (d.head + 1) & uint32(len(d.ring)-1)
+	d.n--
+	d.FloorNs = max(d.FloorNs, e.atNs)
+}
+
+// prune forgets the entries older than cutoff and returns how many. The ring shrinks when
+// it is mostly empty, and is released when empty (an idle account costs no ring).
+func (d *Dedupe) prune(cutoffNs int64) int {
+	k := 0
+	for d.n > 0 && d.ring[d.head].atNs < cutoffNs {
+		d.popHead()
+		k++
+	}
+	if k > 0 {
+		switch {
+		case d.n == 0:
+			d.ring, d.idx, d.head = nil, nil, 0
+		case len(d.ring) > 8 && int(d.n) < len(d.ring)/4:
+			d.resize(len(d.ring) / 2)
+		}
+	}
+	return k
+}
+
+func (d *Dedupe) resize(capacity int) {
+	ring := make([]dedupeEntry, capacity)
+	for i := uint32(0); i < d.n; i++ {
+		ring[i] = d.ring[(d.head+i)&uint32(len(d.ring)-1)]
+	}
+	d.ring, d.head, d.idx = ring, 0, nil
+	if capacity > dedupeLinearMax {
+		d.idx = make([]uint32, 2*capacity)
+		for i := uint32(0); i < d.n; i++ {
+			d.idxInsert(i)
+		}
+	}
+}
+
+// has reports whether key is remembered.
+func (d *Dedupe) has(key uint64) bool {
+	_, ok := d.lookup(key)
+	return ok
+}
+
+// lookup returns the latest time key was remembered at.
+func (d *Dedupe) lookup(key uint64) (atNs int64, ok bool) {
+	if d.idx != nil {
+		return d.idxFind(key)
+	}
+	mask := uint32(len(d.ring) - 1)
+	for i := uint32(0); i < d.n; i++ {
+		if e := &d.ring[(d.head+i)&mask]; e.key == key {
+			atNs, ok = e.atNs, true // later entries are later in time
+		}
+	}
+	return atNs, ok
+}
+
+// lookupRequest finds the request id hashed rh (low bit 0) in any state: settled (rh),
+// expired (rh|1) or started without a hold (rh^saltNoHold). It returns the key found
+// latest and its time.
+func (d *Dedupe) lookupRequest(rh uint64) (key uint64, atNs int64, ok bool) {
+	if d.idx != nil {
+		for _, k := range [3]uint64{rh, rh | 1, rh ^ saltNoHold} {
+			if at, found := d.idxFind(k); found && (!ok || at >= atNs) {
+				key, atNs, ok = k, at, true
+			}
+		}
+		return key, atNs, ok
+	}
+	mask := uint32(len(d.ring) - 1)
+	nh := rh ^ saltNoHold
+	for i := uint32(0); i < d.n; i++ {
+		if e := &d.ring[(d.head+i)&mask]; e.key&^1 == rh || e.key == nh {
+			key, atNs, ok = e.key, e.atNs, true
+		}
+	}
+	return key, atNs, ok
+}
+
+func (d *Dedupe) idxPos(key uint64) uint32 {
+	return uint32((key * 0x9e3779b97f4a7c15) >> (64 - bits.TrailingZeros(uint(len(d.idx)))))
+}
+
+// idxFind returns the latest time of key (a key may be remembered more than once).
+func (d *Dedupe) idxFind(key uint64) (atNs int64, ok bool) {
+	mask := uint32(len(d.idx) - 1)
+	for i := d.idxPos(key); ; i = (i + 1) & mask {
+		v := d.idx[i]
+		if v == 0 {
+			return atNs, ok
+		}
+		if e := &d.ring[v-1]; e.key == key && (!ok || e.atNs > atNs) {
+			atNs, ok = e.atNs, true
+		}
+	}
+}
+
+func (d *Dedupe) idxInsert(slot uint32) {
+	mask := uint32(len(d.idx) - 1)
+	i := d.idxPos(d.ring[slot].key)
+	for d.idx[i] != 0 {
+		i = (i + 1) & mask
+	}
+	d.idx[i] = slot + 1
+}
+
+// idxDelete removes slot from the index (linear probing, backward-shift deletion).
+func (d *Dedupe) idxDelete(slot uint32) {
+	mask := uint32(len(d.idx) - 1)
+	i := d.idxPos(d.ring[slot].key)
+	for d.idx[i] != slot+1 {
+		i = (i + 1) & mask
+	}
+	for j := (i + 1) & mask; d.idx[j] != 0; j = (j + 1) & mask {
+		k := d.idxPos(d.ring[d.idx[j]-1].key)
+		// The entry at j may move to i unless its home k lies cyclically in (i, j].
+		if (i < j && i < k && k <= j) || (i > j && (k > i || k <= j)) {
+			continue
+		}
+		d.idx[i] = d.idx[j]
+		i = j
+	}
+	d.idx[i] = 0
+}
+
+// check reports a broken structure: times out of order, an index that misses an entry.
+func (d *Dedupe) check() error {
+	if d.n > uint32(len(d.ring)) {
+		return fmt.Errorf("dedupe: %d entries in a ring of %d", d.n, len(d.ring))
+	}
+	prev := int64(-1 << 63)
+	for i := 0; i < d.Len(); i++ {
+		k, at := d.At(i)
+		if at < prev {
+			return fmt.Errorf("dedupe: entry %d at %d before its predecessor at %d", i, at, prev)
+		}
+		prev = at
+		if !d.has(k) {
+			return fmt.Errorf("dedupe: entry %d (%x) not found", i, k)
+		}
+	}
+	if d.idx != nil {
+		used := 0
+		for _, v := range d.idx {
+			if v != 0 {
+				used++
+			}
+		}
+		if used != d.Len() {
+			return fmt.Errorf("dedupe: index holds %d slots for %d entries", used, d.n)
+		}
+	}
+	return nil
+}
+
+type dedupeJSON struct {
+	FloorNs int64      `json:"floor_ns"`
+	Entries [][2]int64 `json:"entries"` // [key as int64 bits, at_ns], oldest first
+}
+
+// MarshalJSON writes the entries oldest first.
+func (d Dedupe) MarshalJSON() ([]byte, error) {
+	j := dedupeJSON{FloorNs: d.FloorNs, Entries: make([][2]int64, 0, d.n)}
+	for i := 0; i < d.Len(); i++ {
+		k, at := d.At(i)
+		j.Entries = append(j.Entries, [2]int64{int64(k), at})
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON reads what MarshalJSON wrote.
+func (d *Dedupe) UnmarshalJSON(b []byte) error {
+	var j dedupeJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*d = Dedupe{FloorNs: j.FloorNs}
+	for i, e := range j.Entries {
+		if i > 0 && e[1] < j.Entries[i-1][1] {
+			return fmt.Errorf("dedupe: entry %d out of time order", i)
+		}
+		d.Append(uint64(e[0]), e[1])
+	}
+	return nil
+}
