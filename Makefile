@@ -75,9 +75,13 @@ chaos: chdb ## the fault suite: kills, broker restarts, hostile messages (real K
 	cd services/tallyctl && go test -tags chaos -count=1 -timeout 30m -v ./chaos/
 
 .PHONY: bench
-bench: chdb ## run every benchmark (medians: pipe through benchstat)
+bench: chdb ## run every benchmark (medians: pipe through benchstat), then the 60 s load run against real Kafka (.out/bench/)
 	@mkdir -p .out
 	@for m in $(MODULES); do (cd $$m && go test $(BENCH_FLAGS) ./...); done | tee .out/bench.txt
+	@brokers="$${KAFKA_BROKERS:-127.0.0.1:9092}"; \
+	  if [ "$$brokers" = "127.0.0.1:9092" ]; then $(CURDIR)/deployments/kafka.sh start; fi; \
+	  cd services/tallyctl && KAFKA_BROKERS="$$brokers" TALLY_LOAD=1 \
+	    go test -tags chaos -run TestLoad -count=1 -timeout 20m -v ./chaos/ | tee $(CURDIR)/.out/bench-load.txt
 
 .PHONY: ci
 ci: ## what .ci/run runs after starting Kafka
