@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -89,8 +90,16 @@ func assertExactlyOnce(t *testing.T, conn clickhouse.Conn, usage, ledger uint64)
 // port (kfake keeps nothing, so the first part of the log is produced again, byte for byte,
 // as a durable broker would still hold it; its committed offsets are gone, so the sink
 // replays its recorded ranges). Real Kafka (KAFKA_BROKERS set): deployments/kafka.sh stop and
-// start, with a cleanup that always starts the broker again.
+// start, with a cleanup that always starts the broker again — only when
+// TALLY_BROKER_RESTART=1 (otherwise the embedded broker is used), because stopping a shared broker breaks every other package's tests
+// that `go test ./...` runs at the same time; `make chaos` (TestKafkaRestart) restarts the
+// real broker for the whole pipeline, alone.
 func TestSinkSurvivesBrokerRestart(t *testing.T) {
+	if os.Getenv("KAFKA_BROKERS") != "" && os.Getenv("TALLY_BROKER_RESTART") != "1" {
+		// Restart an in-process broker instead of the shared one.
+		t.Logf("KAFKA_BROKERS is set but TALLY_BROKER_RESTART is not: restarting an embedded broker instead")
+		t.Setenv("KAFKA_BROKERS", "")
+	}
 	c := kafkatest.Start(t)
 	ch := chtest.Config(t)
 	if c.Real {
