@@ -73,16 +73,8 @@ type Config struct {
 	AdaptiveDriftPermille     int64 `env:"ADMITTER_ADAPTIVE_DRIFT_PERMILLE" envDefault:"10"`
 	AdaptiveMinInflight       int64 `env:"ADMITTER_ADAPTIVE_MIN_INFLIGHT" envDefault:"1"`
 
-	// HTTPReadHeaderTimeoutMs bounds reading a request's headers: a client that stalls in them is cut off (1..600000).
-	HTTPReadHeaderTimeoutMs int64 `env:"ADMITTER_HTTP_READ_HEADER_TIMEOUT_MS" envDefault:"5000"`
-	// HTTPReadTimeoutMs bounds reading a whole request, headers and body: a client that stalls in the body is cut off (1..600000).
-	HTTPReadTimeoutMs int64 `env:"ADMITTER_HTTP_READ_TIMEOUT_MS" envDefault:"15000"`
-	// HTTPWriteTimeoutMs bounds writing the answer (1..600000).
-	HTTPWriteTimeoutMs int64 `env:"ADMITTER_HTTP_WRITE_TIMEOUT_MS" envDefault:"30000"`
-	// HTTPIdleTimeoutMs bounds how long a keep-alive connection waits for its next request (1..3600000).
-	HTTPIdleTimeoutMs int64 `env:"ADMITTER_HTTP_IDLE_TIMEOUT_MS" envDefault:"120000"`
-	// HTTPHeaderMaxBytes bounds the request headers (1024..1048576).
-	HTTPHeaderMaxBytes int64 `env:"ADMITTER_HTTP_HEADER_MAX_BYTES" envDefault:"65536"`
+	// HTTP is ADMITTER_HTTP_*: the HTTP server's timeouts and header bound (httpx.ServerSettings).
+	HTTP httpx.ServerSettings `envPrefix:"ADMITTER_"`
 
 	// TLS is ADMITTER_TLS_*: HTTPS when ADMITTER_TLS_CERT_FILE and ADMITTER_TLS_KEY_FILE are
 	// set, optionally requiring client certificates (see package tlsx).
@@ -93,8 +85,7 @@ type Config struct {
 
 // HTTPServer is the HTTP server's bounds from the ADMITTER_HTTP_* settings.
 func (c Config) HTTPServer() httpx.ServerConfig {
-	return httpx.ServerConfig{ReadHeaderTimeout: ms(c.HTTPReadHeaderTimeoutMs), ReadTimeout: ms(c.HTTPReadTimeoutMs),
-		WriteTimeout: ms(c.HTTPWriteTimeoutMs), IdleTimeout: ms(c.HTTPIdleTimeoutMs), MaxHeaderBytes: int(c.HTTPHeaderMaxBytes)}
+	return c.HTTP.Config()
 }
 
 // ConfigFromEnv reads the settings from the environment (unset = the documented default).
@@ -175,11 +166,9 @@ func (c Config) Validate() error {
 	rng("ADMITTER_EXPIRE_INTERVAL_MS", c.ExpireIntervalMs, 1, 60_000)
 	rng("ADMITTER_EXPIRE_BUDGET", int64(c.ExpireBudget), 1, 10_000_000)
 	rng("ADMITTER_SHUTDOWN_TIMEOUT_MS", c.ShutdownTimeoutMs, 1, 600_000)
-	rng("ADMITTER_HTTP_READ_HEADER_TIMEOUT_MS", c.HTTPReadHeaderTimeoutMs, 1, 600_000)
-	rng("ADMITTER_HTTP_READ_TIMEOUT_MS", c.HTTPReadTimeoutMs, 1, 600_000)
-	rng("ADMITTER_HTTP_WRITE_TIMEOUT_MS", c.HTTPWriteTimeoutMs, 1, 600_000)
-	rng("ADMITTER_HTTP_IDLE_TIMEOUT_MS", c.HTTPIdleTimeoutMs, 1, 3_600_000)
-	rng("ADMITTER_HTTP_HEADER_MAX_BYTES", c.HTTPHeaderMaxBytes, 1024, 1<<20)
+	if err := c.HTTP.ValidateEnv("ADMITTER_"); err != nil {
+		errs = append(errs, err)
+	}
 	if err := c.TLS.ValidateEnv("ADMITTER_TLS_"); err != nil {
 		errs = append(errs, err)
 	}

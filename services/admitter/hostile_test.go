@@ -219,10 +219,10 @@ func TestHostileAdmitFinish(t *testing.T) {
 func TestSlowClientsCutOff(t *testing.T) {
 	c := kafkatest.Start(t)
 	cfg := testConfig(t, c)
-	cfg.HTTPReadHeaderTimeoutMs = 300
-	cfg.HTTPReadTimeoutMs = 600
-	cfg.HTTPWriteTimeoutMs = 2000
-	cfg.HTTPIdleTimeoutMs = 1000
+	cfg.HTTP.ReadHeaderTimeoutMs = 300
+	cfg.HTTP.ReadTimeoutMs = 600
+	cfg.HTTP.WriteTimeoutMs = 2000
+	cfg.HTTP.IdleTimeoutMs = 1000
 	s := start(t, cfg)
 	httpxtest.SlowClients(t, s.Addr(), "/v1/admit", testSecret, `{"account_id":`)
 	if a := post(t, s.url+"/v1/admit", testSecret, `{"account_id":"a","endpoint":"codex.responses","estimate":{"tokens_in":1}}`); a.status != 429 && a.status != 200 {

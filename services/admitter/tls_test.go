@@ -97,7 +97,7 @@ func TestTLSSettingsValidated(t *testing.T) {
 	cfg.ListenAddr = "127.0.0.1:0"
 	cfg.TLS.CertFile = "/nonexistent/cert.pem"
 	cfg.KafkaTLS.CAFile = "/nonexistent/ca.pem" // without KAFKA_TLS_ENABLED
-	cfg.HTTPReadHeaderTimeoutMs = 0
+	cfg.HTTP.ReadHeaderTimeoutMs = 0
 	err := cfg.Validate()
 	for _, name := range []string{"ADMITTER_TLS_KEY_FILE", "KAFKA_TLS_ENABLED", "ADMITTER_HTTP_READ_HEADER_TIMEOUT_MS"} {
 		if err == nil || !strings.Contains(err.Error(), name) {

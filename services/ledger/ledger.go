@@ -79,16 +79,8 @@ type Config struct {
 	CleanMinRequests     int64 `env:"LEDGER_CLEAN_MIN_REQUESTS" envDefault:"100"`
 	CleanBonusPermille   int32 `env:"LEDGER_CLEAN_BONUS_PERMILLE" envDefault:"1200"`
 
-	// HTTPReadHeaderTimeoutMs bounds reading a request's headers: a client that stalls in them is cut off (1..600000).
-	HTTPReadHeaderTimeoutMs int64 `env:"LEDGER_HTTP_READ_HEADER_TIMEOUT_MS" envDefault:"5000"`
-	// HTTPReadTimeoutMs bounds reading a whole request, headers and body: a client that stalls in the body is cut off (1..600000).
-	HTTPReadTimeoutMs int64 `env:"LEDGER_HTTP_READ_TIMEOUT_MS" envDefault:"15000"`
-	// HTTPWriteTimeoutMs bounds writing the answer (1..600000).
-	HTTPWriteTimeoutMs int64 `env:"LEDGER_HTTP_WRITE_TIMEOUT_MS" envDefault:"30000"`
-	// HTTPIdleTimeoutMs bounds how long a keep-alive connection waits for its next request (1..3600000).
-	HTTPIdleTimeoutMs int64 `env:"LEDGER_HTTP_IDLE_TIMEOUT_MS" envDefault:"120000"`
-	// HTTPHeaderMaxBytes bounds the request headers (1024..1048576).
-	HTTPHeaderMaxBytes int64 `env:"LEDGER_HTTP_HEADER_MAX_BYTES" envDefault:"65536"`
+	// HTTP is LEDGER_HTTP_*: the HTTP server's timeouts and header bound (httpx.ServerSettings).
+	HTTP httpx.ServerSettings `envPrefix:"LEDGER_"`
 
 	// TLS is LEDGER_TLS_*: HTTPS when LEDGER_TLS_CERT_FILE and LEDGER_TLS_KEY_FILE are set,
 	// optionally requiring client certificates (see package tlsx).
@@ -116,15 +108,13 @@ func DefaultConfig() Config {
 		DedupeWindowMs: 86_400_000, DedupePerAccountMax: 4096,
 		HistoryWindowMs: 3_600_000, RejectMinRequests: 20, RejectRatioPermille: 500, RejectFactorPermille: 700,
 		FlagPenaltyPermille: 500, FlagDecayMs: 86_400_000, BlockMs: 86_400_000, CleanMinRequests: 100, CleanBonusPermille: 1200,
-		HTTPReadHeaderTimeoutMs: 5000, HTTPReadTimeoutMs: 15_000, HTTPWriteTimeoutMs: 30_000, HTTPIdleTimeoutMs: 120_000,
-		HTTPHeaderMaxBytes: 64 << 10, TLS: tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
+		HTTP: httpx.DefaultServerSettings,
+		TLS:  tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
 }
 
 // HTTPServer is the HTTP server's bounds from the LEDGER_HTTP_* settings.
 func (c Config) HTTPServer() httpx.ServerConfig {
-	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
-	return httpx.ServerConfig{ReadHeaderTimeout: ms(c.HTTPReadHeaderTimeoutMs), ReadTimeout: ms(c.HTTPReadTimeoutMs),
-		WriteTimeout: ms(c.HTTPWriteTimeoutMs), IdleTimeout: ms(c.HTTPIdleTimeoutMs), MaxHeaderBytes: int(c.HTTPHeaderMaxBytes)}
+	return c.HTTP.Config()
 }
 
 // Validate reports every bad setting by its variable name, joined.
@@ -190,11 +180,9 @@ func (c Config) Validate() error {
 	rng("LEDGER_BLOCK_MS", c.BlockMs, 60_000, 365*day)
 	rng("LEDGER_CLEAN_MIN_REQUESTS", c.CleanMinRequests, 1, 1<<40)
 	rng("LEDGER_CLEAN_BONUS_PERMILLE", int64(c.CleanBonusPermille), 1000, events.MaxFactorPermille)
-	rng("LEDGER_HTTP_READ_HEADER_TIMEOUT_MS", c.HTTPReadHeaderTimeoutMs, 1, 600_000)
-	rng("LEDGER_HTTP_READ_TIMEOUT_MS", c.HTTPReadTimeoutMs, 1, 600_000)
-	rng("LEDGER_HTTP_WRITE_TIMEOUT_MS", c.HTTPWriteTimeoutMs, 1, 600_000)
-	rng("LEDGER_HTTP_IDLE_TIMEOUT_MS", c.HTTPIdleTimeoutMs, 1, 3_600_000)
-	rng("LEDGER_HTTP_HEADER_MAX_BYTES", c.HTTPHeaderMaxBytes, 1024, 1<<20)
+	if err := c.HTTP.ValidateEnv("LEDGER_"); err != nil {
+		errs = append(errs, err)
+	}
 	if err := c.TLS.ValidateEnv("LEDGER_TLS_"); err != nil {
 		errs = append(errs, err)
 	}

@@ -16,10 +16,10 @@ import (
 func TestSlowClientsCutOff(t *testing.T) {
 	c := kafkatest.Start(t)
 	cfg := testConfig(c)
-	cfg.HTTPReadHeaderTimeoutMs = 300
-	cfg.HTTPReadTimeoutMs = 600
-	cfg.HTTPWriteTimeoutMs = 2000
-	cfg.HTTPIdleTimeoutMs = 1000
+	cfg.HTTP.ReadHeaderTimeoutMs = 300
+	cfg.HTTP.ReadTimeoutMs = 600
+	cfg.HTTP.WriteTimeoutMs = 2000
+	cfg.HTTP.IdleTimeoutMs = 1000
 	r := start(t, cfg)
 	addr := strings.TrimPrefix(r.base, "http://")
 	httpxtest.SlowClients(t, addr, "/v1/accounts/acct_slow/grants", adminToken, `{"amount_micros":`)

@@ -110,7 +110,7 @@ func TestTLSSettingsValidated(t *testing.T) {
 	cfg.TLS.KeyFile = "/nonexistent/key.pem"
 	cfg.TLS.RequireClientCert = true
 	cfg.KafkaTLS.Enabled, cfg.KafkaTLS.CAFile = true, "/nonexistent/ca.pem"
-	cfg.HTTPReadTimeoutMs = -1
+	cfg.HTTP.ReadTimeoutMs = -1
 	err := cfg.Validate()
 	for _, name := range []string{"LEDGER_TLS_CERT_FILE", "LEDGER_TLS_CLIENT_CA_FILE", "KAFKA_TLS_CA_FILE", "LEDGER_HTTP_READ_TIMEOUT_MS"} {
 		if err == nil || !strings.Contains(err.Error(), name) {

@@ -90,16 +90,8 @@ type Config struct {
 	InsertsParallelMax int `env:"SINK_INSERTS_PARALLEL_MAX" envDefault:"2"`
 	// RetentionDays is usage_events' TTL (SINK_RETENTION_DAYS, default 400, 1..36500).
 	RetentionDays int `env:"SINK_RETENTION_DAYS" envDefault:"400"`
-	// HTTPReadHeaderTimeoutMs bounds reading a request's headers: a client that stalls in them is cut off (1..600000).
-	HTTPReadHeaderTimeoutMs int64 `env:"SINK_HTTP_READ_HEADER_TIMEOUT_MS" envDefault:"5000"`
-	// HTTPReadTimeoutMs bounds reading a whole request, headers and body: a client that stalls in the body is cut off (1..600000).
-	HTTPReadTimeoutMs int64 `env:"SINK_HTTP_READ_TIMEOUT_MS" envDefault:"15000"`
-	// HTTPWriteTimeoutMs bounds writing the answer (1..600000).
-	HTTPWriteTimeoutMs int64 `env:"SINK_HTTP_WRITE_TIMEOUT_MS" envDefault:"30000"`
-	// HTTPIdleTimeoutMs bounds how long a keep-alive connection waits for its next request (1..3600000).
-	HTTPIdleTimeoutMs int64 `env:"SINK_HTTP_IDLE_TIMEOUT_MS" envDefault:"120000"`
-	// HTTPHeaderMaxBytes bounds the request headers (1024..1048576).
-	HTTPHeaderMaxBytes int64 `env:"SINK_HTTP_HEADER_MAX_BYTES" envDefault:"65536"`
+	// HTTP is SINK_HTTP_*: the HTTP server's timeouts and header bound (httpx.ServerSettings).
+	HTTP httpx.ServerSettings `envPrefix:"SINK_"`
 	// TLS is SINK_TLS_*: HTTPS for /metrics, /healthz and /readyz when SINK_TLS_CERT_FILE and
 	// SINK_TLS_KEY_FILE are set (see package tlsx).
 	TLS tlsx.ServerConfig `envPrefix:"SINK_TLS_"`
@@ -119,15 +111,13 @@ func DefaultConfig() Config {
 		QueueMessagesMax: 10000, RetryBackoffMinMs: 100, RetryBackoffMaxMs: 5000, RetryAttemptsMax: 30,
 		KafkaReconnectBackoffMinMs: 200, KafkaReconnectBackoffMaxMs: 5000, KafkaSessionTimeoutMs: 10000, KafkaRebalanceTimeoutMs: 30000,
 		IntentsMax: 10000, DecodeWorkers: 2, InsertsParallelMax: 2, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig(),
-		HTTPReadHeaderTimeoutMs: 5000, HTTPReadTimeoutMs: 15000, HTTPWriteTimeoutMs: 30000, HTTPIdleTimeoutMs: 120000,
-		HTTPHeaderMaxBytes: 64 << 10, TLS: tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
+		HTTP: httpx.DefaultServerSettings,
+		TLS:  tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
 }
 
 // HTTPServer is the HTTP server's bounds from the SINK_HTTP_* settings.
 func (c Config) HTTPServer() httpx.ServerConfig {
-	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
-	return httpx.ServerConfig{ReadHeaderTimeout: ms(c.HTTPReadHeaderTimeoutMs), ReadTimeout: ms(c.HTTPReadTimeoutMs),
-		WriteTimeout: ms(c.HTTPWriteTimeoutMs), IdleTimeout: ms(c.HTTPIdleTimeoutMs), MaxHeaderBytes: int(c.HTTPHeaderMaxBytes)}
+	return c.HTTP.Config()
 }
 
 // Validate reports every invalid setting, joined, by variable name.
@@ -175,11 +165,9 @@ func (c Config) Validate() error {
 	if c.InsertsParallelMax > c.ClickHouse.ConnsMax {
 		errs = append(errs, fmt.Errorf("SINK_INSERTS_PARALLEL_MAX: %d exceeds CLICKHOUSE_CONNS_MAX %d", c.InsertsParallelMax, c.ClickHouse.ConnsMax))
 	}
-	in("SINK_HTTP_READ_HEADER_TIMEOUT_MS", c.HTTPReadHeaderTimeoutMs, 1, 600_000)
-	in("SINK_HTTP_READ_TIMEOUT_MS", c.HTTPReadTimeoutMs, 1, 600_000)
-	in("SINK_HTTP_WRITE_TIMEOUT_MS", c.HTTPWriteTimeoutMs, 1, 600_000)
-	in("SINK_HTTP_IDLE_TIMEOUT_MS", c.HTTPIdleTimeoutMs, 1, 3_600_000)
-	in("SINK_HTTP_HEADER_MAX_BYTES", c.HTTPHeaderMaxBytes, 1024, 1<<20)
+	if err := c.HTTP.ValidateEnv("SINK_"); err != nil {
+		errs = append(errs, err)
+	}
 	if err := c.TLS.ValidateEnv("SINK_TLS_"); err != nil {
 		errs = append(errs, err)
 	}

@@ -129,7 +129,7 @@ func TestTLSSettingsValidated(t *testing.T) {
 	cfg.TLS.CertFile = "/nonexistent/cert.pem"
 	cfg.KafkaTLS.InsecureSkipVerify = true // without KAFKA_TLS_ENABLED
 	cfg.ClickHouse.TLS.Enabled, cfg.ClickHouse.TLS.CertFile = true, "/nonexistent/cert.pem"
-	cfg.HTTPIdleTimeoutMs = 0
+	cfg.HTTP.IdleTimeoutMs = 0
 	err := cfg.Validate()
 	for _, name := range []string{"SINK_TLS_KEY_FILE", "KAFKA_TLS_ENABLED", "CLICKHOUSE_TLS_KEY_FILE", "SINK_HTTP_IDLE_TIMEOUT_MS"} {
 		if err == nil || !strings.Contains(err.Error(), name) {

@@ -229,3 +229,50 @@ func (k *Keyring) Authenticate(r *http.Request) (string, *Error) {
 	}
 	return k.keys[found].ID, nil
 }
+
+// ServerSettings are a server's HTTP bounds as environment settings. A service embeds it with
+// its prefix, `HTTP httpx.ServerSettings envPrefix:"ADMITTER_"`, which reads
+// ADMITTER_HTTP_READ_HEADER_TIMEOUT_MS and so on.
+type ServerSettings struct {
+	// ReadHeaderTimeoutMs bounds reading a request's headers: a client that stalls in them is cut off (1..600000).
+	ReadHeaderTimeoutMs int64 `env:"HTTP_READ_HEADER_TIMEOUT_MS" envDefault:"5000"`
+	// ReadTimeoutMs bounds reading a whole request, headers and body: a client that stalls in the body is cut off (1..600000).
+	ReadTimeoutMs int64 `env:"HTTP_READ_TIMEOUT_MS" envDefault:"15000"`
+	// WriteTimeoutMs bounds writing the answer (1..600000).
+	WriteTimeoutMs int64 `env:"HTTP_WRITE_TIMEOUT_MS" envDefault:"30000"`
+	// IdleTimeoutMs bounds how long a keep-alive connection waits for its next request (1..3600000).
+	IdleTimeoutMs int64 `env:"HTTP_IDLE_TIMEOUT_MS" envDefault:"120000"`
+	// HeaderMaxBytes bounds the request headers (1024..1048576).
+	HeaderMaxBytes int64 `env:"HTTP_HEADER_MAX_BYTES" envDefault:"65536"`
+}
+
+// DefaultServerSettings are the envDefault values, for code-built configurations.
+var DefaultServerSettings = ServerSettings{ReadHeaderTimeoutMs: 5000, ReadTimeoutMs: 15_000,
+	WriteTimeoutMs: 30_000, IdleTimeoutMs: 120_000, HeaderMaxBytes: 64 << 10}
+
+// ValidateEnv reports every setting out of range, named with the service's prefix.
+func (s ServerSettings) ValidateEnv(prefix string) error {
+	var errs []error
+	for _, f := range []struct {
+		name      string
+		v, lo, hi int64
+	}{
+		{"HTTP_READ_HEADER_TIMEOUT_MS", s.ReadHeaderTimeoutMs, 1, 600_000},
+		{"HTTP_READ_TIMEOUT_MS", s.ReadTimeoutMs, 1, 600_000},
+		{"HTTP_WRITE_TIMEOUT_MS", s.WriteTimeoutMs, 1, 600_000},
+		{"HTTP_IDLE_TIMEOUT_MS", s.IdleTimeoutMs, 1, 3_600_000},
+		{"HTTP_HEADER_MAX_BYTES", s.HeaderMaxBytes, 1024, 1 << 20},
+	} {
+		if f.v < f.lo || f.v > f.hi {
+			errs = append(errs, fmt.Errorf("%s%s: %d out of range [%d, %d]", prefix, f.name, f.v, f.lo, f.hi))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Config converts the settings into the server's bounds.
+func (s ServerSettings) Config() ServerConfig {
+	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
+	return ServerConfig{ReadHeaderTimeout: ms(s.ReadHeaderTimeoutMs), ReadTimeout: ms(s.ReadTimeoutMs),
+		WriteTimeout: ms(s.WriteTimeoutMs), IdleTimeout: ms(s.IdleTimeoutMs), MaxHeaderBytes: int(s.HeaderMaxBytes)}
+}

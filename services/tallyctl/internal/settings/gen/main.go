@@ -19,7 +19,7 @@ import (
 
 func main() {
 	docs := map[string]string{}
-	for _, dir := range []string{"../admitter", "../ledger", "../sink", "../../shared/tlsx"} {
+	for _, dir := range []string{"../admitter", "../ledger", "../sink", "../../shared/tlsx", "../../shared/httpx"} {
 		collect(dir, docs)
 	}
 	fmt.Println("| variable | service | default | meaning |")
@@ -29,7 +29,7 @@ func main() {
 		if def == "" {
 			def = `""`
 		}
-		fmt.Printf("| `%s` | %s | `%s` | %s |\n", s.Name, s.Service, def, docs[s.Name])
+		fmt.Printf("| `%s` | %s | `%s` | %s |\n", s.Name, s.Service, def, doc(docs, s.Name))
 	}
 }
 
@@ -74,4 +74,20 @@ func collect(dir string, docs map[string]string) {
 		})
 		return nil
 	})
+}
+
+// doc finds a variable's doc comment: by its full name, or, for a field of a struct embedded
+// with an envPrefix (tlsx, httpx settings), by the name without its leading prefix segments.
+func doc(docs map[string]string, name string) string {
+	for n := name; n != ""; {
+		if d := docs[n]; d != "" {
+			return d
+		}
+		_, rest, ok := strings.Cut(n, "_")
+		if !ok {
+			break
+		}
+		n = rest
+	}
+	return ""
 }
