@@ -2,7 +2,6 @@ package ledger_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -55,7 +54,7 @@ func produceMsgs(tb testing.TB, c *kafkatest.Cluster, msgs []kafka.Message) {
 	defer w.Close()
 	for i := 0; i < len(msgs); i += 20_000 {
 		if err := w.WriteMessages(context.Background(), msgs[i:min(i+20_000, len(msgs))]...); err != nil {
-			tb.Fatal(firstErr(err))
+			tb.Fatal(kafkax.ShortErr(err))
 		}
 	}
 }
@@ -175,7 +174,7 @@ func BenchmarkFreshness(b *testing.B) {
 		go func() {
 			defer func() { <-sem; pw.Done() }()
 			if err := w.WriteMessages(context.Background(), batch...); err != nil {
-				b.Error(firstErr(err))
+				b.Error(kafkax.ShortErr(err))
 			}
 		}()
 	}
@@ -204,17 +203,4 @@ func BenchmarkFreshness(b *testing.B) {
 	b.ReportMetric(q(1), "max-ms")
 	b.ReportMetric(float64(n), "events")
 	b.ReportMetric(float64(n)/produced.Seconds(), "produced-events/s")
-}
-
-// firstErr shortens kafka-go's per-message WriteErrors to the first one.
-func firstErr(err error) error {
-	var we kafka.WriteErrors
-	if errors.As(err, &we) {
-		for _, e := range we {
-			if e != nil {
-				return fmt.Errorf("%d of %d messages failed, first: %w", we.Count(), len(we), e)
-			}
-		}
-	}
-	return err
 }

@@ -215,3 +215,17 @@ func DeadLetter(ctx context.Context, w *kafka.Writer, topic, consumer string, ms
 	}
 	return nil
 }
+
+// ShortErr reduces kafka-go's per-message WriteErrors (one entry per message) to a count and
+// the first error, so that a failed batch reads as one line. Other errors pass through.
+func ShortErr(err error) error {
+	var we kafka.WriteErrors
+	if errors.As(err, &we) {
+		for _, e := range we {
+			if e != nil {
+				return fmt.Errorf("%d of %d messages failed, first: %w", we.Count(), len(we), e)
+			}
+		}
+	}
+	return err
+}

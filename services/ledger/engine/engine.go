@@ -121,20 +121,6 @@ func (e *Engine) fault(stage string) error {
 	return nil
 }
 
-// shortErr reduces kafka-go's per-message WriteErrors (one line per message) to a count and
-// the first error, so that a failed batch logs one line.
-func shortErr(err error) error {
-	var we kafka.WriteErrors
-	if errors.As(err, &we) {
-		for _, e := range we {
-			if e != nil {
-				return fmt.Errorf("%d of %d messages failed, first: %w", we.Count(), len(we), e)
-			}
-		}
-	}
-	return err
-}
-
 // BatchBytesMax bounds one produce batch per partition. kafkax.NewWriter allows 4 MiB, but
 // a broker's default message.max.bytes is 1 MiB (kfake's too): a larger batch is refused
 // with "Message Size Too Large".
@@ -498,7 +484,7 @@ func (b *batcher) write(ctx context.Context) error {
 	e, outMsgs, stMsgs := b.e, b.outMsgs, b.stMsgs
 	t3 := time.Now()
 	if err := e.out.WriteMessages(ctx, outMsgs...); err != nil {
-		return fmt.Errorf("ledger: partition %d: publish %d outputs: %w", b.id, len(outMsgs), shortErr(err))
+		return fmt.Errorf("ledger: partition %d: publish %d outputs: %w", b.id, len(outMsgs), kafkax.ShortErr(err))
 	}
 	if err := e.fault("published"); err != nil {
 		return err
@@ -507,13 +493,13 @@ func (b *batcher) write(ctx context.Context) error {
 	e.m.stage.WithLabelValues("publish").Observe(t4.Sub(t3).Seconds())
 	// Accounts first, then the partition record (see the package comment).
 	if err := e.state.WriteMessages(ctx, stMsgs[:len(stMsgs)-1]...); err != nil {
-		return fmt.Errorf("ledger: partition %d: persist %d accounts: %w", b.id, len(stMsgs)-1, shortErr(err))
+		return fmt.Errorf("ledger: partition %d: persist %d accounts: %w", b.id, len(stMsgs)-1, kafkax.ShortErr(err))
 	}
 	if err := e.fault("persisted"); err != nil {
 		return err
 	}
 	if err := e.state.WriteMessages(ctx, stMsgs[len(stMsgs)-1]); err != nil {
-		return fmt.Errorf("ledger: partition %d: persist snapshot: %w", b.id, shortErr(err))
+		return fmt.Errorf("ledger: partition %d: persist snapshot: %w", b.id, kafkax.ShortErr(err))
 	}
 	if err := e.fault("snapshotted"); err != nil {
 		return err

@@ -34,7 +34,7 @@ func BenchmarkRecovery(b *testing.B) {
 	msgs := make([]kafka.Message, 0, 50_000)
 	flush := func() {
 		if err := w.WriteMessages(context.Background(), msgs...); err != nil {
-			b.Fatal(shortErr(err))
+			b.Fatal(kafkax.ShortErr(err))
 		}
 		msgs = msgs[:0]
 	}

@@ -229,22 +229,7 @@ func (h *expiryHeap) pop() expiry {
 	last := len(q) - 1
 	q[0] = q[last]
 	q[last] = expiry{}
-	q = q[:last]
-	i := 0
-	for {
-		l, r, m := 2*i+1, 2*i+2, i
-		if l < len(q) && q[l].less(&q[m]) {
-			m = l
-		}
-		if r < len(q) && q[r].less(&q[m]) {
-			m = r
-		}
-		if m == i {
-			break
-		}
-		q[i], q[m] = q[m], q[i]
-		i = m
-	}
-	*h = q
+	*h = q[:last]
+	h.down(0)
 	return top
 }

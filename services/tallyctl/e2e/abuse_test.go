@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tallyhq/tally/services/tallyctl/internal/waitfor"
+
 	"github.com/tallyhq/tally/services/admitter"
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/services/admitter/client"
@@ -59,7 +61,7 @@ func TestAbuseClosedLoop(t *testing.T) {
 		}
 		return resp, err
 	}
-	eventually(t, "accounts reach the admitter", 30*time.Second, func() error {
+	waitfor.Eventually(t, "accounts reach the admitter", 30*time.Second, func() error {
 		for _, acct := range []string{bursty, clean} {
 			r, err := admitOnce(acct)
 			if err != nil || r.Tier != "pro" {
@@ -82,7 +84,7 @@ func TestAbuseClosedLoop(t *testing.T) {
 
 	// The detector evaluates the minute that holds the burst, once its rows are in ClickHouse.
 	var flags []events.AbuseFlagged
-	eventually(t, "burst flagged", 60*time.Second, func() error {
+	waitfor.Eventually(t, "burst flagged", 60*time.Second, func() error {
 		// The burst may straddle a minute boundary: evaluate each minute it touched.
 		flags = nil
 		for m := burstStart.Truncate(time.Minute); !m.After(flaggedAt); m = m.Add(time.Minute) {
@@ -108,7 +110,7 @@ func TestAbuseClosedLoop(t *testing.T) {
 	// The flag reaches the admitter through the ledger as a reduced history factor: the bursty
 	// account is throttled below the clean account, which keeps its bonus.
 	var b, c *api.AdmitResponse
-	eventually(t, "history factors at the admitter", 60*time.Second, func() error {
+	waitfor.Eventually(t, "history factors at the admitter", 60*time.Second, func() error {
 		var err error
 		b, err = admitOnce(bursty)
 		if b == nil {

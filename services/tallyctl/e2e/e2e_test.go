@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tallyhq/tally/services/tallyctl/internal/waitfor"
+
 	"github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/tallyhq/tally/services/admitter"
@@ -103,22 +105,6 @@ type accountView struct {
 	OverageMicros   int64 `json:"overage_micros"`
 }
 
-// eventually polls f every 50 ms until it returns nil or the deadline passes.
-func eventually(t *testing.T, what string, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached after %s: %v", what, d, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func TestGrantAdmitFinishReconcile(t *testing.T) {
 	st, conn := startStack(t, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -146,7 +132,7 @@ func TestGrantAdmitFinishReconcile(t *testing.T) {
 	var adm *api.AdmitResponse
 	attempt := 0
 	rid := ""
-	eventually(t, "admit once the grant reached the admitter", 30*time.Second, func() error {
+	waitfor.Eventually(t, "admit once the grant reached the admitter", 30*time.Second, func() error {
 		attempt++
 		rid = fmt.Sprintf("req-e2e-1-%d", attempt)
 		adm, err = cl.Admit(ctx, api.AdmitRequest{RequestID: rid, AccountID: acct, Endpoint: "sora.video",
@@ -190,7 +176,7 @@ func TestGrantAdmitFinishReconcile(t *testing.T) {
 
 	// 4. The ledger's balance reflects the exact charge.
 	want := accountView{AvailableMicros: grantMicros - 3_200_000}
-	eventually(t, "ledger balance", 30*time.Second, func() error {
+	waitfor.Eventually(t, "ledger balance", 30*time.Second, func() error {
 		var v accountView
 		if code := admin(t, st, "GET", "/v1/accounts/"+acct, nil, &v); code != 200 {
 			return fmt.Errorf("status %d", code)
@@ -202,7 +188,7 @@ func TestGrantAdmitFinishReconcile(t *testing.T) {
 	})
 
 	// 5. ClickHouse has the event rows and the journal, queried with clickhouse-go.
-	eventually(t, "rows in ClickHouse", 60*time.Second, func() error {
+	waitfor.Eventually(t, "rows in ClickHouse", 60*time.Second, func() error {
 		var n uint64
 		if err := conn.QueryRow(ctx, `SELECT count() FROM usage_events WHERE request_id = {rid:String}
 			AND type IN ('tally.request.started.v1', 'tally.request.finished.v1')`,

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tallyhq/tally/services/tallyctl/internal/waitfor"
+
 	"github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/tallyhq/tally/services/sink"
@@ -107,22 +109,6 @@ func call(t *testing.T, method, url, token, body string) answer {
 	return answer{resp.StatusCode, string(b)}
 }
 
-// eventually polls f until it returns nil or d passes.
-func eventually(t *testing.T, what string, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached after %s: %v", what, d, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func grantBody(id string) string {
 	return `{"grant_id":"` + id + `","amount_micros":50000000,"source":"purchase"}`
 }
@@ -141,7 +127,7 @@ func admitWhenFunded(t *testing.T, st *stack.Stack, acct, prefix string) string 
 	t.Helper()
 	var rid string
 	n := 0
-	eventually(t, "admit once the grant reached the admitter", 60*time.Second, func() error {
+	waitfor.Eventually(t, "admit once the grant reached the admitter", 60*time.Second, func() error {
 		n++
 		rid = fmt.Sprintf("%s-%d", prefix, n)
 		a := call(t, "POST", st.AdmitterURL+"/v1/admit", st.APIKey, admitBody(rid, acct))
@@ -182,7 +168,7 @@ func TestAdminEndpointsRefuseEdgeKeys(t *testing.T) {
 	if a := call(t, "POST", st.LedgerURL+"/v1/accounts/"+acct+"/grants", st.AdminToken, grantBody("g-admin")); a.status != 202 {
 		t.Fatalf("grant with the admin token: %d %s", a.status, a.body)
 	}
-	eventually(t, "grant folded", 60*time.Second, func() error {
+	waitfor.Eventually(t, "grant folded", 60*time.Second, func() error {
 		a := call(t, "GET", st.LedgerURL+"/v1/accounts/"+acct, st.AdminToken, "")
 		if a.status != 200 || !strings.Contains(a.body, `"available_micros":50000000`) {
 			return fmt.Errorf("%d %s", a.status, a.body)
@@ -267,7 +253,7 @@ func TestClickHouseCredentials(t *testing.T) {
 		err := conn.QueryRow(context.Background(), q, args...).Scan(&n)
 		return n, err
 	}
-	eventually(t, "the request's events in ClickHouse", 60*time.Second, func() error {
+	waitfor.Eventually(t, "the request's events in ClickHouse", 60*time.Second, func() error {
 		n, err := count("SELECT count() FROM usage_events WHERE request_id = ?", rid)
 		if err != nil || n != 2 {
 			return fmt.Errorf("usage_events for %s: %d, %v", rid, n, err)
