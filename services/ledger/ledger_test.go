@@ -215,6 +215,21 @@ func TestGrantStartFinishOnKafka(t *testing.T) {
 	if code != 200 || json.Unmarshal(b, &page2) != nil || len(page2.Entries) != 3 || page2.NextCursor != "" {
 		t.Fatalf("entries page 2: %d %s", code, b)
 	}
+	// Line for line the journal's, ids included (the cache derives them again).
+	want := map[string]string{}
+	for _, e := range journal {
+		j, _ := json.Marshal(e)
+		want[e.EntryID] = string(j)
+	}
+	for _, e := range append(page.Entries, page2.Entries...) {
+		if j, _ := json.Marshal(e.LedgerEntry); want[e.EntryID] != string(j) {
+			t.Fatalf("entries API line %s, journal %s", j, want[e.EntryID])
+		}
+		delete(want, e.EntryID)
+	}
+	if len(want) != 0 {
+		t.Fatalf("journal lines missing from the entries API: %v", want)
+	}
 	// The balance reached the compacted balances topic with the events-topic position.
 	var bu events.BalanceUpdated
 	found := false

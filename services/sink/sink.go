@@ -41,13 +41,15 @@ type Config struct {
 	// GroupID is the Kafka consumer group (SINK_GROUP_ID, default "tally-sink").
 	GroupID string `env:"SINK_GROUP_ID" envDefault:"tally-sink"`
 	// BatchRowsMax flushes once this many rows are buffered (SINK_BATCH_ROWS_MAX, default
-	// 50000, 1..1000000).
-	BatchRowsMax int `env:"SINK_BATCH_ROWS_MAX" envDefault:"50000"`
+	// 100000, 1..1000000). Each flush is one insert per partition, and each insert has a
+	// large fixed cost in ClickHouse (40-45 ms of CPU with the four materialized views,
+	// measured), so larger flushes mean more rows per second under a backlog.
+	BatchRowsMax int `env:"SINK_BATCH_ROWS_MAX" envDefault:"100000"`
 	// BatchBytesMax flushes once this many message bytes are buffered (SINK_BATCH_BYTES_MAX,
-	// default 33554432 = 32 MiB, 1 KiB..1 GiB).
-	BatchBytesMax int64 `env:"SINK_BATCH_BYTES_MAX" envDefault:"33554432"`
-	// BatchWaitMs flushes this long after the first buffered message (SINK_BATCH_WAIT_MS,
-	// default 250, 1..60000).
+	// default 67108864 = 64 MiB, 1 KiB..1 GiB).
+	BatchBytesMax int64 `env:"SINK_BATCH_BYTES_MAX" envDefault:"67108864"`
+	// BatchWaitMs flushes this long after the first buffered message, or, when an insert is
+	// still in flight then, as soon as it ends (SINK_BATCH_WAIT_MS, default 250, 1..60000).
 	BatchWaitMs int `env:"SINK_BATCH_WAIT_MS" envDefault:"250"`
 	// FetchBytesMax bounds one Kafka fetch per partition (SINK_FETCH_BYTES_MAX, default
 	// 4194304 = 4 MiB, 64 KiB..256 MiB).
@@ -107,7 +109,7 @@ type Config struct {
 // DefaultConfig returns the defaults documented on each field.
 func DefaultConfig() Config {
 	return Config{Brokers: "127.0.0.1:9092", TopicPrefix: kafkax.DefaultPrefix, ListenAddr: "127.0.0.1:8083",
-		GroupID: "tally-sink", BatchRowsMax: 50000, BatchBytesMax: 32 << 20, BatchWaitMs: 250, FetchBytesMax: 4 << 20,
+		GroupID: "tally-sink", BatchRowsMax: 100000, BatchBytesMax: 64 << 20, BatchWaitMs: 250, FetchBytesMax: 4 << 20,
 		QueueMessagesMax: 10000, RetryBackoffMinMs: 100, RetryBackoffMaxMs: 5000, RetryAttemptsMax: 30,
 		KafkaReconnectBackoffMinMs: 200, KafkaReconnectBackoffMaxMs: 5000, KafkaSessionTimeoutMs: 10000, KafkaRebalanceTimeoutMs: 30000,
 		IntentsMax: 10000, DecodeWorkers: 2, InsertsParallelMax: 2, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig(),

@@ -18,6 +18,14 @@ import (
 
 // appendEnvelope appends a structured-mode CloudEvent with already-encoded data.
 func appendEnvelope(dst []byte, id, typ string, at time.Time, subject string, data []byte) []byte {
+	dst = appendEnvelopeHead(dst, id, typ, at, subject)
+	dst = append(dst, data...)
+	return append(dst, '}')
+}
+
+// appendEnvelopeHead appends a structured-mode CloudEvent up to its "data": the caller
+// appends the data and the closing brace, so the data needs no buffer of its own.
+func appendEnvelopeHead[T ~string | ~[]byte](dst []byte, id T, typ string, at time.Time, subject string) []byte {
 	dst = append(dst, `{"specversion":"1.0","id":`...)
 	dst = appendString(dst, id)
 	dst = append(dst, `,"source":`...)
@@ -28,9 +36,7 @@ func appendEnvelope(dst []byte, id, typ string, at time.Time, subject string, da
 	dst = appendTime(dst, at)
 	dst = append(dst, `,"subject":`...)
 	dst = appendString(dst, subject)
-	dst = append(dst, `,"datacontenttype":"application/json","data":`...)
-	dst = append(dst, data...)
-	return append(dst, '}')
+	return append(dst, `,"datacontenttype":"application/json","data":`...)
 }
 
 func appendTime(dst []byte, t time.Time) []byte {
@@ -41,11 +47,11 @@ func appendTime(dst []byte, t time.Time) []byte {
 
 // appendString appends s as a JSON string exactly as encoding/json does; strings that need
 // escaping (rare: ids are validated) go through encoding/json itself.
-func appendString(dst []byte, s string) []byte {
+func appendString[T ~string | ~[]byte](dst []byte, s T) []byte {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			b, _ := json.Marshal(s)
+			b, _ := json.Marshal(string(s))
 			return append(dst, b...)
 		}
 	}
@@ -54,7 +60,7 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-func appendKeyString(dst []byte, key, v string) []byte {
+func appendKeyString[T ~string | ~[]byte](dst []byte, key string, v T) []byte {
 	dst = append(dst, key...)
 	return appendString(dst, v)
 }
@@ -66,21 +72,39 @@ func appendKeyInt(dst []byte, key string, v int64) []byte {
 
 // appendLedgerEntry appends the JSON of le (the field order and omitempty of the Go type).
 func appendLedgerEntry(dst []byte, le *events.LedgerEntry) []byte {
-	dst = appendKeyString(dst, `{"entry_id":`, le.EntryID)
-	dst = appendKeyString(dst, `,"transaction_id":`, le.TransactionID)
-	dst = appendKeyString(dst, `,"account_id":`, le.AccountID)
-	dst = appendKeyString(dst, `,"ledger_account":`, le.LedgerAccount)
-	dst = appendKeyInt(dst, `,"amount_micros":`, le.AmountMicros)
-	dst = appendKeyString(dst, `,"kind":`, le.Kind)
-	dst = appendKeyString(dst, `,"cause_event_id":`, le.CauseEventID)
-	if le.RequestID != "" {
-		dst = appendKeyString(dst, `,"request_id":`, le.RequestID)
+	return appendEntryData(dst, le.EntryID, le.TransactionID, &fold.Entry{Cause: le.CauseEventID, AccountID: le.AccountID,
+		LedgerAccount: le.LedgerAccount, AmountMicros: le.AmountMicros, Kind: le.Kind, RequestID: le.RequestID, GrantID: le.GrantID, At: le.EffectiveAt})
+}
+
+// appendEntryEvent appends the ledger.entry event of en in transaction txID: the bytes of
+// appendEnvelope(appendLedgerEntry(en.EventInTx(txID))), without building the event's
+// strings (the entry id is derived into a stack buffer).
+func appendEntryEvent(dst []byte, en *fold.Entry, txID []byte) []byte {
+	var idBuf [36]byte
+	id := events.AppendDerivedID(idBuf[:0], en.Cause, en.LedgerAccount)
+	dst = appendEnvelopeHead(dst, id, events.TypeLedgerEntry, en.At, en.AccountID)
+	dst = appendEntryData(dst, id, txID, en)
+	return append(dst, '}')
+}
+
+// appendEntryData appends the JSON data of a ledger.entry: the field order and omitempty
+// of events.LedgerEntry.
+func appendEntryData[T ~string | ~[]byte](dst []byte, entryID, txID T, en *fold.Entry) []byte {
+	dst = appendKeyString(dst, `{"entry_id":`, entryID)
+	dst = appendKeyString(dst, `,"transaction_id":`, txID)
+	dst = appendKeyString(dst, `,"account_id":`, en.AccountID)
+	dst = appendKeyString(dst, `,"ledger_account":`, en.LedgerAccount)
+	dst = appendKeyInt(dst, `,"amount_micros":`, en.AmountMicros)
+	dst = appendKeyString(dst, `,"kind":`, en.Kind)
+	dst = appendKeyString(dst, `,"cause_event_id":`, en.Cause)
+	if en.RequestID != "" {
+		dst = appendKeyString(dst, `,"request_id":`, en.RequestID)
 	}
-	if le.GrantID != "" {
-		dst = appendKeyString(dst, `,"grant_id":`, le.GrantID)
+	if en.GrantID != "" {
+		dst = appendKeyString(dst, `,"grant_id":`, en.GrantID)
 	}
 	dst = append(dst, `,"effective_at":`...)
-	dst = appendTime(dst, le.EffectiveAt)
+	dst = appendTime(dst, en.At)
 	return append(dst, '}')
 }
 

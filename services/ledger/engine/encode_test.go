@@ -55,6 +55,28 @@ func TestHandEncodingMatchesJSON(t *testing.T) {
 	}
 }
 
+// TestEntryEventMatchesJSON checks appendEntryEvent (ids derived in place) byte for byte
+// against encoding/json of fold.Entry.Event, the published form.
+func TestEntryEventMatchesJSON(t *testing.T) {
+	at := time.Date(2026, 11, 2, 10, 0, 0, 123456789, time.FixedZone("x", 3600))
+	for _, en := range []fold.Entry{
+		{Cause: "0190f5a2-7c3e-7b1d-9f00-0123456789ab", AccountID: "acme", LedgerAccount: events.LedgerAvailable, AmountMicros: -42, Kind: "charge", RequestID: "r<1>&\"q\"", At: at},
+		{Cause: "0190F5A2-7C3E-7B1D-9F00-0123456789AB", AccountID: "ünï", LedgerAccount: events.LedgerRevenue, AmountMicros: 42, Kind: "grant", GrantID: "g\\1", At: at.Add(-123456789)},
+		{Cause: "0190f5a2-7c3e-7b1d-9f00-0123456789ac", AccountID: "a", LedgerAccount: events.LedgerHeld, AmountMicros: 0, Kind: "hold", RequestID: "r", GrantID: "g", At: at.UTC()},
+	} {
+		le := en.Event()
+		want, err := events.NewWithID(le.EntryID, Source, le.EffectiveAt, le)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wb, _ := want.Encode()
+		got := appendEntryEvent([]byte("prefix"), &en, []byte(fold.TransactionID(en.Cause)))
+		if !bytes.Equal(wb, got[len("prefix"):]) {
+			t.Fatalf("ledger entry:\njson %s\nhand %s", wb, got[len("prefix"):])
+		}
+	}
+}
+
 func TestStateRecordRoundTrip(t *testing.T) {
 	a := &fold.Account{ID: "acme", Offset: 7, AvailableMicros: 10, Grants: []fold.Grant{{ID: "g", Amount: 10, Remaining: 10}}}
 	p, got, snap, err := decodeRecord(encodeAccountRecord(nil, 3, a))

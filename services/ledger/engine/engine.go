@@ -24,7 +24,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,6 +131,7 @@ const BatchBytesMax = 1_000_000
 func newWriter(cfg Config, topic string) *kafka.Writer {
 	w := kafkax.NewWriter(cfg.Brokers, topic, cfg.Writer)
 	w.BatchBytes = BatchBytesMax
+	w.Transport = newMetadataCache(w.Transport)
 	return w
 }
 
@@ -360,22 +363,30 @@ func accountKey(id string) []byte      { return []byte("a/" + id) }
 func partitionKey(p int32) []byte      { return []byte("p/" + itoa(int(p))) }
 func itoa[T ~int | ~int32](v T) string { return fmt.Sprint(int64(v)) }
 
+// Typical encoded sizes, to size a batch's arenas at once: a ledger.entry or
+// balance.updated event with its key is about 500 bytes, an account record about 210.
+const (
+	outputBytesEst        = 512
+	accountRecordBytesEst = 256
+)
+
 // batcher folds and publishes one partition's batches, reusing its buffers.
 type batcher struct {
 	e       *Engine
 	p       *partition
 	id      int32
 	msgs    []kafka.Message
+	dec     decoder
 	evs     []events.Event
 	out     fold.Output
-	les     []events.LedgerEntry
+	windows []events.AllowanceWindow
 	outMsg  []kafka.Message
 	stMsg   []kafka.Message
 	outMsgs []kafka.Message // the prepared batch
 	stMsgs  []kafka.Message
 	arena   []byte
 	stArena []byte
-	data    []byte
+	ends    []int
 	spans   []struct{ key, val [2]int }
 	topics  []string
 }
@@ -393,7 +404,7 @@ func (b *batcher) prepare(ctx context.Context) error {
 	}
 	decoded := make([]pos, 0, len(b.msgs))
 	for _, m := range b.msgs {
-		ev, err := events.Decode(m.Value)
+		ev, err := b.dec.Decode(m.Value)
 		if err != nil {
 			e.m.deadLettered.Inc()
 			if derr := kafkax.DeadLetter(ctx, e.dlq, e.cfg.Topics.DeadLetter, "ledger", m, err.Error()); derr != nil {
@@ -426,7 +437,7 @@ func (b *batcher) prepare(ctx context.Context) error {
 		return err
 	}
 	b.stMsgs = b.stateRecords(snap)
-	p.journal.add(b.les)
+	p.journal.add(b.out.Entries)
 	dedupeIDs := p.st.DedupeEntries()
 	p.mu.Unlock()
 	t3 := time.Now()
@@ -511,66 +522,78 @@ func (b *batcher) write(ctx context.Context) error {
 }
 
 // outputs encodes the fold's outputs as messages (called under the partition lock: it
-// reads account state for balance.updated). Message values share one arena per batch.
+// reads account state for balance.updated). Message values are encoded straight into one
+// arena per batch, with the derived ids appended in place (no per-line strings).
 func (b *batcher) outputs() ([]kafka.Message, error) {
 	e, st, out := b.e, b.p.st, &b.out
 	msgs := b.outMsg[:0]
-	arena := b.arena[:0]
+	// Grow the arena once rather than by doubling through a large batch.
+	arena := slices.Grow(b.arena[:0], (len(out.Entries)+len(out.Touched))*outputBytesEst)
 	type span struct{ key, val [2]int }
 	spans := b.spans[:0]
 	topics := b.topics[:0]
-	put := func(topic, key string, val func([]byte) []byte) {
-		k0 := len(arena)
-		arena = append(arena, key...)
-		v0 := len(arena)
-		arena = val(arena)
+	// add records the message whose key starts at k0 and value at v0, ending at the arena's end.
+	add := func(topic string, k0, v0 int) {
 		spans = append(spans, span{[2]int{k0, v0}, [2]int{v0, len(arena)}})
 		topics = append(topics, topic)
 	}
-	b.les = b.les[:0]
-	var cause, tx string
+	var cause string
+	var txBuf [36]byte
 	for i := range out.Entries {
 		en := &out.Entries[i]
-		if en.Cause != cause {
-			cause, tx = en.Cause, fold.TransactionID(en.Cause)
+		if i == 0 || en.Cause != cause {
+			cause = en.Cause
+			events.AppendDerivedID(txBuf[:0], cause, "tx") // fold.TransactionID(cause)
 		}
-		b.les = append(b.les, en.EventInTx(tx))
+		k0 := len(arena)
+		arena = append(arena, en.AccountID...)
+		v0 := len(arena)
+		arena = appendEntryEvent(arena, en, txBuf[:])
+		add(e.cfg.Topics.Journal, k0, v0)
 	}
-	for i := range b.les {
-		le := &b.les[i]
-		put(e.cfg.Topics.Journal, le.AccountID, func(dst []byte) []byte {
-			b.data = appendLedgerEntry(b.data[:0], le)
-			return appendEnvelope(dst, le.EntryID, events.TypeLedgerEntry, le.EffectiveAt, le.AccountID, b.data)
-		})
-	}
-	var rareErr error
-	rare := func(topic, key, id string, at time.Time, d events.Data) {
+	rare := func(topic, key, id string, at time.Time, d events.Data) error {
 		v, err := encodeEvent(id, at, d)
 		if err != nil {
-			rareErr = err
-			return
+			return err
 		}
-		put(topic, key, func(dst []byte) []byte { return append(dst, v...) })
+		k0 := len(arena)
+		arena = append(arena, key...)
+		v0 := len(arena)
+		arena = append(arena, v...)
+		add(topic, k0, v0)
+		return nil
 	}
 	for i := range out.Expired {
 		x := &out.Expired[i]
-		rare(e.cfg.Topics.Journal, x.Data.AccountID, x.ID, x.Data.ExpiredAt, x.Data)
+		if err := rare(e.cfg.Topics.Journal, x.Data.AccountID, x.ID, x.Data.ExpiredAt, x.Data); err != nil {
+			return nil, err
+		}
 	}
 	at := st.Watermark()
 	for _, l := range out.Limits {
 		id := events.DerivedID(fmt.Sprintf("limits/%d/%d", b.id, st.Offset()), l.Key()+"/"+itoa(l.FactorPermille))
-		rare(e.cfg.Topics.Limits, l.Key(), id, at, l)
+		if err := rare(e.cfg.Topics.Limits, l.Key(), id, at, l); err != nil {
+			return nil, err
+		}
 	}
-	if rareErr != nil {
-		return nil, rareErr
-	}
+	var causeBuf [64]byte
+	var idBuf [36]byte
 	for _, a := range out.Touched {
-		bu := st.Balance(a)
-		id := events.DerivedID(fmt.Sprintf("balance/%d/%d", b.id, a.Offset), a.ID)
-		put(e.cfg.Topics.Balances, a.ID, func(dst []byte) []byte {
-			b.data = appendBalance(b.data[:0], &bu)
-			return appendEnvelope(dst, id, events.TypeBalanceUpdated, at, a.ID, b.data)
-		})
+		bu := st.BalanceInto(a, b.windows[:0])
+		b.windows = bu.Allowance[:0]
+		// events.DerivedID(fmt.Sprintf("balance/%d/%d", b.id, a.Offset), a.ID)
+		c := append(causeBuf[:0], "balance/"...)
+		c = strconv.AppendInt(c, int64(b.id), 10)
+		c = append(c, '/')
+		c = strconv.AppendInt(c, a.Offset, 10)
+		id := events.AppendDerivedID(idBuf[:0], string(c), a.ID)
+		k0 := len(arena)
+		arena = append(arena, a.ID...)
+		v0 := len(arena)
+		arena = appendEnvelopeHead(arena, id, events.TypeBalanceUpdated, at, a.ID)
+		arena = appendBalance(arena, &bu)
+		arena = append(arena, '}')
+		add(e.cfg.Topics.Balances, k0, v0)
 	}
 	// Slice the arena only now: appends above may have moved it.
 	for i, sp := range spans {
@@ -582,8 +605,8 @@ func (b *batcher) outputs() ([]kafka.Message, error) {
 
 func (b *batcher) stateRecords(snap fold.Snapshot) []kafka.Message {
 	msgs := b.stMsg[:0]
-	arena := b.stArena[:0]
-	var ends []int
+	arena := slices.Grow(b.stArena[:0], len(b.out.Touched)*accountRecordBytesEst)
+	ends := b.ends[:0]
 	for _, a := range b.out.Touched {
 		arena = append(arena, "a/"...)
 		arena = append(arena, a.ID...)
@@ -597,7 +620,7 @@ func (b *batcher) stateRecords(snap fold.Snapshot) []kafka.Message {
 		start = ends[i+1]
 	}
 	msgs = append(msgs, kafka.Message{Key: partitionKey(b.id), Value: encodeSnapshotRecord(snap)})
-	b.stMsg, b.stArena = msgs, arena
+	b.stMsg, b.stArena, b.ends = msgs, arena, ends
 	return msgs
 }
 

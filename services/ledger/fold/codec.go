@@ -39,7 +39,8 @@ func (a *Account) AppendBinary(dst []byte) []byte {
 		int64(a.PenaltyPermille), a.FlagNs, a.BlockedUntilNs, int64(a.Factor)} {
 		dst = binary.AppendVarint(dst, v)
 	}
-	for _, w := range a.Windows {
+	for i := range windowsMax {
+		w := a.window(i)
 		dst = binary.AppendVarint(dst, w.StartMs)
 		dst = binary.AppendVarint(dst, w.UsedMicros)
 	}
@@ -233,8 +234,12 @@ func DecodeAccount(b []byte) (*Account, error) {
 	a.PenaltyPermille = int32(r.varint())
 	a.FlagNs, a.BlockedUntilNs = r.varint(), r.varint()
 	a.Factor = int32(r.varint())
-	for i := range a.Windows {
-		a.Windows[i].StartMs, a.Windows[i].UsedMicros = r.varint(), r.varint()
+	var win [windowsMax]Window
+	for i := range win {
+		win[i].StartMs, win[i].UsedMicros = r.varint(), r.varint()
+	}
+	if win != ([windowsMax]Window{}) {
+		a.Windows = &win
 	}
 	if v == codecVersionV1 {
 		// Rings of 8 event ids, 16 request ids and 8 grant-or-adjustment ids.

@@ -33,7 +33,7 @@ import (
 // fold never applies an event twice, whatever the bound; the bound only decides how old an
 // event may be and still be accepted.
 type Dedupe struct {
-	ring []dedupeEntry // FIFO ring; len is its capacity (a power of two), nil when empty
+	ring []dedupeEntry // FIFO ring; len is its capacity (see dedupeGrow), nil when empty
 	head uint32
 	n    uint32
 	idx  []uint32 // open-addressing index (ring slot + 1; 0 = free) when len(ring) > dedupeLinearMax
@@ -45,6 +45,40 @@ type Dedupe struct {
 type dedupeEntry struct {
 	key  uint64
 	atNs int64
+}
+
+// dedupeGrow is the ring capacity after one of n: 2, 4, 8, then two entries (32 bytes, the step
+// of Go's size classes) at a time up to 32 entries (512 bytes), then a quarter more. A ring
+// is thus at most two entries or a quarter larger than its ids, not up to twice as with
+// doubling; the extra resizes of a small ring copy at most 512 bytes each.
+func dedupeGrow(n int) int {
+	switch {
+	case n < 2:
+		return 2
+	case n < 8:
+		return 2 * n
+	case n < dedupeLinearMax:
+		return n + 2
+	default:
+		return n + n/4
+	}
+}
+
+// wrap maps a position past the ring's end (at most twice its length) back into it.
+func (d *Dedupe) wrap(i uint32) uint32 {
+	if i >= uint32(len(d.ring)) {
+		i -= uint32(len(d.ring))
+	}
+	return i
+}
+
+// segments returns the entries oldest first as at most two contiguous runs.
+func (d *Dedupe) segments() (first, second []dedupeEntry) {
+	end := d.head + d.n
+	if end <= uint32(len(d.ring)) {
+		return d.ring[d.head:end], nil
+	}
+	return d.ring[d.head:], d.ring[:end-uint32(len(d.ring))]
 }
 
 // dedupeLinearMax is the ring capacity up to which lookups scan the ring instead of using
@@ -66,17 +100,21 @@ func (d *Dedupe) Len() int { return int(d.n) }
 
 // At returns the i-th oldest entry: its key and the log time it was remembered at.
 func (d *Dedupe) At(i int) (key uint64, atNs int64) {
-	e := d.ring[(d.head+uint32(i))&uint32(len(d.ring)-1)]
+	e := d.ring[d.wrap(d.head+uint32(i))]
 	return e.key, e.atNs
 }
 
 // Append adds an entry at the tail. atNs must not be before the tail's time. It is for
 // building records (decoding, tests); the fold remembers ids through State.
-func (d *Dedupe) Append(key uint64, atNs int64) {
+func (d *Dedupe) Append(key uint64, atNs int64) { d.appendCapped(key, atNs, 1<<31) }
+
+// appendCapped is Append with the ring grown to at most capMax entries (the fold passes
+// Config.MaxDedupePerAccount, having evicted down to fewer ids than that).
+func (d *Dedupe) appendCapped(key uint64, atNs int64, capMax int) {
 	if d.n == uint32(len(d.ring)) {
-		d.resize(max(2, 2*len(d.ring)))
+		d.resize(max(min(dedupeGrow(len(d.ring)), capMax), int(d.n)+1))
 	}
-	slot := (d.head + d.n) & uint32(len(d.ring)-1)
+	slot := d.wrap(d.head + d.n)
 	d.ring[slot] = dedupeEntry{key, atNs}
 	d.n++
 	if d.idx != nil {
@@ -93,7 +131,7 @@ func (d *Dedupe) popHead() {
 	}
 	e := d.ring[d.head]
 	d.ring[d.head] = dedupeEntry{}
-	d.head = (d.head + 1) & uint32(len(d.ring)-1)
+	d.head = d.wrap(d.head + 1)
 	d.n--
 	d.FloorNs = max(d.FloorNs, e.atNs)
 }
@@ -120,11 +158,12 @@ func (d *Dedupe) prune(cutoffNs int64) int {
 func (d *Dedupe) resize(capacity int) {
 	ring := make([]dedupeEntry, capacity)
 	for i := uint32(0); i < d.n; i++ {
-		ring[i] = d.ring[(d.head+i)&uint32(len(d.ring)-1)]
+		ring[i] = d.ring[d.wrap(d.head+i)]
 	}
 	d.ring, d.head, d.idx = ring, 0, nil
 	if capacity > dedupeLinearMax {
-		d.idx = make([]uint32, 2*capacity)
+		// A power of two at least twice the capacity: load at most one half.
+		d.idx = make([]uint32, 1<<bits.Len(uint(2*capacity-1)))
 		for i := uint32(0); i < d.n; i++ {
 			d.idxInsert(i)
 		}
@@ -142,10 +181,12 @@ func (d *Dedupe) lookup(key uint64) (atNs int64, ok bool) {
 	if d.idx != nil {
 		return d.idxFind(key)
 	}
-	mask := uint32(len(d.ring) - 1)
-	for i := uint32(0); i < d.n; i++ {
-		if e := &d.ring[(d.head+i)&mask]; e.key == key {
-			atNs, ok = e.atNs, true // later entries are later in time
+	first, second := d.segments()
+	for _, seg := range [2][]dedupeEntry{first, second} {
+		for i := range seg {
+			if seg[i].key == key {
+				atNs, ok = seg[i].atNs, true // later entries are later in time
+			}
 		}
 	}
 	return atNs, ok
@@ -163,11 +204,13 @@ func (d *Dedupe) lookupRequest(rh uint64) (key uint64, atNs int64, ok bool) {
 		}
 		return key, atNs, ok
 	}
-	mask := uint32(len(d.ring) - 1)
 	nh := rh ^ saltNoHold
-	for i := uint32(0); i < d.n; i++ {
-		if e := &d.ring[(d.head+i)&mask]; e.key&^1 == rh || e.key == nh {
-			key, atNs, ok = e.key, e.atNs, true
+	first, second := d.segments()
+	for _, seg := range [2][]dedupeEntry{first, second} {
+		for i := range seg {
+			if e := &seg[i]; e.key&^1 == rh || e.key == nh {
+				key, atNs, ok = e.key, e.atNs, true
+			}
 		}
 	}
 	return key, atNs, ok

@@ -474,3 +474,27 @@ func TestCodecVersion1(t *testing.T) {
 		t.Fatal("v2 re-encoding")
 	}
 }
+
+// TestDedupeRingCapped: a ring grows in small steps (at most two entries or a quarter over
+// its ids) and never beyond MaxDedupePerAccount.
+func TestDedupeRingCapped(t *testing.T) {
+	cfg := DefaultConfig(pricebook.Default())
+	cfg.MaxDedupePerAccount = 100
+	l := &logb{t: t}
+	l.add(t0, grant("a", "g1", 10_000_000, 0, nil))
+	at := t0
+	for i := 0; i < 300; i++ {
+		at = at.Add(time.Second)
+		rid := fmt.Sprint("r", i)
+		l.add(at, start("a", rid, 1_000, at))
+		l.add(at, finish("a", rid, 500))
+		if i < 40 || i == 299 {
+			s, out := foldWith(t, cfg, l.evs, 0)
+			mustCheck(t, s, out)
+			d := &s.Account("a").Dedupe
+			if n, c := d.Len(), len(d.ring); c > cfg.MaxDedupePerAccount || (n <= 32 && c > max(n+2, 8)) || c > n+n/4+2 {
+				t.Fatalf("after %d requests: %d ids in a ring of %d", i+1, n, c)
+			}
+		}
+	}
+}

@@ -518,7 +518,7 @@ func (s *State) adjust(a *Account, ev *events.Event, p *events.CreditsAdjusted, 
 func (s *State) useAllowance(a *Account, startNs, nowNs, delta int64) {
 	tier, _ := s.cfg.Book.Tier(a.Tier)
 	for i, w := range tier.Allowance {
-		if i >= len(a.Windows) {
+		if i >= windowsMax {
 			break
 		}
 		startMs := startNs / 1e6
@@ -526,6 +526,9 @@ func (s *State) useAllowance(a *Account, startNs, nowNs, delta int64) {
 		nowMs := nowNs / 1e6
 		if nowMs-mod(nowMs, w.LengthMs) != ws {
 			continue // the request straddles windows: its window is closed, leave it
+		}
+		if a.Windows == nil {
+			a.Windows = new([windowsMax]Window) // once per account that uses an allowance
 		}
 		win := &a.Windows[i]
 		if win.StartMs != ws {
@@ -552,13 +555,13 @@ func (s *State) AllowanceWindows(a *Account, nowNs int64, dst []events.Allowance
 	tier, _ := s.cfg.Book.Tier(a.Tier)
 	nowMs := nowNs / 1e6
 	for i, w := range tier.Allowance {
-		if i >= len(a.Windows) {
+		if i >= windowsMax {
 			break
 		}
 		ws := nowMs - mod(nowMs, w.LengthMs)
 		used := int64(0)
-		if a.Windows[i].StartMs == ws {
-			used = a.Windows[i].UsedMicros
+		if win := a.window(i); win.StartMs == ws {
+			used = win.UsedMicros
 		}
 		dst = append(dst, events.AllowanceWindow{Window: w.Name, Start: time.UnixMilli(ws).UTC(), UsedMicros: used})
 	}
@@ -566,7 +569,11 @@ func (s *State) AllowanceWindows(a *Account, nowNs int64, dst []events.Allowance
 }
 
 // Balance returns the balance.updated view of a.
-func (s *State) Balance(a *Account) events.BalanceUpdated {
+func (s *State) Balance(a *Account) events.BalanceUpdated { return s.BalanceInto(a, nil) }
+
+// BalanceInto is Balance with the allowance windows appended to win, so that a caller that
+// reuses win does not allocate.
+func (s *State) BalanceInto(a *Account, win []events.AllowanceWindow) events.BalanceUpdated {
 	tier := a.Tier
 	if tier == "" {
 		tier = s.cfg.Book.DefaultTier
@@ -574,15 +581,16 @@ func (s *State) Balance(a *Account) events.BalanceUpdated {
 	return events.BalanceUpdated{
 		AccountID: a.ID, Tier: tier, Priority: a.Priority, Suspended: a.Suspended,
 		AvailableMicros: a.AvailableMicros, HeldMicros: a.HeldMicros, OverageMicros: a.OverageMicros,
-		Allowance: s.AllowanceWindows(a, s.watermark, nil), Partition: s.partition, Offset: a.Offset,
+		Allowance: s.AllowanceWindows(a, s.watermark, win), Partition: s.partition, Offset: a.Offset,
 	}
 }
 
-// schedule adds a live expiry. When stale entries (of settled holds) outnumber live ones
-// the heap is rebuilt, so its length stays below 2 × live + 1024.
+// schedule adds a live expiry. When stale entries (of settled holds) outnumber half the live
+// ones the heap is rebuilt, so its length stays below heapMax(live): every account with
+// remembered ids has a live entry (its prune), so the stale slack is memory per account.
 func (s *State) schedule(e expiry) {
 	s.live++
-	if len(s.heap) >= 2*s.live+1024 {
+	if len(s.heap) >= heapMax(s.live) {
 		q := s.heap[:0]
 		for _, x := range s.heap {
 			if s.isLive(&x) {
@@ -595,6 +603,9 @@ func (s *State) schedule(e expiry) {
 	}
 	s.heap.push(e)
 }
+
+// heapMax is the length at which the expiry heap is rebuilt: 1.5 × live + 1024.
+func heapMax(live int) int { return live + live/2 + 1024 }
 
 func (s *State) isLive(e *expiry) bool {
 	a := e.acct
@@ -892,7 +903,7 @@ func (s *State) remember(a *Account, key uint64, out *Output) {
 		_, tail := d.At(d.Len() - 1)
 		at = max(at, tail)
 	}
-	d.Append(key, at)
+	d.appendCapped(key, at, s.cfg.MaxDedupePerAccount)
 	s.dedupeN++
 	if a.pruneNs == 0 {
 		s.schedulePrune(a)
@@ -926,8 +937,11 @@ func (s *State) stampLegacy() {
 		}
 		a.legacy = false
 		d := &a.Dedupe
-		for i := uint32(0); i < d.n; i++ {
-			d.ring[(d.head+i)&uint32(len(d.ring)-1)].atNs = s.watermark
+		first, second := d.segments()
+		for _, seg := range [2][]dedupeEntry{first, second} {
+			for i := range seg {
+				seg[i].atNs = s.watermark
+			}
 		}
 		s.schedulePrune(a)
 	}

@@ -86,7 +86,7 @@ func (s *State) Check() error {
 	if dedupe != s.dedupeN {
 		errs = append(errs, fmt.Errorf("dedupe: %d entries counted, %d tracked", dedupe, s.dedupeN))
 	}
-	if len(s.heap) > 2*s.live+1024 {
+	if len(s.heap) > heapMax(s.live) {
 		errs = append(errs, fmt.Errorf("expiry index: %d entries for %d live", len(s.heap), s.live))
 	}
 	return errors.Join(errs...)

@@ -159,6 +159,10 @@ type Account struct {
 	Tier      string `json:"tier,omitempty"` // "" = the book's default tier
 	Priority  string `json:"priority,omitempty"`
 	Suspended bool   `json:"suspended,omitempty"`
+	// Unexported flags sit beside Suspended, in its padding (Account is about 350 bytes; the
+	// memory bound per account is 1 KiB).
+	legacy   bool // decoded from a version-1 record: Dedupe times are set at the first fold
+	replaced bool // replaced by a restore: its expiry entries are stale
 	// Offset is the events-topic offset of the last event folded for this account (-1 none).
 	Offset int64 `json:"offset"`
 
@@ -175,10 +179,12 @@ type Account struct {
 	BreakageMicros int64 `json:"breakage"`
 	AdjustedMicros int64 `json:"adjusted"` // net adjustments applied to available
 
-	Grants  []Grant   `json:"grants,omitempty"`
-	Holds   []Hold    `json:"holds,omitempty"`
-	Parked  []Parked  `json:"parked,omitempty"`
-	Windows [4]Window `json:"windows"`
+	Grants []Grant  `json:"grants,omitempty"`
+	Holds  []Hold   `json:"holds,omitempty"`
+	Parked []Parked `json:"parked,omitempty"`
+	// Windows is nil until the account first uses an allowance (most accounts never do):
+	// nil reads as four zero windows.
+	Windows *[4]Window `json:"windows"`
 	// Dedupe remembers the ids applied within the dedupe window (see Dedupe).
 	Dedupe Dedupe `json:"dedupe"`
 
@@ -195,10 +201,19 @@ type Account struct {
 	Factor          int32 `json:"factor"` // last history factor published (0 value means 1000 until set)
 	FactorSet       bool  `json:"fs"`
 
-	touched  uint64 // the Output generation that last listed this account in Touched
-	pruneNs  int64  // when the scheduled prune of Dedupe is due (0 = none scheduled)
-	legacy   bool   // decoded from a version-1 record: Dedupe times are set at the first fold
-	replaced bool   // replaced by a restore: its expiry entries are stale
+	touched uint64 // the Output generation that last listed this account in Touched
+	pruneNs int64  // when the scheduled prune of Dedupe is due (0 = none scheduled)
+}
+
+// windowsMax is the most allowance windows an account tracks (the length of Windows).
+const windowsMax = 4
+
+// window returns allowance window i (zero when Windows is nil).
+func (a *Account) window(i int) Window {
+	if a.Windows == nil {
+		return Window{}
+	}
+	return a.Windows[i]
 }
 
 // HistoryFactor returns the last history factor (1000 before any was published).

