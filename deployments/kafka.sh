@@ -17,6 +17,9 @@
 #   KAFKA_HEAP      512m
 #   KAFKA_HOME      ${TALLY_CACHE_DIR:-~/.cache/tally}/kafka   (pom, classpath, data, log, pid)
 #   KAFKA_START_TIMEOUT_S 120
+#   KAFKA_NETWORK_THREADS 3     num.network.threads (Kafka's default)
+#   KAFKA_IO_THREADS      8     num.io.threads (Kafka's default)
+#   KAFKA_JVM_GC_OPTS     -XX:+UseG1GC   garbage collector flags of the broker's JVM
 set -euo pipefail
 
 KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
@@ -27,6 +30,9 @@ KAFKA_HEAP=${KAFKA_HEAP:-512m}
 CACHE=${TALLY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tally}
 KAFKA_HOME=${KAFKA_HOME:-$CACHE/kafka}
 KAFKA_START_TIMEOUT_S=${KAFKA_START_TIMEOUT_S:-120}
+KAFKA_NETWORK_THREADS=${KAFKA_NETWORK_THREADS:-3}
+KAFKA_IO_THREADS=${KAFKA_IO_THREADS:-8}
+KAFKA_JVM_GC_OPTS=${KAFKA_JVM_GC_OPTS:--XX:+UseG1GC}
 DATA="$KAFKA_HOME/data-$KAFKA_PORT"
 PIDFILE="$KAFKA_HOME/kafka-$KAFKA_PORT.pid"
 LOG="$KAFKA_HOME/kafka-$KAFKA_PORT.log"
@@ -89,6 +95,8 @@ auto.create.topics.enable=true
 group.initial.rebalance.delay.ms=0
 log.retention.hours=168
 log.cleaner.enable=true
+num.network.threads=$KAFKA_NETWORK_THREADS
+num.io.threads=$KAFKA_IO_THREADS
 PROPS
   cat > "$KAFKA_HOME/log4j2.properties" <<'L4J'
 appender.out.type = Console
@@ -105,7 +113,8 @@ L4J
 }
 
 java_run() {
-  java -Xmx"$KAFKA_HEAP" -Xms"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+  # shellcheck disable=SC2086 # KAFKA_JVM_GC_OPTS is a list of flags
+  java -Xmx"$KAFKA_HEAP" -Xms"$KAFKA_HEAP" $KAFKA_JVM_GC_OPTS -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$KAFKA_HOME/log4j2.properties" \
     -cp "$(cat "$CP_FILE")" "$@"
 }
@@ -121,7 +130,7 @@ start() {
       || { log "format failed; see $LOG"; tail -20 "$LOG" >&2; exit 1; }
   fi
   log "starting Apache Kafka $KAFKA_VERSION on $KAFKA_HOST:$KAFKA_PORT (log: $LOG)"
-  nohup bash -c "$(declare -f java_run); CP_FILE='$CP_FILE' KAFKA_HOME='$KAFKA_HOME' KAFKA_HEAP='$KAFKA_HEAP' java_run kafka.Kafka '$KAFKA_HOME/server-$KAFKA_PORT.properties'" \
+  nohup bash -c "$(declare -f java_run); CP_FILE='$CP_FILE' KAFKA_HOME='$KAFKA_HOME' KAFKA_HEAP='$KAFKA_HEAP' KAFKA_JVM_GC_OPTS='$KAFKA_JVM_GC_OPTS' java_run kafka.Kafka '$KAFKA_HOME/server-$KAFKA_PORT.properties'" \
     >>"$LOG" 2>&1 </dev/null &
   echo $! > "$PIDFILE"
   local waited=0

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"sync"
@@ -21,10 +22,20 @@ import (
 // concurrent callers (default 128) spread over 10,000 accounts, each admit publishing its
 // request.started with acks=all. It reports admits/s and the p50/p99/p99.9 latency seen by
 // the callers. Run it against real Kafka with KAFKA_BROKERS=127.0.0.1:9092.
+//
+// By default it is a closed loop (each caller sends its next admit when the previous one is
+// answered). With BENCH_RATE=N it is an open loop: admit i is due at start + i/N, whatever
+// the answers; a caller that is late sends at once, and the latency is measured from the due
+// time, so that queueing behind slow answers is counted (no coordinated omission).
+// BENCH_WORKERS then bounds the connections (use enough that they are rarely all busy).
 func BenchmarkAdmitHTTP(b *testing.B) {
 	workers := 128
 	if v, err := strconv.Atoi(os.Getenv("BENCH_WORKERS")); err == nil && v > 0 {
 		workers = v
+	}
+	var interval time.Duration // open loop: time between due admits; 0 = closed loop
+	if v, err := strconv.Atoi(os.Getenv("BENCH_RATE")); err == nil && v > 0 {
+		interval = time.Second / time.Duration(v)
 	}
 	c := kafkatest.Start(b)
 	const accounts = 10_000
@@ -35,8 +46,20 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 	seed(b, c, seeds...)
 	cfg := testConfig(b, c)
 	cfg.IdempotencyMax = 2_000_000
+	if v, err := strconv.ParseBool(os.Getenv("BENCH_FOLLOW_PEERS")); err == nil {
+		cfg.FollowPeers = v
+	}
 	if v, err := strconv.Atoi(os.Getenv("BENCH_WRITERS")); err == nil {
 		cfg.Writers = v
+	}
+	if v := os.Getenv("BENCH_PRODUCER"); v != "" {
+		cfg.Producer = v
+	}
+	if v, err := strconv.ParseInt(os.Getenv("BENCH_LINGER_MS"), 10, 64); err == nil {
+		cfg.LingerMs = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("BENCH_INFLIGHT")); err == nil {
+		cfg.InflightMax = v
 	}
 	if v, err := strconv.Atoi(os.Getenv("BENCH_BATCH_MAX")); err == nil {
 		cfg.BatchMax = v
@@ -44,6 +67,13 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 	if v, err := strconv.ParseInt(os.Getenv("BENCH_BATCH_TIMEOUT_MS"), 10, 64); err == nil {
 		cfg.BatchTimeoutMs = v
 	}
+	if v, err := strconv.Atoi(os.Getenv("BENCH_GC_PERCENT")); err == nil {
+		cfg.GCPercent = v
+	}
+	prev := debug.SetGCPercent(100) // read the process's target, restored after the run
+	debug.SetGCPercent(prev)
+	defer debug.SetGCPercent(prev)
+	cfg.ApplyGC() // as cmd/admitter does
 	s := start(b, cfg)
 	run := fmt.Sprintf("%d", time.Now().UnixNano())
 	lat := make([]time.Duration, b.N)
@@ -75,6 +105,13 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 				body = fmt.Appendf(body[:0], `{"request_id":"b%s-%d","account_id":"bench-%05d","endpoint":"bench.code","estimate":{"tokens_in":1000,"tokens_out":500}}`, run, i, i%accounts)
 				req = fmt.Appendf(req[:0], "POST /v1/admit HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s", testSecret, len(body), body)
 				st := time.Now()
+				if interval > 0 {
+					due := t0.Add(time.Duration(i) * interval)
+					if d := time.Until(due); d > 0 {
+						time.Sleep(d)
+					}
+					st = due
+				}
 				status, err := roundTrip(conn, br, req)
 				if err != nil {
 					failed.Add(1)

@@ -14,7 +14,8 @@ import (
 // encode builds the structured-mode CloudEvents JSON of data with a fresh UUIDv7, like
 // events.New + Event.Encode, but writes the envelope directly: encoding/json would re-scan
 // and compact the already-encoded payload (json.RawMessage) on every event, which was a
-// visible share of the admit path. encode_test.go checks that events.Decode reads back
+// visible share of the admit path. The admit path's payloads are written by hand too
+// (appendPayload). encode_test.go checks that events.Decode reads back
 // exactly what events.New would have built.
 func encode(source string, now time.Time, data events.Data) ([]byte, string, error) {
 	if err := data.Validate(); err != nil {
@@ -24,11 +25,7 @@ func encode(source string, now time.Time, data events.Data) ([]byte, string, err
 	if err != nil {
 		return nil, "", fmt.Errorf("admitter: event id: %w", err)
 	}
-	payload, err := json.Marshal(data)
-	if err != nil {
-		return nil, "", fmt.Errorf("admitter: encode %s: %w", data.EventType(), err)
-	}
-	b := make([]byte, 0, len(payload)+256+len(source))
+	b := make([]byte, 0, 1024)
 	b = append(b, `{"specversion":"1.0","id":"`...)
 	b = append(b, id.String()...)
 	b = append(b, `","source":`...)
@@ -40,7 +37,14 @@ func encode(source string, now time.Time, data events.Data) ([]byte, string, err
 	b = append(b, `","subject":`...)
 	b = appendJSONString(b, data.Subject())
 	b = append(b, `,"datacontenttype":"application/json","data":`...)
-	b = append(b, payload...)
+	var ok bool
+	if b, ok = appendPayload(b, data); !ok {
+		payload, err := json.Marshal(data)
+		if err != nil {
+			return nil, "", fmt.Errorf("admitter: encode %s: %w", data.EventType(), err)
+		}
+		b = append(b, payload...)
+	}
 	b = append(b, '}')
 	return b, data.EventType(), nil
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -60,6 +61,16 @@ func testConfig(t testing.TB, c *kafkatest.Cluster) Config {
 	cfg.PublishTimeoutMs = 3000
 	cfg.AdaptiveEnabled = false
 	cfg.IdempotencyMax = 1000
+	if p := os.Getenv("ADMITTER_PRODUCER"); p != "" { // run the suite on either producer
+		cfg.Producer = p
+	}
+	// ... and on other eager producer settings.
+	if v, err := strconv.Atoi(os.Getenv("ADMITTER_INFLIGHT_MAX")); err == nil {
+		cfg.InflightMax = v
+	}
+	if v, err := strconv.ParseInt(os.Getenv("ADMITTER_LINGER_MS"), 10, 64); err == nil {
+		cfg.LingerMs = v
+	}
 	return cfg
 }
 

@@ -180,12 +180,11 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	s.m.decisionSec.Observe(time.Since(t0).Seconds())
 
-	resp := s.admitResponse(&req, &d)
 	status := http.StatusOK
 	if !d.Allowed {
 		status = http.StatusTooManyRequests
 	}
-	body, _ := json.Marshal(resp)
+	body := s.appendAdmit(make([]byte, 0, 1024), &req, &d)
 	value, name, err := s.admitEvent(e, &req, &d, now)
 	var part int32
 	var off int64
@@ -199,9 +198,8 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		published = true
 		if s.revokeIfUncovered(r.Context(), e, &req, &d, part, off, now) {
-			resp = s.admitResponse(&req, &d)
 			status = http.StatusTooManyRequests
-			body, _ = json.Marshal(resp)
+			body = s.appendAdmit(body[:0], &req, &d)
 		}
 	}
 	if err != nil {

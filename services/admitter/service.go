@@ -51,7 +51,8 @@ type Service struct {
 	keys   atomic.Pointer[httpx.Keyring]
 	keyMod atomic.Int64
 
-	writers []*kafka.Writer
+	writers []*kafka.Writer // ADMITTER_PRODUCER=writer
+	eager   *eagerProducer  // ADMITTER_PRODUCER=eager
 	dlq     *kafka.Writer
 	pub     Publisher
 	m       *metrics
@@ -94,17 +95,22 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	}
 	wc := kafkax.WriterConfig{BatchTimeout: ms(cfg.BatchTimeoutMs), BatchSize: cfg.BatchMax,
 		WriteTimeout: ms(cfg.PublishTimeoutMs), MaxAttempts: 3, TLS: kafkaTLS}
-	kp := &kafkaPublisher{source: []byte(s.source)}
-	for i := 0; i < cfg.Writers; i++ {
-		w := kafkax.NewWriter(brokers, s.topics.Events, wc)
-		w.Completion = completion
-		kp.ws = append(kp.ws, w)
-	}
-	s.writers, s.pub = kp.ws, kp
 	s.dlq = kafkax.NewWriter(brokers, "", wc) // wc carries KAFKA_TLS_*
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return nil, fmt.Errorf("admitter: listen %s: %w", cfg.ListenAddr, err)
+	}
+	if cfg.Producer == ProducerEager {
+		s.eager = newEagerProducer(cfg, brokers, s.topics.Events, s.source, kafkaTLS)
+		s.pub = s.eager
+	} else {
+		kp := &kafkaPublisher{source: []byte(s.source)}
+		for i := 0; i < cfg.Writers; i++ {
+			w := kafkax.NewWriter(brokers, s.topics.Events, wc)
+			w.Completion = completion
+			kp.ws = append(kp.ws, w)
+		}
+		s.writers, s.pub = kp.ws, kp
 	}
 	s.ln = ln
 	s.srv = httpx.NewServer(cfg.ListenAddr, s.Handler(), cfg.HTTPServer())
@@ -182,6 +188,9 @@ func (s *Service) Run(ctx context.Context) error {
 	wg.Wait()
 	for _, w := range s.writers {
 		_ = w.Close()
+	}
+	if s.eager != nil {
+		s.eager.close(sctx)
 	}
 	_ = s.dlq.Close()
 	s.log.Info("admitter stopped")

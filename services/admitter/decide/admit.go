@@ -118,21 +118,28 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		return t.deny(d, ReasonOverloaded, t.cfg.RetryOverloadedMs)
 	}
 	// 3. Concurrency per account per endpoint.
+	var lim limits
+	if hist == 1000 {
+		lim = t.lims[(int(ei)*int(numPriorities)+int(prio))*len(t.tiers)+int(a.tier)]
+	} else {
+		bonus := int64(1000)
+		if clean {
+			bonus = t.cfg.CleanBurstBonusPermille
+		}
+		lim.conc = t.scale(tier.t.MaxConcurrent, load, hist, 1000)
+		lim.rate = t.scale(tier.t.RatePerMinute, load, hist, 1000)
+		lim.burst = t.scale(tier.t.Burst, load, hist, bonus)
+		lim.stepUs = max(60_000_000/lim.rate, 1)
+	}
 	slot := t.epState(ai, ei)
-	conc := t.scale(tier.t.MaxConcurrent, load, hist, 1000)
+	conc := lim.conc
 	d.ConcurrencyLimit, d.InFlight = conc, int64(slot.inflight)
 	if int64(slot.inflight) >= conc {
 		return t.deny(d, ReasonConcurrency, t.cfg.RetryConcurrencyMs)
 	}
 	// 4. Rate limit: GCRA in µs, burst allowed.
-	bonus := int64(1000)
-	if clean {
-		bonus = t.cfg.CleanBurstBonusPermille
-	}
-	rate := t.scale(tier.t.RatePerMinute, load, hist, 1000)
-	burst := t.scale(tier.t.Burst, load, hist, bonus)
+	rate, burst, stepUs := lim.rate, lim.burst, lim.stepUs
 	d.RatePerMinute, d.Burst = rate, burst
-	stepUs := max(60_000_000/rate, 1)
 	nowUs := nowMs * 1000
 	newTat := max(slot.tatUs, nowUs) + stepUs
 	if over := newTat - nowUs - burst*stepUs; over > 0 {
@@ -203,7 +210,11 @@ func (t *Table) fillWindows(a *account, tier *tierInfo, nowMs int64, d *Decision
 	d.NumWindows = n
 	for i := 0; i < n; i++ {
 		w := &tier.t.Allowance[i]
-		start := nowMs - mod(nowMs, w.LengthMs)
+		start := tier.winStartMs[i]
+		if nowMs < start || nowMs >= tier.winEndMs[i] {
+			start = nowMs - mod(nowMs, w.LengthMs)
+			tier.winStartMs[i], tier.winEndMs[i] = start, start+w.LengthMs
+		}
 		used := a.pendingAllow
 		if a.winStartMs[i] == start {
 			used += a.winUsedMicros[i]
@@ -520,9 +531,18 @@ func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
 	}
 	a.availableMicros, a.heldMicros = b.AvailableMicros, b.HeldMicros
 	a.suspended = b.Suspended
+	oldTier := a.tier
 	a.tier = t.defTier
 	if ti, ok := t.tierIdx[b.Tier]; ok {
 		a.tier = ti
+	}
+	if a.tier != oldTier {
+		// A tier change starts the rate limit afresh: GCRA keeps its debt as time, and
+		// the old tier's spacing (6 s a request on free) would otherwise throttle an
+		// account that was just upgraded for minutes. In-flight counts are kept.
+		for ei := range t.endpoints {
+			t.epState(ai, uint8(ei)).tatUs = 0
+		}
 	}
 	a.priority = PriorityStandard
 	if p, ok := ParsePriority(b.Priority); ok {
@@ -560,6 +580,7 @@ func (t *Table) ApplyLimits(l *events.LimitsAdjusted) bool {
 		p, okp := ParsePriority(l.Priority)
 		if ok && okp {
 			t.endpoints[ei].loadFactor[p] = int64(l.FactorPermille)
+			t.computeLimits(ei, p)
 		}
 	case events.ScopeAccount:
 		ai, ok := t.lookup(l.AccountID)
@@ -581,7 +602,7 @@ type Snapshot struct {
 
 // Account reports an account's local view; ok is false when it is not cached.
 func (t *Table) Account(id string) (Snapshot, bool) {
-	ai, ok := t.ids[id]
+	ai, ok := t.known(id)
 	if !ok {
 		return Snapshot{}, false
 	}
@@ -611,7 +632,7 @@ func (t *Table) Price(endpoint, model string, u events.Units) (int64, error) {
 // the log is not covered. If the ledger has already folded the event, the ledger decided and
 // the answer is true.
 func (t *Table) FundedInLogOrder(accountID string, funding Funding, amountMicros int64, partition int32, offset int64, nowMs int64) bool {
-	ai, ok := t.ids[accountID]
+	ai, ok := t.known(accountID)
 	if !ok {
 		return true
 	}

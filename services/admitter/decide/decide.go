@@ -138,6 +138,10 @@ type Config struct {
 	OverageFromAvailable bool
 	// Adaptive configures the local adaptive concurrency limit per endpoint.
 	Adaptive AdaptiveConfig
+	// HugePages asks the kernel (Linux madvise MADV_HUGEPAGE) to back the account slab and
+	// its index with 2 MiB transparent huge pages: decisions read them at random, and with
+	// 4 KiB pages each read also pays a TLB miss. Default true; no effect where THP is off.
+	HugePages bool
 }
 
 // DefaultConfig is the documented default policy.
@@ -145,7 +149,7 @@ var DefaultConfig = Config{
 	AccountsMax: 2_000_000, OpenMax: 1_000_000, PendingMax: 2_000_000, Instances: 1,
 	CleanBurstBonusPermille: 1500, BatchSharePermille: 750,
 	RetryBlockedMs: 3_600_000, RetryOverloadedMs: 1000, RetryConcurrencyMs: 1000, RetryInsufficientMs: 60_000,
-	OverageFromAvailable: true, Adaptive: DefaultAdaptiveConfig,
+	OverageFromAvailable: true, Adaptive: DefaultAdaptiveConfig, HugePages: true,
 }
 
 const maxRetryMs = 7 * 24 * 3600 * 1000
@@ -178,23 +182,29 @@ func (c Config) Validate() error {
 // record (the rest in Table.eps), so that a decision usually touches adjacent cache lines.
 const inlineEndpoints = 2
 
-// account is one cached account: the ledger's last view plus the local pending deltas.
-// Fields are ordered hot first: the first 64 bytes hold what every decision reads.
+// account is one cached account: the ledger's last view plus the local pending deltas. It is
+// 192 bytes, three cache lines (the slab is a large allocation, so records are line aligned),
+// with no pointers: the garbage collector never scans the slab. Line 1 holds the id (compared
+// by the index lookup), the class and the ledger's balance; line 2 the pending sums and the
+// inline endpoints' GCRA and in-flight state; line 3 the allowance windows. A decision reads
+// all three, as independent loads once the index is known.
 type account struct {
-	ep              [inlineEndpoints]epState
-	availableMicros int64  // ledger's available balance
-	pendingAvail    int64  // sum of unfolded local deltas to available (holds are negative)
-	pendingAllow    int64  // sum of unfolded local allowance usage
-	factorPermille  uint16 // history factor, factorUnset when never adjusted
+	key             [keyInline]byte // the id's bytes when keyLen <= keyInline
+	keyLen          uint8           // len(id), or keyLong (the id is in Table.longIDs)
 	tier            uint8
 	priority        Priority
 	suspended       bool
+	factorPermille  uint16 // history factor, factorUnset when never adjusted
+	pendingHead     uint32 // first pending change, or none
+	foldedPartition int32
+	availableMicros int64 // ledger's available balance
+	pendingAvail    int64 // sum of unfolded local deltas to available (holds are negative)
+	pendingAllow    int64 // sum of unfolded local allowance usage
+	ep              [inlineEndpoints]epState
+	foldedOffset    int64 // events-topic offset of the last event the ledger folded (-1 none)
+	heldMicros      int64 // ledger's held balance
 	winStartMs      [MaxWindows]int64
 	winUsedMicros   [MaxWindows]int64
-	heldMicros      int64 // ledger's held balance
-	foldedOffset    int64 // events-topic offset of the last event the ledger folded (-1 none)
-	foldedPartition int32
-	pendingHead     uint32 // first pending change, or none
 }
 
 // epState is one account's state on one endpoint: the GCRA theoretical arrival time and the
@@ -233,6 +243,16 @@ type open struct {
 type tierInfo struct {
 	name string
 	t    pricebook.Tier
+	// winStartMs/winEndMs cache each allowance window's current span, so that a decision
+	// divides by the window length only when a window rolls over.
+	winStartMs, winEndMs [MaxWindows]int64
+}
+
+// limits are effective limits precomputed for an (endpoint, class, tier) at history factor
+// 1000 (no or a neutral history factor: the common case) with the clean burst bonus, so that
+// a decision does not divide; recomputed when the endpoint's load factor changes.
+type limits struct {
+	conc, rate, burst, stepUs int64
 }
 
 type endpointInfo struct {
@@ -252,9 +272,12 @@ type Table struct {
 	defTier   uint8
 	endpoints []endpointInfo
 	epIdx     map[string]uint8
+	// lims[(endpoint×numPriorities+class)×len(tiers)+tier], see limits.
+	lims []limits
 
-	ids      map[string]uint32
+	idx      index
 	accounts []account
+	longIDs  map[uint32]string // ids longer than keyInline, by account
 	// per account × endpoint beyond the inline ones (index account×(endpoints−2)+endpoint−2).
 	eps []epState
 
@@ -281,7 +304,7 @@ func NewTable(book *pricebook.Book, cfg Config) (*Table, error) {
 		return nil, fmt.Errorf("decide: at most %d endpoints and 255 tiers", MaxEndpoints)
 	}
 	t := &Table{cfg: cfg, book: book, tierIdx: map[string]uint8{}, epIdx: map[string]uint8{},
-		ids: make(map[string]uint32), openFree: none, pendFree: none}
+		idx: newIndex(), openFree: none, pendFree: none}
 	for _, name := range sortedKeys(book.Tiers) {
 		t.tierIdx[name] = uint8(len(t.tiers))
 		t.tiers = append(t.tiers, tierInfo{name: name, t: book.Tiers[name]})
@@ -294,7 +317,26 @@ func NewTable(book *pricebook.Book, cfg Config) (*Table, error) {
 		info.adaptive.init(cfg.Adaptive, ep.CapacityInflight)
 		t.endpoints = append(t.endpoints, info)
 	}
+	t.lims = make([]limits, len(t.endpoints)*int(numPriorities)*len(t.tiers))
+	for ei := range t.endpoints {
+		for p := range numPriorities {
+			t.computeLimits(uint8(ei), p)
+		}
+	}
 	return t, nil
+}
+
+// computeLimits fills the limits of endpoint ei and class p for every tier.
+func (t *Table) computeLimits(ei uint8, p Priority) {
+	load := t.endpoints[ei].loadFactor[p]
+	for ti := range t.tiers {
+		tier := &t.tiers[ti].t
+		l := &t.lims[(int(ei)*int(numPriorities)+int(p))*len(t.tiers)+ti]
+		l.conc = t.scale(tier.MaxConcurrent, load, 1000, 1000)
+		l.rate = t.scale(tier.RatePerMinute, load, 1000, 1000)
+		l.burst = t.scale(tier.Burst, load, 1000, t.cfg.CleanBurstBonusPermille)
+		l.stepUs = max(60_000_000/l.rate, 1)
+	}
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -332,19 +374,35 @@ func (t *Table) epState(ai uint32, ei uint8) *epState {
 // lookup returns the account's index, inserting it when absent. ok is false when the table
 // is full.
 func (t *Table) lookup(id string) (uint32, bool) {
-	if i, ok := t.ids[id]; ok {
+	i, slot, h, ok := t.find(id)
+	if ok {
 		return i, true
 	}
 	if len(t.accounts) >= t.cfg.AccountsMax {
 		return 0, false
 	}
-	i := uint32(len(t.accounts))
-	t.ids[id] = i
+	i = uint32(len(t.accounts))
+	if len(t.accounts) == cap(t.accounts) {
+		// Grown by hand (×1.25, like append) to advise the new slab before it is touched.
+		n := make([]account, len(t.accounts), max(cap(t.accounts)*5/4, 64))
+		if t.cfg.HugePages {
+			adviseHuge(n)
+		}
+		copy(n, t.accounts)
+		t.accounts = n
+	}
 	t.accounts = append(t.accounts, account{foldedOffset: -1, foldedPartition: -1, pendingHead: none,
 		factorPermille: factorUnset, tier: t.defTier, priority: PriorityStandard,
 		winStartMs: [MaxWindows]int64{-1, -1, -1, -1}})
+	t.insert(id, i, slot, h)
 	for range max(len(t.endpoints)-inlineEndpoints, 0) {
 		t.eps = append(t.eps, epState{})
 	}
 	return i, true
+}
+
+// known returns the index of a cached account without inserting it.
+func (t *Table) known(id string) (uint32, bool) {
+	i, _, _, ok := t.find(id)
+	return i, ok
 }

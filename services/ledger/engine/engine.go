@@ -376,7 +376,7 @@ type batcher struct {
 	p       *partition
 	id      int32
 	msgs    []kafka.Message
-	dec     decoder
+	dec     events.Decoder // one per batcher: a Decoder is not shared between goroutines
 	evs     []events.Event
 	out     fold.Output
 	windows []events.AllowanceWindow

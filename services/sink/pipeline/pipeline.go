@@ -199,10 +199,12 @@ type fetched struct {
 	done   chan struct{}
 }
 
-func decodeOne(f *fetched) {
+// decodeOne decodes with the worker's own dec (an events.Decoder is used by one goroutine):
+// the result and every dead-letter reason are events.Decode's.
+func decodeOne(dec *events.Decoder, f *fetched) {
 	defer close(f.done)
 	m := f.msg
-	ev, err := events.Decode(m.Value)
+	ev, err := dec.Decode(m.Value)
 	if err != nil {
 		f.reason = err.Error()
 		return
@@ -256,8 +258,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		workers.Add(1)
 		go func() {
 			defer workers.Done()
+			var dec events.Decoder
 			for f := range work {
-				decodeOne(f)
+				decodeOne(&dec, f)
 			}
 		}()
 	}

@@ -22,6 +22,7 @@ func main() {
 		log.Error("admitter: bad settings", "err", err)
 		os.Exit(2)
 	}
+	cfg.ApplyGC()
 	svc, err := admitter.New(cfg, log)
 	if err != nil {
 		log.Error("admitter: cannot start", "err", err)
