@@ -29,8 +29,10 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// benchRequests requests = 3 × benchRequests messages (started, finished, ledger entry).
-const benchRequests = 70_000
+// benchRequests requests = 3 × benchRequests messages (started, finished, ledger entry);
+// BENCH_REQUESTS sets another count (a longer run amortizes the group join and the first
+// batch over more rows).
+var benchRequests = envInt("BENCH_REQUESTS", 70_000)
 
 // runUntil runs a sink over pre-produced messages until want rows are inserted and returns
 // the elapsed time since Ready, plus the steady-state rate between the first and last flush.
