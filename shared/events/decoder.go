@@ -209,62 +209,41 @@ func account(v []byte, subject string) string {
 
 func (d *Decoder) started(s *scanner, subject string) (Data, bool) {
 	var p RequestStarted
-	var seen uint64
-	if !s.open() {
-		return nil, false
-	}
-	for more := !s.closes(); more; {
-		key, ok := s.key()
-		if !ok {
-			return nil, false
-		}
-		f, known := startedFields.index[string(key)]
-		if !known || seen&(1<<f) != 0 {
-			return nil, false
-		}
-		seen |= 1 << f
+	if !s.object(&startedFields, func(key []byte) bool {
 		switch string(key) {
 		case "request_id":
-			ok = plainStr(s, &p.RequestID)
+			return plainStr(s, &p.RequestID)
 		case "account_id":
-			ok = accountStr(s, subject, &p.AccountID)
+			return accountStr(s, subject, &p.AccountID)
 		case "endpoint":
-			ok = d.internStr(s, inEndpoint, &p.Endpoint)
+			return d.internStr(s, inEndpoint, &p.Endpoint)
 		case "model":
-			ok = d.internStr(s, inModel, &p.Model)
+			return d.internStr(s, inModel, &p.Model)
 		case "tier":
-			ok = d.internStr(s, inTier, &p.Tier)
+			return d.internStr(s, inTier, &p.Tier)
 		case "priority":
-			ok = d.internStr(s, inPriority, &p.Priority)
+			return d.internStr(s, inPriority, &p.Priority)
 		case "funding":
-			ok = d.internStr(s, inFunding, &p.Funding)
+			return d.internStr(s, inFunding, &p.Funding)
 		case "estimate":
-			ok = d.units(s, &p.Estimate)
+			return d.units(s, &p.Estimate)
 		case "estimate_micros":
-			p.EstimateMicros, ok = s.int()
+			return s.intTo(&p.EstimateMicros)
 		case "hold_micros":
-			p.HoldMicros, ok = s.int()
+			return s.intTo(&p.HoldMicros)
 		case "allowance_micros":
-			p.AllowanceMicros, ok = s.int()
+			return s.intTo(&p.AllowanceMicros)
 		case "hold_expires_at":
-			p.HoldExpiresAt, ok = s.time()
+			return s.timeTo(&p.HoldExpiresAt)
 		case "price_book_version":
-			ok = d.internStr(s, inPriceBook, &p.PriceBookVersion)
+			return d.internStr(s, inPriceBook, &p.PriceBookVersion)
 		case "key_id":
-			ok = plainStr(s, &p.KeyID)
+			return plainStr(s, &p.KeyID)
 		case "client_addr":
-			ok = plainStr(s, &p.ClientAddr)
-		default:
-			return nil, false // a field of the type this parser does not know
+			return plainStr(s, &p.ClientAddr)
 		}
-		if !ok {
-			return nil, false
-		}
-		if more, ok = s.next(); !ok {
-			return nil, false
-		}
-	}
-	if seen&startedFields.required != startedFields.required {
+		return false
+	}) {
 		return nil, false
 	}
 	return p, true
@@ -272,54 +251,33 @@ func (d *Decoder) started(s *scanner, subject string) (Data, bool) {
 
 func (d *Decoder) finished(s *scanner, subject string) (Data, bool) {
 	var p RequestFinished
-	var seen uint64
-	if !s.open() {
-		return nil, false
-	}
-	for more := !s.closes(); more; {
-		key, ok := s.key()
-		if !ok {
-			return nil, false
-		}
-		f, known := finishedFields.index[string(key)]
-		if !known || seen&(1<<f) != 0 {
-			return nil, false
-		}
-		seen |= 1 << f
+	if !s.object(&finishedFields, func(key []byte) bool {
 		switch string(key) {
 		case "request_id":
-			ok = plainStr(s, &p.RequestID)
+			return plainStr(s, &p.RequestID)
 		case "account_id":
-			ok = accountStr(s, subject, &p.AccountID)
+			return accountStr(s, subject, &p.AccountID)
 		case "endpoint":
-			ok = d.internStr(s, inEndpoint, &p.Endpoint)
+			return d.internStr(s, inEndpoint, &p.Endpoint)
 		case "model":
-			ok = d.internStr(s, inModel, &p.Model)
+			return d.internStr(s, inModel, &p.Model)
 		case "status":
-			ok = d.internStr(s, inStatus, &p.Status)
+			return d.internStr(s, inStatus, &p.Status)
 		case "usage":
-			ok = d.units(s, &p.Usage)
+			return d.units(s, &p.Usage)
 		case "cost_micros":
-			p.CostMicros, ok = s.int()
+			return s.intTo(&p.CostMicros)
 		case "duration_ms":
-			p.DurationMs, ok = s.int()
+			return s.intTo(&p.DurationMs)
 		case "price_book_version":
-			ok = d.internStr(s, inPriceBook, &p.PriceBookVersion)
+			return d.internStr(s, inPriceBook, &p.PriceBookVersion)
 		case "key_id":
-			ok = plainStr(s, &p.KeyID)
+			return plainStr(s, &p.KeyID)
 		case "client_addr":
-			ok = plainStr(s, &p.ClientAddr)
-		default:
-			return nil, false
+			return plainStr(s, &p.ClientAddr)
 		}
-		if !ok {
-			return nil, false
-		}
-		if more, ok = s.next(); !ok {
-			return nil, false
-		}
-	}
-	if seen&finishedFields.required != finishedFields.required {
+		return false
+	}) {
 		return nil, false
 	}
 	return p, true
@@ -327,56 +285,35 @@ func (d *Decoder) finished(s *scanner, subject string) (Data, bool) {
 
 func (d *Decoder) rejected(s *scanner, subject string) (Data, bool) {
 	var p RequestRejected
-	var seen uint64
-	if !s.open() {
-		return nil, false
-	}
-	for more := !s.closes(); more; {
-		key, ok := s.key()
-		if !ok {
-			return nil, false
-		}
-		f, known := rejectedFields.index[string(key)]
-		if !known || seen&(1<<f) != 0 {
-			return nil, false
-		}
-		seen |= 1 << f
+	if !s.object(&rejectedFields, func(key []byte) bool {
 		switch string(key) {
 		case "request_id":
-			ok = plainStr(s, &p.RequestID)
+			return plainStr(s, &p.RequestID)
 		case "account_id":
-			ok = accountStr(s, subject, &p.AccountID)
+			return accountStr(s, subject, &p.AccountID)
 		case "endpoint":
-			ok = d.internStr(s, inEndpoint, &p.Endpoint)
+			return d.internStr(s, inEndpoint, &p.Endpoint)
 		case "model":
-			ok = d.internStr(s, inModel, &p.Model)
+			return d.internStr(s, inModel, &p.Model)
 		case "tier":
-			ok = d.internStr(s, inTier, &p.Tier)
+			return d.internStr(s, inTier, &p.Tier)
 		case "priority":
-			ok = d.internStr(s, inPriority, &p.Priority)
+			return d.internStr(s, inPriority, &p.Priority)
 		case "reason":
-			ok = d.internStr(s, inReason, &p.Reason)
+			return d.internStr(s, inReason, &p.Reason)
 		case "retry_after_ms":
-			p.RetryAfterMs, ok = s.int()
+			return s.intTo(&p.RetryAfterMs)
 		case "estimate_micros":
-			p.EstimateMicros, ok = s.int()
+			return s.intTo(&p.EstimateMicros)
 		case "price_book_version":
-			ok = d.internStr(s, inPriceBook, &p.PriceBookVersion)
+			return d.internStr(s, inPriceBook, &p.PriceBookVersion)
 		case "key_id":
-			ok = plainStr(s, &p.KeyID)
+			return plainStr(s, &p.KeyID)
 		case "client_addr":
-			ok = plainStr(s, &p.ClientAddr)
-		default:
-			return nil, false
+			return plainStr(s, &p.ClientAddr)
 		}
-		if !ok {
-			return nil, false
-		}
-		if more, ok = s.next(); !ok {
-			return nil, false
-		}
-	}
-	if seen&rejectedFields.required != rejectedFields.required {
+		return false
+	}) {
 		return nil, false
 	}
 	return p, true
@@ -384,58 +321,58 @@ func (d *Decoder) rejected(s *scanner, subject string) (Data, bool) {
 
 func (d *Decoder) ledgerEntry(s *scanner, subject string) (Data, bool) {
 	var p LedgerEntry
-	var seen uint64
-	if !s.open() {
-		return nil, false
-	}
-	for more := !s.closes(); more; {
-		key, ok := s.key()
-		if !ok {
-			return nil, false
-		}
-		f, known := ledgerEntryFields.index[string(key)]
-		if !known || seen&(1<<f) != 0 {
-			return nil, false
-		}
-		seen |= 1 << f
+	if !s.object(&ledgerEntryFields, func(key []byte) bool {
 		switch string(key) {
 		case "entry_id":
-			ok = plainStr(s, &p.EntryID)
+			return plainStr(s, &p.EntryID)
 		case "transaction_id":
-			ok = plainStr(s, &p.TransactionID)
+			return plainStr(s, &p.TransactionID)
 		case "account_id":
-			ok = accountStr(s, subject, &p.AccountID)
+			return accountStr(s, subject, &p.AccountID)
 		case "ledger_account":
-			ok = d.internStr(s, inLedgerAccount, &p.LedgerAccount)
+			return d.internStr(s, inLedgerAccount, &p.LedgerAccount)
 		case "amount_micros":
-			p.AmountMicros, ok = s.int()
+			return s.intTo(&p.AmountMicros)
 		case "kind":
-			ok = d.internStr(s, inKind, &p.Kind)
+			return d.internStr(s, inKind, &p.Kind)
 		case "cause_event_id":
-			ok = plainStr(s, &p.CauseEventID)
+			return plainStr(s, &p.CauseEventID)
 		case "request_id":
-			ok = plainStr(s, &p.RequestID)
+			return plainStr(s, &p.RequestID)
 		case "grant_id":
-			ok = plainStr(s, &p.GrantID)
+			return plainStr(s, &p.GrantID)
 		case "effective_at":
-			p.EffectiveAt, ok = s.time()
-		default:
-			return nil, false
+			return s.timeTo(&p.EffectiveAt)
 		}
-		if !ok {
-			return nil, false
-		}
-		if more, ok = s.next(); !ok {
-			return nil, false
-		}
-	}
-	if seen&ledgerEntryFields.required != ledgerEntryFields.required {
+		return false
+	}) {
 		return nil, false
 	}
 	return p, true
 }
 
 func (d *Decoder) units(s *scanner, u *Units) bool {
+	return s.object(&unitsFields, func(key []byte) bool {
+		switch string(key) {
+		case "video_seconds":
+			return s.intTo(&u.VideoSeconds)
+		case "resolution":
+			return d.internStr(s, inResolution, &u.Resolution)
+		case "tokens_in":
+			return s.intTo(&u.TokensIn)
+		case "tokens_out":
+			return s.intTo(&u.TokensOut)
+		case "compute_ms":
+			return s.intTo(&u.ComputeMs)
+		}
+		return false
+	})
+}
+
+// object reads one JSON object of the fields in fs: each key must be one of them and appear
+// at most once, field reads its value, and every required field must be there. False means
+// the fast path does not apply (Decode then falls back to events.Decode).
+func (s *scanner) object(fs *fieldSet, field func(key []byte) bool) bool {
 	var seen uint64
 	if !s.open() {
 		return false
@@ -445,33 +382,30 @@ func (d *Decoder) units(s *scanner, u *Units) bool {
 		if !ok {
 			return false
 		}
-		f, known := unitsFields.index[string(key)]
-		if !known || seen&(1<<f) != 0 {
+		f, known := fs.index[string(key)]
+		if !known || seen&(1<<f) != 0 || !field(key) {
 			return false
 		}
 		seen |= 1 << f
-		switch string(key) {
-		case "video_seconds":
-			u.VideoSeconds, ok = s.int()
-		case "resolution":
-			ok = d.internStr(s, inResolution, &u.Resolution)
-		case "tokens_in":
-			u.TokensIn, ok = s.int()
-		case "tokens_out":
-			u.TokensOut, ok = s.int()
-		case "compute_ms":
-			u.ComputeMs, ok = s.int()
-		default:
-			return false
-		}
-		if !ok {
-			return false
-		}
 		if more, ok = s.next(); !ok {
 			return false
 		}
 	}
-	return seen&unitsFields.required == unitsFields.required
+	return seen&fs.required == fs.required
+}
+
+// intTo reads an integer into dst.
+func (s *scanner) intTo(dst *int64) bool {
+	v, ok := s.int()
+	*dst = v
+	return ok
+}
+
+// timeTo reads a UTC time into dst.
+func (s *scanner) timeTo(dst *time.Time) bool {
+	v, ok := s.time()
+	*dst = v
+	return ok
 }
 
 func (d *Decoder) internStr(s *scanner, slot int, dst *string) bool {
