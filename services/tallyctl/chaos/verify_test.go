@@ -36,6 +36,7 @@ type Reference struct {
 	Started     map[string]string             // request id -> account
 	Rejected    map[string]bool
 	Finished    map[string]int64 // request id -> cost
+	Cancelled   map[string]bool  // request ids with a request.finished of status cancelled
 	Other       map[string]bool  // ids of grants, adjustments, account updates, flags
 	Bad         []kafka.Message  // the undecodable messages
 }
@@ -44,7 +45,7 @@ type Reference struct {
 func BuildReference(ctx context.Context, h *Harness) (*Reference, error) {
 	ref := &Reference{Balances: map[string]finance.Balance{}, Entries: map[string]events.LedgerEntry{},
 		EventIDs: map[string]bool{}, Started: map[string]string{}, Rejected: map[string]bool{},
-		Finished: map[string]int64{}, Other: map[string]bool{}}
+		Finished: map[string]int64{}, Cancelled: map[string]bool{}, Other: map[string]bool{}}
 	states := map[int]*fold.State{}
 	var out fold.Output
 	err := engine.ReadAll(ctx, h.Kafka.Brokers, h.Kafka.Topics.Events, func(m kafka.Message) error {
@@ -67,6 +68,9 @@ func BuildReference(ctx context.Context, h *Harness) (*Reference, error) {
 			ref.Rejected[p.RequestID] = true
 		case events.RequestFinished:
 			ref.Finished[p.RequestID] = p.CostMicros
+			if p.Status == events.StatusCancelled {
+				ref.Cancelled[p.RequestID] = true
+			}
 		default:
 			ref.Other[ev.ID] = true
 		}
@@ -206,9 +210,13 @@ func checkAcked(rec *Record, ref *Reference, f *findings) {
 			f.lose("admit %s answered allowed but no request.started in the events topic", rid)
 		}
 	}
-	for rid := range rec.Denied {
-		if !ref.Rejected[rid] {
-			f.lose("admit %s answered denied but no request.rejected in the events topic", rid)
+	for rid, reason := range rec.Denied {
+		// A denial's durable trail is its request.rejected, or, for an admission revoked by
+		// log-order confirmation (several admitters), the request.started it published and
+		// the request.finished (cancelled) that took it back, both before the answer.
+		revoked := ref.Started[rid] != "" && ref.Cancelled[rid]
+		if !ref.Rejected[rid] && !revoked {
+			f.lose("admit %s answered denied (%s) but no request.rejected (nor a revoked request.started) in the events topic", rid, reason)
 		}
 	}
 	for rid, cost := range rec.Finished {
