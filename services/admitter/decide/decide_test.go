@@ -200,17 +200,9 @@ func TestRateLimitGCRAWithCleanBurstBonus(t *testing.T) {
 	tb := newTable(t, func(c *Config) { c.Adaptive.Enabled = false })
 	// enterprise: 6000/min (one per 10 ms), burst 500 × 1.5 clean bonus = 750.
 	tb.ApplyBalance(balance("r", "enterprise", 1e12, 0, 1))
-	n := 0
-	for ; n < 2000; n++ {
-		var d Decision
-		_ = tb.Admit(code1k("r"), t0, &d)
-		if !d.Allowed {
-			if d.Reason != ReasonRateLimited || d.RetryAfterMs != 10 || d.Burst != 750 {
-				t.Fatalf("at %d: %+v", n, d)
-			}
-			break
-		}
-		finish(tb, d, int64(n+2))
+	n, d := burst(tb, "r", 2000, 2)
+	if n < 2000 && (d.Reason != ReasonRateLimited || d.RetryAfterMs != 10 || d.Burst != 750) {
+		t.Fatalf("at %d: %+v", n, d)
 	}
 	if n != 750 {
 		t.Fatalf("burst admitted %d, want 750", n)
@@ -222,7 +214,7 @@ func TestRateLimitGCRAWithCleanBurstBonus(t *testing.T) {
 	// A flagged account (history 500‰) loses the bonus and half the limits.
 	tb.ApplyBalance(balance("f", "enterprise", 1e12, 0, 1))
 	tb.ApplyLimits(&events.LimitsAdjusted{Scope: events.ScopeAccount, AccountID: "f", FactorPermille: 500, Reason: "flagged"})
-	d := admit(t, tb, code1k("f"), t0)
+	d = admit(t, tb, code1k("f"), t0)
 	if d.Burst != 250 || d.RatePerMinute != 3000 || d.ConcurrencyLimit != 64 || d.HistoryFactorPermille != 500 {
 		t.Fatalf("flagged: %+v", d)
 	}
@@ -622,17 +614,9 @@ func BenchmarkDecide1MHotRequest(b *testing.B) {
 func TestTierChangeResetsRateDebt(t *testing.T) {
 	tb := newTable(t, func(c *Config) { c.Adaptive.Enabled = false })
 	tb.ApplyBalance(balance("u", "free", 1e12, 0, 1))
-	n := 0
-	for ; n < 100; n++ {
-		var d Decision
-		_ = tb.Admit(code1k("u"), t0, &d)
-		if !d.Allowed {
-			if d.Reason != ReasonRateLimited {
-				t.Fatalf("free at %d: %+v", n, d)
-			}
-			break
-		}
-		finish(tb, d, int64(n+10))
+	n, d := burst(tb, "u", 100, 10)
+	if n < 100 && d.Reason != ReasonRateLimited {
+		t.Fatalf("free at %d: %+v", n, d)
 	}
 	if n == 0 || n == 100 {
 		t.Fatalf("free burst admitted %d", n)
@@ -644,18 +628,27 @@ func TestTierChangeResetsRateDebt(t *testing.T) {
 	}
 	// Upgraded: pro's whole burst (50 × 1.5 clean bonus) is there at once.
 	tb.ApplyBalance(balance("u", "pro", 1e12, 0, 6))
-	m := 0
-	for ; m < 200; m++ {
-		var d Decision
-		_ = tb.Admit(code1k("u"), t0, &d)
-		if !d.Allowed {
-			break
-		}
-		finish(tb, d, int64(m+1000))
-	}
+	m, _ := burst(tb, "u", 200, 1000)
 	if m != 75 {
 		t.Fatalf("pro burst after upgrade admitted %d, want 75", m)
 	}
+}
+
+// burst admits code1k requests for acct at t0 until one is denied (at most max), settling
+// each allowed one at log positions from offset on. It returns how many were allowed and the
+// last decision (the denial when fewer than max were allowed).
+func burst(tb *Table, acct string, max int, offset int64) (int, Decision) {
+	var d Decision
+	n := 0
+	for ; n < max; n++ {
+		d = Decision{}
+		_ = tb.Admit(code1k(acct), t0, &d)
+		if !d.Allowed {
+			break
+		}
+		finish(tb, d, offset+int64(n))
+	}
+	return n, d
 }
 
 // finish publishes and settles an allowed decision at its quote (offset: its log position).

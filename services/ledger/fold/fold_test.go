@@ -43,6 +43,10 @@ func start(acct, req string, hold int64, at time.Time) events.RequestStarted {
 		Funding: events.FundingCredits, HoldMicros: hold, EstimateMicros: hold, HoldExpiresAt: at.Add(5 * time.Minute), PriceBookVersion: "v1"}
 }
 
+func rejected(acct, id string) events.RequestRejected {
+	return events.RequestRejected{RequestID: id, AccountID: acct, Endpoint: ep, Tier: "free", Priority: events.PriorityBatch, Reason: "rate", PriceBookVersion: "v1"}
+}
+
 func finish(acct, req string, cost int64) events.RequestFinished {
 	return events.RequestFinished{RequestID: req, AccountID: acct, Endpoint: ep, Status: events.StatusSucceeded, CostMicros: cost, PriceBookVersion: "v1"}
 }
@@ -557,14 +561,25 @@ func BenchmarkFold(b *testing.B) {
 //     active more than two windows ago (one grant, one settled request), and 10 % are
 //     active, with one grant, 20 settled requests and 2 rejections in the window;
 //   - "all active" (reported, not bounded): every account as the active ones above.
+//
+// busyDay logs an active account's day at: a grant, 20 settled requests and 2 rejections
+// (22 ids in its dedupe window).
+func busyDay(l *logb, at time.Time, acct string) {
+	l.add(at, grant(acct, "grant-"+acct, 1_000_000, 0, nil))
+	for r := 0; r < 20; r++ {
+		rid := fmt.Sprintf("req-%d-%s", r, acct)
+		l.add(at, start(acct, rid, 1000, at))
+		l.add(at, finish(acct, rid, 900))
+	}
+	l.add(at, rejected(acct, "rej-1-"+acct))
+	l.add(at, rejected(acct, "rej-2-"+acct))
+}
+
 func TestMemoryPerAccount(t *testing.T) {
 	if testing.Short() {
 		t.Skip("allocates 100k accounts")
 	}
 	const n = 100_000
-	rejected := func(acct, id string) events.RequestRejected {
-		return events.RequestRejected{RequestID: id, AccountID: acct, Endpoint: ep, Tier: "free", Priority: events.PriorityBatch, Reason: "rate", PriceBookVersion: "v1"}
-	}
 	profiles := []struct {
 		name  string
 		limit float64
@@ -585,27 +600,10 @@ func TestMemoryPerAccount(t *testing.T) {
 			}
 		}, func(l *logb, a int, acct string) {
 			if a%10 == 0 {
-				at := t0.Add(49 * time.Hour)
-				l.add(at, grant(acct, "grant-"+acct, 1_000_000, 0, nil))
-				for r := 0; r < 20; r++ {
-					rid := fmt.Sprintf("req-%d-%s", r, acct)
-					l.add(at, start(acct, rid, 1000, at))
-					l.add(at, finish(acct, rid, 900))
-				}
-				l.add(at, rejected(acct, "rej-1-"+acct))
-				l.add(at, rejected(acct, "rej-2-"+acct))
+				busyDay(l, t0.Add(49*time.Hour), acct)
 			}
 		}},
-		{"all active", 0, func(l *logb, a int, acct string) {
-			l.add(t0, grant(acct, "grant-"+acct, 1_000_000, 0, nil))
-			for r := 0; r < 20; r++ {
-				rid := fmt.Sprintf("req-%d-%s", r, acct)
-				l.add(t0, start(acct, rid, 1000, t0))
-				l.add(t0, finish(acct, rid, 900))
-			}
-			l.add(t0, rejected(acct, "rej-1-"+acct))
-			l.add(t0, rejected(acct, "rej-2-"+acct))
-		}, nil},
+		{"all active", 0, func(l *logb, a int, acct string) { busyDay(l, t0, acct) }, nil},
 	}
 	for _, p := range profiles {
 		t.Run(p.name, func(t *testing.T) {
