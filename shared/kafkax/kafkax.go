@@ -142,7 +142,8 @@ func NewWriter(brokers []string, topic string, cfg WriterConfig) *kafka.Writer {
 		MaxAttempts:  cfg.MaxAttempts,
 		// Topics are created explicitly by EnsureTopics with their partition counts.
 		AllowAutoTopicCreation: false,
-		Transport:              Transport(cfg.TLS),
+		// A writer asks for its topic's partitions on every message: answer from a cache.
+		Transport: newMetadataCache(Transport(cfg.TLS)),
 	}
 }
 

@@ -131,7 +131,6 @@ const BatchBytesMax = 1_000_000
 func newWriter(cfg Config, topic string) *kafka.Writer {
 	w := kafkax.NewWriter(cfg.Brokers, topic, cfg.Writer)
 	w.BatchBytes = BatchBytesMax
-	w.Transport = newMetadataCache(w.Transport)
 	return w
 }
 

@@ -1,4 +1,4 @@
-package engine
+package kafkax
 
 import (
 	"context"
@@ -13,7 +13,8 @@ import (
 // MetadataCacheTTL is how long a writer reuses a topic's partition count. kafka-go's
 // Writer asks its transport for the topic's metadata once per message (Writer.partitions);
 // the transport answers from its own cache (kafka.Transport.MetadataTTL, 6 s by default) but
-// copies the answer each time, which cost about 1.4 µs per folded event. A partition count
+// copies the answer each time, which cost the ledger about 1.4 µs per folded event. Every
+// writer from NewWriter has this cache in front of its transport. A partition count
 // seen up to this much later than the transport would see it is harmless: the writer sees
 // new partitions at most a second later.
 const MetadataCacheTTL = time.Second
