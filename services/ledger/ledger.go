@@ -67,8 +67,12 @@ type Config struct {
 	HoldsPerAccountMax  int   `env:"LEDGER_HOLDS_PER_ACCOUNT_MAX" envDefault:"1024"`
 	GrantsPerAccountMax int   `env:"LEDGER_GRANTS_PER_ACCOUNT_MAX" envDefault:"64"`
 	// Dedupe: how long (log time) an applied id is remembered, and how many per account.
-	DedupeWindowMs       int64 `env:"LEDGER_DEDUPE_WINDOW_MS" envDefault:"86400000"`
-	DedupePerAccountMax  int   `env:"LEDGER_DEDUPE_PER_ACCOUNT_MAX" envDefault:"4096"`
+	DedupeWindowMs      int64 `env:"LEDGER_DEDUPE_WINDOW_MS" envDefault:"86400000"`
+	DedupePerAccountMax int   `env:"LEDGER_DEDUPE_PER_ACCOUNT_MAX" envDefault:"4096"`
+	// FutureSkewMaxMs: how far an event's time may run ahead of its Kafka record timestamp;
+	// an event further ahead is dead-lettered (future_time), never applied, so that it cannot
+	// move the ledger's clock (hold expiry, the dedupe horizon) ahead.
+	FutureSkewMaxMs      int64 `env:"LEDGER_FUTURE_SKEW_MAX_MS" envDefault:"300000"`
 	HistoryWindowMs      int64 `env:"LEDGER_HISTORY_WINDOW_MS" envDefault:"3600000"`
 	RejectMinRequests    int32 `env:"LEDGER_REJECT_MIN_REQUESTS" envDefault:"20"`
 	RejectRatioPermille  int32 `env:"LEDGER_REJECT_RATIO_PERMILLE" envDefault:"500"`
@@ -105,7 +109,7 @@ func DefaultConfig() Config {
 		WriteTimeoutMs: 10_000, WriteAttemptsMax: 5, RetryBackoffMs: 1000, JournalPerAccount: 64, JournalAccountsMax: 10_000,
 		BodyMaxBytes: 64 << 10, PageMax: 500, PublishTimeoutMs: 10_000, ShutdownTimeoutMs: 10_000,
 		PartitionsTotal: 4, ParkTimeoutMs: 3_600_000, ParkedPerAccountMax: 8, HoldsPerAccountMax: 1024, GrantsPerAccountMax: 64,
-		DedupeWindowMs: 86_400_000, DedupePerAccountMax: 4096,
+		DedupeWindowMs: 86_400_000, DedupePerAccountMax: 4096, FutureSkewMaxMs: 300_000,
 		HistoryWindowMs: 3_600_000, RejectMinRequests: 20, RejectRatioPermille: 500, RejectFactorPermille: 700,
 		FlagPenaltyPermille: 500, FlagDecayMs: 86_400_000, BlockMs: 86_400_000, CleanMinRequests: 100, CleanBonusPermille: 1200,
 		HTTP: httpx.DefaultServerSettings,
@@ -171,6 +175,7 @@ func (c Config) Validate() error {
 	rng("LEDGER_GRANTS_PER_ACCOUNT_MAX", int64(c.GrantsPerAccountMax), 1, 10_000)
 	rng("LEDGER_DEDUPE_WINDOW_MS", c.DedupeWindowMs, 1000, 31*day)
 	rng("LEDGER_DEDUPE_PER_ACCOUNT_MAX", int64(c.DedupePerAccountMax), 16, 1<<20)
+	rng("LEDGER_FUTURE_SKEW_MAX_MS", c.FutureSkewMaxMs, 1000, day)
 	rng("LEDGER_HISTORY_WINDOW_MS", c.HistoryWindowMs, 60_000, 31*day)
 	rng("LEDGER_REJECT_MIN_REQUESTS", int64(c.RejectMinRequests), 1, 1_000_000)
 	rng("LEDGER_REJECT_RATIO_PERMILLE", int64(c.RejectRatioPermille), 0, 1000)
@@ -197,7 +202,7 @@ func (c Config) FoldConfig(book *pricebook.Book) fold.Config {
 	ms := int64(time.Millisecond)
 	return fold.Config{Book: book, PartitionsTotal: c.PartitionsTotal, ParkTimeoutNs: c.ParkTimeoutMs * ms,
 		MaxParkedPerAccount: c.ParkedPerAccountMax, MaxHoldsPerAccount: c.HoldsPerAccountMax, MaxGrantsPerAccount: c.GrantsPerAccountMax,
-		DedupeWindowNs: c.DedupeWindowMs * ms, MaxDedupePerAccount: c.DedupePerAccountMax,
+		DedupeWindowNs: c.DedupeWindowMs * ms, MaxDedupePerAccount: c.DedupePerAccountMax, FutureSkewMaxNs: c.FutureSkewMaxMs * ms,
 		HistoryWindowNs: c.HistoryWindowMs * ms, RejectMinRequests: c.RejectMinRequests, RejectRatioPermille: c.RejectRatioPermille,
 		RejectFactorPermille: c.RejectFactorPermille, FlagPenaltyPermille: c.FlagPenaltyPermille, FlagDecayNs: c.FlagDecayMs * ms,
 		BlockNs: c.BlockMs * ms, CleanMinRequests: c.CleanMinRequests, CleanBonusPermille: c.CleanBonusPermille}

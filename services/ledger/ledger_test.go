@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -422,4 +423,50 @@ func TestLateCopiesAcrossRestart(t *testing.T) {
 		t.Fatalf("the too-late event was not dead-lettered with its reason: %q", reason)
 	}
 	t.Logf("reason: %s", reason)
+}
+
+// TestFutureTimeDeadLettered: an event stamped a year ahead of its Kafka record timestamp is
+// dead-lettered with the reason and never applied; it does not move the ledger's clock (the
+// next event is applied, not refused as too late), and a replay of the log agrees.
+func TestFutureTimeDeadLettered(t *testing.T) {
+	c := kafkatest.Start(t)
+	r := start(t, testConfig(c))
+	now := time.Now().UTC()
+	g1 := ev(t, now, events.CreditsGranted{GrantID: "g1", AccountID: "acme", AmountMicros: 10, Source: events.GrantPurchase})
+	far := ev(t, now.Add(365*24*time.Hour), events.CreditsGranted{GrantID: "g-far", AccountID: "acme", AmountMicros: 1000, Source: events.GrantPurchase})
+	g2 := ev(t, now.Add(time.Second), events.CreditsGranted{GrantID: "g2", AccountID: "acme", AmountMicros: 5, Source: events.GrantPurchase})
+	produce(t, c, g1, far, g2)
+	v := waitAccount(t, r.base, "acme", func(v view.Account) bool { return v.Position.Watermark.Equal(g2.Time) })
+	if v.AvailableMicros != 15 {
+		t.Fatalf("available %d, want 15 (g1 + g2, not the far-future grant)", v.AvailableMicros)
+	}
+	var reason string
+	deadline := time.Now().Add(30 * time.Second)
+	for reason == "" && time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = engineReadAll(ctx, c.Brokers, c.Topics.DeadLetter, func(m kafka.Message) error {
+			if e, err := events.Decode(m.Value); err == nil && e.ID == far.ID {
+				for _, h := range m.Headers {
+					if h.Key == kafkax.HeaderDLQReason {
+						reason = string(h.Value)
+					}
+				}
+			}
+			return nil
+		})
+		cancel()
+	}
+	if !strings.HasPrefix(reason, fold.AnomalyFutureTime+": event "+far.ID) {
+		t.Fatalf("the far-future event was not dead-lettered with its reason: %q", reason)
+	}
+	rep := replayBalances(t, c)
+	var got int64
+	for _, st := range rep.States {
+		if a := st.Account("acme"); a != nil {
+			got = a.AvailableMicros
+		}
+	}
+	if got != 15 {
+		t.Fatalf("replay: available %d, want 15", got)
+	}
 }

@@ -98,6 +98,9 @@ func NewWithID(id, source string, t time.Time, d Data) (Event, error) {
 // Encode returns the structured-mode JSON of the event.
 func (e Event) Encode() ([]byte, error) { return json.Marshal(e.Envelope) }
 
+// minYear and maxYear bound an event's time.
+const minYear, maxYear = 1970, 2200
+
 // Validate checks the envelope and the payload.
 func (e Event) Validate() error {
 	var errs []error
@@ -114,6 +117,10 @@ func (e Event) Validate() error {
 	}
 	if e.Time.IsZero() {
 		errs = append(errs, errors.New("time: required"))
+	} else if y := e.Time.UTC().Year(); y < minYear || y >= maxYear {
+		// Beyond these, times no longer fit the int64 nanoseconds that the ledger's clock and
+		// ClickHouse's DateTime64 use.
+		errs = append(errs, fmt.Errorf("time: year %d outside [%d, %d)", y, minYear, maxYear))
 	}
 	if e.Payload == nil {
 		errs = append(errs, fmt.Errorf("type: unknown event type %q", e.Type))

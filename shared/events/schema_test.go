@@ -212,3 +212,80 @@ func TestExamples(t *testing.T) {
 		}
 	}
 }
+
+// TestIDPatternMatchesCheckID: every identifier pattern in the schemas gives the same answer
+// as events.CheckID for every Unicode code point (inside an id, and as the whole id), through
+// the same JSON Schema validator, so that neither side accepts an id the other refuses (a
+// bidi override or a zero-width space, say).
+func TestIDPatternMatchesCheckID(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join(schemaDir, "*.json"))
+	patterns := map[string]bool{}
+	var walk func(v any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			if p, ok := x["pattern"].(string); ok && strings.HasPrefix(p, "^[^") { // not the UUID one
+				patterns[p] = true
+			}
+			for _, c := range x {
+				walk(c)
+			}
+		case []any:
+			for _, c := range x {
+				walk(c)
+			}
+		}
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc any
+		if err := json.Unmarshal(b, &doc); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		walk(doc)
+	}
+	// One pattern for required ids (+) and one for optional ones (*), the same class.
+	if len(patterns) != 2 {
+		t.Fatalf("want the required and the optional id pattern, got %d: %v", len(patterns), patterns)
+	}
+	for p := range patterns {
+		if !strings.HasSuffix(p, "]+$") {
+			continue
+		}
+		c := jsonschema.NewCompiler()
+		if err := c.AddResource("id.json", map[string]any{"type": "string", "pattern": p}); err != nil {
+			t.Fatal(err)
+		}
+		s, err := c.Compile("id.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := 0
+		for r := rune(0); r <= 0x10FFFF && bad < 10; r++ {
+			if r >= 0xD800 && r <= 0xDFFF {
+				continue // not a scalar value: JSON text cannot carry it as a string
+			}
+			for _, id := range []string{string(r), "a" + string(r) + "b"} {
+				schemaOK := s.Validate(id) == nil
+				goOK := events.CheckID("id", id) == nil
+				if schemaOK != goOK {
+					t.Errorf("U+%04X in %q: schema accepts %v, CheckID accepts %v", r, id, schemaOK, goOK)
+					bad++
+				}
+			}
+		}
+	}
+	for _, id := range []string{"acct-1\u202e", "acct\u200b1", "\ufeffacct", "acct\u00ad1", "acct\u2066x\u2069"} {
+		if events.CheckID("account_id", id) == nil {
+			t.Errorf("CheckID accepts %q", id)
+		}
+	}
+	for _, id := range []string{"acct-1", "café", "用户-1", "acct_😀"} {
+		if err := events.CheckID("account_id", id); err != nil {
+			t.Errorf("CheckID refuses %q: %v", id, err)
+		}
+	}
+}

@@ -398,8 +398,8 @@ func (b *batcher) prepare(ctx context.Context) error {
 	t0 := time.Now()
 	b.evs = b.evs[:0]
 	type pos struct {
-		off int64
-		i   int
+		off, recNs int64 // offset and record timestamp
+		i          int
 	}
 	decoded := make([]pos, 0, len(b.msgs))
 	for _, m := range b.msgs {
@@ -412,7 +412,7 @@ func (b *batcher) prepare(ctx context.Context) error {
 			continue
 		}
 		b.evs = append(b.evs, ev)
-		decoded = append(decoded, pos{m.Offset, len(b.evs) - 1})
+		decoded = append(decoded, pos{m.Offset, RecordTimeNs(m), len(b.evs) - 1})
 	}
 	t1 := time.Now()
 	e.m.stage.WithLabelValues("decode").Observe(t1.Sub(t0).Seconds())
@@ -420,7 +420,7 @@ func (b *batcher) prepare(ctx context.Context) error {
 	p := b.p
 	p.mu.Lock()
 	for _, d := range decoded {
-		p.st.Apply(fold.Input{Offset: d.off, Event: &b.evs[d.i]}, &b.out)
+		p.st.Apply(fold.Input{Offset: d.off, Event: &b.evs[d.i], RecordTimeNs: d.recNs}, &b.out)
 	}
 	// The last message may have been dead-lettered: the partition offset still moves past it.
 	snap := p.st.Snapshot()
@@ -452,8 +452,8 @@ func (b *batcher) prepare(ctx context.Context) error {
 		if an.Kind != fold.AnomalyDuplicate {
 			e.log.Warn("ledger: anomaly", "kind", an.Kind, "account", an.AccountID, "event", an.EventID, "request", an.RequestID)
 		}
-		if an.Kind == fold.AnomalyTooLate {
-			if err := b.deadLetterTooLate(ctx, &an); err != nil {
+		if an.Kind == fold.AnomalyTooLate || an.Kind == fold.AnomalyFutureTime {
+			if err := b.deadLetterRefused(ctx, &an); err != nil {
 				return err
 			}
 		}
@@ -461,18 +461,26 @@ func (b *batcher) prepare(ctx context.Context) error {
 	return nil
 }
 
-// deadLetterTooLate sends an event the fold refused as too late to the dead-letter topic,
-// with the reason: it was not applied, and must not be silently dropped.
-func (b *batcher) deadLetterTooLate(ctx context.Context, an *fold.Anomaly) error {
+// deadLetterRefused sends an event the fold refused (too late, or too far in the future) to
+// the dead-letter topic, with the reason: it was not applied, and must not be silently
+// dropped.
+func (b *batcher) deadLetterRefused(ctx context.Context, an *fold.Anomaly) error {
 	e := b.e
 	i := sort.Search(len(b.msgs), func(i int) bool { return b.msgs[i].Offset >= an.Offset })
 	if i == len(b.msgs) || b.msgs[i].Offset != an.Offset {
-		return fmt.Errorf("ledger: partition %d: too-late event at offset %d is not in the batch", b.id, an.Offset)
+		return fmt.Errorf("ledger: partition %d: %s event at offset %d is not in the batch", b.id, an.Kind, an.Offset)
 	}
+	horizon := time.Unix(0, an.HorizonNs).UTC().Format(time.RFC3339Nano)
 	reason := fmt.Sprintf("%s: event %s for account %s has time %s, before the ledger's dedupe horizon %s "+
 		"(the partition watermark minus LEDGER_DEDUPE_WINDOW_MS, or the account's dedupe floor): it cannot be proven new "+
 		"and was not applied; re-publish it with a new event id if it must count",
-		fold.AnomalyTooLate, an.EventID, an.AccountID, eventTime(&b.evs, an.EventID), time.Unix(0, an.HorizonNs).UTC().Format(time.RFC3339Nano))
+		fold.AnomalyTooLate, an.EventID, an.AccountID, eventTime(&b.evs, an.EventID), horizon)
+	if an.Kind == fold.AnomalyFutureTime {
+		reason = fmt.Sprintf("%s: event %s for account %s has time %s, after %s (its Kafka record timestamp plus "+
+			"LEDGER_FUTURE_SKEW_MAX_MS): it was not applied, so that it cannot move the ledger's clock ahead; "+
+			"re-publish it with its real time if it must count",
+			fold.AnomalyFutureTime, an.EventID, an.AccountID, eventTime(&b.evs, an.EventID), horizon)
+	}
 	e.m.deadLettered.Inc()
 	if err := kafkax.DeadLetter(ctx, e.dlq, e.cfg.Topics.DeadLetter, "ledger", b.msgs[i], reason); err != nil {
 		return fmt.Errorf("ledger: partition %d: %w", b.id, err)
@@ -664,6 +672,15 @@ func restore(ctx context.Context, d *kafka.Dialer, brokers []string, topic strin
 		states[id].RestoreSnapshot(s)
 	}
 	return states, nil
+}
+
+// RecordTimeNs is m's Kafka record timestamp in ns (fold.Input.RecordTimeNs), 0 when the
+// record carries none.
+func RecordTimeNs(m kafka.Message) int64 {
+	if m.Time.IsZero() || m.Time.UnixMilli() <= 0 {
+		return 0
+	}
+	return m.Time.UnixNano()
 }
 
 // ReadAll calls fn for every message of every partition of topic, up to each partition's

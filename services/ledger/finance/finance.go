@@ -98,7 +98,7 @@ func ReplayTLS(ctx context.Context, brokers []string, tc *tls.Config, topics kaf
 			r.Undecodable++
 			return nil
 		}
-		st.Apply(fold.Input{Offset: m.Offset, Event: &ev}, &out)
+		st.Apply(fold.Input{Offset: m.Offset, Event: &ev, RecordTimeNs: engine.RecordTimeNs(m)}, &out)
 		r.Events++
 		if keepEntries {
 			r.Entries = append(r.Entries, out.Entries...)

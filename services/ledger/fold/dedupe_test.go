@@ -19,6 +19,13 @@ import (
 // restored state, as the engine does after a restart.
 func foldWith(t *testing.T, cfg Config, evs []*events.Event, restoreAt int) (*State, *Output) {
 	t.Helper()
+	return foldWithRecords(t, cfg, evs, nil, restoreAt)
+}
+
+// foldWithRecords is foldWith with each event's Kafka record timestamp (recNs[i], 0 = none;
+// nil = none for every event).
+func foldWithRecords(t *testing.T, cfg Config, evs []*events.Event, recNs []int64, restoreAt int) (*State, *Output) {
+	t.Helper()
 	s := New(cfg, 0)
 	out := &Output{}
 	for i, e := range evs {
@@ -29,7 +36,11 @@ func foldWith(t *testing.T, cfg Config, evs []*events.Event, restoreAt int) (*St
 			s2.Restore(s.Snapshot(), accts)
 			s = s2
 		}
-		s.Apply(Input{Offset: int64(i), Event: e}, out)
+		in := Input{Offset: int64(i), Event: e}
+		if recNs != nil {
+			in.RecordTimeNs = recNs[i]
+		}
+		s.Apply(in, out)
 	}
 	return s, out
 }
@@ -495,6 +506,68 @@ func TestDedupeRingCapped(t *testing.T) {
 			if n, c := d.Len(), len(d.ring); c > cfg.MaxDedupePerAccount || (n <= 32 && c > max(n+2, 8)) || c > n+n/4+2 {
 				t.Fatalf("after %d requests: %d ids in a ring of %d", i+1, n, c)
 			}
+		}
+	}
+}
+
+// TestFutureTime: an event stamped further ahead of its Kafka record timestamp than
+// FutureSkewMaxNs is refused (AnomalyFutureTime, with its offset and the latest time allowed)
+// and does not move the clock: the open hold does not expire, the later events are not too
+// late, and a replay refuses the same event. Within the bound, or without a record
+// timestamp, events apply as before.
+func TestFutureTime(t *testing.T) {
+	cfg := DefaultConfig(pricebook.Default())
+	cfg.DedupeWindowNs = int64(time.Hour)
+	skew := time.Duration(cfg.FutureSkewMaxNs)
+	type in struct {
+		at, rec time.Time // event time and record timestamp (zero: none)
+		d       events.Data
+	}
+	far := t0.Add(365 * 24 * time.Hour)
+	longHold := start("a", "r1", 10_000, t0)
+	longHold.HoldExpiresAt = t0.Add(time.Hour)
+	log := []in{
+		{t0, t0, grant("a", "g1", 1_000_000, 0, nil)},
+		{t0, t0, longHold},                                                                    // its hold expires at t0+1h
+		{far, t0.Add(time.Second), grant("a", "g-far", 5, 0, nil)},                            // refused: a year ahead
+		{t0.Add(time.Second + skew + 1), t0.Add(time.Second), grant("a", "g-1ns", 7, 0, nil)}, // refused: 1 ns over
+		{t0.Add(time.Second + skew), t0.Add(time.Second), grant("a", "g-edge", 11, 0, nil)},   // at the bound: applied
+		{t0.Add(2 * time.Second), t0.Add(2 * time.Second), finish("a", "r1", 8_000)},          // not too late
+		{t0.Add(3 * time.Second), time.Time{}, grant("a", "g-norec", 13, 0, nil)},             // no record time: applied
+	}
+	for _, restoreAt := range []int{0, 4} {
+		l := &logb{t: t}
+		recs := make([]int64, len(log))
+		for i, x := range log {
+			l.add(x.at, x.d)
+			if !x.rec.IsZero() {
+				recs[i] = x.rec.UnixNano()
+			}
+		}
+		s, out := foldWithRecords(t, cfg, l.evs, recs, restoreAt)
+		mustCheck(t, s, out)
+		a := s.Account("a")
+		if want := int64(1_000_000 - 8_000 + 11 + 13); a.AvailableMicros != want {
+			t.Fatalf("restore at %d: available %d, want %d", restoreAt, a.AvailableMicros, want)
+		}
+		var fut []Anomaly
+		for _, an := range out.Anomalies {
+			switch an.Kind {
+			case AnomalyFutureTime:
+				fut = append(fut, an)
+			case AnomalyTooLate, AnomalyLateFinish:
+				t.Fatalf("restore at %d: %+v: the refused event moved the clock", restoreAt, an)
+			}
+		}
+		horizon := t0.Add(time.Second + skew).UnixNano()
+		if len(fut) != 2 || fut[0].Offset != 2 || fut[1].Offset != 3 || fut[0].HorizonNs != horizon || fut[0].EventID != l.evs[2].ID || fut[0].AccountID != "a" {
+			t.Fatalf("restore at %d: future-time anomalies %+v", restoreAt, fut)
+		}
+		if s.Watermark().After(t0.Add(time.Second + skew)) {
+			t.Fatalf("restore at %d: watermark %v moved past the newest accepted event", restoreAt, s.Watermark())
+		}
+		if s.Snapshot().Offset != int64(len(l.evs)-1) {
+			t.Fatalf("restore at %d: offset %d", restoreAt, s.Snapshot().Offset)
 		}
 	}
 }

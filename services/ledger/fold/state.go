@@ -41,6 +41,14 @@ type Config struct {
 	// An input event whose event time is older than the watermark minus this window cannot be
 	// proven new: it is not applied but recorded as AnomalyTooLate. Default 24 h.
 	DedupeWindowNs int64
+	// FutureSkewMaxNs bounds how far an event's own time may run ahead of its Kafka record
+	// timestamp (Input.RecordTimeNs, stamped when it was produced). An event further ahead is
+	// not applied and does not move the partition's clock: it is recorded as
+	// AnomalyFutureTime. Without this bound one event stamped next year would advance the
+	// watermark, expire every open hold at once and make every later event too late. The
+	// record timestamp is part of the log, so a replay refuses exactly the same events.
+	// Default 5 min.
+	FutureSkewMaxNs int64
 	// MaxDedupePerAccount bounds the ids an account remembers; beyond it the oldest is
 	// evicted (counted in Output.Evicted) and the account's dedupe floor rises. Default 4096.
 	MaxDedupePerAccount int
@@ -61,6 +69,7 @@ func DefaultConfig(book *pricebook.Book) Config {
 	return Config{
 		Book: book, PartitionsTotal: 1, ParkTimeoutNs: int64(time.Hour), MaxParkedPerAccount: 8,
 		MaxHoldsPerAccount: 1024, MaxGrantsPerAccount: 64, DedupeWindowNs: int64(24 * time.Hour), MaxDedupePerAccount: 4096,
+		FutureSkewMaxNs: int64(5 * time.Minute),
 		HistoryWindowNs: int64(time.Hour), RejectMinRequests: 20, RejectRatioPermille: 500,
 		RejectFactorPermille: 700, FlagPenaltyPermille: 500, FlagDecayNs: int64(24 * time.Hour),
 		BlockNs: int64(24 * time.Hour), CleanMinRequests: 100, CleanBonusPermille: 1200,
@@ -88,6 +97,7 @@ func (c Config) Validate() error {
 	pos("MaxGrantsPerAccount", int64(c.MaxGrantsPerAccount), 1, 10_000)
 	pos("DedupeWindowNs", c.DedupeWindowNs, int64(time.Second), 31*day)
 	pos("MaxDedupePerAccount", int64(c.MaxDedupePerAccount), 16, 1<<20)
+	pos("FutureSkewMaxNs", c.FutureSkewMaxNs, int64(time.Second), day)
 	pos("HistoryWindowNs", c.HistoryWindowNs, int64(time.Minute), 31*day)
 	pos("RejectMinRequests", int64(c.RejectMinRequests), 1, 1_000_000)
 	pos("RejectRatioPermille", int64(c.RejectRatioPermille), 0, 1000)
@@ -104,6 +114,9 @@ func (c Config) Validate() error {
 type Input struct {
 	Offset int64
 	Event  *events.Event
+	// RecordTimeNs is the Kafka record's timestamp (ns since the epoch); 0 or less when the
+	// record has none, and then the event time is not checked against it.
+	RecordTimeNs int64
 }
 
 // Funding of a hold.
@@ -272,6 +285,10 @@ const (
 	// horizon (the watermark minus the dedupe window, or the account's dedupe floor): it
 	// cannot be proven new, so it is not applied. The engine dead-letters it with the reason.
 	AnomalyTooLate = "too_late"
+	// AnomalyFutureTime is an input event whose event time is more than FutureSkewMaxNs
+	// after its Kafka record timestamp: it is not applied and does not advance the clock.
+	// The engine dead-letters it with the reason.
+	AnomalyFutureTime = "future_time"
 )
 
 // Anomaly is one flagged oddity.
@@ -280,8 +297,10 @@ type Anomaly struct {
 	AccountID string
 	EventID   string
 	RequestID string
-	// For AnomalyTooLate only: the input's offset and the horizon (ns) its event time was
-	// before; the event is applied only if its time is at or after HorizonNs.
+	// For AnomalyTooLate and AnomalyFutureTime: the input's offset. HorizonNs is, for
+	// AnomalyTooLate, the horizon its event time was before (the event is applied only if its
+	// time is at or after it) and, for AnomalyFutureTime, the latest event time its record
+	// timestamp allowed.
 	Offset    int64
 	HorizonNs int64
 }

@@ -79,7 +79,7 @@ func BuildReference(ctx context.Context, h *Harness) (*Reference, error) {
 			st = fold.New(h.FoldConfig, int32(m.Partition))
 			states[m.Partition] = st
 		}
-		st.Apply(fold.Input{Offset: m.Offset, Event: &ev}, &out)
+		st.Apply(fold.Input{Offset: m.Offset, Event: &ev, RecordTimeNs: engine.RecordTimeNs(m)}, &out)
 		for i := range out.Entries {
 			le := out.Entries[i].Event()
 			ref.Entries[le.EntryID] = le
