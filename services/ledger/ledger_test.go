@@ -403,22 +403,7 @@ func TestLateCopiesAcrossRestart(t *testing.T) {
 	if v.AvailableMicros != 18 {
 		t.Fatalf("available %d after the copies, want 18 (13 + g3)", v.AvailableMicros)
 	}
-	var reason string
-	deadline := time.Now().Add(30 * time.Second)
-	for reason == "" && time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_ = engineReadAll(ctx, c.Brokers, c.Topics.DeadLetter, func(m kafka.Message) error {
-			if e, err := events.Decode(m.Value); err == nil && e.ID == old.ID {
-				for _, h := range m.Headers {
-					if h.Key == kafkax.HeaderDLQReason {
-						reason = string(h.Value)
-					}
-				}
-			}
-			return nil
-		})
-		cancel()
-	}
+	reason := deadLetterReason(t, c, old.ID)
 	if !bytes.HasPrefix([]byte(reason), []byte(fold.AnomalyTooLate+": event "+old.ID)) {
 		t.Fatalf("the too-late event was not dead-lettered with its reason: %q", reason)
 	}
@@ -440,22 +425,7 @@ func TestFutureTimeDeadLettered(t *testing.T) {
 	if v.AvailableMicros != 15 {
 		t.Fatalf("available %d, want 15 (g1 + g2, not the far-future grant)", v.AvailableMicros)
 	}
-	var reason string
-	deadline := time.Now().Add(30 * time.Second)
-	for reason == "" && time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_ = engineReadAll(ctx, c.Brokers, c.Topics.DeadLetter, func(m kafka.Message) error {
-			if e, err := events.Decode(m.Value); err == nil && e.ID == far.ID {
-				for _, h := range m.Headers {
-					if h.Key == kafkax.HeaderDLQReason {
-						reason = string(h.Value)
-					}
-				}
-			}
-			return nil
-		})
-		cancel()
-	}
+	reason := deadLetterReason(t, c, far.ID)
 	if !strings.HasPrefix(reason, fold.AnomalyFutureTime+": event "+far.ID) {
 		t.Fatalf("the far-future event was not dead-lettered with its reason: %q", reason)
 	}
@@ -469,4 +439,27 @@ func TestFutureTimeDeadLettered(t *testing.T) {
 	if got != 15 {
 		t.Fatalf("replay: available %d, want 15", got)
 	}
+}
+
+// deadLetterReason waits up to 30 s for the event with this id on the dead-letter topic and
+// returns its reason header ("" if it never came).
+func deadLetterReason(t *testing.T, c *kafkatest.Cluster, eventID string) string {
+	t.Helper()
+	var reason string
+	deadline := time.Now().Add(30 * time.Second)
+	for reason == "" && time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = engineReadAll(ctx, c.Brokers, c.Topics.DeadLetter, func(m kafka.Message) error {
+			if e, err := events.Decode(m.Value); err == nil && e.ID == eventID {
+				for _, h := range m.Headers {
+					if h.Key == kafkax.HeaderDLQReason {
+						reason = string(h.Value)
+					}
+				}
+			}
+			return nil
+		})
+		cancel()
+	}
+	return reason
 }
