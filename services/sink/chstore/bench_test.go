@@ -21,7 +21,7 @@ import (
 // rows/s is the engine's ceiling for the sink's writer, cpu_us/row the process's CPU time
 // per row (BENCH_ROWS=1 shows the fixed cost of one insert). BENCH_DDL (statements
 // separated by ';') is run first, to measure what a view or index costs, e.g.
-// BENCH_DDL='DROP VIEW requests_mv'.
+// BENCH_DDL='DROP VIEW usage_1m_mv'.
 func BenchmarkBatchInsert(b *testing.B) {
 	_, conn := chtest.Open(b)
 	st := chstore.NewStore(conn, time.Minute)

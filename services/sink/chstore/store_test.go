@@ -2,9 +2,14 @@ package chstore_test
 
 import (
 	"context"
+	"fmt"
+	"io/fs"
+	"strings"
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
 
 	chschema "github.com/tallyhq/tally/schemas/clickhouse"
 	"github.com/tallyhq/tally/services/sink/chstore"
@@ -43,9 +48,15 @@ func TestMigrateIdempotentAndRecorded(t *testing.T) {
 	if n := chtest.Count(t, conn, "SELECT count() FROM schema_migrations FINAL"); n != uint64(len(ms)) {
 		t.Fatalf("schema_migrations has %d rows, want %d", n, len(ms))
 	}
-	for _, tbl := range []string{"usage_events", "ledger_entries", "requests", "usage_1m", "rejections_1m", "clients_1h", "sink_intents"} {
+	for _, tbl := range []string{"usage_events", "ledger_entries", "requests_v", "usage_1m", "rejections_1m", "clients_1h", "sink_intents"} {
 		if n := chtest.Count(t, conn, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?", tbl); n != 1 {
 			t.Errorf("table %s missing", tbl)
+		}
+	}
+	// 0007 replaced the requests table and its view by requests_v over usage_events.
+	for _, tbl := range []string{"requests", "requests_mv"} {
+		if n := chtest.Count(t, conn, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?", tbl); n != 0 {
+			t.Errorf("%s still exists", tbl)
 		}
 	}
 	// A changed file under a recorded version is refused.
@@ -159,5 +170,212 @@ func TestIntents(t *testing.T) {
 	got, _ = st.PendingIntents(ctx, "other", "e", 1, 0, 10)
 	if len(got) != 0 {
 		t.Fatalf("other group: %v", got)
+	}
+}
+
+// TestRequestsView: requests_v (0007: a GROUP BY over usage_events) assembles each request
+// from its events, derives outcome and late_finish, is not changed by a producer's duplicate
+// event, and a filter on account_id or request_id reaches usage_events' primary key or its
+// request_id index instead of aggregating every request.
+func TestRequestsView(t *testing.T) {
+	_, conn := chtest.Open(t)
+	st := chstore.NewStore(conn, time.Minute)
+	ctx := context.Background()
+	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	b := &rows.Batch{}
+	off := int64(0)
+	add := func(ev events.Event) {
+		pos := rows.Position{Topic: "tally.events", Partition: 0, Offset: off}
+		off++
+		u, l, ok := rows.FromEvent(ev, pos)
+		if !ok {
+			t.Fatalf("no row for %s", ev.Type)
+		}
+		b.Add(pos, 100, u, l)
+	}
+	mk := func(acct string, sec int, d events.Data) events.Event {
+		ev, err := events.New("test", at.Add(time.Duration(sec)*time.Second), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	started := func(acct, req string, sec int) events.Event {
+		return mk(acct, sec, events.RequestStarted{RequestID: req, AccountID: acct, Endpoint: "video", Tier: "pro", Priority: "standard",
+			Funding: "credits", EstimateMicros: 500, HoldMicros: 500, HoldExpiresAt: at.Add(time.Duration(sec+60) * time.Second),
+			PriceBookVersion: "v1"})
+	}
+	finished := func(acct, req, status string, sec int, cost, dur int64) events.Event {
+		return mk(acct, sec, events.RequestFinished{RequestID: req, AccountID: acct, Endpoint: "video", Status: status,
+			CostMicros: cost, DurationMs: dur, PriceBookVersion: "v1"})
+	}
+	add(started("a1", "r-ok", 0))
+	okDone := finished("a1", "r-ok", "succeeded", 10, 420, 1500)
+	add(okDone)
+	add(okDone) // a producer's duplicate: same event at another offset
+	add(started("a1", "r-fail", 1))
+	add(finished("a1", "r-fail", "failed", 5, 0, 700))
+	add(mk("a1", 2, events.RequestRejected{RequestID: "r-rej", AccountID: "a1", Endpoint: "video", Tier: "pro", Priority: "standard",
+		Reason: "rate_limited", RetryAfterMs: 100, EstimateMicros: 500, PriceBookVersion: "v1"}))
+	add(started("a1", "r-exp", 3))
+	add(mk("a1", 70, events.RequestExpired{RequestID: "r-exp", AccountID: "a1", Endpoint: "video", Funding: "credits", HoldMicros: 500,
+		ReleasedMicros: 500, StartedEventID: events.DerivedID("x", "s"), ExpiredAt: at.Add(70 * time.Second)}))
+	add(started("a1", "r-late", 4))
+	add(finished("a1", "r-late", "succeeded", 120, 900, 116000)) // after its hold expired (4 + 60 s)
+	add(started("a1", "r-fly", 5))
+	add(started("a2", "r-other", 6))
+	b.Range = rows.Range{Topic: "tally.events", Partition: 0, First: 0, Last: off - 1}
+	if err := st.BatchInsert(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if n := chtest.Count(t, conn, "SELECT count() FROM usage_events WHERE request_id = 'r-ok'"); n != 3 {
+		t.Fatalf("usage_events holds %d rows of r-ok, want 3 (the duplicate is folded only at merge)", n)
+	}
+	if n := chtest.Count(t, conn, "SELECT count() FROM requests_v"); n != 7 {
+		t.Fatalf("requests_v has %d rows, want 7 (one per request)", n)
+	}
+	type req struct {
+		outcome, status, reason, tier, funding string
+		cost, dur, hold                        int64
+		late                                   bool
+		started, finished                      time.Time
+	}
+	want := map[string]req{
+		"r-ok":    {outcome: "succeeded", status: "succeeded", tier: "pro", funding: "credits", cost: 420, dur: 1500, hold: 500, started: at, finished: at.Add(10 * time.Second)},
+		"r-fail":  {outcome: "failed", status: "failed", tier: "pro", funding: "credits", dur: 700, hold: 500, started: at.Add(time.Second), finished: at.Add(5 * time.Second)},
+		"r-rej":   {outcome: "rejected", reason: "rate_limited", tier: "pro", started: time.Unix(0, 0).UTC(), finished: time.Unix(0, 0).UTC()},
+		"r-exp":   {outcome: "expired", tier: "pro", funding: "credits", hold: 500, started: at.Add(3 * time.Second), finished: time.Unix(0, 0).UTC()},
+		"r-late":  {outcome: "succeeded", status: "succeeded", tier: "pro", funding: "credits", cost: 900, dur: 116000, hold: 500, late: true, started: at.Add(4 * time.Second), finished: at.Add(120 * time.Second)},
+		"r-fly":   {outcome: "in_flight", tier: "pro", funding: "credits", hold: 500, started: at.Add(5 * time.Second), finished: time.Unix(0, 0).UTC()},
+		"r-other": {outcome: "in_flight", tier: "pro", funding: "credits", hold: 500, started: at.Add(6 * time.Second), finished: time.Unix(0, 0).UTC()},
+	}
+	rs, err := conn.Query(ctx, `SELECT request_id, outcome, status, reject_reason, tier, funding, cost_micros, duration_ms,
+hold_micros, late_finish, started_at, finished_at FROM requests_v`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	seen := 0
+	for rs.Next() {
+		var id string
+		var g req
+		if err := rs.Scan(&id, &g.outcome, &g.status, &g.reason, &g.tier, &g.funding, &g.cost, &g.dur, &g.hold, &g.late, &g.started, &g.finished); err != nil {
+			t.Fatal(err)
+		}
+		w, ok := want[id]
+		g.started, g.finished = g.started.UTC(), g.finished.UTC()
+		if !ok || g != w {
+			t.Errorf("%s: got %+v\nwant %+v", id, g, w)
+		}
+		seen++
+	}
+	if err := rs.Err(); err != nil || seen != len(want) {
+		t.Fatalf("read %d requests (%v), want %d", seen, err, len(want))
+	}
+	// Per-account and per-request reads use usage_events' indexes through the view.
+	for q, wantIdx := range map[string]string{
+		"SELECT count() FROM requests_v WHERE account_id = 'a2'":   "Condition: (account_id in",
+		"SELECT count() FROM requests_v WHERE request_id = 'r-ok'": "Name: idx_request",
+	} {
+		plan := explainIndexes(t, conn, q)
+		if !contains(plan, wantIdx) {
+			t.Errorf("%s: the plan does not show %q:\n%s", q, wantIdx, plan)
+		}
+	}
+	if n := chtest.Count(t, conn, "SELECT count() FROM requests_v WHERE account_id = 'a2'"); n != 1 {
+		t.Fatalf("requests_v for a2: %d, want 1", n)
+	}
+}
+
+func explainIndexes(t *testing.T, conn clickhouse.Conn, q string) string {
+	t.Helper()
+	rs, err := conn.Query(context.Background(), "EXPLAIN indexes = 1 "+q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	var out strings.Builder
+	for rs.Next() {
+		var line string
+		if err := rs.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		out.WriteString(line + "\n")
+	}
+	return out.String()
+}
+
+// TestRequestsViewUpgrade: a store migrated up to 0006 (requests table and requests_mv) with
+// data in it, then to 0007, answers requests_v and requests_credits_v from usage_events with
+// the same rows, and later inserts no longer reach a requests table.
+func TestRequestsViewUpgrade(t *testing.T) {
+	cfg := chtest.Config(t)
+	conn, err := chstore.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	ms, err := chstore.LoadMigrations(chschema.Migrations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upTo6 := fstest.MapFS{}
+	for _, m := range ms {
+		if m.Version <= 6 {
+			b, err := fs.ReadFile(chschema.Migrations, m.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			upTo6[m.Name] = &fstest.MapFile{Data: b}
+		}
+	}
+	if _, err := chstore.Migrate(ctx, conn, upTo6); err != nil {
+		t.Fatal(err)
+	}
+	st := chstore.NewStore(conn, time.Minute)
+	if err := st.BatchInsert(ctx, sampleBatch(t, "tally.events", 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	const q = "SELECT request_id, outcome, cost_micros, duration_ms, hold_micros, tier, toString(cost_credits) FROM requests_credits_v"
+	read := func() []string {
+		rs, err := conn.Query(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rs.Close()
+		var out []string
+		for rs.Next() {
+			var id, outcome, tier, credits string
+			var cost, dur, hold int64
+			if err := rs.Scan(&id, &outcome, &cost, &dur, &hold, &tier, &credits); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, fmt.Sprint(id, outcome, cost, dur, hold, tier, credits))
+		}
+		return out
+	}
+	before := read()
+	if len(before) != 1 || chtest.Count(t, conn, "SELECT count() FROM requests") == 0 {
+		t.Fatalf("before 0007: requests_credits_v %q, requests table empty or missing", before)
+	}
+	done, err := chstore.Migrate(ctx, conn, chschema.Migrations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != 1 || done[0] != 7 {
+		t.Fatalf("upgrade applied %v, want [7]", done)
+	}
+	if after := read(); strings.Join(after, ";") != strings.Join(before, ";") {
+		t.Fatalf("requests_credits_v changed across 0007: %q, was %q", after, before)
+	}
+	if n := chtest.Count(t, conn, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name IN ('requests', 'requests_mv')"); n != 0 {
+		t.Fatalf("requests or requests_mv still exists after 0007 (%d)", n)
+	}
+	if err := st.BatchInsert(ctx, sampleBatch(t, "tally.events", 0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if n := chtest.Count(t, conn, "SELECT count() FROM requests_v"); n != 1 {
+		t.Fatalf("requests_v after a second batch for the same request id: %d rows, want 1", n)
 	}
 }

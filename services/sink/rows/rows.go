@@ -81,7 +81,7 @@ type Ledger struct {
 }
 
 // epoch is the "unset" time: ClickHouse DateTime64 columns are not nullable here, and the
-// Unix epoch sorts below every real time, which the requests table's max() relies on.
+// Unix epoch sorts below every real time, which requests_v's max() relies on.
 var epoch = time.Unix(0, 0).UTC()
 
 // FromEvent maps a decoded event to its row. ok is false for event types the sink does not
