@@ -3,10 +3,14 @@ package admitter
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"runtime"
 	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"sort"
 	"strconv"
 	"sync"
@@ -22,6 +26,14 @@ import (
 // concurrent callers (default 128) spread over 10,000 accounts, each admit publishing its
 // request.started with acks=all. It reports admits/s and the p50/p99/p99.9 latency seen by
 // the callers. Run it against real Kafka with KAFKA_BROKERS=127.0.0.1:9092.
+//
+// The load generator runs in the admitter's process (one Go runtime, the same 2 cores; B/op
+// and allocs/op include its ≈ 5 allocations per admit). BENCH_GENERATOR=process runs it as a
+// separate OS process on the same machine instead (the test binary re-executed as
+// TestBenchGenerator; BENCH_GEN_GOMAXPROCS sets its GOMAXPROCS), so that the admitter's
+// garbage collector cannot delay it; B/op, allocs/op and proc_cpu_us/op are then the
+// admitter's alone. On this 2-core machine that made the open loop's tail worse, not better
+// (the kernel now has to share the cores between two busy processes; see the README).
 //
 // By default it is a closed loop (each caller sends its next admit when the previous one is
 // answered). With BENCH_RATE=N it is an open loop: admit i is due at start + i/N, whatever
@@ -75,72 +87,45 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 	defer debug.SetGCPercent(prev)
 	cfg.ApplyGC() // as cmd/admitter does
 	s := start(b, cfg)
-	run := fmt.Sprintf("%d", time.Now().UnixNano())
-	lat := make([]time.Duration, b.N)
-	// fromSend is each admit's latency from the moment its request was written; in the open
-	// loop lat also counts how late the generator woke for the due time (timer and scheduling).
-	fromSend := make([]time.Duration, b.N)
-	var next atomic.Int64
-	var failed atomic.Int64
-	var wg sync.WaitGroup
+	g := genParams{addr: s.Addr(), n: b.N, interval: interval, workers: workers, accounts: accounts,
+		run: fmt.Sprintf("%d", time.Now().UnixNano())}
+	inProcess := os.Getenv("BENCH_GENERATOR") != "process"
+	var res genResult
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	heap0 := ms.HeapAlloc
 	b.ReportAllocs()
 	b.ResetTimer()
-	t0 := time.Now()
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// A lean HTTP/1.1 keep-alive caller (one connection per worker), so that the load
-			// generator leaves the CPU to the admitter and the broker.
-			conn, err := net.Dial("tcp", s.Addr())
-			if err != nil {
-				failed.Add(1)
-				return
-			}
-			defer conn.Close()
-			br := bufio.NewReaderSize(conn, 16<<10)
-			var body, req []byte
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(b.N) {
-					return
-				}
-				body = fmt.Appendf(body[:0], `{"request_id":"b%s-%d","account_id":"bench-%05d","endpoint":"bench.code","estimate":{"tokens_in":1000,"tokens_out":500}}`, run, i, i%accounts)
-				req = fmt.Appendf(req[:0], "POST /v1/admit HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s", testSecret, len(body), body)
-				st := time.Now()
-				sent := st
-				if interval > 0 {
-					due := t0.Add(time.Duration(i) * interval)
-					if d := time.Until(due); d > 0 {
-						time.Sleep(d)
-					}
-					st, sent = due, time.Now()
-				}
-				status, err := roundTrip(conn, br, req)
-				if err != nil {
-					failed.Add(1)
-					return
-				}
-				lat[i] = time.Since(st)
-				fromSend[i] = time.Since(sent)
-				if status != 200 {
-					failed.Add(1)
-				}
-			}
-		}()
+	cpu0, gc0 := processCPU(), gcCPU()
+	if inProcess {
+		res = generate(g)
+	} else {
+		var err error
+		if res, err = generateInChild(g); err != nil {
+			b.Fatal(err)
+		}
 	}
-	wg.Wait()
-	elapsed := time.Since(t0)
 	b.StopTimer()
+	// CPU of this process over the run per admit (the admitter alone when the generator runs
+	// in its own process), and the garbage collector's share of it (runtime/metrics estimate).
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N)/1e3, "proc_cpu_us/op")
+	b.ReportMetric(gcCPU()-gc0, "gc_cpu_s")
+	// Live heap added per admit (every admit stays open): the admitter's state per open request,
+	// plus the benchmark's own 16 bytes of latencies.
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(int64(ms.HeapAlloc)-int64(heap0))/float64(b.N), "live_B/open")
+	lat, fromSend, elapsed := res.lat, res.fromSend, res.elapsed
 	// A non-200 (503 when Kafka does not ack within ADMITTER_PUBLISH_TIMEOUT_MS under
 	// overload) is counted and reported, not hidden; every 200 must be an open request.
 	s.mu.Lock()
 	open := s.table.OpenRequests()
 	s.mu.Unlock()
-	if f := failed.Load(); int64(open) != int64(b.N)-f {
+	if f := res.failed; int64(open) != int64(b.N)-f {
 		b.Fatalf("%d open requests after %d admits with %d failures", open, b.N, f)
 	}
-	b.ReportMetric(float64(failed.Load()), "non200")
+	b.ReportMetric(float64(res.failed), "non200")
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	pct := func(p float64) float64 { return float64(lat[min(int(p*float64(len(lat))), len(lat)-1)]) / 1e6 }
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "admits/s")
@@ -202,4 +187,164 @@ func roundTrip(conn net.Conn, br *bufio.Reader, req []byte) (int, error) {
 	}
 	_, err = br.Discard(n)
 	return status, err
+}
+
+// genParams describes one load generator run.
+type genParams struct {
+	addr     string
+	n        int
+	interval time.Duration // open loop: time between due admits; 0 = closed loop
+	workers  int
+	accounts int
+	run      string // request id prefix, unique per run
+}
+
+// genResult is what a generator run measured: per admit, the latency from its due time (the
+// send time in the closed loop) and from its send.
+type genResult struct {
+	lat, fromSend []time.Duration
+	elapsed       time.Duration
+	failed        int64
+}
+
+// generate sends g.n admits from g.workers keep-alive connections and measures each.
+func generate(g genParams) genResult {
+	lat := make([]time.Duration, g.n)
+	// fromSend is each admit's latency from the moment its request was written; in the open
+	// loop lat also counts how late the generator woke for the due time (timer and scheduling).
+	fromSend := make([]time.Duration, g.n)
+	var next atomic.Int64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for w := 0; w < g.workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A lean HTTP/1.1 keep-alive caller (one connection per worker), so that the load
+			// generator leaves the CPU to the admitter and the broker.
+			conn, err := net.Dial("tcp", g.addr)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			defer conn.Close()
+			br := bufio.NewReaderSize(conn, 16<<10)
+			var body, req []byte
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(g.n) {
+					return
+				}
+				// Built with appends, not fmt: the generator shares the CPU with the admitter.
+				body = append(append(append(body[:0], `{"request_id":"b`...), g.run...), '-')
+				body = append(strconv.AppendInt(body, i, 10), `","account_id":"bench-`...)
+				acct := i % int64(g.accounts)
+				for d := int64(10000); d > 1 && acct < d; d /= 10 { // %05d
+					body = append(body, '0')
+				}
+				body = append(strconv.AppendInt(body, acct, 10), `","endpoint":"bench.code","estimate":{"tokens_in":1000,"tokens_out":500}}`...)
+				req = append(req[:0], "POST /v1/admit HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nAuthorization: Bearer "+testSecret+"\r\nContent-Length: "...)
+				req = append(append(strconv.AppendInt(req, int64(len(body)), 10), "\r\n\r\n"...), body...)
+				st := time.Now()
+				sent := st
+				if g.interval > 0 {
+					due := t0.Add(time.Duration(i) * g.interval)
+					if d := time.Until(due); d > 0 {
+						time.Sleep(d)
+					}
+					st, sent = due, time.Now()
+				}
+				status, err := roundTrip(conn, br, req)
+				if err != nil {
+					failed.Add(1)
+					return
+				}
+				lat[i] = time.Since(st)
+				fromSend[i] = time.Since(sent)
+				if status != 200 {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return genResult{lat: lat, fromSend: fromSend, elapsed: time.Since(t0), failed: failed.Load()}
+}
+
+// generateInChild runs generate in a child process: this test binary re-executed with
+// -test.run '^TestBenchGenerator$', the parameters in BENCH_GEN_* variables and the results
+// written to a file (elapsed, failures, then both latency columns, as little-endian int64s).
+func generateInChild(g genParams) (genResult, error) {
+	out, err := os.CreateTemp("", "tally-bench-gen-*")
+	if err != nil {
+		return genResult{}, err
+	}
+	out.Close()
+	defer os.Remove(out.Name())
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestBenchGenerator$", "-test.count", "1")
+	cmd.Env = append(os.Environ(), "BENCH_GEN_ADDR="+g.addr, "BENCH_GEN_N="+strconv.Itoa(g.n),
+		"BENCH_GEN_INTERVAL_NS="+strconv.FormatInt(int64(g.interval), 10), "BENCH_GEN_WORKERS="+strconv.Itoa(g.workers),
+		"BENCH_GEN_ACCOUNTS="+strconv.Itoa(g.accounts), "BENCH_GEN_RUN="+g.run, "BENCH_GEN_OUT="+out.Name())
+	if v := os.Getenv("BENCH_GEN_GOMAXPROCS"); v != "" { // the generator's Ps (default: as the parent)
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+v)
+	}
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Run(); err != nil {
+		return genResult{}, fmt.Errorf("generator process: %w\n%s", err, log.Bytes())
+	}
+	raw, err := os.ReadFile(out.Name())
+	if err != nil {
+		return genResult{}, err
+	}
+	if len(raw) != 8*(2+2*g.n) {
+		return genResult{}, fmt.Errorf("generator process wrote %d bytes, want %d", len(raw), 8*(2+2*g.n))
+	}
+	word := func(i int) int64 { return int64(binary.LittleEndian.Uint64(raw[8*i:])) }
+	res := genResult{elapsed: time.Duration(word(0)), failed: word(1), lat: make([]time.Duration, g.n), fromSend: make([]time.Duration, g.n)}
+	for i := 0; i < g.n; i++ {
+		res.lat[i], res.fromSend[i] = time.Duration(word(2+i)), time.Duration(word(2+g.n+i))
+	}
+	return res, nil
+}
+
+// TestBenchGenerator is BenchmarkAdmitHTTP's load generator process; it does nothing unless
+// started by generateInChild.
+func TestBenchGenerator(t *testing.T) {
+	addr := os.Getenv("BENCH_GEN_ADDR")
+	if addr == "" {
+		t.Skip("the load generator process of BenchmarkAdmitHTTP")
+	}
+	num := func(k string) int64 {
+		v, err := strconv.ParseInt(os.Getenv(k), 10, 64)
+		if err != nil {
+			t.Fatalf("%s: %v", k, err)
+		}
+		return v
+	}
+	res := generate(genParams{addr: addr, n: int(num("BENCH_GEN_N")), interval: time.Duration(num("BENCH_GEN_INTERVAL_NS")),
+		workers: int(num("BENCH_GEN_WORKERS")), accounts: int(num("BENCH_GEN_ACCOUNTS")), run: os.Getenv("BENCH_GEN_RUN")})
+	raw := make([]byte, 0, 8*(2+2*len(res.lat)))
+	raw = binary.LittleEndian.AppendUint64(raw, uint64(res.elapsed))
+	raw = binary.LittleEndian.AppendUint64(raw, uint64(res.failed))
+	for _, col := range [][]time.Duration{res.lat, res.fromSend} {
+		for _, d := range col {
+			raw = binary.LittleEndian.AppendUint64(raw, uint64(d))
+		}
+	}
+	if err := os.WriteFile(os.Getenv("BENCH_GEN_OUT"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// gcCPU is the runtime's estimate of the CPU seconds spent in the garbage collector so far
+// (mark assists, dedicated and idle mark workers, pauses).
+func gcCPU() float64 {
+	s := []rtmetrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}}
+	rtmetrics.Read(s)
+	if s[0].Value.Kind() != rtmetrics.KindFloat64 {
+		return 0
+	}
+	return s[0].Value.Float64()
 }

@@ -18,6 +18,11 @@ import (
 // (appendPayload). encode_test.go checks that events.Decode reads back
 // exactly what events.New would have built.
 func encode(source string, now time.Time, data events.Data) ([]byte, string, error) {
+	return encodeTo(make([]byte, 0, 1024), source, now, data)
+}
+
+// encodeTo is encode appending to b[:0].
+func encodeTo(b []byte, source string, now time.Time, data events.Data) ([]byte, string, error) {
 	if err := data.Validate(); err != nil {
 		return nil, "", fmt.Errorf("admitter: %s: %w", data.EventType(), err)
 	}
@@ -25,8 +30,7 @@ func encode(source string, now time.Time, data events.Data) ([]byte, string, err
 	if err != nil {
 		return nil, "", fmt.Errorf("admitter: event id: %w", err)
 	}
-	b := make([]byte, 0, 1024)
-	b = append(b, `{"specversion":"1.0","id":"`...)
+	b = append(b[:0], `{"specversion":"1.0","id":"`...)
 	b = append(b, id.String()...)
 	b = append(b, `","source":`...)
 	b = appendJSONString(b, source)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -18,32 +19,6 @@ import (
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/pricebook"
 )
-
-// entry is one request_id's idempotency record: the admit answer, the open request while it
-// runs, and the finish answer.
-type entry struct {
-	id   string
-	req  api.AdmitRequest // the admit's parameters, to detect a reused request_id
-	done chan struct{}    // closed once the admit answer (or its failure) is known
-
-	status int
-	body   []byte // nil when the admit failed (503): the entry is then gone from the map
-
-	allowed bool
-	open    bool // the request is open in the table under handle
-	handle  uint32
-	keyID   string
-	client  string
-
-	fin *finish
-}
-
-type finish struct {
-	req    api.FinishRequest
-	done   chan struct{}
-	status int
-	body   []byte
-}
 
 // Handler is the admitter's HTTP API.
 func (s *Service) Handler() http.Handler {
@@ -156,9 +131,9 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 	}
 	now := time.Now()
 	s.mu.Lock()
-	if e := s.reqs[req.RequestID]; e != nil {
-		s.mu.Unlock()
-		s.replayAdmit(w, r, e, &req)
+	ri, slot, h, found := s.idem.find(req.RequestID)
+	if found {
+		s.replayAdmitLocked(w, r, ri, &req) // unlocks
 		return
 	}
 	var d decide.Decision
@@ -174,22 +149,30 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	e := &entry{id: req.RequestID, req: req, done: make(chan struct{}), allowed: d.Allowed, handle: d.Handle,
-		keyID: keyID, client: clientAddr(r)}
-	s.reqs[req.RequestID] = e
-	s.mu.Unlock()
-	s.m.decisionSec.Observe(time.Since(t0).Seconds())
-
 	status := http.StatusOK
 	if !d.Allowed {
 		status = http.StatusTooManyRequests
 	}
-	body := s.appendAdmit(make([]byte, 0, 1024), &req, &d)
-	value, name, err := s.admitEvent(e, &req, &d, now)
+	// The answer is written under the lock, so that the record is created once with it (a
+	// repeat cannot see it before the event is durable: the record stays pending until then).
+	bp := bodyPool.Get().(*[]byte)
+	defer bodyPool.Put(bp)
+	body := s.appendAdmit((*bp)[:0], &req, &d)
+	client := clientAddr(r)
+	ri = s.idem.add(&req, keyID, client, body, slot, h)
+	s.mu.Unlock()
+	s.m.decisionSec.Observe(time.Since(t0).Seconds())
+
+	vp := bodyPool.Get().(*[]byte)
+	value, name, err := s.admitEvent((*vp)[:0], keyID, client, &req, &d, now)
 	var part int32
 	var off int64
 	if err == nil {
 		part, off, err = s.publish(r.Context(), name, req.AccountID, value)
+	}
+	if err == nil && s.eager != nil { // acknowledged: the eager producer holds no reference to it
+		*vp = value
+		bodyPool.Put(vp)
 	}
 	published := false
 	if err == nil && d.Allowed && s.confirming() {
@@ -197,31 +180,40 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 		s.table.Published(d.Handle, part, off)
 		s.mu.Unlock()
 		published = true
-		if s.revokeIfUncovered(r.Context(), e, &req, &d, part, off, now) {
+		if s.revokeIfUncovered(r.Context(), keyID, client, &req, &d, part, off, now) {
 			status = http.StatusTooManyRequests
 			body = s.appendAdmit(body[:0], &req, &d)
+			s.mu.Lock()
+			s.idem.setBlob(ri, segClient, body)
+			s.mu.Unlock()
 		}
 	}
+	*bp = body
 	if err != nil {
-		s.abortAdmit(e, &d)
-		s.log.Warn("admit not answered: event not acknowledged", "request_id", e.id, "err", err)
+		s.abortAdmit(ri, &d)
+		s.log.Warn("admit not answered: event not acknowledged", "request_id", req.RequestID, "err", err)
 		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
 		return
 	}
 	s.mu.Lock()
-	e.status, e.body, e.allowed = status, body, d.Allowed
+	rec := &s.idem.recs[ri]
+	rec.status = uint16(status)
+	if status == http.StatusTooManyRequests {
+		rec.retryAfterMs = d.RetryAfterMs
+	}
 	if d.Allowed {
 		if !published {
 			s.table.Published(d.Handle, part, off)
 		}
-		e.open = true
-		s.byHandle[d.Handle] = e
+		rec.flags |= recAllowed | recOpen
+		rec.handle = d.Handle
+		s.idem.setHandle(d.Handle, ri)
 	} else {
-		s.rememberLocked(e.id)
+		s.idem.remember(ri)
 	}
+	s.idem.wake(ri)
 	s.m.open.Set(float64(s.table.OpenRequests()))
 	s.mu.Unlock()
-	close(e.done)
 	reason := "allowed"
 	if !d.Allowed {
 		reason = d.Reason.String()
@@ -230,18 +222,22 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 	writeAnswer(w, status, body, d.RetryAfterMs)
 }
 
+// bodyPool recycles the buffers the admit answers (the cache keeps an exact-size copy) and
+// their events are written in.
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
 var newline = []byte{'\n'}
 
 // abortAdmit gives back an admission whose event was not acknowledged and forgets the
 // request_id, so that a retry decides afresh.
-func (s *Service) abortAdmit(e *entry, d *decide.Decision) {
+func (s *Service) abortAdmit(ri uint32, d *decide.Decision) {
 	s.mu.Lock()
 	if d.Allowed {
 		s.table.Abort(d.Handle)
 	}
-	delete(s.reqs, e.id)
+	s.idem.wake(ri)
+	s.idem.remove(ri)
 	s.mu.Unlock()
-	close(e.done)
 }
 
 func writeAnswer(w http.ResponseWriter, status int, body []byte, retryAfterMs int64) {
@@ -265,7 +261,7 @@ func (s *Service) confirming() bool {
 // an insufficient_credits denial; it reports whether it did. When the peer follower does not
 // reach the offset within ADMITTER_PUBLISH_TIMEOUT_MS, or the cancel cannot be published, the
 // admission stands (the documented propagation bound applies).
-func (s *Service) revokeIfUncovered(ctx context.Context, e *entry, req *api.AdmitRequest, d *decide.Decision, part int32, off int64, now time.Time) bool {
+func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, req *api.AdmitRequest, d *decide.Decision, part int32, off int64, now time.Time) bool {
 	if !s.waitPeerPosition(part, off, time.Now().Add(ms(s.cfg.PublishTimeoutMs))) {
 		s.m.confirmTimeouts.Inc()
 		return false
@@ -280,7 +276,7 @@ func (s *Service) revokeIfUncovered(ctx context.Context, e *entry, req *api.Admi
 	}
 	value, name, err := encode(s.source, time.Now(), events.RequestFinished{RequestID: req.RequestID,
 		AccountID: req.AccountID, Endpoint: req.Endpoint, Model: req.Model, Status: events.StatusCancelled,
-		PriceBookVersion: s.book.Version, KeyID: e.keyID, ClientAddr: e.client})
+		PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: client})
 	var p2 int32
 	var o2 int64
 	if err == nil {
@@ -300,35 +296,39 @@ func (s *Service) revokeIfUncovered(ctx context.Context, e *entry, req *api.Admi
 	return true
 }
 
-// replayAdmit answers a repeated request_id with the first answer, publishing nothing.
-func (s *Service) replayAdmit(w http.ResponseWriter, r *http.Request, e *entry, req *api.AdmitRequest) {
-	select {
-	case <-e.done:
-	case <-r.Context().Done():
-		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
-		return
+// replayAdmitLocked answers a repeated request_id (record ri) with the first answer,
+// publishing nothing; it is called with s.mu held and unlocks it. While the first call is
+// being decided and published it waits; if that call failed (its record is gone or another
+// call took the id since), the answer is 503.
+func (s *Service) replayAdmitLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.AdmitRequest) {
+	gen := s.idem.recs[ri].gen
+	for s.idem.recs[ri].status == 0 {
+		ch := s.idem.waitChan(ri)
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-r.Context().Done():
+			httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
+			return
+		}
+		s.mu.Lock()
+		var ok bool
+		if ri, ok = s.idem.lookup(req.RequestID); !ok || s.idem.recs[ri].gen != gen {
+			s.mu.Unlock()
+			httpx.WriteError(w, unavailable("the first call with this request_id failed; retry"))
+			return
+		}
 	}
-	if e.body == nil {
-		httpx.WriteError(w, unavailable("the first call with this request_id failed; retry"))
-		return
-	}
-	if !sameAdmit(&e.req, req) {
+	if !s.idem.sameAdmit(ri, req) {
+		s.mu.Unlock()
 		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, api.CodeRequestIDReused, "request_id %q was used with different parameters", req.RequestID))
 		return
 	}
+	rec := &s.idem.recs[ri]
+	status, retry, body := int(rec.status), rec.retryAfterMs, s.idem.seg(ri, segBody)
+	s.mu.Unlock()
 	s.m.replays.Inc()
-	var retry int64
-	if e.status == http.StatusTooManyRequests {
-		var a api.AdmitResponse
-		_ = json.Unmarshal(e.body, &a)
-		retry = a.RetryAfterMs
-	}
-	writeAnswer(w, e.status, e.body, retry)
-}
-
-func sameAdmit(a, b *api.AdmitRequest) bool {
-	return a.AccountID == b.AccountID && a.Endpoint == b.Endpoint && a.Model == b.Model &&
-		a.Priority == b.Priority && a.Estimate == b.Estimate
+	writeAnswer(w, status, body, retry)
 }
 
 func priceError(err error) *httpx.Error {
@@ -366,21 +366,21 @@ func (s *Service) admitResponse(req *api.AdmitRequest, d *decide.Decision) api.A
 	return resp
 }
 
-func (s *Service) admitEvent(e *entry, req *api.AdmitRequest, d *decide.Decision, now time.Time) ([]byte, string, error) {
+func (s *Service) admitEvent(buf []byte, keyID, client string, req *api.AdmitRequest, d *decide.Decision, now time.Time) ([]byte, string, error) {
 	var data events.Data
 	if d.Allowed {
 		data = events.RequestStarted{RequestID: req.RequestID, AccountID: req.AccountID, Endpoint: req.Endpoint,
 			Model: req.Model, Tier: d.Tier, Priority: d.Priority.String(), Funding: d.Funding.String(),
 			Estimate: req.Estimate, EstimateMicros: d.EstimateMicros, HoldMicros: d.HoldMicros,
 			AllowanceMicros: d.AllowanceMicros, HoldExpiresAt: time.UnixMilli(d.HoldExpiresAtMs).UTC(),
-			PriceBookVersion: s.book.Version, KeyID: e.keyID, ClientAddr: e.client}
+			PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: client}
 	} else {
 		data = events.RequestRejected{RequestID: req.RequestID, AccountID: req.AccountID, Endpoint: req.Endpoint,
 			Model: req.Model, Tier: d.Tier, Priority: d.Priority.String(), Reason: d.Reason.String(),
 			RetryAfterMs: d.RetryAfterMs, EstimateMicros: d.EstimateMicros, PriceBookVersion: s.book.Version,
-			KeyID: e.keyID, ClientAddr: e.client}
+			KeyID: keyID, ClientAddr: client}
 	}
-	return encode(s.source, now, data)
+	return encodeTo(buf, s.source, now, data)
 }
 
 // publish makes one event durable, bounded by ADMITTER_PUBLISH_TIMEOUT_MS.
@@ -394,22 +394,6 @@ func (s *Service) publish(ctx context.Context, eventType, key string, value []by
 		s.m.publishErrors.WithLabelValues(eventType).Inc()
 	}
 	return p, o, err
-}
-
-// rememberLocked puts an answered request id in the bounded FIFO; the oldest answered id
-// leaves the cache when it is full. Open requests are never in the FIFO.
-func (s *Service) rememberLocked(id string) {
-	n := len(s.fifo)
-	if s.fifoLen == n {
-		old := s.fifo[s.fifoHead]
-		if e := s.reqs[old]; e != nil && !e.open {
-			delete(s.reqs, old)
-		}
-		s.fifoHead = (s.fifoHead + 1) % n
-		s.fifoLen--
-	}
-	s.fifo[(s.fifoHead+s.fifoLen)%n] = id
-	s.fifoLen++
 }
 
 func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
@@ -428,105 +412,140 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	e := s.reqs[req.RequestID]
-	s.mu.Unlock()
-	if e == nil {
-		httpx.WriteError(w, unknownRequest(req.RequestID))
-		return
-	}
-	select { // an admit still being published
-	case <-e.done:
-	case <-r.Context().Done():
-		httpx.WriteError(w, unavailable("request cancelled"))
-		return
-	}
-	s.mu.Lock()
-	if !e.allowed || e.body == nil {
+	ri, ok := s.idem.lookup(req.RequestID)
+	if !ok {
 		s.mu.Unlock()
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	if f := e.fin; f != nil {
+	gen := s.idem.recs[ri].gen
+	for s.idem.recs[ri].status == 0 { // an admit still being published
+		ch := s.idem.waitChan(ri)
 		s.mu.Unlock()
-		s.replayFinish(w, r, f, &req)
+		select {
+		case <-ch:
+		case <-r.Context().Done():
+			httpx.WriteError(w, unavailable("request cancelled"))
+			return
+		}
+		s.mu.Lock()
+		if ri, ok = s.idem.lookup(req.RequestID); !ok || s.idem.recs[ri].gen != gen { // the admit failed
+			s.mu.Unlock()
+			httpx.WriteError(w, unknownRequest(req.RequestID))
+			return
+		}
+	}
+	rec := &s.idem.recs[ri]
+	if rec.flags&recAllowed == 0 {
+		s.mu.Unlock()
+		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	if !e.open {
+	if rec.fin != finNone {
+		s.replayFinishLocked(w, r, ri, &req) // unlocks
+		return
+	}
+	if rec.flags&recOpen == 0 {
 		s.mu.Unlock()
 		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, api.CodeUnknownRequest, "request %q: its hold expired", req.RequestID))
 		return
 	}
+	account, endpoint, model := s.idem.str(ri, segAccount), s.idem.str(ri, segEndpoint), s.idem.str(ri, segModel)
 	var cost int64
 	var err error
 	if req.Usage != (events.Units{}) { // no usage at all (e.g. a cancelled request) costs nothing
-		cost, err = s.table.Price(e.req.Endpoint, e.req.Model, req.Usage)
+		cost, err = s.table.Price(endpoint, model, req.Usage)
 	}
 	if err != nil {
 		s.mu.Unlock()
 		httpx.WriteError(w, priceError(err))
 		return
 	}
-	q, err := s.table.Quote(e.handle, cost)
+	q, err := s.table.Quote(rec.handle, cost)
 	if err != nil {
 		s.mu.Unlock()
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	f := &finish{req: req, done: make(chan struct{})}
-	e.fin = f
+	rec.fin = finPending
+	rec.finSeq++
 	s.mu.Unlock()
 
 	resp := api.FinishResponse{RequestID: req.RequestID, Funding: q.Funding.String(), CostMicros: q.CostMicros,
 		ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
 		PriceBookVersion: s.book.Version}
 	value, name, err := encode(s.source, time.Now(), events.RequestFinished{RequestID: req.RequestID,
-		AccountID: e.req.AccountID, Endpoint: e.req.Endpoint, Model: e.req.Model, Status: req.Status, Usage: req.Usage,
+		AccountID: account, Endpoint: endpoint, Model: model, Status: req.Status, Usage: req.Usage,
 		CostMicros: cost, DurationMs: req.DurationMs, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: clientAddr(r)})
 	var part int32
 	var off int64
 	if err == nil {
-		part, off, err = s.publish(r.Context(), name, e.req.AccountID, value)
+		part, off, err = s.publish(r.Context(), name, account, value)
 	}
+	body, _ := json.Marshal(resp)
 	s.mu.Lock()
+	// The record cannot have left the cache meanwhile: only answered records that are neither
+	// open nor being finished are in the FIFO.
+	rec = &s.idem.recs[ri]
 	if err != nil {
-		e.fin = nil
+		rec.fin = finNone
+		if rec.flags&recOpen == 0 { // expired meanwhile: nothing can finish it any more
+			s.idem.remember(ri)
+		}
+		s.idem.wake(ri)
 		s.mu.Unlock()
-		close(f.done)
 		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
 		return
 	}
-	if e.open {
-		_ = s.table.Finish(e.handle, q, req.DurationMs, req.Status == events.StatusFailed, part, off)
-		delete(s.byHandle, e.handle)
-		e.open = false
+	if rec.flags&recOpen != 0 {
+		_ = s.table.Finish(rec.handle, q, req.DurationMs, req.Status == events.StatusFailed, part, off)
+		s.idem.takeHandle(rec.handle)
+		rec.flags &^= recOpen
 	}
-	body, _ := json.Marshal(resp)
-	f.status, f.body = http.StatusOK, body
-	s.rememberLocked(e.id)
+	s.idem.finished(ri, &req, body)
+	s.idem.remember(ri)
+	s.idem.wake(ri)
 	s.m.open.Set(float64(s.table.OpenRequests()))
 	s.mu.Unlock()
-	close(f.done)
 	s.m.finishes.WithLabelValues(req.Status).Inc()
 	writeAnswer(w, http.StatusOK, body, 0)
 }
 
-func (s *Service) replayFinish(w http.ResponseWriter, r *http.Request, f *finish, req *api.FinishRequest) {
-	select {
-	case <-f.done:
-	case <-r.Context().Done():
-		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
-		return
+// replayFinishLocked answers a repeated finish of record ri; it is called with s.mu held and
+// unlocks it.
+func (s *Service) replayFinishLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.FinishRequest) {
+	gen, seq := s.idem.recs[ri].gen, s.idem.recs[ri].finSeq
+	for s.idem.recs[ri].fin == finPending {
+		ch := s.idem.waitChan(ri)
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-r.Context().Done():
+			httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
+			return
+		}
+		s.mu.Lock()
+		var ok bool
+		if ri, ok = s.idem.lookup(req.RequestID); !ok || s.idem.recs[ri].gen != gen || s.idem.recs[ri].finSeq != seq {
+			s.mu.Unlock()
+			httpx.WriteError(w, unavailable("the first finish with this request_id failed; retry"))
+			return
+		}
 	}
-	if f.body == nil {
+	if s.idem.recs[ri].fin != finDone {
+		s.mu.Unlock()
 		httpx.WriteError(w, unavailable("the first finish with this request_id failed; retry"))
 		return
 	}
-	if f.req.Status != req.Status || f.req.Usage != req.Usage || f.req.DurationMs != req.DurationMs {
+	if !s.idem.sameFinish(ri, req) {
+		s.mu.Unlock()
 		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, api.CodeRequestIDReused, "request %q was already finished with different usage", req.RequestID))
 		return
 	}
+	body := s.idem.seg(ri, segFinBody)
+	s.mu.Unlock()
 	s.m.replays.Inc()
-	writeAnswer(w, f.status, f.body, 0)
+	writeAnswer(w, http.StatusOK, body, 0)
 }
 
 func unknownRequest(id string) *httpx.Error {

@@ -38,15 +38,11 @@ type Service struct {
 	kafkaTLS *tls.Config
 	source   string
 
-	mu       sync.Mutex // guards table, reqs, byHandle, fifo
-	table    *decide.Table
-	reqs     map[string]*entry
-	byHandle map[uint32]*entry
-	fifo     []string // answered request ids in answer order, a ring of IdempotencyMax
-	fifoHead int
-	fifoLen  int
-	peers    map[string]peerOpen            // other admitters' open requests (ADMITTER_FOLLOW_PEERS)
-	peerPos  atomic.Pointer[[]atomic.Int64] // per events partition: last offset the peer follower applied
+	mu      sync.Mutex // guards table, idem
+	table   *decide.Table
+	idem    *idemStore                     // request_id → answers (idempotency), open requests
+	peers   map[string]peerOpen            // other admitters' open requests (ADMITTER_FOLLOW_PEERS)
+	peerPos atomic.Pointer[[]atomic.Int64] // per events partition: last offset the peer follower applied
 
 	keys   atomic.Pointer[httpx.Keyring]
 	keyMod atomic.Int64
@@ -88,8 +84,8 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		return nil, fmt.Errorf("admitter: KAFKA_TLS_*: %w", err)
 	}
 	s := &Service{cfg: cfg, log: log, book: book, brokers: brokers, topics: kafkax.NewTopics(cfg.TopicPrefix), kafkaTLS: kafkaTLS,
-		source: cfg.source(), table: table, reqs: map[string]*entry{}, byHandle: map[uint32]*entry{}, peers: map[string]peerOpen{},
-		fifo: make([]string, cfg.IdempotencyMax), m: newMetrics(), readyCh: make(chan struct{})}
+		source: cfg.source(), table: table, idem: newIdemStore(cfg.IdempotencyMax), peers: map[string]peerOpen{},
+		m: newMetrics(), readyCh: make(chan struct{})}
 	if err := s.ReloadKeys(); err != nil {
 		return nil, err
 	}
@@ -229,12 +225,12 @@ func (s *Service) expire(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.table.Expire(now.UnixMilli(), s.cfg.ExpireBudget, func(h uint32) {
-		if e := s.byHandle[h]; e != nil {
-			delete(s.byHandle, h)
-			e.open = false
+		if ri, ok := s.idem.takeHandle(h); ok {
+			rec := &s.idem.recs[ri]
+			rec.flags &^= recOpen
 			s.m.expired.Inc()
-			if e.fin == nil {
-				s.rememberLocked(e.id)
+			if rec.fin == finNone {
+				s.idem.remember(ri)
 			}
 		}
 	})

@@ -1,0 +1,307 @@
+package admitter
+
+import (
+	"hash/maphash"
+
+	"github.com/tallyhq/tally/services/admitter/api"
+)
+
+// The idempotency cache (request_id → the admit and finish answers) holds every open request
+// plus the last ADMITTER_IDEMPOTENCY_MAX answered ids, i.e. hundreds of thousands of records
+// at 20k admits/s. It is laid out for the garbage collector: each record is a pointer-free
+// idemRec in one slice plus one exact-size, pointer-free byte blob (the request's strings and
+// the answer bodies), the id → record index is open addressing over 8-byte slots like
+// decide/index.go, the answered-id FIFO and the handle → record map are integer slices, and
+// a channel exists only while somebody waits for a pending answer. A record thus costs the
+// collector one small object to mark and nothing to scan, where a map of *entry with its
+// strings, request copy, channel and 1 KiB answer buffer cost about ten objects, several of
+// them scanned, per request.
+
+// Blob segments, in order.
+const (
+	segID = iota
+	segAccount
+	segEndpoint
+	segModel
+	segPriority
+	segResolution
+	segKeyID
+	segClient
+	segBody // the admit answer (no trailing newline)
+	segFinStatus
+	segFinResolution
+	segFinBody // the finish answer
+	numSegs
+)
+
+// Finish states of a record.
+const (
+	finNone    uint8 = iota // not finished (or the last finish failed)
+	finPending              // a finish is being published
+	finDone                 // finished: the finish answer is in the blob
+)
+
+// idemRec is one request_id's record. It holds no pointers; its strings and bodies are in
+// idemStore.blobs at the same index, segment i being blob[off[i]:off[i+1]].
+type idemRec struct {
+	hash uint64
+	// gen is unique per record incarnation (a waiter that finds another generation after
+	// waking knows the call it waited for failed); finSeq counts finish attempts likewise.
+	gen    uint32
+	finSeq uint32
+	handle uint32 // the open request's handle in the decision table
+	status uint16 // admit answer status; 0 while the admit is pending
+	fin    uint8  // finNone, finPending, finDone
+	flags  uint8
+
+	retryAfterMs int64 // of a 429 admit answer (Retry-After on replays)
+	est          [4]int64
+	finUsage     [4]int64
+	finDuration  int64
+	off          [numSegs + 1]uint32
+}
+
+const (
+	recAllowed uint8 = 1 << iota
+	recOpen          // the request is open in the decision table under handle
+)
+
+// idemStore is the cache; Service.mu guards it.
+type idemStore struct {
+	seed  maphash.Seed
+	slots []uint64 // hash tag (high 32 bits) | record index + 1; 0 = empty
+	n     int
+	recs  []idemRec
+	blobs [][]byte
+	free  []uint32
+	gen   uint32
+
+	// fifo is a ring of answered records (gen<<32 | index), oldest first.
+	fifo     []uint64
+	fifoHead int
+	fifoLen  int
+
+	// byHandle maps an open request's decision-table handle to its record index + 1.
+	byHandle []uint32
+
+	// waiters holds a channel per record that somebody waits on; it is closed at the
+	// record's next change (wake).
+	waiters map[uint32]chan struct{}
+}
+
+func newIdemStore(max int) *idemStore {
+	return &idemStore{seed: maphash.MakeSeed(), slots: make([]uint64, 1024), fifo: make([]uint64, max),
+		waiters: map[uint32]chan struct{}{}}
+}
+
+// seg returns segment i of record ri (valid until the record changes; blobs are never written
+// in place, so a slice taken under the lock may be read after it).
+func (st *idemStore) seg(ri uint32, i int) []byte {
+	r := &st.recs[ri]
+	return st.blobs[ri][r.off[i]:r.off[i+1]:r.off[i+1]]
+}
+
+func (st *idemStore) str(ri uint32, i int) string { return string(st.seg(ri, i)) }
+
+// find returns the record of id, or ok=false and the slot where it would be inserted.
+func (st *idemStore) find(id string) (ri uint32, slot uint64, h uint64, ok bool) {
+	h = maphash.String(st.seed, id)
+	mask := uint64(len(st.slots) - 1)
+	tag := h >> 32
+	for i := h & mask; ; i = (i + 1) & mask {
+		e := st.slots[i]
+		if e == 0 {
+			return 0, i, h, false
+		}
+		if e>>32 == tag && string(st.seg(uint32(e)-1, segID)) == id {
+			return uint32(e) - 1, i, h, true
+		}
+	}
+}
+
+func (st *idemStore) lookup(id string) (uint32, bool) {
+	ri, _, _, ok := st.find(id)
+	return ri, ok
+}
+
+// add creates the pending record of an admit with its answer (id not present: slot and h come
+// from find).
+func (st *idemStore) add(req *api.AdmitRequest, keyID, client string, body []byte, slot, h uint64) uint32 {
+	var ri uint32
+	if n := len(st.free); n > 0 {
+		ri = st.free[n-1]
+		st.free = st.free[:n-1]
+	} else {
+		st.recs = append(st.recs, idemRec{})
+		st.blobs = append(st.blobs, nil)
+		ri = uint32(len(st.recs) - 1)
+	}
+	st.gen++
+	r := &st.recs[ri]
+	*r = idemRec{hash: h, gen: st.gen,
+		est: [4]int64{req.Estimate.VideoSeconds, req.Estimate.TokensIn, req.Estimate.TokensOut, req.Estimate.ComputeMs}}
+	fields := [...]string{segID: req.RequestID, segAccount: req.AccountID, segEndpoint: req.Endpoint,
+		segModel: req.Model, segPriority: req.Priority, segResolution: req.Estimate.Resolution,
+		segKeyID: keyID, segClient: client}
+	n := len(body)
+	for _, f := range fields {
+		n += len(f)
+	}
+	b := make([]byte, 0, n)
+	for i, f := range fields {
+		r.off[i] = uint32(len(b))
+		b = append(b, f...)
+	}
+	r.off[segBody] = uint32(len(b))
+	b = append(b, body...)
+	for i := segBody + 1; i <= numSegs; i++ {
+		r.off[i] = uint32(len(b))
+	}
+	st.blobs[ri] = b
+	st.slots[slot] = h>>32<<32 | uint64(ri+1)
+	st.n++
+	if st.n*4 > len(st.slots)*3 {
+		st.grow()
+	}
+	return ri
+}
+
+func (st *idemStore) grow() {
+	old := st.slots
+	st.slots = make([]uint64, 2*len(old))
+	mask := uint64(len(st.slots) - 1)
+	for _, e := range old {
+		if e == 0 {
+			continue
+		}
+		i := st.recs[uint32(e)-1].hash & mask
+		for st.slots[i] != 0 {
+			i = (i + 1) & mask
+		}
+		st.slots[i] = e
+	}
+}
+
+// remove deletes record ri (backward-shift deletion: no tombstones) and frees its index.
+func (st *idemStore) remove(ri uint32) {
+	mask := uint64(len(st.slots) - 1)
+	i := st.recs[ri].hash & mask
+	for uint32(st.slots[i]) != ri+1 {
+		i = (i + 1) & mask
+	}
+	for j := (i + 1) & mask; st.slots[j] != 0; j = (j + 1) & mask {
+		home := st.recs[uint32(st.slots[j])-1].hash & mask
+		// Move slot j back to the hole at i unless its home lies in (i, j] (cyclically).
+		if (j-home)&mask >= (j-i)&mask {
+			st.slots[i] = st.slots[j]
+			i = j
+		}
+	}
+	st.slots[i] = 0
+	st.n--
+	st.recs[ri] = idemRec{}
+	st.blobs[ri] = nil
+	st.free = append(st.free, ri)
+}
+
+// setBlob replaces record ri's blob by its segments up to and including upTo taken from the
+// current blob, then extra appended as the following segments, in one exact-size allocation.
+func (st *idemStore) setBlob(ri uint32, upTo int, extra ...[]byte) {
+	r := &st.recs[ri]
+	old := st.blobs[ri]
+	keep := r.off[upTo+1]
+	n := int(keep)
+	for _, e := range extra {
+		n += len(e)
+	}
+	b := make([]byte, keep, n)
+	copy(b, old[:keep])
+	i := upTo + 1
+	for _, e := range extra {
+		r.off[i] = uint32(len(b))
+		b = append(b, e...)
+		i++
+	}
+	for ; i <= numSegs; i++ {
+		r.off[i] = uint32(len(b))
+	}
+	st.blobs[ri] = b
+}
+
+// sameAdmit reports whether req has the parameters of record ri's admit.
+func (st *idemStore) sameAdmit(ri uint32, req *api.AdmitRequest) bool {
+	r := &st.recs[ri]
+	return string(st.seg(ri, segAccount)) == req.AccountID && string(st.seg(ri, segEndpoint)) == req.Endpoint &&
+		string(st.seg(ri, segModel)) == req.Model && string(st.seg(ri, segPriority)) == req.Priority &&
+		string(st.seg(ri, segResolution)) == req.Estimate.Resolution &&
+		r.est == [4]int64{req.Estimate.VideoSeconds, req.Estimate.TokensIn, req.Estimate.TokensOut, req.Estimate.ComputeMs}
+}
+
+// sameFinish reports whether req has the parameters of record ri's finish.
+func (st *idemStore) sameFinish(ri uint32, req *api.FinishRequest) bool {
+	r := &st.recs[ri]
+	return string(st.seg(ri, segFinStatus)) == req.Status && string(st.seg(ri, segFinResolution)) == req.Usage.Resolution &&
+		r.finUsage == [4]int64{req.Usage.VideoSeconds, req.Usage.TokensIn, req.Usage.TokensOut, req.Usage.ComputeMs} &&
+		r.finDuration == req.DurationMs
+}
+
+// finished records the finish answer of record ri.
+func (st *idemStore) finished(ri uint32, req *api.FinishRequest, body []byte) {
+	r := &st.recs[ri]
+	r.fin = finDone
+	r.finUsage = [4]int64{req.Usage.VideoSeconds, req.Usage.TokensIn, req.Usage.TokensOut, req.Usage.ComputeMs}
+	r.finDuration = req.DurationMs
+	st.setBlob(ri, segBody, []byte(req.Status), []byte(req.Usage.Resolution), body)
+}
+
+// waitChan returns the channel closed at record ri's next change.
+func (st *idemStore) waitChan(ri uint32) chan struct{} {
+	ch := st.waiters[ri]
+	if ch == nil {
+		ch = make(chan struct{})
+		st.waiters[ri] = ch
+	}
+	return ch
+}
+
+// wake closes record ri's wait channel, if any.
+func (st *idemStore) wake(ri uint32) {
+	if ch := st.waiters[ri]; ch != nil {
+		close(ch)
+		delete(st.waiters, ri)
+	}
+}
+
+func (st *idemStore) setHandle(h, ri uint32) {
+	for int(h) >= len(st.byHandle) {
+		st.byHandle = append(st.byHandle, 0)
+	}
+	st.byHandle[h] = ri + 1
+}
+
+// takeHandle returns and clears the record of handle h.
+func (st *idemStore) takeHandle(h uint32) (uint32, bool) {
+	if int(h) >= len(st.byHandle) || st.byHandle[h] == 0 {
+		return 0, false
+	}
+	ri := st.byHandle[h] - 1
+	st.byHandle[h] = 0
+	return ri, true
+}
+
+// remember puts answered record ri in the bounded FIFO; the oldest answered record leaves the
+// cache when it is full. Open requests are never in the FIFO.
+func (st *idemStore) remember(ri uint32) {
+	n := len(st.fifo)
+	if st.fifoLen == n {
+		old := st.fifo[st.fifoHead]
+		oi := uint32(old)
+		if int(oi) < len(st.recs) && st.recs[oi].gen == uint32(old>>32) && st.recs[oi].flags&recOpen == 0 {
+			st.remove(oi)
+		}
+		st.fifoHead = (st.fifoHead + 1) % n
+		st.fifoLen--
+	}
+	st.fifo[(st.fifoHead+st.fifoLen)%n] = uint64(st.recs[ri].gen)<<32 | uint64(ri)
+	st.fifoLen++
+}
