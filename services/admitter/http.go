@@ -296,28 +296,58 @@ func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, r
 	return true
 }
 
+// waitOutcome is how awaitLocked ended.
+type waitOutcome uint8
+
+const (
+	waitDone      waitOutcome = iota // the call waited for has its answer; s.mu is held
+	waitCancelled                    // the waiting request's context ended; s.mu is released
+	waitFailed                       // the call waited for failed (the record is gone or was replaced); s.mu is released
+)
+
+// awaitLocked waits, with s.mu held, while record ri (request id id) has a call in progress:
+// its admit (finish false) or its finish (finish true). The record is identified by its
+// generation (and, for a finish, its finish attempt), so that a waiter woken after that call
+// failed, and another took the id or retried, does not take the new call's answer for it.
+func (s *Service) awaitLocked(ctx context.Context, id string, ri uint32, finish bool) (uint32, waitOutcome) {
+	gen, seq := s.idem.recs[ri].gen, s.idem.recs[ri].finSeq
+	pending := func() bool {
+		if finish {
+			return s.idem.recs[ri].fin == finPending
+		}
+		return s.idem.recs[ri].status == 0
+	}
+	for pending() {
+		ch := s.idem.waitChan(ri)
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ri, waitCancelled
+		}
+		s.mu.Lock()
+		var ok bool
+		if ri, ok = s.idem.lookup(id); !ok || s.idem.recs[ri].gen != gen || (finish && s.idem.recs[ri].finSeq != seq) {
+			s.mu.Unlock()
+			return ri, waitFailed
+		}
+	}
+	return ri, waitDone
+}
+
 // replayAdmitLocked answers a repeated request_id (record ri) with the first answer,
 // publishing nothing; it is called with s.mu held and unlocks it. While the first call is
 // being decided and published it waits; if that call failed (its record is gone or another
 // call took the id since), the answer is 503.
 func (s *Service) replayAdmitLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.AdmitRequest) {
-	gen := s.idem.recs[ri].gen
-	for s.idem.recs[ri].status == 0 {
-		ch := s.idem.waitChan(ri)
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-r.Context().Done():
-			httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
-			return
-		}
-		s.mu.Lock()
-		var ok bool
-		if ri, ok = s.idem.lookup(req.RequestID); !ok || s.idem.recs[ri].gen != gen {
-			s.mu.Unlock()
-			httpx.WriteError(w, unavailable("the first call with this request_id failed; retry"))
-			return
-		}
+	ri, out := s.awaitLocked(r.Context(), req.RequestID, ri, false)
+	switch out {
+	case waitCancelled:
+		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
+		return
+	case waitFailed:
+		httpx.WriteError(w, unavailable("the first call with this request_id failed; retry"))
+		return
 	}
 	if !s.idem.sameAdmit(ri, req) {
 		s.mu.Unlock()
@@ -418,22 +448,14 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	gen := s.idem.recs[ri].gen
-	for s.idem.recs[ri].status == 0 { // an admit still being published
-		ch := s.idem.waitChan(ri)
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-r.Context().Done():
-			httpx.WriteError(w, unavailable("request cancelled"))
-			return
-		}
-		s.mu.Lock()
-		if ri, ok = s.idem.lookup(req.RequestID); !ok || s.idem.recs[ri].gen != gen { // the admit failed
-			s.mu.Unlock()
-			httpx.WriteError(w, unknownRequest(req.RequestID))
-			return
-		}
+	ri, out := s.awaitLocked(r.Context(), req.RequestID, ri, false) // an admit still being published
+	switch out {
+	case waitCancelled:
+		httpx.WriteError(w, unavailable("request cancelled"))
+		return
+	case waitFailed: // the admit failed
+		httpx.WriteError(w, unknownRequest(req.RequestID))
+		return
 	}
 	rec := &s.idem.recs[ri]
 	if rec.flags&recAllowed == 0 {
@@ -514,23 +536,14 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 // replayFinishLocked answers a repeated finish of record ri; it is called with s.mu held and
 // unlocks it.
 func (s *Service) replayFinishLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.FinishRequest) {
-	gen, seq := s.idem.recs[ri].gen, s.idem.recs[ri].finSeq
-	for s.idem.recs[ri].fin == finPending {
-		ch := s.idem.waitChan(ri)
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-r.Context().Done():
-			httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
-			return
-		}
-		s.mu.Lock()
-		var ok bool
-		if ri, ok = s.idem.lookup(req.RequestID); !ok || s.idem.recs[ri].gen != gen || s.idem.recs[ri].finSeq != seq {
-			s.mu.Unlock()
-			httpx.WriteError(w, unavailable("the first finish with this request_id failed; retry"))
-			return
-		}
+	ri, out := s.awaitLocked(r.Context(), req.RequestID, ri, true)
+	switch out {
+	case waitCancelled:
+		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
+		return
+	case waitFailed:
+		httpx.WriteError(w, unavailable("the first finish with this request_id failed; retry"))
+		return
 	}
 	if s.idem.recs[ri].fin != finDone {
 		s.mu.Unlock()
