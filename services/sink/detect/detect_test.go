@@ -279,9 +279,3 @@ func TestRunOncePublishesIdempotentFlags(t *testing.T) {
 		t.Fatal("a stored flag was published again")
 	}
 }
-
-func clickhouseCtx(ctx context.Context, p map[string]string) context.Context {
-	return clickhouse.Context(ctx, clickhouse.WithParameters(clickhouse.Parameters(p)))
-}
-
-func itoa(i int) string { return fmt.Sprint(i) }

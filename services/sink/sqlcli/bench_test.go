@@ -6,32 +6,9 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
-
 	"github.com/tallyhq/tally/services/sink/internal/chtest"
 	"github.com/tallyhq/tally/services/sink/sqlcli"
 )
-
-// benchSeedSQL inserts 1,000,000 usage_events rows per call (materialized views included):
-// 10,000 accounts, three endpoints, 45% started, 45% finished, 8% rejected, 2% expired (two
-// events per request id), spread over the 8 days before {end}.
-const benchSeedSQL = `INSERT INTO usage_events (event_id, type, time, account_id, request_id, key_id, client_addr,
-    endpoint, tier, funding, status, reason, hold_micros, cost_micros, duration_ms, hold_expires_at,
-    kafka_topic, kafka_partition, kafka_offset)
-SELECT
-    generateUUIDv4(),
-    multiIf(number % 100 < 45, 'tally.request.started.v1', number % 100 < 90, 'tally.request.finished.v1',
-            number % 100 < 98, 'tally.request.rejected.v1', 'tally.request.expired.v1'),
-    toDateTime64({end:DateTime}, 3, 'UTC') - toIntervalMillisecond((number * 7919) % 691200000),
-    concat('acct-', toString(number % 10000)),
-    concat('req-', toString(intDiv(number, 2))),
-    concat('key-', toString(number % 10000)),
-    '10.0.0.1',
-    ['video.generate', 'chat', 'image'][number % 3 + 1],
-    ['free', 'pro', 'enterprise'][(number % 10000) % 3 + 1],
-    ['credits', 'allowance'][number % 2 + 1], 'succeeded', if(number % 100 >= 90 AND number % 100 < 98, 'rate_limited', ''),
-    1000, 1000 + number % 500, number % 3000, toDateTime64(0, 3, 'UTC'), 'bench', 0, number
-FROM numbers({from:UInt64}, 1000000)`
 
 // BenchmarkNamedQueries: each analyst query (and requests_v looked up by account and by
 // request) over BENCH_MROWS million usage_events rows (default 4), merged by OPTIMIZE FINAL
@@ -43,12 +20,7 @@ func BenchmarkNamedQueries(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("BENCH_MROWS")); err == nil && v > 0 {
 		m = v
 	}
-	for i := 0; i < m; i++ {
-		q := clickhouse.Context(ctx, clickhouse.WithParameters(clickhouse.Parameters{"end": "2026-03-20 12:00:00", "from": strconv.Itoa(i * 1_000_000)}))
-		if err := conn.Exec(q, benchSeedSQL); err != nil {
-			b.Fatal(err)
-		}
-	}
+	chtest.SeedUsage(b, conn, "2026-03-20 12:00:00", m, "'10.0.0.1'", "['credits', 'allowance'][number % 2 + 1]")
 	var tables []string
 	rs, err := conn.Query(ctx, "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'")
 	if err != nil {
