@@ -184,6 +184,8 @@ func registerMetrics(reg *prometheus.Registry, p *pipeline.Pipeline, d *detect.D
 	counter("ledger_rows_total", "Rows inserted into ledger_entries.", p.Stats.LedgerRows.Load)
 	counter("dead_letters_total", "Messages sent to the dead-letter topic.", p.Stats.DeadLetters.Load)
 	counter("batches_total", "Batches inserted.", p.Stats.Batches.Load)
+	counter("duplicates_total", "Messages not stored because an earlier message of the same partition within SINK_DEDUPE_WINDOW_MESSAGES offsets carried the same event id (a producer's retry).", p.Stats.Duplicates.Load)
+	counter("dedupe_warmup_messages_total", "Messages read back to warm up the partitions' dedupe windows.", p.Stats.WarmupMessages.Load)
 	counter("replayed_batches_total", "Recorded batches re-sent after a restart.", p.Stats.ReplayedBatches.Load)
 	counter("insert_errors_total", "Failed insert attempts (retried).", p.Stats.InsertErrors.Load)
 	counter("commit_errors_total", "Failed offset commits.", p.Stats.CommitErrors.Load)

@@ -84,6 +84,13 @@ type Config struct {
 	// IntentsMax bounds the recorded batch ranges recalled per partition after a restart
 	// (SINK_INTENTS_MAX, default 10000, 1..1000000).
 	IntentsMax int `env:"SINK_INTENTS_MAX" envDefault:"10000"`
+	// DedupeWindowMessages is W: a message whose CloudEvents id a stored message at one of
+	// the previous W offsets of the same partition carried (a producer's retry) is not stored
+	// and counted in duplicates_total; each partition's window is read back from Kafka when
+	// the sink starts it (up to W messages per partition per generation), and takes 2.65 MB
+	// per assigned partition at the default (SINK_DEDUPE_WINDOW_MESSAGES, default 100000,
+	// 0 = off, 0..1000000).
+	DedupeWindowMessages int `env:"SINK_DEDUPE_WINDOW_MESSAGES" envDefault:"100000"`
 	// DecodeWorkers decode messages in parallel, keeping each partition's order
 	// (SINK_DECODE_WORKERS, default 2, 1..64).
 	DecodeWorkers int `env:"SINK_DECODE_WORKERS" envDefault:"2"`
@@ -112,7 +119,7 @@ func DefaultConfig() Config {
 		GroupID: "tally-sink", BatchRowsMax: 100000, BatchBytesMax: 64 << 20, BatchWaitMs: 250, FetchBytesMax: 4 << 20,
 		QueueMessagesMax: 10000, RetryBackoffMinMs: 100, RetryBackoffMaxMs: 5000, RetryAttemptsMax: 30,
 		KafkaReconnectBackoffMinMs: 200, KafkaReconnectBackoffMaxMs: 5000, KafkaSessionTimeoutMs: 10000, KafkaRebalanceTimeoutMs: 30000,
-		IntentsMax: 10000, DecodeWorkers: 2, InsertsParallelMax: 2, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig(),
+		IntentsMax: 10000, DedupeWindowMessages: 100000, DecodeWorkers: 2, InsertsParallelMax: 2, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig(),
 		HTTP: httpx.DefaultServerSettings,
 		TLS:  tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
 }
@@ -162,6 +169,7 @@ func (c Config) Validate() error {
 	in("SINK_KAFKA_REBALANCE_TIMEOUT_MS", int64(c.KafkaRebalanceTimeoutMs), 1000, 600000)
 	in("SINK_INTENTS_MAX", int64(c.IntentsMax), 1, 1_000_000)
 	in("SINK_RETENTION_DAYS", int64(c.RetentionDays), 1, 36500)
+	in("SINK_DEDUPE_WINDOW_MESSAGES", int64(c.DedupeWindowMessages), 0, 1_000_000)
 	in("SINK_DECODE_WORKERS", int64(c.DecodeWorkers), 1, 64)
 	in("SINK_INSERTS_PARALLEL_MAX", int64(c.InsertsParallelMax), 1, 64)
 	if c.InsertsParallelMax > c.ClickHouse.ConnsMax {
@@ -196,7 +204,7 @@ func (c Config) pipelineConfig(brokers []string, tc *tls.Config) pipeline.Config
 		FetchBytesMax: c.FetchBytesMax, QueueMessagesMax: c.QueueMessagesMax,
 		RetryBackoffMin: time.Duration(c.RetryBackoffMinMs) * time.Millisecond, RetryBackoffMax: time.Duration(c.RetryBackoffMaxMs) * time.Millisecond,
 		RetryAttemptsMax: c.RetryAttemptsMax, IntentsMax: c.IntentsMax, DecodeWorkers: c.DecodeWorkers,
-		InsertsParallelMax: c.InsertsParallelMax, TLS: tc,
+		InsertsParallelMax: c.InsertsParallelMax, DedupeWindow: c.DedupeWindowMessages, TLS: tc,
 		ReconnectBackoffMin: time.Duration(c.KafkaReconnectBackoffMinMs) * time.Millisecond,
 		ReconnectBackoffMax: time.Duration(c.KafkaReconnectBackoffMaxMs) * time.Millisecond,
 		SessionTimeout:      time.Duration(c.KafkaSessionTimeoutMs) * time.Millisecond,

@@ -18,6 +18,13 @@
 // exponential backoff (ReconnectBackoffMin..Max). Each generation starts every partition at
 // the committed offset, with fresh recovery state, so a partition handed back after another
 // member owned it never mixes rows of two generations in one range.
+//
+// Producer duplicates: with a dedupe window of W (Config.DedupeWindow), a message whose
+// envelope id a stored-kind message at one of the previous W offsets of the same partition
+// carried is not stored (counted in Stats.Duplicates, not dead-lettered; it advances its
+// batch's range like a dead-letter). The rule depends on the log alone: each generation warms
+// every partition's window up from the W offsets before its committed offset, so a range
+// re-formed after a restart is filtered exactly as when it was first formed.
 package pipeline
 
 import (
@@ -81,6 +88,11 @@ type Config struct {
 	// rejoin, among them a member finishing its flush in flight.
 	SessionTimeout   time.Duration
 	RebalanceTimeout time.Duration
+	// DedupeWindow is W: a message whose event id a stored-kind message at one of the previous
+	// W offsets of its partition carried is a producer's duplicate and is not stored (it
+	// still advances its batch's range). Each partition's window is warmed up from Kafka when
+	// a generation starts it. 0 = off.
+	DedupeWindow int
 	// TLS is the KAFKA_TLS_* client config of the reader and the dead-letter writer (nil =
 	// plaintext).
 	TLS *tls.Config
@@ -95,7 +107,7 @@ func (c Config) Validate() error {
 	if c.BatchRowsMax < 1 || c.BatchBytesMax < 1 || c.BatchWait <= 0 || c.FetchBytesMax < 1 || c.QueueMessagesMax < 1 ||
 		c.RetryBackoffMin <= 0 || c.RetryBackoffMax < c.RetryBackoffMin || c.RetryAttemptsMax < 1 || c.IntentsMax < 1 ||
 		c.DecodeWorkers < 1 || c.InsertsParallelMax < 1 || c.ReconnectBackoffMin <= 0 || c.ReconnectBackoffMax < c.ReconnectBackoffMin ||
-		c.SessionTimeout < 6*time.Second || c.RebalanceTimeout < time.Second {
+		c.SessionTimeout < 6*time.Second || c.RebalanceTimeout < time.Second || c.DedupeWindow < 0 {
 		errs = append(errs, fmt.Errorf("pipeline: every bound must be positive: %+v", c))
 	}
 	return errors.Join(errs...)
@@ -105,6 +117,9 @@ func (c Config) Validate() error {
 type Stats struct {
 	Messages, UsageRows, LedgerRows, DeadLetters, Batches, ReplayedBatches atomic.Int64
 	InsertErrors, CommitErrors                                             atomic.Int64
+	// Duplicates counts messages not stored because their event id was already seen in the
+	// partition's dedupe window; WarmupMessages counts the messages read to warm windows up.
+	Duplicates, WarmupMessages atomic.Int64
 	// KafkaErrors counts failed joins and failed fetches; KafkaReconnects counts the
 	// generations joined after the first one (each is a rejoin after a lost generation: a
 	// broker restart, a coordinator change or a rebalance).
@@ -185,6 +200,7 @@ type partState struct {
 	next   int64        // expected next offset; -1 = unknown
 	replay []rows.Range // recorded ranges not yet re-formed, in offset order
 	known  bool         // replay was loaded for this run of offsets
+	win    *window      // dedupe window (nil when off), handed over by the fetcher
 }
 
 // fetched is one message on its way from the fetcher through a decode worker to the batcher.
@@ -196,25 +212,33 @@ type fetched struct {
 	u      *rows.Usage
 	l      *rows.Ledger
 	reason string // non-empty: dead-letter with this reason
-	done   chan struct{}
+	key    eventKey
+	// win is the partition's warmed-up dedupe window, set on the first message a fetcher
+	// hands over in its generation (nil when dedupe is off).
+	win  *window
+	done chan struct{}
 }
 
 // decodeOne decodes with the worker's own dec (an events.Decoder is used by one goroutine):
 // the result and every dead-letter reason are events.Decode's.
 func decodeOne(dec *events.Decoder, f *fetched) {
 	defer close(f.done)
-	m := f.msg
+	f.u, f.l, f.key, f.reason = decodeMsg(dec, f.msg)
+}
+
+// decodeMsg maps m to its row and its event id's key, or gives the dead-letter reason. The
+// dedupe warm-up classifies messages with it too, so a window is the same whether it was
+// filled live or by a warm-up.
+func decodeMsg(dec *events.Decoder, m kafka.Message) (u *rows.Usage, lg *rows.Ledger, k eventKey, reason string) {
 	ev, err := dec.Decode(m.Value)
 	if err != nil {
-		f.reason = err.Error()
-		return
+		return nil, nil, k, err.Error()
 	}
 	u, lg, ok := rows.FromEvent(ev, rows.Position{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset})
 	if !ok {
-		f.reason = fmt.Sprintf("sink: event type %s is not stored from topic %s", ev.Type, m.Topic)
-		return
+		return nil, nil, k, fmt.Sprintf("sink: event type %s is not stored from topic %s", ev.Type, m.Topic)
 	}
-	f.u, f.l = u, lg
+	return u, lg, keyOf(ev.ID), ""
 }
 
 // generation is one consumer-group generation as the loop sees it.
@@ -362,6 +386,11 @@ func (p *Pipeline) member(ctx context.Context, work, ordered chan<- *fetched, re
 
 // fetch reads one assigned partition from the generation's starting offset until the
 // generation ends. A fetch error ends the generation (after a backoff), so the member rejoins.
+//
+// With a dedupe window of W, it first warms the partition's window up: it reads the
+// messages at [max(o-W, first offset), o), o being the generation's starting (committed)
+// offset, and only remembers their event ids; the window goes to the batcher with the first
+// message at or after o. A warm-up read that fails is a fetch error like any other.
 func (p *Pipeline) fetch(ctx context.Context, g *generation, topic string, a kafka.PartitionAssignment, queue int, work, ordered chan<- *fetched) {
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: p.cfg.Brokers, Topic: topic, Partition: a.ID,
@@ -378,9 +407,20 @@ func (p *Pipeline) fetch(ctx context.Context, g *generation, topic string, a kaf
 		}),
 	})
 	defer r.Close()
-	if err := r.SetOffset(a.Offset); err != nil {
+	from := a.Offset
+	var win *window
+	if w := p.cfg.DedupeWindow; w > 0 {
+		win = newWindow(w)
+		if a.Offset > 0 {
+			// Offsets before the partition's first one (deleted by retention) are skipped
+			// by the reader, which logs that once.
+			from = max(a.Offset-int64(w), 0)
+		}
+	}
+	if err := r.SetOffset(from); err != nil {
 		return
 	}
+	var dec *events.Decoder // the warm-up's own decoder
 	for {
 		m, err := r.FetchMessage(g.ctx)
 		if err != nil {
@@ -401,7 +441,19 @@ func (p *Pipeline) fetch(ctx context.Context, g *generation, topic string, a kaf
 		if p.failures.Load() != 0 {
 			p.failures.Store(0)
 		}
-		f := &fetched{msg: m, gen: g, done: make(chan struct{})}
+		if win != nil && m.Offset < a.Offset {
+			// Warm-up: remember the id (a message before the committed offset is never
+			// stored again by this generation).
+			if dec == nil {
+				dec = &events.Decoder{}
+			}
+			_, _, k, reason := decodeMsg(dec, m)
+			win.observe(m.Offset, k, reason == "")
+			p.Stats.WarmupMessages.Add(1)
+			continue
+		}
+		f := &fetched{msg: m, gen: g, win: win, done: make(chan struct{})}
+		win, dec = nil, nil
 		// To the decoders first: a message the batcher waits for is always decoded.
 		select {
 		case work <- f:
@@ -571,6 +623,9 @@ func (l *loop) handle(ctx context.Context, f *fetched) error {
 		st = &partState{next: -1}
 		l.parts[key] = st
 	}
+	if f.win != nil {
+		st.win = f.win
+	}
 	if st.next != m.Offset || !st.known {
 		// First sight of the partition, or a jump (rebalance, restart of the fetch): the
 		// unflushed batch may be redelivered, so drop it, and recall recorded ranges.
@@ -600,6 +655,20 @@ func (l *loop) handle(ctx context.Context, f *fetched) error {
 		l.sealReplay(st, st.replay[0])
 	}
 	u, lg := f.u, f.l
+	if l.p.cfg.DedupeWindow > 0 {
+		if st.win == nil || m.Offset < st.win.next {
+			// Cannot happen: the fetcher hands the window over with its first message and
+			// reads each partition forward. Storing without the window could store a copy.
+			return fmt.Errorf("pipeline: %s: no dedupe window for offset %d", key.topic, m.Offset)
+		}
+		if st.win.observe(m.Offset, f.key, f.reason == "") {
+			// A producer's duplicate: an earlier message of this partition within the window
+			// carries the same event id, and that one is stored (or dropped for the same
+			// reason). It advances the range like a dead-lettered message.
+			u, lg = nil, nil
+			l.p.Stats.Duplicates.Add(1)
+		}
+	}
 	if f.reason != "" {
 		if err := l.deadLetter(ctx, f.gen, m, f.reason); err != nil {
 			return err
