@@ -2,7 +2,6 @@ package sink_test
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -143,22 +142,7 @@ func TestSinkDropsDuplicateAfterRestart(t *testing.T) {
 	cfg := testConfig(c, ch)
 	cfg.BatchRowsMax = 1500
 
-	flushes := 0
-	_, _, done := start(t, cfg, pipeline.Hooks{AfterInsert: func() error {
-		flushes++
-		if flushes == 2 {
-			return errCrash
-		}
-		return nil
-	}})
-	select {
-	case err := <-done:
-		if !errors.Is(err, errCrash) {
-			t.Fatalf("first sink ended with %v, want the simulated crash", err)
-		}
-	case <-time.After(2 * time.Minute):
-		t.Fatal("first sink did not crash")
-	}
+	runUntilCrash(t, cfg, 2)
 	conn := openCH(t, ch)
 	// Copies of stored events: the lowest and highest stored offsets of every partition of
 	// both tables (the lowest were committed by the first flush; the highest are in the

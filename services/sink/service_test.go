@@ -194,22 +194,7 @@ func TestSinkCrashAfterInsertBeforeCommit(t *testing.T) {
 	cfg := testConfig(c, ch)
 	cfg.BatchRowsMax = 1500
 
-	crashed := false
-	_, _, done := start(t, cfg, pipeline.Hooks{AfterInsert: func() error {
-		if crashed {
-			return nil
-		}
-		crashed = true
-		return errCrash
-	}})
-	select {
-	case err := <-done:
-		if !errors.Is(err, errCrash) {
-			t.Fatalf("first sink ended with %v, want the simulated crash", err)
-		}
-	case <-time.After(2 * time.Minute):
-		t.Fatal("first sink did not crash")
-	}
+	runUntilCrash(t, cfg, 1)
 	conn := openCH(t, ch)
 	inserted := chtest.Count(t, conn, "SELECT count() FROM usage_events") + chtest.Count(t, conn, "SELECT count() FROM ledger_entries")
 	if inserted == 0 {
@@ -238,4 +223,25 @@ func TestSinkCrashAfterInsertBeforeCommit(t *testing.T) {
 		t.Fatal("the restarted sink re-formed no recorded batch")
 	}
 	t.Logf("crashed flush inserted %d rows; replayed %d batches", inserted, svc.Pipeline().Stats.ReplayedBatches.Load())
+}
+
+// runUntilCrash runs a sink whose k-th flush stops it after the insert and before the
+// offsets are committed (a simulated crash), and waits until it has stopped so.
+func runUntilCrash(t *testing.T, cfg sink.Config, k int) {
+	t.Helper()
+	flushes := 0
+	_, _, done := start(t, cfg, pipeline.Hooks{AfterInsert: func() error {
+		if flushes++; flushes == k {
+			return errCrash
+		}
+		return nil
+	}})
+	select {
+	case err := <-done:
+		if !errors.Is(err, errCrash) {
+			t.Fatalf("first sink ended with %v, want the simulated crash", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("first sink did not crash")
+	}
 }
