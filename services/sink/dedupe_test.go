@@ -134,15 +134,8 @@ func TestSinkDropsProducerDuplicates(t *testing.T) {
 // stored before the stop, and restarts it: the warm-up reads the window back from Kafka, so
 // the copies are not stored again and the rollups count them once.
 func TestSinkDropsDuplicateAfterRestart(t *testing.T) {
-	c := kafkatest.Start(t)
-	ch := chtest.Config(t)
-	const n = 3000
-	msgs := testevents.Stream(t, c.Topics, n, 11, time.Now().UTC().Add(-time.Hour))
-	testevents.Produce(t, c.Brokers, msgs)
-	cfg := testConfig(c, ch)
-	cfg.BatchRowsMax = 1500
-
-	runUntilCrash(t, cfg, 2)
+	const n = crashRequests
+	c, ch, cfg, msgs := runUntilCrash(t, 2)
 	conn := openCH(t, ch)
 	// Copies of stored events: the lowest and highest stored offsets of every partition of
 	// both tables (the lowest were committed by the first flush; the highest are in the

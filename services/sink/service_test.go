@@ -186,15 +186,8 @@ func readDeadLetters(t *testing.T, c *kafkatest.Cluster, n int) []kafka.Message 
 var errCrash = errors.New("simulated crash after insert, before commit")
 
 func TestSinkCrashAfterInsertBeforeCommit(t *testing.T) {
-	c := kafkatest.Start(t)
-	ch := chtest.Config(t)
-	const n = 3000
-	msgs := testevents.Stream(t, c.Topics, n, 11, time.Now().UTC().Add(-time.Hour))
-	testevents.Produce(t, c.Brokers, msgs)
-	cfg := testConfig(c, ch)
-	cfg.BatchRowsMax = 1500
-
-	runUntilCrash(t, cfg, 1)
+	const n = crashRequests
+	_, ch, cfg, _ := runUntilCrash(t, 1)
 	conn := openCH(t, ch)
 	inserted := chtest.Count(t, conn, "SELECT count() FROM usage_events") + chtest.Count(t, conn, "SELECT count() FROM ledger_entries")
 	if inserted == 0 {
@@ -225,10 +218,22 @@ func TestSinkCrashAfterInsertBeforeCommit(t *testing.T) {
 	t.Logf("crashed flush inserted %d rows; replayed %d batches", inserted, svc.Pipeline().Stats.ReplayedBatches.Load())
 }
 
-// runUntilCrash runs a sink whose k-th flush stops it after the insert and before the
-// offsets are committed (a simulated crash), and waits until it has stopped so.
-func runUntilCrash(t *testing.T, cfg sink.Config, k int) {
+// crashRequests is how many requests runUntilCrash produces (3 messages each: started,
+// finished and the ledger entry).
+const crashRequests = 3000
+
+// runUntilCrash produces crashRequests requests and runs a sink with 1,500-row batches whose
+// k-th flush stops it after the insert and before the offsets are committed (a simulated
+// crash); it returns once the sink has stopped so, with the cluster, the ClickHouse config,
+// the sink's config and the produced messages.
+func runUntilCrash(t *testing.T, k int) (*kafkatest.Cluster, chstore.Config, sink.Config, []kafka.Message) {
 	t.Helper()
+	c := kafkatest.Start(t)
+	ch := chtest.Config(t)
+	msgs := testevents.Stream(t, c.Topics, crashRequests, 11, time.Now().UTC().Add(-time.Hour))
+	testevents.Produce(t, c.Brokers, msgs)
+	cfg := testConfig(c, ch)
+	cfg.BatchRowsMax = 1500
 	flushes := 0
 	_, _, done := start(t, cfg, pipeline.Hooks{AfterInsert: func() error {
 		if flushes++; flushes == k {
@@ -244,4 +249,5 @@ func runUntilCrash(t *testing.T, cfg sink.Config, k int) {
 	case <-time.After(2 * time.Minute):
 		t.Fatal("first sink did not crash")
 	}
+	return c, ch, cfg, msgs
 }
