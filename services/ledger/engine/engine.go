@@ -470,17 +470,16 @@ func (b *batcher) deadLetterRefused(ctx context.Context, an *fold.Anomaly) error
 	if i == len(b.msgs) || b.msgs[i].Offset != an.Offset {
 		return fmt.Errorf("ledger: partition %d: %s event at offset %d is not in the batch", b.id, an.Kind, an.Offset)
 	}
-	horizon := time.Unix(0, an.HorizonNs).UTC().Format(time.RFC3339Nano)
-	reason := fmt.Sprintf("%s: event %s for account %s has time %s, before the ledger's dedupe horizon %s "+
-		"(the partition watermark minus LEDGER_DEDUPE_WINDOW_MS, or the account's dedupe floor): it cannot be proven new "+
-		"and was not applied; re-publish it with a new event id if it must count",
-		fold.AnomalyTooLate, an.EventID, an.AccountID, eventTime(&b.evs, an.EventID), horizon)
+	format := "%s: event %s for account %s has time %s, before the ledger's dedupe horizon %s " +
+		"(the partition watermark minus LEDGER_DEDUPE_WINDOW_MS, or the account's dedupe floor): it cannot be proven new " +
+		"and was not applied; re-publish it with a new event id if it must count"
 	if an.Kind == fold.AnomalyFutureTime {
-		reason = fmt.Sprintf("%s: event %s for account %s has time %s, after %s (its Kafka record timestamp plus "+
-			"LEDGER_FUTURE_SKEW_MAX_MS): it was not applied, so that it cannot move the ledger's clock ahead; "+
-			"re-publish it with its real time if it must count",
-			fold.AnomalyFutureTime, an.EventID, an.AccountID, eventTime(&b.evs, an.EventID), horizon)
+		format = "%s: event %s for account %s has time %s, after %s (its Kafka record timestamp plus " +
+			"LEDGER_FUTURE_SKEW_MAX_MS): it was not applied, so that it cannot move the ledger's clock ahead; " +
+			"re-publish it with its real time if it must count"
 	}
+	reason := fmt.Sprintf(format, an.Kind, an.EventID, an.AccountID, eventTime(&b.evs, an.EventID),
+		time.Unix(0, an.HorizonNs).UTC().Format(time.RFC3339Nano))
 	e.m.deadLettered.Inc()
 	if err := kafkax.DeadLetter(ctx, e.dlq, e.cfg.Topics.DeadLetter, "ledger", b.msgs[i], reason); err != nil {
 		return fmt.Errorf("ledger: partition %d: %w", b.id, err)
