@@ -50,21 +50,31 @@ const hostileBodyMaxBytes = 1024
 // settlement.
 func readyHandler(tb testing.TB) (*Service, http.Handler, *recordingPublisher) {
 	tb.Helper()
+	pub := &recordingPublisher{}
+	s, h := readyService(tb, pub, func(c *Config) {
+		c.BodyMaxBytes = hostileBodyMaxBytes
+		c.IdempotencyMax = 1000
+	})
+	return s, h, pub
+}
+
+// readyService is a service past its loading phase (never Run: no Kafka) with the test key
+// and price book, publishing through pub; edit adjusts the settings first.
+func readyService(tb testing.TB, pub Publisher, edit func(*Config)) (*Service, http.Handler) {
+	tb.Helper()
 	cfg := DefaultConfig()
 	cfg.APIKeys = "k1:" + httpx.HashSecret(testSecret)
 	cfg.ListenAddr = "127.0.0.1:0"
 	cfg.PriceBookPath = testBook(tb)
-	cfg.BodyMaxBytes = hostileBodyMaxBytes
-	cfg.IdempotencyMax = 1000
+	edit(&cfg)
 	s, err := New(cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { s.ln.Close() })
-	pub := &recordingPublisher{}
 	s.pub = pub
 	s.ready.Store(true)
-	return s, s.Handler(), pub
+	return s, s.Handler()
 }
 
 var knownCodes = map[string]bool{httpx.CodeBadRequest: true, httpx.CodeInvalidJSON: true, httpx.CodeValidation: true,

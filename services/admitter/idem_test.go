@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -16,7 +14,6 @@ import (
 
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/shared/events"
-	"github.com/tallyhq/tally/shared/httpx"
 )
 
 // TestIdemStoreModel checks the open-addressing index (growth, backward-shift deletion, slot
@@ -111,21 +108,10 @@ func (p *gatedPublisher) count() int {
 // through pub, keeping at most max answered ids.
 func idemService(t *testing.T, max int, pub Publisher) (*Service, http.Handler) {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.APIKeys = "k1:" + httpx.HashSecret(testSecret)
-	cfg.ListenAddr = "127.0.0.1:0"
-	cfg.PriceBookPath = testBook(t)
-	cfg.IdempotencyMax = max
-	s, err := New(cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.ln.Close() })
+	s, h := readyService(t, pub, func(c *Config) { c.IdempotencyMax = max })
 	b := bal("ent", "enterprise", 1e12)
 	s.table.ApplyBalance(&b)
-	s.pub = pub
-	s.ready.Store(true)
-	return s, s.Handler()
+	return s, h
 }
 
 func answerOf(h http.Handler, path string, body any) string {
