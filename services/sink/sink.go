@@ -86,7 +86,7 @@ type Config struct {
 	IntentsMax int `env:"SINK_INTENTS_MAX" envDefault:"10000"`
 	// DedupeWindowMessages is W: a message whose CloudEvents id a stored message at one of
 	// the previous W offsets of the same partition carried (a producer's retry) is not stored
-	// and counted in duplicates_total; each partition's window is read back from Kafka when
+	// and counted in tally_sink_duplicates_total; each partition's window is read back from Kafka when
 	// the sink starts it (up to W messages per partition per generation), and takes 2.65 MB
 	// per assigned partition at the default (SINK_DEDUPE_WINDOW_MESSAGES, default 100000,
 	// 0 = off, 0..1000000).
