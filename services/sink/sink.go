@@ -81,21 +81,23 @@ type Config struct {
 	// member first finishes its flush in flight (SINK_KAFKA_REBALANCE_TIMEOUT_MS, default
 	// 30000, 1000..600000).
 	KafkaRebalanceTimeoutMs int `env:"SINK_KAFKA_REBALANCE_TIMEOUT_MS" envDefault:"30000"`
-	// IntentsMax bounds the recorded batch ranges recalled per partition after a restart
-	// (SINK_INTENTS_MAX, default 10000, 1..1000000).
+	// IntentsMax bounds the recorded flushes recalled at once per partition after a restart;
+	// more are recalled once these are passed (SINK_INTENTS_MAX, default 10000, 1..1000000).
 	IntentsMax int `env:"SINK_INTENTS_MAX" envDefault:"10000"`
 	// DedupeWindowMessages is W: a message whose CloudEvents id a stored message at one of
 	// the previous W offsets of the same partition carried (a producer's retry) is not stored
 	// and counted in tally_sink_duplicates_total; each partition's window is read back from Kafka when
-	// the sink starts it (up to W messages per partition per generation), and takes 2.65 MB
+	// the sink starts it (up to W messages per partition per generation, and per range of a
+	// recorded flush it re-sends after a crash), and takes 2.65 MB
 	// per assigned partition at the default (SINK_DEDUPE_WINDOW_MESSAGES, default 100000,
 	// 0 = off, 0..1000000).
 	DedupeWindowMessages int `env:"SINK_DEDUPE_WINDOW_MESSAGES" envDefault:"100000"`
 	// DecodeWorkers decode messages in parallel, keeping each partition's order
 	// (SINK_DECODE_WORKERS, default 2, 1..64).
 	DecodeWorkers int `env:"SINK_DECODE_WORKERS" envDefault:"2"`
-	// InsertsParallelMax bounds the partition batches of one flush inserted at once
-	// (SINK_INSERTS_PARALLEL_MAX, default 2, 1..64; keep it <= CLICKHOUSE_CONNS_MAX).
+	// InsertsParallelMax bounds the inserts of one flush made at once: a flush is one insert
+	// per table, usage_events and ledger_entries (SINK_INSERTS_PARALLEL_MAX, default 2,
+	// 1..64; keep it <= CLICKHOUSE_CONNS_MAX).
 	InsertsParallelMax int `env:"SINK_INSERTS_PARALLEL_MAX" envDefault:"2"`
 	// RetentionDays is usage_events' TTL (SINK_RETENTION_DAYS, default 400, 1..36500).
 	RetentionDays int `env:"SINK_RETENTION_DAYS" envDefault:"400"`

@@ -37,13 +37,13 @@ func BenchmarkBatchInsert(b *testing.B) {
 		n = v
 	}
 	at := time.Now().UTC()
-	proto := make([]rows.Usage, n)
+	proto := make([]*rows.Usage, n)
 	for i := range proto {
 		typ := events.TypeRequestStarted
 		if i%2 == 1 {
 			typ = events.TypeRequestFinished
 		}
-		proto[i] = rows.Usage{EventID: "0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11e", Type: typ, Time: at.Add(time.Duration(i) * time.Millisecond),
+		proto[i] = &rows.Usage{EventID: "0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11e", Type: typ, Time: at.Add(time.Duration(i) * time.Millisecond),
 			Source: "bench", AccountID: fmt.Sprintf("acct-%d", i%1000), RequestID: fmt.Sprintf("req-%d", i/2), KeyID: "k", ClientAddr: "10.0.0.1",
 			Endpoint: "video.generate", Model: "m1", Tier: "pro", Priority: "standard", Funding: "credits", Status: "succeeded",
 			CostMicros: 1000, DurationMs: int64(i % 500), HoldExpiresAt: at, PriceBookVersion: "v1"}

@@ -1,8 +1,10 @@
 package chstore
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -42,17 +44,17 @@ func dedupCtx(ctx context.Context, token string) context.Context {
 	}))
 }
 
-// BatchInsert writes b's usage rows and ledger rows, each with b.Range.Token().
+// BatchInsert writes b's usage rows and ledger rows, each with b.Token().
 func (s *Store) BatchInsert(ctx context.Context, b *rows.Batch) error {
-	tok := b.Range.Token()
+	tok := b.Token()
 	if len(b.Usage) > 0 {
 		if err := s.insertUsage(ctx, tok, b.Usage); err != nil {
-			return fmt.Errorf("chstore: insert usage_events %s: %w", b.Range, err)
+			return fmt.Errorf("chstore: insert usage_events %s: %w", b, err)
 		}
 	}
 	if len(b.Ledger) > 0 {
 		if err := s.insertLedger(ctx, tok, b.Ledger); err != nil {
-			return fmt.Errorf("chstore: insert ledger_entries %s: %w", b.Range, err)
+			return fmt.Errorf("chstore: insert ledger_entries %s: %w", b, err)
 		}
 	}
 	return nil
@@ -64,7 +66,7 @@ allowance_micros, cost_micros, amount_micros, hold_expires_at, video_seconds, re
 tokens_out, compute_ms, duration_ms, retry_after_ms, score, price_book_version, attrs, kafka_topic,
 kafka_partition, kafka_offset)`
 
-func (s *Store) insertUsage(ctx context.Context, tok string, us []rows.Usage) error {
+func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	n := len(us)
@@ -86,7 +88,7 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []rows.Usage) er
 		ints[i] = make([]int64, n)
 	}
 	for i := range us {
-		u := &us[i]
+		u := us[i]
 		s := [...]string{u.EventID, u.Type, u.Source, u.AccountID, u.RequestID, u.KeyID, u.ClientAddr, u.Endpoint,
 			u.Model, u.Tier, u.Priority, u.Funding, u.Status, u.Reason, u.Resolution, u.PriceBookVersion, u.Pos.Topic}
 		for j, v := range s {
@@ -129,7 +131,7 @@ const ledgerInsert = `INSERT INTO ledger_entries (entry_id, transaction_id, acco
 amount_micros, kind, cause_event_id, request_id, grant_id, effective_at, event_id, kafka_topic,
 kafka_partition, kafka_offset)`
 
-func (s *Store) insertLedger(ctx context.Context, tok string, ls []rows.Ledger) error {
+func (s *Store) insertLedger(ctx context.Context, tok string, ls []*rows.Ledger) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	b, err := s.conn.PrepareBatch(dedupCtx(ctx, tok), ledgerInsert, driver.WithReleaseConnection())
@@ -138,7 +140,7 @@ func (s *Store) insertLedger(ctx context.Context, tok string, ls []rows.Ledger) 
 	}
 	defer func() { _ = b.Abort() }()
 	for i := range ls {
-		l := &ls[i]
+		l := ls[i]
 		if err := b.Append(l.EntryID, l.TransactionID, l.AccountID, l.LedgerAccount, l.AmountMicros, l.Kind,
 			l.CauseEventID, l.RequestID, l.GrantID, l.EffectiveAt, l.EventID, l.Pos.Topic, l.Pos.Partition, l.Pos.Offset); err != nil {
 			return fmt.Errorf("row %d: %w", i, err)
@@ -147,9 +149,9 @@ func (s *Store) insertLedger(ctx context.Context, tok string, ls []rows.Ledger) 
 	return b.Send()
 }
 
-// RecordIntents durably records the ranges of the batches about to be inserted, so that a
-// sink restarted before committing their offsets re-forms exactly these batches.
-func (s *Store) RecordIntents(ctx context.Context, group string, rs []rows.Range) error {
+// RecordIntents durably records the ranges of an insert about to be made with token, so
+// that a sink restarted before committing their offsets re-forms exactly this insert.
+func (s *Store) RecordIntents(ctx context.Context, group, token string, rs []rows.Range) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO sink_intents (consumer_group, topic, partition, first_offset, last_offset, token)", driver.WithReleaseConnection())
@@ -158,7 +160,7 @@ func (s *Store) RecordIntents(ctx context.Context, group string, rs []rows.Range
 	}
 	defer func() { _ = b.Abort() }()
 	for _, r := range rs {
-		if err := b.Append(group, r.Topic, r.Partition, r.First, r.Last, r.Token()); err != nil {
+		if err := b.Append(group, r.Topic, r.Partition, r.First, r.Last, token); err != nil {
 			return fmt.Errorf("chstore: record intents: %w", err)
 		}
 	}
@@ -168,28 +170,54 @@ func (s *Store) RecordIntents(ctx context.Context, group string, rs []rows.Range
 	return nil
 }
 
-// PendingIntents returns, in offset order, at most limit recorded ranges of one partition that
-// end at or after offset from: the batches that may have been inserted without their offsets
-// being committed.
-func (s *Store) PendingIntents(ctx context.Context, group, topic string, partition int32, from int64, limit int) ([]rows.Range, error) {
+// PendingIntents returns at most limit recorded inserts with a range of one partition that
+// ends at or after offset from (the inserts that may have been made without their offsets
+// being committed), each with every range it covers, of any partition, in the order of
+// their range of this partition.
+func (s *Store) PendingIntents(ctx context.Context, group, topic string, partition int32, from int64, limit int) ([]rows.Intent, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	ctx = clickhouse.Context(ctx, clickhouse.WithParameters(clickhouse.Parameters{
 		"g": group, "t": topic, "p": fmt.Sprint(partition), "o": fmt.Sprint(from), "n": fmt.Sprint(limit)}))
-	rs, err := s.conn.Query(ctx, `SELECT DISTINCT first_offset, last_offset FROM sink_intents
-WHERE consumer_group = {g:String} AND topic = {t:String} AND partition = {p:Int32} AND last_offset >= {o:Int64}
-ORDER BY first_offset LIMIT {n:UInt32}`)
+	// The inner query reads this partition's intents through the primary key; the outer one
+	// finds the other ranges of the same inserts through token's bloom filter (0008).
+	rs, err := s.conn.Query(ctx, `SELECT DISTINCT token, topic, partition, first_offset, last_offset FROM sink_intents
+WHERE consumer_group = {g:String} AND token IN (
+    SELECT token FROM sink_intents
+    WHERE consumer_group = {g:String} AND topic = {t:String} AND partition = {p:Int32} AND last_offset >= {o:Int64}
+    GROUP BY token ORDER BY min(first_offset) LIMIT {n:UInt32})`)
 	if err != nil {
 		return nil, fmt.Errorf("chstore: pending intents %s/%d: %w", topic, partition, err)
 	}
 	defer rs.Close()
-	var out []rows.Range
+	byToken := map[string]*rows.Intent{}
+	at := map[string]int64{} // each insert's first offset in this partition
 	for rs.Next() {
-		r := rows.Range{Topic: topic, Partition: partition}
-		if err := rs.Scan(&r.First, &r.Last); err != nil {
+		var tok string
+		var r rows.Range
+		if err := rs.Scan(&tok, &r.Topic, &r.Partition, &r.First, &r.Last); err != nil {
 			return nil, fmt.Errorf("chstore: pending intents %s/%d: %w", topic, partition, err)
 		}
-		out = append(out, r)
+		in := byToken[tok]
+		if in == nil {
+			in = &rows.Intent{Token: tok}
+			byToken[tok] = in
+		}
+		in.Ranges = append(in.Ranges, r)
+		if r.Topic == topic && r.Partition == partition {
+			if a, ok := at[tok]; !ok || r.First < a {
+				at[tok] = r.First
+			}
+		}
 	}
-	return out, rs.Err()
+	if err := rs.Err(); err != nil {
+		return nil, fmt.Errorf("chstore: pending intents %s/%d: %w", topic, partition, err)
+	}
+	out := make([]rows.Intent, 0, len(byToken))
+	for _, in := range byToken {
+		rows.SortRanges(in.Ranges)
+		out = append(out, *in)
+	}
+	slices.SortFunc(out, func(a, b rows.Intent) int { return cmp.Compare(at[a.Token], at[b.Token]) })
+	return out, nil
 }

@@ -1,14 +1,15 @@
 // Package pipeline is the sink's Kafka edge: it consumes the events and journal topics with a
 // consumer group, decodes every message, dead-letters what it cannot read, batches rows per
-// topic partition (bounded by rows, bytes and time), records each batch's range, inserts it
-// through rows.Storage with retries, and commits offsets only after the insert succeeded.
+// topic partition (bounded by rows, bytes and time), and flushes them: the batches of every
+// partition become one insert per table, whose ranges are recorded (Intents) before it goes
+// through rows.Storage with retries; offsets are committed only after the insert succeeded.
 //
-// Exactly-once into ClickHouse: a batch is one contiguous offset range of one partition and
-// its insert_deduplication_token is a function of that range. Before inserting, the ranges
-// are recorded (Intents). A sink restarted after inserting but before committing meets those
-// offsets again, re-forms exactly the recorded ranges, and re-sends them with the same
-// tokens: ClickHouse keeps the first copy and drops the second, in the tables and in the
-// rollups fed by materialized views.
+// Exactly-once into ClickHouse: a flush's insert_deduplication_token is a function of the
+// set of offset ranges it covers (rows.GroupToken). A member that starts a partition recalls
+// the recorded flushes with a range of it at or after the committed offset, re-forms each
+// whole (every range, of any partition, read again from Kafka by offset; see recover.go) and
+// re-sends it with the recorded token: ClickHouse keeps the first copy and drops the others,
+// in the tables and in the rollups fed by materialized views, whichever member sends first.
 //
 // Kafka outages are transient: the pipeline is a kafka-go ConsumerGroup member with one
 // partition reader per assigned partition. When a generation ends (broker restart,
@@ -44,10 +45,11 @@ import (
 	"github.com/tallyhq/tally/shared/kafkax"
 )
 
-// Intents records and recalls batch ranges (chstore.Store implements it).
+// Intents records and recalls inserts: a token and the ranges its rows came from
+// (chstore.Store implements it).
 type Intents interface {
-	RecordIntents(ctx context.Context, group string, rs []rows.Range) error
-	PendingIntents(ctx context.Context, group, topic string, partition int32, from int64, limit int) ([]rows.Range, error)
+	RecordIntents(ctx context.Context, group, token string, rs []rows.Range) error
+	PendingIntents(ctx context.Context, group, topic string, partition int32, from int64, limit int) ([]rows.Intent, error)
 }
 
 // Config bounds the pipeline. The root package fills it from the SINK_* settings.
@@ -71,11 +73,11 @@ type Config struct {
 	RetryBackoffMin  time.Duration
 	RetryBackoffMax  time.Duration
 	RetryAttemptsMax int
-	// IntentsMax bounds the recorded ranges recalled per partition after a restart.
+	// IntentsMax bounds the recorded inserts recalled at once per partition after a restart.
 	IntentsMax int
 	// DecodeWorkers decode messages in parallel (order is kept per partition).
 	DecodeWorkers int
-	// InsertsParallelMax bounds the partition batches of one flush inserted at once.
+	// InsertsParallelMax bounds the inserts of one flush (one per table) made at once.
 	InsertsParallelMax int
 	// ReconnectBackoffMin/Max bound the exponential backoff before the consumer-group member
 	// rejoins after a failed join or a failed fetch (a broker restart, a coordinator change):
@@ -196,11 +198,15 @@ type partKey struct {
 
 // partState is one partition's batch in progress and its recovery state.
 type partState struct {
-	cur    *rows.Batch
-	next   int64        // expected next offset; -1 = unknown
-	replay []rows.Range // recorded ranges not yet re-formed, in offset order
-	known  bool         // replay was loaded for this run of offsets
-	win    *window      // dedupe window (nil when off), handed over by the fetcher
+	cur  *rows.Batch
+	next int64 // expected next offset; -1 = unknown
+	// known says the recorded inserts covering this run of offsets were recalled (and
+	// recovered); offsets up to skip are in them, so they are observed and not batched again.
+	known bool
+	skip  int64
+	// full says the recall hit IntentsMax: recall again past skip.
+	full bool
+	win  *window // dedupe window (nil when off), handed over by the fetcher
 }
 
 // fetched is one message on its way from the fetcher through a decode worker to the batcher.
@@ -480,11 +486,13 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 type loop struct {
-	p         *Pipeline
-	dlq       *kafka.Writer
-	parts     map[partKey]*partState
-	ready     []*rows.Batch // sealed batches awaiting the next flush
-	replayed  map[*rows.Batch]bool
+	p     *Pipeline
+	dlq   *kafka.Writer
+	parts map[partKey]*partState
+	ready []*rows.Batch // sealed batches awaiting the next flush
+	// recovered holds the tokens of the recorded inserts re-sent in this generation: an
+	// insert spanning several of this member's partitions is re-sent once.
+	recovered map[string]bool
 	rowsN     int
 	bytesN    int64
 	deadline  time.Time
@@ -505,7 +513,7 @@ type loop struct {
 func (l *loop) run(ctx context.Context, ch <-chan *fetched, revoked <-chan *generation, memberDone <-chan error) error {
 	l.flushTick = time.NewTimer(time.Hour)
 	l.flushTick.Stop()
-	l.replayed = map[*rows.Batch]bool{}
+	l.recovered = map[string]bool{}
 	defer func() { _ = l.waitInflight() }()
 	for {
 		select {
@@ -588,7 +596,7 @@ func (l *loop) abandon(g *generation) {
 	}
 	clear(l.parts)
 	l.ready = l.ready[:0]
-	clear(l.replayed)
+	clear(l.recovered)
 	l.rowsN, l.bytesN = 0, 0
 	l.p.Stats.BufferedBytes.Store(0)
 	l.flushTick.Stop()
@@ -620,40 +628,27 @@ func (l *loop) handle(ctx context.Context, f *fetched) error {
 	key := partKey{m.Topic, int32(m.Partition)}
 	st := l.parts[key]
 	if st == nil {
-		st = &partState{next: -1}
+		st = &partState{next: -1, skip: -1}
 		l.parts[key] = st
 	}
 	if f.win != nil {
 		st.win = f.win
 	}
-	if st.next != m.Offset || !st.known {
-		// First sight of the partition, or a jump (rebalance, restart of the fetch): the
-		// unflushed batch may be redelivered, so drop it, and recall recorded ranges.
-		if st.cur != nil && st.cur.Messages > 0 {
+	jump := st.next != m.Offset || !st.known
+	if jump || (st.full && m.Offset > st.skip) {
+		if jump && st.cur != nil && st.cur.Messages > 0 {
+			// First sight of the partition, or a jump (rebalance, restart of the fetch):
+			// the unflushed batch may be redelivered, so drop it.
 			l.rowsN -= st.cur.Rows()
 			l.bytesN -= st.cur.Bytes
 			l.p.log.Warn("offset jump: dropping unflushed batch", "range", st.cur.Range.String(), "offset", m.Offset)
+			st.cur = nil
 		}
-		st.cur = nil
-		// The flush in flight may hold this partition's previous range: its intent must be
-		// recorded before the recall reads the intents.
-		if err := l.waitInflight(); err != nil {
+		if err := l.recall(ctx, f.gen, st, key, m.Offset); err != nil {
 			return err
 		}
-		rs, err := retry(ctx, l.p, "recall intents", func() ([]rows.Range, error) {
-			return l.p.intents.PendingIntents(ctx, l.p.cfg.GroupID, m.Topic, int32(m.Partition), m.Offset, l.p.cfg.IntentsMax)
-		})
-		if err != nil {
-			return err
-		}
-		st.replay, st.known = rs, true
 	}
 	st.next = m.Offset + 1
-	// Passed a recorded range whose last message never came back (should not happen on an
-	// append-only topic): seal what was re-formed under the recorded range.
-	for len(st.replay) > 0 && m.Offset > st.replay[0].Last {
-		l.sealReplay(st, st.replay[0])
-	}
 	u, lg := f.u, f.l
 	if l.p.cfg.DedupeWindow > 0 {
 		if st.win == nil || m.Offset < st.win.next {
@@ -661,13 +656,17 @@ func (l *loop) handle(ctx context.Context, f *fetched) error {
 			// reads each partition forward. Storing without the window could store a copy.
 			return fmt.Errorf("pipeline: %s: no dedupe window for offset %d", key.topic, m.Offset)
 		}
-		if st.win.observe(m.Offset, f.key, f.reason == "") {
+		if st.win.observe(m.Offset, f.key, f.reason == "") && m.Offset > st.skip {
 			// A producer's duplicate: an earlier message of this partition within the window
 			// carries the same event id, and that one is stored (or dropped for the same
 			// reason). It advances the range like a dead-lettered message.
 			u, lg = nil, nil
 			l.p.Stats.Duplicates.Add(1)
 		}
+	}
+	if m.Offset <= st.skip {
+		// In a recovered insert: stored (or dead-lettered) when the insert was first formed.
+		return nil
 	}
 	if f.reason != "" {
 		if err := l.deadLetter(ctx, f.gen, m, f.reason); err != nil {
@@ -686,16 +685,6 @@ func (l *loop) handle(ctx context.Context, f *fetched) error {
 	l.p.Stats.BufferedBytes.Store(l.bytesN)
 	if l.bytesN > l.p.Stats.BufferedBytesPeak.Load() {
 		l.p.Stats.BufferedBytesPeak.Store(l.bytesN)
-	}
-	if len(st.replay) > 0 {
-		head := st.replay[0]
-		switch {
-		case m.Offset == head.Last:
-			l.sealReplay(st, head)
-		case m.Offset == head.First-1:
-			// A new batch must not run into a recorded range.
-			l.seal(st)
-		}
 	}
 	if l.deadline.IsZero() {
 		l.deadline = time.Now().Add(l.p.cfg.BatchWait)
@@ -729,18 +718,6 @@ func (l *loop) seal(st *partState) {
 	st.cur = nil
 }
 
-// sealReplay seals the current batch under the recorded range, so it carries the recorded
-// token even if its first messages were already committed.
-func (l *loop) sealReplay(st *partState, r rows.Range) {
-	if st.cur != nil && st.cur.Messages > 0 {
-		st.cur.Range = r
-		l.replayed[st.cur] = true
-		l.ready = append(l.ready, st.cur)
-	}
-	st.cur = nil
-	st.replay = st.replay[1:]
-}
-
 // flush seals every partition's batch and hands the sealed batches to an inserter. One
 // flush is inserted at a time while the next batch fills: memory holds at most two flushes'
 // worth of rows, and a slow ClickHouse makes flush wait here, which stops consumption.
@@ -749,31 +726,20 @@ func (l *loop) flush(ctx context.Context) error {
 	l.deadline = time.Time{}
 	l.due = false
 	for _, st := range l.parts {
-		if len(st.replay) == 0 {
-			l.seal(st)
-		}
-		// A partition still re-forming a recorded range keeps its batch until the range is
-		// complete: flushing it early would change its token.
+		l.seal(st)
 	}
 	if len(l.ready) == 0 {
-		if l.rowsN > 0 || l.bytesN > 0 {
-			// Only replay batches are buffered: wait for the rest of their ranges.
-			l.deadline = time.Now().Add(l.p.cfg.BatchWait)
-			l.flushTick.Reset(l.p.cfg.BatchWait)
-		}
 		return nil
 	}
 	if err := l.waitInflight(); err != nil {
 		return err
 	}
-	job := &flushJob{gen: l.gen, batches: append([]*rows.Batch(nil), l.ready...), replayed: map[*rows.Batch]bool{}}
+	job := &flushJob{gen: l.gen, batches: append([]*rows.Batch(nil), l.ready...)}
 	for _, b := range job.batches {
-		job.replayed[b] = l.replayed[b]
 		l.rowsN -= b.Rows()
 		l.bytesN -= b.Bytes
 	}
 	l.ready = l.ready[:0]
-	clear(l.replayed)
 	l.p.Stats.BufferedBytes.Store(l.bytesN)
 	l.inflight = make(chan error, 1)
 	go func(ch chan error) { ch <- l.insert(ctx, job) }(l.inflight)
@@ -784,58 +750,25 @@ type flushJob struct {
 	// gen is the generation the batches were read in; their offsets are committed in it, so
 	// a stale generation's commit is refused by the coordinator instead of overwriting the
 	// next owner's offsets.
-	gen      *generation
-	batches  []*rows.Batch
-	replayed map[*rows.Batch]bool
+	gen     *generation
+	batches []*rows.Batch
 }
 
-// insert records intents for the new batches, inserts every batch (InsertsParallelMax at a
-// time), then commits their offsets.
+// insert merges the flush's partition batches into one insert per table, records its
+// intent (token and ranges), inserts it, then commits the batches' offsets.
 func (l *loop) insert(ctx context.Context, job *flushJob) error {
-	var fresh []rows.Range
-	for _, b := range job.batches {
-		if !job.replayed[b] {
-			fresh = append(fresh, b.Range)
-		}
-	}
-	if len(fresh) > 0 {
-		if _, err := retry(ctx, l.p, "record intents", func() (struct{}, error) {
-			return struct{}{}, l.p.intents.RecordIntents(ctx, l.p.cfg.GroupID, fresh)
-		}); err != nil {
-			l.p.healthy.Store(false)
-			return err
-		}
-	}
-	sem := make(chan struct{}, l.p.cfg.InsertsParallelMax)
-	errs := make([]error, len(job.batches))
-	var wg sync.WaitGroup
-	for i, b := range job.batches {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			_, errs[i] = retry(ctx, l.p, "insert "+b.Range.String(), func() (struct{}, error) {
-				err := l.p.store.BatchInsert(ctx, b)
-				if err != nil {
-					l.p.Stats.InsertErrors.Add(1)
-				}
-				return struct{}{}, err
-			})
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	merged := rows.Merge(job.batches)
+	if _, err := retry(ctx, l.p, "record intents", func() (struct{}, error) {
+		return struct{}{}, l.p.intents.RecordIntents(ctx, l.p.cfg.GroupID, merged.Token(), merged.Ranges)
+	}); err != nil {
 		l.p.healthy.Store(false)
+		return err
+	}
+	if err := l.p.insertTables(ctx, merged); err != nil {
 		return err
 	}
 	commits := map[string]map[int]int64{}
 	for _, b := range job.batches {
-		l.p.Stats.UsageRows.Add(int64(len(b.Usage)))
-		l.p.Stats.LedgerRows.Add(int64(len(b.Ledger)))
-		l.p.Stats.Batches.Add(1)
-		if job.replayed[b] {
-			l.p.Stats.ReplayedBatches.Add(1)
-		}
 		// Kafka's committed offset is the next one to read.
 		if commits[b.Range.Topic] == nil {
 			commits[b.Range.Topic] = map[int]int64{}
@@ -844,24 +777,77 @@ func (l *loop) insert(ctx context.Context, job *flushJob) error {
 			commits[b.Range.Topic][int(b.Range.Partition)] = next
 		}
 	}
+	l.p.Stats.Batches.Add(int64(len(job.batches)))
 	if h := l.p.hooks.AfterInsert; h != nil {
 		if err := h(); err != nil {
 			return err
 		}
 	}
-	if err := job.gen.kg.CommitOffsets(commits); err != nil {
-		// The rows are in; a later commit or a redelivery (deduplicated) covers these offsets.
-		// A generation that ended (broker restart, rebalance) lands here.
+	l.commit(job.gen, commits)
+	l.p.flushed(job.batches)
+	return nil
+}
+
+// commit commits offsets in generation g. A failure is only counted: the rows are in, and a
+// later commit or a redelivery (deduplicated) covers these offsets; a generation that ended
+// (broker restart, rebalance) lands here.
+func (l *loop) commit(g *generation, offsets map[string]map[int]int64) {
+	if err := g.kg.CommitOffsets(offsets); err != nil {
 		l.p.Stats.CommitErrors.Add(1)
 		l.p.log.Warn("commit failed; redelivery will be deduplicated", "error", err)
 	}
-	l.p.healthy.Store(true)
-	now := time.Now()
-	l.p.Stats.LastFlushUnixMs.Store(now.UnixMilli())
-	if h := l.p.hooks.FlushDone; h != nil {
-		h(job.batches, now)
+}
+
+// insertTables inserts b (usage rows and ledger rows, one insert per table, with the same
+// token: the deduplication is per table), retrying each insert with backoff; at most
+// InsertsParallelMax run at once.
+func (p *Pipeline) insertTables(ctx context.Context, b *rows.Batch) error {
+	var parts []*rows.Batch
+	if len(b.Usage) > 0 {
+		u := *b
+		u.Ledger = nil
+		parts = append(parts, &u)
 	}
+	if len(b.Ledger) > 0 {
+		lg := *b
+		lg.Usage = nil
+		parts = append(parts, &lg)
+	}
+	sem := make(chan struct{}, p.cfg.InsertsParallelMax)
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for i, part := range parts {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			_, errs[i] = retry(ctx, p, "insert "+part.String(), func() (struct{}, error) {
+				err := p.store.BatchInsert(ctx, part)
+				if err != nil {
+					p.Stats.InsertErrors.Add(1)
+				}
+				return struct{}{}, err
+			})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		p.healthy.Store(false)
+		return err
+	}
+	p.Stats.UsageRows.Add(int64(len(b.Usage)))
+	p.Stats.LedgerRows.Add(int64(len(b.Ledger)))
 	return nil
+}
+
+// flushed records a successful insert of batches.
+func (p *Pipeline) flushed(batches []*rows.Batch) {
+	p.healthy.Store(true)
+	now := time.Now()
+	p.Stats.LastFlushUnixMs.Store(now.UnixMilli())
+	if h := p.hooks.FlushDone; h != nil {
+		h(batches, now)
+	}
 }
 
 // retry runs f until it succeeds, ctx ends, or RetryAttemptsMax attempts failed, sleeping an

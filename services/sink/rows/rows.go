@@ -4,11 +4,14 @@
 package rows
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tallyhq/tally/shared/events"
@@ -172,12 +175,51 @@ func (r Range) String() string {
 	return fmt.Sprintf("%s/%d[%d..%d]", r.Topic, r.Partition, r.First, r.Last)
 }
 
-// Batch is the rows of one contiguous offset range of one partition. Messages that produced
-// no row (dead-lettered ones) still widen the range, so that the committed offset passes them.
+// GroupToken is the insert_deduplication_token of the rows of ranges rs inserted together
+// (one flush of several partitions): the same set of ranges always gives the same token,
+// whatever their order. A single range keeps its own Range.Token, so an intent recorded by a
+// version that inserted one range at a time is re-sent with the token it was inserted with.
+func GroupToken(rs []Range) string {
+	if len(rs) == 1 {
+		return rs[0].Token()
+	}
+	sorted := append([]Range(nil), rs...)
+	SortRanges(sorted)
+	h := sha256.New()
+	for _, r := range sorted {
+		fmt.Fprintf(h, "%s\x00%d\x00%d\x00%d\x00", r.Topic, r.Partition, r.First, r.Last)
+	}
+	return fmt.Sprintf("g%d-%s", len(sorted), hex.EncodeToString(h.Sum(nil)[:16]))
+}
+
+// SortRanges orders ranges by topic, partition and first offset: the order of a merged
+// batch's rows, so that a group re-formed after a crash is the same insert.
+func SortRanges(rs []Range) {
+	slices.SortFunc(rs, func(a, b Range) int {
+		return cmp.Or(strings.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition), cmp.Compare(a.First, b.First))
+	})
+}
+
+// Intent is a recorded insert: its token and every range its rows came from.
+type Intent struct {
+	Token  string
+	Ranges []Range
+}
+
+// Batch is the rows of one contiguous offset range of one partition, or (Merge) of the
+// ranges of several partitions inserted together. Messages that produced no row
+// (dead-lettered ones, producer duplicates) still widen the range, so that the committed
+// offset passes them.
 type Batch struct {
-	Range  Range
-	Usage  []Usage
-	Ledger []Ledger
+	Range Range
+	// Ranges, when set, are the ranges of a merged batch (Range is then unused).
+	Ranges []Range
+	// RecordedToken, when set, is the token recorded for a batch re-formed after a crash.
+	RecordedToken string
+	// Usage and Ledger keep the rows the decoders allocated: a batch of 50,000 rows grows
+	// by appending pointers, not by copying 400-byte rows into ever larger arrays.
+	Usage  []*Usage
+	Ledger []*Ledger
 	// Bytes is the sum of the source message sizes, the measure SINK_BATCH_BYTES_MAX bounds.
 	Bytes int64
 	// Messages counts every message in the range, rows or not.
@@ -186,6 +228,54 @@ type Batch struct {
 
 // Rows is the number of table rows in b.
 func (b *Batch) Rows() int { return len(b.Usage) + len(b.Ledger) }
+
+// AllRanges are the ranges b's rows came from.
+func (b *Batch) AllRanges() []Range {
+	if len(b.Ranges) > 0 {
+		return b.Ranges
+	}
+	return []Range{b.Range}
+}
+
+// Token is b's insert_deduplication_token: the recorded one of a re-formed batch, else the
+// GroupToken of its ranges.
+func (b *Batch) Token() string {
+	if b.RecordedToken != "" {
+		return b.RecordedToken
+	}
+	return GroupToken(b.AllRanges())
+}
+
+func (b *Batch) String() string {
+	rs := b.AllRanges()
+	if len(rs) == 1 {
+		return rs[0].String()
+	}
+	return fmt.Sprintf("%d ranges from %s", len(rs), rs[0])
+}
+
+// Merge concatenates batches into one, its rows in SortRanges order of the batches' ranges:
+// one flush becomes one insert per table (each insert has a large fixed cost in ClickHouse).
+func Merge(bs []*Batch) *Batch {
+	sorted := append([]*Batch(nil), bs...)
+	slices.SortFunc(sorted, func(a, b *Batch) int {
+		return cmp.Or(strings.Compare(a.Range.Topic, b.Range.Topic), cmp.Compare(a.Range.Partition, b.Range.Partition), cmp.Compare(a.Range.First, b.Range.First))
+	})
+	m := &Batch{}
+	nu, nl := 0, 0
+	for _, b := range sorted {
+		nu, nl = nu+len(b.Usage), nl+len(b.Ledger)
+	}
+	m.Usage, m.Ledger = make([]*Usage, 0, nu), make([]*Ledger, 0, nl)
+	for _, b := range sorted {
+		m.Ranges = append(m.Ranges, b.Range)
+		m.Usage = append(m.Usage, b.Usage...)
+		m.Ledger = append(m.Ledger, b.Ledger...)
+		m.Bytes += b.Bytes
+		m.Messages += b.Messages
+	}
+	return m
+}
 
 // Add extends b with the message at offset o of size n bytes and its row, if any.
 // The first Add fixes the batch's topic, partition and first offset.
@@ -197,9 +287,9 @@ func (b *Batch) Add(pos Position, n int, u *Usage, l *Ledger) {
 	b.Messages++
 	b.Bytes += int64(n)
 	if u != nil {
-		b.Usage = append(b.Usage, *u)
+		b.Usage = append(b.Usage, u)
 	}
 	if l != nil {
-		b.Ledger = append(b.Ledger, *l)
+		b.Ledger = append(b.Ledger, l)
 	}
 }

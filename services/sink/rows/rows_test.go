@@ -1,6 +1,7 @@
 package rows_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -130,5 +131,48 @@ func BenchmarkDecodeAndMap(b *testing.B) {
 			b.Fatal(err)
 		}
 		_, _, _ = rows.FromEvent(ev, pos)
+	}
+}
+
+func TestGroupTokenAndMerge(t *testing.T) {
+	a := rows.Range{Topic: "e", Partition: 0, First: 0, Last: 9}
+	b := rows.Range{Topic: "e", Partition: 1, First: 5, Last: 7}
+	c := rows.Range{Topic: "j", Partition: 0, First: 3, Last: 3}
+	if rows.GroupToken([]rows.Range{a}) != a.Token() {
+		t.Error("a one-range group must keep the range's token")
+	}
+	if rows.GroupToken([]rows.Range{a, b, c}) != rows.GroupToken([]rows.Range{c, a, b}) {
+		t.Error("the token depends on the order of the ranges")
+	}
+	for _, other := range [][]rows.Range{{a, b}, {a, c}, {a, b, {Topic: "j", Partition: 0, First: 3, Last: 4}}, {a, b, {Topic: "j", Partition: 1, First: 3, Last: 3}}} {
+		if rows.GroupToken(other) == rows.GroupToken([]rows.Range{a, b, c}) {
+			t.Errorf("%v has the token of another set of ranges", other)
+		}
+	}
+	batch := func(r rows.Range, accts ...string) *rows.Batch {
+		x := &rows.Batch{}
+		for i, acct := range accts {
+			x.Add(rows.Position{Topic: r.Topic, Partition: r.Partition, Offset: r.First + int64(i)}, 10, &rows.Usage{AccountID: acct}, nil)
+		}
+		x.Add(rows.Position{Topic: r.Topic, Partition: r.Partition, Offset: r.Last}, 5, nil, &rows.Ledger{AccountID: "l-" + r.Topic})
+		return x
+	}
+	m := rows.Merge([]*rows.Batch{batch(c), batch(b, "b1", "b2"), batch(a, "a1")})
+	var got []string
+	for _, u := range m.Usage {
+		got = append(got, u.AccountID)
+	}
+	if strings.Join(got, ",") != "a1,b1,b2" || len(m.Ledger) != 3 || m.Ledger[2].AccountID != "l-j" {
+		t.Fatalf("merged rows out of range order: usage %v, ledger %d", got, len(m.Ledger))
+	}
+	if m.Messages != 6 || m.Bytes != 3*5+3*10 || len(m.Ranges) != 3 || m.Ranges[0] != a || m.Ranges[2] != c {
+		t.Fatalf("merged batch: %d messages, %d bytes, ranges %v", m.Messages, m.Bytes, m.Ranges)
+	}
+	if m.Token() != rows.GroupToken([]rows.Range{a, b, c}) {
+		t.Fatal("a merged batch's token is not its ranges' group token")
+	}
+	m.RecordedToken = "recorded"
+	if m.Token() != "recorded" {
+		t.Fatal("a re-formed batch must carry its recorded token")
 	}
 }
