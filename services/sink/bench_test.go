@@ -86,14 +86,21 @@ func runUntil(b *testing.B, cfg sink.Config, hooks pipeline.Hooks, want int64) (
 	}()
 	start, cpu0 := time.Now(), processCPU()
 	p := svc.Pipeline()
+	var firstMsg time.Duration
 	for p.Stats.UsageRows.Load()+p.Stats.LedgerRows.Load() < want {
 		select {
 		case err := <-done:
 			b.Fatalf("sink stopped: %v", err)
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(time.Millisecond):
+		}
+		if firstMsg == 0 && p.Stats.Messages.Load() > 0 {
+			firstMsg = time.Since(start)
 		}
 	}
 	elapsed := time.Since(start)
+	// first_msg_s: from Ready to the first message batched (the group join and the first
+	// fetches).
+	b.ReportMetric(firstMsg.Seconds(), "first_msg_s")
 	b.ReportMetric((processCPU() - cpu0).Seconds(), "cpu_s")
 	b.ReportMetric(float64(peakHeap.Load())/(1<<20), "heap_peak_MiB")
 	mu.Lock()

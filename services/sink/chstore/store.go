@@ -66,12 +66,16 @@ allowance_micros, cost_micros, amount_micros, hold_expires_at, video_seconds, re
 tokens_out, compute_ms, duration_ms, retry_after_ms, score, price_book_version, attrs, kafka_topic,
 kafka_partition, kafka_offset)`
 
+// usageLC are the positions, in insertUsage's strs, of usage_events' LowCardinality columns.
+var usageLC = [...]int{1, 2, 7, 8, 9, 10, 11, 12, 14, 15, 16}
+
 func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	n := len(us)
 	var (
 		strs  [17][]string // string columns, in insert order of the strCols below
+		lc    [17][]any    // the LowCardinality ones among them (usageLC), boxed once per value
 		times [2][]time.Time
 		ints  [14][]int64
 		score = make([]float64, n)
@@ -81,18 +85,37 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 	for i := range strs {
 		strs[i] = make([]string, n)
 	}
+	for _, j := range usageLC {
+		lc[j] = make([]any, n)
+	}
 	for i := range times {
 		times[i] = make([]time.Time, n)
 	}
 	for i := range ints {
 		ints[i] = make([]int64, n)
 	}
+	// clickhouse-go appends a LowCardinality column value by value through reflection, which
+	// boxes every string into a new interface (one allocation per value and column, 11 per
+	// row). Given []any of values boxed once per distinct value, it boxes nothing.
+	boxed := make(map[string]any, 64)
+	box := func(v string) any {
+		b, ok := boxed[v]
+		if !ok {
+			b = v
+			boxed[v] = b
+		}
+		return b
+	}
+	noAttrs := map[string]string{}
 	for i := range us {
 		u := us[i]
 		s := [...]string{u.EventID, u.Type, u.Source, u.AccountID, u.RequestID, u.KeyID, u.ClientAddr, u.Endpoint,
 			u.Model, u.Tier, u.Priority, u.Funding, u.Status, u.Reason, u.Resolution, u.PriceBookVersion, u.Pos.Topic}
 		for j, v := range s {
 			strs[j][i] = v
+		}
+		for _, j := range usageLC {
+			lc[j][i] = box(s[j])
 		}
 		times[0][i], times[1][i] = u.Time, u.HoldExpiresAt
 		iv := [...]int64{u.EstimateMicros, u.HoldMicros, u.AllowanceMicros, u.CostMicros, u.AmountMicros,
@@ -102,7 +125,7 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 		}
 		score[i], parts[i] = u.Score, u.Pos.Partition
 		if u.Attrs == nil {
-			attrs[i] = map[string]string{}
+			attrs[i] = noAttrs // read only
 		} else {
 			attrs[i] = u.Attrs
 		}
@@ -113,11 +136,11 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 	}
 	defer func() { _ = b.Abort() }()
 	cols := []any{
-		strs[0], strs[1], times[0], strs[2], strs[3], strs[4], strs[5], // event_id..key_id
-		strs[6], strs[7], strs[8], strs[9], strs[10], strs[11], strs[12], strs[13], // client_addr..reason
+		strs[0], lc[1], times[0], lc[2], strs[3], strs[4], strs[5], // event_id..key_id
+		strs[6], lc[7], lc[8], lc[9], lc[10], lc[11], lc[12], strs[13], // client_addr..reason
 		ints[0], ints[1], ints[2], ints[3], ints[4], times[1], // estimate..hold_expires_at
-		ints[5], strs[14], ints[6], ints[7], ints[8], ints[9], ints[10], // video..retry_after
-		score, strs[15], attrs, strs[16], parts, ints[11],
+		ints[5], lc[14], ints[6], ints[7], ints[8], ints[9], ints[10], // video..retry_after
+		score, lc[15], attrs, lc[16], parts, ints[11],
 	}
 	for i, c := range cols {
 		if err := b.Column(i).Append(c); err != nil {
