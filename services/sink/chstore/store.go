@@ -66,6 +66,21 @@ allowance_micros, cost_micros, amount_micros, hold_expires_at, video_seconds, re
 tokens_out, compute_ms, duration_ms, retry_after_ms, score, price_book_version, attrs, kafka_topic,
 kafka_partition, kafka_offset)`
 
+// interner boxes each distinct string into an interface once. clickhouse-go appends a
+// LowCardinality column value by value through reflection, which boxes every string into a
+// new interface (one allocation per value); given []any of values boxed once, it boxes
+// nothing.
+type interner map[string]any
+
+func (in interner) box(v string) any {
+	b, ok := in[v]
+	if !ok {
+		b = v
+		in[v] = b
+	}
+	return b
+}
+
 // usageLC are the positions, in insertUsage's strs, of usage_events' LowCardinality columns.
 var usageLC = [...]int{1, 2, 7, 8, 9, 10, 11, 12, 14, 15, 16}
 
@@ -94,18 +109,7 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 	for i := range ints {
 		ints[i] = make([]int64, n)
 	}
-	// clickhouse-go appends a LowCardinality column value by value through reflection, which
-	// boxes every string into a new interface (one allocation per value and column, 11 per
-	// row). Given []any of values boxed once per distinct value, it boxes nothing.
-	boxed := make(map[string]any, 64)
-	box := func(v string) any {
-		b, ok := boxed[v]
-		if !ok {
-			b = v
-			boxed[v] = b
-		}
-		return b
-	}
+	lcs := make(interner, 64)
 	noAttrs := map[string]string{}
 	for i := range us {
 		u := us[i]
@@ -115,7 +119,7 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 			strs[j][i] = v
 		}
 		for _, j := range usageLC {
-			lc[j][i] = box(s[j])
+			lc[j][i] = lcs.box(s[j])
 		}
 		times[0][i], times[1][i] = u.Time, u.HoldExpiresAt
 		iv := [...]int64{u.EstimateMicros, u.HoldMicros, u.AllowanceMicros, u.CostMicros, u.AmountMicros,
@@ -157,16 +161,39 @@ kafka_partition, kafka_offset)`
 func (s *Store) insertLedger(ctx context.Context, tok string, ls []*rows.Ledger) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	n := len(ls)
+	var (
+		strs    [7][]string // entry_id, transaction_id, account_id, cause_event_id, request_id, grant_id, event_id
+		lc      [3][]any    // ledger_account, kind, kafka_topic (LowCardinality)
+		amounts = make([]int64, n)
+		offsets = make([]int64, n)
+		parts   = make([]int32, n)
+		at      = make([]time.Time, n)
+	)
+	for i := range strs {
+		strs[i] = make([]string, n)
+	}
+	for i := range lc {
+		lc[i] = make([]any, n)
+	}
+	lcs := make(interner, 16)
+	for i, l := range ls {
+		s := [...]string{l.EntryID, l.TransactionID, l.AccountID, l.CauseEventID, l.RequestID, l.GrantID, l.EventID}
+		for j, v := range s {
+			strs[j][i] = v
+		}
+		lc[0][i], lc[1][i], lc[2][i] = lcs.box(l.LedgerAccount), lcs.box(l.Kind), lcs.box(l.Pos.Topic)
+		amounts[i], offsets[i], parts[i], at[i] = l.AmountMicros, l.Pos.Offset, l.Pos.Partition, l.EffectiveAt
+	}
 	b, err := s.conn.PrepareBatch(dedupCtx(ctx, tok), ledgerInsert, driver.WithReleaseConnection())
 	if err != nil {
 		return err
 	}
 	defer func() { _ = b.Abort() }()
-	for i := range ls {
-		l := ls[i]
-		if err := b.Append(l.EntryID, l.TransactionID, l.AccountID, l.LedgerAccount, l.AmountMicros, l.Kind,
-			l.CauseEventID, l.RequestID, l.GrantID, l.EffectiveAt, l.EventID, l.Pos.Topic, l.Pos.Partition, l.Pos.Offset); err != nil {
-			return fmt.Errorf("row %d: %w", i, err)
+	cols := []any{strs[0], strs[1], strs[2], lc[0], amounts, lc[1], strs[3], strs[4], strs[5], at, strs[6], lc[2], parts, offsets}
+	for i, c := range cols {
+		if err := b.Column(i).Append(c); err != nil {
+			return fmt.Errorf("column %d: %w", i, err)
 		}
 	}
 	return b.Send()

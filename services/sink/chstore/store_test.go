@@ -112,6 +112,49 @@ func sampleBatch(t *testing.T, topic string, partition int32, first int64) *rows
 	return b
 }
 
+// TestBatchInsertRoundTrip: every column of a usage row and a ledger row reads back as
+// written (the inserts append column by column, so a column out of place would show here).
+func TestBatchInsertRoundTrip(t *testing.T) {
+	_, conn := chtest.Open(t)
+	st := chstore.NewStore(conn, time.Minute)
+	ctx := context.Background()
+	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	u := &rows.Usage{EventID: "0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11e", Type: "t.type", Time: at, Source: "src", AccountID: "acct",
+		RequestID: "req", KeyID: "key", ClientAddr: "10.1.2.3", Endpoint: "ep", Model: "mdl", Tier: "tier", Priority: "prio",
+		Funding: "fund", Status: "stat", Reason: "why", EstimateMicros: 1, HoldMicros: 2, AllowanceMicros: 3, CostMicros: 4,
+		AmountMicros: 5, HoldExpiresAt: at.Add(time.Minute), VideoSeconds: 6, Resolution: "res", TokensIn: 7, TokensOut: 8,
+		ComputeMs: 9, DurationMs: 10, RetryAfterMs: 11, Score: 1.5, PriceBookVersion: "pbv", Attrs: map[string]string{"k": "v"},
+		Pos: rows.Position{Topic: "topic-u", Partition: 12, Offset: 13}}
+	l := &rows.Ledger{EntryID: "entry", TransactionID: "tx", AccountID: "acct", LedgerAccount: "lacct", AmountMicros: -14,
+		Kind: "kind", CauseEventID: "cause", RequestID: "req", GrantID: "grant", EffectiveAt: at.Add(time.Second),
+		EventID: "0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11f", Pos: rows.Position{Topic: "topic-l", Partition: 15, Offset: 16}}
+	if err := st.BatchInsert(ctx, &rows.Batch{Range: rows.Range{Topic: "t", First: 1, Last: 2}, Usage: []*rows.Usage{u}, Ledger: []*rows.Ledger{l}}); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := conn.QueryRow(ctx, `SELECT concatWithSeparator('|', toString(event_id), type, toString(time), source, account_id,
+request_id, key_id, client_addr, endpoint, model, tier, priority, funding, status, reason, toString(estimate_micros),
+toString(hold_micros), toString(allowance_micros), toString(cost_micros), toString(amount_micros), toString(hold_expires_at),
+toString(video_seconds), resolution, toString(tokens_in), toString(tokens_out), toString(compute_ms), toString(duration_ms),
+toString(retry_after_ms), toString(score), price_book_version, toString(attrs), kafka_topic, toString(kafka_partition),
+toString(kafka_offset)) FROM usage_events`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	want := "0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11e|t.type|2026-03-01 12:00:00.000|src|acct|req|key|10.1.2.3|ep|mdl|tier|prio|fund|stat|why|1|2|3|4|5|2026-03-01 12:01:00.000|6|res|7|8|9|10|11|1.5|pbv|{'k':'v'}|topic-u|12|13"
+	if got != want {
+		t.Errorf("usage_events row:\n got %s\nwant %s", got, want)
+	}
+	if err := conn.QueryRow(ctx, `SELECT concatWithSeparator('|', entry_id, transaction_id, account_id, ledger_account,
+toString(amount_micros), kind, cause_event_id, request_id, grant_id, toString(effective_at), toString(event_id), kafka_topic,
+toString(kafka_partition), toString(kafka_offset)) FROM ledger_entries`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	want = "entry|tx|acct|lacct|-14|kind|cause|req|grant|2026-03-01 12:00:01.000|0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11f|topic-l|15|16"
+	if got != want {
+		t.Errorf("ledger_entries row:\n got %s\nwant %s", got, want)
+	}
+}
+
 func TestBatchInsertDeduplicatesRedelivery(t *testing.T) {
 	_, conn := chtest.Open(t)
 	st := chstore.NewStore(conn, time.Minute)
