@@ -89,19 +89,21 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 	defer cancel()
 	n := len(us)
 	var (
-		strs  [17][]string // string columns, in insert order of the strCols below
-		lc    [17][]any    // the LowCardinality ones among them (usageLC), boxed once per value
+		strs  [17][]string // the string columns in the order of s below, but for ...
+		lc    [17][]any    // ... the LowCardinality ones (usageLC), boxed once per value
 		times [2][]time.Time
 		ints  [14][]int64
 		score = make([]float64, n)
 		attrs = make([]map[string]string, n)
 		parts = make([]int32, n)
 	)
-	for i := range strs {
-		strs[i] = make([]string, n)
-	}
 	for _, j := range usageLC {
 		lc[j] = make([]any, n)
+	}
+	for i := range strs {
+		if lc[i] == nil {
+			strs[i] = make([]string, n)
+		}
 	}
 	for i := range times {
 		times[i] = make([]time.Time, n)
@@ -116,10 +118,11 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 		s := [...]string{u.EventID, u.Type, u.Source, u.AccountID, u.RequestID, u.KeyID, u.ClientAddr, u.Endpoint,
 			u.Model, u.Tier, u.Priority, u.Funding, u.Status, u.Reason, u.Resolution, u.PriceBookVersion, u.Pos.Topic}
 		for j, v := range s {
-			strs[j][i] = v
-		}
-		for _, j := range usageLC {
-			lc[j][i] = lcs.box(s[j])
+			if lc[j] != nil {
+				lc[j][i] = lcs.box(v)
+			} else {
+				strs[j][i] = v
+			}
 		}
 		times[0][i], times[1][i] = u.Time, u.HoldExpiresAt
 		iv := [...]int64{u.EstimateMicros, u.HoldMicros, u.AllowanceMicros, u.CostMicros, u.AmountMicros,
