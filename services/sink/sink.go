@@ -41,9 +41,9 @@ type Config struct {
 	// GroupID is the Kafka consumer group (SINK_GROUP_ID, default "tally-sink").
 	GroupID string `env:"SINK_GROUP_ID" envDefault:"tally-sink"`
 	// BatchRowsMax flushes once this many rows are buffered (SINK_BATCH_ROWS_MAX, default
-	// 100000, 1..1000000). Each flush is one insert per partition, and each insert has a
-	// large fixed cost in ClickHouse (40-45 ms of CPU with the four materialized views,
-	// measured), so larger flushes mean more rows per second under a backlog.
+	// 100000, 1..1000000). Each flush is one insert per table, and each insert has a large
+	// fixed cost in ClickHouse (40-45 ms of CPU with its materialized views, measured), so
+	// larger flushes mean more rows per second under a backlog.
 	BatchRowsMax int `env:"SINK_BATCH_ROWS_MAX" envDefault:"100000"`
 	// BatchBytesMax flushes once this many message bytes are buffered (SINK_BATCH_BYTES_MAX,
 	// default 67108864 = 64 MiB, 1 KiB..1 GiB).
