@@ -13,6 +13,7 @@ import (
 	rtmetrics "runtime/metrics"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -126,6 +127,22 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 		b.Fatalf("%d open requests after %d admits with %d failures", open, b.N, f)
 	}
 	b.ReportMetric(float64(res.failed), "non200")
+	// BENCH_DUMP=path writes every admit's latency, to see where the tail comes from: a
+	// header "# t0 <Unix ns> <s since this process started>" (the start of the run, on the
+	// wall clock of a broker's GC log and on GODEBUG=gctrace=1's clock; in-process generator
+	// only), then "<i> <ns from due> <ns from send>" per admit, admit i being due at t0 + i/rate.
+	if path := os.Getenv("BENCH_DUMP"); path != "" {
+		var sb strings.Builder
+		if !res.t0.IsZero() {
+			fmt.Fprintf(&sb, "# t0 %d %.4f\n", res.t0.UnixNano(), res.t0.Sub(processStart).Seconds())
+		}
+		for i := range lat {
+			fmt.Fprintf(&sb, "%d %d %d\n", i, lat[i], fromSend[i])
+		}
+		if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	pct := func(p float64) float64 { return float64(lat[min(int(p*float64(len(lat))), len(lat)-1)]) / 1e6 }
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "admits/s")
@@ -155,6 +172,9 @@ func BenchmarkAdmitHTTP(b *testing.B) {
 		}
 	}
 }
+
+// processStart approximates the process's start (gctrace's clock) for BENCH_DUMP.
+var processStart = time.Now()
 
 // roundTrip writes one request and reads the status and body (Content-Length framed).
 func roundTrip(conn net.Conn, br *bufio.Reader, req []byte) (int, error) {
@@ -204,6 +224,7 @@ type genParams struct {
 type genResult struct {
 	lat, fromSend []time.Duration
 	elapsed       time.Duration
+	t0            time.Time
 	failed        int64
 }
 
@@ -269,7 +290,7 @@ func generate(g genParams) genResult {
 		}()
 	}
 	wg.Wait()
-	return genResult{lat: lat, fromSend: fromSend, elapsed: time.Since(t0), failed: failed.Load()}
+	return genResult{lat: lat, fromSend: fromSend, elapsed: time.Since(t0), failed: failed.Load(), t0: t0}
 }
 
 // generateInChild runs generate in a child process: this test binary re-executed with
