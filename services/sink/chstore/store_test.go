@@ -248,6 +248,11 @@ func TestIntents(t *testing.T) {
 	if one[0].Token() != rows.GroupToken(one) {
 		t.Error("a one-range insert must keep the range's own token (intents recorded before 0008)")
 	}
+	// The lookup of an insert's other ranges by token goes through token's bloom filter (0008).
+	plan := explainIndexes(t, conn, "SELECT topic FROM sink_intents WHERE consumer_group = 'g' AND token IN (SELECT token FROM sink_intents WHERE partition = 1)")
+	if !strings.Contains(plan, "token_bf") {
+		t.Errorf("the token lookup does not use token_bf:\n%s", plan)
+	}
 }
 
 // TestRequestsView: requests_v (0007: a GROUP BY over usage_events) assembles each request
