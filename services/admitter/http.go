@@ -355,7 +355,7 @@ func (s *Service) replayAdmitLocked(w http.ResponseWriter, r *http.Request, ri u
 		return
 	}
 	rec := &s.idem.recs[ri]
-	status, retry, body := int(rec.status), rec.retryAfterMs, s.idem.seg(ri, segBody)
+	status, retry, body := int(rec.status), rec.retryAfterMs, s.idem.segCopy(ri, segBody)
 	s.mu.Unlock()
 	s.m.replays.Inc()
 	writeAnswer(w, status, body, retry)
@@ -555,7 +555,7 @@ func (s *Service) replayFinishLocked(w http.ResponseWriter, r *http.Request, ri 
 		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, api.CodeRequestIDReused, "request %q was already finished with different usage", req.RequestID))
 		return
 	}
-	body := s.idem.seg(ri, segFinBody)
+	body := s.idem.segCopy(ri, segFinBody)
 	s.mu.Unlock()
 	s.m.replays.Inc()
 	writeAnswer(w, http.StatusOK, body, 0)

@@ -9,13 +9,14 @@ import (
 // The idempotency cache (request_id → the admit and finish answers) holds every open request
 // plus the last ADMITTER_IDEMPOTENCY_MAX answered ids, i.e. hundreds of thousands of records
 // at 20k admits/s. It is laid out for the garbage collector: each record is a pointer-free
-// idemRec in one slice plus one exact-size, pointer-free byte blob (the request's strings and
-// the answer bodies), the id → record index is open addressing over 8-byte slots like
-// decide/index.go, the answered-id FIFO and the handle → record map are integer slices, and
-// a channel exists only while somebody waits for a pending answer. A record thus costs the
-// collector one small object to mark and nothing to scan, where a map of *entry with its
+// idemRec in one slice plus one pointer-free byte blob (the request's strings and the answer
+// bodies) in a slot of blobArena's large chunks, the id → record index is open addressing
+// over 8-byte slots like decide/index.go, the answered-id FIFO and the handle → record map
+// are integer slices, and a channel exists only while somebody waits for a pending answer. A
+// record thus costs the collector nothing to mark or scan, where a map of *entry with its
 // strings, request copy, channel and 1 KiB answer buffer cost about ten objects, several of
-// them scanned, per request.
+// them scanned, per request (and one exact-size blob per record, before blobArena, still
+// one object to mark per record).
 
 // Blob segments, in order.
 const (
@@ -42,7 +43,7 @@ const (
 )
 
 // idemRec is one request_id's record. It holds no pointers; its strings and bodies are in
-// idemStore.blobs at the same index, segment i being blob[off[i]:off[i+1]].
+// its blob (blobArena slot bslot of class bclass), segment i being blob[off[i]:off[i+1]].
 type idemRec struct {
 	hash uint64
 	// gen is unique per record incarnation (a waiter that finds another generation after
@@ -53,6 +54,8 @@ type idemRec struct {
 	status uint16 // admit answer status; 0 while the admit is pending
 	fin    uint8  // finNone, finPending, finDone
 	flags  uint8
+	bclass uint8
+	bslot  uint32
 
 	retryAfterMs int64 // of a 429 admit answer (Retry-After on replays)
 	est          [4]int64
@@ -72,7 +75,7 @@ type idemStore struct {
 	slots []uint64 // hash tag (high 32 bits) | record index + 1; 0 = empty
 	n     int
 	recs  []idemRec
-	blobs [][]byte
+	arena blobArena
 	free  []uint32
 	gen   uint32
 
@@ -91,14 +94,20 @@ type idemStore struct {
 
 func newIdemStore(max int) *idemStore {
 	return &idemStore{seed: maphash.MakeSeed(), slots: make([]uint64, 1024), fifo: make([]uint64, max),
-		waiters: map[uint32]chan struct{}{}}
+		arena: newBlobArena(), waiters: map[uint32]chan struct{}{}}
 }
 
-// seg returns segment i of record ri (valid until the record changes; blobs are never written
-// in place, so a slice taken under the lock may be read after it).
+// seg returns segment i of record ri, valid while Service.mu is held: once the record's blob
+// is replaced or the record removed, its slot is handed out again and overwritten, so a
+// caller that uses it after unlocking copies it first (segCopy).
 func (st *idemStore) seg(ri uint32, i int) []byte {
 	r := &st.recs[ri]
-	return st.blobs[ri][r.off[i]:r.off[i+1]:r.off[i+1]]
+	return st.arena.bytes(r.bclass, r.bslot)[r.off[i]:r.off[i+1]:r.off[i+1]]
+}
+
+// segCopy returns a copy of segment i of record ri, to use after unlocking.
+func (st *idemStore) segCopy(ri uint32, i int) []byte {
+	return append([]byte(nil), st.seg(ri, i)...)
 }
 
 func (st *idemStore) str(ri uint32, i int) string { return string(st.seg(ri, i)) }
@@ -133,7 +142,6 @@ func (st *idemStore) add(req *api.AdmitRequest, keyID, client string, body []byt
 		st.free = st.free[:n-1]
 	} else {
 		st.recs = append(st.recs, idemRec{})
-		st.blobs = append(st.blobs, nil)
 		ri = uint32(len(st.recs) - 1)
 	}
 	st.gen++
@@ -147,7 +155,8 @@ func (st *idemStore) add(req *api.AdmitRequest, keyID, client string, body []byt
 	for _, f := range fields {
 		n += len(f)
 	}
-	b := make([]byte, 0, n)
+	var b []byte
+	r.bclass, r.bslot, b = st.arena.alloc(n)
 	for i, f := range fields {
 		r.off[i] = uint32(len(b))
 		b = append(b, f...)
@@ -157,7 +166,6 @@ func (st *idemStore) add(req *api.AdmitRequest, keyID, client string, body []byt
 	for i := segBody + 1; i <= numSegs; i++ {
 		r.off[i] = uint32(len(b))
 	}
-	st.blobs[ri] = b
 	st.slots[slot] = h>>32<<32 | uint64(ri+1)
 	st.n++
 	if st.n*4 > len(st.slots)*3 {
@@ -199,23 +207,25 @@ func (st *idemStore) remove(ri uint32) {
 	}
 	st.slots[i] = 0
 	st.n--
+	st.arena.release(st.recs[ri].bclass, st.recs[ri].bslot)
 	st.recs[ri] = idemRec{}
-	st.blobs[ri] = nil
 	st.free = append(st.free, ri)
 }
 
 // setBlob replaces record ri's blob by its segments up to and including upTo taken from the
-// current blob, then extra appended as the following segments, in one exact-size allocation.
+// current blob, then extra appended as the following segments, in a new slot.
 func (st *idemStore) setBlob(ri uint32, upTo int, extra ...[]byte) {
 	r := &st.recs[ri]
-	old := st.blobs[ri]
+	oldClass, oldSlot := r.bclass, r.bslot
 	keep := r.off[upTo+1]
 	n := int(keep)
 	for _, e := range extra {
 		n += len(e)
 	}
-	b := make([]byte, keep, n)
-	copy(b, old[:keep])
+	var b []byte
+	r.bclass, r.bslot, b = st.arena.alloc(n)
+	b = append(b, st.arena.bytes(oldClass, oldSlot)[:keep]...)
+	st.arena.release(oldClass, oldSlot)
 	i := upTo + 1
 	for _, e := range extra {
 		r.off[i] = uint32(len(b))
@@ -225,7 +235,6 @@ func (st *idemStore) setBlob(ri uint32, upTo int, extra ...[]byte) {
 	for ; i <= numSegs; i++ {
 		r.off[i] = uint32(len(b))
 	}
-	st.blobs[ri] = b
 }
 
 // sameAdmit reports whether req has the parameters of record ri's admit.
