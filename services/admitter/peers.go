@@ -51,7 +51,7 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.brokers, Topic: s.topics.Events, Partition: p,
-				MinBytes: 1, MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait, Dialer: kafkax.Dialer(s.kafkaTLS)})
+				MinBytes: s.followMinBytes(), MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait, Dialer: kafkax.Dialer(s.kafkaTLS)})
 			defer r.Close()
 			if err := r.SetOffset(end); err != nil {
 				s.log.Error("peer follower: set offset", "partition", p, "err", err)
@@ -75,6 +75,19 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 	for range ends {
 		<-done
 	}
+}
+
+// followMinBytes is the follower's fetch MinBytes. With ADMITTER_INSTANCES>1 a fetch returns
+// as soon as anything is new: admissions confirmed in log order wait for the follower, and
+// peers' holds count as early as they can. With one instance nothing waits for it (it only
+// sees another admitter that runs anyway, e.g. during a rolling deploy), and a fetch
+// waits for followBatchMinBytes or followMaxWait: fetching every few records cost the broker
+// and this process about a tenth of their CPU at 20,000 admits/s, for events it only skips.
+func (s *Service) followMinBytes() int {
+	if s.cfg.Instances > 1 {
+		return 1
+	}
+	return followBatchMinBytes
 }
 
 func (s *Service) applyPeer(msg kafka.Message) {

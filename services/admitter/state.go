@@ -18,6 +18,8 @@ const (
 	// followMaxWait is how long the broker may hold a fetch open when there is nothing new:
 	// it bounds how late a live balance or limit change is seen.
 	followMaxWait = 50 * time.Millisecond
+	// followBatchMinBytes is the peer follower's fetch MinBytes with one admitter instance.
+	followBatchMinBytes = 256 << 10
 	// followRetry is the pause before retrying a failed metadata or offsets request.
 	followRetry = 500 * time.Millisecond
 )
