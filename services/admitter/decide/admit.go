@@ -163,7 +163,7 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 	// Allowed: reserve.
 	p := t.newPending(ai, -d.HoldMicros, d.AllowanceMicros)
 	oi := t.newOpen()
-	t.opens[oi] = open{account: ai, endpoint: ei, funding: d.Funding, priority: prio, holdMicros: d.HoldMicros,
+	*t.opens.at(oi) = open{account: ai, endpoint: ei, funding: d.Funding, priority: prio, holdMicros: d.HoldMicros,
 		allowMicros: d.AllowanceMicros, startedMs: nowMs, expiresAtMs: nowMs + ep.ep.HoldTimeoutMs,
 		startPending: p, stepUs: stepUs, nextFree: none, live: true}
 	slot.tatUs = newTat
@@ -262,23 +262,23 @@ func (t *Table) insufficientRetry(d *Decision, est, nowMs int64) int64 {
 // Published records that the request.started event of an admitted request is durable at
 // (partition, offset) of the events topic.
 func (t *Table) Published(h uint32, partition int32, offset int64) {
-	if int(h) >= len(t.opens) || !t.opens[h].live {
+	if int(h) >= t.opens.len() || !t.opens.at(h).live {
 		return
 	}
 	// After the ack the open request no longer owns its pending change: the ledger's view
 	// drops it, and Abort must not touch a slot that may have been reused.
-	p := t.opens[h].startPending
-	t.opens[h].startPending = none
+	p := t.opens.at(h).startPending
+	t.opens.at(h).startPending = none
 	t.acked(p, partition, offset)
 }
 
 // Abort undoes an admission whose request.started event could not be published: the
 // pending change, the in-flight slots and the rate-limit token are given back.
 func (t *Table) Abort(h uint32) {
-	if int(h) >= len(t.opens) || !t.opens[h].live {
+	if int(h) >= t.opens.len() || !t.opens.at(h).live {
 		return
 	}
-	o := &t.opens[h]
+	o := t.opens.at(h)
 	if o.startPending != none {
 		t.dropPending(o.startPending)
 	}
@@ -289,7 +289,7 @@ func (t *Table) Abort(h uint32) {
 
 // release frees an open request and its in-flight slots.
 func (t *Table) release(h uint32) {
-	o := &t.opens[h]
+	o := t.opens.at(h)
 	slot := t.epState(o.account, o.endpoint)
 	if slot.inflight > 0 {
 		slot.inflight--
@@ -314,10 +314,10 @@ type Open struct {
 
 // OpenInfo reports an open request; ok is false when it is not open.
 func (t *Table) OpenInfo(h uint32) (Open, bool) {
-	if int(h) >= len(t.opens) || !t.opens[h].live {
+	if int(h) >= t.opens.len() || !t.opens.at(h).live {
 		return Open{}, false
 	}
-	o := &t.opens[h]
+	o := t.opens.at(h)
 	return Open{Endpoint: t.endpoints[o.endpoint].name, Funding: o.funding, Priority: o.priority,
 		HoldMicros: o.holdMicros, AllowanceMicros: o.allowMicros, ExpiresAtMs: o.expiresAtMs}, true
 }
@@ -335,10 +335,10 @@ type Settlement struct {
 
 // Quote prices the settlement of open request h at costMicros without changing anything.
 func (t *Table) Quote(h uint32, costMicros int64) (Settlement, error) {
-	if int(h) >= len(t.opens) || !t.opens[h].live {
+	if int(h) >= t.opens.len() || !t.opens.at(h).live {
 		return Settlement{}, ErrUnknownRequest
 	}
-	o := &t.opens[h]
+	o := t.opens.at(h)
 	return t.settle(&t.accounts[o.account], o.funding, o.holdMicros, o.allowMicros, costMicros), nil
 }
 
@@ -410,10 +410,10 @@ func (t *Table) ApplyPeerFinish(p *Peer, costMicros int64, partition int32, offs
 // offset): frees its in-flight slots, feeds the adaptive limit, and records the settlement
 // as a pending change until the ledger folds it.
 func (t *Table) Finish(h uint32, s Settlement, durationMs int64, failed bool, partition int32, offset int64) error {
-	if int(h) >= len(t.opens) || !t.opens[h].live {
+	if int(h) >= t.opens.len() || !t.opens.at(h).live {
 		return ErrUnknownRequest
 	}
-	o := &t.opens[h]
+	o := t.opens.at(h)
 	ai := o.account
 	if durationMs >= 0 { // a negative duration (a revoked admission) is no latency sample
 		t.endpoints[o.endpoint].adaptive.Observe(durationMs, failed)
@@ -434,13 +434,13 @@ func (t *Table) Finish(h uint32, s Settlement, durationMs int64, failed bool, pa
 // releases the hold itself (request.expired); the local pending change stays until folded.
 func (t *Table) Expire(nowMs int64, budget int, freed func(h uint32)) int {
 	n := 0
-	for i := 0; i < budget && len(t.opens) > 0; i++ {
-		if t.sweep >= uint32(len(t.opens)) {
+	for i := 0; i < budget && t.opens.len() > 0; i++ {
+		if t.sweep >= uint32(t.opens.len()) {
 			t.sweep = 0
 		}
 		h := t.sweep
 		t.sweep++
-		if o := &t.opens[h]; o.live && o.expiresAtMs <= nowMs {
+		if o := t.opens.at(h); o.live && o.expiresAtMs <= nowMs {
 			t.release(h)
 			if freed != nil {
 				freed(h)
@@ -455,11 +455,10 @@ func (t *Table) newOpen() uint32 {
 	t.openLive++
 	if t.openFree != none {
 		h := t.openFree
-		t.openFree = t.opens[h].nextFree
+		t.openFree = t.opens.at(h).nextFree
 		return h
 	}
-	t.opens = append(t.opens, open{})
-	return uint32(len(t.opens) - 1)
+	return t.opens.add(open{})
 }
 
 func (t *Table) newPending(ai uint32, availDelta, allowDelta int64) uint32 {
@@ -467,12 +466,11 @@ func (t *Table) newPending(ai uint32, availDelta, allowDelta int64) uint32 {
 	var p uint32
 	if t.pendFree != none {
 		p = t.pendFree
-		t.pendFree = t.pend[p].next
+		t.pendFree = t.pend.at(p).next
 	} else {
-		t.pend = append(t.pend, pending{})
-		p = uint32(len(t.pend) - 1)
+		p = t.pend.add(pending{})
 	}
-	t.pend[p] = pending{account: ai, next: a.pendingHead, partition: -1, offset: -1,
+	*t.pend.at(p) = pending{account: ai, next: a.pendingHead, partition: -1, offset: -1,
 		availMicros: availDelta, allowMicros: allowDelta}
 	a.pendingHead = p
 	a.pendingAvail += availDelta
@@ -487,7 +485,7 @@ func (t *Table) acked(p uint32, partition int32, offset int64) {
 	if p == none {
 		return
 	}
-	pc := &t.pend[p]
+	pc := t.pend.at(p)
 	pc.partition, pc.offset = partition, offset
 	a := &t.accounts[pc.account]
 	if a.foldedPartition == partition && a.foldedOffset >= offset {
@@ -497,16 +495,16 @@ func (t *Table) acked(p uint32, partition int32, offset int64) {
 
 // dropPending unlinks a pending change from its account and undoes its sums.
 func (t *Table) dropPending(p uint32) {
-	pc := &t.pend[p]
+	pc := t.pend.at(p)
 	a := &t.accounts[pc.account]
-	for prev, cur := none, a.pendingHead; cur != none; prev, cur = cur, t.pend[cur].next {
+	for prev, cur := none, a.pendingHead; cur != none; prev, cur = cur, t.pend.at(cur).next {
 		if cur != p {
 			continue
 		}
 		if prev == none {
 			a.pendingHead = pc.next
 		} else {
-			t.pend[prev].next = pc.next
+			t.pend.at(prev).next = pc.next
 		}
 		a.pendingAvail -= pc.availMicros
 		a.pendingAllow -= pc.allowMicros
@@ -562,8 +560,8 @@ func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
 	}
 	a.foldedPartition, a.foldedOffset = b.Partition, b.Offset
 	for cur := a.pendingHead; cur != none; {
-		next := t.pend[cur].next
-		if pc := &t.pend[cur]; pc.partition == b.Partition && pc.offset >= 0 && pc.offset <= b.Offset {
+		next := t.pend.at(cur).next
+		if pc := t.pend.at(cur); pc.partition == b.Partition && pc.offset >= 0 && pc.offset <= b.Offset {
 			t.dropPending(cur)
 		}
 		cur = next
@@ -608,7 +606,7 @@ func (t *Table) Account(id string) (Snapshot, bool) {
 	}
 	a := &t.accounts[ai]
 	n := 0
-	for cur := a.pendingHead; cur != none; cur = t.pend[cur].next {
+	for cur := a.pendingHead; cur != none; cur = t.pend.at(cur).next {
 		n++
 	}
 	return Snapshot{AvailableMicros: a.availableMicros, HeldMicros: a.heldMicros, PendingAvailMicros: a.pendingAvail,
@@ -641,10 +639,10 @@ func (t *Table) FundedInLogOrder(accountID string, funding Funding, amountMicros
 		return true
 	}
 	var avail, allow int64
-	for cur := a.pendingHead; cur != none; cur = t.pend[cur].next {
+	for cur := a.pendingHead; cur != none; cur = t.pend.at(cur).next {
 		// This admitter's own admissions whose ack has not come back yet (offset -1) may
 		// precede this one in the log: they are counted, which can only err on the safe side.
-		if p := &t.pend[cur]; p.offset < 0 || (p.partition == partition && p.offset < offset) {
+		if p := t.pend.at(cur); p.offset < 0 || (p.partition == partition && p.offset < offset) {
 			avail += p.availMicros
 			allow += p.allowMicros
 		}
@@ -664,4 +662,14 @@ func (t *Table) FundedInLogOrder(accountID string, funding Funding, amountMicros
 		}
 	}
 	return true
+}
+
+// AppendDoubling appends v, doubling the capacity when the slice is full: append grows a large
+// slice by a quarter, so a table of open requests growing to 200,000 was copied about twelve
+// times (each copy a pause of milliseconds under the admitter's lock), against eight doublings.
+func AppendDoubling[T any](s []T, v T) []T {
+	if len(s) == cap(s) {
+		s = append(make([]T, 0, max(2*cap(s), 1024)), s...)
+	}
+	return append(s, v)
 }

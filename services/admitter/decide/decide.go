@@ -281,11 +281,11 @@ type Table struct {
 	// per account × endpoint beyond the inline ones (index account×(endpoints−2)+endpoint−2).
 	eps []epState
 
-	opens    []open
+	opens    blocks[open]
 	openFree uint32
 	openLive int
 
-	pend     []pending
+	pend     blocks[pending]
 	pendFree uint32
 	pendLive int
 

@@ -81,8 +81,8 @@ func checkInvariants(t *testing.T, tb *Table) {
 	for ai := range tb.accounts {
 		a := &tb.accounts[ai]
 		var sa, sl int64
-		for cur := a.pendingHead; cur != none; cur = tb.pend[cur].next {
-			p := &tb.pend[cur]
+		for cur := a.pendingHead; cur != none; cur = tb.pend.at(cur).next {
+			p := tb.pend.at(cur)
 			if p.account != uint32(ai) {
 				t.Fatalf("pending %d linked to the wrong account", cur)
 			}
@@ -107,8 +107,8 @@ func checkInvariants(t *testing.T, tb *Table) {
 	}
 	perSlot := map[key]int32{}
 	perEp := make([]int64, len(tb.endpoints))
-	for i := range tb.opens {
-		if o := &tb.opens[i]; o.live {
+	for i := 0; i < tb.opens.len(); i++ {
+		if o := tb.opens.at(uint32(i)); o.live {
 			opens++
 			perSlot[key{o.account, o.endpoint}]++
 			perEp[o.endpoint]++
