@@ -91,7 +91,7 @@ func runUntil(b *testing.B, cfg sink.Config, hooks pipeline.Hooks, want int64) (
 		select {
 		case err := <-done:
 			b.Fatalf("sink stopped: %v", err)
-		case <-time.After(time.Millisecond):
+		case <-time.After(5 * time.Millisecond):
 		}
 		if firstMsg == 0 && p.Stats.Messages.Load() > 0 {
 			firstMsg = time.Since(start)

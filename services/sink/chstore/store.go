@@ -137,18 +137,23 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 			attrs[i] = u.Attrs
 		}
 	}
-	b, err := s.conn.PrepareBatch(dedupCtx(ctx, tok), usageInsert, driver.WithReleaseConnection())
-	if err != nil {
-		return err
-	}
-	defer func() { _ = b.Abort() }()
-	cols := []any{
+	return s.sendColumns(ctx, tok, usageInsert, []any{
 		strs[0], lc[1], times[0], lc[2], strs[3], strs[4], strs[5], // event_id..key_id
 		strs[6], lc[7], lc[8], lc[9], lc[10], lc[11], lc[12], strs[13], // client_addr..reason
 		ints[0], ints[1], ints[2], ints[3], ints[4], times[1], // estimate..hold_expires_at
 		ints[5], lc[14], ints[6], ints[7], ints[8], ints[9], ints[10], // video..retry_after
 		score, lc[15], attrs, lc[16], parts, ints[11],
+	})
+}
+
+// sendColumns inserts one batch given column by column (each a slice, in the order of
+// query's columns), with the deduplication settings of token.
+func (s *Store) sendColumns(ctx context.Context, token, query string, cols []any) error {
+	b, err := s.conn.PrepareBatch(dedupCtx(ctx, token), query, driver.WithReleaseConnection())
+	if err != nil {
+		return err
 	}
+	defer func() { _ = b.Abort() }()
 	for i, c := range cols {
 		if err := b.Column(i).Append(c); err != nil {
 			return fmt.Errorf("column %d: %w", i, err)
@@ -188,18 +193,8 @@ func (s *Store) insertLedger(ctx context.Context, tok string, ls []*rows.Ledger)
 		lc[0][i], lc[1][i], lc[2][i] = lcs.box(l.LedgerAccount), lcs.box(l.Kind), lcs.box(l.Pos.Topic)
 		amounts[i], offsets[i], parts[i], at[i] = l.AmountMicros, l.Pos.Offset, l.Pos.Partition, l.EffectiveAt
 	}
-	b, err := s.conn.PrepareBatch(dedupCtx(ctx, tok), ledgerInsert, driver.WithReleaseConnection())
-	if err != nil {
-		return err
-	}
-	defer func() { _ = b.Abort() }()
-	cols := []any{strs[0], strs[1], strs[2], lc[0], amounts, lc[1], strs[3], strs[4], strs[5], at, strs[6], lc[2], parts, offsets}
-	for i, c := range cols {
-		if err := b.Column(i).Append(c); err != nil {
-			return fmt.Errorf("column %d: %w", i, err)
-		}
-	}
-	return b.Send()
+	return s.sendColumns(ctx, tok, ledgerInsert,
+		[]any{strs[0], strs[1], strs[2], lc[0], amounts, lc[1], strs[3], strs[4], strs[5], at, strs[6], lc[2], parts, offsets})
 }
 
 // RecordIntents durably records the ranges of an insert about to be made with token, so

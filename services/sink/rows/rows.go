@@ -195,9 +195,11 @@ func GroupToken(rs []Range) string {
 // SortRanges orders ranges by topic, partition and first offset: the order of a merged
 // batch's rows, so that a group re-formed after a crash is the same insert.
 func SortRanges(rs []Range) {
-	slices.SortFunc(rs, func(a, b Range) int {
-		return cmp.Or(strings.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition), cmp.Compare(a.First, b.First))
-	})
+	slices.SortFunc(rs, compareRanges)
+}
+
+func compareRanges(a, b Range) int {
+	return cmp.Or(strings.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition), cmp.Compare(a.First, b.First))
 }
 
 // Intent is a recorded insert: its token and every range its rows came from.
@@ -258,9 +260,7 @@ func (b *Batch) String() string {
 // one flush becomes one insert per table (each insert has a large fixed cost in ClickHouse).
 func Merge(bs []*Batch) *Batch {
 	sorted := append([]*Batch(nil), bs...)
-	slices.SortFunc(sorted, func(a, b *Batch) int {
-		return cmp.Or(strings.Compare(a.Range.Topic, b.Range.Topic), cmp.Compare(a.Range.Partition, b.Range.Partition), cmp.Compare(a.Range.First, b.Range.First))
-	})
+	slices.SortFunc(sorted, func(a, b *Batch) int { return compareRanges(a.Range, b.Range) })
 	m := &Batch{}
 	nu, nl := 0, 0
 	for _, b := range sorted {
