@@ -20,11 +20,11 @@ type blobArena struct {
 }
 
 type blobClass struct {
-	size    int
-	perLump int      // slots per chunk
-	chunks  [][]byte // len(chunks)*perLump slots
-	free    []uint32 // freed slots, reused first
-	next    uint32   // slots handed out from the chunks so far
+	size     int
+	perChunk int      // slots per chunk
+	chunks   [][]byte // len(chunks)*perChunk slots
+	free     []uint32 // freed slots, reused first
+	next     uint32   // slots handed out from the chunks so far
 }
 
 const (
@@ -40,7 +40,7 @@ func newBlobArena() blobArena {
 	for base := blobMinClass; base <= blobMaxClass; base *= 2 {
 		for step := 0; step < 4; step++ {
 			if size := base + step*base/4; size <= blobMaxClass {
-				a.classes = append(a.classes, blobClass{size: size, perLump: max(1, blobChunkSize/size)})
+				a.classes = append(a.classes, blobClass{size: size, perChunk: max(1, blobChunkSize/size)})
 			}
 		}
 	}
@@ -83,8 +83,8 @@ func (a *blobArena) alloc(n int) (class uint8, slot uint32, b []byte) {
 	} else {
 		slot = c.next
 		c.next++
-		if int(slot)/c.perLump == len(c.chunks) {
-			c.chunks = append(c.chunks, make([]byte, c.perLump*c.size))
+		if int(slot)/c.perChunk == len(c.chunks) {
+			c.chunks = append(c.chunks, make([]byte, c.perChunk*c.size))
 		}
 	}
 	return class, slot, a.bytes(class, slot)[:0]
@@ -97,8 +97,8 @@ func (a *blobArena) bytes(class uint8, slot uint32) []byte {
 		return b[:cap(b)]
 	}
 	c := &a.classes[class]
-	off := int(slot) % c.perLump * c.size
-	return c.chunks[int(slot)/c.perLump][off : off+c.size : off+c.size]
+	off := int(slot) % c.perChunk * c.size
+	return c.chunks[int(slot)/c.perChunk][off : off+c.size : off+c.size]
 }
 
 // release frees a slot.

@@ -291,3 +291,26 @@ func TestIdempotencyExpiry(t *testing.T) {
 		t.Fatal("x-1 still cached past the bound")
 	}
 }
+
+func TestAppendDoubling(t *testing.T) {
+	var s []int
+	grows := 0
+	for i := 0; i < 300_000; i++ {
+		c := cap(s)
+		s = appendDoubling(s, i)
+		if cap(s) != c {
+			grows++
+			if c > 0 && cap(s) != 2*c {
+				t.Fatalf("grew from %d to %d, want %d", c, cap(s), 2*c)
+			}
+		}
+	}
+	for i, v := range s {
+		if v != i {
+			t.Fatalf("s[%d] = %d", i, v)
+		}
+	}
+	if grows != 10 { // 1024 << 9 = 524,288 >= 300,000
+		t.Fatalf("%d reallocations for 300,000 appends, want 10", grows)
+	}
+}

@@ -663,13 +663,3 @@ func (t *Table) FundedInLogOrder(accountID string, funding Funding, amountMicros
 	}
 	return true
 }
-
-// AppendDoubling appends v, doubling the capacity when the slice is full: append grows a large
-// slice by a quarter, so a table of open requests growing to 200,000 was copied about twelve
-// times (each copy a pause of milliseconds under the admitter's lock), against eight doublings.
-func AppendDoubling[T any](s []T, v T) []T {
-	if len(s) == cap(s) {
-		s = append(make([]T, 0, max(2*cap(s), 1024)), s...)
-	}
-	return append(s, v)
-}
