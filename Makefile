@@ -60,7 +60,9 @@ check: fmt-check vet gowork-off ## static checks
 .PHONY: test
 test: chdb ## run every module's tests (kfake by default; real Kafka when KAFKA_BROKERS is set)
 	@test -n "$(CHDB_LIB_PATH)" || { echo "libchdb.so missing: make chdb"; exit 1; }
-	@for m in $(MODULES); do echo "== $$m"; (cd $$m && go test $(TEST_FLAGS) ./...); done
+	@failed=""; for m in $(MODULES); do echo "== $$m"; \
+	  (cd $$m && go test $(TEST_FLAGS) ./...) || failed="$$failed $$m"; done; \
+	  if [ -n "$$failed" ]; then echo "make test: FAILED in:$$failed"; exit 1; fi; echo "make test: every module passed"
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZ_TIME (default 10s) each
