@@ -97,9 +97,12 @@ type Config struct {
 
 	// AccountSharePermille is the most of an endpoint's current capacity (min of
 	// capacity_inflight and the adaptive limit) one account may hold in flight on this
-	// admitter, whatever its tier allows (default 250, range 1..1000); beyond it the account
+	// admitter, whatever its tier allows (default 100, range 1..1000); beyond it the account
 	// is denied concurrency_limited, so one client's open requests cannot take the endpoint.
-	AccountSharePermille int64 `env:"ADMITTER_ACCOUNT_SHARE_PERMILLE" envDefault:"250"`
+	// 100 keeps one account's holds, all in its own events partition, below the ledger's
+	// load-factor thresholds with 4 partitions (the ledger extrapolates one partition's
+	// in-flight × partitions; see README).
+	AccountSharePermille int64 `env:"ADMITTER_ACCOUNT_SHARE_PERMILLE" envDefault:"100"`
 
 	// AdaptiveEnabled turns on the local adaptive (AIMD) concurrency limit per endpoint
 	// (default true), fed by the latency the admitter measures from admission to finish.

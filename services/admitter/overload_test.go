@@ -21,6 +21,14 @@ func wideBal(acct, prio string) events.BalanceUpdated {
 	return b
 }
 
+// wideAccounts appends n "wide" accounts prefix0..prefix<n-1> of class prio to more.
+func wideAccounts(prefix string, n int, prio string, more ...events.Data) []events.Data {
+	for i := 0; i < n; i++ {
+		more = append(more, wideBal(fmt.Sprint(prefix, i), prio))
+	}
+	return more
+}
+
 func videoReq(id, acct string) api.AdmitRequest {
 	return api.AdmitRequest{RequestID: id, AccountID: acct, Endpoint: "sora.video",
 		Estimate: events.Units{VideoSeconds: 1, Resolution: "480p"}}
@@ -53,13 +61,14 @@ func adaptiveConfig(t *testing.T, c *kafkatest.Cluster) Config {
 	return cfg
 }
 
-// window admits n requests for acct at once, waits hold, then finishes them with f.
+// window admits n requests at once, request i for account acct+i (each account's share of
+// the endpoint is small), waits hold, then finishes them with f.
 func window(t *testing.T, s *running, prefix, acct string, n int, hold time.Duration, f func(*api.FinishRequest)) {
 	t.Helper()
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%s-%d", prefix, i)
-		if ar := admitAns(t, s, videoReq(ids[i], acct)); !ar.Allowed {
+		if ar := admitAns(t, s, videoReq(ids[i], fmt.Sprint(acct, i))); !ar.Allowed {
 			t.Fatalf("window %s admit %d: %+v", prefix, i, ar)
 		}
 	}
@@ -92,9 +101,9 @@ func assertNotLocked(t *testing.T, s *running, id string) {
 // duration as a 1 ms baseline and cut the limit to 1).
 func TestHTTPAdaptiveMissingDurationNoLockup(t *testing.T) {
 	c := kafkatest.Start(t)
-	seed(t, c, wideBal("w", events.PriorityStandard), wideBal("other", events.PriorityStandard))
+	seed(t, c, wideAccounts("w", 5, events.PriorityStandard, wideBal("other", events.PriorityStandard))...)
 	s := start(t, adaptiveConfig(t, c))
-	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 2 })
+	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 6 })
 	window(t, s, "nodur", "w", 5, 0, func(*api.FinishRequest) {})
 	for i := 0; i < 20; i++ {
 		window(t, s, fmt.Sprintf("dur%d", i), "w", 5, 0, func(f *api.FinishRequest) { f.DurationMs = 8000 })
@@ -107,9 +116,9 @@ func TestHTTPAdaptiveMissingDurationNoLockup(t *testing.T) {
 // below the floor, and standard traffic is still admitted.
 func TestHTTPAdaptiveLatencyShift(t *testing.T) {
 	c := kafkatest.Start(t)
-	seed(t, c, wideBal("w", events.PriorityStandard), wideBal("other", events.PriorityStandard))
+	seed(t, c, wideAccounts("w", 5, events.PriorityStandard, wideBal("other", events.PriorityStandard))...)
 	s := start(t, adaptiveConfig(t, c))
-	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 2 })
+	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 6 })
 	window(t, s, "fast", "w", 5, 20*time.Millisecond, func(f *api.FinishRequest) { f.DurationMs = 20 })
 	for i := 0; i < 25; i++ {
 		window(t, s, fmt.Sprintf("slow%d", i), "w", 5, 80*time.Millisecond, func(f *api.FinishRequest) { f.DurationMs = 80 })
@@ -121,11 +130,11 @@ func TestHTTPAdaptiveLatencyShift(t *testing.T) {
 // any more; the limit must grow back with time alone.
 func TestHTTPAdaptiveRecoversWithoutFinishes(t *testing.T) {
 	c := kafkatest.Start(t)
-	seed(t, c, wideBal("w", events.PriorityStandard), wideBal("other", events.PriorityStandard))
+	seed(t, c, wideAccounts("w", 5, events.PriorityStandard, wideBal("other", events.PriorityStandard))...)
 	cfg := adaptiveConfig(t, c)
 	cfg.AdaptiveRecoveryMs = 300
 	s := start(t, cfg)
-	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 2 })
+	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 6 })
 	for i := 0; i < 10; i++ {
 		window(t, s, fmt.Sprintf("fail%d", i), "w", 5, 0, func(f *api.FinishRequest) { f.Status = events.StatusFailed })
 	}
@@ -145,15 +154,13 @@ func TestHTTPAdaptiveRecoversWithoutFinishes(t *testing.T) {
 // share, then failures shrink the adaptive limit below them. Critical must keep its reserve.
 func TestHTTPCriticalKeepsReserve(t *testing.T) {
 	c := kafkatest.Start(t)
-	data := []events.Data{wideBal("failing", events.PriorityCritical), wideBal("crit", events.PriorityCritical)}
-	for i := 0; i < 4; i++ {
-		data = append(data, wideBal(fmt.Sprint("std", i), events.PriorityStandard))
-	}
+	data := wideAccounts("failing", 5, events.PriorityCritical, wideBal("crit", events.PriorityCritical))
+	data = wideAccounts("std", 12, events.PriorityStandard, data...)
 	seed(t, c, data...)
 	s := start(t, adaptiveConfig(t, c))
-	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 6 })
-	for i := 0; i < 204; i++ { // standard's share of 256, never finished
-		if ar := admitAns(t, s, videoReq(fmt.Sprint("hold", i), fmt.Sprint("std", i%4))); !ar.Allowed {
+	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 18 })
+	for i := 0; i < 204; i++ { // standard's share of 256 (17 per account), never finished
+		if ar := admitAns(t, s, videoReq(fmt.Sprint("hold", i), fmt.Sprint("std", i%12))); !ar.Allowed {
 			t.Fatalf("hold %d: %+v", i, ar)
 		}
 	}
@@ -183,8 +190,8 @@ func TestHTTPAccountShare(t *testing.T) {
 			break
 		}
 	}
-	if n != 64 || last.Reason != api.ReasonConcurrencyLimited || last.Remaining.ConcurrencyLimit != 64 {
-		t.Errorf("one account holds %d of 256 (want its share, 64, then concurrency_limited); last %+v", n, last)
+	if n != 25 || last.Reason != api.ReasonConcurrencyLimited || last.Remaining.ConcurrencyLimit != 25 {
+		t.Errorf("one account holds %d of 256 (want its share at the default 100 ‰, 25, then concurrency_limited); last %+v", n, last)
 	}
 	for _, a := range []string{"other", "crit"} {
 		if ar := admitAns(t, s, videoReq("after-"+a, a)); !ar.Allowed {

@@ -129,7 +129,7 @@ type Config struct {
 	BatchSharePermille int64
 	// AccountSharePermille is the most of an endpoint's current capacity one account may
 	// hold in flight (at least 1), whatever its tier allows, so that one client's open
-	// requests cannot take the endpoint from everyone else. Default 250, range [1, 1000].
+	// requests cannot take the endpoint from everyone else. Default 100, range [1, 1000].
 	AccountSharePermille int64
 	// RetryBlockedMs, RetryOverloadedMs, RetryConcurrencyMs and RetryInsufficientMs are the
 	// retry_after_ms of those denials when no exact time is known.
@@ -151,7 +151,7 @@ type Config struct {
 // DefaultConfig is the documented default policy.
 var DefaultConfig = Config{
 	AccountsMax: 2_000_000, OpenMax: 1_000_000, PendingMax: 2_000_000, Instances: 1,
-	CleanBurstBonusPermille: 1500, BatchSharePermille: 750, AccountSharePermille: 250,
+	CleanBurstBonusPermille: 1500, BatchSharePermille: 750, AccountSharePermille: 100,
 	RetryBlockedMs: 3_600_000, RetryOverloadedMs: 1000, RetryConcurrencyMs: 1000, RetryInsufficientMs: 60_000,
 	OverageFromAvailable: true, Adaptive: DefaultAdaptiveConfig, HugePages: true,
 }

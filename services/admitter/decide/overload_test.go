@@ -253,8 +253,8 @@ func TestAccountShareOfEndpoint(t *testing.T) {
 			break
 		}
 	}
-	const share = 256 * 250 / 1000
-	if n != share || last.Reason != ReasonConcurrency || last.ConcurrencyLimit != share {
+	share := 256 * DefaultConfig.AccountSharePermille / 1000
+	if int64(n) != share || last.Reason != ReasonConcurrency || last.ConcurrencyLimit != share {
 		t.Errorf("one account held %d of 256, want its share %d (denied concurrency_limited); last %+v", n, share, last)
 	}
 	for _, id := range []string{"other", "crit"} {
@@ -269,7 +269,7 @@ func TestAccountShareOfEndpoint(t *testing.T) {
 			break
 		}
 	}
-	if n != share || last.Reason != ReasonConcurrency {
+	if int64(n) != share || last.Reason != ReasonConcurrency {
 		t.Errorf("one critical account held %d, want its share %d; last %+v", n, share, last)
 	}
 }
