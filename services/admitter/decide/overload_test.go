@@ -273,3 +273,33 @@ func TestAccountShareOfEndpoint(t *testing.T) {
 		t.Errorf("one critical account held %d, want its share %d; last %+v", n, share, last)
 	}
 }
+
+// TestAdaptiveDecisionAllocatesNothing: the decision with the adaptive limit on (samples,
+// window closes, back-offs and time recovery) allocates nothing either.
+func TestAdaptiveDecisionAllocatesNothing(t *testing.T) {
+	tb := wideTable(t, func(c *Config) { c.Adaptive.WindowSamples = 5; c.Adaptive.RecoveryMs = 10 })
+	for i := 0; i < 100; i++ {
+		wideAccount(tb, fmt.Sprintf("acct-%d", i), events.PriorityCritical)
+	}
+	req := video10s720("acct-0")
+	ids := make([]string, 100)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("acct-%d", i)
+	}
+	var d Decision
+	now, i := t0, 0
+	allocs := testing.AllocsPerRun(2000, func() {
+		req.AccountID = ids[i%len(ids)]
+		i++
+		now += int64(i % 50) // every so often a gap longer than RecoveryMs
+		_ = tb.Admit(req, now, &d)
+		if d.Allowed {
+			tb.Published(d.Handle, 0, int64(i))
+			s, _ := tb.Quote(d.Handle, 5000)
+			_ = tb.Finish(d.Handle, s, now+int64(i%7)*100, Outcome(1+i%2), 0, int64(i))
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("admit+finish with the adaptive limit allocates %.1f per run", allocs)
+	}
+}
