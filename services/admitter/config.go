@@ -95,14 +95,49 @@ type Config struct {
 	// is cancelled (request.finished, cost 0) and answered 429 insufficient_credits.
 	ConfirmInLogOrder bool `env:"ADMITTER_CONFIRM_IN_LOG_ORDER" envDefault:"true"`
 
-	AdaptiveEnabled           bool  `env:"ADMITTER_ADAPTIVE_ENABLED" envDefault:"true"`
-	AdaptiveWindowSamples     int64 `env:"ADMITTER_ADAPTIVE_WINDOW_SAMPLES" envDefault:"50"`
+	// AccountSharePermille is the most of an endpoint's current capacity (min of
+	// capacity_inflight and the adaptive limit) one account may hold in flight on this
+	// admitter, whatever its tier allows (default 100, range 1..1000); beyond it the account
+	// is denied concurrency_limited, so one client's open requests cannot take the endpoint.
+	// 100 keeps one account's holds, all in its own events partition, below the ledger's
+	// load-factor thresholds with 4 partitions (the ledger extrapolates one partition's
+	// in-flight × partitions; see README).
+	AccountSharePermille int64 `env:"ADMITTER_ACCOUNT_SHARE_PERMILLE" envDefault:"100"`
+
+	// AdaptiveEnabled turns on the local adaptive (AIMD) concurrency limit per endpoint
+	// (default true), fed by the latency the admitter measures from admission to finish.
+	AdaptiveEnabled bool `env:"ADMITTER_ADAPTIVE_ENABLED" envDefault:"true"`
+	// AdaptiveWindowSamples is the finishes per adaptation window (default 50, 1..1000000).
+	AdaptiveWindowSamples int64 `env:"ADMITTER_ADAPTIVE_WINDOW_SAMPLES" envDefault:"50"`
+	// AdaptiveTolerancePermille: a window mean above baseline × this is overload (default
+	// 2000, 1001..100000).
 	AdaptiveTolerancePermille int64 `env:"ADMITTER_ADAPTIVE_TOLERANCE_PERMILLE" envDefault:"2000"`
-	AdaptiveFailurePermille   int64 `env:"ADMITTER_ADAPTIVE_FAILURE_PERMILLE" envDefault:"100"`
-	AdaptiveBackoffPermille   int64 `env:"ADMITTER_ADAPTIVE_BACKOFF_PERMILLE" envDefault:"800"`
-	AdaptiveIncreasePermille  int64 `env:"ADMITTER_ADAPTIVE_INCREASE_PERMILLE" envDefault:"50"`
-	AdaptiveDriftPermille     int64 `env:"ADMITTER_ADAPTIVE_DRIFT_PERMILLE" envDefault:"10"`
-	AdaptiveMinInflight       int64 `env:"ADMITTER_ADAPTIVE_MIN_INFLIGHT" envDefault:"1"`
+	// AdaptiveFailurePermille is the failed share of a window that counts as overload
+	// (default 100, 1..1000).
+	AdaptiveFailurePermille int64 `env:"ADMITTER_ADAPTIVE_FAILURE_PERMILLE" envDefault:"100"`
+	// AdaptiveBackoffPermille is the multiplicative decrease (default 800, 1..999).
+	AdaptiveBackoffPermille int64 `env:"ADMITTER_ADAPTIVE_BACKOFF_PERMILLE" envDefault:"800"`
+	// AdaptiveIncreasePermille is the additive increase, ‰ of capacity_inflight, per good
+	// window or recovery step (default 50, 1..1000).
+	AdaptiveIncreasePermille int64 `env:"ADMITTER_ADAPTIVE_INCREASE_PERMILLE" envDefault:"50"`
+	// AdaptiveDriftPermille is the baseline's drift up per window (default 10, 0..1000).
+	AdaptiveDriftPermille int64 `env:"ADMITTER_ADAPTIVE_DRIFT_PERMILLE" envDefault:"10"`
+	// AdaptiveMinInflight is the absolute floor of the adaptive limit (default 1,
+	// 1..1000000); the floor is the larger of it and ADMITTER_ADAPTIVE_FLOOR_PERMILLE.
+	AdaptiveMinInflight int64 `env:"ADMITTER_ADAPTIVE_MIN_INFLIGHT" envDefault:"1"`
+	// AdaptiveFloorPermille is the floor of the adaptive limit, ‰ of capacity_inflight
+	// (default 100, 1..1000): however slow or failing the finishes, the limit stays at or
+	// above it, so an endpoint is never shut by its own limit.
+	AdaptiveFloorPermille int64 `env:"ADMITTER_ADAPTIVE_FLOOR_PERMILLE" envDefault:"100"`
+	// AdaptiveRebaseWindows: this many windows in a row above tolerance make the lowest of
+	// their means the new baseline (default 3, 1..1000): backing off did not bring the
+	// latency back, so the work got slower rather than the endpoint overloaded. 1 = latency
+	// never backs off, only failures do.
+	AdaptiveRebaseWindows int64 `env:"ADMITTER_ADAPTIVE_REBASE_WINDOWS" envDefault:"3"`
+	// AdaptiveRecoveryMs: each interval of this length without any finish on an endpoint
+	// grows its limit by one increase step (default 5000, 1..3600000), so that a limit cut
+	// while nothing is admitted (hence nothing finishes) recovers by itself.
+	AdaptiveRecoveryMs int64 `env:"ADMITTER_ADAPTIVE_RECOVERY_MS" envDefault:"5000"`
 
 	// HTTP is ADMITTER_HTTP_*: the HTTP server's timeouts and header bound (httpx.ServerSettings).
 	HTTP httpx.ServerSettings `envPrefix:"ADMITTER_"`
@@ -148,12 +183,15 @@ func (c Config) Core() decide.Config {
 	return decide.Config{
 		AccountsMax: c.AccountsMax, OpenMax: c.OpenMax, PendingMax: c.PendingMax, Instances: c.Instances,
 		CleanBurstBonusPermille: c.CleanBurstBonusPermille, BatchSharePermille: c.BatchSharePermille,
-		RetryBlockedMs: c.RetryBlockedMs, RetryOverloadedMs: c.RetryOverloadedMs,
+		AccountSharePermille: c.AccountSharePermille,
+		RetryBlockedMs:       c.RetryBlockedMs, RetryOverloadedMs: c.RetryOverloadedMs,
 		RetryConcurrencyMs: c.RetryConcurrencyMs, RetryInsufficientMs: c.RetryInsufficientMs, HugePages: c.HugePages,
 		Adaptive: decide.AdaptiveConfig{Enabled: c.AdaptiveEnabled, WindowSamples: c.AdaptiveWindowSamples,
 			TolerancePermille: c.AdaptiveTolerancePermille, FailurePermille: c.AdaptiveFailurePermille,
 			BackoffPermille: c.AdaptiveBackoffPermille, IncreasePermille: c.AdaptiveIncreasePermille,
-			DriftPermille: c.AdaptiveDriftPermille, MinInflight: c.AdaptiveMinInflight},
+			DriftPermille: c.AdaptiveDriftPermille, MinInflight: c.AdaptiveMinInflight,
+			FloorPermille: c.AdaptiveFloorPermille, RebaseWindows: c.AdaptiveRebaseWindows,
+			RecoveryMs: c.AdaptiveRecoveryMs},
 	}
 }
 
@@ -250,6 +288,9 @@ var coreNames = strings.NewReplacer(
 	"Adaptive: IncreasePermille:", "ADMITTER_ADAPTIVE_INCREASE_PERMILLE:",
 	"Adaptive: DriftPermille:", "ADMITTER_ADAPTIVE_DRIFT_PERMILLE:",
 	"Adaptive: MinInflight:", "ADMITTER_ADAPTIVE_MIN_INFLIGHT:",
+	"Adaptive: FloorPermille:", "ADMITTER_ADAPTIVE_FLOOR_PERMILLE:",
+	"Adaptive: RebaseWindows:", "ADMITTER_ADAPTIVE_REBASE_WINDOWS:",
+	"Adaptive: RecoveryMs:", "ADMITTER_ADAPTIVE_RECOVERY_MS:",
 	"WindowSamples:", "ADMITTER_ADAPTIVE_WINDOW_SAMPLES:",
 	"TolerancePermille:", "ADMITTER_ADAPTIVE_TOLERANCE_PERMILLE:",
 	"FailurePermille:", "ADMITTER_ADAPTIVE_FAILURE_PERMILLE:",
@@ -257,6 +298,10 @@ var coreNames = strings.NewReplacer(
 	"IncreasePermille:", "ADMITTER_ADAPTIVE_INCREASE_PERMILLE:",
 	"DriftPermille:", "ADMITTER_ADAPTIVE_DRIFT_PERMILLE:",
 	"MinInflight:", "ADMITTER_ADAPTIVE_MIN_INFLIGHT:",
+	"FloorPermille:", "ADMITTER_ADAPTIVE_FLOOR_PERMILLE:",
+	"RebaseWindows:", "ADMITTER_ADAPTIVE_REBASE_WINDOWS:",
+	"RecoveryMs:", "ADMITTER_ADAPTIVE_RECOVERY_MS:",
+	"AccountSharePermille:", "ADMITTER_ACCOUNT_SHARE_PERMILLE:",
 	"AccountsMax:", "ADMITTER_ACCOUNTS_MAX:", "OpenMax:", "ADMITTER_OPEN_MAX:", "PendingMax:", "ADMITTER_PENDING_MAX:",
 	"Instances:", "ADMITTER_INSTANCES:", "CleanBurstBonusPermille:", "ADMITTER_CLEAN_BURST_BONUS_PERMILLE:",
 	"BatchSharePermille:", "ADMITTER_BATCH_SHARE_PERMILLE:", "RetryBlockedMs:", "ADMITTER_RETRY_BLOCKED_MS:",

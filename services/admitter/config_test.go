@@ -29,13 +29,18 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 	bad.BodyMaxBytes = 1
 	bad.Instances = 0
 	bad.AdaptiveBackoffPermille = 1000
+	bad.AdaptiveFloorPermille = 0
+	bad.AdaptiveRebaseWindows = 0
+	bad.AdaptiveRecoveryMs = 0
+	bad.AccountSharePermille = 1001
 	bad.APIKeys = "k:nothex"
 	p := filepath.Join(t.TempDir(), "book.json")
 	_ = os.WriteFile(p, []byte(`{"version":"v1","endpoints":{}}`), 0o600)
 	bad.PriceBookPath = p
 	err := bad.Validate()
 	for _, name := range []string{"KAFKA_BROKERS", "ADMITTER_BODY_MAX_BYTES", "ADMITTER_INSTANCES", "ADMITTER_ADAPTIVE_BACKOFF_PERMILLE",
-		"ADMITTER_API_KEYS", "TALLY_PRICEBOOK_PATH"} {
+		"ADMITTER_API_KEYS", "TALLY_PRICEBOOK_PATH", "ADMITTER_ADAPTIVE_FLOOR_PERMILLE", "ADMITTER_ADAPTIVE_REBASE_WINDOWS",
+		"ADMITTER_ADAPTIVE_RECOVERY_MS", "ADMITTER_ACCOUNT_SHARE_PERMILLE"} {
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}

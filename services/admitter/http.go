@@ -287,7 +287,7 @@ func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, r
 		return false
 	}
 	s.mu.Lock()
-	_ = s.table.Finish(d.Handle, q, -1, false, p2, o2)
+	_ = s.table.Finish(d.Handle, q, time.Now().UnixMilli(), decide.OutcomeNone, p2, o2)
 	s.mu.Unlock()
 	s.m.revoked.Inc()
 	d.Allowed, d.Reason, d.RetryAfterMs = false, decide.ReasonInsufficientCredits, s.cfg.RetryInsufficientMs
@@ -427,6 +427,9 @@ func (s *Service) publish(ctx context.Context, eventType, key string, value []by
 }
 
 func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
+	// The adaptive limit's latency sample is the admitter's own: from the admission to the
+	// arrival of this finish (the client's duration_ms is recorded on the event, not trusted).
+	arrivedMs := time.Now().UnixMilli()
 	keyID, herr := s.auth(r)
 	if herr != nil {
 		httpx.WriteError(w, herr)
@@ -520,7 +523,7 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rec.flags&recOpen != 0 {
-		_ = s.table.Finish(rec.handle, q, req.DurationMs, req.Status == events.StatusFailed, part, off)
+		_ = s.table.Finish(rec.handle, q, arrivedMs, decide.FinishOutcome(req.Status), part, off)
 		s.idem.takeHandle(rec.handle)
 		rec.flags &^= recOpen
 	}

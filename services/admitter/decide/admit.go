@@ -112,9 +112,9 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		return t.deny(d, ReasonBlocked, t.cfg.RetryBlockedMs)
 	}
 	// 2. Overload shedding by class, with the critical reserve.
-	capacity := min(ep.ep.CapacityInflight, ep.adaptive.Limit())
+	capacity := min(ep.ep.CapacityInflight, ep.adaptive.Limit(nowMs))
 	d.EndpointCapacity, d.EndpointInFlight = capacity, ep.inflight
-	if load == 0 || ep.inflight >= t.classCapacity(ep, capacity, prio) {
+	if load == 0 || t.shed(ep, capacity, prio) {
 		return t.deny(d, ReasonOverloaded, t.cfg.RetryOverloadedMs)
 	}
 	// 3. Concurrency per account per endpoint.
@@ -132,7 +132,8 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		lim.stepUs = max(60_000_000/lim.rate, 1)
 	}
 	slot := t.epState(ai, ei)
-	conc := lim.conc
+	// No account may hold more than its share of the endpoint, whatever its tier allows.
+	conc := min(lim.conc, max(capacity*t.cfg.AccountSharePermille/1000, 1))
 	d.ConcurrencyLimit, d.InFlight = conc, int64(slot.inflight)
 	if int64(slot.inflight) >= conc {
 		return t.deny(d, ReasonConcurrency, t.cfg.RetryConcurrencyMs)
@@ -169,6 +170,9 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 	slot.tatUs = newTat
 	slot.inflight++
 	ep.inflight++
+	if prio == PriorityCritical {
+		ep.critInflight++
+	}
 	d.Allowed, d.Handle = true, oi
 	d.HoldExpiresAtMs = nowMs + ep.ep.HoldTimeoutMs
 	d.InFlight, d.EndpointInFlight = int64(slot.inflight), ep.inflight
@@ -183,6 +187,16 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 func (t *Table) deny(d *Decision, r Reason, retryMs int64) error {
 	d.Allowed, d.Reason, d.RetryAfterMs = false, r, max(retryMs, 1)
 	return nil
+}
+
+// shed reports whether class p is shed at the endpoint's in-flight level. Critical is shed
+// only when the endpoint is full and critical requests already hold its reserve: the reserve
+// is critical's own, even when others' open holds exceed a limit that has shrunk since.
+func (t *Table) shed(ep *endpointInfo, capacity int64, p Priority) bool {
+	if p == PriorityCritical {
+		return ep.inflight >= capacity && ep.critInflight >= capacity*ep.ep.CriticalReservePermille/1000
+	}
+	return ep.inflight >= t.classCapacity(ep, capacity, p)
 }
 
 // classCapacity is the in-flight level at which class p is shed: critical may use the whole
@@ -294,8 +308,12 @@ func (t *Table) release(h uint32) {
 	if slot.inflight > 0 {
 		slot.inflight--
 	}
-	if ep := &t.endpoints[o.endpoint]; ep.inflight > 0 {
+	ep := &t.endpoints[o.endpoint]
+	if ep.inflight > 0 {
 		ep.inflight--
+	}
+	if o.priority == PriorityCritical && ep.critInflight > 0 {
+		ep.critInflight--
 	}
 	*o = open{live: false, nextFree: t.openFree, startPending: none}
 	t.openFree = h
@@ -407,16 +425,18 @@ func (t *Table) ApplyPeerFinish(p *Peer, costMicros int64, partition int32, offs
 }
 
 // Finish settles open request h once its request.finished event is durable at (partition,
-// offset): frees its in-flight slots, feeds the adaptive limit, and records the settlement
-// as a pending change until the ledger folds it.
-func (t *Table) Finish(h uint32, s Settlement, durationMs int64, failed bool, partition int32, offset int64) error {
+// offset): frees its in-flight slots, feeds the adaptive limit (the latency sample is this
+// admitter's own: from the admission to nowMs, when the finish arrived; out says whether it
+// is a sample and whether it failed), and records the settlement as a pending change until
+// the ledger folds it.
+func (t *Table) Finish(h uint32, s Settlement, nowMs int64, out Outcome, partition int32, offset int64) error {
 	if int(h) >= t.opens.len() || !t.opens.at(h).live {
 		return ErrUnknownRequest
 	}
 	o := t.opens.at(h)
 	ai := o.account
-	if durationMs >= 0 { // a negative duration (a revoked admission) is no latency sample
-		t.endpoints[o.endpoint].adaptive.Observe(durationMs, failed)
+	if out != OutcomeNone {
+		t.endpoints[o.endpoint].adaptive.Observe(o.startedMs, nowMs, out == OutcomeFailed)
 	}
 	t.release(h)
 	if s.availDelta == 0 && s.allowDelta == 0 {

@@ -127,6 +127,10 @@ type Config struct {
 	// BatchSharePermille is the share of the non-reserved capacity batch traffic may use
 	// before it is shed (standard may use all of it, critical also the reserve).
 	BatchSharePermille int64
+	// AccountSharePermille is the most of an endpoint's current capacity one account may
+	// hold in flight (at least 1), whatever its tier allows, so that one client's open
+	// requests cannot take the endpoint from everyone else. Default 100, range [1, 1000].
+	AccountSharePermille int64
 	// RetryBlockedMs, RetryOverloadedMs, RetryConcurrencyMs and RetryInsufficientMs are the
 	// retry_after_ms of those denials when no exact time is known.
 	RetryBlockedMs      int64
@@ -147,7 +151,7 @@ type Config struct {
 // DefaultConfig is the documented default policy.
 var DefaultConfig = Config{
 	AccountsMax: 2_000_000, OpenMax: 1_000_000, PendingMax: 2_000_000, Instances: 1,
-	CleanBurstBonusPermille: 1500, BatchSharePermille: 750,
+	CleanBurstBonusPermille: 1500, BatchSharePermille: 750, AccountSharePermille: 100,
 	RetryBlockedMs: 3_600_000, RetryOverloadedMs: 1000, RetryConcurrencyMs: 1000, RetryInsufficientMs: 60_000,
 	OverageFromAvailable: true, Adaptive: DefaultAdaptiveConfig, HugePages: true,
 }
@@ -168,6 +172,7 @@ func (c Config) Validate() error {
 	rng("Instances", c.Instances, 1, 1000)
 	rng("CleanBurstBonusPermille", c.CleanBurstBonusPermille, 1000, 10_000)
 	rng("BatchSharePermille", c.BatchSharePermille, 0, 1000)
+	rng("AccountSharePermille", c.AccountSharePermille, 1, 1000)
 	rng("RetryBlockedMs", c.RetryBlockedMs, 1, maxRetryMs)
 	rng("RetryOverloadedMs", c.RetryOverloadedMs, 1, maxRetryMs)
 	rng("RetryConcurrencyMs", c.RetryConcurrencyMs, 1, maxRetryMs)
@@ -256,11 +261,12 @@ type limits struct {
 }
 
 type endpointInfo struct {
-	name       string
-	ep         *pricebook.Endpoint
-	inflight   int64
-	loadFactor [numPriorities]int64 // permille
-	adaptive   Adaptive
+	name         string
+	ep           *pricebook.Endpoint
+	inflight     int64
+	critInflight int64                // of which critical, against its reserve
+	loadFactor   [numPriorities]int64 // permille
+	adaptive     Adaptive
 }
 
 // Table is the admitter's state: accounts, open requests and pending balance changes.

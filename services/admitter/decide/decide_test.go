@@ -68,7 +68,7 @@ func TestAllowanceThenCreditsThenInsufficient(t *testing.T) {
 	if err != nil || s.ChargedMicros != 2_000_000 || s.ReleasedMicros != 0 {
 		t.Fatalf("quote: %+v %v", s, err)
 	}
-	if err := tb.Finish(d.Handle, s, 1000, false, 0, 12); err != nil {
+	if err := tb.Finish(d.Handle, s, t0+1000, OutcomeSucceeded, 0, 12); err != nil {
 		t.Fatal(err)
 	}
 	// The 5h window is used up: the second request is a credit hold.
@@ -81,7 +81,7 @@ func TestAllowanceThenCreditsThenInsufficient(t *testing.T) {
 	if s.ChargedMicros != 1_500_000 || s.ReleasedMicros != 500_000 || s.OverageMicros != 0 {
 		t.Fatalf("settle under hold: %+v", s)
 	}
-	if err := tb.Finish(d.Handle, s, 1000, false, 0, 14); err != nil {
+	if err := tb.Finish(d.Handle, s, t0+1000, OutcomeSucceeded, 0, 14); err != nil {
 		t.Fatal(err)
 	}
 	// Local available: 3,000,000 - 1,500,000 = 1,500,000 < 2,000,000: insufficient, and the
@@ -129,7 +129,7 @@ func TestOverageAndPolicy(t *testing.T) {
 			if s.ChargedMicros != wantCharged || s.OverageMicros != wantOver || s.ReleasedMicros != 0 {
 				t.Fatalf("settle: %+v", s)
 			}
-			_ = tb.Finish(d.Handle, s, 10, false, 1, 7)
+			_ = tb.Finish(d.Handle, s, t0+10, OutcomeSucceeded, 1, 7)
 			snap, _ := tb.Account("e")
 			if got := snap.AvailableMicros + snap.PendingAvailMicros; got != 10_000-wantCharged {
 				t.Fatalf("local available %d, want %d", got, 10_000-wantCharged)
@@ -190,7 +190,7 @@ func TestConcurrencyLimit(t *testing.T) {
 	}
 	tb.Published(d1.Handle, 0, 2)
 	s, _ := tb.Quote(d1.Handle, 100)
-	_ = tb.Finish(d1.Handle, s, 5, false, 0, 3)
+	_ = tb.Finish(d1.Handle, s, t0+5, OutcomeSucceeded, 0, 3)
 	if d := admit(t, tb, code1k("c"), t0+6000); !d.Allowed {
 		t.Fatalf("after finish: %+v", d)
 	}
@@ -288,25 +288,29 @@ func TestAdaptiveLimitSheds(t *testing.T) {
 			t.Fatalf("%+v", d)
 		}
 		s, _ := tb.Quote(d.Handle, 0)
-		_ = tb.Finish(d.Handle, s, ms, failed, 0, 2)
+		out := OutcomeSucceeded
+		if failed {
+			out = OutcomeFailed
+		}
+		_ = tb.Finish(d.Handle, s, t0+ms, out, 0, 2)
 	}
 	ep := &tb.endpoints[tb.epIdx["codex.responses"]]
 	for i := 0; i < 10; i++ {
 		finish(100, false)
 	}
-	if ep.adaptive.Limit() != 4096 {
-		t.Fatalf("limit after a good window %d", ep.adaptive.Limit())
+	if ep.adaptive.Limit(t0) != 4096 {
+		t.Fatalf("limit after a good window %d", ep.adaptive.Limit(t0))
 	}
 	for i := 0; i < 10; i++ {
 		finish(500, false) // 5× the baseline
 	}
-	if got := ep.adaptive.Limit(); got != 4096*800/1000 {
+	if got := ep.adaptive.Limit(t0); got != 4096*800/1000 {
 		t.Fatalf("limit after a slow window %d", got)
 	}
 	for i := 0; i < 10; i++ {
 		finish(100, true) // all failed
 	}
-	if got := ep.adaptive.Limit(); got != 4096*800/1000*800/1000 {
+	if got := ep.adaptive.Limit(t0); got != 4096*800/1000*800/1000 {
 		t.Fatalf("limit after a failing window %d", got)
 	}
 }
@@ -416,7 +420,7 @@ func TestDecisionAllocatesNothing(t *testing.T) {
 		if d.Allowed {
 			tb.Published(d.Handle, 0, int64(i))
 			s, _ := tb.Quote(d.Handle, 5000)
-			_ = tb.Finish(d.Handle, s, 3, false, 0, int64(i))
+			_ = tb.Finish(d.Handle, s, t0+int64(i)+3, OutcomeSucceeded, 0, int64(i))
 		}
 	})
 	if allocs != 0 {
@@ -491,7 +495,7 @@ func BenchmarkAdmitFinish1M(b *testing.B) {
 		if d.Allowed {
 			tb.Published(d.Handle, 0, int64(i))
 			s, _ := tb.Quote(d.Handle, 5000)
-			_ = tb.Finish(d.Handle, s, 3, false, 0, int64(i))
+			_ = tb.Finish(d.Handle, s, t0+int64(i)+3, OutcomeSucceeded, 0, int64(i))
 		}
 	}
 }
@@ -655,5 +659,5 @@ func burst(tb *Table, acct string, max int, offset int64) (int, Decision) {
 func finish(tb *Table, d Decision, offset int64) {
 	tb.Published(d.Handle, 0, offset)
 	s, _ := tb.Quote(d.Handle, 0)
-	_ = tb.Finish(d.Handle, s, 1, false, 0, offset+1)
+	_ = tb.Finish(d.Handle, s, t0+1, OutcomeSucceeded, 0, offset+1)
 }

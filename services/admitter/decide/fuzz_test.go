@@ -49,7 +49,7 @@ func FuzzTable(f *testing.F) {
 					k := arg % len(handles)
 					if s, err := tb.Quote(handles[k], int64(arg)*50_000); err == nil {
 						offset++
-						_ = tb.Finish(handles[k], s, int64(arg), arg%3 == 0, int32(arg%2), offset)
+						_ = tb.Finish(handles[k], s, now+int64(arg), Outcome(arg%3), int32(arg%2), offset)
 					}
 					handles = append(handles[:k], handles[k+1:]...)
 				}
@@ -107,11 +107,15 @@ func checkInvariants(t *testing.T, tb *Table) {
 	}
 	perSlot := map[key]int32{}
 	perEp := make([]int64, len(tb.endpoints))
+	critEp := make([]int64, len(tb.endpoints))
 	for i := 0; i < tb.opens.len(); i++ {
 		if o := tb.opens.at(uint32(i)); o.live {
 			opens++
 			perSlot[key{o.account, o.endpoint}]++
 			perEp[o.endpoint]++
+			if o.priority == PriorityCritical {
+				critEp[o.endpoint]++
+			}
 		}
 	}
 	if opens != tb.openLive {
@@ -125,8 +129,12 @@ func checkInvariants(t *testing.T, tb *Table) {
 		}
 	}
 	for i := range tb.endpoints {
-		if tb.endpoints[i].inflight != perEp[i] {
-			t.Fatalf("endpoint %d inflight %d, open %d", i, tb.endpoints[i].inflight, perEp[i])
+		if tb.endpoints[i].inflight != perEp[i] || tb.endpoints[i].critInflight != critEp[i] {
+			t.Fatalf("endpoint %d inflight %d (critical %d), open %d (critical %d)", i, tb.endpoints[i].inflight,
+				tb.endpoints[i].critInflight, perEp[i], critEp[i])
+		}
+		if a := &tb.endpoints[i].adaptive; a.cfg.Enabled && (a.limit < a.floor || a.limit > a.capacity) {
+			t.Fatalf("endpoint %d adaptive limit %d outside [%d, %d]", i, a.limit, a.floor, a.capacity)
 		}
 	}
 }
