@@ -94,6 +94,13 @@ type Config struct {
 	// it and keeps it only if it is covered counting what precedes it in the log; otherwise it
 	// is cancelled (request.finished, cost 0) and answered 429 insufficient_credits.
 	ConfirmInLogOrder bool `env:"ADMITTER_CONFIRM_IN_LOG_ORDER" envDefault:"true"`
+	// LogOpenMax bounds the requests started in the events log by another admitter or by an
+	// earlier incarnation of this one, and not yet finished or expired there, that the peer
+	// follower keeps so that this admitter can settle their finish (default 1000000, range
+	// 1..10000000; ≈ 250 B each). Finished ones stay until their hold expiry, to answer repeats.
+	// Beyond it a start is not kept (tally_admitter_log_index_full_total) and its finish here
+	// answers 404 unknown_request.
+	LogOpenMax int `env:"ADMITTER_LOG_OPEN_MAX" envDefault:"1000000"`
 
 	AdaptiveEnabled           bool  `env:"ADMITTER_ADAPTIVE_ENABLED" envDefault:"true"`
 	AdaptiveWindowSamples     int64 `env:"ADMITTER_ADAPTIVE_WINDOW_SAMPLES" envDefault:"50"`
@@ -214,6 +221,7 @@ func (c Config) Validate() error {
 	rng("ADMITTER_EXPIRE_INTERVAL_MS", c.ExpireIntervalMs, 1, 60_000)
 	rng("ADMITTER_EXPIRE_BUDGET", int64(c.ExpireBudget), 1, 10_000_000)
 	rng("ADMITTER_SHUTDOWN_TIMEOUT_MS", c.ShutdownTimeoutMs, 1, 600_000)
+	rng("ADMITTER_LOG_OPEN_MAX", int64(c.LogOpenMax), 1, 10_000_000)
 	if err := c.HTTP.ValidateEnv("ADMITTER_"); err != nil {
 		errs = append(errs, err)
 	}

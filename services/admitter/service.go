@@ -41,8 +41,13 @@ type Service struct {
 	mu      sync.Mutex // guards table, idem
 	table   *decide.Table
 	idem    *idemStore                     // request_id → answers (idempotency), open requests
-	peers   map[string]peerOpen            // other admitters' open requests (ADMITTER_FOLLOW_PEERS)
+	peers   map[string]peerOpen            // requests started in the log by others (ADMITTER_FOLLOW_PEERS)
 	peerPos atomic.Pointer[[]atomic.Int64] // per events partition: last offset the peer follower applied
+	// peerDone is a ring of the finished requests in peers, oldest at peerDoneHead, at most
+	// ADMITTER_IDEMPOTENCY_MAX.
+	peerDone     []string
+	peerDoneHead int
+	logClient    *kafka.Client // end offsets for finishes of requests not read yet
 
 	keys   atomic.Pointer[httpx.Keyring]
 	keyMod atomic.Int64
@@ -109,6 +114,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		s.writers, s.pub = kp.ws, kp
 	}
 	s.ln = ln
+	s.logClient = s.kafkaClient()
 	s.srv = httpx.NewServer(cfg.ListenAddr, s.Handler(), cfg.HTTPServer())
 	return s, nil
 }
