@@ -79,6 +79,11 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 	}
 	s.peerPos.Store(&pos)
 	positioned() // every event written from now on will be read
+	select {
+	case <-s.stateLoaded:
+	case <-ctx.Done():
+		return
+	}
 	done := make(chan struct{}, len(ends))
 	for p, end := range ends {
 		go func() {

@@ -62,6 +62,10 @@ type Service struct {
 	srv     *http.Server
 	ready   atomic.Bool
 	readyCh chan struct{}
+	// stateLoaded is closed once the balances and limits topics are loaded: the peer follower
+	// reads the events topic from then on, so that the accounts of the events it reads back
+	// are known (their holds count, their settlements are quoted against their balances).
+	stateLoaded chan struct{}
 }
 
 // New validates cfg, loads the price book (a bad one stops the service with the reason),
@@ -90,7 +94,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: log, book: book, brokers: brokers, topics: kafkax.NewTopics(cfg.TopicPrefix), kafkaTLS: kafkaTLS,
 		source: cfg.source(), table: table, idem: newIdemStore(cfg.IdempotencyMax), peers: map[string]peerOpen{},
-		m: newMetrics(), readyCh: make(chan struct{})}
+		m: newMetrics(), readyCh: make(chan struct{}), stateLoaded: make(chan struct{})}
 	if err := s.ReloadKeys(); err != nil {
 		return nil, err
 	}
@@ -159,11 +163,18 @@ func (s *Service) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.followPeers(ctx, loaded.Done) }()
 	}
+	var stateLeft atomic.Int32 // the peer follower reads once the balances and limits are loaded
+	stateLeft.Store(2)
 	for _, topic := range []string{s.topics.Balances, s.topics.Limits} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.follow(ctx, topic, loaded.Done)
+			s.follow(ctx, topic, func() {
+				loaded.Done()
+				if stateLeft.Add(-1) == 0 {
+					close(s.stateLoaded)
+				}
+			})
 		}()
 	}
 	go func() {
