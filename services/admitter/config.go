@@ -95,9 +95,10 @@ type Config struct {
 	// is cancelled (request.finished, cost 0) and answered 429 insufficient_credits.
 	ConfirmInLogOrder bool `env:"ADMITTER_CONFIRM_IN_LOG_ORDER" envDefault:"true"`
 	// LogOpenMax bounds the requests started in the events log by another admitter or by an
-	// earlier incarnation of this one, and not yet finished or expired there, that the peer
-	// follower keeps so that this admitter can settle their finish (default 1000000, range
-	// 1..10000000; ≈ 250 B each). Finished ones stay until their hold expiry, to answer repeats.
+	// earlier incarnation of this one that the peer follower keeps, so that this admitter can
+	// settle their finish (default 1000000, range 1..10000000; a few hundred bytes each, not
+	// measured). Open ones stay until their hold expiry; finished ones (kept to answer repeats)
+	// count too and leave at their hold expiry or after ADMITTER_IDEMPOTENCY_MAX later ones.
 	// Beyond it a start is not kept (tally_admitter_log_index_full_total) and its finish here
 	// answers 404 unknown_request.
 	LogOpenMax int `env:"ADMITTER_LOG_OPEN_MAX" envDefault:"1000000"`
