@@ -67,6 +67,7 @@ type idemRec struct {
 const (
 	recAllowed uint8 = 1 << iota
 	recOpen          // the request is open in the decision table under handle
+	recFromLog       // created by a finish of a request admitted elsewhere: no admit answer to replay
 )
 
 // idemStore is the cache; Service.mu guards it.
@@ -253,6 +254,9 @@ func (st *idemStore) setBlob(ri uint32, upTo int, extra ...[]byte) {
 // sameAdmit reports whether req has the parameters of record ri's admit.
 func (st *idemStore) sameAdmit(ri uint32, req *api.AdmitRequest) bool {
 	r := &st.recs[ri]
+	if r.flags&recFromLog != 0 {
+		return false
+	}
 	return string(st.seg(ri, segAccount)) == req.AccountID && string(st.seg(ri, segEndpoint)) == req.Endpoint &&
 		string(st.seg(ri, segModel)) == req.Model && string(st.seg(ri, segPriority)) == req.Priority &&
 		string(st.seg(ri, segResolution)) == req.Estimate.Resolution &&

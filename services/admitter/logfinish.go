@@ -82,7 +82,7 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 	ri := s.idem.add(&api.AdmitRequest{RequestID: req.RequestID, AccountID: po.peer.AccountID, Endpoint: po.endpoint, Model: po.model},
 		"", "", nil, slot, h)
 	rec := &s.idem.recs[ri]
-	rec.status, rec.flags, rec.fin = http.StatusOK, recAllowed, finPending
+	rec.status, rec.flags, rec.fin = http.StatusOK, recAllowed|recFromLog, finPending
 	rec.finSeq++
 	s.mu.Unlock()
 

@@ -151,6 +151,10 @@ func TestFinishAtOtherAdmitter(t *testing.T) {
 			t.Fatalf("other usage at %s: %d %s", s.source, r.status, r.body)
 		}
 	}
+	// y holds o-1 from the finish it settled: an admit of that id there is not a new request.
+	if a := post(t, y.url+api.PathAdmit, testSecret, codeReq("o-1", "ent")); a.status != 409 || a.code(t) != api.CodeRequestIDReused {
+		t.Fatalf("admit of a finished id at y: %d %s", a.status, a.body)
+	}
 	evs := readEvents(t, c, func(e []events.Event) bool { return count(e, events.TypeRequestFinished, "o-1") >= 1 })
 	time.Sleep(200 * time.Millisecond)
 	evs = readEvents(t, c, func(e []events.Event) bool { return len(e) >= len(evs) })
