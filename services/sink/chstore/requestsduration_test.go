@@ -46,7 +46,7 @@ func TestRequestsViewDuration(t *testing.T) {
 	finish(9_000, "r-client", 1_500)
 	start(1_000, "r-none") // none sent: finish − start
 	finish(3_250, "r-none", 0)
-	start(2_000, "r-open") // not finished
+	start(2_000, "r-open")        // not finished
 	finish(4_000, "r-nostart", 0) // its start is not in the table
 	b.Range = rows.Range{Topic: "tally.events", Partition: 0, First: 0, Last: off - 1}
 	if err := st.BatchInsert(ctx, b); err != nil {
