@@ -94,6 +94,14 @@ type Config struct {
 	// it and keeps it only if it is covered counting what precedes it in the log; otherwise it
 	// is cancelled (request.finished, cost 0) and answered 429 insufficient_credits.
 	ConfirmInLogOrder bool `env:"ADMITTER_CONFIRM_IN_LOG_ORDER" envDefault:"true"`
+	// LogOpenMax bounds the requests started in the events log by another admitter or by an
+	// earlier incarnation of this one that the peer follower keeps, so that this admitter can
+	// settle their finish (default 1000000, range 1..10000000; a few hundred bytes each, not
+	// measured). Open ones stay until their hold expiry; finished ones (kept to answer repeats)
+	// count too and leave at their hold expiry or after ADMITTER_IDEMPOTENCY_MAX later ones.
+	// Beyond it a start is not kept (tally_admitter_log_index_full_total) and its finish here
+	// answers 404 unknown_request.
+	LogOpenMax int `env:"ADMITTER_LOG_OPEN_MAX" envDefault:"1000000"`
 
 	// AccountSharePermille is the most of an endpoint's current capacity (min of
 	// capacity_inflight and the adaptive limit) one account may hold in flight on this
@@ -252,6 +260,7 @@ func (c Config) Validate() error {
 	rng("ADMITTER_EXPIRE_INTERVAL_MS", c.ExpireIntervalMs, 1, 60_000)
 	rng("ADMITTER_EXPIRE_BUDGET", int64(c.ExpireBudget), 1, 10_000_000)
 	rng("ADMITTER_SHUTDOWN_TIMEOUT_MS", c.ShutdownTimeoutMs, 1, 600_000)
+	rng("ADMITTER_LOG_OPEN_MAX", int64(c.LogOpenMax), 1, 10_000_000)
 	if err := c.HTTP.ValidateEnv("ADMITTER_"); err != nil {
 		errs = append(errs, err)
 	}

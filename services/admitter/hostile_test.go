@@ -66,6 +66,7 @@ func readyService(tb testing.TB, pub Publisher, edit func(*Config)) (*Service, h
 	cfg.APIKeys = "k1:" + httpx.HashSecret(testSecret)
 	cfg.ListenAddr = "127.0.0.1:0"
 	cfg.PriceBookPath = testBook(tb)
+	cfg.FollowPeers = false // no follower runs: a finish of an unknown request is 404 at once
 	edit(&cfg)
 	s, err := New(cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 	if err != nil {

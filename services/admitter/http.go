@@ -446,6 +446,22 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	ri, ok := s.idem.lookup(req.RequestID)
+	if !ok && s.cfg.FollowPeers {
+		if _, inLog := s.peers[req.RequestID]; !inLog {
+			// Its start may be in the log but not read yet: read up to the current end first.
+			s.mu.Unlock()
+			if herr := s.awaitLogCurrent(r.Context()); herr != nil {
+				httpx.WriteError(w, herr)
+				return
+			}
+			s.mu.Lock()
+			ri, ok = s.idem.lookup(req.RequestID)
+		}
+		if !ok {
+			s.finishFromLogLocked(w, r, keyID, &req) // unlocks
+			return
+		}
+	}
 	if !ok {
 		s.mu.Unlock()
 		httpx.WriteError(w, unknownRequest(req.RequestID))

@@ -60,13 +60,14 @@ type idemRec struct {
 	retryAfterMs int64 // of a 429 admit answer (Retry-After on replays)
 	est          [4]int64
 	finUsage     [4]int64
-	finDuration  int64
+	finDuration  int64 // of the first finish (informative: not compared on repeats)
 	off          [numSegs + 1]uint32
 }
 
 const (
 	recAllowed uint8 = 1 << iota
 	recOpen          // the request is open in the decision table under handle
+	recFromLog       // created by a finish of a request admitted elsewhere: no admit answer to replay
 )
 
 // idemStore is the cache; Service.mu guards it.
@@ -253,18 +254,22 @@ func (st *idemStore) setBlob(ri uint32, upTo int, extra ...[]byte) {
 // sameAdmit reports whether req has the parameters of record ri's admit.
 func (st *idemStore) sameAdmit(ri uint32, req *api.AdmitRequest) bool {
 	r := &st.recs[ri]
+	if r.flags&recFromLog != 0 {
+		return false
+	}
 	return string(st.seg(ri, segAccount)) == req.AccountID && string(st.seg(ri, segEndpoint)) == req.Endpoint &&
 		string(st.seg(ri, segModel)) == req.Model && string(st.seg(ri, segPriority)) == req.Priority &&
 		string(st.seg(ri, segResolution)) == req.Estimate.Resolution &&
 		r.est == [4]int64{req.Estimate.VideoSeconds, req.Estimate.TokensIn, req.Estimate.TokensOut, req.Estimate.ComputeMs}
 }
 
-// sameFinish reports whether req has the parameters of record ri's finish.
+// sameFinish reports whether req has the parameters of record ri's finish: status and usage.
+// duration_ms is not one of them: the caller measures it and a retry may carry another value,
+// so a retry that differs only in it gets the first answer (the first duration stands).
 func (st *idemStore) sameFinish(ri uint32, req *api.FinishRequest) bool {
 	r := &st.recs[ri]
 	return string(st.seg(ri, segFinStatus)) == req.Status && string(st.seg(ri, segFinResolution)) == req.Usage.Resolution &&
-		r.finUsage == [4]int64{req.Usage.VideoSeconds, req.Usage.TokensIn, req.Usage.TokensOut, req.Usage.ComputeMs} &&
-		r.finDuration == req.DurationMs
+		r.finUsage == [4]int64{req.Usage.VideoSeconds, req.Usage.TokensIn, req.Usage.TokensOut, req.Usage.ComputeMs}
 }
 
 // finished records the finish answer of record ri.

@@ -23,6 +23,8 @@ type metrics struct {
 	peerEvents      prometheus.Counter
 	revoked         prometheus.Counter
 	confirmTimeouts prometheus.Counter
+	logFinishes     prometheus.Counter
+	logIndexFull    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -56,7 +58,11 @@ func newMetrics() *metrics {
 		Help: "Admissions cancelled because an earlier hold in the log took the funds (ADMITTER_CONFIRM_IN_LOG_ORDER)."})
 	m.confirmTimeouts = prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_admitter_confirm_timeouts_total",
 		Help: "Admissions kept unconfirmed because the peer follower did not reach them in time."})
-	m.reg.MustRegister(m.peerEvents, m.revoked, m.confirmTimeouts, m.decisions, m.decisionSec, m.publishSec, m.publishErrors, m.finishes, m.open,
+	m.logFinishes = prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_admitter_log_finishes_total",
+		Help: "Finishes of requests this admitter did not admit (started by a peer or an earlier incarnation), settled from the events log."})
+	m.logIndexFull = prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_admitter_log_index_full_total",
+		Help: "Started requests read from the events log but not kept: ADMITTER_LOG_OPEN_MAX reached."})
+	m.reg.MustRegister(m.logFinishes, m.logIndexFull, m.peerEvents, m.revoked, m.confirmTimeouts, m.decisions, m.decisionSec, m.publishSec, m.publishErrors, m.finishes, m.open,
 		m.httpInflight, m.expired, m.stateEvents, m.deadLettered, m.replays,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

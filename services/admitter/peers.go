@@ -2,33 +2,66 @@ package admitter
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/services/admitter/decide"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
 
-// peerOpen is another admitter's open request, kept until its finish or its hold expiry so
-// that the finish can be settled locally. At most ADMITTER_OPEN_MAX are kept.
+// peerOpen is a request started in the events log by another admitter, or by an earlier
+// incarnation of this one, kept so that this admitter can settle its finish and count its
+// hold. Open ones are kept until their hold expiry (at most ADMITTER_LOG_OPEN_MAX); finished
+// ones (fin set) until their hold expiry or until ADMITTER_IDEMPOTENCY_MAX later finishes
+// of such requests push them out, to answer repeats.
 type peerOpen struct {
-	peer        decide.Peer
-	expiresAtMs int64
+	peer            decide.Peer
+	expiresAtMs     int64
+	endpoint, model string
+	partition       int32 // of its request.started
+	offset          int64
+	// started: the start is counted as a pending change (its account was known when read).
+	started bool
+	fin     *peerFinish
 }
 
-// followPeers reads the events topic from its end at start-up and applies the other
-// admitters' request.started and request.finished events to the local balances, so that N
-// admitters see each other's holds within the topic's propagation delay instead of the
-// ledger's fold delay. Its own events (same source) are skipped.
+// peerFinish is how a request of the log was finished (here or by another admitter, as read).
+type peerFinish struct {
+	status, resolution string
+	usage              [4]int64
+	resp               api.FinishResponse // as this admitter settles it
+}
+
+func usageKey(u events.Units) [4]int64 {
+	return [4]int64{u.VideoSeconds, u.TokensIn, u.TokensOut, u.ComputeMs}
+}
+
+// readBackSlack widens the start-up read-back of the events topic beyond the longest hold
+// timeout, for events stamped by hosts whose clocks run behind this one's.
+const readBackSlack = time.Minute
+
+// followPeers reads the events topic and applies the other admitters' request.started and
+// request.finished events to the local balances, so that N admitters see each other's holds
+// within the topic's propagation delay instead of the ledger's fold delay, and keeps the
+// started requests (peerOpen) so that any admitter can settle a finish. At start-up it reads
+// back as far as a request can still be open (the price book's longest hold timeout, by
+// offsets-for-times), and there its own earlier incarnation's events count as well; from the
+// end offsets seen at start-up on, its own events (same source) are skipped.
 func (s *Service) followPeers(ctx context.Context, positioned func()) {
-	var ends map[int]int64
+	c := s.kafkaClient()
+	var ends, starts map[int]int64
 	for {
 		var err error
-		if ends, err = partitionEnds(ctx, s.kafkaClient(), s.topics.Events); err == nil {
-			break
+		if ends, err = partitionEnds(ctx, c, s.topics.Events); err == nil {
+			if starts, err = s.readBackFrom(ctx, c, ends); err == nil {
+				break
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -41,11 +74,16 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 		maxP = max(maxP, p)
 	}
 	pos := make([]atomic.Int64, maxP+1)
-	for p, end := range ends {
-		pos[p].Store(end - 1) // what precedes the start is the ledger's to count
+	for p := range ends {
+		pos[p].Store(starts[p] - 1)
 	}
 	s.peerPos.Store(&pos)
 	positioned() // every event written from now on will be read
+	select {
+	case <-s.stateLoaded:
+	case <-ctx.Done():
+		return
+	}
 	done := make(chan struct{}, len(ends))
 	for p, end := range ends {
 		go func() {
@@ -53,7 +91,7 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 			r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.brokers, Topic: s.topics.Events, Partition: p,
 				MinBytes: s.followMinBytes(), MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait, Dialer: kafkax.Dialer(s.kafkaTLS)})
 			defer r.Close()
-			if err := r.SetOffset(end); err != nil {
+			if err := r.SetOffset(starts[p]); err != nil {
 				s.log.Error("peer follower: set offset", "partition", p, "err", err)
 				return
 			}
@@ -67,7 +105,7 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 					time.Sleep(followRetry)
 					continue
 				}
-				s.applyPeer(msg)
+				s.applyPeer(msg, msg.Offset < end)
 				pos[p].Store(msg.Offset)
 			}
 		}()
@@ -75,6 +113,38 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 	for range ends {
 		<-done
 	}
+}
+
+// readBackFrom returns, per partition, the first offset whose record is stamped within the
+// price book's longest hold timeout (plus readBackSlack) before now, or the end offset when
+// there is none: no request started before it can still be open.
+func (s *Service) readBackFrom(ctx context.Context, c *kafka.Client, ends map[int]int64) (map[int]int64, error) {
+	var holdMs int64
+	for _, e := range s.book.Endpoints {
+		holdMs = max(holdMs, e.HoldTimeoutMs)
+	}
+	at := time.Now().Add(-ms(holdMs) - readBackSlack)
+	starts := make(map[int]int64, len(ends))
+	var reqs []kafka.OffsetRequest
+	for p, end := range ends {
+		starts[p] = end
+		reqs = append(reqs, kafka.TimeOffsetOf(p, at))
+	}
+	lo, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{s.topics.Events: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("offsets for times %s: %w", s.topics.Events, err)
+	}
+	for _, po := range lo.Topics[s.topics.Events] {
+		if po.Error != nil {
+			return nil, fmt.Errorf("offsets for times %s/%d: %w", s.topics.Events, po.Partition, po.Error)
+		}
+		for off := range po.Offsets { // none when no record is that recent
+			if off >= 0 && off < starts[po.Partition] {
+				starts[po.Partition] = off
+			}
+		}
+	}
+	return starts, nil
 }
 
 // followMinBytes is the follower's fetch MinBytes. With ADMITTER_INSTANCES>1 a fetch returns
@@ -90,44 +160,118 @@ func (s *Service) followMinBytes() int {
 	return followBatchMinBytes
 }
 
-func (s *Service) applyPeer(msg kafka.Message) {
-	for _, h := range msg.Headers {
-		if h.Key == HeaderSource && string(h.Value) == s.source {
-			return
+// applyPeer applies one event read by the peer follower. old: it was written before this
+// admitter started (then its own earlier incarnation's events count too).
+func (s *Service) applyPeer(msg kafka.Message, old bool) {
+	if !old {
+		for _, h := range msg.Headers {
+			if h.Key == HeaderSource && string(h.Value) == s.source {
+				return
+			}
 		}
 	}
 	// Unreadable input events are the ledger's to dead-letter; the admitter only skips them.
 	ev, err := events.Decode(msg.Value)
-	if err != nil || ev.Source == s.source {
+	if err != nil || (!old && ev.Source == s.source) {
 		return
 	}
 	part, off := int32(msg.Partition), msg.Offset
 	switch p := ev.Payload.(type) {
 	case events.RequestStarted:
+		expMs := p.HoldExpiresAt.UnixMilli()
+		if old && expMs <= time.Now().UnixMilli() {
+			return // expired: the ledger releases it, nothing can finish it here
+		}
 		po := peerOpen{peer: decide.Peer{AccountID: p.AccountID, HoldMicros: p.HoldMicros, AllowanceMicros: p.AllowanceMicros,
-			Funding: decide.FundingCredits}, expiresAtMs: p.HoldExpiresAt.UnixMilli()}
+			Funding: decide.FundingCredits}, expiresAtMs: expMs, endpoint: p.Endpoint, model: p.Model, partition: part, offset: off}
 		if p.Funding == events.FundingAllowance {
 			po.peer.Funding = decide.FundingAllowance
 		}
 		s.mu.Lock()
-		s.table.ApplyPeerStart(&po.peer, part, off)
-		if len(s.peers) < s.cfg.OpenMax {
-			s.peers[p.RequestID] = po
+		if _, dup := s.peers[p.RequestID]; !dup { // a start written twice counts once
+			po.started = s.table.ApplyPeerStart(&po.peer, part, off)
+			if len(s.peers) < s.cfg.LogOpenMax {
+				s.peers[p.RequestID] = po
+			} else {
+				s.m.logIndexFull.Inc()
+			}
 		}
 		s.mu.Unlock()
 		s.m.peerEvents.Inc()
 	case events.RequestFinished:
 		s.mu.Lock()
 		if po, ok := s.peers[p.RequestID]; ok {
-			delete(s.peers, p.RequestID)
-			s.table.ApplyPeerFinish(&po.peer, p.CostMicros, part, off)
+			if po.fin == nil {
+				s.settlePeerLocked(p.RequestID, &po, &p, part, off)
+			}
+		} else if !old {
+			s.finishedElsewhereLocked(&p, part, off)
 		}
 		s.mu.Unlock()
 		s.m.peerEvents.Inc()
 	}
 }
 
-// expirePeersLocked drops at most budget peer requests whose hold expired.
+// settlePeerLocked records the durable finish f (at partition, offset) of log request id: its
+// settlement as a pending change, and the answer for repeats.
+func (s *Service) settlePeerLocked(id string, po *peerOpen, f *events.RequestFinished, part int32, off int64) {
+	if !po.started { // its account was unknown when the start was read
+		po.started = s.table.ApplyPeerStart(&po.peer, po.partition, po.offset)
+	}
+	q := s.table.QuotePeer(&po.peer, f.CostMicros)
+	s.table.ApplyPeerFinish(&po.peer, f.CostMicros, part, off)
+	po.fin = &peerFinish{status: f.Status, resolution: f.Usage.Resolution, usage: usageKey(f.Usage),
+		resp: api.FinishResponse{RequestID: id, Funding: q.Funding.String(), CostMicros: q.CostMicros,
+			ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
+			PriceBookVersion: f.PriceBookVersion}}
+	s.peers[id] = *po
+	// Finished requests leave the index after ADMITTER_IDEMPOTENCY_MAX later ones.
+	if len(s.peerDone) == s.cfg.IdempotencyMax {
+		old := s.peerDone[s.peerDoneHead]
+		if o, ok := s.peers[old]; ok && o.fin != nil {
+			delete(s.peers, old)
+		}
+		s.peerDone[s.peerDoneHead] = id
+		s.peerDoneHead = (s.peerDoneHead + 1) % len(s.peerDone)
+		return
+	}
+	s.peerDone = append(s.peerDone, id)
+}
+
+// finishedElsewhereLocked handles another admitter's finish of a request this admitter
+// admitted: the in-flight slots are freed, the settlement recorded, and (unless a finish of
+// its own is being published) the answer kept for repeats.
+func (s *Service) finishedElsewhereLocked(f *events.RequestFinished, part int32, off int64) {
+	ri, ok := s.idem.lookup(f.RequestID)
+	if !ok {
+		return
+	}
+	rec := &s.idem.recs[ri]
+	if rec.flags&recOpen == 0 || rec.status == 0 {
+		return
+	}
+	q, err := s.table.Quote(rec.handle, f.CostMicros)
+	if err != nil {
+		return
+	}
+	// No latency sample: the finish reached another admitter, and this one reads it only
+	// after the follower's lag, which is no measure of the endpoint.
+	_ = s.table.Finish(rec.handle, q, time.Now().UnixMilli(), decide.OutcomeNone, part, off)
+	s.idem.takeHandle(rec.handle)
+	rec.flags &^= recOpen
+	s.m.open.Set(float64(s.table.OpenRequests()))
+	if rec.fin != finNone { // this admitter's own finish is in flight: its answer stands
+		return
+	}
+	body, _ := json.Marshal(api.FinishResponse{RequestID: f.RequestID, Funding: q.Funding.String(), CostMicros: q.CostMicros,
+		ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
+		PriceBookVersion: f.PriceBookVersion})
+	s.idem.finished(ri, &api.FinishRequest{RequestID: f.RequestID, Status: f.Status, Usage: f.Usage, DurationMs: f.DurationMs}, body)
+	s.idem.remember(ri)
+	s.idem.wake(ri)
+}
+
+// expirePeersLocked drops at most budget log requests whose hold expired.
 func (s *Service) expirePeersLocked(nowMs int64, budget int) {
 	for id, po := range s.peers {
 		if budget--; budget < 0 {

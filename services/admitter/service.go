@@ -41,8 +41,13 @@ type Service struct {
 	mu      sync.Mutex // guards table, idem
 	table   *decide.Table
 	idem    *idemStore                     // request_id → answers (idempotency), open requests
-	peers   map[string]peerOpen            // other admitters' open requests (ADMITTER_FOLLOW_PEERS)
+	peers   map[string]peerOpen            // requests started in the log by others (ADMITTER_FOLLOW_PEERS)
 	peerPos atomic.Pointer[[]atomic.Int64] // per events partition: last offset the peer follower applied
+	// peerDone is a ring of the finished requests in peers, oldest at peerDoneHead, at most
+	// ADMITTER_IDEMPOTENCY_MAX.
+	peerDone     []string
+	peerDoneHead int
+	logClient    *kafka.Client // end offsets for finishes of requests not read yet
 
 	keys   atomic.Pointer[httpx.Keyring]
 	keyMod atomic.Int64
@@ -57,6 +62,10 @@ type Service struct {
 	srv     *http.Server
 	ready   atomic.Bool
 	readyCh chan struct{}
+	// stateLoaded is closed once the balances and limits topics are loaded: the peer follower
+	// reads the events topic from then on, so that the accounts of the events it reads back
+	// are known (their holds count, their settlements are quoted against their balances).
+	stateLoaded chan struct{}
 }
 
 // New validates cfg, loads the price book (a bad one stops the service with the reason),
@@ -85,7 +94,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: log, book: book, brokers: brokers, topics: kafkax.NewTopics(cfg.TopicPrefix), kafkaTLS: kafkaTLS,
 		source: cfg.source(), table: table, idem: newIdemStore(cfg.IdempotencyMax), peers: map[string]peerOpen{},
-		m: newMetrics(), readyCh: make(chan struct{})}
+		m: newMetrics(), readyCh: make(chan struct{}), stateLoaded: make(chan struct{})}
 	if err := s.ReloadKeys(); err != nil {
 		return nil, err
 	}
@@ -109,6 +118,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		s.writers, s.pub = kp.ws, kp
 	}
 	s.ln = ln
+	s.logClient = s.kafkaClient()
 	s.srv = httpx.NewServer(cfg.ListenAddr, s.Handler(), cfg.HTTPServer())
 	return s, nil
 }
@@ -153,11 +163,18 @@ func (s *Service) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.followPeers(ctx, loaded.Done) }()
 	}
+	var stateLeft atomic.Int32 // the peer follower reads once the balances and limits are loaded
+	stateLeft.Store(2)
 	for _, topic := range []string{s.topics.Balances, s.topics.Limits} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.follow(ctx, topic, loaded.Done)
+			s.follow(ctx, topic, func() {
+				loaded.Done()
+				if stateLeft.Add(-1) == 0 {
+					close(s.stateLoaded)
+				}
+			})
 		}()
 	}
 	go func() {

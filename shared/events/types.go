@@ -218,6 +218,11 @@ const (
 // MaxGrantPriority bounds CreditsGranted.Priority.
 const MaxGrantPriority = 1000
 
+// DefaultGrantPriority is the priority of a grant given none, in the ledger's API and in
+// tallyctl grant alike: in the middle of the range, so that a grant meant to burn first
+// (e.g. an expiring promotion) or last can be given a lower or higher one.
+const DefaultGrantPriority = 100
+
 // CreditsGranted adds credits to an account. Spending burns grants in order of Priority
 // (lower first), then earliest expiry (never-expiring last), then grant id.
 type CreditsGranted struct {

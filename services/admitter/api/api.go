@@ -30,8 +30,8 @@ const (
 
 // Error codes specific to the admitter (beside httpx's).
 const (
-	// CodeUnknownRequest: /v1/finish for a request_id this admitter has not admitted, or
-	// whose hold already expired.
+	// CodeUnknownRequest: /v1/finish for a request_id with no request.started in the events
+	// log (no admitter admitted it), or whose hold already expired.
 	CodeUnknownRequest = "unknown_request"
 	// CodeRequestIDReused: a request_id repeated with different parameters.
 	CodeRequestIDReused = "request_id_reused"

@@ -188,12 +188,13 @@ func (s *server) getEntries(w http.ResponseWriter, r *http.Request, id string) {
 }
 
 // GrantRequest is POST /v1/accounts/{id}/grants. GrantID is the idempotency key: a grant
-// re-sent with the same id is applied once (one is generated when empty).
+// re-sent with the same id is applied once (one is generated when empty). Priority absent =
+// events.DefaultGrantPriority (100); an explicit 0 is 0.
 type GrantRequest struct {
 	GrantID      string     `json:"grant_id"`
 	AmountMicros int64      `json:"amount_micros"`
 	Source       string     `json:"source"`
-	Priority     int32      `json:"priority"`
+	Priority     *int32     `json:"priority"`
 	ExpiresAt    *time.Time `json:"expires_at"`
 }
 
@@ -228,8 +229,12 @@ func (s *server) postGrant(w http.ResponseWriter, r *http.Request, id string) {
 	if req.Source == "" {
 		req.Source = events.GrantPurchase
 	}
+	priority := int32(events.DefaultGrantPriority)
+	if req.Priority != nil {
+		priority = *req.Priority
+	}
 	s.publish(w, r, events.CreditsGranted{GrantID: req.GrantID, AccountID: id, AmountMicros: req.AmountMicros,
-		Source: req.Source, Priority: req.Priority, ExpiresAt: req.ExpiresAt})
+		Source: req.Source, Priority: priority, ExpiresAt: req.ExpiresAt})
 }
 
 func (s *server) postAdjustment(w http.ResponseWriter, r *http.Request, id string) {

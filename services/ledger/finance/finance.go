@@ -228,16 +228,37 @@ func NewStatement(journal []events.LedgerEntry, account string, from, to time.Ti
 	return s, nil
 }
 
-// Check verifies that the statement adds up.
+// Check verifies the statement against what building it does not compute: the double
+// entry. Every transaction of the account moves money between its ledger accounts and sums
+// to zero, with all its lines in the period (they share one effective time), so a statement
+// built from an altered or incomplete journal (a line's amount changed, a line lost or
+// duplicated under another id) fails it. It also checks that closing = opening + Σ customer
+// lines, which catches an edited statement (e.g. its JSON).
 func (s *Statement) Check() error {
+	var errs []error
+	txSum := map[string]int64{}
+	var order []string
 	sum := s.OpeningMicros
 	for i := range s.Entries {
-		if customer(&s.Entries[i]) {
-			sum += s.Entries[i].AmountMicros
+		e := &s.Entries[i]
+		if _, ok := txSum[e.TransactionID]; !ok {
+			order = append(order, e.TransactionID)
+		}
+		txSum[e.TransactionID] += e.AmountMicros
+		if customer(e) {
+			sum += e.AmountMicros
+		}
+	}
+	for _, tx := range order {
+		if txSum[tx] != 0 {
+			errs = append(errs, fmt.Errorf("transaction %s sums to %d, not 0", tx, txSum[tx]))
 		}
 	}
 	if sum != s.ClosingMicros {
-		return fmt.Errorf("finance: statement of %s: opening %d + entries = %d, closing %d", s.AccountID, s.OpeningMicros, sum, s.ClosingMicros)
+		errs = append(errs, fmt.Errorf("opening %d + entries = %d, closing %d", s.OpeningMicros, sum, s.ClosingMicros))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("finance: statement of %s: %w", s.AccountID, errors.Join(errs...))
 	}
 	return nil
 }

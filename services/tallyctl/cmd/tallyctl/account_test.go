@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tallyhq/tally/services/ledger/view"
+	"github.com/tallyhq/tally/services/tallyctl/stack"
+	"github.com/tallyhq/tally/shared/chembed/chembedtest"
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
+)
+
+// startCLIStack runs a pipeline and points tallyctl's environment at it.
+func startCLIStack(t *testing.T) *stack.Stack {
+	t.Helper()
+	kc := kafkatest.Start(t)
+	ch := chembedtest.Start(t)
+	db := chembedtest.NewDatabase(t, ch)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := stack.Start(ctx, stack.Config{Brokers: kc.Brokers, TopicPrefix: kc.Prefix, Partitions: kafkatest.Partitions,
+		ClickHouseAddr: ch.Addr(), ClickHouseDatabase: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	for k, v := range map[string]string{
+		"KAFKA_BROKERS": strings.Join(kc.Brokers, ","), "TALLY_TOPIC_PREFIX": kc.Prefix,
+		"TALLY_LEDGER_URL": st.LedgerURL, "TALLY_ADMIN_TOKEN": st.AdminToken,
+		"CLICKHOUSE_ADDR": ch.Addr(), "CLICKHOUSE_PROTOCOL": "http", "CLICKHOUSE_DATABASE": db,
+	} {
+		t.Setenv(k, v)
+	}
+	return st
+}
+
+// accountUntil reads the account with tallyctl until ok holds for it.
+func accountUntil(t *testing.T, id string, what string, ok func(view.Account) bool) view.Account {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, out, stderr := run(t, "account", "-account", id)
+		var v view.Account
+		if code == 0 && json.Unmarshal([]byte(out), &v) == nil && ok(v) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("account %s: %s never seen: exit %d, %s %s", id, what, code, out, stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestAccountAndGrantDefaults: `tallyctl account -tier x` changes the tier only (a suspended
+// account stays suspended, its priority class stays), and a grant without a priority gets
+// the same default through tallyctl and through the ledger API.
+func TestAccountAndGrantDefaults(t *testing.T) {
+	st := startCLIStack(t)
+	if code, out, stderr := run(t, "account", "-account", "acct_s", "-tier", "pro", "-priority", "batch", "-suspended"); code != 0 {
+		t.Fatalf("set: exit %d, %s %s", code, out, stderr)
+	}
+	accountUntil(t, "acct_s", "tier pro, suspended", func(v view.Account) bool { return v.Tier == "pro" && v.Suspended })
+	if code, out, stderr := run(t, "account", "-account", "acct_s", "-tier", "enterprise"); code != 0 {
+		t.Fatalf("tier change: exit %d, %s %s", code, out, stderr)
+	}
+	v := accountUntil(t, "acct_s", "tier enterprise", func(v view.Account) bool { return v.Tier == "enterprise" })
+	if !v.Suspended || v.Priority != events.PriorityBatch {
+		t.Fatalf("a tier change lifted the suspension or reset the priority: %+v", v)
+	}
+	// Lifting it is explicit.
+	if code, out, stderr := run(t, "account", "-account", "acct_s", "-suspended=false"); code != 0 {
+		t.Fatalf("unsuspend: exit %d, %s %s", code, out, stderr)
+	}
+	v = accountUntil(t, "acct_s", "not suspended", func(v view.Account) bool { return !v.Suspended })
+	if v.Tier != "enterprise" || v.Priority != events.PriorityBatch {
+		t.Fatalf("unsuspending changed tier or priority: %+v", v)
+	}
+
+	// Grant priority: tallyctl without -priority, and the API without "priority".
+	if code, out, stderr := run(t, "grant", "-account", "acct_g", "-micros", "1000", "-id", "g-cli"); code != 0 {
+		t.Fatalf("grant: exit %d, %s %s", code, out, stderr)
+	}
+	var a adminFlags
+	a.ledgerURL, a.token, a.timeout = st.LedgerURL, st.AdminToken, 10*time.Second
+	if err := a.call(context.Background(), "POST", "/v1/accounts/acct_g/grants", map[string]any{"grant_id": "g-api", "amount_micros": 1000}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	v = accountUntil(t, "acct_g", "two grants", func(v view.Account) bool { return len(v.Grants) == 2 })
+	for _, g := range v.Grants {
+		if g.Priority != events.DefaultGrantPriority {
+			t.Fatalf("grant %s: priority %d, want the default %d (grants %+v)", g.GrantID, g.Priority, events.DefaultGrantPriority, v.Grants)
+		}
+	}
+}
