@@ -123,10 +123,11 @@ type Input struct {
 const (
 	fundCredits   uint8 = 1
 	fundAllowance uint8 = 2
+	fundSplit     uint8 = 3 // allowance and credits
 )
 
-// Grant is one credit grant's live remainder. Amount is the original amount: a released
-// hold refills grants, in burn order, up to it.
+// Grant is one credit grant's live remainder. Amount is the original amount: Remaining plus
+// what open holds took from the grant never exceeds it.
 type Grant struct {
 	ID        string `json:"id"`
 	EventID   UUID   `json:"event_id"`
@@ -134,6 +135,13 @@ type Grant struct {
 	Remaining int64  `json:"remaining"`
 	Priority  int32  `json:"priority"`
 	ExpiresNs int64  `json:"expires_ns,omitempty"` // 0 = never
+}
+
+// HoldPart is the part of a credit hold taken from one grant (Grant is the grant's event id)
+// or, when Grant is zero, from the unexpiring pool (Account.ExtraMicros).
+type HoldPart struct {
+	Grant  UUID  `json:"grant"`
+	Micros int64 `json:"micros"`
 }
 
 // Hold is one open request.
@@ -147,6 +155,38 @@ type Hold struct {
 	AllowanceMicros int64  `json:"allowance_micros"` // reserved from allowance windows
 	StartNs         int64  `json:"start_ns"`
 	ExpiresNs       int64  `json:"expires_ns"`
+	// FirstPart and MoreParts say where HoldMicros came from, in burn order: a charge
+	// consumes them from the front, a release gives each back to its grant (or to the pool).
+	// Most holds take from one grant: the first part is inline, so that placing a hold does
+	// not allocate. At most one part per grant plus one from the pool, so the parts are
+	// bounded by MaxGrantsPerAccount+1. A hold restored from a version-2 record has no parts
+	// (FirstPart.Micros is 0 while HoldMicros is not): its release goes to the pool.
+	FirstPart HoldPart   `json:"first_part"`
+	MoreParts []HoldPart `json:"more_parts,omitempty"`
+}
+
+// NumParts is the number of parts recorded for the hold.
+func (h *Hold) NumParts() int {
+	if h.FirstPart.Micros == 0 {
+		return 0
+	}
+	return 1 + len(h.MoreParts)
+}
+
+// Part returns part i (0 ≤ i < NumParts).
+func (h *Hold) Part(i int) HoldPart {
+	if i == 0 {
+		return h.FirstPart
+	}
+	return h.MoreParts[i-1]
+}
+
+func (h *Hold) addPart(grant UUID, micros int64) {
+	if h.FirstPart.Micros == 0 {
+		h.FirstPart = HoldPart{Grant: grant, Micros: micros}
+		return
+	}
+	h.MoreParts = append(h.MoreParts, HoldPart{Grant: grant, Micros: micros})
 }
 
 // Parked is a finish that arrived before its start.
@@ -182,8 +222,9 @@ type Account struct {
 	AvailableMicros int64 `json:"available"`
 	HeldMicros      int64 `json:"held"`
 	OverageMicros   int64 `json:"overage"`
-	// Extra is the unexpiring part of available: positive adjustments, and refunds that no
-	// grant could take back. Available = Σ grant remaining + Extra.
+	// Extra is the unexpiring part of available (the pool): positive adjustments, grants
+	// beyond MaxGrantsPerAccount, and releases of holds that recorded no parts.
+	// Available = Σ grant remaining + Extra.
 	ExtraMicros int64 `json:"extra"`
 
 	// Running totals for the invariant available = granted − charged − held − breakage + adjusted.
