@@ -105,10 +105,7 @@ func (s *Service) applyPeer(msg kafka.Message) {
 	switch p := ev.Payload.(type) {
 	case events.RequestStarted:
 		po := peerOpen{peer: decide.Peer{AccountID: p.AccountID, HoldMicros: p.HoldMicros, AllowanceMicros: p.AllowanceMicros,
-			Funding: decide.FundingCredits}, expiresAtMs: p.HoldExpiresAt.UnixMilli()}
-		if p.Funding == events.FundingAllowance {
-			po.peer.Funding = decide.FundingAllowance
-		}
+			Funding: decide.ParseFunding(p.Funding), StartedMs: ev.Time.UnixMilli()}, expiresAtMs: p.HoldExpiresAt.UnixMilli()}
 		s.mu.Lock()
 		s.table.ApplyPeerStart(&po.peer, part, off)
 		if len(s.peers) < s.cfg.OpenMax {
@@ -120,7 +117,7 @@ func (s *Service) applyPeer(msg kafka.Message) {
 		s.mu.Lock()
 		if po, ok := s.peers[p.RequestID]; ok {
 			delete(s.peers, p.RequestID)
-			s.table.ApplyPeerFinish(&po.peer, p.CostMicros, part, off)
+			s.table.ApplyPeerFinish(&po.peer, p.CostMicros, part, off, ev.Time.UnixMilli())
 		}
 		s.mu.Unlock()
 		s.m.peerEvents.Inc()
