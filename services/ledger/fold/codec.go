@@ -227,9 +227,11 @@ func (r *reader) count(max int) int {
 	return int(n)
 }
 
-// parts reads a hold's parts; each must be above 0 (a zero part would end the list).
+// parts reads a hold's parts (read after HoldMicros); each must be above 0 and together
+// they must make the hold.
 func (r *reader) parts(h *Hold) {
 	n := r.count(maxPartsDecoded)
+	var first int64
 	for i := 0; i < n && r.err == nil; i++ {
 		var g UUID
 		copy(g[:], r.bytes(16))
@@ -238,7 +240,13 @@ func (r *reader) parts(h *Hold) {
 			r.err = ErrCorrupt
 			return
 		}
+		if i == 0 {
+			first = m
+		}
 		h.addPart(g, m)
+	}
+	if r.err == nil && n > 0 && h.Part(0).Micros != first {
+		r.err = ErrCorrupt
 	}
 }
 

@@ -171,7 +171,7 @@ func TestHoldPartsFollowBurnOrder(t *testing.T) {
 	mustCheck(t, s, out)
 	h := s.Account("a").Holds[0]
 	if h.NumParts() != 3 || h.Part(0).Micros != 1_000_000 || h.Part(1).Micros != 1_000_000 || h.Part(2).Micros != 500_000 {
-		t.Fatalf("parts %+v %+v", h.FirstPart, h.MoreParts)
+		t.Fatalf("parts %+v %+v", h.Part(0), h.MoreParts)
 	}
 	l.add(t0.Add(time.Second), finish("a", "r1", 1_200_000))
 	s, out = run(t, l.evs)
@@ -200,7 +200,7 @@ func TestCodecVersion2Holds(t *testing.T) {
 		t.Fatalf("parts %d", h.NumParts())
 	}
 	// The v3 record ends with the hold's parts (count, grant, micros) and the parked count 0.
-	partsLen := 1 + 16 + len(binary.AppendVarint(nil, h.FirstPart.Micros))
+	partsLen := 1 + 16 + len(binary.AppendVarint(nil, h.Part(0).Micros))
 	v2 := append([]byte{codecVersionV2}, v3[1:len(v3)-1-partsLen]...)
 	v2 = append(v2, 0)
 	got, err := DecodeAccount(v2)
@@ -235,7 +235,7 @@ func TestCodecVersion2Holds(t *testing.T) {
 		t.Fatalf("re-encoded record differs: %s, want %s", money(c), money(b))
 	}
 	// A v3 hold with parts round-trips them.
-	if c := roundTrip(t, a); money(c) != money(a) || c.Holds[0].FirstPart != h.FirstPart {
+	if c := roundTrip(t, a); money(c) != money(a) || c.Holds[0].Part(0) != h.Part(0) {
 		t.Fatalf("v3 round trip: %+v", c.Holds)
 	}
 }

@@ -16,7 +16,8 @@ import (
 //     (what could not be paid is overage);
 //   - a grant's remainder never exceeds its amount, nor does its remainder plus what open
 //     holds took from it;
-//   - a hold's parts (when it recorded them) are each above 0 and sum to the hold;
+//   - a hold's parts (when it recorded them) are each above 0 and sum to the hold, and a
+//     hold of 0 records none;
 //   - the dedupe memory is in time order and every entry is found by a lookup.
 func CheckAccount(a *Account) error {
 	var errs []error
@@ -33,16 +34,15 @@ func CheckAccount(a *Account) error {
 		if h.NumParts() == 0 {
 			continue
 		}
-		var sum int64
+		if h.HoldMicros == 0 {
+			errs = append(errs, fmt.Errorf("hold %s: parts of a zero hold", h.RequestID))
+		}
+		// The first part is what the others leave of the hold: the parts sum to the hold when
+		// each is above 0.
 		for j := 0; j < h.NumParts(); j++ {
-			p := h.Part(j)
-			sum += p.Micros
-			if p.Micros <= 0 {
+			if p := h.Part(j); p.Micros <= 0 {
 				errs = append(errs, fmt.Errorf("hold %s: part %d of %d", h.RequestID, j, p.Micros))
 			}
-		}
-		if sum != h.HoldMicros {
-			errs = append(errs, fmt.Errorf("hold %s: parts sum to %d, hold %d", h.RequestID, sum, h.HoldMicros))
 		}
 	}
 	for _, g := range a.Grants {

@@ -146,47 +146,63 @@ type HoldPart struct {
 
 // Hold is one open request.
 type Hold struct {
-	RequestID       string `json:"request_id"`
-	EventID         UUID   `json:"event_id"`
-	Endpoint        string `json:"endpoint"` // interned to the price book's key when known
-	Priority        uint8  `json:"priority"` // index: 0 critical, 1 standard, 2 batch
-	Funding         uint8  `json:"funding"`
-	HoldMicros      int64  `json:"hold_micros"`      // actually held from available
-	AllowanceMicros int64  `json:"allowance_micros"` // reserved from allowance windows
-	StartNs         int64  `json:"start_ns"`
-	ExpiresNs       int64  `json:"expires_ns"`
-	// FirstPart and MoreParts say where HoldMicros came from, in burn order: a charge
-	// consumes them from the front, a release gives each back to its grant (or to the pool).
-	// Most holds take from one grant: the first part is inline, so that placing a hold does
-	// not allocate. At most one part per grant plus one from the pool, so the parts are
-	// bounded by MaxGrantsPerAccount+1. A hold restored from a version-2 record has no parts
-	// (FirstPart.Micros is 0 while HoldMicros is not): its release goes to the pool.
-	FirstPart HoldPart   `json:"first_part"`
-	MoreParts []HoldPart `json:"more_parts,omitempty"`
+	RequestID string `json:"request_id"`
+	EventID   UUID   `json:"event_id"`
+	Endpoint  string `json:"endpoint"` // interned to the price book's key when known
+	Priority  uint8  `json:"priority"` // index: 0 critical, 1 standard, 2 batch
+	Funding   uint8  `json:"funding"`
+	// HasParts says that the hold recorded where HoldMicros came from (every hold placed
+	// since the state codec's version 3; a hold restored from a version-2 record has none,
+	// and its release goes to the pool).
+	HasParts        bool  `json:"has_parts,omitempty"`
+	HoldMicros      int64 `json:"hold_micros"`      // actually held from available
+	AllowanceMicros int64 `json:"allowance_micros"` // reserved from allowance windows
+	StartNs         int64 `json:"start_ns"`
+	ExpiresNs       int64 `json:"expires_ns"`
+	// FirstGrant and MoreParts are the hold's parts, in burn order: a charge consumes them
+	// from the front, a release gives each back to its grant (or to the pool). Most holds
+	// take from one grant: the first part is FirstGrant with what the other parts leave of
+	// HoldMicros, so that a hold costs 16 bytes more and placing it does not allocate. At most
+	// one part per grant plus one from the pool: bounded by MaxGrantsPerAccount+1.
+	FirstGrant UUID        `json:"first_grant"`
+	MoreParts  *[]HoldPart `json:"more_parts,omitempty"`
 }
 
 // NumParts is the number of parts recorded for the hold.
 func (h *Hold) NumParts() int {
-	if h.FirstPart.Micros == 0 {
+	switch {
+	case !h.HasParts:
 		return 0
+	case h.MoreParts == nil:
+		return 1
 	}
-	return 1 + len(h.MoreParts)
+	return 1 + len(*h.MoreParts)
 }
 
 // Part returns part i (0 ≤ i < NumParts).
 func (h *Hold) Part(i int) HoldPart {
-	if i == 0 {
-		return h.FirstPart
+	if i > 0 {
+		return (*h.MoreParts)[i-1]
 	}
-	return h.MoreParts[i-1]
+	m := h.HoldMicros
+	if h.MoreParts != nil {
+		for _, p := range *h.MoreParts {
+			m -= p.Micros
+		}
+	}
+	return HoldPart{Grant: h.FirstGrant, Micros: m}
 }
 
+// addPart records the next part (the first part's micros are implied, see FirstGrant).
 func (h *Hold) addPart(grant UUID, micros int64) {
-	if h.FirstPart.Micros == 0 {
-		h.FirstPart = HoldPart{Grant: grant, Micros: micros}
+	if !h.HasParts {
+		h.HasParts, h.FirstGrant = true, grant
 		return
 	}
-	h.MoreParts = append(h.MoreParts, HoldPart{Grant: grant, Micros: micros})
+	if h.MoreParts == nil {
+		h.MoreParts = new([]HoldPart)
+	}
+	*h.MoreParts = append(*h.MoreParts, HoldPart{Grant: grant, Micros: micros})
 }
 
 // Parked is a finish that arrived before its start.
