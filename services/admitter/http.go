@@ -266,10 +266,9 @@ func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, r
 		s.m.confirmTimeouts.Inc()
 		return false
 	}
-	amount := d.HoldMicros + d.AllowanceMicros
 	s.mu.Lock()
-	ok := s.table.FundedInLogOrder(req.AccountID, d.Funding, amount, part, off, now.UnixMilli())
-	q, qerr := s.table.Quote(d.Handle, 0)
+	ok := s.table.FundedInLogOrder(req.AccountID, d.HoldMicros, d.AllowanceMicros, part, off, now.UnixMilli())
+	q, qerr := s.table.Quote(d.Handle, 0, now.UnixMilli())
 	s.mu.Unlock()
 	if ok || qerr != nil {
 		return false
@@ -291,8 +290,12 @@ func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, r
 	s.mu.Unlock()
 	s.m.revoked.Inc()
 	d.Allowed, d.Reason, d.RetryAfterMs = false, decide.ReasonInsufficientCredits, s.cfg.RetryInsufficientMs
+	d.AvailableMicros += d.HoldMicros
+	for i := 0; i < d.NumWindows; i++ {
+		d.Windows[i].UsedMicros -= d.AllowanceMicros
+		d.Windows[i].RemainingMicros += d.AllowanceMicros
+	}
 	d.Funding, d.HoldMicros, d.AllowanceMicros = decide.FundingNone, 0, 0
-	d.AvailableMicros += amount
 	return true
 }
 
@@ -502,7 +505,8 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, priceError(err))
 		return
 	}
-	q, err := s.table.Quote(rec.handle, cost)
+	now := time.Now() // the finish event's time: the settlement is priced at it, as the ledger does
+	q, err := s.table.Quote(rec.handle, cost, now.UnixMilli())
 	if err != nil {
 		s.mu.Unlock()
 		httpx.WriteError(w, unknownRequest(req.RequestID))
@@ -514,10 +518,11 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 
 	resp := api.FinishResponse{RequestID: req.RequestID, Funding: q.Funding.String(), CostMicros: q.CostMicros,
 		ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
-		PriceBookVersion: s.book.Version}
-	value, name, err := encode(s.source, time.Now(), events.RequestFinished{RequestID: req.RequestID,
+		AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, PriceBookVersion: s.book.Version}
+	value, name, err := encode(s.source, now, events.RequestFinished{RequestID: req.RequestID,
 		AccountID: account, Endpoint: endpoint, Model: model, Status: req.Status, Usage: req.Usage,
-		CostMicros: cost, DurationMs: req.DurationMs, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: clientAddr(r)})
+		CostMicros: cost, AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, OverageMicros: q.OverageMicros,
+		DurationMs: req.DurationMs, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: clientAddr(r)})
 	var part int32
 	var off int64
 	if err == nil {

@@ -76,7 +76,8 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 		httpx.WriteError(w, priceError(err))
 		return
 	}
-	q := s.table.QuotePeer(&po.peer, cost)
+	now := time.Now() // the finish event's time: the settlement is priced at it, as the ledger does
+	q := s.table.QuotePeer(&po.peer, cost, now.UnixMilli())
 	// A record for the request, pending its finish: a concurrent repeat waits for this answer.
 	_, slot, h, _ := s.idem.find(req.RequestID)
 	ri := s.idem.add(&api.AdmitRequest{RequestID: req.RequestID, AccountID: po.peer.AccountID, Endpoint: po.endpoint, Model: po.model},
@@ -88,10 +89,10 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 
 	resp := api.FinishResponse{RequestID: req.RequestID, Funding: q.Funding.String(), CostMicros: q.CostMicros,
 		ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
-		PriceBookVersion: s.book.Version}
-	value, name, err := encode(s.source, time.Now(), events.RequestFinished{RequestID: req.RequestID,
+		AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, PriceBookVersion: s.book.Version}
+	value, name, err := encode(s.source, now, events.RequestFinished{RequestID: req.RequestID,
 		AccountID: po.peer.AccountID, Endpoint: po.endpoint, Model: po.model, Status: req.Status, Usage: req.Usage,
-		CostMicros: cost, DurationMs: req.DurationMs, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: clientAddr(r)})
+		CostMicros: cost, AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, OverageMicros: q.OverageMicros, DurationMs: req.DurationMs, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: clientAddr(r)})
 	var part int32
 	var off int64
 	if err == nil {
@@ -108,7 +109,7 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 	}
 	if po, ok := s.peers[req.RequestID]; ok && po.fin == nil {
 		s.settlePeerLocked(req.RequestID, &po, &events.RequestFinished{RequestID: req.RequestID, Status: req.Status,
-			Usage: req.Usage, CostMicros: cost, PriceBookVersion: s.book.Version}, part, off)
+			Usage: req.Usage, CostMicros: cost, PriceBookVersion: s.book.Version}, part, off, now.UnixMilli())
 	}
 	s.idem.finished(ri, req, body)
 	s.idem.remember(ri)

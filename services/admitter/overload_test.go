@@ -29,7 +29,7 @@ func wideAccounts(prefix string, n int, prio string, more ...events.Data) []even
 	return more
 }
 
-func videoReq(id, acct string) api.AdmitRequest {
+func shortVideoReq(id, acct string) api.AdmitRequest {
 	return api.AdmitRequest{RequestID: id, AccountID: acct, Endpoint: "sora.video",
 		Estimate: events.Units{VideoSeconds: 1, Resolution: "480p"}}
 }
@@ -68,7 +68,7 @@ func window(t *testing.T, s *running, prefix, acct string, n int, hold time.Dura
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%s-%d", prefix, i)
-		if ar := admitAns(t, s, videoReq(ids[i], fmt.Sprint(acct, i))); !ar.Allowed {
+		if ar := admitAns(t, s, shortVideoReq(ids[i], fmt.Sprint(acct, i))); !ar.Allowed {
 			t.Fatalf("window %s admit %d: %+v", prefix, i, ar)
 		}
 	}
@@ -90,7 +90,7 @@ func window(t *testing.T, s *running, prefix, acct string, n int, hold time.Dura
 // the default 100 ‰) and that standard traffic is admitted.
 func assertNotLocked(t *testing.T, s *running, id string) {
 	t.Helper()
-	ar := admitAns(t, s, videoReq(id, "other"))
+	ar := admitAns(t, s, shortVideoReq(id, "other"))
 	if !ar.Allowed || ar.Remaining.EndpointCapacity < 25 {
 		t.Fatalf("endpoint locked: capacity %d (floor 25), standard admit %+v", ar.Remaining.EndpointCapacity, ar)
 	}
@@ -138,14 +138,14 @@ func TestHTTPAdaptiveRecoversWithoutFinishes(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		window(t, s, fmt.Sprintf("fail%d", i), "w", 5, 0, func(f *api.FinishRequest) { f.Status = events.StatusFailed })
 	}
-	low := admitAns(t, s, videoReq("low", "other")).Remaining.EndpointCapacity
+	low := admitAns(t, s, shortVideoReq("low", "other")).Remaining.EndpointCapacity
 	if low >= 256 {
 		t.Fatalf("failures did not cut the limit: %d", low)
 	}
 	// At least 3 recovery intervals without a finish. (First run on the unchanged admitter,
 	// which has no recovery at all, with a 5.5 s sleep and without the setting.)
 	time.Sleep(time.Second)
-	if got := admitAns(t, s, videoReq("later", "other")).Remaining.EndpointCapacity; got <= low {
+	if got := admitAns(t, s, shortVideoReq("later", "other")).Remaining.EndpointCapacity; got <= low {
 		t.Fatalf("no finishes for a while: capacity %d, was %d; it must grow back by itself", got, low)
 	}
 }
@@ -160,17 +160,17 @@ func TestHTTPCriticalKeepsReserve(t *testing.T) {
 	s := start(t, adaptiveConfig(t, c))
 	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 18 })
 	for i := 0; i < 204; i++ { // standard's share of 256 (17 per account), never finished
-		if ar := admitAns(t, s, videoReq(fmt.Sprint("hold", i), fmt.Sprint("std", i%12))); !ar.Allowed {
+		if ar := admitAns(t, s, shortVideoReq(fmt.Sprint("hold", i), fmt.Sprint("std", i%12))); !ar.Allowed {
 			t.Fatalf("hold %d: %+v", i, ar)
 		}
 	}
 	for i := 0; i < 2; i++ { // 256 → 204 → 163
 		window(t, s, fmt.Sprintf("fail%d", i), "failing", 5, 0, func(f *api.FinishRequest) { f.Status = events.StatusFailed })
 	}
-	if ar := admitAns(t, s, videoReq("std-late", "std0")); ar.Allowed || ar.Reason != api.ReasonOverloaded {
+	if ar := admitAns(t, s, shortVideoReq("std-late", "std0")); ar.Allowed || ar.Reason != api.ReasonOverloaded {
 		t.Fatalf("standard with 204 open: %+v", ar)
 	}
-	if ar := admitAns(t, s, videoReq("crit-late", "crit")); !ar.Allowed {
+	if ar := admitAns(t, s, shortVideoReq("crit-late", "crit")); !ar.Allowed {
 		t.Fatalf("critical shed by others' open holds: %+v", ar)
 	}
 }
@@ -186,7 +186,7 @@ func TestHTTPAccountShare(t *testing.T) {
 	n := 0
 	var last api.AdmitResponse
 	for ; n < 300; n++ {
-		if last = admitAns(t, s, videoReq(fmt.Sprint("hog", n), "hog")); !last.Allowed {
+		if last = admitAns(t, s, shortVideoReq(fmt.Sprint("hog", n), "hog")); !last.Allowed {
 			break
 		}
 	}
@@ -194,7 +194,7 @@ func TestHTTPAccountShare(t *testing.T) {
 		t.Errorf("one account holds %d of 256 (want its share at the default 100 ‰, 25, then concurrency_limited); last %+v", n, last)
 	}
 	for _, a := range []string{"other", "crit"} {
-		if ar := admitAns(t, s, videoReq("after-"+a, a)); !ar.Allowed {
+		if ar := admitAns(t, s, shortVideoReq("after-"+a, a)); !ar.Allowed {
 			t.Errorf("%s after one account's burst: %+v", a, ar)
 		}
 	}

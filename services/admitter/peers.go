@@ -183,10 +183,8 @@ func (s *Service) applyPeer(msg kafka.Message, old bool) {
 			return // expired: the ledger releases it, nothing can finish it here
 		}
 		po := peerOpen{peer: decide.Peer{AccountID: p.AccountID, HoldMicros: p.HoldMicros, AllowanceMicros: p.AllowanceMicros,
-			Funding: decide.FundingCredits}, expiresAtMs: expMs, endpoint: p.Endpoint, model: p.Model, partition: part, offset: off}
-		if p.Funding == events.FundingAllowance {
-			po.peer.Funding = decide.FundingAllowance
-		}
+			Funding: decide.ParseFunding(p.Funding), StartedMs: ev.Time.UnixMilli()}, expiresAtMs: expMs, endpoint: p.Endpoint,
+			model: p.Model, partition: part, offset: off}
 		s.mu.Lock()
 		if _, dup := s.peers[p.RequestID]; !dup { // a start written twice counts once
 			po.started = s.table.ApplyPeerStart(&po.peer, part, off)
@@ -202,28 +200,28 @@ func (s *Service) applyPeer(msg kafka.Message, old bool) {
 		s.mu.Lock()
 		if po, ok := s.peers[p.RequestID]; ok {
 			if po.fin == nil {
-				s.settlePeerLocked(p.RequestID, &po, &p, part, off)
+				s.settlePeerLocked(p.RequestID, &po, &p, part, off, ev.Time.UnixMilli())
 			}
 		} else if !old {
-			s.finishedElsewhereLocked(&p, part, off)
+			s.finishedElsewhereLocked(&p, part, off, ev.Time.UnixMilli())
 		}
 		s.mu.Unlock()
 		s.m.peerEvents.Inc()
 	}
 }
 
-// settlePeerLocked records the durable finish f (at partition, offset) of log request id: its
-// settlement as a pending change, and the answer for repeats.
-func (s *Service) settlePeerLocked(id string, po *peerOpen, f *events.RequestFinished, part int32, off int64) {
+// settlePeerLocked records the durable finish f (at partition, offset, event time atMs) of log
+// request id: its settlement as a pending change, and the answer for repeats.
+func (s *Service) settlePeerLocked(id string, po *peerOpen, f *events.RequestFinished, part int32, off, atMs int64) {
 	if !po.started { // its account was unknown when the start was read
 		po.started = s.table.ApplyPeerStart(&po.peer, po.partition, po.offset)
 	}
-	q := s.table.QuotePeer(&po.peer, f.CostMicros)
-	s.table.ApplyPeerFinish(&po.peer, f.CostMicros, part, off)
+	q := s.table.QuotePeer(&po.peer, f.CostMicros, atMs)
+	s.table.ApplyPeerFinish(&po.peer, f.CostMicros, part, off, atMs)
 	po.fin = &peerFinish{status: f.Status, resolution: f.Usage.Resolution, usage: usageKey(f.Usage),
 		resp: api.FinishResponse{RequestID: id, Funding: q.Funding.String(), CostMicros: q.CostMicros,
 			ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
-			PriceBookVersion: f.PriceBookVersion}}
+			AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, PriceBookVersion: f.PriceBookVersion}}
 	s.peers[id] = *po
 	// Finished requests leave the index after ADMITTER_IDEMPOTENCY_MAX later ones.
 	if len(s.peerDone) == s.cfg.IdempotencyMax {
@@ -241,7 +239,7 @@ func (s *Service) settlePeerLocked(id string, po *peerOpen, f *events.RequestFin
 // finishedElsewhereLocked handles another admitter's finish of a request this admitter
 // admitted: the in-flight slots are freed, the settlement recorded, and (unless a finish of
 // its own is being published) the answer kept for repeats.
-func (s *Service) finishedElsewhereLocked(f *events.RequestFinished, part int32, off int64) {
+func (s *Service) finishedElsewhereLocked(f *events.RequestFinished, part int32, off, atMs int64) {
 	ri, ok := s.idem.lookup(f.RequestID)
 	if !ok {
 		return
@@ -250,7 +248,7 @@ func (s *Service) finishedElsewhereLocked(f *events.RequestFinished, part int32,
 	if rec.flags&recOpen == 0 || rec.status == 0 {
 		return
 	}
-	q, err := s.table.Quote(rec.handle, f.CostMicros)
+	q, err := s.table.Quote(rec.handle, f.CostMicros, atMs)
 	if err != nil {
 		return
 	}
@@ -265,7 +263,7 @@ func (s *Service) finishedElsewhereLocked(f *events.RequestFinished, part int32,
 	}
 	body, _ := json.Marshal(api.FinishResponse{RequestID: f.RequestID, Funding: q.Funding.String(), CostMicros: q.CostMicros,
 		ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
-		PriceBookVersion: f.PriceBookVersion})
+		AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, PriceBookVersion: f.PriceBookVersion})
 	s.idem.finished(ri, &api.FinishRequest{RequestID: f.RequestID, Status: f.Status, Usage: f.Usage, DurationMs: f.DurationMs}, body)
 	s.idem.remember(ri)
 	s.idem.wake(ri)

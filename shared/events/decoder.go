@@ -267,6 +267,12 @@ func (d *Decoder) finished(s *scanner, subject string) (Data, bool) {
 			return d.units(s, &p.Usage)
 		case "cost_micros":
 			return s.intTo(&p.CostMicros)
+		case "allowance_micros":
+			return s.intTo(&p.AllowanceMicros)
+		case "credits_micros":
+			return s.intTo(&p.CreditsMicros)
+		case "overage_micros":
+			return s.intTo(&p.OverageMicros)
 		case "duration_ms":
 			return s.intTo(&p.DurationMs)
 		case "price_book_version":

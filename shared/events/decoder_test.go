@@ -44,16 +44,25 @@ func randomLog(seed uint64, n, accounts int, t0 time.Time) []events.Event {
 			st.EstimateMicros = st.HoldMicros
 			if r.IntN(5) == 0 {
 				st.Funding, st.HoldMicros, st.AllowanceMicros = events.FundingAllowance, 0, int64(r.IntN(100_000))
+			} else if st.HoldMicros > 0 && r.IntN(5) == 0 {
+				st.Funding, st.AllowanceMicros = events.FundingSplit, int64(1+r.IntN(100_000))
+				st.EstimateMicros += st.AllowanceMicros
 			}
 			if r.IntN(2) == 0 {
 				st.Estimate = events.Units{TokensIn: int64(r.IntN(5000)), TokensOut: int64(r.IntN(5000))}
 			}
 			add(now, st)
 		case k < 55:
-			add(now, events.RequestFinished{RequestID: req, AccountID: acct, Endpoint: "codex.responses", Model: opt("m1"),
+			f := events.RequestFinished{RequestID: req, AccountID: acct, Endpoint: "codex.responses", Model: opt("m1"),
 				Status: []string{events.StatusSucceeded, events.StatusFailed, events.StatusCancelled}[r.IntN(3)],
 				Usage:  events.Units{VideoSeconds: int64(r.IntN(20)), Resolution: opt("720p")}, CostMicros: int64(r.IntN(500_000)),
-				DurationMs: int64(r.IntN(60_000)), PriceBookVersion: "v1", KeyID: opt("k1"), ClientAddr: opt("::1")})
+				DurationMs: int64(r.IntN(60_000)), PriceBookVersion: "v1", KeyID: opt("k1"), ClientAddr: opt("::1")}
+			if r.IntN(3) == 0 { // the split of the cost
+				f.AllowanceMicros = int64(r.IntN(int(f.CostMicros) + 1))
+				f.CreditsMicros = int64(r.IntN(int(f.CostMicros-f.AllowanceMicros) + 1))
+				f.OverageMicros = f.CostMicros - f.AllowanceMicros - f.CreditsMicros
+			}
+			add(now, f)
 		case k < 65:
 			add(now, events.RequestRejected{RequestID: req, AccountID: acct, Endpoint: "sora.video", Model: opt("sora-2"), Tier: "free",
 				Priority: events.PriorityBatch, Reason: "rate_limited", RetryAfterMs: int64(r.IntN(5000)), EstimateMicros: int64(r.IntN(9000)),

@@ -22,10 +22,13 @@ const (
 	PriorityBatch    = "batch"
 )
 
-// Funding sources of an admitted request.
+// Funding sources of an admitted request: the tier's included allowance alone, credits
+// alone, or both at once (split: the allowance covers what its windows have left, a credit
+// hold the rest).
 const (
 	FundingAllowance = "allowance"
 	FundingCredits   = "credits"
+	FundingSplit     = "split"
 )
 
 // Request statuses at finish.
@@ -65,8 +68,9 @@ func (u Units) Validate() error {
 	return errors.Join(errs...)
 }
 
-// RequestStarted records an admitted request and what funds it: a credit hold of HoldMicros,
-// or (funding "allowance") AllowanceMicros of the tier's included allowance.
+// RequestStarted records an admitted request and what funds it: AllowanceMicros of the tier's
+// included allowance and a credit hold of HoldMicros. Funding names the sources: "allowance"
+// (HoldMicros is 0), "credits" (AllowanceMicros is 0) or "split" (both are above 0).
 type RequestStarted struct {
 	RequestID        string    `json:"request_id"`
 	AccountID        string    `json:"account_id"`
@@ -105,8 +109,12 @@ func (e RequestStarted) Validate() error {
 		if e.HoldMicros != 0 {
 			errs = append(errs, errors.New("hold_micros: must be 0 when funding is allowance"))
 		}
+	case FundingSplit:
+		if e.HoldMicros <= 0 || e.AllowanceMicros <= 0 {
+			errs = append(errs, errors.New("hold_micros, allowance_micros: both must be above 0 when funding is split"))
+		}
 	default:
-		errs = append(errs, fmt.Errorf("funding: want allowance or credits, got %q", e.Funding))
+		errs = append(errs, fmt.Errorf("funding: want allowance, credits or split, got %q", e.Funding))
 	}
 	if e.HoldExpiresAt.IsZero() {
 		errs = append(errs, errors.New("hold_expires_at: required"))
@@ -146,7 +154,11 @@ func (e RequestRejected) Validate() error {
 }
 
 // RequestFinished records the actual usage of a request and its price, CostMicros, computed
-// by the price book version named in the event.
+// by the price book version named in the event. AllowanceMicros, CreditsMicros and
+// OverageMicros are the split of the cost the admitter answered (allowance first, then
+// credits: the hold, then the available balance, then overage); they sum to CostMicros, or
+// are all 0 when the producer did not say (older events). The ledger settles by the same
+// rule on its own state, and its journal is the authority.
 type RequestFinished struct {
 	RequestID        string `json:"request_id"`
 	AccountID        string `json:"account_id"`
@@ -155,6 +167,9 @@ type RequestFinished struct {
 	Status           string `json:"status"`
 	Usage            Units  `json:"usage"`
 	CostMicros       int64  `json:"cost_micros"`
+	AllowanceMicros  int64  `json:"allowance_micros,omitempty"`
+	CreditsMicros    int64  `json:"credits_micros,omitempty"`
+	OverageMicros    int64  `json:"overage_micros,omitempty"`
 	DurationMs       int64  `json:"duration_ms"`
 	PriceBookVersion string `json:"price_book_version"`
 	KeyID            string `json:"key_id,omitempty"`
@@ -167,8 +182,13 @@ func (e RequestFinished) Validate() error {
 	errs := []error{
 		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
 		checkOptID("model", e.Model), prefix("usage", e.Usage.Validate()), checkAmount("cost_micros", e.CostMicros),
+		checkAmount("allowance_micros", e.AllowanceMicros), checkAmount("credits_micros", e.CreditsMicros),
+		checkAmount("overage_micros", e.OverageMicros),
 		checkID("price_book_version", e.PriceBookVersion), checkOptID("key_id", e.KeyID),
 		checkOptID("client_addr", e.ClientAddr),
+	}
+	if sum := e.AllowanceMicros + e.CreditsMicros + e.OverageMicros; sum != 0 && sum != e.CostMicros {
+		errs = append(errs, fmt.Errorf("allowance_micros + credits_micros + overage_micros: %d, want 0 or cost_micros %d", sum, e.CostMicros))
 	}
 	switch e.Status {
 	case StatusSucceeded, StatusFailed, StatusCancelled:
@@ -182,16 +202,19 @@ func (e RequestFinished) Validate() error {
 }
 
 // RequestExpired is published by the ledger when a hold's finish did not arrive before
-// HoldExpiresAt (in log time); the hold is released.
+// HoldExpiresAt (in log time); the hold is released. HoldMicros is the credit hold released,
+// AllowanceMicros the allowance reservation given back to the windows, ReleasedMicros their
+// sum.
 type RequestExpired struct {
-	RequestID      string    `json:"request_id"`
-	AccountID      string    `json:"account_id"`
-	Endpoint       string    `json:"endpoint"`
-	Funding        string    `json:"funding"`
-	HoldMicros     int64     `json:"hold_micros"`
-	ReleasedMicros int64     `json:"released_micros"`
-	StartedEventID string    `json:"started_event_id"`
-	ExpiredAt      time.Time `json:"expired_at"`
+	RequestID       string    `json:"request_id"`
+	AccountID       string    `json:"account_id"`
+	Endpoint        string    `json:"endpoint"`
+	Funding         string    `json:"funding"`
+	HoldMicros      int64     `json:"hold_micros"`
+	AllowanceMicros int64     `json:"allowance_micros,omitempty"`
+	ReleasedMicros  int64     `json:"released_micros"`
+	StartedEventID  string    `json:"started_event_id"`
+	ExpiredAt       time.Time `json:"expired_at"`
 }
 
 func (RequestExpired) EventType() string { return TypeRequestExpired }
@@ -199,7 +222,8 @@ func (e RequestExpired) Subject() string { return e.AccountID }
 func (e RequestExpired) Validate() error {
 	errs := []error{
 		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
-		checkAmount("hold_micros", e.HoldMicros), checkAmount("released_micros", e.ReleasedMicros),
+		checkAmount("hold_micros", e.HoldMicros), checkAmount("allowance_micros", e.AllowanceMicros),
+		checkAmount("released_micros", e.ReleasedMicros),
 		checkID("started_event_id", e.StartedEventID), checkFunding(e.Funding),
 	}
 	if e.ExpiredAt.IsZero() {
@@ -554,10 +578,10 @@ func checkPriority(p string) error {
 }
 
 func checkFunding(f string) error {
-	if f == FundingAllowance || f == FundingCredits {
+	if f == FundingAllowance || f == FundingCredits || f == FundingSplit {
 		return nil
 	}
-	return fmt.Errorf("funding: want allowance or credits, got %q", f)
+	return fmt.Errorf("funding: want allowance, credits or split, got %q", f)
 }
 
 func checkAmount(name string, v int64) error {

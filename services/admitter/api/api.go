@@ -101,12 +101,13 @@ type AdmitResponse struct {
 	// Reason and RetryAfterMs are set on a denial.
 	Reason       string `json:"reason,omitempty"`
 	RetryAfterMs int64  `json:"retry_after_ms,omitempty"`
-	// Funding is allowance or credits when allowed.
+	// Funding is allowance, credits or split (both) when allowed.
 	Funding  string `json:"funding,omitempty"`
 	Tier     string `json:"tier"`
 	Priority string `json:"priority"`
-	// EstimateMicros is the priced estimate; ReservedMicros what is reserved for it (the
-	// credit hold, HoldMicros, or the allowance, AllowanceMicros).
+	// EstimateMicros is the priced estimate; ReservedMicros what is reserved for it: the
+	// allowance, AllowanceMicros (what every window has left, at most the estimate), plus the
+	// credit hold, HoldMicros (the rest).
 	EstimateMicros   int64      `json:"estimate_micros"`
 	ReservedMicros   int64      `json:"reserved_micros"`
 	HoldMicros       int64      `json:"hold_micros"`
@@ -146,12 +147,17 @@ func (r FinishRequest) Validate() error {
 
 // FinishResponse is the body of a 200 answer to POST /v1/finish.
 type FinishResponse struct {
-	RequestID        string `json:"request_id"`
-	Funding          string `json:"funding"`
-	CostMicros       int64  `json:"cost_micros"`
-	ChargedMicros    int64  `json:"charged_micros"`
-	ReleasedMicros   int64  `json:"released_micros"`
-	OverageMicros    int64  `json:"overage_micros"`
+	RequestID      string `json:"request_id"`
+	Funding        string `json:"funding"`
+	CostMicros     int64  `json:"cost_micros"`
+	ChargedMicros  int64  `json:"charged_micros"`
+	ReleasedMicros int64  `json:"released_micros"`
+	OverageMicros  int64  `json:"overage_micros"`
+	// AllowanceMicros is the part of the cost the included allowance paid, CreditsMicros the
+	// part paid from credits (hold, then available balance); with OverageMicros they sum to
+	// CostMicros, and ChargedMicros is AllowanceMicros + CreditsMicros.
+	AllowanceMicros  int64  `json:"allowance_micros"`
+	CreditsMicros    int64  `json:"credits_micros"`
 	PriceBookVersion string `json:"price_book_version"`
 }
 

@@ -148,15 +148,17 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		return t.deny(d, ReasonRateLimited, min((over+999)/1000, maxRetryMs))
 	}
 	d.RateRemaining = (burst*stepUs - (newTat - nowUs)) / stepUs
-	// 5. Funding waterfall: allowance (every window), then a credit hold.
-	switch {
-	case d.NumWindows > 0 && est <= minRemaining(d):
-		d.Funding, d.AllowanceMicros = FundingAllowance, est
-	case d.AvailableMicros >= est:
-		d.Funding, d.HoldMicros = FundingCredits, est
-	default:
+	// 5. Funding waterfall: the allowance covers what every window has left, a credit hold
+	// the rest (split funding); denied only when both together cannot cover the estimate.
+	var allow int64
+	if d.NumWindows > 0 {
+		allow = min(est, minRemaining(d))
+	}
+	if est-allow > d.AvailableMicros {
 		return t.deny(d, ReasonInsufficientCredits, t.insufficientRetry(d, est, nowMs))
 	}
+	d.AllowanceMicros, d.HoldMicros = allow, est-allow
+	d.Funding = fundingOf(allow, est-allow, d.NumWindows)
 	if t.pendLive >= t.cfg.PendingMax || t.openLive >= t.cfg.OpenMax {
 		d.Funding, d.AllowanceMicros, d.HoldMicros = FundingNone, 0, 0
 		return t.deny(d, ReasonTableFull, t.cfg.RetryOverloadedMs)
@@ -254,19 +256,21 @@ func minRemaining(d *Decision) int64 {
 	return m
 }
 
-// insufficientRetry is the time until every window short of est has reset, when the
-// allowance could then cover est; otherwise RetryInsufficientMs (credits must be bought).
+// insufficientRetry is the time until every window short of what the balance cannot cover
+// has reset, when the allowance could then cover it; otherwise RetryInsufficientMs (credits
+// must be bought).
 func (t *Table) insufficientRetry(d *Decision, est, nowMs int64) int64 {
 	if d.NumWindows == 0 {
 		return t.cfg.RetryInsufficientMs
 	}
+	need := est - max(d.AvailableMicros, 0) // what the allowance must cover
 	var wait int64
 	for i := 0; i < d.NumWindows; i++ {
 		w := &d.Windows[i]
-		if est > w.LimitMicros {
+		if need > w.LimitMicros {
 			return t.cfg.RetryInsufficientMs
 		}
-		if est > w.RemainingMicros {
+		if need > w.RemainingMicros {
 			wait = max(wait, w.ResetsAtMs-nowMs)
 		}
 	}
@@ -340,48 +344,80 @@ func (t *Table) OpenInfo(h uint32) (Open, bool) {
 		HoldMicros: o.holdMicros, AllowanceMicros: o.allowMicros, ExpiresAtMs: o.expiresAtMs}, true
 }
 
-// Settlement is how a finish is paid.
+// Settlement is how a finish is paid, by the funding waterfall the ledger applies.
 type Settlement struct {
-	Funding        Funding
-	CostMicros     int64
-	ChargedMicros  int64 // from the hold (or allowance) plus from the available balance
-	ReleasedMicros int64 // the part of the hold (or allowance reservation) given back
-	OverageMicros  int64 // what could not be paid
+	Funding    Funding
+	CostMicros int64
+	// AllowanceMicros is the part of the cost the allowance pays (at most the reservation
+	// plus what every window still has left), CreditsMicros the part paid from credits (the
+	// hold, then the available balance), OverageMicros what could not be paid. They sum to
+	// CostMicros.
+	AllowanceMicros int64
+	CreditsMicros   int64
+	OverageMicros   int64
+	ChargedMicros   int64 // AllowanceMicros + CreditsMicros
+	ReleasedMicros  int64 // the parts of the hold and of the allowance reservation given back
 	// availDelta and allowDelta are the local balance changes the finish makes.
 	availDelta, allowDelta int64
 }
 
-// Quote prices the settlement of open request h at costMicros without changing anything.
-func (t *Table) Quote(h uint32, costMicros int64) (Settlement, error) {
+// Quote prices the settlement of open request h at costMicros at nowMs without changing
+// anything.
+func (t *Table) Quote(h uint32, costMicros, nowMs int64) (Settlement, error) {
 	if int(h) >= t.opens.len() || !t.opens.at(h).live {
 		return Settlement{}, ErrUnknownRequest
 	}
 	o := t.opens.at(h)
-	return t.settle(&t.accounts[o.account], o.funding, o.holdMicros, o.allowMicros, costMicros), nil
+	return t.settle(&t.accounts[o.account], o.funding, o.holdMicros, o.allowMicros, o.startedMs, costMicros, nowMs), nil
 }
 
-// settle is the finish policy: allowance covers the actual cost (the reservation is
-// corrected to it); credits charge the hold first, then (OverageFromAvailable) the available
-// balance, and what is left is overage.
-func (t *Table) settle(a *account, funding Funding, hold, allow, cost int64) Settlement {
+// settle is the finish policy, the ledger's settlement rule on the local view: the allowance
+// pays first, up to its reservation plus the room every window has left (nothing beyond the
+// reservation when the request started in another window; nothing when it reserved none),
+// then the credit hold, then (OverageFromAvailable) the available balance; what is left is
+// overage.
+func (t *Table) settle(a *account, funding Funding, hold, allow, startedMs, cost, nowMs int64) Settlement {
 	s := Settlement{Funding: funding, CostMicros: cost}
-	if funding == FundingAllowance {
-		s.ChargedMicros = cost
-		s.ReleasedMicros = max(allow-cost, 0)
-		s.allowDelta = cost - allow
-		return s
+	if allow > 0 {
+		s.AllowanceMicros = min(cost, allow+t.allowanceRoom(a, startedMs, nowMs))
 	}
-	fromHold := min(cost, hold)
-	s.ReleasedMicros = hold - fromHold
-	extra := cost - fromHold
+	rest := cost - s.AllowanceMicros
+	fromHold := min(rest, hold)
+	extra := rest - fromHold
 	var fromAvail int64
 	if extra > 0 && t.cfg.OverageFromAvailable {
-		fromAvail = min(extra, max(a.availableMicros+a.pendingAvail+s.ReleasedMicros, 0))
+		fromAvail = min(extra, max(a.availableMicros+a.pendingAvail, 0))
 	}
-	s.ChargedMicros = fromHold + fromAvail
+	s.CreditsMicros = fromHold + fromAvail
 	s.OverageMicros = extra - fromAvail
-	s.availDelta = hold - s.ChargedMicros
+	s.ChargedMicros = s.AllowanceMicros + s.CreditsMicros
+	s.ReleasedMicros = hold - fromHold + max(allow-s.AllowanceMicros, 0)
+	s.availDelta = hold - s.CreditsMicros
+	s.allowDelta = s.AllowanceMicros - allow
 	return s
+}
+
+// allowanceRoom is the least room (limit − used, at least 0) over the windows of a's tier at
+// nowMs, used counting the ledger's usage and the unfolded local changes; 0 when the tier
+// has none or startedMs lies in another window than nowMs (the ledger's rule).
+func (t *Table) allowanceRoom(a *account, startedMs, nowMs int64) int64 {
+	tier := &t.tiers[a.tier].t
+	room := int64(-1)
+	for i := 0; i < min(len(tier.Allowance), MaxWindows); i++ {
+		w := &tier.Allowance[i]
+		ws := nowMs - mod(nowMs, w.LengthMs)
+		if startedMs-mod(startedMs, w.LengthMs) != ws {
+			return 0
+		}
+		used := a.pendingAllow
+		if a.winStartMs[i] == ws {
+			used += a.winUsedMicros[i]
+		}
+		if r := max(w.Micros-used, 0); room < 0 || r < room {
+			room = r
+		}
+	}
+	return max(room, 0)
 }
 
 // Peer is another admitter's request, seen on the events topic.
@@ -390,34 +426,29 @@ type Peer struct {
 	Funding         Funding
 	HoldMicros      int64
 	AllowanceMicros int64
+	StartedMs       int64 // the request.started event's time
 }
 
 // ApplyPeerStart records another admitter's durable request.started at (partition, offset)
-// as a pending change, so that this admitter's local balance counts the peer's hold until
-// the ledger folds it. It returns false when the table is full.
+// as a pending change, so that this admitter's local balance counts the peer's hold and
+// allowance reservation until the ledger folds it. It returns false when the table is full.
 func (t *Table) ApplyPeerStart(p *Peer, partition int32, offset int64) bool {
 	ai, ok := t.lookup(p.AccountID)
 	if !ok || t.pendLive >= t.cfg.PendingMax {
 		return false
 	}
-	var avail, allow int64
-	if p.Funding == FundingCredits {
-		avail = -p.HoldMicros
-	} else {
-		allow = p.AllowanceMicros
-	}
-	t.acked(t.newPending(ai, avail, allow), partition, offset)
+	t.acked(t.newPending(ai, -p.HoldMicros, p.AllowanceMicros), partition, offset)
 	return true
 }
 
-// ApplyPeerFinish records another admitter's durable request.finished the same way, with
-// the settlement this admitter's policy computes for it.
-func (t *Table) ApplyPeerFinish(p *Peer, costMicros int64, partition int32, offset int64) bool {
+// ApplyPeerFinish records another admitter's durable request.finished (event time nowMs) the
+// same way, with the settlement this admitter's policy computes for it.
+func (t *Table) ApplyPeerFinish(p *Peer, costMicros int64, partition int32, offset int64, nowMs int64) bool {
 	ai, ok := t.lookup(p.AccountID)
 	if !ok {
 		return false
 	}
-	s := t.settle(&t.accounts[ai], p.Funding, p.HoldMicros, p.AllowanceMicros, costMicros)
+	s := t.settle(&t.accounts[ai], p.Funding, p.HoldMicros, p.AllowanceMicros, p.StartedMs, costMicros, nowMs)
 	if s.availDelta != 0 || s.allowDelta != 0 {
 		t.acked(t.newPending(ai, s.availDelta, s.allowDelta), partition, offset)
 	}
@@ -649,7 +680,7 @@ func (t *Table) Price(endpoint, model string, u events.Units) (int64, error) {
 // so two admitters racing for the last credits cannot both keep their holds: the later one in
 // the log is not covered. If the ledger has already folded the event, the ledger decided and
 // the answer is true.
-func (t *Table) FundedInLogOrder(accountID string, funding Funding, amountMicros int64, partition int32, offset int64, nowMs int64) bool {
+func (t *Table) FundedInLogOrder(accountID string, holdMicros, allowMicros int64, partition int32, offset int64, nowMs int64) bool {
 	ai, ok := t.known(accountID)
 	if !ok {
 		return true
@@ -667,8 +698,12 @@ func (t *Table) FundedInLogOrder(accountID string, funding Funding, amountMicros
 			allow += p.allowMicros
 		}
 	}
-	if funding == FundingCredits {
-		return a.availableMicros+avail >= amountMicros
+	// A split request needs both parts covered.
+	if holdMicros > 0 && a.availableMicros+avail < holdMicros {
+		return false
+	}
+	if allowMicros <= 0 {
+		return true
 	}
 	tier := &t.tiers[a.tier].t
 	for i := 0; i < min(len(tier.Allowance), MaxWindows); i++ {
@@ -677,7 +712,7 @@ func (t *Table) FundedInLogOrder(accountID string, funding Funding, amountMicros
 		if a.winStartMs[i] == nowMs-mod(nowMs, w.LengthMs) {
 			used += a.winUsedMicros[i]
 		}
-		if w.Micros-used < amountMicros {
+		if w.Micros-used < allowMicros {
 			return false
 		}
 	}

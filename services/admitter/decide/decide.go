@@ -61,11 +61,13 @@ func Reasons() []string { return append([]string(nil), reasonNames[1:]...) }
 // Funding sources.
 type Funding uint8
 
-// Funding values; their strings are events.FundingAllowance and events.FundingCredits.
+// Funding values; their strings are events.FundingAllowance, events.FundingCredits and
+// events.FundingSplit (allowance and credits at once).
 const (
 	FundingNone Funding = iota
 	FundingAllowance
 	FundingCredits
+	FundingSplit
 )
 
 func (f Funding) String() string {
@@ -74,8 +76,37 @@ func (f Funding) String() string {
 		return events.FundingAllowance
 	case FundingCredits:
 		return events.FundingCredits
+	case FundingSplit:
+		return events.FundingSplit
 	}
 	return ""
+}
+
+// ParseFunding maps an event's funding name to a Funding (FundingNone when unknown).
+func ParseFunding(s string) Funding {
+	switch s {
+	case events.FundingAllowance:
+		return FundingAllowance
+	case events.FundingCredits:
+		return FundingCredits
+	case events.FundingSplit:
+		return FundingSplit
+	}
+	return FundingNone
+}
+
+// fundingOf names the sources of a reservation: both, one, or (nothing reserved) the
+// allowance when the tier has windows, else credits.
+func fundingOf(allow, hold int64, windows int) Funding {
+	switch {
+	case allow > 0 && hold > 0:
+		return FundingSplit
+	case hold > 0:
+		return FundingCredits
+	case allow > 0 || windows > 0:
+		return FundingAllowance
+	}
+	return FundingCredits
 }
 
 // Priority classes, highest first.
@@ -137,8 +168,9 @@ type Config struct {
 	RetryOverloadedMs   int64
 	RetryConcurrencyMs  int64
 	RetryInsufficientMs int64
-	// OverageFromAvailable: at finish, a cost above the hold is charged from the available
-	// balance before the rest becomes overage (true), or all of it becomes overage (false).
+	// OverageFromAvailable: at finish, a cost above what the allowance and the hold cover is
+	// charged from the available balance before the rest becomes overage (true), or all of it
+	// becomes overage (false).
 	OverageFromAvailable bool
 	// Adaptive configures the local adaptive concurrency limit per endpoint.
 	Adaptive AdaptiveConfig

@@ -64,7 +64,7 @@ func TestAllowanceThenCreditsThenInsufficient(t *testing.T) {
 		t.Fatalf("windows after allowance: %+v", d.Windows[:2])
 	}
 	tb.Published(d.Handle, 0, 11)
-	s, err := tb.Quote(d.Handle, 2_000_000)
+	s, err := tb.Quote(d.Handle, 2_000_000, t0)
 	if err != nil || s.ChargedMicros != 2_000_000 || s.ReleasedMicros != 0 {
 		t.Fatalf("quote: %+v %v", s, err)
 	}
@@ -77,7 +77,7 @@ func TestAllowanceThenCreditsThenInsufficient(t *testing.T) {
 		t.Fatalf("second: %+v", d)
 	}
 	tb.Published(d.Handle, 0, 13)
-	s, _ = tb.Quote(d.Handle, 1_500_000)
+	s, _ = tb.Quote(d.Handle, 1_500_000, t0)
 	if s.ChargedMicros != 1_500_000 || s.ReleasedMicros != 500_000 || s.OverageMicros != 0 {
 		t.Fatalf("settle under hold: %+v", s)
 	}
@@ -121,7 +121,7 @@ func TestOverageAndPolicy(t *testing.T) {
 			}
 			tb.Published(d.Handle, 1, 6)
 			// Actual 15,000: 7,500 from the hold, 2,500 from available (if policy), rest overage.
-			s, _ := tb.Quote(d.Handle, 15_000)
+			s, _ := tb.Quote(d.Handle, 15_000, t0)
 			wantCharged, wantOver := int64(10_000), int64(5_000)
 			if !fromAvail {
 				wantCharged, wantOver = 7_500, 7_500
@@ -189,7 +189,7 @@ func TestConcurrencyLimit(t *testing.T) {
 		t.Fatalf("other endpoint: %+v", d)
 	}
 	tb.Published(d1.Handle, 0, 2)
-	s, _ := tb.Quote(d1.Handle, 100)
+	s, _ := tb.Quote(d1.Handle, 100, t0)
 	_ = tb.Finish(d1.Handle, s, t0+5, OutcomeSucceeded, 0, 3)
 	if d := admit(t, tb, code1k("c"), t0+6000); !d.Allowed {
 		t.Fatalf("after finish: %+v", d)
@@ -287,7 +287,7 @@ func TestAdaptiveLimitSheds(t *testing.T) {
 		if !d.Allowed {
 			t.Fatalf("%+v", d)
 		}
-		s, _ := tb.Quote(d.Handle, 0)
+		s, _ := tb.Quote(d.Handle, 0, t0)
 		out := OutcomeSucceeded
 		if failed {
 			out = OutcomeFailed
@@ -419,7 +419,7 @@ func TestDecisionAllocatesNothing(t *testing.T) {
 		_ = tb.Admit(req, t0+int64(i), &d)
 		if d.Allowed {
 			tb.Published(d.Handle, 0, int64(i))
-			s, _ := tb.Quote(d.Handle, 5000)
+			s, _ := tb.Quote(d.Handle, 5000, t0)
 			_ = tb.Finish(d.Handle, s, t0+int64(i)+3, OutcomeSucceeded, 0, int64(i))
 		}
 	})
@@ -494,7 +494,7 @@ func BenchmarkAdmitFinish1M(b *testing.B) {
 		_ = tb.Admit(req, t0+int64(i/1000), &d)
 		if d.Allowed {
 			tb.Published(d.Handle, 0, int64(i))
-			s, _ := tb.Quote(d.Handle, 5000)
+			s, _ := tb.Quote(d.Handle, 5000, t0)
 			_ = tb.Finish(d.Handle, s, t0+int64(i)+3, OutcomeSucceeded, 0, int64(i))
 		}
 	}
@@ -534,21 +534,21 @@ func TestFundedInLogOrder(t *testing.T) {
 	d := admit(t, tb, code1k("m"), t0)
 	tb.ApplyPeerStart(&Peer{AccountID: "m", Funding: FundingCredits, HoldMicros: 7_500}, 0, 7)
 	tb.Published(d.Handle, 0, 8)
-	if tb.FundedInLogOrder("m", FundingCredits, 7_500, 0, 8, t0) {
+	if tb.FundedInLogOrder("m", 7_500, 0, 0, 8, t0) {
 		t.Fatal("the later hold in the log is covered")
 	}
-	if !tb.FundedInLogOrder("m", FundingCredits, 7_500, 0, 7, t0) {
+	if !tb.FundedInLogOrder("m", 7_500, 0, 0, 7, t0) {
 		t.Fatal("the earlier hold in the log is not covered")
 	}
 	// Once the ledger folded past our event, the ledger decided.
 	tb.ApplyBalance(balance("m", "enterprise", 0, 0, 8))
-	if !tb.FundedInLogOrder("m", FundingCredits, 7_500, 0, 8, t0) {
+	if !tb.FundedInLogOrder("m", 7_500, 0, 0, 8, t0) {
 		t.Fatal("folded event judged again")
 	}
 	// Allowance: tiny window (free 5h: 2,000,000) with a peer's 1,500,000 before ours.
 	tb.ApplyBalance(balance("f", "free", 0, 1, 1))
 	tb.ApplyPeerStart(&Peer{AccountID: "f", Funding: FundingAllowance, AllowanceMicros: 1_500_000}, 1, 2)
-	if tb.FundedInLogOrder("f", FundingAllowance, 1_000_000, 1, 3, t0) || !tb.FundedInLogOrder("f", FundingAllowance, 500_000, 1, 3, t0) {
+	if tb.FundedInLogOrder("f", 0, 1_000_000, 1, 3, t0) || !tb.FundedInLogOrder("f", 0, 500_000, 1, 3, t0) {
 		t.Fatal("allowance in log order")
 	}
 }
@@ -658,6 +658,98 @@ func burst(tb *Table, acct string, max int, offset int64) (int, Decision) {
 // finish publishes and settles an allowed decision at its quote (offset: its log position).
 func finish(tb *Table, d Decision, offset int64) {
 	tb.Published(d.Handle, 0, offset)
-	s, _ := tb.Quote(d.Handle, 0)
+	s, _ := tb.Quote(d.Handle, 0, t0)
 	_ = tb.Finish(d.Handle, s, t0+1, OutcomeSucceeded, 0, offset+1)
+}
+
+// TestSplitFunding: 1 credit of allowance left and 1.5 credits of balance fund a 2-credit
+// request from both (issue item 3); denied only when both together fall short.
+func TestSplitFunding(t *testing.T) {
+	tb := newTable(t, nil)
+	tb.ApplyBalance(balance("a", "free", 1_500_000, 0, 10)) // free: 5h window 2,000,000 µ
+	half := &Request{AccountID: "a", Endpoint: "sora.video", Estimate: events.Units{VideoSeconds: 5, Resolution: "720p"}}
+	d := admit(t, tb, half, t0)
+	if !d.Allowed || d.Funding != FundingAllowance || d.AllowanceMicros != 1_000_000 {
+		t.Fatalf("first: %+v", d)
+	}
+	finish(tb, d, 11) // cost 0: the reservation comes back
+	d = admit(t, tb, half, t0+1)
+	tb.Published(d.Handle, 0, 13)
+	s, _ := tb.Quote(d.Handle, 1_000_000, t0+1)
+	_ = tb.Finish(d.Handle, s, t0+2, OutcomeSucceeded, 0, 14) // 1 credit of the window used
+	d = admit(t, tb, video10s720("a"), t0+2)
+	if !d.Allowed || d.Funding != FundingSplit || d.AllowanceMicros != 1_000_000 || d.HoldMicros != 1_000_000 ||
+		d.AvailableMicros != 500_000 || d.Windows[0].RemainingMicros != 0 {
+		t.Fatalf("split: %+v", d)
+	}
+	tb.Published(d.Handle, 0, 15)
+	// Both parts must be covered in log order.
+	if !tb.FundedInLogOrder("a", d.HoldMicros, d.AllowanceMicros, 0, 15, t0+2) {
+		t.Fatal("split admission not covered in log order")
+	}
+	// Finish at 1.8 credits: the allowance pays 1, the hold 0.8, 0.2 is released.
+	s, _ = tb.Quote(d.Handle, 1_800_000, t0+3)
+	if s.Funding != FundingSplit || s.AllowanceMicros != 1_000_000 || s.CreditsMicros != 800_000 || s.OverageMicros != 0 ||
+		s.ReleasedMicros != 200_000 || s.ChargedMicros != 1_800_000 {
+		t.Fatalf("split settlement: %+v", s)
+	}
+	_ = tb.Finish(d.Handle, s, t0+4, OutcomeSucceeded, 0, 16)
+	snap, _ := tb.Account("a")
+	if snap.AvailableMicros+snap.PendingAvailMicros != 700_000 || snap.PendingAllowMicros != 2_000_000 {
+		t.Fatalf("local view: %+v", snap)
+	}
+	// 2 credits with 0.7 of balance and no allowance left: denied until the 5h window resets.
+	d = admit(t, tb, video10s720("a"), t0+4)
+	if d.Allowed || d.Reason != ReasonInsufficientCredits {
+		t.Fatalf("fourth: %+v", d)
+	}
+	start5h := t0 - t0%18_000_000
+	if want := start5h + 18_000_000 - (t0 + 4); d.RetryAfterMs != want {
+		t.Fatalf("retry after %d, want %d", d.RetryAfterMs, want)
+	}
+}
+
+// TestAllowanceOverrunSettlement: an allowance-funded job that cost 240 credits against a
+// 20-credit window pays 20 from the allowance, then credits, then overage (issue item 3);
+// a cost above the reservation within the windows' room stays on the allowance.
+func TestAllowanceOverrunSettlement(t *testing.T) {
+	for _, tc := range []struct {
+		name                               string
+		avail, reserve, cost               int64
+		allowance, credits, overage, relsd int64
+	}{
+		{"240 against 20", 100_000_000, 20_000_000, 240_000_000, 20_000_000, 100_000_000, 120_000_000, 0},
+		{"room left", 100_000_000, 10_000_000, 15_000_000, 15_000_000, 0, 0, 0},
+		{"under the reservation", 0, 10_000_000, 4_000_000, 4_000_000, 0, 0, 6_000_000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb := newTable(t, nil)
+			tb.ApplyBalance(balance("p", "plus", tc.avail, 0, 10)) // plus: 5h window 20,000,000 µ
+			r := &Request{AccountID: "p", Endpoint: "sora.video", Estimate: events.Units{VideoSeconds: tc.reserve / 200_000, Resolution: "720p"}}
+			d := admit(t, tb, r, t0)
+			if !d.Allowed || d.Funding != FundingAllowance || d.AllowanceMicros != tc.reserve {
+				t.Fatalf("admit: %+v", d)
+			}
+			tb.Published(d.Handle, 0, 11)
+			s, _ := tb.Quote(d.Handle, tc.cost, t0+1000)
+			if s.AllowanceMicros != tc.allowance || s.CreditsMicros != tc.credits || s.OverageMicros != tc.overage || s.ReleasedMicros != tc.relsd {
+				t.Fatalf("settlement %+v", s)
+			}
+			_ = tb.Finish(d.Handle, s, t0+1001, OutcomeSucceeded, 0, 12)
+			snap, _ := tb.Account("p")
+			if snap.AvailableMicros+snap.PendingAvailMicros != tc.avail-tc.credits || snap.PendingAllowMicros != tc.allowance {
+				t.Fatalf("local view %+v", snap)
+			}
+		})
+	}
+	// A request whose window closed before its finish gets no more than its reservation.
+	tb := newTable(t, nil)
+	tb.ApplyBalance(balance("p", "plus", 100_000_000, 0, 10))
+	d := admit(t, tb, &Request{AccountID: "p", Endpoint: "sora.video", Estimate: events.Units{VideoSeconds: 10, Resolution: "720p"}}, t0)
+	tb.Published(d.Handle, 0, 11)
+	next5h := t0 - t0%18_000_000 + 18_000_000
+	s, _ := tb.Quote(d.Handle, 5_000_000, next5h+1)
+	if s.AllowanceMicros != 2_000_000 || s.CreditsMicros != 3_000_000 {
+		t.Fatalf("straddling settlement %+v", s)
+	}
 }

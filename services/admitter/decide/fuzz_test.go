@@ -47,7 +47,11 @@ func FuzzTable(f *testing.F) {
 			case 4:
 				if len(handles) > 0 {
 					k := arg % len(handles)
-					if s, err := tb.Quote(handles[k], int64(arg)*50_000); err == nil {
+					if s, err := tb.Quote(handles[k], int64(arg)*50_000, now); err == nil {
+						if s.AllowanceMicros < 0 || s.CreditsMicros < 0 || s.OverageMicros < 0 || s.ReleasedMicros < 0 ||
+							s.AllowanceMicros+s.CreditsMicros+s.OverageMicros != s.CostMicros || s.ChargedMicros != s.AllowanceMicros+s.CreditsMicros {
+							t.Fatalf("settlement does not add up: %+v", s)
+						}
 						offset++
 						_ = tb.Finish(handles[k], s, now+int64(arg), Outcome(arg%3), int32(arg%2), offset)
 					}
@@ -63,12 +67,12 @@ func FuzzTable(f *testing.F) {
 				tb.Expire(now, arg, nil)
 			case 8:
 				offset++
-				tb.ApplyPeerStart(&Peer{AccountID: acct, Funding: Funding(1 + arg%2), HoldMicros: int64(arg) * 1000,
-					AllowanceMicros: int64(arg) * 7}, int32(arg%2), offset)
+				tb.ApplyPeerStart(&Peer{AccountID: acct, Funding: Funding(1 + arg%3), HoldMicros: int64(arg) * 1000,
+					AllowanceMicros: int64(arg) * 7, StartedMs: now}, int32(arg%2), offset)
 			case 9:
 				offset++
-				tb.ApplyPeerFinish(&Peer{AccountID: acct, Funding: Funding(1 + arg%2), HoldMicros: int64(arg) * 1000,
-					AllowanceMicros: int64(arg) * 7}, int64(arg)*1500, int32(arg%2), offset)
+				tb.ApplyPeerFinish(&Peer{AccountID: acct, Funding: Funding(1 + arg%3), HoldMicros: int64(arg) * 1000,
+					AllowanceMicros: int64(arg) * 7, StartedMs: now - int64(arg)}, int64(arg)*1500, int32(arg%2), offset, now)
 			}
 			checkInvariants(t, tb)
 		}

@@ -45,7 +45,7 @@ func wideAccount(tb *Table, id string, prio string) {
 func finishAt(tb *Table, d Decision, admitMs, finishMs int64, status string, clientDurationMs int64, offset int64) {
 	_, _ = admitMs, clientDurationMs
 	tb.Published(d.Handle, 0, offset)
-	s, _ := tb.Quote(d.Handle, 0)
+	s, _ := tb.Quote(d.Handle, 0, finishMs)
 	_ = tb.Finish(d.Handle, s, finishMs, FinishOutcome(status), 0, offset+1)
 }
 
@@ -295,7 +295,7 @@ func TestAdaptiveDecisionAllocatesNothing(t *testing.T) {
 		_ = tb.Admit(req, now, &d)
 		if d.Allowed {
 			tb.Published(d.Handle, 0, int64(i))
-			s, _ := tb.Quote(d.Handle, 5000)
+			s, _ := tb.Quote(d.Handle, 5000, now)
 			_ = tb.Finish(d.Handle, s, now+int64(i%7)*100, Outcome(1+i%2), 0, int64(i))
 		}
 	})

@@ -8,11 +8,18 @@ import (
 
 // codecVersion is the first byte of an encoded account. Version 2 replaced the fixed dedupe
 // rings of version 1 by the timed dedupe memory; version-1 records still decode (their ids
-// are kept for one window from the first fold after the restore). Other versions are refused.
+// are kept for one window from the first fold after the restore). Version 3 added each
+// hold's parts (which grants funded it); holds of version-1 and -2 records decode without
+// parts (their release goes to the unexpiring pool). Other versions are refused.
 const (
-	codecVersion   = 2
+	codecVersion   = 3
+	codecVersionV2 = 2
 	codecVersionV1 = 1
 )
+
+// maxPartsDecoded bounds the parts a decoded hold may carry (MaxGrantsPerAccount's maximum
+// plus the pool).
+const maxPartsDecoded = 10_001
 
 // maxDedupeDecoded bounds the dedupe entries a record may carry (the setting's maximum).
 const maxDedupeDecoded = 1 << 20
@@ -81,6 +88,12 @@ func (a *Account) AppendBinary(dst []byte) []byte {
 		dst = binary.AppendVarint(dst, h.AllowanceMicros)
 		dst = binary.AppendVarint(dst, h.StartNs)
 		dst = binary.AppendVarint(dst, h.ExpiresNs)
+		dst = binary.AppendUvarint(dst, uint64(h.NumParts()))
+		for j := 0; j < h.NumParts(); j++ {
+			p := h.Part(j)
+			dst = append(dst, p.Grant[:]...)
+			dst = binary.AppendVarint(dst, p.Micros)
+		}
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(a.Parked)))
 	for i := range a.Parked {
@@ -214,11 +227,34 @@ func (r *reader) count(max int) int {
 	return int(n)
 }
 
+// parts reads a hold's parts (read after HoldMicros); each must be above 0 and together
+// they must make the hold.
+func (r *reader) parts(h *Hold) {
+	n := r.count(maxPartsDecoded)
+	var first int64
+	for i := 0; i < n && r.err == nil; i++ {
+		var g UUID
+		copy(g[:], r.bytes(16))
+		m := r.varint()
+		if m <= 0 {
+			r.err = ErrCorrupt
+			return
+		}
+		if i == 0 {
+			first = m
+		}
+		h.addPart(g, m)
+	}
+	if r.err == nil && n > 0 && h.Part(0).Micros != first {
+		r.err = ErrCorrupt
+	}
+}
+
 // DecodeAccount decodes a record written by AppendBinary.
 func DecodeAccount(b []byte) (*Account, error) {
 	r := &reader{b: b}
 	v := r.byte1()
-	if v != codecVersion && v != codecVersionV1 {
+	if v != codecVersion && v != codecVersionV2 && v != codecVersionV1 {
 		return nil, fmt.Errorf("%w: version %d", ErrCorrupt, v)
 	}
 	a := &Account{}
@@ -268,6 +304,9 @@ func DecodeAccount(b []byte) (*Account, error) {
 			h.Endpoint = r.str()
 			h.Priority, h.Funding = r.byte1(), r.byte1()
 			h.HoldMicros, h.AllowanceMicros, h.StartNs, h.ExpiresNs = r.varint(), r.varint(), r.varint(), r.varint()
+			if v == codecVersion {
+				r.parts(h)
+			}
 		}
 	}
 	if n := r.count(1 << 20); n > 0 {

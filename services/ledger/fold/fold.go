@@ -320,26 +320,31 @@ func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, ou
 		return
 	}
 	hold := Hold{RequestID: p.RequestID, EventID: ParseUUID(ev.ID), Endpoint: s.internEndpoint(p.Endpoint), Priority: uint8(prioIndex(p.Priority)),
-		StartNs: ev.Time.UnixNano(), ExpiresNs: p.HoldExpiresAt.UnixNano()}
-	if p.Funding == events.FundingAllowance {
+		StartNs: ev.Time.UnixNano(), ExpiresNs: p.HoldExpiresAt.UnixNano(), AllowanceMicros: p.AllowanceMicros}
+	// Both sources at once (split funding): the allowance reservation, then the credit hold.
+	switch {
+	case p.AllowanceMicros > 0 && p.HoldMicros > 0:
+		hold.Funding = fundSplit
+	case p.AllowanceMicros > 0:
 		hold.Funding = fundAllowance
-		hold.AllowanceMicros = p.AllowanceMicros
-		s.useAllowance(a, hold.StartNs, hold.StartNs, p.AllowanceMicros)
-	} else {
+	default:
 		hold.Funding = fundCredits
-		amt := p.HoldMicros
-		if amt > a.AvailableMicros {
-			out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyHoldShort, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
-			amt = a.AvailableMicros
-		}
-		if amt > 0 {
-			a.burn(amt)
-			a.HeldMicros += amt
-			hold.HoldMicros = amt
-			out.Entries = append(out.Entries,
-				Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: -amt, Kind: "hold", RequestID: p.RequestID, At: ev.Time},
-				Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: amt, Kind: "hold", RequestID: p.RequestID, At: ev.Time})
-		}
+	}
+	if p.AllowanceMicros > 0 {
+		s.useAllowance(a, hold.StartNs, hold.StartNs, p.AllowanceMicros)
+	}
+	amt := p.HoldMicros
+	if amt > a.AvailableMicros {
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyHoldShort, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+		amt = a.AvailableMicros
+	}
+	if amt > 0 {
+		a.burn(amt, &hold)
+		a.HeldMicros += amt
+		hold.HoldMicros = amt
+		out.Entries = append(out.Entries,
+			Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: -amt, Kind: "hold", RequestID: p.RequestID, At: ev.Time},
+			Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: amt, Kind: "hold", RequestID: p.RequestID, At: ev.Time})
 	}
 	a.Holds = append(a.Holds, hold)
 	s.schedule(expiry{atNs: hold.ExpiresNs, acct: a, kind: expHold, hash: rh})
@@ -367,7 +372,7 @@ func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, 
 		// request is remembered as settled from now on (a copy of this finish is a duplicate).
 		s.remember(a, rh, out)
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyLateFinish, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
-		s.charge(a, ev.ID, "late_charge", p.RequestID, 0, p.CostMicros, ev.Time, out)
+		s.charge(a, ev.ID, "late_charge", p.RequestID, nil, p.CostMicros, ev.Time, out)
 		s.settledOK(a, p.Status)
 	case a.findParked(p.RequestID) >= 0:
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
@@ -383,12 +388,13 @@ func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, 
 func (s *State) unknownFinish(a *Account, eventID, requestID string, cost int64, at time.Time, out *Output) {
 	s.remember(a, hashID(requestID), out)
 	out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnknownFinish, AccountID: a.ID, EventID: eventID, RequestID: requestID})
-	s.charge(a, eventID, "unknown_finish_charge", requestID, 0, cost, at, out)
+	s.charge(a, eventID, "unknown_finish_charge", requestID, nil, cost, at, out)
 }
 
-// settle posts the charge of hold i and releases the rest. One transaction, caused by the
-// finish event: held −hold, available ±(hold−paid from available), overage −unpaid,
-// revenue +cost.
+// settle posts the charge of hold i and releases the rest, by the funding waterfall: the
+// allowance covers what it can (its reservation plus what every window still has left at
+// settlement), then the credit hold, then (price book policy) the available balance, and
+// what is left is overage. One transaction, caused by the finish event.
 func (s *State) settle(a *Account, i int, causeID, status string, cost int64, at time.Time, out *Output) {
 	h := a.Holds[i]
 	a.removeHold(i)
@@ -396,40 +402,93 @@ func (s *State) settle(a *Account, i int, causeID, status string, cost int64, at
 	s.remember(a, hashID(h.RequestID), out)
 	s.inflight(h.Endpoint, h.Priority, -1, out)
 	s.settledOK(a, status)
-	if h.Funding == fundAllowance {
-		// Allowance requests move no credits: the windows are corrected to the actual cost.
-		s.useAllowance(a, h.StartNs, at.UnixNano(), cost-h.AllowanceMicros)
-		return
+	fromAllow := s.allowanceShare(a, &h, cost, at.UnixNano())
+	if fromAllow != h.AllowanceMicros {
+		// The windows are corrected to what the allowance actually paid.
+		s.useAllowance(a, h.StartNs, at.UnixNano(), fromAllow-h.AllowanceMicros)
 	}
-	s.charge(a, causeID, "charge", h.RequestID, h.HoldMicros, cost, at, out)
+	s.charge(a, causeID, "charge", h.RequestID, &h, cost-fromAllow, at, out)
 }
 
-// charge posts cost against a hold of held micros (0 for late and unknown finishes).
-func (s *State) charge(a *Account, causeID, kind, requestID string, held, cost int64, at time.Time, out *Output) {
+// allowanceShare is the part of cost the allowance pays at settlement time nowNs: at most
+// the hold's reservation plus the room every window of the account's tier has left (the
+// reservation is already counted in the windows). A request whose start and finish fall in
+// different windows of any length gets no more than its reservation: its window closed. A
+// request funded by credits alone reserved no allowance (the windows had no room when it
+// was admitted) and gets none at settlement either.
+func (s *State) allowanceShare(a *Account, h *Hold, cost, nowNs int64) int64 {
+	if h.AllowanceMicros <= 0 {
+		return 0
+	}
+	return min(cost, h.AllowanceMicros+s.allowanceRoom(a, h.StartNs, nowNs))
+}
+
+// allowanceRoom is the least room (limit − used, at least 0) over the tier's windows at
+// nowNs, or 0 when the tier has none or startNs lies in another window than nowNs.
+func (s *State) allowanceRoom(a *Account, startNs, nowNs int64) int64 {
+	tier, _ := s.cfg.Book.Tier(a.Tier)
+	room := int64(-1)
+	for i, w := range tier.Allowance {
+		if i >= windowsMax {
+			break
+		}
+		startMs, nowMs := startNs/1e6, nowNs/1e6
+		ws := nowMs - mod(nowMs, w.LengthMs)
+		if startMs-mod(startMs, w.LengthMs) != ws {
+			return 0
+		}
+		used := int64(0)
+		if win := a.window(i); win.StartMs == ws {
+			used = win.UsedMicros
+		}
+		r := max(w.Micros-used, 0)
+		if room < 0 || r < room {
+			room = r
+		}
+	}
+	return max(room, 0)
+}
+
+// charge posts cost (the part the allowance did not pay) against hold h (nil for late and
+// unknown finishes, which have none): the hold's parts are consumed in burn order, the rest
+// of them released to the grants they came from (a part whose grant is gone is breakage),
+// and a cost above the hold is paid from the available balance (price book policy), the
+// rest being overage. Lines: held −hold, available +released−paid, breakage +gone,
+// overage −unpaid, revenue +cost.
+func (s *State) charge(a *Account, causeID, kind, requestID string, h *Hold, cost int64, at time.Time, out *Output) {
+	var held int64
+	if h != nil {
+		held = h.HoldMicros
+	}
 	if held == 0 && cost == 0 {
 		return
 	}
-	var availDelta, unpaid int64
+	var availDelta, unpaid, gone int64
 	if cost <= held {
-		availDelta = held - cost
-		a.refill(availDelta)
+		var back int64
+		back, gone = a.release(h, cost)
+		availDelta = back
 	} else {
 		extra := cost - held
 		pay := min(extra, a.AvailableMicros)
 		if !s.cfg.Book.ChargesExcessFromAvailable() {
 			pay = 0 // price book policy hold_only: all of the excess is overage
 		}
-		a.burn(pay)
+		a.burn(pay, nil)
 		availDelta, unpaid = -pay, extra-pay
 	}
 	a.HeldMicros -= held
 	a.ChargedMicros += cost - unpaid
 	a.OverageMicros += unpaid
+	a.BreakageMicros += gone
 	if held != 0 {
 		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: -held, Kind: kind, RequestID: requestID, At: at})
 	}
 	if availDelta != 0 {
 		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: availDelta, Kind: kind, RequestID: requestID, At: at})
+	}
+	if gone != 0 {
+		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerBreakage, AmountMicros: gone, Kind: kind, RequestID: requestID, At: at})
 	}
 	if unpaid != 0 {
 		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerOverageReceivable, AmountMicros: -unpaid, Kind: kind, RequestID: requestID, At: at})
@@ -508,7 +567,7 @@ func (s *State) adjust(a *Account, ev *events.Event, p *events.CreditsAdjusted, 
 	}
 	// A debit takes what is available; the rest becomes overage receivable.
 	pay := min(-amt, a.AvailableMicros)
-	a.burn(pay)
+	a.burn(pay, nil)
 	a.AdjustedMicros -= pay
 	unpaid := -amt - pay
 	a.OverageMicros += unpaid
@@ -691,21 +750,36 @@ func (s *State) expireHold(a *Account, e expiry, out *Output) {
 	at := time.Unix(0, h.ExpiresNs).UTC()
 	startID := h.EventID.String()
 	id := events.DerivedID(startID, "expired")
-	x := events.RequestExpired{RequestID: h.RequestID, AccountID: a.ID, Endpoint: h.Endpoint, StartedEventID: startID, ExpiredAt: at}
-	if h.Funding == fundAllowance {
-		x.Funding, x.ReleasedMicros = events.FundingAllowance, h.AllowanceMicros
+	x := events.RequestExpired{RequestID: h.RequestID, AccountID: a.ID, Endpoint: h.Endpoint, StartedEventID: startID, ExpiredAt: at,
+		Funding: fundingName(h.Funding), HoldMicros: h.HoldMicros, AllowanceMicros: h.AllowanceMicros,
+		ReleasedMicros: h.HoldMicros + h.AllowanceMicros}
+	if h.AllowanceMicros != 0 {
 		s.useAllowance(a, h.StartNs, h.StartNs, -h.AllowanceMicros)
-	} else {
-		x.Funding, x.HoldMicros, x.ReleasedMicros = events.FundingCredits, h.HoldMicros, h.HoldMicros
-		if h.HoldMicros != 0 {
-			a.HeldMicros -= h.HoldMicros
-			a.refill(h.HoldMicros)
-			out.Entries = append(out.Entries,
-				Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: -h.HoldMicros, Kind: "expiry", RequestID: h.RequestID, At: at},
-				Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: h.HoldMicros, Kind: "expiry", RequestID: h.RequestID, At: at})
+	}
+	if h.HoldMicros != 0 {
+		back, gone := a.release(&h, 0)
+		a.HeldMicros -= h.HoldMicros
+		a.BreakageMicros += gone
+		out.Entries = append(out.Entries,
+			Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: -h.HoldMicros, Kind: "expiry", RequestID: h.RequestID, At: at})
+		if back != 0 {
+			out.Entries = append(out.Entries, Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: back, Kind: "expiry", RequestID: h.RequestID, At: at})
+		}
+		if gone != 0 {
+			out.Entries = append(out.Entries, Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerBreakage, AmountMicros: gone, Kind: "expiry", RequestID: h.RequestID, At: at})
 		}
 	}
 	out.Expired = append(out.Expired, Expired{ID: id, Data: x})
+}
+
+func fundingName(f uint8) string {
+	switch f {
+	case fundAllowance:
+		return events.FundingAllowance
+	case fundSplit:
+		return events.FundingSplit
+	}
+	return events.FundingCredits
 }
 
 func (s *State) expireGrant(a *Account, e expiry, out *Output) {
@@ -740,8 +814,9 @@ func (s *State) expireParked(a *Account, e expiry, out *Output) {
 	}
 }
 
-// burn takes amt (≤ available) from the grants in burn order, then from Extra.
-func (a *Account) burn(amt int64) {
+// burn takes amt (≤ available) from the grants in burn order, then from the pool (Extra).
+// With h it records in h where each part came from.
+func (a *Account) burn(amt int64, h *Hold) {
 	a.AvailableMicros -= amt
 	for i := range a.Grants {
 		if amt == 0 {
@@ -749,26 +824,67 @@ func (a *Account) burn(amt int64) {
 		}
 		g := &a.Grants[i]
 		take := min(amt, g.Remaining)
+		if take == 0 {
+			continue
+		}
 		g.Remaining -= take
 		amt -= take
+		if h != nil {
+			h.addPart(g.EventID, take)
+		}
 	}
-	a.ExtraMicros -= amt
+	if amt != 0 {
+		a.ExtraMicros -= amt
+		if h != nil {
+			h.addPart(UUID{}, amt)
+		}
+	}
 }
 
-// refill returns amt to available: grants in burn order up to their original amount, the
-// rest to Extra (a grant that expired or was dropped while the money was held).
-func (a *Account) refill(amt int64) {
-	a.AvailableMicros += amt
-	for i := range a.Grants {
-		if amt == 0 {
-			return
-		}
-		g := &a.Grants[i]
-		put := min(amt, g.Amount-g.Remaining)
-		g.Remaining += put
-		amt -= put
+// release consumes the first spent micros of hold h's parts (in burn order) and gives the
+// rest back, each part to the grant it came from. back is what returned to available;
+// gone is what belonged to grants that expired (or were removed) while held: breakage, not
+// available. A part of the pool returns to the pool, and so does the whole release of a hold
+// that recorded no parts (restored from a version-2 record).
+func (a *Account) release(h *Hold, spent int64) (back, gone int64) {
+	if h.NumParts() == 0 {
+		back = h.HoldMicros - spent
+		a.ExtraMicros += back
+		a.AvailableMicros += back
+		return back, 0
 	}
-	a.ExtraMicros += amt
+	for i := 0; i < h.NumParts(); i++ {
+		p := h.Part(i)
+		use := min(spent, p.Micros)
+		spent -= use
+		rest := p.Micros - use
+		if rest == 0 {
+			continue
+		}
+		if p.Grant == (UUID{}) {
+			a.ExtraMicros += rest
+			back += rest
+			continue
+		}
+		j := a.findGrantByEvent(p.Grant)
+		if j < 0 {
+			gone += rest
+			continue
+		}
+		a.Grants[j].Remaining += rest
+		back += rest
+	}
+	a.AvailableMicros += back
+	return back, gone
+}
+
+func (a *Account) findGrantByEvent(id UUID) int {
+	for i := range a.Grants {
+		if a.Grants[i].EventID == id {
+			return i
+		}
+	}
+	return -1
 }
 
 // grantLess is the burn order: priority (lower first), then earliest expiry (never last),

@@ -14,7 +14,10 @@ import (
 //   - held = Σ credit holds;
 //   - available, held, overage and every grant remainder are never negative
 //     (what could not be paid is overage);
-//   - a grant's remainder never exceeds its amount;
+//   - a grant's remainder never exceeds its amount, nor does its remainder plus what open
+//     holds took from it;
+//   - a hold's parts (when it recorded them) are each above 0 and sum to the hold, and a
+//     hold of 0 records none;
 //   - the dedupe memory is in time order and every entry is found by a lookup.
 func CheckAccount(a *Account) error {
 	var errs []error
@@ -25,8 +28,36 @@ func CheckAccount(a *Account) error {
 			errs = append(errs, fmt.Errorf("grant %s: remaining %d outside [0, %d]", g.ID, g.Remaining, g.Amount))
 		}
 	}
-	for _, h := range a.Holds {
+	for i := range a.Holds {
+		h := &a.Holds[i]
 		holds += h.HoldMicros
+		if h.NumParts() == 0 {
+			continue
+		}
+		if h.HoldMicros == 0 {
+			errs = append(errs, fmt.Errorf("hold %s: parts of a zero hold", h.RequestID))
+		}
+		// The first part is what the others leave of the hold: the parts sum to the hold when
+		// each is above 0.
+		for j := 0; j < h.NumParts(); j++ {
+			if p := h.Part(j); p.Micros <= 0 {
+				errs = append(errs, fmt.Errorf("hold %s: part %d of %d", h.RequestID, j, p.Micros))
+			}
+		}
+	}
+	for _, g := range a.Grants {
+		held := int64(0)
+		for i := range a.Holds {
+			h := &a.Holds[i]
+			for j := 0; j < h.NumParts(); j++ {
+				if p := h.Part(j); p.Grant == g.EventID {
+					held += p.Micros
+				}
+			}
+		}
+		if g.Remaining+held > g.Amount {
+			errs = append(errs, fmt.Errorf("grant %s: remaining %d + held %d > amount %d", g.ID, g.Remaining, held, g.Amount))
+		}
 	}
 	if a.AvailableMicros != grants+a.ExtraMicros {
 		errs = append(errs, fmt.Errorf("available %d != grants %d + extra %d", a.AvailableMicros, grants, a.ExtraMicros))
@@ -70,6 +101,11 @@ func (s *State) Check() error {
 			live++
 		} else if a.Dedupe.Len() > 0 && !a.legacy {
 			errs = append(errs, fmt.Errorf("account %s: %d dedupe entries and no prune scheduled", id, a.Dedupe.Len()))
+		}
+		for i := range a.Holds {
+			if n := a.Holds[i].NumParts(); n > s.cfg.MaxGrantsPerAccount+1 {
+				errs = append(errs, fmt.Errorf("account %s: hold %s has %d parts, bound %d", id, a.Holds[i].RequestID, n, s.cfg.MaxGrantsPerAccount+1))
+			}
 		}
 		if n := a.Dedupe.Len(); n > s.cfg.MaxDedupePerAccount {
 			errs = append(errs, fmt.Errorf("account %s: %d dedupe entries, bound %d", id, n, s.cfg.MaxDedupePerAccount))

@@ -64,7 +64,7 @@ const usageInsert = `INSERT INTO usage_events (event_id, type, time, source, acc
 client_addr, endpoint, model, tier, priority, funding, status, reason, estimate_micros, hold_micros,
 allowance_micros, cost_micros, amount_micros, hold_expires_at, video_seconds, resolution, tokens_in,
 tokens_out, compute_ms, duration_ms, retry_after_ms, score, price_book_version, attrs, kafka_topic,
-kafka_partition, kafka_offset)`
+kafka_partition, kafka_offset, paid_allowance_micros, paid_credits_micros, overage_micros)`
 
 // interner boxes each distinct string into an interface once. clickhouse-go appends a
 // LowCardinality column value by value through reflection, which boxes every string into a
@@ -92,7 +92,7 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 		strs  [17][]string // the string columns in the order of s below, but for ...
 		lc    [17][]any    // ... the LowCardinality ones (usageLC), boxed once per value
 		times [2][]time.Time
-		ints  [14][]int64
+		ints  [15][]int64
 		score = make([]float64, n)
 		attrs = make([]map[string]string, n)
 		parts = make([]int32, n)
@@ -126,7 +126,8 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 		}
 		times[0][i], times[1][i] = u.Time, u.HoldExpiresAt
 		iv := [...]int64{u.EstimateMicros, u.HoldMicros, u.AllowanceMicros, u.CostMicros, u.AmountMicros,
-			u.VideoSeconds, u.TokensIn, u.TokensOut, u.ComputeMs, u.DurationMs, u.RetryAfterMs, u.Pos.Offset}
+			u.VideoSeconds, u.TokensIn, u.TokensOut, u.ComputeMs, u.DurationMs, u.RetryAfterMs, u.Pos.Offset,
+			u.PaidAllowanceMicros, u.PaidCreditsMicros, u.OverageMicros}
 		for j, v := range iv {
 			ints[j][i] = v
 		}
@@ -143,6 +144,7 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 		ints[0], ints[1], ints[2], ints[3], ints[4], times[1], // estimate..hold_expires_at
 		ints[5], lc[14], ints[6], ints[7], ints[8], ints[9], ints[10], // video..retry_after
 		score, lc[15], attrs, lc[16], parts, ints[11],
+		ints[12], ints[13], ints[14], // paid_allowance..overage (0010)
 	})
 }
 

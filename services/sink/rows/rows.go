@@ -33,38 +33,43 @@ type Position struct {
 // Usage is one row of usage_events. Money is int64 micro-credits. Fields that an event type
 // does not carry stay zero.
 type Usage struct {
-	EventID          string
-	Type             string
-	Time             time.Time
-	Source           string
-	AccountID        string
-	RequestID        string
-	KeyID            string
-	ClientAddr       string
-	Endpoint         string
-	Model            string
-	Tier             string
-	Priority         string
-	Funding          string
-	Status           string
-	Reason           string
-	EstimateMicros   int64
-	HoldMicros       int64
-	AllowanceMicros  int64
-	CostMicros       int64
-	AmountMicros     int64
-	HoldExpiresAt    time.Time
-	VideoSeconds     int64
-	Resolution       string
-	TokensIn         int64
-	TokensOut        int64
-	ComputeMs        int64
-	DurationMs       int64
-	RetryAfterMs     int64
-	Score            float64
-	PriceBookVersion string
-	Attrs            map[string]string
-	Pos              Position
+	EventID         string
+	Type            string
+	Time            time.Time
+	Source          string
+	AccountID       string
+	RequestID       string
+	KeyID           string
+	ClientAddr      string
+	Endpoint        string
+	Model           string
+	Tier            string
+	Priority        string
+	Funding         string
+	Status          string
+	Reason          string
+	EstimateMicros  int64
+	HoldMicros      int64
+	AllowanceMicros int64
+	CostMicros      int64
+	AmountMicros    int64
+	// PaidAllowanceMicros, PaidCreditsMicros and OverageMicros are request.finished's split
+	// of the cost (0 on other types and on events that do not carry it).
+	PaidAllowanceMicros int64
+	PaidCreditsMicros   int64
+	OverageMicros       int64
+	HoldExpiresAt       time.Time
+	VideoSeconds        int64
+	Resolution          string
+	TokensIn            int64
+	TokensOut           int64
+	ComputeMs           int64
+	DurationMs          int64
+	RetryAfterMs        int64
+	Score               float64
+	PriceBookVersion    string
+	Attrs               map[string]string
+	Pos                 Position
 }
 
 // Ledger is one row of ledger_entries.
@@ -115,10 +120,11 @@ func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
 		r.RequestID, r.Endpoint, r.Model, r.Status = p.RequestID, p.Endpoint, p.Model, p.Status
 		r.KeyID, r.ClientAddr, r.PriceBookVersion = p.KeyID, p.ClientAddr, p.PriceBookVersion
 		r.CostMicros, r.DurationMs = p.CostMicros, p.DurationMs
+		r.PaidAllowanceMicros, r.PaidCreditsMicros, r.OverageMicros = p.AllowanceMicros, p.CreditsMicros, p.OverageMicros
 		r.setUnits(p.Usage)
 	case events.RequestExpired:
 		r.RequestID, r.Endpoint, r.Funding = p.RequestID, p.Endpoint, p.Funding
-		r.HoldMicros, r.AmountMicros = p.HoldMicros, p.ReleasedMicros
+		r.HoldMicros, r.AllowanceMicros, r.AmountMicros = p.HoldMicros, p.AllowanceMicros, p.ReleasedMicros
 		r.Attrs = map[string]string{"started_event_id": p.StartedEventID, "expired_at": p.ExpiredAt.UTC().Format(time.RFC3339Nano)}
 	case events.CreditsGranted:
 		r.AmountMicros, r.Reason = p.AmountMicros, p.Source

@@ -36,13 +36,15 @@ func TestFromEventMapsEveryStoredType(t *testing.T) {
 			func(u *rows.Usage) bool {
 				return u.Reason == "rate_limited" && u.RetryAfterMs == 5 && u.HoldExpiresAt.Unix() == 0
 			}},
-		{events.RequestFinished{RequestID: "r", AccountID: "a", Endpoint: "e", Status: "failed", CostMicros: 9, DurationMs: 11, PriceBookVersion: "v", Usage: events.Units{VideoSeconds: 2, Resolution: "720p"}},
+		{events.RequestFinished{RequestID: "r", AccountID: "a", Endpoint: "e", Status: "failed", CostMicros: 9, DurationMs: 11, PriceBookVersion: "v", Usage: events.Units{VideoSeconds: 2, Resolution: "720p"},
+			AllowanceMicros: 2, CreditsMicros: 3, OverageMicros: 4},
 			func(u *rows.Usage) bool {
-				return u.Status == "failed" && u.CostMicros == 9 && u.DurationMs == 11 && u.VideoSeconds == 2 && u.Resolution == "720p"
+				return u.Status == "failed" && u.CostMicros == 9 && u.DurationMs == 11 && u.VideoSeconds == 2 && u.Resolution == "720p" &&
+					u.PaidAllowanceMicros == 2 && u.PaidCreditsMicros == 3 && u.OverageMicros == 4
 			}},
-		{events.RequestExpired{RequestID: "r", AccountID: "a", Endpoint: "e", Funding: "credits", HoldMicros: 4, ReleasedMicros: 3, StartedEventID: "s", ExpiredAt: exp},
+		{events.RequestExpired{RequestID: "r", AccountID: "a", Endpoint: "e", Funding: "split", HoldMicros: 4, AllowanceMicros: 2, ReleasedMicros: 6, StartedEventID: "s", ExpiredAt: exp},
 			func(u *rows.Usage) bool {
-				return u.HoldMicros == 4 && u.AmountMicros == 3 && u.Attrs["started_event_id"] == "s"
+				return u.HoldMicros == 4 && u.AllowanceMicros == 2 && u.AmountMicros == 6 && u.Attrs["started_event_id"] == "s" && u.Funding == "split"
 			}},
 		{events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 100, Source: "purchase", Priority: 2},
 			func(u *rows.Usage) bool {

@@ -109,9 +109,9 @@ func TestAnalystQueriesOnTheEngine(t *testing.T) {
 		"2026-03-10T01:00:00Z|insufficient_credits|1")
 
 	expect(t, "allowance_vs_credits", run(t, conn, "allowance_vs_credits", day1Only),
-		"day|tier|allowance_requests|allowance_funded_micros|credits_requests|credits_funded_micros|credits_share",
-		"2026-03-10T00:00:00Z|free|3|1500|0|0|0",
-		"2026-03-10T00:00:00Z|pro|0|0|3|6000|1")
+		"day|tier|allowance_requests|allowance_funded_micros|credits_requests|credits_funded_micros|credits_share|split_requests|paid_allowance_micros|paid_credits_micros|overage_micros",
+		"2026-03-10T00:00:00Z|free|3|1500|0|0|0|0|1500|0|0",
+		"2026-03-10T00:00:00Z|pro|0|0|3|6000|1|0|0|6000|0")
 
 	// acct-a: 4000 left, burned 6000 in 24 h = 250/h, 16 h of runway; acct-c: 90000 left,
 	// 10000 in 24 h, 216 h: not close.

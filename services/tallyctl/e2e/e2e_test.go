@@ -127,7 +127,8 @@ func TestGrantAdmitFinishReconcile(t *testing.T) {
 	}
 
 	// 2. Admit a 10 s 1080p video: estimate 10 × 0.1 credit × 4 = 4 credits, more than the free
-	// tier's 2-credit allowance, so it is funded by a 4,000,000 µ credit hold.
+	// tier's 2-credit allowance, so it is split: the allowance covers 2 credits and a 2,000,000 µ
+	// credit hold the rest.
 	// A denial is an answer too (idempotent by request id), so each attempt uses a new id.
 	var adm *api.AdmitResponse
 	attempt := 0
@@ -146,17 +147,20 @@ func TestGrantAdmitFinishReconcile(t *testing.T) {
 		}
 		return nil
 	})
-	if !adm.Allowed || adm.Funding != events.FundingCredits || adm.HoldMicros != 4_000_000 || adm.EstimateMicros != 4_000_000 {
+	if !adm.Allowed || adm.Funding != events.FundingSplit || adm.AllowanceMicros != 2_000_000 || adm.HoldMicros != 2_000_000 ||
+		adm.EstimateMicros != 4_000_000 {
 		t.Fatalf("admit answer: %+v", adm)
 	}
 
-	// 3. Finish with 8 s of video: 3.2 credits charged, 0.8 released.
+	// 3. Finish with 8 s of video: 3.2 credits charged, 2 to the allowance and 1.2 to the hold;
+	// 0.8 of the hold released.
 	fin, err := cl.Finish(ctx, api.FinishRequest{RequestID: rid, Status: events.StatusSucceeded,
 		Usage: events.Units{VideoSeconds: 8, Resolution: "1080p"}, DurationMs: 41_500})
 	if err != nil {
 		t.Fatalf("finish: %v", err)
 	}
-	if fin.CostMicros != 3_200_000 || fin.ChargedMicros != 3_200_000 || fin.ReleasedMicros != 800_000 || fin.OverageMicros != 0 {
+	if fin.CostMicros != 3_200_000 || fin.ChargedMicros != 3_200_000 || fin.AllowanceMicros != 2_000_000 || fin.CreditsMicros != 1_200_000 ||
+		fin.ReleasedMicros != 800_000 || fin.OverageMicros != 0 {
 		t.Fatalf("finish answer: %+v", fin)
 	}
 	// A repeat is idempotent: same answer.
@@ -175,7 +179,7 @@ func TestGrantAdmitFinishReconcile(t *testing.T) {
 	}
 
 	// 4. The ledger's balance reflects the exact charge.
-	want := accountView{AvailableMicros: grantMicros - 3_200_000}
+	want := accountView{AvailableMicros: grantMicros - 1_200_000}
 	waitfor.Eventually(t, "ledger balance", 30*time.Second, func() error {
 		var v accountView
 		if code := admin(t, st, "GET", "/v1/accounts/"+acct, nil, &v); code != 200 {

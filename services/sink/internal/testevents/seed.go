@@ -64,9 +64,14 @@ func (s *Seeder) Request(account, request, endpoint, tier, funding string, at ti
 	}
 	s.Add(st, at)
 	if durationMs >= 0 {
-		s.Add(events.RequestFinished{RequestID: request, AccountID: account, Endpoint: endpoint, Status: events.StatusSucceeded,
-			CostMicros: costMicros, DurationMs: durationMs, PriceBookVersion: "2026-01", KeyID: "key-" + account, ClientAddr: client},
-			at.Add(time.Duration(durationMs)*time.Millisecond))
+		f := events.RequestFinished{RequestID: request, AccountID: account, Endpoint: endpoint, Status: events.StatusSucceeded,
+			CostMicros: costMicros, DurationMs: durationMs, PriceBookVersion: "2026-01", KeyID: "key-" + account, ClientAddr: client}
+		if funding == events.FundingCredits { // the cost's split: all from the source that funded it
+			f.CreditsMicros = costMicros
+		} else {
+			f.AllowanceMicros = costMicros
+		}
+		s.Add(f, at.Add(time.Duration(durationMs)*time.Millisecond))
 	}
 }
 
