@@ -2,15 +2,20 @@ package ledger_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
 	"github.com/tallyhq/tally/services/ledger/engine"
+	"github.com/tallyhq/tally/services/ledger/finance"
+	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/services/ledger/view"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
+	"github.com/tallyhq/tally/shared/pricebook"
 )
 
 // TestIdlePartitionTicks: with no customer traffic after a grant and a hold, the ledger's
@@ -62,5 +67,41 @@ func TestIdlePartitionTicks(t *testing.T) {
 	}
 	if len(ticks) != kafkatest.Partitions {
 		t.Fatalf("ticks per partition %v, want all %d partitions ticked", ticks, kafkatest.Partitions)
+	}
+}
+
+// TestOverflowDeadLettered: grants of the largest amount, one after another, fill an int64
+// balance; the one that would overflow it is not applied but dead-lettered with the reason,
+// and a replay of the log with the same settings refuses the same one.
+func TestOverflowDeadLettered(t *testing.T) {
+	c := kafkatest.Start(t)
+	cfg := testConfig(c)
+	cfg.DedupePerAccountMax = 1 << 20 // every grant id stays remembered: none is too late
+	r := start(t, cfg)
+	fit := (1<<63 - 1) / events.MaxAmountMicros // 9223 grants fit
+	now := time.Now().UTC()
+	evs := make([]events.Event, 0, fit+1)
+	for i := range fit + 1 {
+		evs = append(evs, ev(t, now, events.CreditsGranted{GrantID: fmt.Sprint("g", i), AccountID: "whale",
+			AmountMicros: events.MaxAmountMicros, Source: events.GrantPurchase}))
+	}
+	produce(t, c, evs...)
+	over := evs[len(evs)-1]
+	reason := deadLetterReason(t, c, over.ID)
+	if !strings.HasPrefix(reason, fold.AnomalyOverflow+": event "+over.ID) {
+		t.Fatalf("the overflowing grant was not dead-lettered with its reason: %q", reason)
+	}
+	v := waitAccount(t, r.base, "whale", func(v view.Account) bool { return v.AvailableMicros == fit*events.MaxAmountMicros })
+	if v.AvailableMicros < 0 {
+		t.Fatalf("available %d", v.AvailableMicros)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	rep, err := finance.Replay(ctx, c.Brokers, c.Topics, cfg.FoldConfig(pricebook.Default()), false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rep.Balances(); len(got) != 1 || got[0].AvailableMicros != fit*events.MaxAmountMicros {
+		t.Fatalf("replay: %+v", got)
 	}
 }
