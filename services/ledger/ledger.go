@@ -72,7 +72,13 @@ type Config struct {
 	// FutureSkewMaxMs: how far an event's time may run ahead of its Kafka record timestamp;
 	// an event further ahead is dead-lettered (future_time), never applied, so that it cannot
 	// move the ledger's clock (hold expiry, the dedupe horizon) ahead.
-	FutureSkewMaxMs      int64 `env:"LEDGER_FUTURE_SKEW_MAX_MS" envDefault:"300000"`
+	FutureSkewMaxMs int64 `env:"LEDGER_FUTURE_SKEW_MAX_MS" envDefault:"300000"`
+	// TickIntervalMs (LEDGER_TICK_INTERVAL_MS, default 1000, range [50, 3600000]) is how long an
+	// events-topic partition this ledger owns may carry no message before the ledger publishes
+	// a tally.clock.tick.v1 into it (acks=all). The tick moves the partition's log time, so an
+	// expired grant is posted to breakage and an abandoned hold released within about its
+	// expiry plus this interval, with no customer traffic.
+	TickIntervalMs       int64 `env:"LEDGER_TICK_INTERVAL_MS" envDefault:"1000"`
 	HistoryWindowMs      int64 `env:"LEDGER_HISTORY_WINDOW_MS" envDefault:"3600000"`
 	RejectMinRequests    int32 `env:"LEDGER_REJECT_MIN_REQUESTS" envDefault:"20"`
 	RejectRatioPermille  int32 `env:"LEDGER_REJECT_RATIO_PERMILLE" envDefault:"500"`
@@ -109,7 +115,7 @@ func DefaultConfig() Config {
 		WriteTimeoutMs: 10_000, WriteAttemptsMax: 5, RetryBackoffMs: 1000, JournalPerAccount: 64, JournalAccountsMax: 10_000,
 		BodyMaxBytes: 64 << 10, PageMax: 500, PublishTimeoutMs: 10_000, ShutdownTimeoutMs: 10_000,
 		PartitionsTotal: 4, ParkTimeoutMs: 3_600_000, ParkedPerAccountMax: 8, HoldsPerAccountMax: 1024, GrantsPerAccountMax: 64,
-		DedupeWindowMs: 86_400_000, DedupePerAccountMax: 4096, FutureSkewMaxMs: 300_000,
+		DedupeWindowMs: 86_400_000, DedupePerAccountMax: 4096, FutureSkewMaxMs: 300_000, TickIntervalMs: 1000,
 		HistoryWindowMs: 3_600_000, RejectMinRequests: 20, RejectRatioPermille: 500, RejectFactorPermille: 700,
 		FlagPenaltyPermille: 500, FlagDecayMs: 86_400_000, BlockMs: 86_400_000, CleanMinRequests: 100, CleanBonusPermille: 1200,
 		HTTP: httpx.DefaultServerSettings,
@@ -176,6 +182,7 @@ func (c Config) Validate() error {
 	rng("LEDGER_DEDUPE_WINDOW_MS", c.DedupeWindowMs, 1000, 31*day)
 	rng("LEDGER_DEDUPE_PER_ACCOUNT_MAX", int64(c.DedupePerAccountMax), 16, 1<<20)
 	rng("LEDGER_FUTURE_SKEW_MAX_MS", c.FutureSkewMaxMs, 1000, day)
+	rng("LEDGER_TICK_INTERVAL_MS", c.TickIntervalMs, 50, 3_600_000)
 	rng("LEDGER_HISTORY_WINDOW_MS", c.HistoryWindowMs, 60_000, 31*day)
 	rng("LEDGER_REJECT_MIN_REQUESTS", int64(c.RejectMinRequests), 1, 1_000_000)
 	rng("LEDGER_REJECT_RATIO_PERMILLE", int64(c.RejectRatioPermille), 0, 1000)
@@ -261,6 +268,7 @@ func New(cfg Config) (*Service, error) {
 		BatchMax: cfg.BatchMax, BatchWait: time.Duration(cfg.BatchWaitMs) * time.Millisecond,
 		FetchMaxBytes: cfg.FetchMaxBytes, FetchWait: time.Duration(cfg.FetchWaitMs) * time.Millisecond, QueueMax: cfg.QueueMax,
 		JournalPerAccount: cfg.JournalPerAccount, JournalAccountsMax: cfg.JournalAccountsMax,
+		TickInterval: time.Duration(cfg.TickIntervalMs) * time.Millisecond,
 		RetryBackoff: time.Duration(cfg.RetryBackoffMs) * time.Millisecond, Writer: wc, Logger: cfg.Logger, Registry: reg,
 		FaultHook: cfg.FaultHook,
 	})

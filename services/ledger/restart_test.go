@@ -48,7 +48,10 @@ func startProc(t *testing.T, bin string, c *kafkatest.Cluster, extraEnv ...strin
 		"LEDGER_LISTEN_ADDR=127.0.0.1:0", "LEDGER_ADMIN_KEYS=ops:"+httpx.HashSecret(adminToken),
 		"LEDGER_GROUP="+c.Group("ledger"), "LEDGER_ENSURE_TOPICS=false", "LEDGER_RETRY_BACKOFF_MS=100",
 		// Small batches: many publish/persist/commit cycles for a kill to land between.
-		"LEDGER_BATCH_MAX=200")
+		"LEDGER_BATCH_MAX=200",
+		// The logs these tests fold are stamped in the past: a clock tick (wall clock) would
+		// move the watermark a month ahead and make the rest of the log too late.
+		"LEDGER_TICK_INTERVAL_MS=3600000")
 	cmd.Env = append(cmd.Env, extraEnv...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -237,6 +240,7 @@ func TestCrashAtEveryWriteStage(t *testing.T) {
 	injected := map[string]int{}
 	cfg := testConfig(c)
 	cfg.BatchMax = 100
+	cfg.TickIntervalMs = 3_600_000 // the log is stamped in the past: no wall-clock tick
 	cfg.FaultHook = func(stage string) error {
 		mu.Lock()
 		defer mu.Unlock()

@@ -17,6 +17,7 @@ import (
 	"github.com/tallyhq/tally/services/sink/internal/chtest"
 	"github.com/tallyhq/tally/services/sink/internal/testevents"
 	"github.com/tallyhq/tally/services/sink/pipeline"
+	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
 )
@@ -91,6 +92,13 @@ func TestSinkEndToEnd(t *testing.T) {
 		{Topic: c.Topics.Events, Key: []byte("x"), Value: []byte("{not json")},
 		{Topic: c.Topics.Journal, Key: []byte("y"), Value: []byte(`{"specversion":"1.0","id":"nope","type":"tally.request.started.v1"}`)},
 	}
+	// A ledger clock tick on the events topic is skipped: no row, not dead-lettered.
+	tick, err := events.New("urn:tally:ledger", time.Now(), events.ClockTick{Partition: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tv, _ := tick.Encode()
+	bad = append(bad, kafka.Message{Topic: c.Topics.Events, Value: tv})
 	testevents.Produce(t, c.Brokers, append(msgs[:len(msgs)/2:len(msgs)/2], bad...))
 	svc, _, _ := start(t, testConfig(c, ch), pipeline.Hooks{})
 	testevents.Produce(t, c.Brokers, msgs[len(msgs)/2:])

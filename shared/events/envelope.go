@@ -37,6 +37,7 @@ const (
 	TypeLimitsAdjusted  = "tally.limits.adjusted.v1"
 	TypeLedgerEntry     = "tally.ledger.entry.v1"
 	TypeAbuseFlagged    = "tally.abuse.flagged.v1"
+	TypeClockTick       = "tally.clock.tick.v1"
 )
 
 // Data is implemented by every event payload.
@@ -98,8 +99,30 @@ func NewWithID(id, source string, t time.Time, d Data) (Event, error) {
 // Encode returns the structured-mode JSON of the event.
 func (e Event) Encode() ([]byte, error) { return json.Marshal(e.Envelope) }
 
-// minYear and maxYear bound an event's time.
+// minYear and maxYear bound an event's time and every time an event carries: [MinTime, MaxTime).
 const minYear, maxYear = 1970, 2200
+
+// MinTime and MaxTime bound every time in an event (the envelope's and the payload's): a time
+// must be at or after MinTime and before MaxTime (2200-01-01T00:00:00Z). Nanoseconds since the
+// epoch in an int64, the ledger's clock and ClickHouse's DateTime64(9), end in April 2262; a
+// time past that would wrap around to 1677 when converted, so it is refused here, well before.
+var (
+	MinTime = time.Date(minYear, 1, 1, 0, 0, 0, 0, time.UTC)
+	MaxTime = time.Date(maxYear, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// CheckTime reports a time outside [MinTime, MaxTime) (or zero) as an error naming the field.
+// It is exported for the HTTP edges.
+func CheckTime(name string, t time.Time) error {
+	if t.IsZero() {
+		return fmt.Errorf("%s: required", name)
+	}
+	if t.Before(MinTime) || !t.Before(MaxTime) {
+		return fmt.Errorf("%s: %s outside [%s, %s)", name, t.UTC().Format(time.RFC3339Nano),
+			MinTime.Format(time.RFC3339), MaxTime.Format(time.RFC3339))
+	}
+	return nil
+}
 
 // Validate checks the envelope and the payload.
 func (e Event) Validate() error {
@@ -163,6 +186,8 @@ func newPayload(typ string) Data {
 		return &LedgerEntry{}
 	case TypeAbuseFlagged:
 		return &AbuseFlagged{}
+	case TypeClockTick:
+		return &ClockTick{}
 	}
 	return nil
 }
@@ -171,7 +196,7 @@ func newPayload(typ string) Data {
 var Types = []string{
 	TypeRequestStarted, TypeRequestRejected, TypeRequestFinished, TypeRequestExpired,
 	TypeCreditsGranted, TypeCreditsAdjusted, TypeAccountUpdated, TypeBalanceUpdated,
-	TypeLimitsAdjusted, TypeLedgerEntry, TypeAbuseFlagged,
+	TypeLimitsAdjusted, TypeLedgerEntry, TypeAbuseFlagged, TypeClockTick,
 }
 
 // Decode parses and validates one structured-mode event. Unknown fields, unknown types,
@@ -312,6 +337,8 @@ func deref(d Data) Data {
 	case *LedgerEntry:
 		return *p
 	case *AbuseFlagged:
+		return *p
+	case *ClockTick:
 		return *p
 	}
 	return d

@@ -120,3 +120,59 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestTimesOutOfRangeRejected: every time an event carries is bounded to [1970, 2200), so that
+// none wraps around when the ledger or ClickHouse turns it into int64 nanoseconds (which end
+// in 2262). A grant expiring in 2300 used to be accepted, wrap to 1730 in the fold and burn
+// at once with a journal line dated before 1970 that no consumer could read.
+func TestTimesOutOfRangeRejected(t *testing.T) {
+	far := time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)
+	old := time.Date(1969, 12, 31, 0, 0, 0, 0, time.UTC)
+	t0 := time.Date(2026, 11, 25, 7, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		d    events.Data
+		want string
+	}{
+		{"grant expires 2300", events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 1, Source: events.GrantPromotion, ExpiresAt: &far}, "expires_at"},
+		{"grant expires at the bound", events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 1, Source: events.GrantPromotion, ExpiresAt: &events.MaxTime}, "expires_at"},
+		{"grant expires 1969", events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 1, Source: events.GrantPromotion, ExpiresAt: &old}, "expires_at"},
+		{"hold expires 2300", events.RequestStarted{RequestID: "r", AccountID: "a", Endpoint: "e", Tier: "t", Priority: events.PriorityBatch,
+			Funding: events.FundingCredits, HoldExpiresAt: far, PriceBookVersion: "v"}, "hold_expires_at"},
+		{"expired 2300", events.RequestExpired{RequestID: "r", AccountID: "a", Endpoint: "e", Funding: events.FundingCredits, StartedEventID: "s", ExpiredAt: far}, "expired_at"},
+		{"entry 1730", events.LedgerEntry{EntryID: "e", TransactionID: "t", AccountID: "a", LedgerAccount: events.LedgerBreakage, Kind: "breakage",
+			CauseEventID: "c", EffectiveAt: time.Date(1730, 1, 1, 0, 0, 0, 0, time.UTC)}, "effective_at"},
+		{"flag 2300", events.AbuseFlagged{FlagID: "f", AccountID: "a", Rule: "burst", Action: events.ActionBlock, WindowStart: t0, WindowEnd: far}, "window_end"},
+		{"expiring unordered", events.BalanceUpdated{AccountID: "a", Expiring: []events.ExpiringGrant{{ExpiresAt: t0.Add(1), RemainingMicros: 1}, {ExpiresAt: t0, RemainingMicros: 1}}}, "before the previous"},
+		{"expiring too many", events.BalanceUpdated{AccountID: "a", Expiring: make([]events.ExpiringGrant, events.MaxExpiringGrants+1)}, "at most"},
+		{"expiring 2300", events.BalanceUpdated{AccountID: "a", Expiring: []events.ExpiringGrant{{ExpiresAt: far, RemainingMicros: 1}}}, "expires_at"},
+		{"tick negative partition", events.ClockTick{Partition: -1}, "partition"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.d.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate() = %v, want error containing %q", err, tc.want)
+			}
+		})
+	}
+	last := events.MaxTime.Add(-time.Nanosecond)
+	if err := (events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 1, Source: events.GrantPromotion, ExpiresAt: &last}).Validate(); err != nil {
+		t.Fatalf("a grant expiring just before the bound: %v", err)
+	}
+}
+
+// TestBalanceAboveMaxAmountIsValid: a balance is a sum of amounts (9,300 grants of 10^15 are
+// legal one by one), so MaxAmountMicros bounds amounts, not balances. A balance.updated above
+// it used to fail Validate, so every admitter dead-lettered it and kept a stale balance.
+func TestBalanceAboveMaxAmountIsValid(t *testing.T) {
+	bu := events.BalanceUpdated{AccountID: "a", AvailableMicros: 2 * events.MaxAmountMicros, HeldMicros: 1<<63 - 1,
+		OverageMicros: events.MaxAmountMicros + 1, Offset: 3}
+	ev, err := events.New("ledger", time.Now(), bu)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	b, _ := ev.Encode()
+	if _, err := events.Decode(b); err != nil {
+		t.Fatalf("Decode: %v", err)
+	}
+}

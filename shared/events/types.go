@@ -116,9 +116,7 @@ func (e RequestStarted) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("funding: want allowance, credits or split, got %q", e.Funding))
 	}
-	if e.HoldExpiresAt.IsZero() {
-		errs = append(errs, errors.New("hold_expires_at: required"))
-	}
+	errs = append(errs, CheckTime("hold_expires_at", e.HoldExpiresAt))
 	return errors.Join(errs...)
 }
 
@@ -226,9 +224,7 @@ func (e RequestExpired) Validate() error {
 		checkAmount("released_micros", e.ReleasedMicros),
 		checkID("started_event_id", e.StartedEventID), checkFunding(e.Funding),
 	}
-	if e.ExpiredAt.IsZero() {
-		errs = append(errs, errors.New("expired_at: required"))
-	}
+	errs = append(errs, CheckTime("expired_at", e.ExpiredAt))
 	return errors.Join(errs...)
 }
 
@@ -273,8 +269,10 @@ func (e CreditsGranted) Validate() error {
 	if e.Priority < 0 || e.Priority > MaxGrantPriority {
 		errs = append(errs, fmt.Errorf("priority: %d out of range [0, %d]", e.Priority, MaxGrantPriority))
 	}
-	if e.ExpiresAt != nil && e.ExpiresAt.IsZero() {
-		errs = append(errs, errors.New("expires_at: zero time"))
+	if e.ExpiresAt != nil {
+		// Not checked against any clock (a replay must decide alike): an expires_at already
+		// passed in log time is all breakage at once. The ledger API refuses one in the past.
+		errs = append(errs, CheckTime("expires_at", *e.ExpiresAt))
 	}
 	return errors.Join(errs...)
 }
@@ -321,10 +319,30 @@ type AllowanceWindow struct {
 	UsedMicros int64     `json:"used_micros"`
 }
 
+// MaxExpiringGrants bounds BalanceUpdated.Expiring.
+const MaxExpiringGrants = 4
+
+// ExpiringGrant is the part of an available balance that stops counting at ExpiresAt: the
+// remainder of one expiring grant or, for the last entry of a full BalanceUpdated.Expiring,
+// of all the expiring grants from that one on.
+type ExpiringGrant struct {
+	ExpiresAt       time.Time `json:"expires_at"`
+	RemainingMicros int64     `json:"remaining_micros"`
+}
+
 // BalanceUpdated is the ledger's view of one account, published on the compacted balances
 // topic keyed by account id. Partition and Offset are the position in the events topic of
 // the last event folded into this view: an admitter drops a local hold once the view has
 // passed the hold's own position.
+//
+// The balances are sums of amounts, so they are bounded by int64 (and never negative), not
+// by MaxAmountMicros, which bounds each amount.
+//
+// Expiring lists the earliest-expiring grants with a remainder, in expiry order, at most
+// MaxExpiringGrants. When the account has more, the last entry carries the remainder of
+// all the rest, at the earliest of their expiries (it errs on the early side). An admitter
+// stops counting an entry's remainder once its wall clock reaches ExpiresAt, without
+// waiting for the ledger's next view.
 type BalanceUpdated struct {
 	AccountID       string            `json:"account_id"`
 	Tier            string            `json:"tier"`
@@ -334,6 +352,7 @@ type BalanceUpdated struct {
 	HeldMicros      int64             `json:"held_micros"`
 	OverageMicros   int64             `json:"overage_micros"`
 	Allowance       []AllowanceWindow `json:"allowance,omitempty"`
+	Expiring        []ExpiringGrant   `json:"expiring,omitempty"`
 	Partition       int32             `json:"partition"`
 	Offset          int64             `json:"offset"`
 }
@@ -341,8 +360,8 @@ type BalanceUpdated struct {
 func (BalanceUpdated) EventType() string { return TypeBalanceUpdated }
 func (e BalanceUpdated) Subject() string { return e.AccountID }
 func (e BalanceUpdated) Validate() error {
-	errs := []error{checkID("account_id", e.AccountID), checkAmount("available_micros", e.AvailableMicros),
-		checkAmount("held_micros", e.HeldMicros), checkAmount("overage_micros", e.OverageMicros)}
+	errs := []error{checkID("account_id", e.AccountID), checkBalance("available_micros", e.AvailableMicros),
+		checkBalance("held_micros", e.HeldMicros), checkBalance("overage_micros", e.OverageMicros)}
 	if e.Tier != "" {
 		errs = append(errs, checkID("tier", e.Tier))
 	}
@@ -353,8 +372,20 @@ func (e BalanceUpdated) Validate() error {
 		errs = append(errs, errors.New("allowance: at most 8 windows"))
 	}
 	for i, w := range e.Allowance {
-		if err := errors.Join(checkID("window", w.Window), checkAmount("used_micros", w.UsedMicros)); err != nil {
+		if err := errors.Join(checkID("window", w.Window), checkBalance("used_micros", w.UsedMicros), CheckTime("start", w.Start)); err != nil {
 			errs = append(errs, fmt.Errorf("allowance[%d]: %w", i, err))
+		}
+	}
+	if len(e.Expiring) > MaxExpiringGrants {
+		errs = append(errs, fmt.Errorf("expiring: at most %d entries", MaxExpiringGrants))
+	}
+	for i, x := range e.Expiring {
+		err := errors.Join(CheckTime("expires_at", x.ExpiresAt), checkBalance("remaining_micros", x.RemainingMicros))
+		if i > 0 && x.ExpiresAt.Before(e.Expiring[i-1].ExpiresAt) {
+			err = errors.Join(err, errors.New("expires_at: before the previous entry's"))
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("expiring[%d]: %w", i, err))
 		}
 	}
 	if e.Partition < 0 || e.Offset < -1 {
@@ -459,9 +490,7 @@ func (e LedgerEntry) Validate() error {
 	if e.AmountMicros > MaxAmountMicros || e.AmountMicros < -MaxAmountMicros {
 		errs = append(errs, fmt.Errorf("amount_micros: %d out of range", e.AmountMicros))
 	}
-	if e.EffectiveAt.IsZero() {
-		errs = append(errs, errors.New("effective_at: required"))
-	}
+	errs = append(errs, CheckTime("effective_at", e.EffectiveAt))
 	return errors.Join(errs...)
 }
 
@@ -495,7 +524,9 @@ func (e AbuseFlagged) Validate() error {
 	if e.Score != e.Score || e.Score < 0 || e.Score > 1e12 {
 		errs = append(errs, errors.New("score: out of range [0, 1e12]"))
 	}
-	if e.WindowStart.IsZero() || !e.WindowEnd.After(e.WindowStart) {
+	if err := errors.Join(CheckTime("window_start", e.WindowStart), CheckTime("window_end", e.WindowEnd)); err != nil {
+		errs = append(errs, err)
+	} else if !e.WindowEnd.After(e.WindowStart) {
 		errs = append(errs, errors.New("window_start/window_end: required, end after start"))
 	}
 	if len(e.Evidence) > 32 {
@@ -584,6 +615,14 @@ func checkFunding(f string) error {
 	return fmt.Errorf("funding: want allowance, credits or split, got %q", f)
 }
 
+// checkBalance checks a sum of amounts: never negative; int64 is its only upper bound.
+func checkBalance(name string, v int64) error {
+	if v < 0 {
+		return fmt.Errorf("%s: %d is negative", name, v)
+	}
+	return nil
+}
+
 func checkAmount(name string, v int64) error {
 	if v < 0 || v > MaxAmountMicros {
 		return fmt.Errorf("%s: %d out of range [0, %d]", name, v, MaxAmountMicros)
@@ -596,4 +635,23 @@ func prefix(name string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("%s.%w", name, err)
+}
+
+// ClockTick advances the log time of one events-topic partition while it carries no customer
+// traffic. The ledger publishes one into each partition it owns that has been idle for
+// LEDGER_TICK_INTERVAL_MS, stamped with its wall clock: folding it moves the partition's
+// watermark to the event time, so grants and holds that expired meanwhile are swept without
+// waiting for new traffic. A tick is about no account (its subject is empty); every other
+// consumer skips it. Partition is the partition it was written to (informational).
+type ClockTick struct {
+	Partition int32 `json:"partition"`
+}
+
+func (ClockTick) EventType() string { return TypeClockTick }
+func (ClockTick) Subject() string   { return "" }
+func (e ClockTick) Validate() error {
+	if e.Partition < 0 {
+		return fmt.Errorf("partition: %d is negative", e.Partition)
+	}
+	return nil
 }

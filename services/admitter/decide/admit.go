@@ -103,6 +103,13 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 	d.LoadFactorPermille, d.HistoryFactorPermille = load, hist
 	t.fillWindows(a, tier, nowMs, d)
 	d.AvailableMicros = a.availableMicros + a.pendingAvail
+	if a.expiring {
+		if v := d.AvailableMicros - t.expiredMicros(ai, nowMs); v >= 0 || d.AvailableMicros < 0 {
+			d.AvailableMicros = v
+		} else {
+			d.AvailableMicros = 0 // what the expired grants took was already spent locally
+		}
+	}
 
 	// 1. Blocked.
 	if a.suspended {
@@ -580,6 +587,20 @@ func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
 	}
 	a.availableMicros, a.heldMicros = b.AvailableMicros, b.HeldMicros
 	a.suspended = b.Suspended
+	if len(b.Expiring) > 0 {
+		var x expiringGrants
+		for i, g := range b.Expiring {
+			j := min(i, expiringSlots-1) // later entries merge into the last slot, at its expiry
+			if j == i {
+				x.atSec[j] = uint32(min(max(g.ExpiresAt.Unix(), 0), 1<<32-1))
+			}
+			x.micros[j] += g.RemainingMicros // the ledger's sum: within int64
+		}
+		t.expiring[ai], a.expiring = x, true
+	} else if a.expiring {
+		delete(t.expiring, ai)
+		a.expiring = false
+	}
 	oldTier := a.tier
 	a.tier = t.defTier
 	if ti, ok := t.tierIdx[b.Tier]; ok {
@@ -698,6 +719,9 @@ func (t *Table) FundedInLogOrder(accountID string, holdMicros, allowMicros int64
 			allow += p.allowMicros
 		}
 	}
+	if a.expiring {
+		avail -= t.expiredMicros(ai, nowMs)
+	}
 	// A split request needs both parts covered.
 	if holdMicros > 0 && a.availableMicros+avail < holdMicros {
 		return false
@@ -717,4 +741,19 @@ func (t *Table) FundedInLogOrder(accountID string, holdMicros, allowMicros int64
 		}
 	}
 	return true
+}
+
+// expiredMicros is the part of account ai's ledger balance that is in grants expired by
+// nowMs (wall clock): the admitter stops counting a grant's remainder at its expiry, without
+// waiting for the ledger's log time to pass it. It errs on the safe side: the remainder is
+// the one the ledger last published, and a local hold may already have spent part of it.
+func (t *Table) expiredMicros(ai uint32, nowMs int64) int64 {
+	x := t.expiring[ai]
+	var sum int64
+	for i := range x.micros {
+		if int64(x.atSec[i])*1000 <= nowMs {
+			sum += x.micros[i]
+		}
+	}
+	return sum
 }

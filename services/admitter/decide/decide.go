@@ -232,6 +232,7 @@ type account struct {
 	priority        Priority
 	suspended       bool
 	factorPermille  uint16 // history factor, factorUnset when never adjusted
+	expiring        bool   // Table.expiring holds the ledger's expiring grants of this account
 	pendingHead     uint32 // first pending change, or none
 	foldedPartition int32
 	availableMicros int64 // ledger's available balance
@@ -242,6 +243,18 @@ type account struct {
 	heldMicros      int64 // ledger's held balance
 	winStartMs      [MaxWindows]int64
 	winUsedMicros   [MaxWindows]int64
+}
+
+// expiringSlots is how many of balance.updated's Expiring entries the table keeps per
+// account: the first entry, and the rest merged into the second at its (earlier) expiry.
+const expiringSlots = 2
+
+// expiringGrants is an account's balance.updated Expiring, compacted to 24 bytes:
+// remainders (micros, 0 = unused slot) that stop counting at atSec, the expiry in Unix
+// seconds rounded down and capped at 2106 (uint32): both only ever move a cutoff earlier.
+type expiringGrants struct {
+	atSec  [expiringSlots]uint32
+	micros [expiringSlots]int64
 }
 
 // epState is one account's state on one endpoint: the GCRA theoretical arrival time and the
@@ -316,6 +329,9 @@ type Table struct {
 	idx      index
 	accounts []account
 	longIDs  map[uint32]string // ids longer than keyInline, by account
+	// expiring holds, for the accounts whose ledger view lists expiring grants (most have
+	// none: the map costs nothing for them), when each remainder stops counting.
+	expiring map[uint32]expiringGrants
 	// per account × endpoint beyond the inline ones (index account×(endpoints−2)+endpoint−2).
 	eps []epState
 
@@ -342,7 +358,7 @@ func NewTable(book *pricebook.Book, cfg Config) (*Table, error) {
 		return nil, fmt.Errorf("decide: at most %d endpoints and 255 tiers", MaxEndpoints)
 	}
 	t := &Table{cfg: cfg, book: book, tierIdx: map[string]uint8{}, epIdx: map[string]uint8{},
-		idx: newIndex(), openFree: none, pendFree: none}
+		idx: newIndex(), openFree: none, pendFree: none, expiring: map[uint32]expiringGrants{}}
 	for _, name := range sortedKeys(book.Tiers) {
 		t.tierIdx[name] = uint8(len(t.tiers))
 		t.tiers = append(t.tiers, tierInfo{name: name, t: book.Tiers[name]})

@@ -233,6 +233,15 @@ func (s *server) postGrant(w http.ResponseWriter, r *http.Request, id string) {
 	if req.Priority != nil {
 		priority = *req.Priority
 	}
+	// An expiry must be in the future by the ledger's clock (an expired grant would be all
+	// breakage at once) and before events.MaxTime, 2200-01-01 (events.Validate, checked in
+	// publish: nanoseconds since 1970 in an int64 end in 2262).
+	if now := s.cfg.Now(); req.ExpiresAt != nil && !req.ExpiresAt.After(now) {
+		httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation,
+			"expires_at: %s is not after the ledger's clock (%s): a grant must expire in the future, before %s",
+			req.ExpiresAt.UTC().Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339), events.MaxTime.Format(time.RFC3339)))
+		return
+	}
 	s.publish(w, r, events.CreditsGranted{GrantID: req.GrantID, AccountID: id, AmountMicros: req.AmountMicros,
 		Source: req.Source, Priority: priority, ExpiresAt: req.ExpiresAt})
 }

@@ -132,6 +132,19 @@ func appendBalance(dst []byte, bu *events.BalanceUpdated) []byte {
 		}
 		dst = append(dst, ']')
 	}
+	if len(bu.Expiring) > 0 {
+		dst = append(dst, `,"expiring":[`...)
+		for i, x := range bu.Expiring {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, `{"expires_at":`...)
+			dst = appendTime(dst, x.ExpiresAt)
+			dst = appendKeyInt(dst, `,"remaining_micros":`, x.RemainingMicros)
+			dst = append(dst, '}')
+		}
+		dst = append(dst, ']')
+	}
 	dst = appendKeyInt(dst, `,"partition":`, int64(bu.Partition))
 	dst = appendKeyInt(dst, `,"offset":`, bu.Offset)
 	return append(dst, '}')

@@ -37,6 +37,8 @@ func TestHandEncodingMatchesJSON(t *testing.T) {
 	for _, bu := range []events.BalanceUpdated{
 		{AccountID: "acme", Tier: "pro", Priority: "", AvailableMicros: 5, HeldMicros: 6, OverageMicros: 7, Partition: 3, Offset: 99},
 		{AccountID: "a&b", Tier: "free", Priority: "batch", Suspended: true, Allowance: []events.AllowanceWindow{{Window: "5h", Start: at, UsedMicros: 9}, {Window: "week", Start: at, UsedMicros: 10}}},
+		{AccountID: "rich", Tier: "pro", Priority: "standard", AvailableMicros: 1<<63 - 1, Partition: 1, Offset: 4,
+			Expiring: []events.ExpiringGrant{{ExpiresAt: at, RemainingMicros: 3}, {ExpiresAt: at.Add(time.Hour), RemainingMicros: 4 * events.MaxAmountMicros}}},
 	} {
 		id := events.DerivedID("b", bu.AccountID)
 		want, err := events.NewWithID(id, Source, at, bu)

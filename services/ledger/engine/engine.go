@@ -63,6 +63,11 @@ type Config struct {
 	// memory for the entries API; JournalAccountsMax bounds how many accounts it keeps them for.
 	JournalPerAccount  int
 	JournalAccountsMax int
+	// TickInterval is how long a partition of the events topic that this engine owns may go
+	// without a message before the engine publishes a tally.clock.tick.v1 into it (0 = never).
+	// Folding the tick moves the partition's log time to the tick's time, so expired grants
+	// and abandoned holds are swept on an idle partition too (see package fold).
+	TickInterval time.Duration
 	// RetryBackoff is the pause before rejoining after a failed generation.
 	RetryBackoff time.Duration
 	// Writer bounds the writers; Writer.TLS (KAFKA_TLS_*) is also used by the consumer group,
@@ -84,6 +89,7 @@ type Engine struct {
 	out     *kafka.Writer // journal, balances, limits
 	state   *kafka.Writer // ledger state
 	dlq     *kafka.Writer
+	tick    *kafka.Writer // clock ticks, each to the partition it names
 	mu      sync.RWMutex
 	parts   map[int32]*partition
 	ready   atomic.Bool
@@ -109,6 +115,10 @@ func New(cfg Config) *Engine {
 	e := &Engine{cfg: cfg, log: cfg.Logger, parts: map[int32]*partition{},
 		out: newWriter(cfg, ""), state: newWriter(cfg, cfg.Topics.LedgerState),
 		dlq: newWriter(cfg, "")} // kafkax.DeadLetter names the topic per message
+	e.tick = newWriter(cfg, cfg.Topics.Events)
+	// A tick must land on the idle partition it is for: the message names it.
+	e.tick.Balancer = kafka.BalancerFunc(func(m kafka.Message, _ ...int) int { return m.Partition })
+	e.tick.BatchTimeout = time.Millisecond // one message at a time: do not wait for more
 	e.m = newMetrics(cfg.Registry)
 	return e
 }
@@ -147,6 +157,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer e.out.Close()
 	defer e.state.Close()
 	defer e.dlq.Close()
+	defer e.tick.Close()
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID: e.cfg.Group, Brokers: e.cfg.Brokers, Topics: []string{e.cfg.Topics.Events},
 		StartOffset: kafka.FirstOffset, HeartbeatInterval: time.Second, SessionTimeout: 10 * time.Second,
@@ -271,6 +282,13 @@ func (e *Engine) consume(ctx context.Context, gen *kafka.Generation, commitMu *s
 	// writer goroutine publishes, persists and commits batch k. The hand-off is unbuffered
 	// and there are two batchers, so a batcher's buffers are reused only after its batch
 	// was written. Batches are written strictly in order.
+	var lastFetchNs atomic.Int64 // wall clock of the last fetch (or of the last tick sent)
+	lastFetchNs.Store(time.Now().UnixNano())
+	if e.cfg.TickInterval > 0 {
+		tctx, tcancel := context.WithCancel(ctx)
+		defer tcancel()
+		go e.ticker(tctx, int32(a.ID), &lastFetchNs)
+	}
 	batchers := [2]*batcher{newBatcher(e, p, int32(a.ID)), newBatcher(e, p, int32(a.ID))}
 	jobs := make(chan *batcher)
 	werr := make(chan error, 1)
@@ -280,6 +298,7 @@ func (e *Engine) consume(ctx context.Context, gen *kafka.Generation, commitMu *s
 		b := batchers[i%2]
 		msgs, err := e.fetch(ctx, r, b.msgs[:0])
 		b.msgs = msgs
+		lastFetchNs.Store(time.Now().UnixNano())
 		if len(msgs) == 0 {
 			if err != nil {
 				if ctx.Err() != nil {
@@ -301,6 +320,51 @@ func (e *Engine) consume(ctx context.Context, gen *kafka.Generation, commitMu *s
 			return nil
 		}
 	}
+}
+
+// ticker publishes a clock tick into partition part of the events topic whenever nothing
+// was fetched from it for TickInterval, until ctx ends (the partition is no longer owned:
+// only the instance that owns a partition ticks it). The tick is stamped with the wall clock
+// and written with acks=all; the fold takes its time from the event, so a replay of the log
+// gives the same state. A tick Kafka does not acknowledge is counted and retried at the next
+// interval.
+func (e *Engine) ticker(ctx context.Context, part int32, lastFetchNs *atomic.Int64) {
+	iv := e.cfg.TickInterval
+	t := time.NewTicker(max(iv/4, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		if now.UnixNano()-lastFetchNs.Load() < int64(iv) {
+			continue
+		}
+		lastFetchNs.Store(now.UnixNano())
+		if err := e.publishTick(ctx, part, now); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			e.m.tickErrors.Inc()
+			e.log.Warn("ledger: clock tick not published", "partition", part, "err", err)
+			continue
+		}
+		e.m.ticks.Inc()
+	}
+}
+
+func (e *Engine) publishTick(ctx context.Context, part int32, now time.Time) error {
+	ev, err := events.New(Source, now, events.ClockTick{Partition: part})
+	if err != nil {
+		return err
+	}
+	v, err := ev.Encode()
+	if err != nil {
+		return err
+	}
+	return e.tick.WriteMessages(ctx, kafka.Message{Partition: int(part), Value: v})
 }
 
 // writeLoop writes prepared batches in order: outputs, state records, snapshot, commit.
@@ -452,7 +516,7 @@ func (b *batcher) prepare(ctx context.Context) error {
 		if an.Kind != fold.AnomalyDuplicate {
 			e.log.Warn("ledger: anomaly", "kind", an.Kind, "account", an.AccountID, "event", an.EventID, "request", an.RequestID)
 		}
-		if an.Kind == fold.AnomalyTooLate || an.Kind == fold.AnomalyFutureTime {
+		if an.Kind == fold.AnomalyTooLate || an.Kind == fold.AnomalyFutureTime || an.Kind == fold.AnomalyOverflow {
 			if err := b.deadLetterRefused(ctx, &an); err != nil {
 				return err
 			}
@@ -480,6 +544,11 @@ func (b *batcher) deadLetterRefused(ctx context.Context, an *fold.Anomaly) error
 	}
 	reason := fmt.Sprintf(format, an.Kind, an.EventID, an.AccountID, eventTime(&b.evs, an.EventID),
 		time.Unix(0, an.HorizonNs).UTC().Format(time.RFC3339Nano))
+	if an.Kind == fold.AnomalyOverflow {
+		reason = fmt.Sprintf("%s: event %s for account %s would overflow one of the account's int64 balances or totals "+
+			"(each amount is at most %d micro-credits, their sum is not bounded): it was not applied", an.Kind, an.EventID,
+			an.AccountID, events.MaxAmountMicros)
+	}
 	e.m.deadLettered.Inc()
 	if err := kafkax.DeadLetter(ctx, e.dlq, e.cfg.Topics.DeadLetter, "ledger", b.msgs[i], reason); err != nil {
 		return fmt.Errorf("ledger: partition %d: %w", b.id, err)

@@ -14,6 +14,9 @@ type metrics struct {
 	// dedupe memory
 	dedupeEvicted prometheus.Counter
 	dedupeIDs     *prometheus.GaugeVec
+	// clock ticks
+	ticks      prometheus.Counter
+	tickErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -32,11 +35,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Time per batch in each stage: decode, fold, encode, publish, persist, commit.", Buckets: prometheus.ExponentialBuckets(1e-5, 4, 10)}, []string{"stage"}),
 		batchEvents: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "tally_ledger_batch_events", Help: "Events per batch.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 9)}),
+		ticks: prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_ledger_ticks_total",
+			Help: "Clock ticks published into idle events-topic partitions (LEDGER_TICK_INTERVAL_MS)."}),
+		tickErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_ledger_tick_errors_total",
+			Help: "Clock ticks Kafka did not acknowledge (retried at the next interval)."}),
 		anomalies: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tally_ledger_anomalies_total", Help: "Flagged oddities by kind (unknown_finish, late_finish, duplicate, ...)."}, []string{"kind"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.folded, m.published, m.deadLettered, m.foldSeconds, m.lag, m.anomalies, m.stage, m.batchEvents,
-			m.dedupeEvicted, m.dedupeIDs)
+			m.dedupeEvicted, m.dedupeIDs, m.ticks, m.tickErrors)
 	}
 	return m
 }

@@ -21,8 +21,9 @@ type State struct {
 	endpoints map[string]*endpointLoad
 	epOrder   []string
 	scratch   []byte
-	dedupeN   int        // dedupe entries over all accounts
-	legacy    []*Account // restored from version-1 records, their dedupe times not yet set
+	dedupeN   int                                            // dedupe entries over all accounts
+	expiring  [events.MaxExpiringGrants]events.ExpiringGrant // BalanceInto's Expiring, reused
+	legacy    []*Account                                     // restored from version-1 records, their dedupe times not yet set
 }
 
 // Snapshot is the partition-level part of the persisted state.
@@ -192,6 +193,9 @@ func (s *State) Apply(in Input, out *Output) {
 		s.stampLegacy()
 	}
 	s.sweep(out)
+	if _, tick := ev.Payload.(events.ClockTick); tick {
+		return // a tick only moves the clock: the sweep above did its work
+	}
 	acctID := ev.Subject
 	if acctID == "" {
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnexpectedType, EventID: ev.ID})
@@ -512,7 +516,11 @@ func (s *State) grant(a *Account, ev *events.Event, p *events.CreditsGranted, ou
 	}
 	var expNs int64
 	if p.ExpiresAt != nil {
-		expNs = p.ExpiresAt.UnixNano()
+		expNs = p.ExpiresAt.UnixNano() // events.Validate bounds it below 2200: no wrap-around
+	}
+	if !addOK(a.AvailableMicros, p.AmountMicros) || !addOK(a.GrantedMicros, p.AmountMicros) {
+		s.overflow(a, ev, a.Offset, out)
+		return
 	}
 	a.GrantedMicros += p.AmountMicros
 	a.AvailableMicros += p.AmountMicros
@@ -520,9 +528,10 @@ func (s *State) grant(a *Account, ev *events.Event, p *events.CreditsGranted, ou
 		Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: p.AmountMicros, Kind: "grant", GrantID: p.GrantID, At: ev.Time},
 		Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerGrantsIssued, AmountMicros: -p.AmountMicros, Kind: "grant", GrantID: p.GrantID, At: ev.Time})
 	if expNs != 0 && expNs <= s.watermark {
-		// Already expired in log time: all of it is breakage at once.
+		// Already expired in log time: all of it is breakage at once, dated no earlier than
+		// the grant itself (a breakage before its grant would make a statement close negative).
 		s.remember(a, gh^saltGrant, out)
-		s.breakage(a, events.DerivedID(ev.ID, "breakage"), p.GrantID, p.AmountMicros, time.Unix(0, expNs).UTC(), out)
+		s.breakage(a, events.DerivedID(ev.ID, "breakage"), p.GrantID, p.AmountMicros, time.Unix(0, max(expNs, ev.Time.UnixNano())).UTC(), out)
 		return
 	}
 	if len(a.Grants) >= s.cfg.MaxGrantsPerAccount {
@@ -534,6 +543,17 @@ func (s *State) grant(a *Account, ev *events.Event, p *events.CreditsGranted, ou
 	if expNs != 0 {
 		s.schedule(expiry{atNs: expNs, acct: a, kind: expGrant, hash: gh})
 	}
+}
+
+// addOK reports whether x + y fits int64, for y ≥ 0 (every amount the fold adds is).
+func addOK(x, y int64) bool { return x <= 1<<63-1-y }
+
+// overflow records a grant or adjustment refused because applying it would overflow one of
+// the account's balances or running totals. It is not applied (its id is not remembered, so
+// a corrected copy can still count); the engine dead-letters it with the reason. The check
+// reads only the folded state, so a replay refuses exactly the same events.
+func (s *State) overflow(a *Account, ev *events.Event, off int64, out *Output) {
+	out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyOverflow, AccountID: a.ID, EventID: ev.ID, Offset: off})
 }
 
 func (s *State) breakage(a *Account, cause, grantID string, amt int64, at time.Time, out *Output) {
@@ -554,8 +574,13 @@ func (s *State) adjust(a *Account, ev *events.Event, p *events.CreditsAdjusted, 
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID})
 		return
 	}
-	s.remember(a, ah, out)
 	amt := p.AmountMicros
+	if amt > 0 && (!addOK(a.AvailableMicros, amt) || !addOK(a.ExtraMicros, amt) || !addOK(a.AdjustedMicros, amt)) ||
+		amt < 0 && (!addOK(a.OverageMicros, -amt) || !addOK(-a.AdjustedMicros, -amt)) {
+		s.overflow(a, ev, a.Offset, out)
+		return
+	}
+	s.remember(a, ah, out)
 	if amt > 0 {
 		a.ExtraMicros += amt
 		a.AvailableMicros += amt
@@ -636,10 +661,15 @@ func (s *State) AllowanceWindows(a *Account, nowNs int64, dst []events.Allowance
 }
 
 // Balance returns the balance.updated view of a.
-func (s *State) Balance(a *Account) events.BalanceUpdated { return s.BalanceInto(a, nil) }
+func (s *State) Balance(a *Account) events.BalanceUpdated {
+	bu := s.BalanceInto(a, nil)
+	bu.Expiring = append([]events.ExpiringGrant(nil), bu.Expiring...)
+	return bu
+}
 
 // BalanceInto is Balance with the allowance windows appended to win, so that a caller that
-// reuses win does not allocate.
+// reuses win does not allocate. Its Expiring is the State's own buffer: valid until the next
+// call.
 func (s *State) BalanceInto(a *Account, win []events.AllowanceWindow) events.BalanceUpdated {
 	tier := a.Tier
 	if tier == "" {
@@ -648,8 +678,46 @@ func (s *State) BalanceInto(a *Account, win []events.AllowanceWindow) events.Bal
 	return events.BalanceUpdated{
 		AccountID: a.ID, Tier: tier, Priority: a.Priority, Suspended: a.Suspended,
 		AvailableMicros: a.AvailableMicros, HeldMicros: a.HeldMicros, OverageMicros: a.OverageMicros,
-		Allowance: s.AllowanceWindows(a, s.watermark, win), Partition: s.partition, Offset: a.Offset,
+		Allowance: s.AllowanceWindows(a, s.watermark, win), Expiring: s.expiringGrants(a),
+		Partition: s.partition, Offset: a.Offset,
 	}
+}
+
+// expiringGrants lists a's earliest-expiring grants with a remainder, in expiry order, at
+// most events.MaxExpiringGrants; when there are more, the last entry also carries the
+// remainder of every later-expiring one, at its own (earlier) expiry. An admitter stops
+// counting an entry once its wall clock passes the expiry: it never counts a grant past its
+// expiry, and at worst stops counting a later grant early.
+func (s *State) expiringGrants(a *Account) []events.ExpiringGrant {
+	const k = events.MaxExpiringGrants
+	var at [k + 1]int64
+	var rem [k + 1]int64
+	n := 0
+	var rest int64 // remainders pushed out of the k earliest
+	for i := range a.Grants {
+		g := &a.Grants[i]
+		if g.ExpiresNs == 0 || g.Remaining == 0 {
+			continue
+		}
+		j := n
+		for j > 0 && at[j-1] > g.ExpiresNs {
+			at[j], rem[j] = at[j-1], rem[j-1]
+			j--
+		}
+		at[j], rem[j] = g.ExpiresNs, g.Remaining
+		if n < k {
+			n++
+		} else {
+			rest += rem[k]
+		}
+	}
+	if n == k {
+		rem[k-1] += rest
+	}
+	for i := range n {
+		s.expiring[i] = events.ExpiringGrant{ExpiresAt: time.Unix(0, at[i]).UTC(), RemainingMicros: rem[i]}
+	}
+	return s.expiring[:n:n]
 }
 
 // schedule adds a live expiry. When stale entries (of settled holds) outnumber half the live

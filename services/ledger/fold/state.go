@@ -346,6 +346,10 @@ const (
 	// after its Kafka record timestamp: it is not applied and does not advance the clock.
 	// The engine dead-letters it with the reason.
 	AnomalyFutureTime = "future_time"
+	// AnomalyOverflow is a grant or adjustment that would overflow one of the account's int64
+	// balances or running totals (each amount is bounded by events.MaxAmountMicros, but
+	// their sums are not): it is not applied, and the engine dead-letters it with the reason.
+	AnomalyOverflow = "overflow"
 )
 
 // Anomaly is one flagged oddity.
@@ -354,7 +358,7 @@ type Anomaly struct {
 	AccountID string
 	EventID   string
 	RequestID string
-	// For AnomalyTooLate and AnomalyFutureTime: the input's offset. HorizonNs is, for
+	// For AnomalyTooLate, AnomalyFutureTime and AnomalyOverflow: the input's offset. HorizonNs is, for
 	// AnomalyTooLate, the horizon its event time was before (the event is applied only if its
 	// time is at or after it) and, for AnomalyFutureTime, the latest event time its record
 	// timestamp allowed.

@@ -94,8 +94,12 @@ var epoch = time.Unix(0, 0).UTC()
 
 // FromEvent maps a decoded event to its row. ok is false for event types the sink does not
 // store (balance.updated and limits.adjusted live on compacted topics the sink does not read;
-// if one appears on an input topic it is dead-lettered by the caller).
+// if one appears on an input topic it is dead-lettered by the caller). A clock tick (the
+// ledger's, on an idle events-topic partition) is read and skipped: ok with no row.
 func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
+	if _, tick := ev.Payload.(events.ClockTick); tick {
+		return nil, nil, true
+	}
 	if le, isLedger := ev.Payload.(events.LedgerEntry); isLedger {
 		return nil, &Ledger{
 			EntryID: le.EntryID, TransactionID: le.TransactionID, AccountID: le.AccountID,

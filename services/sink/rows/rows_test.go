@@ -77,6 +77,13 @@ func TestFromEventMapsEveryStoredType(t *testing.T) {
 	if !ok || u != nil || l == nil || l.AmountMicros != -3 || l.EventID != le.ID || l.Pos != pos {
 		t.Fatalf("ledger entry: %v %+v %+v", ok, u, l)
 	}
+	tick, err := events.New("ledger", at, events.ClockTick{Partition: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, l, ok := rows.FromEvent(tick, pos); !ok || u != nil || l != nil {
+		t.Fatalf("clock tick: ok=%v usage=%v ledger=%v, want skipped without a row and without dead-lettering", ok, u, l)
+	}
 	bu := ev(t, events.BalanceUpdated{AccountID: "a"})
 	if _, _, ok := rows.FromEvent(bu, pos); ok {
 		t.Fatal("balance.updated must not be stored from an input topic")

@@ -9,6 +9,11 @@
 //
 //	cd services/tallyctl && go test -tags chaos -count=1 -timeout 30m -v ./chaos/
 //
+// Scenario 7 (TestIdleExpiry, clock_test.go) needs no workload: with no customer traffic, the
+// ledger's clock ticks must release an abandoned hold and post an expired promotion to
+// breakage within a bounded time, and the admitter must refuse a hold funded by a promotion
+// whose expiry passed while the ledger was stopped.
+//
 // Each scenario prints a summary table and appends it to .out/chaos-summary.md at the repo
 // root. Settings (environment): KAFKA_BROKERS (real brokers), CHDB_LIB_PATH (libchdb.so),
 // CHAOS_SEED (workload seed, default 20261125), CHAOS_EVENTS (events of scenario 1, default

@@ -222,15 +222,16 @@ func (h *Harness) newProc(name, bin string, env []string) *Proc {
 	return p
 }
 
-// Ledger starts the ledger subprocess and waits until it is ready.
-func (h *Harness) Ledger() *Proc {
+// Ledger starts the ledger subprocess (with extra environment settings) and waits until it
+// is ready.
+func (h *Harness) Ledger(extra ...string) *Proc {
 	addr := freeAddr(h.t)
 	lc := h.ledgerConfig()
 	env := append(h.common(), "LEDGER_LISTEN_ADDR="+addr, "LEDGER_ADMIN_KEYS=admin:"+httpx.HashSecret(h.AdminToken),
 		"LEDGER_GROUP="+h.Kafka.Group("ledger"), "LEDGER_ENSURE_TOPICS=false",
 		"LEDGER_PARK_TIMEOUT_MS="+strconv.FormatInt(lc.ParkTimeoutMs, 10),
 		"LEDGER_LOAD_PARTITIONS="+strconv.FormatInt(lc.PartitionsTotal, 10))
-	p := h.newProc("ledger", "ledger", env)
+	p := h.newProc("ledger", "ledger", append(env, extra...))
 	p.Addr = addr
 	h.StartReady(p)
 	return p

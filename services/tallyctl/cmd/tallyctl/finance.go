@@ -18,6 +18,7 @@ import (
 	"github.com/tallyhq/tally/services/sink/chstore"
 	"github.com/tallyhq/tally/services/sink/sqlcli"
 	"github.com/tallyhq/tally/services/tallyctl/internal/journal"
+	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
 	"github.com/tallyhq/tally/shared/tlsx"
@@ -83,6 +84,9 @@ func cmdStatement(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 		t, err := time.Parse(time.RFC3339, p.s)
 		if err != nil {
+			return usageError{err.Error()}
+		}
+		if err := events.CheckTime("-from/-to", t); err != nil {
 			return usageError{err.Error()}
 		}
 		*p.t = t
