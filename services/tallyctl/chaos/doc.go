@@ -1,4 +1,4 @@
-// Package chaos is Tally's fault suite (issue 6): it builds the admitter, ledger and sink
+// Package chaos is Tally's fault suite: it builds the admitter, ledger and sink
 // binaries, runs them as subprocesses against Kafka (real when KAFKA_BROKERS is set, the
 // in-process kfake broker otherwise) and the embedded ClickHouse engine, drives a seeded
 // workload through their public APIs, injects faults (SIGKILL, broker restarts, hostile
@@ -9,7 +9,12 @@
 //
 //	cd services/tallyctl && go test -tags chaos -count=1 -timeout 30m -v ./chaos/
 //
-// Scenario 7 (TestIdleExpiry, clock_test.go) needs no workload: with no customer traffic, the
+// Scenarios 7 and 8 (overload_test.go) check that the adaptive limit cannot lock an
+// endpoint and that never-finished admits of one account cannot shut out the others or
+// critical traffic; scenario 10 (TestFinishElsewhere, finishroute_test.go) that a finish is
+// charged whichever admitter receives it, after a SIGKILL and restart included.
+//
+// Scenario 9 (TestIdleExpiry, clock_test.go) needs no workload: with no customer traffic, the
 // ledger's clock ticks must release an abandoned hold and post an expired promotion to
 // breakage within a bounded time, and the admitter must refuse a hold funded by a promotion
 // whose expiry passed while the ledger was stopped.
