@@ -35,6 +35,10 @@ kafka-down: ## stop it
 run: build chdb ## run the whole pipeline on one machine (embedded Kafka + embedded ClickHouse)
 	$(BIN)/tallyctl run
 
+.PHONY: image-steps
+image-steps: ## run the Dockerfile's build stage without Docker, in a clean directory, for every service
+	@$(CURDIR)/deployments/image-steps.sh
+
 .PHONY: up down
 up: ## run the production shape with Docker: real Kafka, ClickHouse server, the three services
 	docker compose up --build
@@ -95,6 +99,7 @@ bench: chdb ## run every benchmark (medians: pipe through benchstat), then the 6
 .PHONY: ci
 ci: ## what .ci/run runs after starting Kafka
 	$(MAKE) check
+	$(MAKE) image-steps
 	$(MAKE) test
 	$(MAKE) fuzz FUZZ_TIME=5s
 
