@@ -109,7 +109,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer runinfo.Remove(dir)
-	printBanner(stdout, st, f.ephemeral, dir)
+	printBanner(stdout, st, f.ephemeral, f.chServer != "", dir)
 	if err := st.Wait(ctx); err != nil {
 		return err
 	}
@@ -165,15 +165,19 @@ func runInfo(st *stack.Stack, ephemeral bool, keysFile, prefix, pricebook string
 	return runinfo.Info{PID: os.Getpid(), Ephemeral: ephemeral, Env: env, KeysFile: keysFile}
 }
 
-func printBanner(w io.Writer, st *stack.Stack, ephemeral bool, dir string) {
-	where := fmt.Sprintf(`Kafka at %s, embedded ClickHouse at %s.
-Data lives in %s (ClickHouse data, keys in %s, 0600); `+"`make run`"+` keeps the Kafka
+func printBanner(w io.Writer, st *stack.Stack, ephemeral, externalCH bool, dir string) {
+	ch, kept := "embedded ClickHouse", "ClickHouse data, "
+	if externalCH {
+		ch, kept = "ClickHouse server", ""
+	}
+	where := fmt.Sprintf(`Kafka at %s, %s at %s.
+Data lives in %s (%skeys in %s, 0600); `+"`make run`"+` keeps the Kafka
 log there too. It survives restarts; delete the directory to start over.
 tallyctl's other commands find this stack through %s/run.json.`,
-		strings.Join(st.Brokers, ","), st.ClickHouse, dir, st.KeysFile, dir)
+		strings.Join(st.Brokers, ","), ch, st.ClickHouse, dir, kept, st.KeysFile, dir)
 	if ephemeral {
-		where = fmt.Sprintf(`embedded Kafka at %s, embedded ClickHouse at %s.
--ephemeral: data lives in memory and is gone when it stops (make run keeps it).`, st.Brokers[0], st.ClickHouse)
+		where = fmt.Sprintf(`embedded Kafka at %s, %s at %s.
+-ephemeral: the log lives in memory and is gone when it stops (make run keeps it).`, st.Brokers[0], ch, st.ClickHouse)
 	}
 	fmt.Fprintf(w, `Tally is running on this machine: %s
 
