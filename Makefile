@@ -7,6 +7,13 @@ BIN         := $(CURDIR)/bin
 TEST_FLAGS  ?= -count=1 -timeout 20m
 FUZZ_TIME   ?= 10s
 BENCH_FLAGS ?= -run '^$$' -bench . -benchmem -count 5 -timeout 60m
+# make run's data directory: the Kafka log, ClickHouse data, keys (keys.env, 0600), run.json.
+TALLY_DATA_DIR ?= $(CURDIR)/.tally
+# make run's own Kafka broker (not 9092, which make kafka-up and CI use).
+TALLY_KAFKA_PORT ?= 19092
+TALLY_KAFKA_CONTROLLER_PORT ?= 19093
+RUN_KAFKA = KAFKA_HOME=$(TALLY_DATA_DIR)/kafka KAFKA_PORT=$(TALLY_KAFKA_PORT) \
+  KAFKA_CONTROLLER_PORT=$(TALLY_KAFKA_CONTROLLER_PORT) $(CURDIR)/deployments/kafka.sh
 # libchdb.so (the embedded ClickHouse engine) lives in a cache outside the clone.
 CHDB_LIB_PATH ?= $(shell $(CURDIR)/deployments/chdb.sh 2>/dev/null)
 export CHDB_LIB_PATH
@@ -31,9 +38,21 @@ kafka-up: ## start a real single-node Apache Kafka on 127.0.0.1:9092 (installs o
 kafka-down: ## stop it
 	@$(CURDIR)/deployments/kafka.sh stop
 
-.PHONY: run
-run: build chdb ## run the whole pipeline on one machine (embedded Kafka + embedded ClickHouse)
-	$(BIN)/tallyctl run
+.PHONY: run run-ephemeral run-wipe
+run: build chdb ## run the whole pipeline on one machine, its data kept in TALLY_DATA_DIR (real Kafka + embedded ClickHouse)
+	@mkdir -p $(TALLY_DATA_DIR) && chmod 700 $(TALLY_DATA_DIR)
+	@$(RUN_KAFKA) start
+	@rc=0; TALLY_DATA_DIR=$(TALLY_DATA_DIR) $(BIN)/tallyctl run -kafka-brokers 127.0.0.1:$(TALLY_KAFKA_PORT) || rc=$$?; \
+	  $(RUN_KAFKA) stop; exit $$rc
+run-ephemeral: build chdb ## the same in memory (embedded kfake broker, temporary ClickHouse): nothing survives a stop
+	TALLY_DATA_DIR=$(TALLY_DATA_DIR) $(BIN)/tallyctl run -ephemeral
+run-wipe: ## delete make run's data (Kafka log, ClickHouse data, keys)
+	@$(RUN_KAFKA) stop
+	rm -rf $(TALLY_DATA_DIR)
+
+.PHONY: image-steps
+image-steps: ## run the Dockerfile's build stage without Docker, in a clean directory, for every service
+	@$(CURDIR)/deployments/image-steps.sh
 
 .PHONY: up down
 up: ## run the production shape with Docker: real Kafka, ClickHouse server, the three services
@@ -97,6 +116,7 @@ bench: chdb ## run every benchmark (medians: pipe through benchstat), then the 6
 .PHONY: ci
 ci: ## what .ci/run runs after starting Kafka
 	$(MAKE) check
+	$(MAKE) image-steps
 	$(MAKE) test
 	$(MAKE) fuzz FUZZ_TIME=5s
 

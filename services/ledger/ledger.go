@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +40,14 @@ type Config struct {
 	ListenAddr string `env:"LEDGER_LISTEN_ADDR" envDefault:"127.0.0.1:8082"`
 	// AdminKeys are the admin bearer keys, "id:sha256hex,...", separate from edge keys.
 	AdminKeys string `env:"LEDGER_ADMIN_KEYS"`
+	// Peers are the base URLs of the other ledger instances in the consumer group,
+	// "http://ledger-1:8082,..." (LEDGER_PEERS, default "" = this instance is alone; at most
+	// 64). Each instance folds only the partitions it owns; asked about an account it does not
+	// know, it asks its peers, so any instance answers for every account.
+	Peers string `env:"LEDGER_PEERS"`
+	// PeerTimeoutMs bounds one request to a peer (LEDGER_PEER_TIMEOUT_MS, default 5000,
+	// 1..600000).
+	PeerTimeoutMs int64 `env:"LEDGER_PEER_TIMEOUT_MS" envDefault:"5000"`
 	// Group is the consumer group of the events topic.
 	Group string `env:"LEDGER_GROUP" envDefault:"tally-ledger"`
 	// EnsureTopics creates missing topics at start with TopicPartitions partitions.
@@ -110,7 +120,7 @@ type Config struct {
 // DefaultConfig returns the defaults (the envDefault values) for code-built configs.
 func DefaultConfig() Config {
 	return Config{Brokers: "127.0.0.1:9092", TopicPrefix: kafkax.DefaultPrefix, ListenAddr: "127.0.0.1:8082",
-		Group: "tally-ledger", EnsureTopics: true, TopicPartitions: 4, TopicReplicas: 1,
+		Group: "tally-ledger", PeerTimeoutMs: 5000, EnsureTopics: true, TopicPartitions: 4, TopicReplicas: 1,
 		BatchMax: 5000, BatchWaitMs: 2, FetchMaxBytes: 8 << 20, FetchWaitMs: 100, QueueMax: 10_000,
 		WriteTimeoutMs: 10_000, WriteAttemptsMax: 5, RetryBackoffMs: 1000, JournalPerAccount: 64, JournalAccountsMax: 10_000,
 		BodyMaxBytes: 64 << 10, PageMax: 500, PublishTimeoutMs: 10_000, ShutdownTimeoutMs: 10_000,
@@ -128,6 +138,30 @@ func (c Config) HTTPServer() httpx.ServerConfig {
 }
 
 // Validate reports every bad setting by its variable name, joined.
+// peersMax bounds LEDGER_PEERS.
+const peersMax = 64
+
+// ParsePeers splits LEDGER_PEERS into base URLs (http or https, a host, no query), without a
+// trailing slash.
+func ParsePeers(s string) ([]string, error) {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimRight(strings.TrimSpace(p), "/")
+		if p == "" {
+			continue
+		}
+		u, err := url.Parse(p)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return nil, fmt.Errorf("%q: want a base URL, http(s)://host:port", p)
+		}
+		out = append(out, p)
+	}
+	if len(out) > peersMax {
+		return nil, fmt.Errorf("%d peers, at most %d", len(out), peersMax)
+	}
+	return out, nil
+}
+
 func (c Config) Validate() error {
 	var errs []error
 	if _, err := kafkax.ParseBrokers(c.Brokers); err != nil {
@@ -159,6 +193,10 @@ func (c Config) Validate() error {
 	}
 	day := int64(86_400_000)
 	rng("LEDGER_TOPIC_PARTITIONS", int64(c.TopicPartitions), 1, 10_000)
+	if _, err := ParsePeers(c.Peers); err != nil {
+		errs = append(errs, fmt.Errorf("LEDGER_PEERS: %w", err))
+	}
+	rng("LEDGER_PEER_TIMEOUT_MS", c.PeerTimeoutMs, 1, 600_000)
 	rng("LEDGER_TOPIC_REPLICAS", int64(c.TopicReplicas), 1, 16)
 	rng("LEDGER_BATCH_MAX", int64(c.BatchMax), 1, 100_000)
 	rng("LEDGER_BATCH_WAIT_MS", c.BatchWaitMs, 0, 10_000)
@@ -239,6 +277,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	peers, _ := ParsePeers(cfg.Peers) // validated above
 	book := cfg.Book
 	if book == nil {
 		var err error
@@ -276,7 +315,8 @@ func New(cfg Config) (*Service, error) {
 	pwc.TLS = kafkaTLS
 	pub := &kafkaPublisher{w: kafkax.NewWriter(brokers, topics.Events, pwc)}
 	h := api.Handler(api.Config{Admin: keys, Book: book, BodyMaxBytes: cfg.BodyMaxBytes, PageMax: cfg.PageMax,
-		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg}, eng, pub)
+		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg,
+		Peers: peers, PeerClient: &http.Client{Timeout: time.Duration(cfg.PeerTimeoutMs) * time.Millisecond}}, eng, pub)
 	return &Service{cfg: cfg, log: cfg.Logger, brokers: brokers, kafkaTLS: kafkaTLS, topics: topics, engine: eng, pub: pub,
 		srv: httpx.NewServer(cfg.ListenAddr, h, cfg.HTTPServer()), addr: make(chan string, 1)}, nil
 }

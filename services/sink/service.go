@@ -88,9 +88,9 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	defer conn.Close()
 	mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	applied, err := chstore.Migrate(mctx, conn, chschema.Migrations)
+	applied, err := chstore.MigrateCluster(mctx, conn, chschema.Migrations, s.cfg.ClickHouse.Cluster)
 	if err == nil {
-		err = chstore.ApplyRetention(mctx, conn, s.cfg.RetentionDays)
+		err = chstore.ApplyRetentionCluster(mctx, conn, s.cfg.RetentionDays, s.cfg.ClickHouse.Cluster)
 	}
 	cancel()
 	if err != nil {

@@ -54,20 +54,32 @@ const (
 	HeaderDLQConsumer  = "tally-dlq-consumer"
 )
 
-// Specs returns the topic configurations: the compacted topics use cleanup.policy=compact.
+// Specs returns the topic configurations, retention set explicitly on every topic (never the
+// broker's default, 7 days on Apache Kafka):
+//   - events, journal and deadletter are kept (retention.ms=-1, retention.bytes=-1): the
+//     ledger's state, tallyctl reconcile and statements replay events and journal from
+//     offset 0, and the dead letters are the record of what was not applied;
+//   - balances, limits and ledger.state are compacted: the latest value per key is kept.
 func (t Topics) Specs(partitions, replication int) []kafka.TopicConfig {
+	kept := []kafka.ConfigEntry{
+		{ConfigName: "cleanup.policy", ConfigValue: "delete"},
+		{ConfigName: "retention.ms", ConfigValue: "-1"},
+		{ConfigName: "retention.bytes", ConfigValue: "-1"},
+	}
 	compact := []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}
 	mk := func(name string, cfg []kafka.ConfigEntry) kafka.TopicConfig {
 		return kafka.TopicConfig{Topic: name, NumPartitions: partitions, ReplicationFactor: replication, ConfigEntries: cfg}
 	}
 	return []kafka.TopicConfig{
-		mk(t.Events, nil), mk(t.Journal, nil), mk(t.DeadLetter, nil),
+		mk(t.Events, kept), mk(t.Journal, kept), mk(t.DeadLetter, kept),
 		mk(t.Balances, compact), mk(t.Limits, compact), mk(t.LedgerState, compact),
 	}
 }
 
-// EnsureTopics creates the topics that do not exist yet; existing ones are left as they are.
-// It speaks plaintext; EnsureTopicsTLS is the same over TLS.
+// EnsureTopics creates the topics that do not exist yet, and sets the configs of the specs
+// (retention, cleanup policy) on those that do, so a topic an older version created with
+// the broker's defaults gets them too; other configs and the partition count stay as they
+// are. It speaks plaintext; EnsureTopicsTLS is the same over TLS.
 func EnsureTopics(ctx context.Context, brokers []string, specs []kafka.TopicConfig) error {
 	return EnsureTopicsTLS(ctx, brokers, nil, specs)
 }
@@ -95,9 +107,34 @@ func ensureOnce(ctx context.Context, c *kafka.Client, specs []kafka.TopicConfig)
 		return err
 	}
 	var errs []error
-	for name, e := range res.Errors {
-		if e != nil && !errors.Is(e, kafka.TopicAlreadyExists) {
-			errs = append(errs, fmt.Errorf("%s: %w", name, e))
+	var alter []kafka.IncrementalAlterConfigsRequestResource
+	for _, spec := range specs {
+		e := res.Errors[spec.Topic]
+		switch {
+		case errors.Is(e, kafka.TopicAlreadyExists):
+			if len(spec.ConfigEntries) == 0 {
+				continue
+			}
+			r := kafka.IncrementalAlterConfigsRequestResource{ResourceType: kafka.ResourceTypeTopic, ResourceName: spec.Topic}
+			for _, ce := range spec.ConfigEntries {
+				r.Configs = append(r.Configs, kafka.IncrementalAlterConfigsRequestConfig{
+					Name: ce.ConfigName, Value: ce.ConfigValue, ConfigOperation: kafka.ConfigOperationSet})
+			}
+			alter = append(alter, r)
+		case e != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", spec.Topic, e))
+		}
+	}
+	if len(errs) > 0 || len(alter) == 0 {
+		return errors.Join(errs...)
+	}
+	ares, err := c.IncrementalAlterConfigs(ctx, &kafka.IncrementalAlterConfigsRequest{Resources: alter})
+	if err != nil {
+		return fmt.Errorf("set topic configs: %w", err)
+	}
+	for _, r := range ares.Resources {
+		if r.Error != nil {
+			errs = append(errs, fmt.Errorf("%s: set configs: %w", r.ResourceName, r.Error))
 		}
 	}
 	return errors.Join(errs...)

@@ -5,6 +5,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -48,7 +49,20 @@ type Config struct {
 	Logger         *slog.Logger
 	Gatherer       prometheus.Gatherer
 	Now            func() time.Time
+	// Peers are the base URLs of the other ledger instances (LEDGER_PEERS). Asked to read an
+	// account it does not know, an instance asks them in turn (see fromPeers).
+	Peers []string
+	// PeerClient makes the requests to peers; its Timeout bounds each (LEDGER_PEER_TIMEOUT_MS).
+	PeerClient *http.Client
 }
+
+// ForwardedHeader marks a request one instance makes to a peer: the peer answers from its own
+// state only, so a request is forwarded at most once and never loops.
+const ForwardedHeader = "X-Tally-Forwarded"
+
+// peerAnswerMaxBytes bounds a peer's answer that is relayed (16 MiB; a page of LEDGER_PAGE_MAX
+// entries is far smaller).
+const peerAnswerMaxBytes = 16 << 20
 
 // Route is one routed method and path (as in the OpenAPI document).
 type Route struct{ Method, Path string }
@@ -78,6 +92,9 @@ func Handler(cfg Config, r Reader, pub Publisher) http.Handler {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.PeerClient == nil {
+		cfg.PeerClient = &http.Client{Timeout: 5 * time.Second}
 	}
 	s := &server{cfg: cfg, r: r, pub: pub}
 	mux := http.NewServeMux()
@@ -140,8 +157,11 @@ func (s *server) admin(h func(http.ResponseWriter, *http.Request, string)) http.
 	}
 }
 
-func (s *server) getAccount(w http.ResponseWriter, _ *http.Request, id string) {
+func (s *server) getAccount(w http.ResponseWriter, r *http.Request, id string) {
 	v, ok := s.r.Account(id)
+	if !ok && s.fromPeers(w, r, id) {
+		return
+	}
 	if !ok {
 		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound, "account %q not known to this ledger instance", id))
 		return
@@ -180,11 +200,64 @@ func (s *server) getEntries(w http.ResponseWriter, r *http.Request, id string) {
 		q.Limit = n
 	}
 	page, ok := s.r.Entries(id, q)
+	if !ok && s.fromPeers(w, r, id) {
+		return
+	}
 	if !ok {
 		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound, "account %q not known to this ledger instance", id))
 		return
 	}
 	httpx.WriteJSON(w, http.StatusOK, page)
+}
+
+// fromPeers answers a read of an account this instance does not know (its partition is
+// owned by another instance of the consumer group) with the answer of the first peer that
+// knows it, and reports whether it wrote an answer. A peer answering 404 does not know it
+// either; when every peer answered 404 (or there are none, or r was itself forwarded) it
+// writes nothing and the caller answers 404. When a peer could not be asked (down, timed
+// out, refused the token) and none knew the account, the answer is 503: the account may
+// well exist on that peer. Writes need no forwarding: any instance publishes to the
+// events topic, and the owner folds the event.
+func (s *server) fromPeers(w http.ResponseWriter, r *http.Request, id string) bool {
+	if len(s.cfg.Peers) == 0 || r.Header.Get(ForwardedHeader) != "" {
+		return false
+	}
+	var failed []string
+	for _, peer := range s.cfg.Peers {
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, peer+r.URL.RequestURI(), nil)
+		if err != nil {
+			failed = append(failed, peer)
+			continue
+		}
+		req.Header.Set("Authorization", r.Header.Get("Authorization"))
+		req.Header.Set(ForwardedHeader, "1")
+		resp, err := s.cfg.PeerClient.Do(req)
+		if err != nil {
+			s.cfg.Logger.Warn("ledger api: peer did not answer", "peer", peer, "account", id, "err", err)
+			failed = append(failed, peer)
+			continue
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, peerAnswerMaxBytes+1))
+		_ = resp.Body.Close()
+		switch {
+		case err == nil && resp.StatusCode == http.StatusNotFound:
+			continue
+		case err != nil || len(body) > peerAnswerMaxBytes || resp.StatusCode != http.StatusOK:
+			s.cfg.Logger.Warn("ledger api: peer answer unusable", "peer", peer, "account", id, "status", resp.StatusCode, "bytes", len(body), "err", err)
+			failed = append(failed, peer)
+			continue
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(body)
+		return true
+	}
+	if len(failed) > 0 {
+		httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable,
+			"account %q is not known to this ledger instance, and %d of its peers could not be asked", id, len(failed)))
+		return true
+	}
+	return false
 }
 
 // GrantRequest is POST /v1/accounts/{id}/grants. GrantID is the idempotency key: a grant

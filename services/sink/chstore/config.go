@@ -42,6 +42,12 @@ type Config struct {
 	// QueryTimeoutMs bounds one query or insert (CLICKHOUSE_QUERY_TIMEOUT_MS, default 30000,
 	// 100..3600000).
 	QueryTimeoutMs int `env:"CLICKHOUSE_QUERY_TIMEOUT_MS" envDefault:"30000"`
+	// Cluster is the ClickHouse cluster to create the schema on (CLICKHOUSE_CLUSTER, default ""
+	// = a single server; 1-64 letters, digits and _): the sink applies the cluster form of the
+	// migrations (Replicated tables per shard, Distributed tables over them, ON CLUSTER) and
+	// inserts through the Distributed tables synchronously (distributed_foreground_insert=1),
+	// so each shard's deduplication sees the batch's token.
+	Cluster string `env:"CLICKHOUSE_CLUSTER"`
 	// TLS is CLICKHOUSE_TLS_*: TLS to ClickHouse (CA, optional client certificate), off by
 	// default (see package tlsx).
 	TLS tlsx.ClientConfig `envPrefix:"CLICKHOUSE_TLS_"`
@@ -77,6 +83,9 @@ func (c Config) Validate() error {
 	if c.User == "" && c.Password != "" {
 		errs = append(errs, errors.New("CLICKHOUSE_PASSWORD: set without CLICKHOUSE_USER"))
 	}
+	if c.Cluster != "" && !clusterName.MatchString(c.Cluster) {
+		errs = append(errs, fmt.Errorf("CLICKHOUSE_CLUSTER: want 1-64 letters, digits and _, got %q", c.Cluster))
+	}
 	if err := c.TLS.ValidateEnv("CLICKHOUSE_TLS_"); err != nil {
 		errs = append(errs, err)
 	}
@@ -108,9 +117,20 @@ func Open(c Config) (clickhouse.Conn, error) {
 		MaxOpenConns:    c.ConnsMax,
 		MaxIdleConns:    c.ConnsMax,
 		ConnMaxLifetime: time.Hour,
+		Settings:        clusterSettings(c.Cluster),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("chstore: open %s: %w", c.Addr, err)
 	}
 	return conn, nil
+}
+
+// clusterSettings are the connection's settings on a cluster: synchronous Distributed
+// inserts, so an insert succeeds only once every shard has its rows (and deduplicated them
+// by the batch's token). nil on a single server.
+func clusterSettings(cluster string) clickhouse.Settings {
+	if cluster == "" {
+		return nil
+	}
+	return clickhouse.Settings{"distributed_foreground_insert": 1}
 }

@@ -104,11 +104,25 @@ ORDER BY version`
 // file changed is an error: the sink refuses to start on a schema it did not write.
 // It returns the versions it applied.
 func Migrate(ctx context.Context, conn clickhouse.Conn, fsys fs.FS) ([]uint32, error) {
+	return MigrateCluster(ctx, conn, fsys, "")
+}
+
+// MigrateCluster is Migrate on the ClickHouse cluster named cluster (CLICKHOUSE_CLUSTER):
+// each migration is applied in its cluster form (see ClusterStatements), recorded under the
+// file's own version and checksum. "" is a single server: Migrate.
+func MigrateCluster(ctx context.Context, conn clickhouse.Conn, fsys fs.FS, cluster string) ([]uint32, error) {
 	ms, err := LoadMigrations(fsys)
 	if err != nil {
 		return nil, err
 	}
-	if err := conn.Exec(ctx, migrationsDDL); err != nil {
+	ddl := migrationsDDL
+	if cluster != "" {
+		if ms, err = clusterMigrations(ms, cluster); err != nil {
+			return nil, err
+		}
+		ddl = clusterMigrationsDDL(cluster)
+	}
+	if err := conn.Exec(ctx, ddl); err != nil {
 		return nil, fmt.Errorf("chstore: create schema_migrations: %w", err)
 	}
 	applied := map[uint32]string{}
@@ -160,15 +174,28 @@ func Migrate(ctx context.Context, conn clickhouse.Conn, fsys fs.FS) ([]uint32, e
 // ApplyRetention sets usage_events' TTL to days, unless it is already that. The old parts are
 // not rewritten at once (materialize_ttl_after_modify=0): merges apply the new TTL over time.
 func ApplyRetention(ctx context.Context, conn clickhouse.Conn, days int) error {
+	return ApplyRetentionCluster(ctx, conn, days, "")
+}
+
+// ApplyRetentionCluster is ApplyRetention on the cluster named cluster: the TTL is on each
+// shard's usage_events_local, set ON CLUSTER. "" is a single server.
+func ApplyRetentionCluster(ctx context.Context, conn clickhouse.Conn, days int, cluster string) error {
+	table, on := "usage_events", ""
+	if cluster != "" {
+		if !clusterName.MatchString(cluster) {
+			return fmt.Errorf("chstore: cluster name %q: want 1-64 letters, digits and _", cluster)
+		}
+		table, on = "usage_events_local", " ON CLUSTER "+cluster
+	}
 	var engineFull string
-	if err := conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = 'usage_events'").Scan(&engineFull); err != nil {
-		return fmt.Errorf("chstore: read usage_events TTL: %w", err)
+	if err := conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = '"+table+"'").Scan(&engineFull); err != nil {
+		return fmt.Errorf("chstore: read %s TTL: %w", table, err)
 	}
 	want := fmt.Sprintf("toIntervalDay(%d)", days)
 	if strings.Contains(engineFull, want) {
 		return nil
 	}
-	q := fmt.Sprintf("ALTER TABLE usage_events MODIFY TTL toDateTime(time) + INTERVAL %d DAY", days)
+	q := fmt.Sprintf("ALTER TABLE %s%s MODIFY TTL toDateTime(time) + INTERVAL %d DAY", table, on, days)
 	if err := conn.Exec(clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"materialize_ttl_after_modify": 0})), q); err != nil {
 		return fmt.Errorf("chstore: set usage_events TTL to %d days: %w", days, err)
 	}

@@ -34,6 +34,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -408,9 +410,7 @@ func (p *Pipeline) fetch(ctx context.Context, g *generation, topic string, a kaf
 		ReadBackoffMax: time.Second,
 		MaxAttempts:    3,
 		Dialer:         kafkax.Dialer(p.cfg.TLS),
-		ErrorLogger: kafka.LoggerFunc(func(msg string, a ...any) {
-			p.log.Warn("kafka reader", "detail", fmt.Sprintf(msg, a...))
-		}),
+		ErrorLogger:    readerLogger(p.log, "kafka reader"),
 	})
 	defer r.Close()
 	from := a.Offset
@@ -871,4 +871,34 @@ func retry[T any](ctx context.Context, p *Pipeline, what string, f func() (T, er
 		}
 		wait = min(wait*2, p.cfg.RetryBackoffMax)
 	}
+}
+
+// readerLogger is a kafka-go Reader's ErrorLogger. kafka-go sets its read deadline only a
+// quarter of MaxWait after the broker's own wait, so on an idle partition a fetch sometimes
+// ends at the client's deadline with "i/o timeout" before the broker's empty answer arrives;
+// the reader reconnects and carries on. That is the idle path, not a fault: DEBUG. Every
+// other reader error (refused, reset, unknown partition) is a warning.
+func readerLogger(log *slog.Logger, what string) kafka.Logger {
+	return kafka.LoggerFunc(func(msg string, a ...any) {
+		level := slog.LevelWarn
+		if anyTimeout(a) {
+			level = slog.LevelDebug
+		}
+		log.Log(context.Background(), level, what, "detail", fmt.Sprintf(msg, a...))
+	})
+}
+
+// anyTimeout reports whether one of the arguments is a network timeout error.
+func anyTimeout(args []any) bool {
+	for _, a := range args {
+		err, ok := a.(error)
+		if !ok {
+			continue
+		}
+		var ne net.Error
+		if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+			return true
+		}
+	}
+	return false
 }

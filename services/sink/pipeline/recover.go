@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -107,10 +106,8 @@ func (p *Pipeline) reform(ctx context.Context, r rows.Range) (*rows.Batch, error
 		Brokers: p.cfg.Brokers, Topic: r.Topic, Partition: int(r.Partition),
 		MinBytes: 1, MaxBytes: p.cfg.FetchBytesMax, MaxWait: 50 * time.Millisecond,
 		ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second, MaxAttempts: 3,
-		Dialer: kafkax.Dialer(p.cfg.TLS),
-		ErrorLogger: kafka.LoggerFunc(func(msg string, a ...any) {
-			p.log.Warn("kafka reader (recovery)", "detail", fmt.Sprintf(msg, a...))
-		}),
+		Dialer:      kafkax.Dialer(p.cfg.TLS),
+		ErrorLogger: readerLogger(p.log, "kafka reader (recovery)"),
 	})
 	defer rd.Close()
 	if err := rd.SetOffset(from); err != nil {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -21,14 +22,31 @@ import (
 	"github.com/tallyhq/tally/services/ledger"
 	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/services/sink"
+	"github.com/tallyhq/tally/services/tallyctl/internal/secretfile"
 	"github.com/tallyhq/tally/shared/chembed"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
 )
 
+// KeysFileName is the secrets file in a data directory (see secretfile).
+const KeysFileName = "keys.env"
+
+// Names of the kept secrets in the keys file (environment variable names, so that the file
+// can be loaded by a shell and by tallyctl's other commands).
+const (
+	APIKeyName     = "TALLY_API_KEY"
+	AdminTokenName = "TALLY_ADMIN_TOKEN"
+)
+
 // Config describes one single-process pipeline.
 type Config struct {
+	// DataDir, when set, keeps the pipeline's state across restarts: the embedded ClickHouse
+	// engine's data in DataDir/clickhouse, and the generated secrets in DataDir/keys.env
+	// (mode 0600, generated once). It needs real Kafka brokers (the log lives there; the
+	// embedded broker keeps nothing). "" = nothing kept: ClickHouse in a temporary directory,
+	// secrets generated at every start.
+	DataDir string
 	// Brokers are real Kafka brokers; empty starts the embedded kfake broker on KafkaAddr.
 	Brokers []string
 	// KafkaAddr is where the embedded broker listens (default 127.0.0.1:19092).
@@ -73,6 +91,8 @@ type Stack struct {
 	Book                               *pricebook.Book
 	// FoldConfig is the ledger's fold configuration, for replays that must match it.
 	FoldConfig fold.Config
+	// KeysFile is where the secrets are kept ("" without a data directory).
+	KeysFile string
 
 	Admitter *admitter.Service
 	Ledger   *ledger.Service
@@ -86,6 +106,15 @@ type Stack struct {
 
 // Start starts every part, in dependency order, and returns once each is ready.
 func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
+	var keys *secretfile.File
+	if cfg.DataDir != "" {
+		if len(cfg.Brokers) == 0 {
+			return nil, errors.New("stack: a data directory needs real Kafka brokers: the embedded broker keeps nothing, so balances and the journal would be lost at the next start")
+		}
+		if keys, err = keepSecrets(&cfg); err != nil {
+			return nil, fmt.Errorf("stack: %w", err)
+		}
+	}
 	cfg = withDefaults(cfg)
 	book, err := pricebook.LoadOrDefault(cfg.PriceBookPath)
 	if err != nil {
@@ -100,6 +129,9 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 			st = nil
 		}
 	}()
+	if keys != nil {
+		st.KeysFile = keys.Path()
+	}
 	log := cfg.Logger
 
 	// Kafka.
@@ -125,7 +157,11 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	// ClickHouse.
 	chAddr := cfg.ClickHouseAddr
 	if chAddr == "" {
-		srv, cerr := chembed.Start(chembed.Config{User: cfg.ClickHouseUser, Password: cfg.ClickHousePassword}, cfg.EmbedClickHouseAddr)
+		chc := chembed.Config{User: cfg.ClickHouseUser, Password: cfg.ClickHousePassword}
+		if cfg.DataDir != "" {
+			chc.DataPath = filepath.Join(cfg.DataDir, "clickhouse")
+		}
+		srv, cerr := chembed.Start(chc, cfg.EmbedClickHouseAddr)
 		if cerr != nil {
 			return st, fmt.Errorf("stack: embedded ClickHouse: %w", cerr)
 		}
@@ -260,6 +296,31 @@ func (st *Stack) Close() {
 		st.closers[i]()
 	}
 	st.closers = nil
+}
+
+// keepSecrets fills the secrets c leaves empty from the data directory's keys file,
+// generating each once. A secret given in c is used as given and not written down.
+func keepSecrets(c *Config) (*secretfile.File, error) {
+	keys, err := secretfile.Open(filepath.Join(c.DataDir, KeysFileName))
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range []struct {
+		v    *string
+		name string
+		gen  func() (string, error)
+	}{
+		{&c.APIKey, APIKeyName, secretfile.RandomHex("tk_", 16)},
+		{&c.AdminToken, AdminTokenName, secretfile.RandomHex("ta_", 16)},
+	} {
+		if *s.v != "" {
+			continue
+		}
+		if *s.v, err = keys.Get(s.name, s.gen); err != nil {
+			return nil, err
+		}
+	}
+	return keys, nil
 }
 
 func withDefaults(c Config) Config {

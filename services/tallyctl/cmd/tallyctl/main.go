@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+
+	"github.com/tallyhq/tally/services/tallyctl/internal/runinfo"
 )
 
 // command is one subcommand.
@@ -21,7 +23,7 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"run":       {"run the whole pipeline on this machine (embedded Kafka + embedded ClickHouse)", cmdRun},
+	"run":       {"run the whole pipeline on this machine (real Kafka, embedded ClickHouse; data kept in -data-dir), or -ephemeral in memory", cmdRun},
 	"grant":     {"grant credits to an account through the ledger API", cmdGrant},
 	"adjust":    {"post a signed finance adjustment through the ledger API", cmdAdjust},
 	"account":   {"show an account, or update its tier/priority/suspension (--tier/--priority/--suspended)", cmdAccount},
@@ -51,6 +53,13 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "tallyctl: unknown command %q\n\n", args[0])
 		usage(stderr)
 		return 2
+	}
+	if args[0] != "run" {
+		// Settings the operator did not set come from the stack `tallyctl run` started.
+		if _, _, err := runinfo.Apply(runinfo.DataDir()); err != nil {
+			fmt.Fprintf(stderr, "tallyctl %s: the running stack's settings: %v\n", args[0], err)
+			return 1
+		}
 	}
 	err := c.run(ctx, args[1:], stdout, stderr)
 	var ue usageError

@@ -155,3 +155,18 @@ func TestFinanceCommands(t *testing.T) {
 		t.Fatalf("sql injection attempt: exit %d, %q", code, out)
 	}
 }
+
+// tallyctl run keeps data, so it refuses to start on the in-memory broker unless asked for
+// an ephemeral demo; the stack refuses a data directory on it too.
+func TestRunNeedsRealKafkaOrEphemeral(t *testing.T) {
+	t.Setenv("KAFKA_BROKERS", "")
+	t.Setenv("TALLY_DATA_DIR", t.TempDir())
+	code, _, stderr := run(t, "run")
+	if code != 2 || !strings.Contains(stderr, "needs a real Kafka") || !strings.Contains(stderr, "-ephemeral") {
+		t.Fatalf("run without brokers: exit %d, %q", code, stderr)
+	}
+	_, err := stack.Start(context.Background(), stack.Config{DataDir: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "embedded broker keeps nothing") {
+		t.Fatalf("stack with a data directory on kfake: %v", err)
+	}
+}

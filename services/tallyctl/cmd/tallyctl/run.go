@@ -2,37 +2,114 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
 
+	"github.com/tallyhq/tally/services/tallyctl/internal/runinfo"
+	"github.com/tallyhq/tally/services/tallyctl/internal/secretfile"
 	"github.com/tallyhq/tally/services/tallyctl/stack"
+	"github.com/tallyhq/tally/shared/kafkax"
 )
+
+// runFlags are tallyctl run's settings.
+type runFlags struct {
+	cfg        stack.Config
+	dataDir    string
+	ephemeral  bool
+	brokers    string
+	chServer   string
+	chDatabase string
+}
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("run", stderr)
-	var cfg stack.Config
-	fs.StringVar(&cfg.KafkaAddr, "kafka-addr", envOr("TALLY_RUN_KAFKA_ADDR", "127.0.0.1:19092"), "embedded Kafka broker address (env TALLY_RUN_KAFKA_ADDR)")
+	var f runFlags
+	cfg := &f.cfg
+	fs.StringVar(&f.dataDir, "data-dir", runinfo.DataDir(), "data directory: ClickHouse data, keys (keys.env, 0600) and run.json; make run keeps the Kafka log there too (env TALLY_DATA_DIR)")
+	fs.BoolVar(&f.ephemeral, "ephemeral", false, "an in-memory demo: the embedded Kafka broker (kfake) and a temporary ClickHouse; nothing survives a restart")
+	fs.StringVar(&f.brokers, "kafka-brokers", os.Getenv("KAFKA_BROKERS"), "real Kafka brokers, host:port,... (env KAFKA_BROKERS; required unless -ephemeral)")
+	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", envOr("TALLY_TOPIC_PREFIX", kafkax.DefaultPrefix), "topic prefix (env TALLY_TOPIC_PREFIX)")
+	fs.StringVar(&cfg.KafkaAddr, "kafka-addr", envOr("TALLY_RUN_KAFKA_ADDR", "127.0.0.1:19092"), "the embedded Kafka broker's address, with -ephemeral (env TALLY_RUN_KAFKA_ADDR)")
+	fs.StringVar(&f.chServer, "clickhouse-server", os.Getenv("TALLY_RUN_CLICKHOUSE_SERVER"), "a real ClickHouse server's HTTP interface, host:port, instead of the embedded engine (env TALLY_RUN_CLICKHOUSE_SERVER)")
+	fs.StringVar(&f.chDatabase, "clickhouse-database", envOr("TALLY_RUN_CLICKHOUSE_DATABASE", "default"), "ClickHouse database (env TALLY_RUN_CLICKHOUSE_DATABASE)")
 	fs.StringVar(&cfg.EmbedClickHouseAddr, "clickhouse-addr", envOr("TALLY_RUN_CLICKHOUSE_ADDR", "127.0.0.1:8123"), "embedded ClickHouse HTTP endpoint address (env TALLY_RUN_CLICKHOUSE_ADDR)")
 	fs.StringVar(&cfg.AdmitterAddr, "admitter-addr", envOr("ADMITTER_LISTEN_ADDR", "127.0.0.1:8081"), "admitter address")
 	fs.StringVar(&cfg.LedgerAddr, "ledger-addr", envOr("LEDGER_LISTEN_ADDR", "127.0.0.1:8082"), "ledger address")
 	fs.StringVar(&cfg.SinkAddr, "sink-addr", envOr("SINK_LISTEN_ADDR", "127.0.0.1:8083"), "sink address (metrics, health)")
-	fs.StringVar(&cfg.APIKey, "api-key", os.Getenv("TALLY_RUN_API_KEY"), "edge API key to accept (env TALLY_RUN_API_KEY; default: generated)")
-	fs.StringVar(&cfg.AdminToken, "admin-token", os.Getenv("TALLY_RUN_ADMIN_TOKEN"), "admin token to accept (env TALLY_RUN_ADMIN_TOKEN; default: generated)")
-	fs.StringVar(&cfg.ClickHouseUser, "clickhouse-user", os.Getenv("TALLY_RUN_CLICKHOUSE_USER"), "require this user on the embedded ClickHouse endpoint (env TALLY_RUN_CLICKHOUSE_USER; default: no auth)")
+	fs.StringVar(&cfg.APIKey, "api-key", os.Getenv("TALLY_RUN_API_KEY"), "edge API key to accept (env TALLY_RUN_API_KEY; default: generated once and kept in the data directory's keys.env)")
+	fs.StringVar(&cfg.AdminToken, "admin-token", os.Getenv("TALLY_RUN_ADMIN_TOKEN"), "admin token to accept (env TALLY_RUN_ADMIN_TOKEN; default: generated once and kept in keys.env)")
+	fs.StringVar(&cfg.ClickHouseUser, "clickhouse-user", os.Getenv("TALLY_RUN_CLICKHOUSE_USER"), "require this user on the embedded ClickHouse endpoint, or log in as it to -clickhouse-server (env TALLY_RUN_CLICKHOUSE_USER; default: no auth)")
 	fs.StringVar(&cfg.ClickHousePassword, "clickhouse-password", os.Getenv("TALLY_RUN_CLICKHOUSE_PASSWORD"), "its password (env TALLY_RUN_CLICKHOUSE_PASSWORD)")
 	fs.StringVar(&cfg.PriceBookPath, "pricebook", os.Getenv("TALLY_PRICEBOOK_PATH"), "price book file (default: built in)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("unexpected arguments %q", fs.Args())}
+	}
+	if f.ephemeral && f.brokers != "" && os.Getenv("KAFKA_BROKERS") != f.brokers {
+		return usageError{"-ephemeral runs the embedded broker: drop -kafka-brokers"}
+	}
+	if !f.ephemeral {
+		if f.brokers == "" {
+			return usageError{"tallyctl run keeps its data, so it needs a real Kafka: -kafka-brokers host:port " +
+				"(`make run` starts one with deployments/kafka.sh, its log in the data directory), or -ephemeral for an in-memory demo"}
+		}
+		b, err := kafkax.ParseBrokers(f.brokers)
+		if err != nil {
+			return usageError{"-kafka-brokers: " + err.Error()}
+		}
+		cfg.Brokers = b
+	}
+	cfg.ClickHouseAddr, cfg.ClickHouseDatabase = f.chServer, f.chDatabase
+	if cfg.PriceBookPath != "" {
+		abs, err := filepath.Abs(cfg.PriceBookPath)
+		if err != nil {
+			return err
+		}
+		cfg.PriceBookPath = abs
+	}
+	dir, err := filepath.Abs(f.dataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if !f.ephemeral {
+		cfg.DataDir = dir
+	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	st, err := stack.Start(ctx, cfg)
+	st, err := stack.Start(ctx, *cfg)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	printBanner(stdout, st)
+	keysFile := st.KeysFile
+	if f.ephemeral { // the other commands still need this run's keys while it runs
+		keysFile = filepath.Join(dir, "ephemeral-"+stack.KeysFileName)
+		_ = os.Remove(keysFile)
+		if err := writeKeys(keysFile, st); err != nil {
+			return err
+		}
+		defer os.Remove(keysFile)
+	}
+	if err := runinfo.Write(dir, runInfo(st, f.ephemeral, keysFile, cfg.TopicPrefix, cfg.PriceBookPath)); err != nil {
+		return err
+	}
+	defer runinfo.Remove(dir)
+	printBanner(stdout, st, f.ephemeral, f.chServer != "", dir)
 	if err := st.Wait(ctx); err != nil {
 		return err
 	}
@@ -40,9 +117,69 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return nil
 }
 
-func printBanner(w io.Writer, st *stack.Stack) {
-	fmt.Fprintf(w, `Tally is running on this machine (embedded Kafka at %s, embedded ClickHouse at %s).
-Data lives in memory and is gone when it stops; production uses real Kafka and ClickHouse (make up).
+// lockDir holds an exclusive lock on the data directory while the stack runs: two stacks on
+// one ClickHouse data path would corrupt it.
+func lockDir(dir string) (func(), error) {
+	lf, err := os.OpenFile(filepath.Join(dir, "run.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = lf.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another tallyctl run uses the data directory %s", dir)
+		}
+		return nil, fmt.Errorf("data directory lock: %w", err)
+	}
+	return func() { _ = lf.Close() }, nil
+}
+
+// writeKeys writes an ephemeral stack's keys for the other commands (0600).
+func writeKeys(path string, st *stack.Stack) error {
+	keys, err := secretfile.Open(path)
+	if err != nil {
+		return err
+	}
+	for name, v := range map[string]string{stack.APIKeyName: st.APIKey, stack.AdminTokenName: st.AdminToken} {
+		if _, err := keys.Get(name, func() (string, error) { return v, nil }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runInfo is what the other commands need to reach this stack.
+func runInfo(st *stack.Stack, ephemeral bool, keysFile, prefix, pricebook string) runinfo.Info {
+	chAddr := strings.TrimPrefix(strings.TrimPrefix(st.ClickHouse, "http://"), "https://")
+	env := map[string]string{
+		"KAFKA_BROKERS":        strings.Join(st.Brokers, ","),
+		"TALLY_TOPIC_PREFIX":   prefix,
+		"TALLY_LEDGER_URL":     st.LedgerURL,
+		"TALLY_ADMITTER_URL":   st.AdmitterURL,
+		"CLICKHOUSE_ADDR":      chAddr,
+		"CLICKHOUSE_PROTOCOL":  "http",
+		"CLICKHOUSE_DATABASE":  st.ClickHouseDatabase,
+		"CLICKHOUSE_USER":      st.ClickHouseUser,
+		"TALLY_PRICEBOOK_PATH": pricebook,
+	}
+	return runinfo.Info{PID: os.Getpid(), Ephemeral: ephemeral, Env: env, KeysFile: keysFile}
+}
+
+func printBanner(w io.Writer, st *stack.Stack, ephemeral, externalCH bool, dir string) {
+	ch, kept := "embedded ClickHouse", "ClickHouse data, "
+	if externalCH {
+		ch, kept = "ClickHouse server", ""
+	}
+	where := fmt.Sprintf(`Kafka at %s, %s at %s.
+Data lives in %s (%skeys in %s, 0600); `+"`make run`"+` keeps the Kafka
+log there too. It survives restarts; delete the directory to start over.
+tallyctl's other commands find this stack through %s/run.json.`,
+		strings.Join(st.Brokers, ","), ch, st.ClickHouse, dir, kept, st.KeysFile, dir)
+	if ephemeral {
+		where = fmt.Sprintf(`embedded Kafka at %s, %s at %s.
+-ephemeral: the log lives in memory and is gone when it stops (make run keeps it).`, st.Brokers[0], ch, st.ClickHouse)
+	}
+	fmt.Fprintf(w, `Tally is running on this machine: %s
 
   admitter   %s   (edge API; key below)
   ledger     %s   (balances, grants, journal; admin token below)
@@ -61,9 +198,10 @@ Try it:
        -d '{"request_id": "req_1", "status": "succeeded", "usage": {"video_seconds": 8, "resolution": "1080p"}}'
   curl -s %s/v1/accounts/acct_1 -H "Authorization: Bearer $TALLY_ADMIN_TOKEN"
   curl -s %s'%s/?query=SELECT+type,count()+FROM+usage_events+GROUP+BY+type'
+  tallyctl statement -account acct_1
 
 Ctrl-C stops it.
-`, st.Brokers[0], st.ClickHouse, st.AdmitterURL, st.LedgerURL, st.SinkURL, st.ClickHouse, st.APIKey, st.AdminToken,
+`, where, st.AdmitterURL, st.LedgerURL, st.SinkURL, st.ClickHouse, st.APIKey, st.AdminToken,
 		st.LedgerURL, st.AdmitterURL, st.AdmitterURL, st.LedgerURL, chAuth(st), st.ClickHouse)
 }
 

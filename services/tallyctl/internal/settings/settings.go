@@ -25,11 +25,8 @@ type Setting struct {
 // default agrees everywhere.
 func All() []Setting {
 	var raw []Setting
-	for _, c := range []struct {
-		svc string
-		v   any
-	}{{"admitter", admitter.Config{}}, {"ledger", ledger.Config{}}, {"sink", sink.Config{}}} {
-		walk(c.svc, "", reflect.TypeOf(c.v), &raw)
+	for _, svc := range Services() {
+		raw = append(raw, Of(svc)...)
 	}
 	byName := map[string][]Setting{}
 	for _, s := range raw {
@@ -53,6 +50,22 @@ func All() []Setting {
 		}
 		return out[i].Name < out[j].Name
 	})
+	return out
+}
+
+// Services names every service with settings.
+func Services() []string { return []string{"admitter", "ledger", "sink"} }
+
+// Of returns every variable the service reads, shared ones included, in field order; nil
+// for an unknown service.
+func Of(service string) []Setting {
+	configs := map[string]any{"admitter": admitter.Config{}, "ledger": ledger.Config{}, "sink": sink.Config{}}
+	c, ok := configs[service]
+	if !ok {
+		return nil
+	}
+	var out []Setting
+	walk(service, "", reflect.TypeOf(c), &out)
 	return out
 }
 

@@ -1,0 +1,63 @@
+package chstore
+
+import (
+	"strings"
+	"testing"
+
+	chschema "github.com/tallyhq/tally/schemas/clickhouse"
+)
+
+// TestClusterSchemaShape checks the cluster variant's form: every table is a Replicated
+// engine on {shard}/{replica} with a Distributed table over it, every statement runs ON
+// CLUSTER, and the materialized views read and write local tables.
+func TestClusterSchemaShape(t *testing.T) {
+	stmts, err := ClusterStatements(chschema.Migrations, "tally")
+	if err != nil {
+		t.Fatal(err)
+	}
+	single, _ := LoadMigrations(chschema.Migrations)
+	var tables []string
+	for _, m := range single {
+		for _, st := range m.Statements {
+			if g := reCreateTable.FindStringSubmatch(st); g != nil {
+				tables = append(tables, g[1])
+			}
+		}
+	}
+	all := strings.Join(stmts, "\n;\n")
+	for _, tb := range tables {
+		for _, want := range []string{
+			"CREATE TABLE IF NOT EXISTS " + tb + "_local ON CLUSTER tally",
+			"'/clickhouse/tables/{shard}/{database}/" + tb + "_local', '{replica}'",
+			"CREATE TABLE IF NOT EXISTS " + tb + " ON CLUSTER tally AS " + tb + "_local\nENGINE = Distributed(tally, currentDatabase(), " + tb + "_local, ",
+		} {
+			if !strings.Contains(all, want) {
+				t.Errorf("cluster schema lacks %q", want)
+			}
+		}
+	}
+	for _, st := range stmts {
+		if !strings.Contains(st, " ON CLUSTER tally") {
+			t.Errorf("not ON CLUSTER: %.80q", st)
+		}
+		if strings.Contains(st, "MATERIALIZED VIEW") && (strings.Contains(st, "FROM usage_events\n") || !strings.Contains(st, "_local")) {
+			t.Errorf("materialized view not on local tables: %s", st)
+		}
+		if strings.Contains(st, "ENGINE = ReplacingMergeTree") || strings.Contains(st, "ENGINE = MergeTree") {
+			t.Errorf("unreplicated engine: %.120q", st)
+		}
+	}
+	if _, err := ClusterStatements(chschema.Migrations, "bad name"); err == nil {
+		t.Error("a cluster name with a space was accepted")
+	}
+}
+
+// The cluster form of schema_migrations is replicated on every server under one Keeper path.
+func TestClusterMigrationsTable(t *testing.T) {
+	ddl := clusterMigrationsDDL("tally")
+	for _, want := range []string{"schema_migrations ON CLUSTER tally", "ReplicatedReplacingMergeTree('/clickhouse/tables/{database}/schema_migrations', '{replica}')"} {
+		if !strings.Contains(ddl, want) {
+			t.Errorf("%s lacks %q", ddl, want)
+		}
+	}
+}

@@ -1,0 +1,4 @@
+package chstore
+
+// ClusterMigrationsDDL exposes clusterMigrationsDDL to the external tests.
+var ClusterMigrationsDDL = clusterMigrationsDDL
