@@ -157,6 +157,29 @@ func Migrate(ctx context.Context, conn clickhouse.Conn, fsys fs.FS) ([]uint32, e
 	return done, nil
 }
 
+// Tables are the tables the sink inserts into: an endpoint that limits the sink's user
+// to inserts (shared/chembed's RoleWriter) lists these.
+var Tables = []string{"usage_events", "ledger_entries", "sink_intents", "schema_migrations"}
+
+// DDL returns every statement other than inserts and reads that Migrate and ApplyRetention
+// may send with the migrations in fsys and retentionDays: an endpoint that allows the sink
+// only its own DDL lists these.
+func DDL(fsys fs.FS, retentionDays int) ([]string, error) {
+	ms, err := LoadMigrations(fsys)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{migrationsDDL, retentionDDL(retentionDays)}
+	for _, m := range ms {
+		out = append(out, m.Statements...)
+	}
+	return out, nil
+}
+
+func retentionDDL(days int) string {
+	return fmt.Sprintf("ALTER TABLE usage_events MODIFY TTL toDateTime(time) + INTERVAL %d DAY", days)
+}
+
 // ApplyRetention sets usage_events' TTL to days, unless it is already that. The old parts are
 // not rewritten at once (materialize_ttl_after_modify=0): merges apply the new TTL over time.
 func ApplyRetention(ctx context.Context, conn clickhouse.Conn, days int) error {
@@ -168,7 +191,7 @@ func ApplyRetention(ctx context.Context, conn clickhouse.Conn, days int) error {
 	if strings.Contains(engineFull, want) {
 		return nil
 	}
-	q := fmt.Sprintf("ALTER TABLE usage_events MODIFY TTL toDateTime(time) + INTERVAL %d DAY", days)
+	q := retentionDDL(days)
 	if err := conn.Exec(clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"materialize_ttl_after_modify": 0})), q); err != nil {
 		return fmt.Errorf("chstore: set usage_events TTL to %d days: %w", days, err)
 	}

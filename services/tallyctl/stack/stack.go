@@ -17,10 +17,12 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	chschema "github.com/tallyhq/tally/schemas/clickhouse"
 	"github.com/tallyhq/tally/services/admitter"
 	"github.com/tallyhq/tally/services/ledger"
 	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/services/sink"
+	"github.com/tallyhq/tally/services/sink/chstore"
 	"github.com/tallyhq/tally/shared/chembed"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
@@ -41,11 +43,15 @@ type Config struct {
 	ClickHouseAddr      string
 	EmbedClickHouseAddr string
 	ClickHouseDatabase  string
-	// ClickHouseUser and ClickHousePassword, when ClickHouseUser is set, are required by the
-	// embedded endpoint on every query and presented by the sink (with ClickHouseAddr, they
-	// are the real server's credentials). "" = the embedded endpoint asks for none and the
-	// sink presents the user "default" without a password.
+	// ClickHouseUser and ClickHousePassword are the sink's credentials. On the embedded
+	// endpoint they name its writer user (chembed.RoleWriter: inserts into the sink's tables
+	// and the sink's own migrations, nothing else; default user "tally", password generated).
+	// With ClickHouseAddr they are the real server's ("" = user "default", no password).
 	ClickHouseUser, ClickHousePassword string
+	// ClickHouseAnalystUser and ClickHouseAnalystPassword are the embedded endpoint's
+	// read-only user (chembed.RoleAnalyst; default "analyst", password generated), for
+	// analysts, Grafana and tallyctl sql. Unused with ClickHouseAddr.
+	ClickHouseAnalystUser, ClickHouseAnalystPassword string
 	// Listen addresses of the services (port 0 = any free port).
 	AdmitterAddr, LedgerAddr, SinkAddr string
 	// APIKey and AdminToken are plaintext secrets; empty ones are generated. They are handed
@@ -67,10 +73,12 @@ type Stack struct {
 	Topics                                      kafkax.Topics
 	AdmitterURL, LedgerURL, SinkURL, ClickHouse string
 	ClickHouseDatabase                          string
-	// ClickHouseUser and ClickHousePassword are the credentials of ClickHouse ("" = none).
-	ClickHouseUser, ClickHousePassword string
-	APIKey, AdminToken                 string
-	Book                               *pricebook.Book
+	// ClickHouseUser and ClickHousePassword are the sink's (writer's) ClickHouse credentials
+	// ("" = none); ClickHouseAnalyst* the embedded endpoint's read-only user's.
+	ClickHouseUser, ClickHousePassword               string
+	ClickHouseAnalystUser, ClickHouseAnalystPassword string
+	APIKey, AdminToken                               string
+	Book                                             *pricebook.Book
 	// FoldConfig is the ledger's fold configuration, for replays that must match it.
 	FoldConfig fold.Config
 
@@ -93,7 +101,7 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	st = &Stack{cancel: cancel, errs: make(chan error, 4), Book: book, APIKey: cfg.APIKey, AdminToken: cfg.AdminToken,
-		ClickHouseDatabase: cfg.ClickHouseDatabase, ClickHouseUser: cfg.ClickHouseUser, ClickHousePassword: cfg.ClickHousePassword}
+		ClickHouseDatabase: cfg.ClickHouseDatabase}
 	defer func() {
 		if err != nil {
 			st.Close()
@@ -122,17 +130,6 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 		return st, fmt.Errorf("stack: %w", err)
 	}
 
-	// ClickHouse.
-	chAddr := cfg.ClickHouseAddr
-	if chAddr == "" {
-		srv, cerr := chembed.Start(chembed.Config{User: cfg.ClickHouseUser, Password: cfg.ClickHousePassword}, cfg.EmbedClickHouseAddr)
-		if cerr != nil {
-			return st, fmt.Errorf("stack: embedded ClickHouse: %w", cerr)
-		}
-		st.closers = append(st.closers, func() { _ = srv.Close() })
-		chAddr = srv.Addr()
-	}
-	st.ClickHouse = "http://" + chAddr
 	brokers := strings.Join(st.Brokers, ",")
 
 	// Ledger: folds the events, publishes balances and limits.
@@ -149,6 +146,28 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 		cfg.Tune(&ac, &lc, &sc)
 	}
 	st.FoldConfig = lc.FoldConfig(book)
+
+	// ClickHouse: the embedded endpoint answers only its two users.
+	chAddr := cfg.ClickHouseAddr
+	if chAddr == "" {
+		ddl, derr := chstore.DDL(chschema.Migrations, sc.RetentionDays)
+		if derr != nil {
+			return st, fmt.Errorf("stack: %w", derr)
+		}
+		srv, cerr := chembed.Start(chembed.Config{Users: []chembed.User{
+			{Name: cfg.ClickHouseAnalystUser, Password: cfg.ClickHouseAnalystPassword, Role: chembed.RoleAnalyst},
+			{Name: cfg.ClickHouseUser, Password: cfg.ClickHousePassword, Role: chembed.RoleWriter,
+				InsertTables: chstore.Tables, DDL: ddl},
+		}}, cfg.EmbedClickHouseAddr)
+		if cerr != nil {
+			return st, fmt.Errorf("stack: embedded ClickHouse: %w", cerr)
+		}
+		st.closers = append(st.closers, func() { _ = srv.Close() })
+		chAddr = srv.Addr()
+		st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword = cfg.ClickHouseAnalystUser, cfg.ClickHouseAnalystPassword
+	}
+	st.ClickHouse = "http://" + chAddr
+	st.ClickHouseUser, st.ClickHousePassword = cfg.ClickHouseUser, cfg.ClickHousePassword
 	if st.Ledger, err = ledger.New(lc); err != nil {
 		return st, err
 	}
@@ -288,6 +307,15 @@ func withDefaults(c Config) Config {
 	}
 	if c.AdminToken == "" {
 		c.AdminToken = "ta_" + randomHex(16)
+	}
+	if c.ClickHouseAddr == "" && c.ClickHouseUser == "" {
+		c.ClickHouseUser, c.ClickHousePassword = "tally", "tc_"+randomHex(16)
+	}
+	if c.ClickHouseAnalystUser == "" {
+		c.ClickHouseAnalystUser = "analyst"
+	}
+	if c.ClickHouseAnalystPassword == "" {
+		c.ClickHouseAnalystPassword = "tc_" + randomHex(16)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -265,6 +265,50 @@ func TestClickHouseCredentials(t *testing.T) {
 	})
 }
 
+// TestClickHouseRolesByDefault: with no ClickHouse settings the embedded endpoint has a
+// generated read-only analyst and a generated writer for the sink; neither can read the
+// process's environment (which holds the keys) or drop a table, and no credentials get
+// nothing; the sink still stores the events through its writer user.
+func TestClickHouseRolesByDefault(t *testing.T) {
+	st := startStack(t, stack.Config{}, true)
+	if st.ClickHouseAnalystUser != "analyst" || len(st.ClickHouseAnalystPassword) < 16 || st.ClickHouseUser != "tally" ||
+		len(st.ClickHousePassword) < 16 || st.ClickHouseAnalystPassword == st.ClickHousePassword {
+		t.Fatalf("generated credentials: analyst %q/%q, writer %q/%q", st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword,
+			st.ClickHouseUser, st.ClickHousePassword)
+	}
+	db := st.ClickHouseDatabase
+	environ := "SELECT * FROM file('/proc/self/environ', 'RawBLOB')"
+	for _, c := range []struct{ who, user, password, q string }{
+		{"nobody", "", "", "SELECT 1"},
+		{"analyst", st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword, environ},
+		{"analyst", st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword, "DROP TABLE usage_events"},
+		{"writer", st.ClickHouseUser, st.ClickHousePassword, environ},
+		{"writer", st.ClickHouseUser, st.ClickHousePassword, "DROP TABLE usage_events"},
+	} {
+		a := chQuery(t, st.ClickHouse, db, c.user, c.password, c.q)
+		if a.status == 200 || strings.Contains(a.body, st.AdminToken) || strings.Contains(a.body, "PATH=") {
+			t.Errorf("%s: %q answered %d %.200q, want refused", c.who, c.q, a.status, a.body)
+		}
+	}
+	rid := admitWhenFundedAfterGrant(t, st, "acct_roles")
+	waitfor.Eventually(t, "the request's events in ClickHouse, read by the analyst", 60*time.Second, func() error {
+		a := chQuery(t, st.ClickHouse, db, st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword,
+			"SELECT count() FROM usage_events WHERE request_id = '"+rid+"'")
+		if a.status != 200 || strings.TrimSpace(a.body) != "1" {
+			return fmt.Errorf("%d %s", a.status, a.body)
+		}
+		return nil
+	})
+}
+
+func admitWhenFundedAfterGrant(t *testing.T, st *stack.Stack, acct string) string {
+	t.Helper()
+	if a := call(t, "POST", st.LedgerURL+"/v1/accounts/"+acct+"/grants", st.AdminToken, grantBody("g-"+acct)); a.status != 202 {
+		t.Fatalf("grant: %d %s", a.status, a.body)
+	}
+	return admitWhenFunded(t, st, acct, "r-"+acct)
+}
+
 // TestSecretsNeverLogged runs the full stack with a JSON logger at DEBUG level (also installed
 // as the process default, which the standard log package and net/http's server errors go
 // through), drives grants, admits and finishes, failed authentications with wrong keys on
