@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -107,14 +108,20 @@ func jsonErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, pattern := mux.Handler(r)
 		if pattern == "" {
-			// Distinguish a wrong method on a known path from an unknown path.
-			for _, m := range []string{"GET", "PUT", "POST", "DELETE", "PATCH"} {
+			// Distinguish a wrong method on a known path (405 with the Allow header RFC 9110
+			// requires) from an unknown path.
+			var allow []string
+			for _, m := range []string{"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"} {
 				probe := r.Clone(r.Context())
 				probe.Method = m
 				if _, p := mux.Handler(probe); p != "" {
-					httpx.WriteError(w, httpx.Errorf(http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
-					return
+					allow = append(allow, m)
 				}
+			}
+			if len(allow) > 0 {
+				w.Header().Set("Allow", strings.Join(allow, ", "))
+				httpx.WriteError(w, httpx.Errorf(http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+				return
 			}
 			httpx.NotFound(w, r)
 			return
