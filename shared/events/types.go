@@ -66,8 +66,8 @@ func (u Units) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %d out of range [0, %d]", f.name, f.v, MaxUnit))
 		}
 	}
-	if len(u.Resolution) > 32 {
-		errs = append(errs, errors.New("resolution: at most 32 bytes"))
+	if len(u.Resolution) > 4*32 || utf8.RuneCountInString(u.Resolution) > 32 {
+		errs = append(errs, errors.New("resolution: at most 32 characters"))
 	}
 	return errors.Join(errs...)
 }

@@ -97,6 +97,11 @@ func DecodeJSON(r *http.Request, maxBytes int64, v any) *Error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "empty body")
 	}
+	if nestedNull(body) {
+		// null would decode as the field's zero value, which the documents do not allow:
+		// an optional field is omitted, not null.
+		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "null is not a value here: omit the field instead")
+	}
 	// segmentio/encoding/json: encoding/json's semantics, several times faster, and field
 	// names must match exactly (encoding/json would accept "Account_ID").
 	rest, err := fastjson.Parse(body, v, fastjson.DisallowUnknownFields|fastjson.DontMatchCaseInsensitiveStructFields)
@@ -107,6 +112,38 @@ func DecodeJSON(r *http.Request, maxBytes int64, v any) *Error {
 		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "trailing data after the JSON object")
 	}
 	return nil
+}
+
+// nestedNull reports a null literal inside an object or array of body (a top-level null is
+// left to the decoder and the validation after it). Outside strings the only bare word
+// starting with 'n' is null, so one pass over the bytes decides, without allocating.
+func nestedNull(body []byte) bool {
+	depth, inString := 0, false
+	for i := 0; i < len(body); i++ {
+		c := body[i]
+		if inString {
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+		case 'n':
+			if depth > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func jsonMessage(err error) string {

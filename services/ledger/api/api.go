@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -160,31 +161,34 @@ func (s *server) getEntries(w http.ResponseWriter, r *http.Request, id string) {
 	q := view.EntriesQuery{Limit: s.cfg.PageMax}
 	qs := r.URL.Query()
 	var err error
-	if v := qs.Get("from"); v != "" {
-		if q.From, err = time.Parse(time.RFC3339Nano, v); err != nil {
+	// A parameter that is present must be valid: "to=" is not "no bound".
+	if qs.Has("from") {
+		if q.From, err = parseTime(qs.Get("from")); err != nil {
 			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "from: want RFC 3339 time"))
 			return
 		}
 	}
-	if v := qs.Get("to"); v != "" {
-		if q.To, err = time.Parse(time.RFC3339Nano, v); err != nil {
+	if qs.Has("to") {
+		if q.To, err = parseTime(qs.Get("to")); err != nil {
 			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "to: want RFC 3339 time"))
 			return
 		}
 	}
-	if v := qs.Get("cursor"); v != "" {
-		if q.Cursor, err = strconv.ParseUint(v, 10, 64); err != nil {
+	if qs.Has("cursor") {
+		v := qs.Get("cursor")
+		if !cursorRe.MatchString(v) {
 			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "cursor: not a cursor from next_cursor"))
 			return
 		}
+		q.Cursor, _ = strconv.ParseUint(v, 10, 64) // at most 19 digits: fits
 	}
-	if v := qs.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > s.cfg.PageMax {
-			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "limit: want 1..%d", s.cfg.PageMax))
+	if qs.Has("limit") {
+		n, err := strconv.Atoi(qs.Get("limit"))
+		if err != nil || n < 1 || n > limitMax {
+			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "limit: want 1..%d", limitMax))
 			return
 		}
-		q.Limit = n
+		q.Limit = min(n, s.cfg.PageMax)
 	}
 	page, ok := s.r.Entries(id, q)
 	if !ok {
@@ -194,6 +198,18 @@ func (s *server) getEntries(w http.ResponseWriter, r *http.Request, id string) {
 	httpx.WriteJSON(w, http.StatusOK, page)
 }
 
+// cursorRe is the cursor grammar the OpenAPI document states: decimal, no leading zeros.
+var cursorRe = regexp.MustCompile(`^(0|[1-9][0-9]{0,18})$`)
+
+// limitMax is the most a page's limit may ask (LEDGER_PAGE_MAX's upper bound); a limit above
+// the server's LEDGER_PAGE_MAX gets LEDGER_PAGE_MAX entries.
+const limitMax = 100_000
+
+// parseTime reads an RFC 3339 time, whose 'T' and 'Z' may be lower case (RFC 3339 5.6).
+func parseTime(v string) (time.Time, error) {
+	return time.Parse(time.RFC3339Nano, strings.ToUpper(v))
+}
+
 // GrantRequest is POST /v1/accounts/{id}/grants. GrantID is the idempotency key: a grant
 // re-sent with the same id is applied once (one is generated when empty).
 type GrantRequest struct {
@@ -201,7 +217,7 @@ type GrantRequest struct {
 	AmountMicros int64      `json:"amount_micros"`
 	Source       string     `json:"source"`
 	Priority     int32      `json:"priority"`
-	ExpiresAt    *time.Time `json:"expires_at"`
+	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
 }
 
 // AdjustmentRequest is POST /v1/accounts/{id}/adjustments.
