@@ -234,12 +234,15 @@ type CreditsGranted struct {
 	Source       string     `json:"source"`
 	Priority     int32      `json:"priority"`
 	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
+	// AdminKeyID is the id of the admin key that made the grant (the audit trail); "" for
+	// events from before it was recorded.
+	AdminKeyID string `json:"admin_key_id,omitempty"`
 }
 
 func (CreditsGranted) EventType() string { return TypeCreditsGranted }
 func (e CreditsGranted) Subject() string { return e.AccountID }
 func (e CreditsGranted) Validate() error {
-	errs := []error{checkID("grant_id", e.GrantID), checkID("account_id", e.AccountID)}
+	errs := []error{checkID("grant_id", e.GrantID), checkID("account_id", e.AccountID), checkOptID("admin_key_id", e.AdminKeyID)}
 	if e.AmountMicros <= 0 || e.AmountMicros > MaxAmountMicros {
 		errs = append(errs, fmt.Errorf("amount_micros: %d out of range [1, %d]", e.AmountMicros, MaxAmountMicros))
 	}
@@ -263,12 +266,14 @@ type CreditsAdjusted struct {
 	AccountID    string `json:"account_id"`
 	AmountMicros int64  `json:"amount_micros"`
 	Reason       string `json:"reason"`
+	// AdminKeyID is the id of the admin key that made the adjustment (the audit trail).
+	AdminKeyID string `json:"admin_key_id,omitempty"`
 }
 
 func (CreditsAdjusted) EventType() string { return TypeCreditsAdjusted }
 func (e CreditsAdjusted) Subject() string { return e.AccountID }
 func (e CreditsAdjusted) Validate() error {
-	errs := []error{checkID("adjustment_id", e.AdjustmentID), checkID("account_id", e.AccountID)}
+	errs := []error{checkID("adjustment_id", e.AdjustmentID), checkID("account_id", e.AccountID), checkOptID("admin_key_id", e.AdminKeyID)}
 	if e.AmountMicros == 0 || e.AmountMicros > MaxAmountMicros || e.AmountMicros < -MaxAmountMicros {
 		errs = append(errs, fmt.Errorf("amount_micros: %d must be non-zero and within ±%d", e.AmountMicros, MaxAmountMicros))
 	}
@@ -284,12 +289,15 @@ type AccountUpdated struct {
 	Tier      string `json:"tier"`
 	Priority  string `json:"priority"`
 	Suspended bool   `json:"suspended"`
+	// AdminKeyID is the id of the admin key that made the change (the audit trail).
+	AdminKeyID string `json:"admin_key_id,omitempty"`
 }
 
 func (AccountUpdated) EventType() string { return TypeAccountUpdated }
 func (e AccountUpdated) Subject() string { return e.AccountID }
 func (e AccountUpdated) Validate() error {
-	return errors.Join(checkID("account_id", e.AccountID), checkID("tier", e.Tier), checkPriority(e.Priority))
+	return errors.Join(checkID("account_id", e.AccountID), checkID("tier", e.Tier), checkPriority(e.Priority),
+		checkOptID("admin_key_id", e.AdminKeyID))
 }
 
 // AllowanceWindow is the usage of one included-allowance window, aligned to the Unix epoch.

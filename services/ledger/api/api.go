@@ -133,7 +133,8 @@ func jsonErrors(mux *http.ServeMux) http.Handler {
 
 func (s *server) admin(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if _, err := s.cfg.Admin.Authenticate(r); err != nil {
+		keyID, err := s.cfg.Admin.Authenticate(r)
+		if err != nil {
 			// DEBUG, so that a flood of bad tokens cannot flood the logs; never the token.
 			s.cfg.Logger.Debug("admin token refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "code", err.Code)
 			httpx.WriteError(w, err)
@@ -144,9 +145,15 @@ func (s *server) admin(h func(http.ResponseWriter, *http.Request, string)) http.
 			httpx.WriteError(w, httpx.Validation(err))
 			return
 		}
-		h(w, r, id)
+		h(w, r.WithContext(context.WithValue(r.Context(), adminKeyCtx{}, keyID)), id)
 	}
 }
+
+// adminKeyCtx carries the authenticated admin key's id to the handlers, which record it in
+// the events they publish.
+type adminKeyCtx struct{}
+
+func adminKeyID(r *http.Request) string { v, _ := r.Context().Value(adminKeyCtx{}).(string); return v }
 
 func (s *server) getAccount(w http.ResponseWriter, _ *http.Request, id string) {
 	v, ok := s.r.Account(id)
@@ -252,7 +259,7 @@ func (s *server) postGrant(w http.ResponseWriter, r *http.Request, id string) {
 		req.Source = events.GrantPurchase
 	}
 	s.publish(w, r, events.CreditsGranted{GrantID: req.GrantID, AccountID: id, AmountMicros: req.AmountMicros,
-		Source: req.Source, Priority: req.Priority, ExpiresAt: req.ExpiresAt})
+		Source: req.Source, Priority: req.Priority, ExpiresAt: req.ExpiresAt, AdminKeyID: adminKeyID(r)})
 }
 
 func (s *server) postAdjustment(w http.ResponseWriter, r *http.Request, id string) {
@@ -264,7 +271,8 @@ func (s *server) postAdjustment(w http.ResponseWriter, r *http.Request, id strin
 	if req.AdjustmentID == "" {
 		req.AdjustmentID = uuid.NewString()
 	}
-	s.publish(w, r, events.CreditsAdjusted{AdjustmentID: req.AdjustmentID, AccountID: id, AmountMicros: req.AmountMicros, Reason: req.Reason})
+	s.publish(w, r, events.CreditsAdjusted{AdjustmentID: req.AdjustmentID, AccountID: id, AmountMicros: req.AmountMicros, Reason: req.Reason,
+		AdminKeyID: adminKeyID(r)})
 }
 
 func (s *server) putAccount(w http.ResponseWriter, r *http.Request, id string) {
@@ -277,7 +285,8 @@ func (s *server) putAccount(w http.ResponseWriter, r *http.Request, id string) {
 		httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "tier: %q is not a tier of price book %s", req.Tier, s.cfg.Book.Version))
 		return
 	}
-	s.publish(w, r, events.AccountUpdated{AccountID: id, Tier: req.Tier, Priority: req.Priority, Suspended: req.Suspended})
+	s.publish(w, r, events.AccountUpdated{AccountID: id, Tier: req.Tier, Priority: req.Priority, Suspended: req.Suspended,
+		AdminKeyID: adminKeyID(r)})
 }
 
 func (s *server) publish(w http.ResponseWriter, r *http.Request, d events.Data) {

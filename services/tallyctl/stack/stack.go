@@ -54,9 +54,13 @@ type Config struct {
 	ClickHouseAnalystUser, ClickHouseAnalystPassword string
 	// Listen addresses of the services (port 0 = any free port).
 	AdmitterAddr, LedgerAddr, SinkAddr string
-	// APIKey and AdminToken are plaintext secrets; empty ones are generated. They are handed
-	// to the services only as SHA-256 hashes.
+	// APIKey and AdminToken are plaintext secrets; empty ones are generated. The API key
+	// starts with "tk_", the admin token with "ta_", and they differ. They are handed to the
+	// services only as HMAC-SHA256 digests under KeyHashSecret.
 	APIKey, AdminToken string
+	// KeyHashSecret is the services' key-hash secret (ADMITTER_/LEDGER_KEY_HASH_SECRET, at
+	// least 32 bytes); empty = generated.
+	KeyHashSecret string
 	// DetectIntervalMs is the abuse detector's schedule (0 = the sink's default).
 	DetectIntervalMs int
 	// PriceBookPath "" = the built-in price book.
@@ -95,6 +99,9 @@ type Stack struct {
 // Start starts every part, in dependency order, and returns once each is ready.
 func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	cfg = withDefaults(cfg)
+	if err := checkSecrets(cfg); err != nil {
+		return nil, err
+	}
 	book, err := pricebook.LoadOrDefault(cfg.PriceBookPath)
 	if err != nil {
 		return nil, err
@@ -135,7 +142,8 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	// Ledger: folds the events, publishes balances and limits.
 	lc := ledger.DefaultConfig()
 	lc.Brokers, lc.TopicPrefix, lc.ListenAddr, lc.PriceBookPath = brokers, cfg.TopicPrefix, cfg.LedgerAddr, cfg.PriceBookPath
-	lc.AdminKeys = "admin:" + httpx.HashSecret(cfg.AdminToken)
+	lc.AdminKeys = "admin:hmac:" + httpx.HMACKey([]byte(cfg.KeyHashSecret), cfg.AdminToken)
+	lc.KeyHashSecret = cfg.KeyHashSecret
 	lc.TopicPartitions = cfg.Partitions
 	lc.Group = cfg.TopicPrefix + "ledger"
 	lc.Book = book
@@ -201,7 +209,8 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 
 	// Admitter: the edge API.
 	ac.KafkaBrokers, ac.TopicPrefix, ac.ListenAddr, ac.PriceBookPath = brokers, cfg.TopicPrefix, cfg.AdmitterAddr, cfg.PriceBookPath
-	ac.APIKeys = "dev:" + httpx.HashSecret(cfg.APIKey)
+	ac.APIKeys = "dev:hmac:" + httpx.HMACKey([]byte(cfg.KeyHashSecret), cfg.APIKey)
+	ac.KeyHashSecret = cfg.KeyHashSecret
 	ac.InstanceID = "local"
 	if st.Admitter, err = admitter.New(ac, log.With("service", "admitter")); err != nil {
 		return st, err
@@ -317,10 +326,40 @@ func withDefaults(c Config) Config {
 	if c.ClickHouseAnalystPassword == "" {
 		c.ClickHouseAnalystPassword = "tc_" + randomHex(16)
 	}
+	if c.KeyHashSecret == "" {
+		c.KeyHashSecret = randomHex(32)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 	return c
+}
+
+// checkSecrets refuses an edge key that is also the admin token, keys without their role's
+// prefix, and ClickHouse passwords that repeat another secret.
+func checkSecrets(c Config) error {
+	var errs []error
+	if c.APIKey == c.AdminToken {
+		errs = append(errs, errors.New("the API key and the admin token are the same secret: each role needs its own"))
+	}
+	if !strings.HasPrefix(c.APIKey, admitter.EdgeKeyPrefix) {
+		errs = append(errs, fmt.Errorf("the API key must start with %q", admitter.EdgeKeyPrefix))
+	}
+	if !strings.HasPrefix(c.AdminToken, ledger.AdminKeyPrefix) {
+		errs = append(errs, fmt.Errorf("the admin token must start with %q", ledger.AdminKeyPrefix))
+	}
+	for _, pw := range []string{c.ClickHousePassword, c.ClickHouseAnalystPassword} {
+		if pw != "" && (pw == c.APIKey || pw == c.AdminToken) {
+			errs = append(errs, errors.New("a ClickHouse password repeats the API key or the admin token"))
+		}
+	}
+	if c.ClickHouseAddr == "" && c.ClickHousePassword == c.ClickHouseAnalystPassword {
+		errs = append(errs, errors.New("the ClickHouse writer and analyst passwords are the same"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
+	return nil
 }
 
 func randomHex(n int) string {

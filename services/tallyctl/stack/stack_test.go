@@ -309,6 +309,27 @@ func admitWhenFundedAfterGrant(t *testing.T, st *stack.Stack, acct string) strin
 	return admitWhenFunded(t, st, acct, "r-"+acct)
 }
 
+// TestSameSecretForBothRolesRefused: the stack refuses one secret as both the edge key and
+// the admin token (and keys without their role's prefix) before it starts anything.
+func TestSameSecretForBothRolesRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, c := range []struct{ key, admin, want string }{
+		{"tk_same-secret-1234", "tk_same-secret-1234", "same secret"},
+		{"ta_x-1234567890", "ta_y-1234567890", `must start with "tk_"`},
+		{"tk_x-1234567890", "tk_y-1234567890", `must start with "ta_"`},
+	} {
+		st, err := stack.Start(ctx, stack.Config{APIKey: c.key, AdminToken: c.admin, KafkaAddr: "127.0.0.1:1"})
+		if err == nil {
+			st.Close()
+			t.Fatalf("%s/%s: started", c.key, c.admin)
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s/%s: %v, want %q", c.key, c.admin, err, c.want)
+		}
+	}
+}
+
 // TestSecretsNeverLogged runs the full stack with a JSON logger at DEBUG level (also installed
 // as the process default, which the standard log package and net/http's server errors go
 // through), drives grants, admits and finishes, failed authentications with wrong keys on
