@@ -56,7 +56,7 @@ func (s *Server) run(ctx context.Context, w http.ResponseWriter, r *http.Request
 	if !isInsert && isHello(text) {
 		return writeHello(w, r, req, s.eng)
 	}
-	pl, err := authorize(user, text, ins, isInsert, req.settings)
+	pl, err := authorize(user, text, ins, isInsert, req.settings, req.params)
 	if err != nil {
 		return err
 	}

@@ -140,9 +140,15 @@ var errForbidden = func(msg string) error {
 
 // authorize decides how user u may run text (the whole query; ins when it is an
 // INSERT with data) with the client's settings, or refuses it.
-func authorize(u *User, text string, ins insertData, isInsert bool, settings []setting) (plan, error) {
+func authorize(u *User, text string, ins insertData, isInsert bool, settings []setting, params []param) (plan, error) {
 	if u.Role == RoleAdmin {
 		return plan{}, nil
+	}
+	for _, p := range params {
+		// {name:Identifier} substitutes a name, which could be a function's.
+		if v := strings.ToLower(strings.Trim(strings.TrimSpace(p.value), "`\"")); hostFunctions[v] || v == "outfile" || v == "infile" {
+			return plan{}, errForbidden(fmt.Sprintf("%s: parameter %s names a function that reaches the host.", u.Name, p.name))
+		}
 	}
 	for _, st := range settings {
 		if deniedSetting(st.name) {

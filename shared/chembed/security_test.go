@@ -103,6 +103,7 @@ func TestAnalystIsReadOnly(t *testing.T) {
 		{"set readonly", `SET readonly = 0`, nil},
 		{"format schema file", `SELECT 1`, []string{"format_schema", "/proc/self/environ", "default_format", "Protobuf"}},
 		{"template file", `SELECT 1`, []string{"format_template_resultset", "/proc/self/environ", "default_format", "Template"}},
+		{"function name as a parameter", `SELECT {f:Identifier}('/proc/self/environ')`, []string{"param_f", "file"}},
 	}
 	for _, c := range cases {
 		code, ex, body := as(t, s, db, "analyst", analystPass, c.query, "", c.extra...)
