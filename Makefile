@@ -113,12 +113,17 @@ bench: chdb ## run every benchmark (medians: pipe through benchstat), then the 6
 	  cd services/tallyctl && KAFKA_BROKERS="$$brokers" TALLY_LOAD=1 \
 	    go test -tags chaos -run TestLoad -count=1 -timeout 20m -v ./chaos/ | tee $(CURDIR)/.out/bench-load.txt
 
+.PHONY: schemathesis
+schemathesis: chdb ## property-test both OpenAPI documents against a running pipeline (schemathesis from PyPI, pinned, installed once)
+	deployments/schemathesis.sh
+
 .PHONY: ci
 ci: ## what .ci/run runs after starting Kafka
 	$(MAKE) check
 	$(MAKE) image-steps
 	$(MAKE) test
 	$(MAKE) fuzz FUZZ_TIME=5s
+	$(MAKE) schemathesis
 
 .PHONY: docs
 docs: ## regenerate the README's settings table from the services' Config structs

@@ -30,11 +30,26 @@ type Config struct {
 	ListenAddr string `env:"ADMITTER_LISTEN_ADDR" envDefault:"127.0.0.1:8081"`
 	// InstanceID names this admitter in events' source ("admitter/<id>"); "" = hostname-pid.
 	InstanceID string `env:"ADMITTER_INSTANCE_ID" envDefault:""`
-	// APIKeys is "id:sha256hex,..."; APIKeysFile holds more keys in the same format (commas
-	// or newlines), reloaded on SIGHUP and polled every APIKeysPollMs (0 = no polling).
+	// APIKeys is "id:hmac:<hex>,..." (the HMAC-SHA256 of each key under KeyHashSecret, see
+	// `tallyctl hash-key`; such keys start with "tk_") or legacy "id:sha256hex"; APIKeysFile
+	// holds more keys in the same format (commas or newlines), reloaded on SIGHUP and polled
+	// every APIKeysPollMs (0 = no polling).
 	APIKeys       string `env:"ADMITTER_API_KEYS" envDefault:""`
 	APIKeysFile   string `env:"ADMITTER_API_KEYS_FILE" envDefault:""`
 	APIKeysPollMs int64  `env:"ADMITTER_API_KEYS_POLL_MS" envDefault:"5000"`
+	// KeyHashSecret is the server secret hmac key entries are made with (ADMITTER_KEY_HASH_SECRET,
+	// default "" = legacy entries only; else at least 32 bytes). Keep it out of the keys' file.
+	KeyHashSecret string `env:"ADMITTER_KEY_HASH_SECRET" envDefault:""`
+	// AuthFailuresMax is how many failed authentications a client address may make per
+	// AuthFailureWindowMs before it is answered 429 with Retry-After until the window ends
+	// (ADMITTER_AUTH_FAILURES_MAX, default 20, 1..1000000).
+	AuthFailuresMax int `env:"ADMITTER_AUTH_FAILURES_MAX" envDefault:"20"`
+	// AuthFailureWindowMs is that window (ADMITTER_AUTH_FAILURE_WINDOW_MS, default 60000, 1000..86400000).
+	AuthFailureWindowMs int64 `env:"ADMITTER_AUTH_FAILURE_WINDOW_MS" envDefault:"60000"`
+	// AuthFailureClientsMax bounds the client addresses tracked, about 100 bytes each
+	// (ADMITTER_AUTH_FAILURE_CLIENTS_MAX, default 10000, 1..1000000); beyond it, new addresses
+	// are not tracked until windows end.
+	AuthFailureClientsMax int `env:"ADMITTER_AUTH_FAILURE_CLIENTS_MAX" envDefault:"10000"`
 
 	BodyMaxBytes     int64 `env:"ADMITTER_BODY_MAX_BYTES" envDefault:"8192"`
 	IdempotencyMax   int   `env:"ADMITTER_IDEMPOTENCY_MAX" envDefault:"200000"`
@@ -231,11 +246,17 @@ func (c Config) Validate() error {
 	if len(c.InstanceID) > 64 {
 		errs = append(errs, errors.New("ADMITTER_INSTANCE_ID: at most 64 bytes"))
 	}
-	if _, err := parseKeys(c.APIKeys); err != nil {
+	if c.KeyHashSecret != "" && len(c.KeyHashSecret) < httpx.MinHashSecretBytes {
+		errs = append(errs, fmt.Errorf("ADMITTER_KEY_HASH_SECRET: at least %d bytes", httpx.MinHashSecretBytes))
+	}
+	if _, err := parseKeys(c.APIKeys, c.keyOptions(nil)); err != nil {
 		add("ADMITTER_API_KEYS", err)
 	}
+	rng("ADMITTER_AUTH_FAILURES_MAX", int64(c.AuthFailuresMax), 1, 1_000_000)
+	rng("ADMITTER_AUTH_FAILURE_WINDOW_MS", c.AuthFailureWindowMs, 1000, 86_400_000)
+	rng("ADMITTER_AUTH_FAILURE_CLIENTS_MAX", int64(c.AuthFailureClientsMax), 1, 1_000_000)
 	if c.APIKeysFile != "" {
-		if _, err := loadKeyFile(c.APIKeysFile); err != nil {
+		if _, err := loadKeyFile(c.APIKeysFile, c.keyOptions(nil)); err != nil {
 			add("ADMITTER_API_KEYS_FILE", err)
 		}
 	} else if c.APIKeys == "" {

@@ -12,9 +12,17 @@ import (
 // maxKeyFileBytes bounds the API key file.
 const maxKeyFileBytes = 1 << 20
 
-// parseKeys parses "id:sha256hex" entries separated by commas or newlines; lines starting
-// with # are comments.
-func parseKeys(s string) (*httpx.Keyring, error) {
+// EdgeKeyPrefix starts every edge API key configured as an hmac entry.
+const EdgeKeyPrefix = "tk_"
+
+// keyOptions are the keyring options of ADMITTER_KEY_HASH_SECRET; th may be nil.
+func (c Config) keyOptions(th *httpx.AuthThrottle) httpx.KeyringOptions {
+	return httpx.KeyringOptions{HashSecret: []byte(c.KeyHashSecret), TokenPrefix: EdgeKeyPrefix, Throttle: th}
+}
+
+// parseKeys parses "id:hmac:<hex>" and legacy "id:sha256hex" entries separated by commas or
+// newlines; lines starting with # are comments.
+func parseKeys(s string, o httpx.KeyringOptions) (*httpx.Keyring, error) {
 	var parts []string
 	for _, line := range strings.Split(s, "\n") {
 		line = strings.TrimSpace(line)
@@ -23,10 +31,10 @@ func parseKeys(s string) (*httpx.Keyring, error) {
 		}
 		parts = append(parts, line)
 	}
-	return httpx.ParseKeyring(strings.Join(parts, ","))
+	return httpx.ParseKeyringWith(strings.Join(parts, ","), o)
 }
 
-func loadKeyFile(path string) (string, error) {
+func loadKeyFile(path string, o httpx.KeyringOptions) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", err
@@ -34,7 +42,7 @@ func loadKeyFile(path string) (string, error) {
 	if len(b) > maxKeyFileBytes {
 		return "", fmt.Errorf("%s: larger than %d bytes", path, maxKeyFileBytes)
 	}
-	if _, err := parseKeys(string(b)); err != nil {
+	if _, err := parseKeys(string(b), o); err != nil {
 		return "", fmt.Errorf("%s: %w", path, err)
 	}
 	return string(b), nil
@@ -49,14 +57,14 @@ func (s *Service) ReloadKeys() error {
 		if err != nil {
 			return fmt.Errorf("admitter: key file: %w", err)
 		}
-		f, err := loadKeyFile(s.cfg.APIKeysFile)
+		f, err := loadKeyFile(s.cfg.APIKeysFile, s.cfg.keyOptions(nil))
 		if err != nil {
 			return fmt.Errorf("admitter: key file: %w", err)
 		}
 		all += "\n" + f
 		s.keyMod.Store(st.ModTime().UnixNano() ^ st.Size())
 	}
-	k, err := parseKeys(strings.ReplaceAll(all, ",", "\n"))
+	k, err := parseKeys(strings.ReplaceAll(all, ",", "\n"), s.cfg.keyOptions(s.authThrottle))
 	if err != nil {
 		return fmt.Errorf("admitter: keys: %w", err)
 	}

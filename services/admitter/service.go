@@ -29,11 +29,13 @@ type Publisher interface {
 
 // Service is one admitter: HTTP API, decision core, event publisher and state followers.
 type Service struct {
-	cfg     Config
-	log     *slog.Logger
-	book    *pricebook.Book
-	brokers []string
-	topics  kafkax.Topics
+	cfg Config
+	// authThrottle counts failed authentications per client address, across key reloads.
+	authThrottle *httpx.AuthThrottle
+	log          *slog.Logger
+	book         *pricebook.Book
+	brokers      []string
+	topics       kafkax.Topics
 	// kafkaTLS is the KAFKA_TLS_* client config, nil = plaintext.
 	kafkaTLS *tls.Config
 	source   string
@@ -95,6 +97,9 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	s := &Service{cfg: cfg, log: log, book: book, brokers: brokers, topics: kafkax.NewTopics(cfg.TopicPrefix), kafkaTLS: kafkaTLS,
 		source: cfg.source(), table: table, idem: newIdemStore(cfg.IdempotencyMax), peers: map[string]peerOpen{},
 		m: newMetrics(), readyCh: make(chan struct{}), stateLoaded: make(chan struct{})}
+	if s.authThrottle, err = httpx.NewAuthThrottle(cfg.AuthFailuresMax, ms(cfg.AuthFailureWindowMs), cfg.AuthFailureClientsMax, nil); err != nil {
+		return nil, fmt.Errorf("admitter: %w", err)
+	}
 	if err := s.ReloadKeys(); err != nil {
 		return nil, err
 	}

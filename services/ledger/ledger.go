@@ -38,7 +38,10 @@ type Config struct {
 
 	// ListenAddr is the HTTP address (port 0 picks a free port; see Service.Addr).
 	ListenAddr string `env:"LEDGER_LISTEN_ADDR" envDefault:"127.0.0.1:8082"`
-	// AdminKeys are the admin bearer keys, "id:sha256hex,...", separate from edge keys.
+	// AdminKeys are the admin bearer keys, separate from edge keys: "id:hmac:<hex>,..." (the
+	// HMAC-SHA256 of each token under KeyHashSecret, see `tallyctl hash-key`; such tokens
+	// start with "ta_") or legacy "id:sha256hex". The id is recorded in every event a write
+	// publishes (admin_key_id).
 	AdminKeys string `env:"LEDGER_ADMIN_KEYS"`
 	// Peers are the base URLs of the other ledger instances in the consumer group,
 	// "http://ledger-1:8082,..." (LEDGER_PEERS, default "" = this instance is alone; at most
@@ -48,6 +51,19 @@ type Config struct {
 	// PeerTimeoutMs bounds one request to a peer (LEDGER_PEER_TIMEOUT_MS, default 5000,
 	// 1..600000).
 	PeerTimeoutMs int64 `env:"LEDGER_PEER_TIMEOUT_MS" envDefault:"5000"`
+	// KeyHashSecret is the server secret hmac key entries are made with (LEDGER_KEY_HASH_SECRET,
+	// default "" = legacy entries only; else at least 32 bytes).
+	KeyHashSecret string `env:"LEDGER_KEY_HASH_SECRET" envDefault:""`
+	// AuthFailuresMax is how many failed authentications a client address may make per
+	// AuthFailureWindowMs before it is answered 429 with Retry-After until the window ends
+	// (LEDGER_AUTH_FAILURES_MAX, default 20, 1..1000000).
+	AuthFailuresMax int `env:"LEDGER_AUTH_FAILURES_MAX" envDefault:"20"`
+	// AuthFailureWindowMs is that window (LEDGER_AUTH_FAILURE_WINDOW_MS, default 60000, 1000..86400000).
+	AuthFailureWindowMs int64 `env:"LEDGER_AUTH_FAILURE_WINDOW_MS" envDefault:"60000"`
+	// AuthFailureClientsMax bounds the client addresses tracked, about 100 bytes each
+	// (LEDGER_AUTH_FAILURE_CLIENTS_MAX, default 10000, 1..1000000); beyond it, new addresses
+	// are not tracked until windows end.
+	AuthFailureClientsMax int `env:"LEDGER_AUTH_FAILURE_CLIENTS_MAX" envDefault:"10000"`
 	// Group is the consumer group of the events topic.
 	Group string `env:"LEDGER_GROUP" envDefault:"tally-ledger"`
 	// EnsureTopics creates missing topics at start with TopicPartitions partitions.
@@ -128,6 +144,7 @@ func DefaultConfig() Config {
 		DedupeWindowMs: 86_400_000, DedupePerAccountMax: 4096, FutureSkewMaxMs: 300_000, TickIntervalMs: 1000,
 		HistoryWindowMs: 3_600_000, RejectMinRequests: 20, RejectRatioPermille: 500, RejectFactorPermille: 700,
 		FlagPenaltyPermille: 500, FlagDecayMs: 86_400_000, BlockMs: 86_400_000, CleanMinRequests: 100, CleanBonusPermille: 1200,
+		AuthFailuresMax: 20, AuthFailureWindowMs: 60_000, AuthFailureClientsMax: 10_000,
 		HTTP: httpx.DefaultServerSettings,
 		TLS:  tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
 }
@@ -135,6 +152,14 @@ func DefaultConfig() Config {
 // HTTPServer is the HTTP server's bounds from the LEDGER_HTTP_* settings.
 func (c Config) HTTPServer() httpx.ServerConfig {
 	return c.HTTP.Config()
+}
+
+// AdminKeyPrefix starts every admin token configured as an hmac entry.
+const AdminKeyPrefix = "ta_"
+
+// keyOptions are the keyring options of LEDGER_KEY_HASH_SECRET; th may be nil.
+func (c Config) keyOptions(th *httpx.AuthThrottle) httpx.KeyringOptions {
+	return httpx.KeyringOptions{HashSecret: []byte(c.KeyHashSecret), TokenPrefix: AdminKeyPrefix, Throttle: th}
 }
 
 // Validate reports every bad setting by its variable name, joined.
@@ -178,10 +203,13 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
 		errs = append(errs, fmt.Errorf("LEDGER_LISTEN_ADDR: %w", err))
 	}
-	if k, err := httpx.ParseKeyring(c.AdminKeys); err != nil {
+	if c.KeyHashSecret != "" && len(c.KeyHashSecret) < httpx.MinHashSecretBytes {
+		errs = append(errs, fmt.Errorf("LEDGER_KEY_HASH_SECRET: at least %d bytes", httpx.MinHashSecretBytes))
+	}
+	if k, err := httpx.ParseKeyringWith(c.AdminKeys, c.keyOptions(nil)); err != nil {
 		errs = append(errs, fmt.Errorf("LEDGER_ADMIN_KEYS: %w", err))
 	} else if k.Len() == 0 {
-		errs = append(errs, errors.New("LEDGER_ADMIN_KEYS: at least one admin key (id:sha256hex) required"))
+		errs = append(errs, errors.New("LEDGER_ADMIN_KEYS: at least one admin key (id:hmac:<hex> or id:sha256hex) required"))
 	}
 	if err := events.CheckID("LEDGER_GROUP", c.Group); err != nil {
 		errs = append(errs, err)
@@ -191,6 +219,9 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
 		}
 	}
+	rng("LEDGER_AUTH_FAILURES_MAX", int64(c.AuthFailuresMax), 1, 1_000_000)
+	rng("LEDGER_AUTH_FAILURE_WINDOW_MS", c.AuthFailureWindowMs, 1000, 86_400_000)
+	rng("LEDGER_AUTH_FAILURE_CLIENTS_MAX", int64(c.AuthFailureClientsMax), 1, 1_000_000)
 	day := int64(86_400_000)
 	rng("LEDGER_TOPIC_PARTITIONS", int64(c.TopicPartitions), 1, 10_000)
 	if _, err := ParsePeers(c.Peers); err != nil {
@@ -294,7 +325,11 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ledger: KAFKA_TLS_*: %w", err)
 	}
-	keys, _ := httpx.ParseKeyring(cfg.AdminKeys)
+	th, err := httpx.NewAuthThrottle(cfg.AuthFailuresMax, time.Duration(cfg.AuthFailureWindowMs)*time.Millisecond, cfg.AuthFailureClientsMax, nil)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
+	keys, _ := httpx.ParseKeyringWith(cfg.AdminKeys, cfg.keyOptions(th))
 	topics := kafkax.NewTopics(cfg.TopicPrefix)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

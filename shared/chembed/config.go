@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/tallyhq/tally/shared/httpx"
 )
 
 // Defaults and bounds of Config. A zero field takes its default.
@@ -35,10 +37,20 @@ type Config struct {
 	// process, so every Server in a process shares the engine and its data
 	// path; a Start naming a different DataPath while the engine runs fails.
 	DataPath string
-	// User and Password, when User is set, are required on every query
-	// request (X-ClickHouse-User/X-ClickHouse-Key headers, basic auth, or
-	// user/password URL parameters); "" means no authentication.
-	User, Password string
+	// Users are the credentials accepted on every query request
+	// (X-ClickHouse-User/X-ClickHouse-Key headers, basic auth, or user/password
+	// URL parameters), each with its Role: see RoleAnalyst, RoleWriter and
+	// RoleAdmin. Passwords are at least 16 bytes. No users is refused unless
+	// AllowAnonymous is set.
+	Users []User
+	// AllowAnonymous, with no Users, lets every request in with full access to
+	// the engine, the host's files and the network included. For tests only.
+	AllowAnonymous bool
+	// Server bounds the HTTP connections: reading headers, reading a request
+	// (a body that arrives slower is cut off), writing the answer (a query's
+	// answer may take QueryTimeout on top), keep-alive idling, header bytes.
+	// Zero fields take httpx.DefaultServerConfig's (5 s, 15 s, 30 s, 120 s, 64 KiB).
+	Server httpx.ServerConfig
 	// MaxBodyBytes bounds a request body, both as received and after
 	// decompression; larger bodies fail with HTTP 413. Default 256 MiB.
 	MaxBodyBytes int64
@@ -76,8 +88,22 @@ func (c Config) Validate() error {
 	if c.MaxResultBytes < 0 {
 		errs = append(errs, fmt.Errorf("MaxResultBytes: %d is negative", c.MaxResultBytes))
 	}
-	if c.User == "" && c.Password != "" {
-		errs = append(errs, errors.New("Password: set without User"))
+	if len(c.Users) == 0 && !c.AllowAnonymous {
+		errs = append(errs, errNoUsers)
+	}
+	if len(c.Users) > 0 && c.AllowAnonymous {
+		errs = append(errs, errors.New("AllowAnonymous: set with Users"))
+	}
+	seen := map[string]bool{}
+	for i, u := range c.Users {
+		errs = append(errs, u.validate(i)...)
+		if seen[u.Name] {
+			errs = append(errs, fmt.Errorf("Users[%d].Name: %q twice", i, u.Name))
+		}
+		seen[u.Name] = true
+	}
+	if c.Server.ReadHeaderTimeout < 0 || c.Server.ReadTimeout < 0 || c.Server.WriteTimeout < 0 || c.Server.IdleTimeout < 0 || c.Server.MaxHeaderBytes < 0 {
+		errs = append(errs, errors.New("Server: negative timeout or MaxHeaderBytes"))
 	}
 	return errors.Join(errs...)
 }
@@ -98,6 +124,18 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxResultBytes == 0 {
 		c.MaxResultBytes = DefaultMaxResultBytes
+	}
+	d := httpx.DefaultServerConfig
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&c.Server.ReadHeaderTimeout, &d.ReadHeaderTimeout}, {&c.Server.ReadTimeout, &d.ReadTimeout},
+		{&c.Server.WriteTimeout, &d.WriteTimeout}, {&c.Server.IdleTimeout, &d.IdleTimeout},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
+	}
+	if c.Server.MaxHeaderBytes == 0 {
+		c.Server.MaxHeaderBytes = d.MaxHeaderBytes
 	}
 	return c
 }

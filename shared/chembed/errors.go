@@ -3,6 +3,7 @@ package chembed
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -22,6 +23,7 @@ const (
 	codeQueryWasCancelled     = 394
 	codeTooManyRowsOrBytes    = 396
 	codeAuthenticationFailed  = 516
+	codeSocketTimeout         = 209
 	codeUnknownException      = 1002
 	codeUnsupportedHTTPMethod = 1 // UNSUPPORTED_METHOD
 )
@@ -59,12 +61,16 @@ func exception(err error) (code, status int, text string) {
 	var ee *engineError
 	var he *httpError
 	var mbe *http.MaxBytesError
+	var ne net.Error
 	switch {
 	case errors.As(err, &ee) && ee.code > 0:
 		return ee.code, statusFor(ee.code), ee.msg
 	case errors.As(err, &ee):
 		code = codeUnknownException
 		return code, statusFor(code), fmt.Sprintf("Code: %d. DB::Exception: %s. (UNKNOWN_EXCEPTION)", code, ee.msg)
+	case errors.As(err, &ne) && ne.Timeout():
+		code, status, text = codeSocketTimeout, http.StatusRequestTimeout,
+			"Request body not received within the server's read timeout. (SOCKET_TIMEOUT)"
 	case errors.Is(err, errBodyTooLarge) || errors.As(err, &mbe):
 		code, status, text = codeTooManyBytes, http.StatusRequestEntityTooLarge,
 			"Request body exceeds the server's MaxBodyBytes. (TOO_MANY_BYTES)"

@@ -13,7 +13,7 @@ import (
 // Serve the embedded engine and talk to it with clickhouse-go over HTTP.
 // (Tests use chembedtest.Start and chembedtest.NewDatabase instead.)
 func Example() {
-	srv, err := chembed.Start(chembed.Config{}, "127.0.0.1:0") // libchdb.so from $CHDB_LIB_PATH
+	srv, err := chembed.Start(chembed.Config{AllowAnonymous: true}, "127.0.0.1:0") // for tests only; libchdb.so from $CHDB_LIB_PATH
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -23,7 +23,7 @@ var queryTags atomic.Uint64
 
 // run executes one query request and writes its successful response; errors
 // are returned for the caller to write.
-func (s *Server) run(ctx context.Context, w http.ResponseWriter, r *http.Request, req *request) error {
+func (s *Server) run(ctx context.Context, w http.ResponseWriter, r *http.Request, req *request, user *User) error {
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
 		return &httpError{code: codeNotImplemented, msg: "External tables (multipart bodies) are not supported. (NOT_IMPLEMENTED)"}
 	}
@@ -48,12 +48,17 @@ func (s *Server) run(ctx context.Context, w http.ResponseWriter, r *http.Request
 		text += string(body)
 		ins, isInsert = splitInsert(text)
 		data = strings.NewReader("")
+		s.bodyRead(w)
 	}
 	if strings.TrimSpace(text) == "" {
 		return &httpError{code: codeSyntaxError, status: http.StatusBadRequest, msg: "Empty query. (SYNTAX_ERROR)"}
 	}
 	if !isInsert && isHello(text) {
 		return writeHello(w, r, req, s.eng)
+	}
+	pl, err := authorize(user, text, ins, isInsert, req.settings, req.params)
+	if err != nil {
+		return err
 	}
 
 	conn, err := s.pool.get(ctx)
@@ -77,15 +82,29 @@ func (s *Server) run(ctx context.Context, w http.ResponseWriter, r *http.Request
 		stop := context.AfterFunc(ctx, func() { s.eng.kill(tag) })
 		defer stop()
 	}
+	if pl.valuesLiteral {
+		// Values data is literals only: an expression there could call file().
+		extra = append(extra, setting{name: "input_format_values_interpret_expressions", value: "0"},
+			setting{name: "input_format_values_deduce_templates_of_expressions", value: "0"})
+	}
+	if pl.readonly {
+		// Last, so that it applies whatever came before; once set, the engine
+		// refuses to change it (SET, SETTINGS) and so it cannot be reset either:
+		// the connection is closed after the query.
+		extra = append(extra, setting{name: "readonly", value: "1"})
+		reusable = false
+	}
 	if err := conn.exec(setStatement(req.settings, extra...)); err != nil {
 		reusable = false // some settings may have applied
 		return err
 	}
-	defer func() {
-		if err := conn.exec(resetStatement(req.settings, extra...)); err != nil {
-			reusable = false
-		}
-	}()
+	if !pl.readonly {
+		defer func() {
+			if err := conn.exec(resetStatement(req.settings, extra...)); err != nil {
+				reusable = false
+			}
+		}()
+	}
 	if changesSession(text) {
 		// A statement's USE, SET or temporary table would leak into later
 		// requests on this connection; HTTP requests are sessionless.
@@ -123,6 +142,12 @@ func (s *Server) maxExecSeconds(ctx context.Context, req *request) string {
 }
 
 // insert streams an INSERT's data into chDB in chunks.
+// bodyRead lifts the connection's read deadline once the body is in: past it, the
+// server's check for a client gone would cancel a query that is merely long.
+func (s *Server) bodyRead(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.QueryTimeout + closeGrace))
+}
+
 func (s *Server) insert(w http.ResponseWriter, conn *chConn, req *request, ins insertData, body io.Reader) error {
 	st, err := conn.streamInsert(ins.stmt, ins.format, req.params)
 	if err != nil {
@@ -150,6 +175,7 @@ func (s *Server) insert(w http.ResponseWriter, conn *chConn, req *request, ins i
 			return err
 		}
 		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			s.bodyRead(w)
 			break
 		}
 		if rerr != nil {

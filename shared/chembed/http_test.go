@@ -117,19 +117,19 @@ func TestCompression(t *testing.T) {
 
 func TestAuth(t *testing.T) {
 	chembedtest.Start(t) // the shared engine; this server joins it
-	s, err := chembed.Start(chembed.Config{User: "tally", Password: "s3cret"}, "127.0.0.1:0")
+	s, err := chembed.Start(chembed.Config{Users: []chembed.User{{Name: "tally", Password: "s3cret-s3cret-s3cret", Role: chembed.RoleAdmin}}}, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	ctx := testCtx(t)
 
-	good := open(t, s, "default", withAuth("tally", "s3cret"))
+	good := open(t, s, "default", withAuth("tally", "s3cret-s3cret-s3cret"))
 	var n uint8
 	if err := good.QueryRow(ctx, `SELECT 1`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("authorised query: %d, %v", n, err)
 	}
-	for _, o := range [][]openOpt{{withAuth("tally", "wrong")}, {withAuth("other", "s3cret")}, nil} {
+	for _, o := range [][]openOpt{{withAuth("tally", "wrong")}, {withAuth("other", "s3cret-s3cret-s3cret")}, nil} {
 		conn, err := clickhouse.Open(options(s, "default", o...))
 		if err == nil {
 			err = conn.Ping(ctx)
@@ -154,11 +154,11 @@ func TestAuth(t *testing.T) {
 	}
 	if c := post(func(r *http.Request) {
 		r.Header.Set("X-ClickHouse-User", "tally")
-		r.Header.Set("X-ClickHouse-Key", "s3cret")
+		r.Header.Set("X-ClickHouse-Key", "s3cret-s3cret-s3cret")
 	}); c != 200 {
 		t.Errorf("X-ClickHouse-User/Key: HTTP %d", c)
 	}
-	if c := post(func(r *http.Request) { r.URL.RawQuery = "user=tally&password=s3cret" }); c != 200 {
+	if c := post(func(r *http.Request) { r.URL.RawQuery = "user=tally&password=s3cret-s3cret-s3cret" }); c != 200 {
 		t.Errorf("user/password params: HTTP %d", c)
 	}
 	if c := post(func(r *http.Request) { r.SetBasicAuth("tally", "nope") }); c != http.StatusUnauthorized {
@@ -178,7 +178,7 @@ func TestAuth(t *testing.T) {
 func TestBodyBound(t *testing.T) {
 	shared := chembedtest.Start(t)
 	db := chembedtest.NewDatabase(t, shared)
-	s, err := chembed.Start(chembed.Config{MaxBodyBytes: 64 << 10}, "127.0.0.1:0")
+	s, err := chembed.Start(chembed.Config{MaxBodyBytes: 64 << 10, AllowAnonymous: true}, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +380,7 @@ func TestRequestsAreSessionless(t *testing.T) {
 
 func TestCloseKeepsSharedEngine(t *testing.T) {
 	shared := chembedtest.Start(t)
-	s, err := chembed.Start(chembed.Config{}, "127.0.0.1:0")
+	s, err := chembed.Start(chembed.Config{AllowAnonymous: true}, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,17 +398,21 @@ func TestCloseKeepsSharedEngine(t *testing.T) {
 	if st != 200 {
 		t.Fatalf("shared server after another's Close: HTTP %d", st)
 	}
-	if _, err := chembed.Start(chembed.Config{DataPath: t.TempDir()}, "127.0.0.1:0"); err == nil {
+	if _, err := chembed.Start(chembed.Config{DataPath: t.TempDir(), AllowAnonymous: true}, "127.0.0.1:0"); err == nil {
 		t.Fatal("a second data path in one process was accepted")
 	}
 }
 
 func TestConfigValidate(t *testing.T) {
-	if err := (chembed.Config{}).Validate(); err != nil {
-		t.Fatalf("zero config: %v", err)
+	if err := (chembed.Config{AllowAnonymous: true}).Validate(); err != nil {
+		t.Fatalf("anonymous config: %v", err)
 	}
-	err := chembed.Config{MaxBodyBytes: -1, MaxConcurrentQueries: 1000, QueryTimeout: -time.Second, Password: "x"}.Validate()
-	for _, field := range []string{"MaxBodyBytes", "MaxConcurrentQueries", "QueryTimeout", "Password"} {
+	if err := (chembed.Config{}).Validate(); err == nil || !strings.Contains(err.Error(), "Users") {
+		t.Fatalf("no users and not anonymous: %v, want an error naming Users", err)
+	}
+	err := chembed.Config{MaxBodyBytes: -1, MaxConcurrentQueries: 1000, QueryTimeout: -time.Second,
+		Users: []chembed.User{{Name: "a", Password: "short", Role: chembed.RoleAnalyst}, {Name: "a", Password: "0123456789abcdef"}}}.Validate()
+	for _, field := range []string{"MaxBodyBytes", "MaxConcurrentQueries", "QueryTimeout", "Users[0].Password", "Users[1].Role", `Users[1].Name: "a" twice`} {
 		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("Validate does not name %s: %v", field, err)
 		}
@@ -462,7 +466,7 @@ func BenchmarkInsertRows(b *testing.B) {
 
 func TestBoundsOnQueries(t *testing.T) {
 	chembedtest.Start(t)
-	s, err := chembed.Start(chembed.Config{MaxConcurrentQueries: 1, MaxWaitingQueries: 1, MaxResultBytes: 1000}, "127.0.0.1:0")
+	s, err := chembed.Start(chembed.Config{MaxConcurrentQueries: 1, MaxWaitingQueries: 1, MaxResultBytes: 1000, AllowAnonymous: true}, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

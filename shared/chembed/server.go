@@ -11,7 +11,6 @@ package chembed
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +19,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/tallyhq/tally/shared/httpx"
 )
 
 // Server is one embedded ClickHouse HTTP endpoint.
@@ -62,13 +63,10 @@ func Start(cfg Config, addr string) (*Server, error) {
 	mux.HandleFunc("/ping", s.ping)
 	mux.HandleFunc("/", s.serveQuery)
 	s.handler = mux
-	s.httpSrv = &http.Server{
-		Handler: mux,
-		// Slow clients must not pin connections forever; bodies are bounded by
-		// MaxBodyBytes and queries by QueryTimeout.
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-	}
+	// Slow clients must not pin connections: a body that is not in within
+	// Server.ReadTimeout is cut off, as on the services; bodies are bounded by
+	// MaxBodyBytes and queries by QueryTimeout.
+	s.httpSrv = httpx.NewServer(addr, mux, cfg.Server)
 	go func() {
 		defer close(s.served)
 		_ = s.httpSrv.Serve(ln)
@@ -119,26 +117,6 @@ func (s *Server) ping(w http.ResponseWriter, _ *http.Request) {
 	_, _ = io.WriteString(w, "Ok.\n")
 }
 
-// authorized checks the request's credentials when Config.User is set.
-func (s *Server) authorized(r *http.Request) bool {
-	if s.cfg.User == "" {
-		return true
-	}
-	user, pass := r.Header.Get("X-ClickHouse-User"), r.Header.Get("X-ClickHouse-Key")
-	if user == "" {
-		if u, p, ok := r.BasicAuth(); ok {
-			user, pass = u, p
-		}
-	}
-	if user == "" {
-		q := r.URL.Query()
-		user, pass = q.Get("user"), q.Get("password")
-	}
-	okUser := subtle.ConstantTimeCompare([]byte(user), []byte(s.cfg.User)) == 1
-	okPass := subtle.ConstantTimeCompare([]byte(pass), []byte(s.cfg.Password)) == 1
-	return okUser && okPass
-}
-
 func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != "/" {
 		writeError(w, &httpError{code: codeUnsupportedHTTPMethod, status: http.StatusNotFound,
@@ -150,7 +128,8 @@ func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request) {
 			msg: "Method " + r.Method + " is not supported. (UNSUPPORTED_METHOD)"})
 		return
 	}
-	if !s.authorized(r) {
+	user := s.authenticate(r)
+	if user == nil {
 		// The user name is echoed as ClickHouse does; the password never is.
 		writeError(w, &httpError{code: codeAuthenticationFailed,
 			msg: "Authentication failed: password is incorrect, or there is no user with such name. (AUTHENTICATION_FAILED)"})
@@ -163,12 +142,11 @@ func (s *Server) serveQuery(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
 	defer cancel()
-	// A slow body or a slow reader must not hold a query slot past the
-	// bound either. Handlers outside an http.Server cannot set deadlines.
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.QueryTimeout))
-	_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.QueryTimeout + closeGrace))
-	if err := s.run(ctx, w, r, req); err != nil {
+	// The body must arrive within Server.ReadTimeout (the connection's read
+	// deadline, left as it is); the answer may take the query's time.
+	// Handlers outside an http.Server cannot set deadlines.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.QueryTimeout + closeGrace))
+	if err := s.run(ctx, w, r, req, user); err != nil {
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 			err = &httpError{code: codeQueryWasCancelled, msg: "Query was cancelled or timed out before it ran: " + ctx.Err().Error() + ". (QUERY_WAS_CANCELLED)"}
 		}

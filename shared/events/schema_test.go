@@ -235,7 +235,7 @@ func TestIDPatternMatchesCheckID(t *testing.T) {
 	walk = func(v any) {
 		switch x := v.(type) {
 		case map[string]any:
-			if p, ok := x["pattern"].(string); ok && strings.HasPrefix(p, "^[^") { // not the UUID one
+			if p, ok := x["pattern"].(string); ok && strings.Contains(p, "[^.") { // not the UUID one
 				patterns[p] = true
 			}
 			for _, c := range x {
@@ -263,11 +263,11 @@ func TestIDPatternMatchesCheckID(t *testing.T) {
 		t.Fatalf("want the required and the optional id pattern, got %d: %v", len(patterns), patterns)
 	}
 	for p := range patterns {
-		if !strings.HasSuffix(p, "]+$") {
+		if strings.HasPrefix(p, "^(") { // the optional one: the same class
 			continue
 		}
 		c := jsonschema.NewCompiler()
-		if err := c.AddResource("id.json", map[string]any{"type": "string", "pattern": p}); err != nil {
+		if err := c.AddResource("id.json", map[string]any{"type": "string", "pattern": p, "maxLength": events.MaxIDChars}); err != nil {
 			t.Fatal(err)
 		}
 		s, err := c.Compile("id.json")
@@ -289,12 +289,17 @@ func TestIDPatternMatchesCheckID(t *testing.T) {
 			}
 		}
 	}
-	for _, id := range []string{"acct-1\u202e", "acct\u200b1", "\ufeffacct", "acct\u00ad1", "acct\u2066x\u2069"} {
+	// The cases: invalid UTF-8, a lone surrogate (decoded to U+FFFD), a tag
+	// character, a variation selector, a Hangul filler, "." and "..", and a length over the
+	// bound counted in characters as the schemas count it.
+	for _, id := range []string{"acct-1\u202e", "acct\u200b1", "\ufeffacct", "acct\u00ad1", "acct\u2066x\u2069",
+		"acct\xff", "acct\xed\xa0\x80", "acct\ufffd", "acct\U000E0041", "acct\ufe0f", "acct\u3164", ".", "..", ".acct",
+		"acct\ue000", "acct\U0001FFFE", strings.Repeat("é", events.MaxIDChars+1)} {
 		if events.CheckID("account_id", id) == nil {
 			t.Errorf("CheckID accepts %q", id)
 		}
 	}
-	for _, id := range []string{"acct-1", "café", "用户-1", "acct_😀"} {
+	for _, id := range []string{"acct-1", "café", "用户-1", "acct_😀", "a.b", "a..", strings.Repeat("é", events.MaxIDChars)} {
 		if err := events.CheckID("account_id", id); err != nil {
 			t.Errorf("CheckID refuses %q: %v", id, err)
 		}

@@ -8,8 +8,15 @@ import (
 	"unicode/utf8"
 )
 
-// MaxIDBytes bounds every identifier (account, request, key, grant, endpoint ids).
-const MaxIDBytes = 128
+// MaxIDChars bounds every identifier (account, request, key, grant, endpoint ids), in
+// characters (Unicode code points), as JSON Schema's and OpenAPI's maxLength count.
+const MaxIDChars = 128
+
+// MaxReasonChars bounds an adjustment's reason, in characters as JSON Schema counts them.
+const MaxReasonChars = 1024
+
+// MaxIDBytes is the most bytes an identifier takes: MaxIDChars characters of up to 4 bytes.
+const MaxIDBytes = 4 * MaxIDChars
 
 // MaxAmountMicros bounds every amount: one billion credits (10^15 micro-credits), far below
 // int64's limit so that sums of many amounts cannot overflow.
@@ -62,8 +69,8 @@ func (u Units) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %d out of range [0, %d]", f.name, f.v, MaxUnit))
 		}
 	}
-	if len(u.Resolution) > 32 {
-		errs = append(errs, errors.New("resolution: at most 32 bytes"))
+	if len(u.Resolution) > 4*32 || utf8.RuneCountInString(u.Resolution) > 32 {
+		errs = append(errs, errors.New("resolution: at most 32 characters"))
 	}
 	return errors.Join(errs...)
 }
@@ -252,12 +259,15 @@ type CreditsGranted struct {
 	Source       string     `json:"source"`
 	Priority     int32      `json:"priority"`
 	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
+	// AdminKeyID is the id of the admin key that made the grant (the audit trail); "" for
+	// events from before it was recorded.
+	AdminKeyID string `json:"admin_key_id,omitempty"`
 }
 
 func (CreditsGranted) EventType() string { return TypeCreditsGranted }
 func (e CreditsGranted) Subject() string { return e.AccountID }
 func (e CreditsGranted) Validate() error {
-	errs := []error{checkID("grant_id", e.GrantID), checkID("account_id", e.AccountID)}
+	errs := []error{checkID("grant_id", e.GrantID), checkID("account_id", e.AccountID), checkOptID("admin_key_id", e.AdminKeyID)}
 	if e.AmountMicros <= 0 || e.AmountMicros > MaxAmountMicros {
 		errs = append(errs, fmt.Errorf("amount_micros: %d out of range [1, %d]", e.AmountMicros, MaxAmountMicros))
 	}
@@ -283,17 +293,19 @@ type CreditsAdjusted struct {
 	AccountID    string `json:"account_id"`
 	AmountMicros int64  `json:"amount_micros"`
 	Reason       string `json:"reason"`
+	// AdminKeyID is the id of the admin key that made the adjustment (the audit trail).
+	AdminKeyID string `json:"admin_key_id,omitempty"`
 }
 
 func (CreditsAdjusted) EventType() string { return TypeCreditsAdjusted }
 func (e CreditsAdjusted) Subject() string { return e.AccountID }
 func (e CreditsAdjusted) Validate() error {
-	errs := []error{checkID("adjustment_id", e.AdjustmentID), checkID("account_id", e.AccountID)}
+	errs := []error{checkID("adjustment_id", e.AdjustmentID), checkID("account_id", e.AccountID), checkOptID("admin_key_id", e.AdminKeyID)}
 	if e.AmountMicros == 0 || e.AmountMicros > MaxAmountMicros || e.AmountMicros < -MaxAmountMicros {
 		errs = append(errs, fmt.Errorf("amount_micros: %d must be non-zero and within ±%d", e.AmountMicros, MaxAmountMicros))
 	}
-	if e.Reason == "" || len(e.Reason) > 1024 || !utf8.ValidString(e.Reason) {
-		errs = append(errs, errors.New("reason: required, valid UTF-8, at most 1024 bytes"))
+	if e.Reason == "" || !utf8.ValidString(e.Reason) || utf8.RuneCountInString(e.Reason) > MaxReasonChars {
+		errs = append(errs, fmt.Errorf("reason: required, valid UTF-8, at most %d characters", MaxReasonChars))
 	}
 	return errors.Join(errs...)
 }
@@ -304,12 +316,15 @@ type AccountUpdated struct {
 	Tier      string `json:"tier"`
 	Priority  string `json:"priority"`
 	Suspended bool   `json:"suspended"`
+	// AdminKeyID is the id of the admin key that made the change (the audit trail).
+	AdminKeyID string `json:"admin_key_id,omitempty"`
 }
 
 func (AccountUpdated) EventType() string { return TypeAccountUpdated }
 func (e AccountUpdated) Subject() string { return e.AccountID }
 func (e AccountUpdated) Validate() error {
-	return errors.Join(checkID("account_id", e.AccountID), checkID("tier", e.Tier), checkPriority(e.Priority))
+	return errors.Join(checkID("account_id", e.AccountID), checkID("tier", e.Tier), checkPriority(e.Priority),
+		checkOptID("admin_key_id", e.AdminKeyID))
 }
 
 // AllowanceWindow is the usage of one included-allowance window, aligned to the Unix epoch.
@@ -540,10 +555,15 @@ func (e AbuseFlagged) Validate() error {
 	return errors.Join(errs...)
 }
 
-// CheckID reports whether s is a valid identifier: 1..MaxIDBytes bytes of UTF-8 with no
-// space, control character or invisible formatting character (see invisible). It is exported
-// for the HTTP edges. The JSON Schemas in schemas/events spell out the same set as a pattern,
-// and a test holds the two to the same answer for every code point.
+// CheckID reports whether s is a valid identifier. The grammar, the same everywhere (events,
+// both HTTP APIs and their OpenAPI documents, the JSON Schemas in schemas/events, which spell
+// it as a pattern that a test holds to this function for every code point):
+//
+//   - 1..MaxIDChars characters of valid UTF-8 (so at most MaxIDBytes bytes);
+//   - no space, control character, invisible character or character that stands for a
+//     decoding error (see invisible): two ids that print alike are the same id;
+//   - not starting with '.', so that "." and ".." (which a URL path cannot carry as a
+//     segment) and hidden-file lookalikes are not ids.
 func CheckID(name, s string) error { return checkID(name, s) }
 
 func checkID(name, s string) error {
@@ -555,7 +575,10 @@ func checkID(name, s string) error {
 
 func checkOptID(name, s string) error {
 	if len(s) > MaxIDBytes {
-		return fmt.Errorf("%s: longer than %d bytes", name, MaxIDBytes)
+		return fmt.Errorf("%s: longer than %d characters", name, MaxIDChars)
+	}
+	if s != "" && s[0] == '.' {
+		return fmt.Errorf("%s: starts with '.'", name)
 	}
 	for i := 0; i < len(s); i++ { // the common case, plain ASCII, without decoding runes
 		c := s[i]
@@ -566,6 +589,9 @@ func checkOptID(name, s string) error {
 			return fmt.Errorf("%s: contains a space or control character", name)
 		}
 	}
+	if len(s) > MaxIDChars {
+		return fmt.Errorf("%s: longer than %d characters", name, MaxIDChars)
+	}
 	return nil
 }
 
@@ -573,31 +599,45 @@ func checkIDRunes(name, s string) error {
 	if !utf8.ValidString(s) {
 		return fmt.Errorf("%s: not valid UTF-8", name)
 	}
+	if utf8.RuneCountInString(s) > MaxIDChars {
+		return fmt.Errorf("%s: longer than %d characters", name, MaxIDChars)
+	}
 	for _, r := range s {
-		if unicode.IsControl(r) || unicode.IsSpace(r) {
+		if unicode.IsControl(r) || unicode.IsSpace(r) || r == 0x00A0 || r == 0x2007 || r == 0x202F {
 			return fmt.Errorf("%s: contains a space or control character", name)
 		}
 		if invisible(r) {
-			return fmt.Errorf("%s: contains an invisible formatting character (U+%04X)", name, r)
+			return fmt.Errorf("%s: contains an invisible or replacement character (U+%04X)", name, r)
 		}
 	}
 	return nil
 }
 
-// invisible reports the formatting characters that render as nothing or reorder the text
-// around them: soft hyphen, the bidirectional marks, embeddings, overrides and isolates, the
-// zero-width characters, invisible operators, the byte-order mark and the interlinear
-// annotation controls. An id holding one can look like another id in a dashboard, a
-// statement or a log ("acct-1\u202e" and "acct-1" print alike).
+// invisible reports the characters an id may not hold although they are neither spaces nor
+// controls: every Default_Ignorable_Code_Point of Unicode 16 (soft hyphen, combining grapheme
+// joiner, Hangul fillers, Mongolian and other variation selectors, the bidirectional marks,
+// embeddings, overrides and isolates, zero-width characters, invisible operators, the
+// byte-order mark, tag characters, ...), the interlinear annotation controls, U+FFFD (what a
+// decoder makes of invalid UTF-8 and of a lone surrogate in JSON), private-use characters
+// and noncharacters. An id holding one can look like another id in a dashboard, a statement
+// or a log ("acct-1\u202e", "acct-1\ufe0f" and "acct-1" print alike).
 func invisible(r rune) bool {
-	switch {
-	case r == 0x00AD, r == 0x061C, r == 0x180E, r == 0xFEFF:
-		return true
-	case r >= 0x200B && r <= 0x200F, r >= 0x202A && r <= 0x202E, r >= 0x2060 && r <= 0x2064,
-		r >= 0x2066 && r <= 0x206F, r >= 0xFFF9 && r <= 0xFFFB:
-		return true
+	for _, rg := range invisibleRanges {
+		if r >= rg[0] && r <= rg[1] {
+			return true
+		}
 	}
-	return false
+	return r&0xFFFE == 0xFFFE // U+xxFFFE and U+xxFFFF of every plane are noncharacters
+}
+
+// invisibleRanges are the ranges invisible refuses (with the per-plane noncharacters). The
+// JSON Schemas and OpenAPI documents list the same ranges in their id pattern.
+var invisibleRanges = [][2]rune{
+	{0x00AD, 0x00AD}, {0x034F, 0x034F}, {0x061C, 0x061C}, {0x115F, 0x1160}, {0x17B4, 0x17B5},
+	{0x180B, 0x180F}, {0x200B, 0x200F}, {0x202A, 0x202E}, {0x2060, 0x206F}, {0x3164, 0x3164},
+	{0xE000, 0xF8FF}, {0xFDD0, 0xFDEF}, {0xFE00, 0xFE0F}, {0xFEFF, 0xFEFF}, {0xFFA0, 0xFFA0},
+	{0xFFF0, 0xFFFD}, {0x1BCA0, 0x1BCA3}, {0x1D173, 0x1D17A}, {0xE0000, 0xE0FFF},
+	{0xF0000, 0x10FFFF},
 }
 
 func checkPriority(p string) error {

@@ -5,15 +5,13 @@ package httpx
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,13 +32,18 @@ const (
 	CodeConflict         = "conflict"
 	CodeUnavailable      = "unavailable"
 	CodeInternal         = "internal"
+	// CodeTooManyAuthFailures (429): this client address failed authentication too often;
+	// Retry-After says when it may try again.
+	CodeTooManyAuthFailures = "too_many_auth_failures"
 )
 
 // Error is the JSON body of every error answer: {"error":{"code":..., "message":...}}.
 type Error struct {
-	Status  int    `json:"-"`
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	Status int `json:"-"`
+	// RetryAfterSeconds, when positive, is sent as the Retry-After header.
+	RetryAfterSeconds int    `json:"-"`
+	Code              string `json:"code"`
+	Message           string `json:"message"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -72,6 +75,9 @@ func WriteError(w http.ResponseWriter, err error) {
 	if !errors.As(err, &e) {
 		e = &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: err.Error()}
 	}
+	if e.RetryAfterSeconds > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfterSeconds))
+	}
 	WriteJSON(w, e.Status, struct {
 		Error *Error `json:"error"`
 	}{e})
@@ -97,6 +103,11 @@ func DecodeJSON(r *http.Request, maxBytes int64, v any) *Error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "empty body")
 	}
+	if nestedNull(body) {
+		// null would decode as the field's zero value, which the documents do not allow:
+		// an optional field is omitted, not null.
+		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "null is not a value here: omit the field instead")
+	}
 	// segmentio/encoding/json: encoding/json's semantics, several times faster, and field
 	// names must match exactly (encoding/json would accept "Account_ID").
 	rest, err := fastjson.Parse(body, v, fastjson.DisallowUnknownFields|fastjson.DontMatchCaseInsensitiveStructFields)
@@ -107,6 +118,38 @@ func DecodeJSON(r *http.Request, maxBytes int64, v any) *Error {
 		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "trailing data after the JSON object")
 	}
 	return nil
+}
+
+// nestedNull reports a null literal inside an object or array of body (a top-level null is
+// left to the decoder and the validation after it). Outside strings the only bare word
+// starting with 'n' is null, so one pass over the bytes decides, without allocating.
+func nestedNull(body []byte) bool {
+	depth, inString := 0, false
+	for i := 0; i < len(body); i++ {
+		c := body[i]
+		if inString {
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+		case 'n':
+			if depth > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func jsonMessage(err error) string {
@@ -167,67 +210,6 @@ var DefaultServerConfig = ServerConfig{ReadHeaderTimeout: 5 * time.Second, ReadT
 func NewServer(addr string, h http.Handler, c ServerConfig) *http.Server {
 	return &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: c.ReadHeaderTimeout, ReadTimeout: c.ReadTimeout,
 		WriteTimeout: c.WriteTimeout, IdleTimeout: c.IdleTimeout, MaxHeaderBytes: c.MaxHeaderBytes}
-}
-
-// Key is one API key as configured: its id and the SHA-256 of its secret.
-type Key struct {
-	ID   string
-	Hash [sha256.Size]byte
-}
-
-// Keyring authenticates bearer keys against hashed keys. The secret is never stored.
-type Keyring struct{ keys []Key }
-
-// ParseKeyring parses "id:sha256hex,id2:sha256hex" (the setting's format).
-func ParseKeyring(s string) (*Keyring, error) {
-	k := &Keyring{}
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		id, hexHash, ok := strings.Cut(part, ":")
-		raw, err := hex.DecodeString(hexHash)
-		if !ok || id == "" || err != nil || len(raw) != sha256.Size {
-			return nil, fmt.Errorf("key %q: want id:sha256-hex", id)
-		}
-		var key Key
-		key.ID = id
-		copy(key.Hash[:], raw)
-		k.keys = append(k.keys, key)
-	}
-	return k, nil
-}
-
-// HashSecret returns the hex SHA-256 of a secret, the form keys are configured in.
-func HashSecret(secret string) string {
-	h := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(h[:])
-}
-
-// Len is the number of keys.
-func (k *Keyring) Len() int { return len(k.keys) }
-
-// Authenticate returns the key id for the request's bearer token. A missing token is 401
-// unauthenticated, a wrong one 403 forbidden. Every configured hash is compared in constant
-// time, so the time taken does not reveal which key nearly matched.
-func (k *Keyring) Authenticate(r *http.Request) (string, *Error) {
-	auth := r.Header.Get("Authorization")
-	token, ok := strings.CutPrefix(auth, "Bearer ")
-	if !ok || token == "" {
-		return "", Errorf(http.StatusUnauthorized, CodeUnauthenticated, "missing bearer API key")
-	}
-	h := sha256.Sum256([]byte(token))
-	found := -1
-	for i := range k.keys {
-		if subtle.ConstantTimeCompare(h[:], k.keys[i].Hash[:]) == 1 {
-			found = i
-		}
-	}
-	if found < 0 {
-		return "", Errorf(http.StatusForbidden, CodeForbidden, "API key not accepted")
-	}
-	return k.keys[found].ID, nil
 }
 
 // ServerSettings are a server's HTTP bounds as environment settings. A service embeds it with

@@ -111,3 +111,33 @@ func TestRecover(t *testing.T) {
 		t.Fatalf("status %d body %s recovered %v", w.Code, w.Body.String(), got)
 	}
 }
+
+// TestDecodeJSONRefusesNull: a null field would decode as its zero value (an omitted
+// optional field) although the OpenAPI documents give no field a null type.
+func TestDecodeJSONRefusesNull(t *testing.T) {
+	type body struct {
+		A *string `json:"a"`
+		B []int   `json:"b"`
+		S string  `json:"s"`
+	}
+	for in, want := range map[string]string{
+		`{"a":null}`:             httpx.CodeInvalidJSON,
+		`{"b":[1,null]}`:         httpx.CodeInvalidJSON,
+		` { "a" : null } `:       httpx.CodeInvalidJSON,
+		`{"s":"null \" n"}`:      "",
+		`{"s":"\\"}`:             "",
+		`{"s":"x\\\"null\\\"y"}`: "",
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(in))
+		r.Header.Set("Content-Type", "application/json")
+		var v body
+		err := httpx.DecodeJSON(r, 1024, &v)
+		got := ""
+		if err != nil {
+			got = err.Code
+		}
+		if got != want {
+			t.Errorf("%s: %v, want code %q", in, err, want)
+		}
+	}
+}

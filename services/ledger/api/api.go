@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -124,14 +126,20 @@ func jsonErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, pattern := mux.Handler(r)
 		if pattern == "" {
-			// Distinguish a wrong method on a known path from an unknown path.
-			for _, m := range []string{"GET", "PUT", "POST", "DELETE", "PATCH"} {
+			// Distinguish a wrong method on a known path (405 with the Allow header RFC 9110
+			// requires) from an unknown path.
+			var allow []string
+			for _, m := range []string{"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"} {
 				probe := r.Clone(r.Context())
 				probe.Method = m
 				if _, p := mux.Handler(probe); p != "" {
-					httpx.WriteError(w, httpx.Errorf(http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
-					return
+					allow = append(allow, m)
 				}
+			}
+			if len(allow) > 0 {
+				w.Header().Set("Allow", strings.Join(allow, ", "))
+				httpx.WriteError(w, httpx.Errorf(http.StatusMethodNotAllowed, httpx.CodeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+				return
 			}
 			httpx.NotFound(w, r)
 			return
@@ -142,7 +150,8 @@ func jsonErrors(mux *http.ServeMux) http.Handler {
 
 func (s *server) admin(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if _, err := s.cfg.Admin.Authenticate(r); err != nil {
+		keyID, err := s.cfg.Admin.Authenticate(r)
+		if err != nil {
 			// DEBUG, so that a flood of bad tokens cannot flood the logs; never the token.
 			s.cfg.Logger.Debug("admin token refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "code", err.Code)
 			httpx.WriteError(w, err)
@@ -153,9 +162,15 @@ func (s *server) admin(h func(http.ResponseWriter, *http.Request, string)) http.
 			httpx.WriteError(w, httpx.Validation(err))
 			return
 		}
-		h(w, r, id)
+		h(w, r.WithContext(context.WithValue(r.Context(), adminKeyCtx{}, keyID)), id)
 	}
 }
+
+// adminKeyCtx carries the authenticated admin key's id to the handlers, which record it in
+// the events they publish.
+type adminKeyCtx struct{}
+
+func adminKeyID(r *http.Request) string { v, _ := r.Context().Value(adminKeyCtx{}).(string); return v }
 
 func (s *server) getAccount(w http.ResponseWriter, r *http.Request, id string) {
 	v, ok := s.r.Account(id)
@@ -173,31 +188,34 @@ func (s *server) getEntries(w http.ResponseWriter, r *http.Request, id string) {
 	q := view.EntriesQuery{Limit: s.cfg.PageMax}
 	qs := r.URL.Query()
 	var err error
-	if v := qs.Get("from"); v != "" {
-		if q.From, err = time.Parse(time.RFC3339Nano, v); err != nil {
+	// A parameter that is present must be valid: "to=" is not "no bound".
+	if qs.Has("from") {
+		if q.From, err = parseTime(qs.Get("from")); err != nil {
 			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "from: want RFC 3339 time"))
 			return
 		}
 	}
-	if v := qs.Get("to"); v != "" {
-		if q.To, err = time.Parse(time.RFC3339Nano, v); err != nil {
+	if qs.Has("to") {
+		if q.To, err = parseTime(qs.Get("to")); err != nil {
 			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "to: want RFC 3339 time"))
 			return
 		}
 	}
-	if v := qs.Get("cursor"); v != "" {
-		if q.Cursor, err = strconv.ParseUint(v, 10, 64); err != nil {
+	if qs.Has("cursor") {
+		v := qs.Get("cursor")
+		if !cursorRe.MatchString(v) {
 			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "cursor: not a cursor from next_cursor"))
 			return
 		}
+		q.Cursor, _ = strconv.ParseUint(v, 10, 64) // at most 19 digits: fits
 	}
-	if v := qs.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > s.cfg.PageMax {
-			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "limit: want 1..%d", s.cfg.PageMax))
+	if qs.Has("limit") {
+		n, err := strconv.Atoi(qs.Get("limit"))
+		if err != nil || n < 1 || n > limitMax {
+			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "limit: want 1..%d", limitMax))
 			return
 		}
-		q.Limit = n
+		q.Limit = min(n, s.cfg.PageMax)
 	}
 	page, ok := s.r.Entries(id, q)
 	if !ok && s.fromPeers(w, r, id) {
@@ -260,6 +278,18 @@ func (s *server) fromPeers(w http.ResponseWriter, r *http.Request, id string) bo
 	return false
 }
 
+// cursorRe is the cursor grammar the OpenAPI document states: decimal, no leading zeros.
+var cursorRe = regexp.MustCompile(`^(0|[1-9][0-9]{0,18})$`)
+
+// limitMax is the most a page's limit may ask (LEDGER_PAGE_MAX's upper bound); a limit above
+// the server's LEDGER_PAGE_MAX gets LEDGER_PAGE_MAX entries.
+const limitMax = 100_000
+
+// parseTime reads an RFC 3339 time, whose 'T' and 'Z' may be lower case (RFC 3339 5.6).
+func parseTime(v string) (time.Time, error) {
+	return time.Parse(time.RFC3339Nano, strings.ToUpper(v))
+}
+
 // GrantRequest is POST /v1/accounts/{id}/grants. GrantID is the idempotency key: a grant
 // re-sent with the same id is applied once (one is generated when empty). Priority absent =
 // events.DefaultGrantPriority (100); an explicit 0 is 0.
@@ -268,7 +298,7 @@ type GrantRequest struct {
 	AmountMicros int64      `json:"amount_micros"`
 	Source       string     `json:"source"`
 	Priority     *int32     `json:"priority"`
-	ExpiresAt    *time.Time `json:"expires_at"`
+	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
 }
 
 // AdjustmentRequest is POST /v1/accounts/{id}/adjustments.
@@ -316,7 +346,7 @@ func (s *server) postGrant(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	s.publish(w, r, events.CreditsGranted{GrantID: req.GrantID, AccountID: id, AmountMicros: req.AmountMicros,
-		Source: req.Source, Priority: priority, ExpiresAt: req.ExpiresAt})
+		Source: req.Source, Priority: priority, ExpiresAt: req.ExpiresAt, AdminKeyID: adminKeyID(r)})
 }
 
 func (s *server) postAdjustment(w http.ResponseWriter, r *http.Request, id string) {
@@ -328,7 +358,8 @@ func (s *server) postAdjustment(w http.ResponseWriter, r *http.Request, id strin
 	if req.AdjustmentID == "" {
 		req.AdjustmentID = uuid.NewString()
 	}
-	s.publish(w, r, events.CreditsAdjusted{AdjustmentID: req.AdjustmentID, AccountID: id, AmountMicros: req.AmountMicros, Reason: req.Reason})
+	s.publish(w, r, events.CreditsAdjusted{AdjustmentID: req.AdjustmentID, AccountID: id, AmountMicros: req.AmountMicros, Reason: req.Reason,
+		AdminKeyID: adminKeyID(r)})
 }
 
 func (s *server) putAccount(w http.ResponseWriter, r *http.Request, id string) {
@@ -341,7 +372,8 @@ func (s *server) putAccount(w http.ResponseWriter, r *http.Request, id string) {
 		httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "tier: %q is not a tier of price book %s", req.Tier, s.cfg.Book.Version))
 		return
 	}
-	s.publish(w, r, events.AccountUpdated{AccountID: id, Tier: req.Tier, Priority: req.Priority, Suspended: req.Suspended})
+	s.publish(w, r, events.AccountUpdated{AccountID: id, Tier: req.Tier, Priority: req.Priority, Suspended: req.Suspended,
+		AdminKeyID: adminKeyID(r)})
 }
 
 func (s *server) publish(w http.ResponseWriter, r *http.Request, d events.Data) {

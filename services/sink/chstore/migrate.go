@@ -171,6 +171,31 @@ func MigrateCluster(ctx context.Context, conn clickhouse.Conn, fsys fs.FS, clust
 	return done, nil
 }
 
+// Tables are the tables the sink inserts into: an endpoint that limits the sink's user
+// to inserts (shared/chembed's RoleWriter) lists these.
+var Tables = []string{"usage_events", "ledger_entries", "sink_intents", "schema_migrations"}
+
+// DDL returns every statement other than inserts and reads that Migrate and ApplyRetention
+// may send with the migrations in fsys and retentionDays: an endpoint that allows the sink
+// only its own DDL lists these.
+func DDL(fsys fs.FS, retentionDays int) ([]string, error) {
+	ms, err := LoadMigrations(fsys)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{migrationsDDL, retentionDDL("usage_events", "", retentionDays)}
+	for _, m := range ms {
+		out = append(out, m.Statements...)
+	}
+	return out, nil
+}
+
+// retentionDDL sets table's TTL; on is "" or " ON CLUSTER name". The single-server form is
+// one of the statements the embedded endpoint lets the sink's writer user run (DDL).
+func retentionDDL(table, on string, days int) string {
+	return fmt.Sprintf("ALTER TABLE %s%s MODIFY TTL toDateTime(time) + INTERVAL %d DAY", table, on, days)
+}
+
 // ApplyRetention sets usage_events' TTL to days, unless it is already that. The old parts are
 // not rewritten at once (materialize_ttl_after_modify=0): merges apply the new TTL over time.
 func ApplyRetention(ctx context.Context, conn clickhouse.Conn, days int) error {
@@ -195,7 +220,7 @@ func ApplyRetentionCluster(ctx context.Context, conn clickhouse.Conn, days int, 
 	if strings.Contains(engineFull, want) {
 		return nil
 	}
-	q := fmt.Sprintf("ALTER TABLE %s%s MODIFY TTL toDateTime(time) + INTERVAL %d DAY", table, on, days)
+	q := retentionDDL(table, on, days)
 	if err := conn.Exec(clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"materialize_ttl_after_modify": 0})), q); err != nil {
 		return fmt.Errorf("chstore: set usage_events TTL to %d days: %w", days, err)
 	}

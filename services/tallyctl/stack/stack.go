@@ -18,10 +18,12 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	chschema "github.com/tallyhq/tally/schemas/clickhouse"
 	"github.com/tallyhq/tally/services/admitter"
 	"github.com/tallyhq/tally/services/ledger"
 	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/services/sink"
+	"github.com/tallyhq/tally/services/sink/chstore"
 	"github.com/tallyhq/tally/services/tallyctl/internal/secretfile"
 	"github.com/tallyhq/tally/shared/chembed"
 	"github.com/tallyhq/tally/shared/httpx"
@@ -37,6 +39,14 @@ const KeysFileName = "keys.env"
 const (
 	APIKeyName     = "TALLY_API_KEY"
 	AdminTokenName = "TALLY_ADMIN_TOKEN"
+	// KeyHashSecretName is the services' key-hash secret (ADMITTER_/LEDGER_KEY_HASH_SECRET).
+	KeyHashSecretName = "TALLY_KEY_HASH_SECRET"
+	// ClickHouseAnalystPasswordName is the embedded endpoint's read-only analyst's password,
+	// under the name tallyctl's commands read it by (CLICKHOUSE_PASSWORD, with run.json's
+	// CLICKHOUSE_USER).
+	ClickHouseAnalystPasswordName = "CLICKHOUSE_PASSWORD"
+	// ClickHouseWriterPasswordName is the embedded endpoint's writer's (the sink's) password.
+	ClickHouseWriterPasswordName = "TALLY_CLICKHOUSE_WRITER_PASSWORD"
 )
 
 // Config describes one single-process pipeline.
@@ -59,16 +69,24 @@ type Config struct {
 	ClickHouseAddr      string
 	EmbedClickHouseAddr string
 	ClickHouseDatabase  string
-	// ClickHouseUser and ClickHousePassword, when ClickHouseUser is set, are required by the
-	// embedded endpoint on every query and presented by the sink (with ClickHouseAddr, they
-	// are the real server's credentials). "" = the embedded endpoint asks for none and the
-	// sink presents the user "default" without a password.
+	// ClickHouseUser and ClickHousePassword are the sink's credentials. On the embedded
+	// endpoint they name its writer user (chembed.RoleWriter: inserts into the sink's tables
+	// and the sink's own migrations, nothing else; default user "tally", password generated).
+	// With ClickHouseAddr they are the real server's ("" = user "default", no password).
 	ClickHouseUser, ClickHousePassword string
+	// ClickHouseAnalystUser and ClickHouseAnalystPassword are the embedded endpoint's
+	// read-only user (chembed.RoleAnalyst; default "analyst", password generated), for
+	// analysts, Grafana and tallyctl sql. Unused with ClickHouseAddr.
+	ClickHouseAnalystUser, ClickHouseAnalystPassword string
 	// Listen addresses of the services (port 0 = any free port).
 	AdmitterAddr, LedgerAddr, SinkAddr string
-	// APIKey and AdminToken are plaintext secrets; empty ones are generated. They are handed
-	// to the services only as SHA-256 hashes.
+	// APIKey and AdminToken are plaintext secrets; empty ones are generated. The API key
+	// starts with "tk_", the admin token with "ta_", and they differ. They are handed to the
+	// services only as HMAC-SHA256 digests under KeyHashSecret.
 	APIKey, AdminToken string
+	// KeyHashSecret is the services' key-hash secret (ADMITTER_/LEDGER_KEY_HASH_SECRET, at
+	// least 32 bytes); empty = generated.
+	KeyHashSecret string
 	// DetectIntervalMs is the abuse detector's schedule (0 = the sink's default).
 	DetectIntervalMs int
 	// PriceBookPath "" = the built-in price book.
@@ -85,10 +103,12 @@ type Stack struct {
 	Topics                                      kafkax.Topics
 	AdmitterURL, LedgerURL, SinkURL, ClickHouse string
 	ClickHouseDatabase                          string
-	// ClickHouseUser and ClickHousePassword are the credentials of ClickHouse ("" = none).
-	ClickHouseUser, ClickHousePassword string
-	APIKey, AdminToken                 string
-	Book                               *pricebook.Book
+	// ClickHouseUser and ClickHousePassword are the sink's (writer's) ClickHouse credentials
+	// ("" = none); ClickHouseAnalyst* the embedded endpoint's read-only user's.
+	ClickHouseUser, ClickHousePassword               string
+	ClickHouseAnalystUser, ClickHouseAnalystPassword string
+	APIKey, AdminToken                               string
+	Book                                             *pricebook.Book
 	// FoldConfig is the ledger's fold configuration, for replays that must match it.
 	FoldConfig fold.Config
 	// KeysFile is where the secrets are kept ("" without a data directory).
@@ -116,13 +136,16 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 		}
 	}
 	cfg = withDefaults(cfg)
+	if err := checkSecrets(cfg); err != nil {
+		return nil, err
+	}
 	book, err := pricebook.LoadOrDefault(cfg.PriceBookPath)
 	if err != nil {
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	st = &Stack{cancel: cancel, errs: make(chan error, 4), Book: book, APIKey: cfg.APIKey, AdminToken: cfg.AdminToken,
-		ClickHouseDatabase: cfg.ClickHouseDatabase, ClickHouseUser: cfg.ClickHouseUser, ClickHousePassword: cfg.ClickHousePassword}
+		ClickHouseDatabase: cfg.ClickHouseDatabase}
 	defer func() {
 		if err != nil {
 			st.Close()
@@ -154,27 +177,13 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 		return st, fmt.Errorf("stack: %w", err)
 	}
 
-	// ClickHouse.
-	chAddr := cfg.ClickHouseAddr
-	if chAddr == "" {
-		chc := chembed.Config{User: cfg.ClickHouseUser, Password: cfg.ClickHousePassword}
-		if cfg.DataDir != "" {
-			chc.DataPath = filepath.Join(cfg.DataDir, "clickhouse")
-		}
-		srv, cerr := chembed.Start(chc, cfg.EmbedClickHouseAddr)
-		if cerr != nil {
-			return st, fmt.Errorf("stack: embedded ClickHouse: %w", cerr)
-		}
-		st.closers = append(st.closers, func() { _ = srv.Close() })
-		chAddr = srv.Addr()
-	}
-	st.ClickHouse = "http://" + chAddr
 	brokers := strings.Join(st.Brokers, ",")
 
 	// Ledger: folds the events, publishes balances and limits.
 	lc := ledger.DefaultConfig()
 	lc.Brokers, lc.TopicPrefix, lc.ListenAddr, lc.PriceBookPath = brokers, cfg.TopicPrefix, cfg.LedgerAddr, cfg.PriceBookPath
-	lc.AdminKeys = "admin:" + httpx.HashSecret(cfg.AdminToken)
+	lc.AdminKeys = "admin:hmac:" + httpx.HMACKey([]byte(cfg.KeyHashSecret), cfg.AdminToken)
+	lc.KeyHashSecret = cfg.KeyHashSecret
 	lc.TopicPartitions = cfg.Partitions
 	lc.Group = cfg.TopicPrefix + "ledger"
 	lc.Book = book
@@ -185,6 +194,32 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 		cfg.Tune(&ac, &lc, &sc)
 	}
 	st.FoldConfig = lc.FoldConfig(book)
+
+	// ClickHouse: the embedded endpoint answers only its two users.
+	chAddr := cfg.ClickHouseAddr
+	if chAddr == "" {
+		ddl, derr := chstore.DDL(chschema.Migrations, sc.RetentionDays)
+		if derr != nil {
+			return st, fmt.Errorf("stack: %w", derr)
+		}
+		chc := chembed.Config{Users: []chembed.User{
+			{Name: cfg.ClickHouseAnalystUser, Password: cfg.ClickHouseAnalystPassword, Role: chembed.RoleAnalyst},
+			{Name: cfg.ClickHouseUser, Password: cfg.ClickHousePassword, Role: chembed.RoleWriter,
+				InsertTables: chstore.Tables, DDL: ddl},
+		}}
+		if cfg.DataDir != "" {
+			chc.DataPath = filepath.Join(cfg.DataDir, "clickhouse")
+		}
+		srv, cerr := chembed.Start(chc, cfg.EmbedClickHouseAddr)
+		if cerr != nil {
+			return st, fmt.Errorf("stack: embedded ClickHouse: %w", cerr)
+		}
+		st.closers = append(st.closers, func() { _ = srv.Close() })
+		chAddr = srv.Addr()
+		st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword = cfg.ClickHouseAnalystUser, cfg.ClickHouseAnalystPassword
+	}
+	st.ClickHouse = "http://" + chAddr
+	st.ClickHouseUser, st.ClickHousePassword = cfg.ClickHouseUser, cfg.ClickHousePassword
 	if st.Ledger, err = ledger.New(lc); err != nil {
 		return st, err
 	}
@@ -218,7 +253,8 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 
 	// Admitter: the edge API.
 	ac.KafkaBrokers, ac.TopicPrefix, ac.ListenAddr, ac.PriceBookPath = brokers, cfg.TopicPrefix, cfg.AdmitterAddr, cfg.PriceBookPath
-	ac.APIKeys = "dev:" + httpx.HashSecret(cfg.APIKey)
+	ac.APIKeys = "dev:hmac:" + httpx.HMACKey([]byte(cfg.KeyHashSecret), cfg.APIKey)
+	ac.KeyHashSecret = cfg.KeyHashSecret
 	ac.InstanceID = "local"
 	if st.Admitter, err = admitter.New(ac, log.With("service", "admitter")); err != nil {
 		return st, err
@@ -305,6 +341,12 @@ func keepSecrets(c *Config) (*secretfile.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The embedded endpoint's writer (the sink) gets a generated password; a ClickHouse
+	// server's credentials are the operator's, and are not kept.
+	var writerPassword *string
+	if c.ClickHouseAddr == "" && c.ClickHouseUser == "" {
+		c.ClickHouseUser, writerPassword = "tally", &c.ClickHousePassword
+	}
 	for _, s := range []struct {
 		v    *string
 		name string
@@ -312,7 +354,13 @@ func keepSecrets(c *Config) (*secretfile.File, error) {
 	}{
 		{&c.APIKey, APIKeyName, secretfile.RandomHex("tk_", 16)},
 		{&c.AdminToken, AdminTokenName, secretfile.RandomHex("ta_", 16)},
+		{&c.KeyHashSecret, KeyHashSecretName, secretfile.RandomHex("", 32)},
+		{&c.ClickHouseAnalystPassword, ClickHouseAnalystPasswordName, secretfile.RandomHex("tc_", 16)},
+		{writerPassword, ClickHouseWriterPasswordName, secretfile.RandomHex("tc_", 16)},
 	} {
+		if s.v == nil {
+			continue
+		}
 		if *s.v != "" {
 			continue
 		}
@@ -350,10 +398,49 @@ func withDefaults(c Config) Config {
 	if c.AdminToken == "" {
 		c.AdminToken = "ta_" + randomHex(16)
 	}
+	if c.ClickHouseAddr == "" && c.ClickHouseUser == "" {
+		c.ClickHouseUser, c.ClickHousePassword = "tally", "tc_"+randomHex(16)
+	}
+	if c.ClickHouseAnalystUser == "" {
+		c.ClickHouseAnalystUser = "analyst"
+	}
+	if c.ClickHouseAnalystPassword == "" {
+		c.ClickHouseAnalystPassword = "tc_" + randomHex(16)
+	}
+	if c.KeyHashSecret == "" {
+		c.KeyHashSecret = randomHex(32)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 	return c
+}
+
+// checkSecrets refuses an edge key that is also the admin token, keys without their role's
+// prefix, and ClickHouse passwords that repeat another secret.
+func checkSecrets(c Config) error {
+	var errs []error
+	if c.APIKey == c.AdminToken {
+		errs = append(errs, errors.New("the API key and the admin token are the same secret: each role needs its own"))
+	}
+	if !strings.HasPrefix(c.APIKey, admitter.EdgeKeyPrefix) {
+		errs = append(errs, fmt.Errorf("the API key must start with %q", admitter.EdgeKeyPrefix))
+	}
+	if !strings.HasPrefix(c.AdminToken, ledger.AdminKeyPrefix) {
+		errs = append(errs, fmt.Errorf("the admin token must start with %q", ledger.AdminKeyPrefix))
+	}
+	for _, pw := range []string{c.ClickHousePassword, c.ClickHouseAnalystPassword} {
+		if pw != "" && (pw == c.APIKey || pw == c.AdminToken) {
+			errs = append(errs, errors.New("a ClickHouse password repeats the API key or the admin token"))
+		}
+	}
+	if c.ClickHouseAddr == "" && c.ClickHousePassword == c.ClickHouseAnalystPassword {
+		errs = append(errs, errors.New("the ClickHouse writer and analyst passwords are the same"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
+	return nil
 }
 
 func randomHex(n int) string {

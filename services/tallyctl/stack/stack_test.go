@@ -265,6 +265,71 @@ func TestClickHouseCredentials(t *testing.T) {
 	})
 }
 
+// TestClickHouseRolesByDefault: with no ClickHouse settings the embedded endpoint has a
+// generated read-only analyst and a generated writer for the sink; neither can read the
+// process's environment (which holds the keys) or drop a table, and no credentials get
+// nothing; the sink still stores the events through its writer user.
+func TestClickHouseRolesByDefault(t *testing.T) {
+	st := startStack(t, stack.Config{}, true)
+	if st.ClickHouseAnalystUser != "analyst" || len(st.ClickHouseAnalystPassword) < 16 || st.ClickHouseUser != "tally" ||
+		len(st.ClickHousePassword) < 16 || st.ClickHouseAnalystPassword == st.ClickHousePassword {
+		t.Fatalf("generated credentials: analyst %q/%q, writer %q/%q", st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword,
+			st.ClickHouseUser, st.ClickHousePassword)
+	}
+	db := st.ClickHouseDatabase
+	environ := "SELECT * FROM file('/proc/self/environ', 'RawBLOB')"
+	for _, c := range []struct{ who, user, password, q string }{
+		{"nobody", "", "", "SELECT 1"},
+		{"analyst", st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword, environ},
+		{"analyst", st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword, "DROP TABLE usage_events"},
+		{"writer", st.ClickHouseUser, st.ClickHousePassword, environ},
+		{"writer", st.ClickHouseUser, st.ClickHousePassword, "DROP TABLE usage_events"},
+	} {
+		a := chQuery(t, st.ClickHouse, db, c.user, c.password, c.q)
+		if a.status == 200 || strings.Contains(a.body, st.AdminToken) || strings.Contains(a.body, "PATH=") {
+			t.Errorf("%s: %q answered %d %.200q, want refused", c.who, c.q, a.status, a.body)
+		}
+	}
+	rid := admitWhenFundedAfterGrant(t, st, "acct_roles")
+	waitfor.Eventually(t, "the request's events in ClickHouse, read by the analyst", 60*time.Second, func() error {
+		a := chQuery(t, st.ClickHouse, db, st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword,
+			"SELECT count() FROM usage_events WHERE request_id = '"+rid+"'")
+		if a.status != 200 || strings.TrimSpace(a.body) != "1" {
+			return fmt.Errorf("%d %s", a.status, a.body)
+		}
+		return nil
+	})
+}
+
+func admitWhenFundedAfterGrant(t *testing.T, st *stack.Stack, acct string) string {
+	t.Helper()
+	if a := call(t, "POST", st.LedgerURL+"/v1/accounts/"+acct+"/grants", st.AdminToken, grantBody("g-"+acct)); a.status != 202 {
+		t.Fatalf("grant: %d %s", a.status, a.body)
+	}
+	return admitWhenFunded(t, st, acct, "r-"+acct)
+}
+
+// TestSameSecretForBothRolesRefused: the stack refuses one secret as both the edge key and
+// the admin token (and keys without their role's prefix) before it starts anything.
+func TestSameSecretForBothRolesRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, c := range []struct{ key, admin, want string }{
+		{"tk_same-secret-1234", "tk_same-secret-1234", "same secret"},
+		{"ta_x-1234567890", "ta_y-1234567890", `must start with "tk_"`},
+		{"tk_x-1234567890", "tk_y-1234567890", `must start with "ta_"`},
+	} {
+		st, err := stack.Start(ctx, stack.Config{APIKey: c.key, AdminToken: c.admin, KafkaAddr: "127.0.0.1:1"})
+		if err == nil {
+			st.Close()
+			t.Fatalf("%s/%s: started", c.key, c.admin)
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s/%s: %v, want %q", c.key, c.admin, err, c.want)
+		}
+	}
+}
+
 // TestSecretsNeverLogged runs the full stack with a JSON logger at DEBUG level (also installed
 // as the process default, which the standard log package and net/http's server errors go
 // through), drives grants, admits and finishes, failed authentications with wrong keys on

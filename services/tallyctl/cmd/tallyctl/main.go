@@ -30,6 +30,7 @@ var commands = map[string]command{
 	"statement": {"an account's statement: opening balance, every entry, closing balance", cmdStatement},
 	"reconcile": {"replay the events topic from the start and compare with the ledger and ClickHouse", cmdReconcile},
 	"sql":       {"run a ClickHouse query and print a table, CSV or JSON", cmdSQL},
+	"hash-key":  {"print a key's setting entry, id:hmac:<hex>, from the key on stdin and TALLY_KEY_HASH_SECRET", cmdHashKey},
 }
 
 // usageError marks a bad command line (exit status 2).

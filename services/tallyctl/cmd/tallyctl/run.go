@@ -44,8 +44,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&cfg.SinkAddr, "sink-addr", envOr("SINK_LISTEN_ADDR", "127.0.0.1:8083"), "sink address (metrics, health)")
 	fs.StringVar(&cfg.APIKey, "api-key", os.Getenv("TALLY_RUN_API_KEY"), "edge API key to accept (env TALLY_RUN_API_KEY; default: generated once and kept in the data directory's keys.env)")
 	fs.StringVar(&cfg.AdminToken, "admin-token", os.Getenv("TALLY_RUN_ADMIN_TOKEN"), "admin token to accept (env TALLY_RUN_ADMIN_TOKEN; default: generated once and kept in keys.env)")
-	fs.StringVar(&cfg.ClickHouseUser, "clickhouse-user", os.Getenv("TALLY_RUN_CLICKHOUSE_USER"), "require this user on the embedded ClickHouse endpoint, or log in as it to -clickhouse-server (env TALLY_RUN_CLICKHOUSE_USER; default: no auth)")
-	fs.StringVar(&cfg.ClickHousePassword, "clickhouse-password", os.Getenv("TALLY_RUN_CLICKHOUSE_PASSWORD"), "its password (env TALLY_RUN_CLICKHOUSE_PASSWORD)")
+	fs.StringVar(&cfg.ClickHouseUser, "clickhouse-user", os.Getenv("TALLY_RUN_CLICKHOUSE_USER"), "the embedded ClickHouse endpoint's writer user, the sink's: inserts into its tables only; or the user to log in as to -clickhouse-server (env TALLY_RUN_CLICKHOUSE_USER; default tally on the embedded endpoint)")
+	fs.StringVar(&cfg.ClickHousePassword, "clickhouse-password", os.Getenv("TALLY_RUN_CLICKHOUSE_PASSWORD"), "its password, at least 16 bytes on the embedded endpoint (env TALLY_RUN_CLICKHOUSE_PASSWORD; default there: generated once and kept in keys.env)")
+	fs.StringVar(&cfg.ClickHouseAnalystUser, "clickhouse-analyst-user", os.Getenv("TALLY_RUN_CLICKHOUSE_ANALYST_USER"), "the embedded ClickHouse endpoint's read-only user, which tallyctl's other commands use (env TALLY_RUN_CLICKHOUSE_ANALYST_USER; default analyst)")
+	fs.StringVar(&cfg.ClickHouseAnalystPassword, "clickhouse-analyst-password", os.Getenv("TALLY_RUN_CLICKHOUSE_ANALYST_PASSWORD"), "its password, at least 16 bytes (env TALLY_RUN_CLICKHOUSE_ANALYST_PASSWORD; default: generated once and kept in keys.env)")
 	fs.StringVar(&cfg.PriceBookPath, "pricebook", os.Getenv("TALLY_PRICEBOOK_PATH"), "price book file (default: built in)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -159,10 +161,20 @@ func runInfo(st *stack.Stack, ephemeral bool, keysFile, prefix, pricebook string
 		"CLICKHOUSE_ADDR":      chAddr,
 		"CLICKHOUSE_PROTOCOL":  "http",
 		"CLICKHOUSE_DATABASE":  st.ClickHouseDatabase,
-		"CLICKHOUSE_USER":      st.ClickHouseUser,
+		"CLICKHOUSE_USER":      chUser(st),
 		"TALLY_PRICEBOOK_PATH": pricebook,
 	}
 	return runinfo.Info{PID: os.Getpid(), Ephemeral: ephemeral, Env: env, KeysFile: keysFile}
+}
+
+// chUser is the ClickHouse user tallyctl's other commands log in as: on the embedded endpoint
+// its read-only analyst (the password is kept in the keys file as CLICKHOUSE_PASSWORD), on a
+// ClickHouse server the user given to tallyctl run.
+func chUser(st *stack.Stack) string {
+	if st.ClickHouseAnalystUser != "" {
+		return st.ClickHouseAnalystUser
+	}
+	return st.ClickHouseUser
 }
 
 func printBanner(w io.Writer, st *stack.Stack, ephemeral, externalCH bool, dir string) {
@@ -188,6 +200,7 @@ tallyctl's other commands find this stack through %s/run.json.`,
 
   export TALLY_API_KEY=%s
   export TALLY_ADMIN_TOKEN=%s
+  export TALLY_CLICKHOUSE_USER=%s TALLY_CLICKHOUSE_PASSWORD=%s   (read-only analyst)
 
 Try it:
   curl -s -X POST %s/v1/accounts/acct_1/grants -H "Authorization: Bearer $TALLY_ADMIN_TOKEN" \
@@ -197,18 +210,10 @@ Try it:
   curl -s -X POST %s/v1/finish -H "Authorization: Bearer $TALLY_API_KEY" -H 'Content-Type: application/json' \
        -d '{"request_id": "req_1", "status": "succeeded", "usage": {"video_seconds": 8, "resolution": "1080p"}}'
   curl -s %s/v1/accounts/acct_1 -H "Authorization: Bearer $TALLY_ADMIN_TOKEN"
-  curl -s %s'%s/?query=SELECT+type,count()+FROM+usage_events+GROUP+BY+type'
+  curl -s -u "$TALLY_CLICKHOUSE_USER:$TALLY_CLICKHOUSE_PASSWORD" '%s/?query=SELECT+type,count()+FROM+usage_events+GROUP+BY+type'
   tallyctl statement -account acct_1
 
 Ctrl-C stops it.
 `, where, st.AdmitterURL, st.LedgerURL, st.SinkURL, st.ClickHouse, st.APIKey, st.AdminToken,
-		st.LedgerURL, st.AdmitterURL, st.AdmitterURL, st.LedgerURL, chAuth(st), st.ClickHouse)
-}
-
-// chAuth is the curl option for the embedded endpoint's credentials, if it requires them.
-func chAuth(st *stack.Stack) string {
-	if st.ClickHouseUser == "" {
-		return ""
-	}
-	return "-u '" + st.ClickHouseUser + ":" + st.ClickHousePassword + "' "
+		st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword, st.LedgerURL, st.AdmitterURL, st.AdmitterURL, st.LedgerURL, st.ClickHouse)
 }
