@@ -39,8 +39,7 @@ func New(cfg Config, partition int32) *State {
 		endpoints: make(map[string]*endpointLoad)}
 	for _, name := range sortedKeys(cfg.Book.Endpoints) {
 		ep := cfg.Book.Endpoints[name]
-		s.endpoints[name] = &endpointLoad{name: name, capacity: ep.CapacityInflight, reserve: ep.CriticalReservePermille,
-			factor: [3]int32{1000, 1000, 1000}}
+		s.endpoints[name] = newEndpointLoad(name, ep, &cfg)
 		s.epOrder = append(s.epOrder, name)
 	}
 	return s
@@ -95,12 +94,7 @@ func (s *State) Restore(snap Snapshot, accounts []*Account) {
 		s.accounts[a.ID] = a
 		s.index(a)
 	}
-	for _, name := range s.epOrder {
-		ep := s.endpoints[name]
-		for i := range ep.factor {
-			ep.factor[i] = ep.compute(i, s.cfg.PartitionsTotal)
-		}
-	}
+	s.recomputeLoad()
 }
 
 // RestoreAccount installs one persisted account (see Restore).
@@ -115,11 +109,16 @@ func (s *State) RestoreAccount(a *Account) {
 // RestoreSnapshot installs the partition-level record and recomputes the load factors.
 func (s *State) RestoreSnapshot(snap Snapshot) {
 	s.watermark, s.offset = snap.WatermarkNs, snap.Offset
+	s.recomputeLoad()
+}
+
+// recomputeLoad sets the load factors from the restored holds. The snapshot carries no
+// in-flight count: index counts the restored holds by the current rule (AccountSharePermille,
+// PartitionsTotal), whatever version or settings wrote them. What was published before is
+// not known, so each endpoint publishes its factors again at its next in-flight change.
+func (s *State) recomputeLoad() {
 	for _, name := range s.epOrder {
-		ep := s.endpoints[name]
-		for i := range ep.factor {
-			ep.factor[i] = ep.compute(i, s.cfg.PartitionsTotal)
-		}
+		s.endpoints[name].recompute(s.cfg.PartitionsTotal)
 	}
 }
 
@@ -127,10 +126,8 @@ func (s *State) index(a *Account) {
 	for i := range a.Holds {
 		h := &a.Holds[i]
 		s.schedule(expiry{atNs: h.ExpiresNs, acct: a, kind: expHold, hash: hashID(h.RequestID)})
-		if ep := s.endpoints[h.Endpoint]; ep != nil {
-			ep.inflight[h.Priority%3]++
-		}
 	}
+	s.indexLoad(a, 1)
 	for i := range a.Grants {
 		if g := &a.Grants[i]; g.ExpiresNs != 0 {
 			s.schedule(expiry{atNs: g.ExpiresNs, acct: a, kind: expGrant, hash: hashID(g.ID)})
@@ -161,11 +158,7 @@ func (s *State) unindex(a *Account) {
 			s.live--
 		}
 	}
-	for i := range a.Holds {
-		if ep := s.endpoints[a.Holds[i].Endpoint]; ep != nil {
-			ep.inflight[a.Holds[i].Priority%3]--
-		}
-	}
+	s.indexLoad(a, -1)
 	// Heap entries of the old object are dropped lazily: they no longer match the map.
 }
 
@@ -352,7 +345,7 @@ func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, ou
 	}
 	a.Holds = append(a.Holds, hold)
 	s.schedule(expiry{atNs: hold.ExpiresNs, acct: a, kind: expHold, hash: rh})
-	s.inflight(hold.Endpoint, hold.Priority, 1, out)
+	s.inflight(a, &a.Holds[len(a.Holds)-1], 1, out)
 	// A finish that came first is settled now.
 	if i := a.findParked(p.RequestID); i >= 0 {
 		pk := a.Parked[i]
@@ -404,7 +397,7 @@ func (s *State) settle(a *Account, i int, causeID, status string, cost int64, at
 	a.removeHold(i)
 	s.live--
 	s.remember(a, hashID(h.RequestID), out)
-	s.inflight(h.Endpoint, h.Priority, -1, out)
+	s.inflight(a, &h, -1, out)
 	s.settledOK(a, status)
 	fromAllow := s.allowanceShare(a, &h, cost, at.UnixNano())
 	if fromAllow != h.AllowanceMicros {
@@ -813,7 +806,7 @@ func (s *State) expireHold(a *Account, e expiry, out *Output) {
 	a.removeHold(i)
 	s.live--
 	s.remember(a, hashID(h.RequestID)|1, out)
-	s.inflight(h.Endpoint, h.Priority, -1, out)
+	s.inflight(a, &h, -1, out)
 	out.touch(a)
 	at := time.Unix(0, h.ExpiresNs).UTC()
 	startID := h.EventID.String()

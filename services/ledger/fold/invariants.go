@@ -81,7 +81,8 @@ func CheckAccount(a *Account) error {
 	return nil
 }
 
-// Check runs CheckAccount on every account, in id order.
+// Check runs CheckAccount on every account, in id order, and checks the partition-level
+// indexes (expiry, dedupe and endpoint in-flight counts) against a recount.
 func (s *State) Check() error {
 	ids := make([]string, 0, len(s.accounts))
 	for id := range s.accounts {
@@ -124,6 +125,50 @@ func (s *State) Check() error {
 	}
 	if len(s.heap) > heapMax(s.live) {
 		errs = append(errs, fmt.Errorf("expiry index: %d entries for %d live", len(s.heap), s.live))
+	}
+	errs = append(errs, s.checkLoad(ids))
+	return errors.Join(errs...)
+}
+
+// checkLoad recounts each endpoint's in-flight counts from the open holds, by the closed
+// form (per account, endpoint and priority with c holds: min(c, capLocal) scaled, max(0,
+// c − capSystem) one for one), and compares them with the counts the fold keeps.
+func (s *State) checkLoad(ids []string) error {
+	type key struct {
+		endpoint string
+		prio     uint8
+	}
+	type counts struct{ scaled, excess [3]int64 }
+	want := map[string]*counts{}
+	for _, id := range ids {
+		c := map[key]int64{}
+		for _, h := range s.accounts[id].Holds {
+			c[key{h.Endpoint, h.Priority % 3}]++
+		}
+		for k, n := range c {
+			ep := s.endpoints[k.endpoint]
+			if ep == nil {
+				continue
+			}
+			w := want[k.endpoint]
+			if w == nil {
+				w = &counts{}
+				want[k.endpoint] = w
+			}
+			w.scaled[k.prio] += min(n, ep.capLocal)
+			w.excess[k.prio] += max(0, n-ep.capSystem)
+		}
+	}
+	var errs []error
+	for _, name := range s.epOrder {
+		ep, w := s.endpoints[name], want[name]
+		if w == nil {
+			w = &counts{}
+		}
+		if ep.scaled != w.scaled || ep.excess != w.excess {
+			errs = append(errs, fmt.Errorf("endpoint %s: in-flight scaled %v excess %v tracked, %v %v counted from the holds",
+				name, ep.scaled, ep.excess, w.scaled, w.excess))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -4,6 +4,7 @@ import (
 	"sort"
 
 	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/pricebook"
 )
 
 // Limit-factor reasons (LimitsAdjusted.Reason).
@@ -29,22 +30,77 @@ func prioIndex(p string) int {
 }
 
 // endpointLoad tracks one endpoint's in-flight holds per priority class.
+//
+// The system's in-flight count is estimated from this partition's: accounts hash uniformly
+// over partitions, so the typical account's holds count × partitions. But all of one account's
+// holds sit on one partition, and scaling them would let one account (at its admitter share,
+// 10 % of capacity) read as 80 % on 8 partitions and shed standard for everyone. So per
+// account, endpoint and priority, with c open holds, the estimate counts
+//
+//	min(c, capLocal) × partitions + max(0, c − capSystem)
+//
+// capLocal = max(1, AccountSharePermille × capacity / (1000 × partitions)) and capSystem =
+// capLocal × partitions: up to its share an account counts like any other (scaled); beyond
+// it, only what it really holds counts, one for one (an account holds at least its own
+// holds system-wide). One account thus moves the estimate by at most its share, unless it
+// really holds more (several admitters, each granting a share). With one partition this is
+// exactly c.
 type endpointLoad struct {
-	name     string
-	capacity int64
-	reserve  int64 // critical reserve, permille of capacity
-	inflight [3]int64
-	factor   [3]int32
+	name      string
+	capacity  int64
+	reserve   int64 // critical reserve, permille of capacity
+	capLocal  int64
+	capSystem int64
+	scaled    [3]int64 // Σ min(c, capLocal) over this partition's accounts, per priority
+	excess    [3]int64 // Σ max(0, c − capSystem), per priority
+	factor    [3]int32
+	// republish is set by a restore: the factors published before (perhaps by another rule
+	// or setting) are unknown, so the next in-flight change publishes all three.
+	republish bool
+}
+
+func newEndpointLoad(name string, ep pricebook.Endpoint, cfg *Config) *endpointLoad {
+	capLocal := max(1, cfg.AccountSharePermille*ep.CapacityInflight/(1000*cfg.PartitionsTotal))
+	return &endpointLoad{name: name, capacity: ep.CapacityInflight, reserve: ep.CriticalReservePermille,
+		capLocal: capLocal, capSystem: capLocal * cfg.PartitionsTotal, factor: [3]int32{1000, 1000, 1000}}
+}
+
+// step counts one hold of an account that has k other open holds on the endpoint at prio
+// in (sign 1) or out (sign −1).
+func (e *endpointLoad) step(prio uint8, k, sign int64) {
+	if k < e.capLocal {
+		e.scaled[prio%3] += sign
+	}
+	if k >= e.capSystem {
+		e.excess[prio%3] += sign
+	}
+}
+
+// accountHolds counts the holds on endpoint at prio, stopping at limit.
+func accountHolds(holds []Hold, endpoint string, prio uint8, limit int64) int64 {
+	var n int64
+	for i := range holds {
+		if h := &holds[i]; h.Priority == prio && h.Endpoint == endpoint {
+			if n++; n >= limit {
+				break
+			}
+		}
+	}
+	return n
+}
+
+// estimate is the estimated in-flight count of the whole system.
+func (e *endpointLoad) estimate(partitions int64) int64 {
+	return (e.scaled[0]+e.scaled[1]+e.scaled[2])*partitions + e.excess[0] + e.excess[1] + e.excess[2]
 }
 
 // compute is the load factor of priority class i. Utilisation u (permille of capacity) is
-// this partition's in-flight count × partitions / capacity. Batch sheds first (from half of
-// the non-reserved capacity to 80 % of it), standard next (80 % to 100 % of it); critical
-// keeps the reserve and only drops, to at least 100, once the whole capacity is used.
-// Factors are quantised to steps of 100 so that they change rarely.
+// the estimate above / capacity. Batch sheds first (from half of the non-reserved capacity
+// to 80 % of it), standard next (80 % to 100 % of it); critical keeps the reserve and only
+// drops, to at least 100, once the whole capacity is used. Factors are quantised to steps of
+// 100 so that they change rarely.
 func (e *endpointLoad) compute(i int, partitions int64) int32 {
-	total := e.inflight[0] + e.inflight[1] + e.inflight[2]
-	u := total * partitions * 1000 / e.capacity
+	u := e.estimate(partitions) * 1000 / e.capacity
 	open := 1000 - e.reserve
 	var lo, hi, floor int64
 	switch i {
@@ -66,18 +122,53 @@ func (e *endpointLoad) compute(i int, partitions int64) int32 {
 	return int32(max(f, floor))
 }
 
-func (s *State) inflight(endpoint string, prio uint8, delta int64, out *Output) {
-	ep := s.endpoints[endpoint]
+// recompute sets the factors from the counts without publishing (after a restore).
+func (e *endpointLoad) recompute(partitions int64) {
+	for i := range e.factor {
+		e.factor[i] = e.compute(i, partitions)
+	}
+	e.republish = true
+}
+
+// inflight counts hold h of account a in (sign 1: a.Holds already holds it) or out (sign −1:
+// a.Holds no longer does) and publishes the factors that changed. The scan of a's holds stops
+// at capSystem and is skipped when a has fewer holds than capLocal (most accounts).
+func (s *State) inflight(a *Account, h *Hold, sign int64, out *Output) {
+	ep := s.endpoints[h.Endpoint]
 	if ep == nil {
 		return
 	}
-	ep.inflight[prio%3] += delta
+	others := int64(len(a.Holds)) // an upper bound of k
+	if sign > 0 {
+		others--
+	}
+	k := others
+	if others >= ep.capLocal {
+		k = accountHolds(a.Holds, h.Endpoint, h.Priority, ep.capSystem+1)
+		if sign > 0 {
+			k--
+		}
+	}
+	ep.step(h.Priority, k, sign)
 	for i := range ep.factor {
 		f := ep.compute(i, s.cfg.PartitionsTotal)
-		if f != ep.factor[i] {
+		if f != ep.factor[i] || ep.republish {
 			ep.factor[i] = f
 			out.Limits = append(out.Limits, events.LimitsAdjusted{Scope: events.ScopeEndpoint, Endpoint: ep.name,
 				Priority: priorities[i], FactorPermille: f, Reason: ReasonLoad})
+		}
+	}
+	ep.republish = false
+}
+
+// indexLoad counts every open hold of a in (sign 1) or out (sign −1), as if they had been
+// placed one by one: the counts depend only on the holds, never on their history, so a
+// restored state counts exactly as the state that was persisted.
+func (s *State) indexLoad(a *Account, sign int64) {
+	for j := range a.Holds {
+		h := &a.Holds[j]
+		if ep := s.endpoints[h.Endpoint]; ep != nil {
+			ep.step(h.Priority, accountHolds(a.Holds[:j], h.Endpoint, h.Priority, ep.capSystem), sign)
 		}
 	}
 }

@@ -25,6 +25,12 @@ type Config struct {
 	// PartitionsTotal scales this partition's in-flight count to an estimate of the whole
 	// system's (accounts hash uniformly over partitions). Default 1.
 	PartitionsTotal int64
+	// AccountSharePermille bounds one account's weight in that estimate: per endpoint and
+	// priority, an account's holds are scaled by PartitionsTotal only up to this share of the
+	// endpoint's capacity (at least one hold); beyond it they count one for one, so one
+	// account's holds, all on its own partition, are not multiplied into a load that sheds
+	// everyone. Set it to the admitter's per-account share. Default 100, range [1, 1000].
+	AccountSharePermille int64
 	// ParkTimeoutNs is how long (log time) a finish without its start waits before it is
 	// settled as a finish for an unknown request. Default 1 h.
 	ParkTimeoutNs int64
@@ -67,7 +73,7 @@ type Config struct {
 // DefaultConfig returns the default policy over book.
 func DefaultConfig(book *pricebook.Book) Config {
 	return Config{
-		Book: book, PartitionsTotal: 1, ParkTimeoutNs: int64(time.Hour), MaxParkedPerAccount: 8,
+		Book: book, PartitionsTotal: 1, AccountSharePermille: 100, ParkTimeoutNs: int64(time.Hour), MaxParkedPerAccount: 8,
 		MaxHoldsPerAccount: 1024, MaxGrantsPerAccount: 64, DedupeWindowNs: int64(24 * time.Hour), MaxDedupePerAccount: 4096,
 		FutureSkewMaxNs: int64(5 * time.Minute),
 		HistoryWindowNs: int64(time.Hour), RejectMinRequests: 20, RejectRatioPermille: 500,
@@ -91,6 +97,7 @@ func (c Config) Validate() error {
 	}
 	day := int64(24 * time.Hour)
 	pos("PartitionsTotal", c.PartitionsTotal, 1, 100_000)
+	pos("AccountSharePermille", c.AccountSharePermille, 1, 1000)
 	pos("ParkTimeoutNs", c.ParkTimeoutNs, int64(time.Second), 7*day)
 	pos("MaxParkedPerAccount", int64(c.MaxParkedPerAccount), 0, 1024)
 	pos("MaxHoldsPerAccount", int64(c.MaxHoldsPerAccount), 1, 100_000)
