@@ -9,6 +9,7 @@ import (
 
 	"github.com/tallyhq/tally/services/ledger"
 	"github.com/tallyhq/tally/shared/httpx"
+	"github.com/tallyhq/tally/shared/pricebook"
 )
 
 // TestDefaultConfigMatchesEnvDefaults: the code-built defaults are the envDefault tags.
@@ -39,14 +40,31 @@ func TestConfigValidateNamesEveryBadSetting(t *testing.T) {
 	cfg.TopicPrefix = ""
 	cfg.DedupeWindowMs = 999
 	cfg.DedupePerAccountMax = 15
+	cfg.AccountSharePermille = 1001
 	err := cfg.Validate()
 	for _, name := range []string{"KAFKA_BROKERS", "LEDGER_BATCH_MAX", "LEDGER_PAGE_MAX", "LEDGER_PARK_TIMEOUT_MS", "LEDGER_ADMIN_KEYS", "TALLY_TOPIC_PREFIX",
-		"LEDGER_DEDUPE_WINDOW_MS", "LEDGER_DEDUPE_PER_ACCOUNT_MAX"} {
+		"LEDGER_DEDUPE_WINDOW_MS", "LEDGER_DEDUPE_PER_ACCOUNT_MAX", "LEDGER_ACCOUNT_SHARE_PERMILLE"} {
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}
 	}
 	if _, err := ledger.New(cfg); err == nil {
 		t.Fatal("New accepted an invalid config")
+	}
+}
+
+// TestFoldConfigCarriesAccountShare: LEDGER_ACCOUNT_SHARE_PERMILLE reaches the fold, and the
+// default fold config built from the settings is valid.
+func TestFoldConfigCarriesAccountShare(t *testing.T) {
+	var cfg ledger.Config
+	if err := env.ParseWithOptions(&cfg, env.Options{Environment: map[string]string{"LEDGER_ACCOUNT_SHARE_PERMILLE": "250"}}); err != nil {
+		t.Fatal(err)
+	}
+	fc := cfg.FoldConfig(pricebook.Default())
+	if fc.AccountSharePermille != 250 {
+		t.Fatalf("fold AccountSharePermille %d, want 250", fc.AccountSharePermille)
+	}
+	if err := ledger.DefaultConfig().FoldConfig(pricebook.Default()).Validate(); err != nil {
+		t.Fatalf("default fold config: %v", err)
 	}
 }

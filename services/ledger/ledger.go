@@ -92,6 +92,16 @@ type Config struct {
 	ParkedPerAccountMax int   `env:"LEDGER_PARKED_PER_ACCOUNT_MAX" envDefault:"8"`
 	HoldsPerAccountMax  int   `env:"LEDGER_HOLDS_PER_ACCOUNT_MAX" envDefault:"1024"`
 	GrantsPerAccountMax int   `env:"LEDGER_GRANTS_PER_ACCOUNT_MAX" envDefault:"64"`
+
+	// AccountSharePermille (LEDGER_ACCOUNT_SHARE_PERMILLE, default 100, range [1, 1000]) bounds
+	// one account's weight in the endpoint load estimate: per endpoint and priority, an
+	// account's open holds are scaled by LEDGER_LOAD_PARTITIONS only up to this share of the
+	// endpoint's capacity_inflight (at least one hold); beyond it they count one for one. All
+	// of an account's holds sit on its own partition, so without the bound one account at its
+	// admitter share (ADMITTER_ACCOUNT_SHARE_PERMILLE) would read as that share × partitions
+	// and shed standard and batch traffic for everyone. Keep it at the admitter's share.
+	AccountSharePermille int64 `env:"LEDGER_ACCOUNT_SHARE_PERMILLE" envDefault:"100"`
+
 	// Dedupe: how long (log time) an applied id is remembered, and how many per account.
 	DedupeWindowMs      int64 `env:"LEDGER_DEDUPE_WINDOW_MS" envDefault:"86400000"`
 	DedupePerAccountMax int   `env:"LEDGER_DEDUPE_PER_ACCOUNT_MAX" envDefault:"4096"`
@@ -140,7 +150,7 @@ func DefaultConfig() Config {
 		BatchMax: 5000, BatchWaitMs: 2, FetchMaxBytes: 8 << 20, FetchWaitMs: 100, QueueMax: 10_000,
 		WriteTimeoutMs: 10_000, WriteAttemptsMax: 5, RetryBackoffMs: 1000, JournalPerAccount: 64, JournalAccountsMax: 10_000,
 		BodyMaxBytes: 64 << 10, PageMax: 500, PublishTimeoutMs: 10_000, ShutdownTimeoutMs: 10_000,
-		PartitionsTotal: 4, ParkTimeoutMs: 3_600_000, ParkedPerAccountMax: 8, HoldsPerAccountMax: 1024, GrantsPerAccountMax: 64,
+		PartitionsTotal: 4, AccountSharePermille: 100, ParkTimeoutMs: 3_600_000, ParkedPerAccountMax: 8, HoldsPerAccountMax: 1024, GrantsPerAccountMax: 64,
 		DedupeWindowMs: 86_400_000, DedupePerAccountMax: 4096, FutureSkewMaxMs: 300_000, TickIntervalMs: 1000,
 		HistoryWindowMs: 3_600_000, RejectMinRequests: 20, RejectRatioPermille: 500, RejectFactorPermille: 700,
 		FlagPenaltyPermille: 500, FlagDecayMs: 86_400_000, BlockMs: 86_400_000, CleanMinRequests: 100, CleanBonusPermille: 1200,
@@ -244,6 +254,7 @@ func (c Config) Validate() error {
 	rng("LEDGER_PUBLISH_TIMEOUT_MS", c.PublishTimeoutMs, 100, 600_000)
 	rng("LEDGER_SHUTDOWN_TIMEOUT_MS", c.ShutdownTimeoutMs, 100, 600_000)
 	rng("LEDGER_LOAD_PARTITIONS", c.PartitionsTotal, 1, 100_000)
+	rng("LEDGER_ACCOUNT_SHARE_PERMILLE", c.AccountSharePermille, 1, 1000)
 	rng("LEDGER_PARK_TIMEOUT_MS", c.ParkTimeoutMs, 1000, 7*day)
 	rng("LEDGER_PARKED_PER_ACCOUNT_MAX", int64(c.ParkedPerAccountMax), 0, 1024)
 	rng("LEDGER_HOLDS_PER_ACCOUNT_MAX", int64(c.HoldsPerAccountMax), 1, 100_000)
@@ -276,7 +287,7 @@ func (c Config) Validate() error {
 // FoldConfig is the fold policy these settings describe.
 func (c Config) FoldConfig(book *pricebook.Book) fold.Config {
 	ms := int64(time.Millisecond)
-	return fold.Config{Book: book, PartitionsTotal: c.PartitionsTotal, ParkTimeoutNs: c.ParkTimeoutMs * ms,
+	return fold.Config{Book: book, PartitionsTotal: c.PartitionsTotal, AccountSharePermille: c.AccountSharePermille, ParkTimeoutNs: c.ParkTimeoutMs * ms,
 		MaxParkedPerAccount: c.ParkedPerAccountMax, MaxHoldsPerAccount: c.HoldsPerAccountMax, MaxGrantsPerAccount: c.GrantsPerAccountMax,
 		DedupeWindowNs: c.DedupeWindowMs * ms, MaxDedupePerAccount: c.DedupePerAccountMax, FutureSkewMaxNs: c.FutureSkewMaxMs * ms,
 		HistoryWindowNs: c.HistoryWindowMs * ms, RejectMinRequests: c.RejectMinRequests, RejectRatioPermille: c.RejectRatioPermille,
