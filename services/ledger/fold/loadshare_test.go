@@ -325,3 +325,92 @@ func heavyLog(t testing.TB, seed uint64, n int) []*events.Event {
 	}
 	return l.evs
 }
+
+// heavyCycle returns a state where one account holds 1000 open standard holds on 8
+// partitions (capLocal 51, capSystem 408: every start and settlement of it scans its holds),
+// and a cyclic log of 2000 start/finish pairs of that account, each pair settling at once.
+// The dedupe window is half a lap, so the ids of a lap are forgotten when they come again;
+// the holds never expire.
+func heavyCycle(t testing.TB) (*State, *cycle) {
+	const pairs = 2000
+	step := time.Millisecond
+	cfg := DefaultConfig(pricebook.Default())
+	cfg.PartitionsTotal = 8
+	cfg.DedupeWindowNs = int64(pairs * step / 2)
+	far := t0.Add(1000 * time.Hour)
+	l := &logb{t: t}
+	l.add(t0, grant("heavy", "g", 1_000_000_000_000, 0, nil))
+	for j := 0; j < 1000; j++ {
+		l.add(t0, start("heavy", fmt.Sprint("open", j), 1, far))
+	}
+	s := New(cfg, 0)
+	var out Output
+	for i, e := range l.evs {
+		s.Apply(Input{Offset: int64(i), Event: e}, &out)
+	}
+	l.evs = l.evs[:0]
+	at := t0
+	for i := 0; i < pairs; i++ {
+		at = at.Add(step)
+		req := fmt.Sprint("c", i)
+		l.add(at, start("heavy", req, 1, far))
+		l.add(at, finish("heavy", req, 1))
+	}
+	c := &cycle{evs: l.evs, span: pairs * step}
+	for _, e := range c.evs {
+		c.base = append(c.base, e.Time)
+	}
+	return s, c
+}
+
+// TestFoldAllocsHeavyAccount: the capped in-flight count of an account with many open holds
+// (the scan of its holds) allocates nothing per event.
+func TestFoldAllocsHeavyAccount(t *testing.T) {
+	s, c := heavyCycle(t)
+	var out Output
+	off := int64(1_000_000)
+	apply := func() {
+		s.Apply(Input{Offset: off, Event: c.next()}, &out)
+		off++
+		if len(out.Entries) > 4096 {
+			out.Reset()
+		}
+	}
+	for k := 0; k < 3*len(c.evs); k++ {
+		apply()
+	}
+	out.Reset()
+	if allocs := testing.AllocsPerRun(4000, apply); allocs != 0 {
+		t.Fatalf("fold of a heavy account allocates %.2f per event", allocs)
+	}
+	if len(out.Anomalies) != 0 {
+		t.Fatalf("anomalies: %+v", out.Anomalies[0])
+	}
+	if err := s.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.Account("heavy").Holds); n != 1000 && n != 1001 {
+		t.Fatalf("%d open holds, want 1000 (1001 between a start and its finish)", n)
+	}
+	if f := factors(s); f != [3]int32{1000, 1000, 1000} { // 1000 holds count 1000: u = 244 ‰
+		t.Fatalf("factors %v", f)
+	}
+}
+
+// BenchmarkFoldHeavyAccount: start and finish of an account with 1000 open holds (near the
+// worst case of the capped count's scan, with the default MaxHoldsPerAccount 1024).
+func BenchmarkFoldHeavyAccount(b *testing.B) {
+	s, c := heavyCycle(b)
+	var out Output
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		s.Apply(Input{Offset: int64(1_000_000 + i), Event: c.next()}, &out)
+		if len(out.Entries) > 4096 {
+			out.Reset()
+		}
+	}
+	if len(out.Anomalies) != 0 {
+		b.Fatalf("anomalies: %+v", out.Anomalies[0])
+	}
+}
