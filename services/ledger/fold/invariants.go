@@ -143,7 +143,7 @@ func (s *State) checkLoad(ids []string) error {
 	for _, id := range ids {
 		c := map[key]int64{}
 		for _, h := range s.accounts[id].Holds {
-			c[key{h.Endpoint, h.Priority % 3}]++
+			c[key{h.Endpoint, h.Priority}]++ // as the fold groups them (a decoded priority may be ≥ 3)
 		}
 		for k, n := range c {
 			ep := s.endpoints[k.endpoint]
@@ -155,8 +155,8 @@ func (s *State) checkLoad(ids []string) error {
 				w = &counts{}
 				want[k.endpoint] = w
 			}
-			w.scaled[k.prio] += min(n, ep.capLocal)
-			w.excess[k.prio] += max(0, n-ep.capSystem)
+			w.scaled[k.prio%3] += min(n, ep.capLocal)
+			w.excess[k.prio%3] += max(0, n-ep.capSystem)
 		}
 	}
 	var errs []error
