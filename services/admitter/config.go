@@ -122,9 +122,8 @@ type Config struct {
 	// capacity_inflight and the adaptive limit) one account may hold in flight on this
 	// admitter, whatever its tier allows (default 100, range 1..1000); beyond it the account
 	// is denied concurrency_limited, so one client's open requests cannot take the endpoint.
-	// 100 keeps one account's holds, all in its own events partition, below the ledger's
-	// load-factor thresholds with 4 partitions (the ledger extrapolates one partition's
-	// in-flight × partitions; see README).
+	// The ledger weighs one account's holds in its load estimate by the same share
+	// (LEDGER_ACCOUNT_SHARE_PERMILLE), so they cannot shed the endpoint for everyone either.
 	AccountSharePermille int64 `env:"ADMITTER_ACCOUNT_SHARE_PERMILLE" envDefault:"100"`
 
 	// AdaptiveEnabled turns on the local adaptive (AIMD) concurrency limit per endpoint
