@@ -18,7 +18,8 @@ import (
 //     an account's rows, rollups and journal lines live on one shard and per-account
 //     aggregates, FINAL and the rollups stay exact per shard;
 //   - each materialized view reads and writes the shard's local tables (T_local);
-//   - views, ALTERs and DROPs run ON CLUSTER; views read the Distributed tables.
+//   - views, ALTERs and DROPs run ON CLUSTER; views read the Distributed tables; an ALTER of
+//     columns changes the local and the Distributed table alike.
 //
 // The sink writes to the Distributed tables; for its exactly-once scheme the inserts must be
 // synchronous (distributed_foreground_insert = 1 in the sink user's profile) so each shard's
@@ -34,7 +35,10 @@ var (
 	reEngine      = regexp.MustCompile(`(?m)^ENGINE = (\w*MergeTree)\b(\(\))?`)
 	reCreateMV    = regexp.MustCompile(`(?is)^CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+) TO (\w+) AS\s(.*)$`)
 	reCreateView  = regexp.MustCompile(`(?is)^CREATE (OR REPLACE VIEW|VIEW IF NOT EXISTS) (\w+) AS\s(.*)$`)
-	reAlterTable  = regexp.MustCompile(`(?is)^ALTER TABLE (\w+) (.*)$`)
+	reAlterTable  = regexp.MustCompile(`(?is)^ALTER TABLE (\w+)\s+(.*)$`)
+	// reColumnAlter is an ALTER whose every command changes columns: the Distributed table,
+	// which has its own column list, needs it too.
+	reColumnAlter = regexp.MustCompile(`(?is)^((ADD|DROP|MODIFY|RENAME|COMMENT) COLUMN\b[^,]*(,\s*|$))+$`)
 	reDrop        = regexp.MustCompile(`(?i)^DROP (VIEW|TABLE) IF EXISTS (\w+)$`)
 )
 
@@ -109,6 +113,9 @@ func clusterMigrations(ms []Migration, cluster string) ([]Migration, error) {
 					return nil, fmt.Errorf("chstore: %s: ALTER of %s, not a table", m.Name, g[1])
 				}
 				add("ALTER TABLE " + g[1] + "_local" + on + " " + g[2])
+				if reColumnAlter.MatchString(strings.TrimSpace(g[2])) {
+					add("ALTER TABLE " + g[1] + on + " " + g[2])
+				}
 			case reDrop.MatchString(st):
 				g := reDrop.FindStringSubmatch(st)
 				add("DROP " + strings.ToUpper(g[1]) + " IF EXISTS " + g[2] + on)

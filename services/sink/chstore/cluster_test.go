@@ -47,6 +47,20 @@ func TestClusterSchemaShape(t *testing.T) {
 			t.Errorf("unreplicated engine: %.120q", st)
 		}
 	}
+	// A column ALTER (0010) changes the shard's table and the Distributed one, which has its
+	// own column list; an index ALTER (0008) only the shard's.
+	for _, want := range []string{
+		"ALTER TABLE usage_events_local ON CLUSTER tally ADD COLUMN IF NOT EXISTS paid_allowance_micros",
+		"ALTER TABLE usage_events ON CLUSTER tally ADD COLUMN IF NOT EXISTS paid_allowance_micros",
+		"ALTER TABLE sink_intents_local ON CLUSTER tally ADD INDEX",
+	} {
+		if !strings.Contains(strings.Join(strings.Fields(all), " "), want) {
+			t.Errorf("cluster schema lacks %q", want)
+		}
+	}
+	if strings.Contains(all, "ALTER TABLE sink_intents ON CLUSTER") {
+		t.Error("an index ALTER was sent to the Distributed table")
+	}
 	if _, err := ClusterStatements(chschema.Migrations, "bad name"); err == nil {
 		t.Error("a cluster name with a space was accepted")
 	}
