@@ -516,18 +516,8 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 	rec.finSeq++
 	s.mu.Unlock()
 
-	resp := api.FinishResponse{RequestID: req.RequestID, Funding: q.Funding.String(), CostMicros: q.CostMicros,
-		ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
-		AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, PriceBookVersion: s.book.Version}
-	value, name, err := encode(s.source, now, events.RequestFinished{RequestID: req.RequestID,
-		AccountID: account, Endpoint: endpoint, Model: model, Status: req.Status, Usage: req.Usage,
-		CostMicros: cost, AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, OverageMicros: q.OverageMicros,
-		DurationMs: req.DurationMs, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: clientAddr(r)})
-	var part int32
-	var off int64
-	if err == nil {
-		part, off, err = s.publish(r.Context(), name, account, value)
-	}
+	resp := finishAnswer(req.RequestID, &q, s.book.Version)
+	part, off, err := s.publishFinish(r, &req, keyID, account, endpoint, model, &q, now)
 	body, _ := json.Marshal(resp)
 	s.mu.Lock()
 	// The record cannot have left the cache meanwhile: only answered records that are neither
@@ -559,6 +549,30 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 
 // replayFinishLocked answers a repeated finish of record ri; it is called with s.mu held and
 // unlocks it.
+// finishAnswer is the answer to a finish of requestID settled as q, priced by the book of
+// priceBookVersion: the same whichever admitter settles it (its own request, one read from
+// the log, or another admitter's finish read by the follower).
+func finishAnswer(requestID string, q *decide.Settlement, priceBookVersion string) api.FinishResponse {
+	return api.FinishResponse{RequestID: requestID, Funding: q.Funding.String(), CostMicros: q.CostMicros,
+		ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
+		AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, PriceBookVersion: priceBookVersion}
+}
+
+// publishFinish publishes req's request.finished, settled as q at now (the event's time, at
+// which the settlement was priced) for the request's account, endpoint and model, and
+// returns where it is durable.
+func (s *Service) publishFinish(r *http.Request, req *api.FinishRequest, keyID, account, endpoint, model string,
+	q *decide.Settlement, now time.Time) (int32, int64, error) {
+	value, name, err := encode(s.source, now, events.RequestFinished{RequestID: req.RequestID,
+		AccountID: account, Endpoint: endpoint, Model: model, Status: req.Status, Usage: req.Usage,
+		CostMicros: q.CostMicros, AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, OverageMicros: q.OverageMicros,
+		DurationMs: req.DurationMs, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: clientAddr(r)})
+	if err != nil {
+		return 0, 0, err
+	}
+	return s.publish(r.Context(), name, account, value)
+}
+
 func (s *Service) replayFinishLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.FinishRequest) {
 	ri, out := s.awaitLocked(r.Context(), req.RequestID, ri, true)
 	switch out {

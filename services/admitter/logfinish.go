@@ -87,17 +87,8 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 	rec.finSeq++
 	s.mu.Unlock()
 
-	resp := api.FinishResponse{RequestID: req.RequestID, Funding: q.Funding.String(), CostMicros: q.CostMicros,
-		ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
-		AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, PriceBookVersion: s.book.Version}
-	value, name, err := encode(s.source, now, events.RequestFinished{RequestID: req.RequestID,
-		AccountID: po.peer.AccountID, Endpoint: po.endpoint, Model: po.model, Status: req.Status, Usage: req.Usage,
-		CostMicros: cost, AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, OverageMicros: q.OverageMicros, DurationMs: req.DurationMs, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: clientAddr(r)})
-	var part int32
-	var off int64
-	if err == nil {
-		part, off, err = s.publish(r.Context(), name, po.peer.AccountID, value)
-	}
+	resp := finishAnswer(req.RequestID, &q, s.book.Version)
+	part, off, err := s.publishFinish(r, req, keyID, po.peer.AccountID, po.endpoint, po.model, &q, now)
 	body, _ := json.Marshal(resp)
 	s.mu.Lock()
 	if err != nil { // forget the record: a retry finds the log request again

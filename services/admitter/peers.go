@@ -219,9 +219,7 @@ func (s *Service) settlePeerLocked(id string, po *peerOpen, f *events.RequestFin
 	q := s.table.QuotePeer(&po.peer, f.CostMicros, atMs)
 	s.table.ApplyPeerFinish(&po.peer, f.CostMicros, part, off, atMs)
 	po.fin = &peerFinish{status: f.Status, resolution: f.Usage.Resolution, usage: usageKey(f.Usage),
-		resp: api.FinishResponse{RequestID: id, Funding: q.Funding.String(), CostMicros: q.CostMicros,
-			ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
-			AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, PriceBookVersion: f.PriceBookVersion}}
+		resp: finishAnswer(id, &q, f.PriceBookVersion)}
 	s.peers[id] = *po
 	// Finished requests leave the index after ADMITTER_IDEMPOTENCY_MAX later ones.
 	if len(s.peerDone) == s.cfg.IdempotencyMax {
@@ -261,9 +259,7 @@ func (s *Service) finishedElsewhereLocked(f *events.RequestFinished, part int32,
 	if rec.fin != finNone { // this admitter's own finish is in flight: its answer stands
 		return
 	}
-	body, _ := json.Marshal(api.FinishResponse{RequestID: f.RequestID, Funding: q.Funding.String(), CostMicros: q.CostMicros,
-		ChargedMicros: q.ChargedMicros, ReleasedMicros: q.ReleasedMicros, OverageMicros: q.OverageMicros,
-		AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, PriceBookVersion: f.PriceBookVersion})
+	body, _ := json.Marshal(finishAnswer(f.RequestID, &q, f.PriceBookVersion))
 	s.idem.finished(ri, &api.FinishRequest{RequestID: f.RequestID, Status: f.Status, Usage: f.Usage, DurationMs: f.DurationMs}, body)
 	s.idem.remember(ri)
 	s.idem.wake(ri)
