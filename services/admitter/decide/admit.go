@@ -406,14 +406,16 @@ func (t *Table) settle(a *account, funding Funding, hold, allow, startedMs, cost
 
 // allowanceRoom is the least room (limit − used, at least 0) over the windows of a's tier at
 // nowMs, used counting the ledger's usage and the unfolded local changes; 0 when the tier
-// has none or startedMs lies in another window than nowMs (the ledger's rule).
+// has none, startedMs lies in another window than nowMs, or the ledger's view already names
+// a later window than nowMs's (its log time left that window: closed, its use no longer
+// known) (the ledger's rule).
 func (t *Table) allowanceRoom(a *account, startedMs, nowMs int64) int64 {
 	tier := &t.tiers[a.tier].t
 	room := int64(-1)
 	for i := 0; i < min(len(tier.Allowance), MaxWindows); i++ {
 		w := &tier.Allowance[i]
 		ws := nowMs - mod(nowMs, w.LengthMs)
-		if startedMs-mod(startedMs, w.LengthMs) != ws {
+		if startedMs-mod(startedMs, w.LengthMs) != ws || a.winStartMs[i] > ws {
 			return 0
 		}
 		used := a.pendingAllow

@@ -428,7 +428,9 @@ func (s *State) allowanceShare(a *Account, h *Hold, cost, nowNs int64) int64 {
 }
 
 // allowanceRoom is the least room (limit − used, at least 0) over the tier's windows at
-// nowNs, or 0 when the tier has none or startNs lies in another window than nowNs.
+// nowNs, or 0 when the tier has none, startNs lies in another window than nowNs, or log time
+// (the watermark) has already left the window at nowNs (a finish stamped by a clock behind
+// the others): a closed window's use is no longer known, and it must not read as unused.
 func (s *State) allowanceRoom(a *Account, startNs, nowNs int64) int64 {
 	tier, _ := s.cfg.Book.Tier(a.Tier)
 	room := int64(-1)
@@ -436,9 +438,9 @@ func (s *State) allowanceRoom(a *Account, startNs, nowNs int64) int64 {
 		if i >= windowsMax {
 			break
 		}
-		startMs, nowMs := startNs/1e6, nowNs/1e6
+		startMs, nowMs, wmMs := startNs/1e6, nowNs/1e6, s.watermark/1e6
 		ws := nowMs - mod(nowMs, w.LengthMs)
-		if startMs-mod(startMs, w.LengthMs) != ws {
+		if startMs-mod(startMs, w.LengthMs) != ws || wmMs-mod(wmMs, w.LengthMs) != ws {
 			return 0
 		}
 		used := int64(0)
