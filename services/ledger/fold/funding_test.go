@@ -254,8 +254,8 @@ func TestClosedWindowGivesNoRoom(t *testing.T) {
 	l.add(b.Add(-10*time.Second), allowanceStart("a", "r0", 1_500_000, 0, b.Add(-10*time.Second)))
 	l.add(b.Add(-9*time.Second), finish("a", "r0", 1_500_000))
 	l.add(b.Add(-5*time.Second), allowanceStart("a", "r1", 500_000, 2_000_000, b.Add(-5*time.Second))) // the window's last 0.5
-	l.add(b.Add(time.Second), allowanceStart("a", "r2", 100_000, 0, b.Add(time.Second)))                 // the next window
-	l.add(b.Add(-time.Second), finish("a", "r1", 2_500_000))                                          // stamped 2 s behind
+	l.add(b.Add(time.Second), allowanceStart("a", "r2", 100_000, 0, b.Add(time.Second)))               // the next window
+	l.add(b.Add(-time.Second), finish("a", "r1", 2_500_000))                                           // stamped 2 s behind
 	s, out := run(t, l.evs)
 	mustCheck(t, s, out)
 	a := s.Account("a")
