@@ -239,8 +239,13 @@ func (t *Table) fillWindows(a *account, tier *tierInfo, nowMs int64, d *Decision
 			tier.winStartMs[i], tier.winEndMs[i] = start, start+w.LengthMs
 		}
 		used := a.pendingAllow
-		if a.winStartMs[i] == start {
+		switch {
+		case a.winStartMs[i] == start:
 			used += a.winUsedMicros[i]
+		case a.winStartMs[i] > start:
+			// The ledger's log time has left this window (this clock runs behind): its use is
+			// no longer known and the ledger counts no reservation in it. Closed: no room.
+			used = max(used, w.Micros)
 		}
 		d.Windows[i] = Window{Name: w.Name, LimitMicros: w.Micros, UsedMicros: used,
 			RemainingMicros: max(w.Micros-used, 0), ResetsAtMs: start + w.LengthMs}
