@@ -170,9 +170,18 @@ func (s *State) unindex(a *Account) {
 }
 
 // Apply folds one event. It never fails: every valid event has a defined effect, and
-// oddities are recorded as anomalies. Events at or below the account's stored offset (a
-// replay after restore) only advance the clock.
+// oddities are recorded as anomalies. Events at or below the partition's offset (folded
+// before a restore) are skipped; events at or below the account's stored offset (a replay
+// after restore) only advance the clock.
 func (s *State) Apply(in Input, out *Output) {
+	if in.Offset <= s.offset {
+		// Folded before a restore whose committed offset was older than its partition record
+		// (a crash between the record and the commit): its effects, and its time, are in the
+		// state. It must not sweep either: what became due at the restored clock is swept at
+		// the next new event, as in the straight fold (a sweep here would remember an expiry at
+		// an earlier time, and the dedupe memory would forget it sooner).
+		return
+	}
 	ev := in.Event
 	t := ev.Time.UnixNano()
 	if in.RecordTimeNs > 0 && ev.Time.Sub(time.Unix(0, in.RecordTimeNs)) > time.Duration(s.cfg.FutureSkewMaxNs) {
