@@ -239,8 +239,13 @@ func (t *Table) fillWindows(a *account, tier *tierInfo, nowMs int64, d *Decision
 			tier.winStartMs[i], tier.winEndMs[i] = start, start+w.LengthMs
 		}
 		used := a.pendingAllow
-		if a.winStartMs[i] == start {
+		switch {
+		case a.winStartMs[i] == start:
 			used += a.winUsedMicros[i]
+		case a.winStartMs[i] > start:
+			// The ledger's log time has left this window (this clock runs behind): its use is
+			// no longer known and the ledger counts no reservation in it. Closed: no room.
+			used = max(used, w.Micros)
 		}
 		d.Windows[i] = Window{Name: w.Name, LimitMicros: w.Micros, UsedMicros: used,
 			RemainingMicros: max(w.Micros-used, 0), ResetsAtMs: start + w.LengthMs}
@@ -406,14 +411,16 @@ func (t *Table) settle(a *account, funding Funding, hold, allow, startedMs, cost
 
 // allowanceRoom is the least room (limit − used, at least 0) over the windows of a's tier at
 // nowMs, used counting the ledger's usage and the unfolded local changes; 0 when the tier
-// has none or startedMs lies in another window than nowMs (the ledger's rule).
+// has none, startedMs lies in another window than nowMs, or the ledger's view already names
+// a later window than nowMs's (its log time left that window: closed, its use no longer
+// known) (the ledger's rule).
 func (t *Table) allowanceRoom(a *account, startedMs, nowMs int64) int64 {
 	tier := &t.tiers[a.tier].t
 	room := int64(-1)
 	for i := 0; i < min(len(tier.Allowance), MaxWindows); i++ {
 		w := &tier.Allowance[i]
 		ws := nowMs - mod(nowMs, w.LengthMs)
-		if startedMs-mod(startedMs, w.LengthMs) != ws {
+		if startedMs-mod(startedMs, w.LengthMs) != ws || a.winStartMs[i] > ws {
 			return 0
 		}
 		used := a.pendingAllow

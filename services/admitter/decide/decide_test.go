@@ -772,3 +772,49 @@ func TestAllowanceOverrunSettlement(t *testing.T) {
 		t.Fatalf("straddling settlement %+v", s)
 	}
 }
+
+// TestClosedWindowQuote: a finish stamped in a window that the ledger's log time has already
+// left (the ledger's view names the next window) gets no more than the reservation from the
+// allowance, as the ledger settles it: the closed window's use is not known any more.
+func TestClosedWindowQuote(t *testing.T) {
+	next5h := t0 - t0%18_000_000 + 18_000_000
+	week := next5h - next5h%604_800_000
+	tb := newTable(t, nil)
+	tb.ApplyBalance(balance("p", "plus", 100_000_000, 0, 10))
+	d := admit(t, tb, &Request{AccountID: "p", Endpoint: "sora.video", Estimate: events.Units{VideoSeconds: 10, Resolution: "720p"}}, next5h-5000)
+	if !d.Allowed || d.AllowanceMicros != 2_000_000 {
+		t.Fatalf("admit: %+v", d)
+	}
+	tb.Published(d.Handle, 0, 11)
+	b := balance("p", "plus", 100_000_000, 0, 10)
+	b.Allowance = []events.AllowanceWindow{{Window: "5h", Start: time.UnixMilli(next5h).UTC(), UsedMicros: 100_000},
+		{Window: "week", Start: time.UnixMilli(week).UTC(), UsedMicros: 2_100_000}}
+	tb.ApplyBalance(b)
+	s, _ := tb.Quote(d.Handle, 5_000_000, next5h-1000)
+	if s.AllowanceMicros != 2_000_000 || s.CreditsMicros != 3_000_000 {
+		t.Fatalf("settlement in a closed window %+v, want allowance 2000000 credits 3000000", s)
+	}
+}
+
+// TestClosedWindowAdmit: an admitter whose clock is still in a window the ledger's view has
+// already left (it names the next one) does not fund from that window's allowance: its use
+// is no longer known, and the ledger counts no reservation in it (the allowance would pay
+// beyond the limit). The request is funded by credits.
+func TestClosedWindowAdmit(t *testing.T) {
+	next5h := t0 - t0%18_000_000 + 18_000_000
+	week := next5h - next5h%604_800_000
+	tb := newTable(t, nil)
+	b := balance("p", "plus", 100_000_000, 0, 10)
+	b.Allowance = []events.AllowanceWindow{{Window: "5h", Start: time.UnixMilli(next5h).UTC(), UsedMicros: 0},
+		{Window: "week", Start: time.UnixMilli(week).UTC(), UsedMicros: 20_000_000}}
+	tb.ApplyBalance(b)
+	d := admit(t, tb, &Request{AccountID: "p", Endpoint: "sora.video", Estimate: events.Units{VideoSeconds: 10, Resolution: "720p"}}, next5h-1000)
+	if !d.Allowed || d.AllowanceMicros != 0 || d.HoldMicros != 2_000_000 || d.Funding != FundingCredits {
+		t.Fatalf("admit in a closed window: %+v", d)
+	}
+	// In the ledger's window the allowance funds it.
+	d = admit(t, tb, &Request{AccountID: "p", Endpoint: "sora.video", Estimate: events.Units{VideoSeconds: 10, Resolution: "720p"}}, next5h+1000)
+	if !d.Allowed || d.AllowanceMicros != 2_000_000 || d.Funding != FundingAllowance {
+		t.Fatalf("admit in the open window: %+v", d)
+	}
+}

@@ -163,9 +163,18 @@ func (s *State) unindex(a *Account) {
 }
 
 // Apply folds one event. It never fails: every valid event has a defined effect, and
-// oddities are recorded as anomalies. Events at or below the account's stored offset (a
-// replay after restore) only advance the clock.
+// oddities are recorded as anomalies. Events at or below the partition's offset (folded
+// before a restore) are skipped; events at or below the account's stored offset (a replay
+// after restore) only advance the clock.
 func (s *State) Apply(in Input, out *Output) {
+	if in.Offset <= s.offset {
+		// Folded before a restore whose committed offset was older than its partition record
+		// (a crash between the record and the commit): its effects, and its time, are in the
+		// state. It must not sweep either: what became due at the restored clock is swept at
+		// the next new event, as in the straight fold (a sweep here would remember an expiry at
+		// an earlier time, and the dedupe memory would forget it sooner).
+		return
+	}
 	ev := in.Event
 	t := ev.Time.UnixNano()
 	if in.RecordTimeNs > 0 && ev.Time.Sub(time.Unix(0, in.RecordTimeNs)) > time.Duration(s.cfg.FutureSkewMaxNs) {
@@ -421,7 +430,9 @@ func (s *State) allowanceShare(a *Account, h *Hold, cost, nowNs int64) int64 {
 }
 
 // allowanceRoom is the least room (limit − used, at least 0) over the tier's windows at
-// nowNs, or 0 when the tier has none or startNs lies in another window than nowNs.
+// nowNs, or 0 when the tier has none, startNs lies in another window than nowNs, or log time
+// (the watermark) has already left the window at nowNs (a finish stamped by a clock behind
+// the others): a closed window's use is no longer known, and it must not read as unused.
 func (s *State) allowanceRoom(a *Account, startNs, nowNs int64) int64 {
 	tier, _ := s.cfg.Book.Tier(a.Tier)
 	room := int64(-1)
@@ -429,9 +440,9 @@ func (s *State) allowanceRoom(a *Account, startNs, nowNs int64) int64 {
 		if i >= windowsMax {
 			break
 		}
-		startMs, nowMs := startNs/1e6, nowNs/1e6
+		startMs, nowMs, wmMs := startNs/1e6, nowNs/1e6, s.watermark/1e6
 		ws := nowMs - mod(nowMs, w.LengthMs)
-		if startMs-mod(startMs, w.LengthMs) != ws {
+		if startMs-mod(startMs, w.LengthMs) != ws || wmMs-mod(wmMs, w.LengthMs) != ws {
 			return 0
 		}
 		used := int64(0)

@@ -239,3 +239,29 @@ func TestCodecVersion2Holds(t *testing.T) {
 		t.Fatalf("v3 round trip: %+v", c.Holds)
 	}
 }
+
+// TestClosedWindowGivesNoRoom: a finish stamped in an allowance window that log time has
+// already left (its admitter's clock runs behind; another admitter's request started in the
+// next window) gets no more than the request's reservation from the allowance: the closed
+// window's room is unknown (the fold tracks the current window only) and must not read as
+// the whole limit.
+func TestClosedWindowGivesNoRoom(t *testing.T) {
+	const fiveH = 5 * time.Hour
+	b := time.UnixMilli((t0.UnixMilli()/fiveH.Milliseconds() + 1) * fiveH.Milliseconds()).UTC() // a 5 h boundary, same week as t0
+	l := &logb{t: t}
+	l.add(t0, events.AccountUpdated{AccountID: "a", Tier: "free", Priority: events.PriorityStandard}) // 5h: 2 credits
+	l.add(t0, grant("a", "g1", 10_000_000, 0, nil))
+	l.add(b.Add(-10*time.Second), allowanceStart("a", "r0", 1_500_000, 0, b.Add(-10*time.Second)))
+	l.add(b.Add(-9*time.Second), finish("a", "r0", 1_500_000))
+	l.add(b.Add(-5*time.Second), allowanceStart("a", "r1", 500_000, 2_000_000, b.Add(-5*time.Second))) // the window's last 0.5
+	l.add(b.Add(time.Second), allowanceStart("a", "r2", 100_000, 0, b.Add(time.Second)))               // the next window
+	l.add(b.Add(-time.Second), finish("a", "r1", 2_500_000))                                           // stamped 2 s behind
+	s, out := run(t, l.evs)
+	mustCheck(t, s, out)
+	a := s.Account("a")
+	// The allowance pays r1's reservation (0.5), the hold the other 2 credits.
+	if a.ChargedMicros != 2_000_000 || a.AvailableMicros != 8_000_000 || a.OverageMicros != 0 {
+		t.Fatalf("charged %d available %d overage %d, want 2000000 8000000 0 (the closed window paid only the reservation)",
+			a.ChargedMicros, a.AvailableMicros, a.OverageMicros)
+	}
+}

@@ -59,6 +59,12 @@ type openReq struct {
 // changes. After every settlement it checks that the admitter's split is the ledger's and,
 // without views, that the local view equals the fold.
 func (r *rig) run(seed uint64, n, accounts int, at time.Time, step time.Duration, views bool) {
+	r.runSkew(seed, n, accounts, at, step, views, 0)
+}
+
+// runSkew is run with each finish stamped up to skew before the latest event time (another
+// admitter's clock runs behind), never before its start.
+func (r *rig) runSkew(seed uint64, n, accounts int, at time.Time, step time.Duration, views bool, skew time.Duration) {
 	t := r.t
 	rnd := rand.New(rand.NewPCG(seed, 7))
 	for i := 0; i < accounts; i++ {
@@ -106,6 +112,14 @@ func (r *rig) run(seed uint64, n, accounts int, at time.Time, step time.Duration
 		j := rnd.IntN(len(opens))
 		o := opens[j]
 		opens = append(opens[:j], opens[j+1:]...)
+		fin := at
+		if skew > 0 {
+			fin = at.Add(-time.Duration(rnd.Int64N(int64(skew))))
+			if fin.Before(o.at) {
+				fin = o.at
+			}
+			nowMs = fin.UnixMilli()
+		}
 		cost := int64(rnd.IntN(4)) * o.d.EstimateMicros / 2 // 0, half, the estimate, 1.5 times
 		if rnd.IntN(8) == 0 {
 			cost = 20 * o.d.EstimateMicros // far beyond
@@ -117,7 +131,7 @@ func (r *rig) run(seed uint64, n, accounts int, at time.Time, step time.Duration
 		a := r.st.Account(o.acct)
 		charged0, overage0 := a.ChargedMicros, a.OverageMicros
 		n0 := len(r.out.Entries)
-		off := r.fold(at, events.RequestFinished{RequestID: o.id, AccountID: o.acct, Endpoint: "sora.video", Status: events.StatusSucceeded,
+		off := r.fold(fin, events.RequestFinished{RequestID: o.id, AccountID: o.acct, Endpoint: "sora.video", Status: events.StatusSucceeded,
 			CostMicros: cost, AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, OverageMicros: q.OverageMicros, PriceBookVersion: "v"})
 		if err := r.tb.Finish(o.d.Handle, q, nowMs, decide.OutcomeSucceeded, 0, off); err != nil {
 			t.Fatal(err)
@@ -201,5 +215,15 @@ func TestAdmitterSettlementEqualsLedgerAcrossWindows(t *testing.T) {
 	for seed := uint64(1); seed <= 5; seed++ {
 		start := time.UnixMilli(1_800_000_000_000 - 1_800_000_000_000%18_000_000).UTC()
 		newRig(t, pricebook.Default()).run(seed, 3000, 6, start, 40*time.Second, true)
+	}
+}
+
+// TestAdmitterSettlementEqualsLedgerWithClockSkew: finishes stamped up to 10 minutes behind
+// the latest event (admitters' clocks differ), some in a 5-hour window the log time already
+// left: every settlement's split is the ledger's.
+func TestAdmitterSettlementEqualsLedgerWithClockSkew(t *testing.T) {
+	for seed := uint64(1); seed <= 5; seed++ {
+		start := time.UnixMilli(1_800_000_000_000 - 1_800_000_000_000%18_000_000).UTC()
+		newRig(t, pricebook.Default()).runSkew(seed, 3000, 6, start, 40*time.Second, true, 10*time.Minute)
 	}
 }
