@@ -14,6 +14,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
@@ -225,11 +226,7 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 		}
 	}
-	rng := func(name string, v, lo, hi int64) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
-		}
-	}
+	rng := bounds.Into[int64](&errs, "")
 	_, err := kafkax.ParseBrokers(c.KafkaBrokers)
 	add("KAFKA_BROKERS", err)
 	if c.TopicPrefix == "" || len(c.TopicPrefix) > 100 {

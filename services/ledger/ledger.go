@@ -23,6 +23,7 @@ import (
 	"github.com/tallyhq/tally/services/ledger/api"
 	"github.com/tallyhq/tally/services/ledger/engine"
 	"github.com/tallyhq/tally/services/ledger/fold"
+	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
@@ -224,11 +225,7 @@ func (c Config) Validate() error {
 	if err := events.CheckID("LEDGER_GROUP", c.Group); err != nil {
 		errs = append(errs, err)
 	}
-	rng := func(name string, v, lo, hi int64) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
-		}
-	}
+	rng := bounds.Into[int64](&errs, "")
 	rng("LEDGER_AUTH_FAILURES_MAX", int64(c.AuthFailuresMax), 1, 1_000_000)
 	rng("LEDGER_AUTH_FAILURE_WINDOW_MS", c.AuthFailureWindowMs, 1000, 86_400_000)
 	rng("LEDGER_AUTH_FAILURE_CLIENTS_MAX", int64(c.AuthFailureClientsMax), 1, 1_000_000)

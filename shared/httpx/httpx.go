@@ -16,6 +16,8 @@ import (
 	"time"
 
 	fastjson "github.com/segmentio/encoding/json"
+
+	"github.com/tallyhq/tally/shared/bounds"
 )
 
 // Stable error codes. Clients switch on these; the message is for people.
@@ -245,8 +247,8 @@ func (s ServerSettings) ValidateEnv(prefix string) error {
 		{"HTTP_IDLE_TIMEOUT_MS", s.IdleTimeoutMs, 1, 3_600_000},
 		{"HTTP_HEADER_MAX_BYTES", s.HeaderMaxBytes, 1024, 1 << 20},
 	} {
-		if f.v < f.lo || f.v > f.hi {
-			errs = append(errs, fmt.Errorf("%s%s: %d out of range [%d, %d]", prefix, f.name, f.v, f.lo, f.hi))
+		if err := bounds.Check(prefix+f.name, f.v, f.lo, f.hi); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -2,7 +2,8 @@ package decide
 
 import (
 	"errors"
-	"fmt"
+
+	"github.com/tallyhq/tally/shared/bounds"
 )
 
 // AdaptiveConfig configures the local adaptive concurrency limit of each endpoint: an AIMD
@@ -46,11 +47,7 @@ const maxSampleMs = 7 * 24 * 3600 * 1000
 // Validate reports every out-of-range field.
 func (c AdaptiveConfig) Validate() error {
 	var errs []error
-	rng := func(name string, v, lo, hi int64) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
-		}
-	}
+	rng := bounds.Into[int64](&errs, "")
 	rng("WindowSamples", c.WindowSamples, 1, 1_000_000)
 	rng("TolerancePermille", c.TolerancePermille, 1001, 100_000)
 	rng("FailurePermille", c.FailurePermille, 1, 1000)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/pricebook"
 )
@@ -193,11 +194,7 @@ const maxRetryMs = 7 * 24 * 3600 * 1000
 // Validate reports every out-of-range setting, joined.
 func (c Config) Validate() error {
 	var errs []error
-	rng := func(name string, v, lo, hi int64) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
-		}
-	}
+	rng := bounds.Into[int64](&errs, "")
 	rng("AccountsMax", int64(c.AccountsMax), 1, 1<<31)
 	rng("OpenMax", int64(c.OpenMax), 1, 1<<30)
 	rng("PendingMax", int64(c.PendingMax), 1, 1<<31)
