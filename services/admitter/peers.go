@@ -11,6 +11,7 @@ import (
 
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
@@ -63,10 +64,8 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 				break
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, followRetry) {
 			return
-		case <-time.After(followRetry):
 		}
 	}
 	maxP := 0
@@ -102,7 +101,9 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 						return
 					}
 					s.log.Warn("peer follower: read failed; retrying", "partition", p, "err", err)
-					time.Sleep(followRetry)
+					if !backoff.Sleep(ctx, followRetry) {
+						return
+					}
 					continue
 				}
 				s.applyPeer(msg, msg.Offset < end)

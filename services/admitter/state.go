@@ -7,6 +7,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
@@ -34,10 +35,8 @@ func (s *Service) follow(ctx context.Context, topic string, loaded func()) {
 			break
 		}
 		s.log.Warn("state topic not reachable; retrying", "topic", topic, "err", err)
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, followRetry) {
 			return
-		case <-time.After(followRetry):
 		}
 	}
 	remaining := make(chan struct{}, len(ends))
@@ -79,7 +78,9 @@ func (s *Service) followPartition(ctx context.Context, topic string, partition i
 				return
 			}
 			s.log.Warn("state topic read failed; retrying", "topic", topic, "partition", partition, "err", err)
-			time.Sleep(followRetry)
+			if !backoff.Sleep(ctx, followRetry) {
+				return
+			}
 			continue
 		}
 		s.applyState(ctx, topic, msg)

@@ -36,6 +36,7 @@ import (
 
 	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/services/ledger/view"
+	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
@@ -175,7 +176,7 @@ func (e *Engine) Run(ctx context.Context) error {
 				return nil
 			}
 			e.log.Warn("ledger: join group", "err", err)
-			if !sleep(ctx, e.cfg.RetryBackoff) {
+			if !backoff.Sleep(ctx, e.cfg.RetryBackoff) {
 				return nil
 			}
 			continue
@@ -195,19 +196,10 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		if err != nil {
 			e.log.Error("ledger: generation failed; rejoining and restoring", "err", err)
-			if !sleep(ctx, e.cfg.RetryBackoff) {
+			if !backoff.Sleep(ctx, e.cfg.RetryBackoff) {
 				return nil
 			}
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	select {
-	case <-ctx.Done():
-		return false
-	case <-time.After(d):
-		return true
 	}
 }
 
