@@ -88,7 +88,7 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.brokers, Topic: s.topics.Events, Partition: p,
-				MinBytes: s.followMinBytes(), MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait, Dialer: kafkax.Dialer(s.kafkaTLS)})
+				MinBytes: s.followMinBytes(), MaxBytes: followFetchBytesMax, MaxWait: followMaxWait, Dialer: kafkax.Dialer(s.kafkaTLS)})
 			defer r.Close()
 			if err := r.SetOffset(starts[p]); err != nil {
 				s.log.Error("peer follower: set offset", "partition", p, "err", err)

@@ -14,8 +14,8 @@ import (
 
 // Bounds of the state followers.
 const (
-	// followFetchMaxBytes bounds one fetch from a compacted topic.
-	followFetchMaxBytes = 4 << 20
+	// followFetchBytesMax bounds one fetch from a compacted topic.
+	followFetchBytesMax = 4 << 20
 	// followMaxWait is how long the broker may hold a fetch open when there is nothing new:
 	// it bounds how late a live balance or limit change is seen.
 	followMaxWait = 50 * time.Millisecond
@@ -63,7 +63,7 @@ func (s *Service) follow(ctx context.Context, topic string, loaded func()) {
 
 func (s *Service) followPartition(ctx context.Context, topic string, partition int, end int64, loaded func()) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.brokers, Topic: topic, Partition: partition,
-		MinBytes: 1, MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait, StartOffset: kafka.FirstOffset,
+		MinBytes: 1, MaxBytes: followFetchBytesMax, MaxWait: followMaxWait, StartOffset: kafka.FirstOffset,
 		Dialer: kafkax.Dialer(s.kafkaTLS)})
 	defer r.Close()
 	isLoaded := false

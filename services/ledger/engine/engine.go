@@ -54,8 +54,8 @@ type Config struct {
 	BatchMax int
 	// BatchWait is how long a batch waits for more events after its first.
 	BatchWait time.Duration
-	// FetchMaxBytes bounds one fetch from the broker.
-	FetchMaxBytes int
+	// FetchBytesMax bounds one fetch from the broker.
+	FetchBytesMax int
 	// FetchWait is the broker-side long-poll wait.
 	FetchWait time.Duration
 	// QueueMax bounds the messages a partition reader buffers ahead of the fold.
@@ -258,7 +258,7 @@ func (e *Engine) generation(ctx, gctx context.Context, gen *kafka.Generation) er
 func (e *Engine) consume(ctx context.Context, gen *kafka.Generation, commitMu *sync.Mutex, p *partition, a kafka.PartitionAssignment) error {
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: e.cfg.Brokers, Topic: e.cfg.Topics.Events, Partition: a.ID,
-		MinBytes: 1, MaxBytes: e.cfg.FetchMaxBytes, MaxWait: e.cfg.FetchWait,
+		MinBytes: 1, MaxBytes: e.cfg.FetchBytesMax, MaxWait: e.cfg.FetchWait,
 		QueueCapacity: e.cfg.QueueMax, ReadLagInterval: -1, ReadBatchTimeout: e.cfg.FetchWait + time.Second,
 		Dialer: kafkax.Dialer(e.cfg.Writer.TLS),
 	})
