@@ -10,7 +10,8 @@ package decide
 import (
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 
 	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/events"
@@ -356,12 +357,12 @@ func NewTable(book *pricebook.Book, cfg Config) (*Table, error) {
 	}
 	t := &Table{cfg: cfg, book: book, tierIdx: map[string]uint8{}, epIdx: map[string]uint8{},
 		idx: newIndex(), openFree: none, pendFree: none, expiring: map[uint32]expiringGrants{}}
-	for _, name := range sortedKeys(book.Tiers) {
+	for _, name := range slices.Sorted(maps.Keys(book.Tiers)) {
 		t.tierIdx[name] = uint8(len(t.tiers))
 		t.tiers = append(t.tiers, tierInfo{name: name, t: book.Tiers[name]})
 	}
 	t.defTier = t.tierIdx[book.DefaultTier]
-	for _, name := range sortedKeys(book.Endpoints) {
+	for _, name := range slices.Sorted(maps.Keys(book.Endpoints)) {
 		ep := book.Endpoints[name]
 		t.epIdx[name] = uint8(len(t.endpoints))
 		info := endpointInfo{name: name, ep: &ep, loadFactor: [numPriorities]int64{1000, 1000, 1000}}
@@ -388,15 +389,6 @@ func (t *Table) computeLimits(ei uint8, p Priority) {
 		l.burst = t.scale(tier.Burst, load, 1000, t.cfg.CleanBurstBonusPermille)
 		l.stepUs = max(60_000_000/l.rate, 1)
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 // Book is the price book the table was built with.
