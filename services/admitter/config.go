@@ -14,6 +14,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
@@ -51,7 +52,7 @@ type Config struct {
 	// are not tracked until windows end.
 	AuthFailureClientsMax int `env:"ADMITTER_AUTH_FAILURE_CLIENTS_MAX" envDefault:"10000"`
 
-	BodyMaxBytes     int64 `env:"ADMITTER_BODY_MAX_BYTES" envDefault:"8192"`
+	BodyBytesMax     int64 `env:"ADMITTER_BODY_MAX_BYTES" envDefault:"8192"`
 	IdempotencyMax   int   `env:"ADMITTER_IDEMPOTENCY_MAX" envDefault:"200000"`
 	PublishTimeoutMs int64 `env:"ADMITTER_PUBLISH_TIMEOUT_MS" envDefault:"2000"`
 	// Producer is the events-topic producer: "eager" (default: kafka-go's Transport, a
@@ -144,9 +145,9 @@ type Config struct {
 	AdaptiveIncreasePermille int64 `env:"ADMITTER_ADAPTIVE_INCREASE_PERMILLE" envDefault:"50"`
 	// AdaptiveDriftPermille is the baseline's drift up per window (default 10, 0..1000).
 	AdaptiveDriftPermille int64 `env:"ADMITTER_ADAPTIVE_DRIFT_PERMILLE" envDefault:"10"`
-	// AdaptiveMinInflight is the absolute floor of the adaptive limit (default 1,
+	// AdaptiveInflightMin is the absolute floor of the adaptive limit (default 1,
 	// 1..1000000); the floor is the larger of it and ADMITTER_ADAPTIVE_FLOOR_PERMILLE.
-	AdaptiveMinInflight int64 `env:"ADMITTER_ADAPTIVE_MIN_INFLIGHT" envDefault:"1"`
+	AdaptiveInflightMin int64 `env:"ADMITTER_ADAPTIVE_MIN_INFLIGHT" envDefault:"1"`
 	// AdaptiveFloorPermille is the floor of the adaptive limit, ‰ of capacity_inflight
 	// (default 100, 1..1000): however slow or failing the finishes, the limit stays at or
 	// above it, so an endpoint is never shut by its own limit.
@@ -211,7 +212,7 @@ func (c Config) Core() decide.Config {
 		Adaptive: decide.AdaptiveConfig{Enabled: c.AdaptiveEnabled, WindowSamples: c.AdaptiveWindowSamples,
 			TolerancePermille: c.AdaptiveTolerancePermille, FailurePermille: c.AdaptiveFailurePermille,
 			BackoffPermille: c.AdaptiveBackoffPermille, IncreasePermille: c.AdaptiveIncreasePermille,
-			DriftPermille: c.AdaptiveDriftPermille, MinInflight: c.AdaptiveMinInflight,
+			DriftPermille: c.AdaptiveDriftPermille, InflightMin: c.AdaptiveInflightMin,
 			FloorPermille: c.AdaptiveFloorPermille, RebaseWindows: c.AdaptiveRebaseWindows,
 			RecoveryMs: c.AdaptiveRecoveryMs},
 	}
@@ -225,11 +226,7 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 		}
 	}
-	rng := func(name string, v, lo, hi int64) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
-		}
-	}
+	rng := bounds.Into[int64](&errs, "")
 	_, err := kafkax.ParseBrokers(c.KafkaBrokers)
 	add("KAFKA_BROKERS", err)
 	if c.TopicPrefix == "" || len(c.TopicPrefix) > 100 {
@@ -262,7 +259,7 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("ADMITTER_API_KEYS: at least one key (or ADMITTER_API_KEYS_FILE) required"))
 	}
 	rng("ADMITTER_API_KEYS_POLL_MS", c.APIKeysPollMs, 0, 3_600_000)
-	rng("ADMITTER_BODY_MAX_BYTES", c.BodyMaxBytes, 256, 1<<20)
+	rng("ADMITTER_BODY_MAX_BYTES", c.BodyBytesMax, 256, 1<<20)
 	rng("ADMITTER_IDEMPOTENCY_MAX", int64(c.IdempotencyMax), 1, 100_000_000)
 	rng("ADMITTER_PUBLISH_TIMEOUT_MS", c.PublishTimeoutMs, 10, 60_000)
 	if c.Producer != ProducerEager && c.Producer != ProducerWriter {
@@ -316,7 +313,7 @@ var coreNames = strings.NewReplacer(
 	"Adaptive: BackoffPermille:", "ADMITTER_ADAPTIVE_BACKOFF_PERMILLE:",
 	"Adaptive: IncreasePermille:", "ADMITTER_ADAPTIVE_INCREASE_PERMILLE:",
 	"Adaptive: DriftPermille:", "ADMITTER_ADAPTIVE_DRIFT_PERMILLE:",
-	"Adaptive: MinInflight:", "ADMITTER_ADAPTIVE_MIN_INFLIGHT:",
+	"Adaptive: InflightMin:", "ADMITTER_ADAPTIVE_MIN_INFLIGHT:",
 	"Adaptive: FloorPermille:", "ADMITTER_ADAPTIVE_FLOOR_PERMILLE:",
 	"Adaptive: RebaseWindows:", "ADMITTER_ADAPTIVE_REBASE_WINDOWS:",
 	"Adaptive: RecoveryMs:", "ADMITTER_ADAPTIVE_RECOVERY_MS:",
@@ -326,7 +323,7 @@ var coreNames = strings.NewReplacer(
 	"BackoffPermille:", "ADMITTER_ADAPTIVE_BACKOFF_PERMILLE:",
 	"IncreasePermille:", "ADMITTER_ADAPTIVE_INCREASE_PERMILLE:",
 	"DriftPermille:", "ADMITTER_ADAPTIVE_DRIFT_PERMILLE:",
-	"MinInflight:", "ADMITTER_ADAPTIVE_MIN_INFLIGHT:",
+	"InflightMin:", "ADMITTER_ADAPTIVE_MIN_INFLIGHT:",
 	"FloorPermille:", "ADMITTER_ADAPTIVE_FLOOR_PERMILLE:",
 	"RebaseWindows:", "ADMITTER_ADAPTIVE_REBASE_WINDOWS:",
 	"RecoveryMs:", "ADMITTER_ADAPTIVE_RECOVERY_MS:",

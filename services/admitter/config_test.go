@@ -26,7 +26,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 	}
 	bad := d
 	bad.KafkaBrokers = "nohost"
-	bad.BodyMaxBytes = 1
+	bad.BodyBytesMax = 1
 	bad.Instances = 0
 	bad.AdaptiveBackoffPermille = 1000
 	bad.AdaptiveFloorPermille = 0

@@ -30,7 +30,7 @@ func videoReq(id, acct string, seconds int64) api.AdmitRequest {
 }
 
 // TestSplitFundingHTTP: 1 credit of allowance left and 1.5 credits of balance fund a
-// 2-credit request, 1 from each (issue item 3); the answer says so.
+// 2-credit request, 1 from each; the answer says so.
 func TestSplitFundingHTTP(t *testing.T) {
 	c := kafkatest.Start(t)
 	seed(t, c, bal("split1", "free", 1_500_000)) // free: 5h window of 2 credits

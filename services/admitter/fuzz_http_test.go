@@ -22,7 +22,7 @@ func FuzzHandlers(f *testing.F) {
 	cfg := DefaultConfig()
 	cfg.APIKeys = "k1:" + httpx.HashSecret(testSecret)
 	cfg.ListenAddr = "127.0.0.1:0"
-	cfg.BodyMaxBytes = 512
+	cfg.BodyBytesMax = 512
 	s, err := New(cfg, nil)
 	if err != nil {
 		f.Fatal(err)

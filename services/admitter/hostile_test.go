@@ -43,7 +43,7 @@ func (p *recordingPublisher) take() [][]byte {
 	return v
 }
 
-const hostileBodyMaxBytes = 1024
+const hostileBodyBytesMax = 1024
 
 // readyHandler is a service past its loading phase (never Run: no Kafka), publishing into a
 // recordingPublisher, so that every admit reaches the decision core and every finish the
@@ -52,7 +52,7 @@ func readyHandler(tb testing.TB) (*Service, http.Handler, *recordingPublisher) {
 	tb.Helper()
 	pub := &recordingPublisher{}
 	s, h := readyService(tb, pub, func(c *Config) {
-		c.BodyMaxBytes = hostileBodyMaxBytes
+		c.BodyBytesMax = hostileBodyBytesMax
 		c.IdempotencyMax = 1000
 	})
 	return s, h, pub
@@ -177,8 +177,8 @@ func TestHostileAdmitFinish(t *testing.T) {
 	}{
 		{"valid admit", "/v1/admit", "application/json", ok("r-ok", "acct_1"), 200, ""},
 		{"valid finish", "/v1/finish", "application/json", `{"request_id":"r-ok","status":"succeeded","usage":{"tokens_in":10}}`, 200, ""},
-		{"oversized body", "/v1/admit", "application/json", `{"account_id":"` + strings.Repeat("a", hostileBodyMaxBytes) + `"}`, 413, httpx.CodeBodyTooLarge},
-		{"oversized finish", "/v1/finish", "application/json", strings.Repeat(" ", hostileBodyMaxBytes+1) + "{}", 413, httpx.CodeBodyTooLarge},
+		{"oversized body", "/v1/admit", "application/json", `{"account_id":"` + strings.Repeat("a", hostileBodyBytesMax) + `"}`, 413, httpx.CodeBodyTooLarge},
+		{"oversized finish", "/v1/finish", "application/json", strings.Repeat(" ", hostileBodyBytesMax+1) + "{}", 413, httpx.CodeBodyTooLarge},
 		{"deep nesting", "/v1/admit", "application/json", deep, 413, httpx.CodeBodyTooLarge},
 		{"deep nesting within the bound", "/v1/admit", "application/json", strings.Repeat("[", 500) + strings.Repeat("]", 500), 400, httpx.CodeInvalidJSON},
 		{"nested object in the estimate", "/v1/admit", "application/json", `{"account_id":"a","endpoint":"codex.responses","estimate":{"tokens_in":{"x":[[[1]]]}}}`, 400, httpx.CodeInvalidJSON},

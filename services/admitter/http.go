@@ -99,7 +99,7 @@ func (s *Service) readAdmit(r *http.Request) (api.AdmitRequest, string, *httpx.E
 	if herr != nil {
 		return req, "", herr
 	}
-	if herr := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); herr != nil {
+	if herr := httpx.DecodeJSON(r, s.cfg.BodyBytesMax, &req); herr != nil {
 		return req, "", herr
 	}
 	if err := req.Validate(); err != nil {
@@ -439,7 +439,7 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.FinishRequest
-	if herr := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); herr != nil {
+	if herr := httpx.DecodeJSON(r, s.cfg.BodyBytesMax, &req); herr != nil {
 		httpx.WriteError(w, herr)
 		return
 	}

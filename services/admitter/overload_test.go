@@ -12,8 +12,8 @@ import (
 	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
 )
 
-// HTTP-level regression tests of the overload defects (money-safety issue, items 1 and 2),
-// on sora.video of the test book: capacity 256, critical reserve 200 ‰.
+// HTTP-level tests of overload: the adaptive limit recovers, and one client's open holds do
+// not shut an endpoint for everyone; on sora.video of the test book: capacity 256, critical reserve 200 ‰.
 
 func wideBal(acct, prio string) events.BalanceUpdated {
 	b := bal(acct, "wide", 1e12)

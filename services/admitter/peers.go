@@ -11,6 +11,7 @@ import (
 
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
@@ -63,10 +64,8 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 				break
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, followRetry) {
 			return
-		case <-time.After(followRetry):
 		}
 	}
 	maxP := 0
@@ -89,7 +88,7 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.brokers, Topic: s.topics.Events, Partition: p,
-				MinBytes: s.followMinBytes(), MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait, Dialer: kafkax.Dialer(s.kafkaTLS)})
+				MinBytes: s.followMinBytes(), MaxBytes: followFetchBytesMax, MaxWait: followMaxWait, Dialer: kafkax.Dialer(s.kafkaTLS)})
 			defer r.Close()
 			if err := r.SetOffset(starts[p]); err != nil {
 				s.log.Error("peer follower: set offset", "partition", p, "err", err)
@@ -102,7 +101,9 @@ func (s *Service) followPeers(ctx context.Context, positioned func()) {
 						return
 					}
 					s.log.Warn("peer follower: read failed; retrying", "partition", p, "err", err)
-					time.Sleep(followRetry)
+					if !backoff.Sleep(ctx, followRetry) {
+						return
+					}
 					continue
 				}
 				s.applyPeer(msg, msg.Offset < end)

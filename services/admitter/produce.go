@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go/protocol"
 	produceapi "github.com/segmentio/kafka-go/protocol/produce"
 
+	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/tlsx"
 )
 
@@ -54,6 +55,9 @@ const (
 )
 
 var errProducerClosed = errors.New("admitter: producer closed")
+
+// eagerBackoff is the wait after failed requests in a row, and after failed metadata refreshes.
+var eagerBackoff = backoff.Policy{Min: eagerBackoffMin, Max: eagerBackoffMax}
 
 // eagerProducer is the Publisher over kafka-go's low-level API (a kafka.Transport, which
 // routes each produce request to the partition leader). Each event is keyed by account and
@@ -114,10 +118,10 @@ type eagerResult struct {
 }
 
 type eagerSender struct {
-	id      int32
-	wake    chan struct{} // capacity 1
-	slot    chan struct{} // ADMITTER_INFLIGHT_MAX
-	backoff atomic.Int64  // current backoff after failed requests, 0 after a success
+	id       int32
+	wake     chan struct{} // capacity 1
+	slot     chan struct{} // ADMITTER_INFLIGHT_MAX
+	failures atomic.Int64  // failed requests in a row, 0 after a success
 }
 
 var _ Publisher = (*eagerProducer)(nil)
@@ -264,7 +268,7 @@ func (p *eagerProducer) send(s *eagerSender) {
 			batches, wait := p.take(s.id)
 			if wait > 0 { // ADMITTER_LINGER_MS: the oldest record may wait a little longer
 				<-s.slot
-				if !sleepCtx(p.ctx, wait) {
+				if !backoff.Sleep(p.ctx, wait) {
 					return
 				}
 				continue
@@ -291,13 +295,10 @@ func (p *eagerProducer) send(s *eagerSender) {
 func (p *eagerProducer) produceOrBackOff(s *eagerSender, batches []eagerBatch) bool {
 	defer func() { <-s.slot }()
 	if p.produce(batches) {
-		s.backoff.Store(0)
+		s.failures.Store(0)
 		return true
 	}
-	d := time.Duration(s.backoff.Load())
-	d = min(max(2*d, eagerBackoffMin), eagerBackoffMax)
-	s.backoff.Store(int64(d))
-	return sleepCtx(p.ctx, d)
+	return backoff.Sleep(p.ctx, eagerBackoff.Wait(s.failures.Add(1)))
 }
 
 // eagerBatch is one partition's records in one produce request.
@@ -530,9 +531,8 @@ func (p *eagerProducer) metadataLoop() {
 		case <-p.ctx.Done():
 			return
 		}
-		backoff := eagerBackoffMin
-		for {
-			if !sleepCtx(p.ctx, time.Until(last.Add(eagerBackoffMin))) {
+		for failures := int64(1); ; failures++ {
+			if !backoff.Sleep(p.ctx, time.Until(last.Add(eagerBackoffMin))) {
 				return
 			}
 			if !first {
@@ -546,10 +546,9 @@ func (p *eagerProducer) metadataLoop() {
 				break
 			}
 			p.pruneUnrouted()
-			if !sleepCtx(p.ctx, backoff) {
+			if !backoff.Sleep(p.ctx, eagerBackoff.Wait(failures)) {
 				return
 			}
-			backoff = min(2*backoff, eagerBackoffMax)
 		}
 	}
 }
@@ -646,7 +645,7 @@ func (p *eagerProducer) close(ctx context.Context) {
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
-	for len(p.room) > 0 && sleepCtx(ctx, 5*time.Millisecond) {
+	for len(p.room) > 0 && backoff.Sleep(ctx, 5*time.Millisecond) {
 		p.pruneUnrouted()
 	}
 	p.cancel()
@@ -660,19 +659,4 @@ func (p *eagerProducer) close(ctx context.Context) {
 	p.unrouted = nil
 	p.mu.Unlock()
 	p.tr.CloseIdleConnections()
-}
-
-// sleepCtx waits d (nothing when d ≤ 0) and reports whether ctx is still alive.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -231,7 +231,7 @@ func TestIdempotentRepeats(t *testing.T) {
 func TestInputErrors(t *testing.T) {
 	c := kafkatest.Start(t)
 	cfg := testConfig(t, c)
-	cfg.BodyMaxBytes = 512
+	cfg.BodyBytesMax = 512
 	s := start(t, cfg)
 	good := codeReq("x1", "acct")
 	cases := []struct {

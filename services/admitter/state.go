@@ -7,14 +7,15 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
 
 // Bounds of the state followers.
 const (
-	// followFetchMaxBytes bounds one fetch from a compacted topic.
-	followFetchMaxBytes = 4 << 20
+	// followFetchBytesMax bounds one fetch from a compacted topic.
+	followFetchBytesMax = 4 << 20
 	// followMaxWait is how long the broker may hold a fetch open when there is nothing new:
 	// it bounds how late a live balance or limit change is seen.
 	followMaxWait = 50 * time.Millisecond
@@ -34,10 +35,8 @@ func (s *Service) follow(ctx context.Context, topic string, loaded func()) {
 			break
 		}
 		s.log.Warn("state topic not reachable; retrying", "topic", topic, "err", err)
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, followRetry) {
 			return
-		case <-time.After(followRetry):
 		}
 	}
 	remaining := make(chan struct{}, len(ends))
@@ -64,7 +63,7 @@ func (s *Service) follow(ctx context.Context, topic string, loaded func()) {
 
 func (s *Service) followPartition(ctx context.Context, topic string, partition int, end int64, loaded func()) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.brokers, Topic: topic, Partition: partition,
-		MinBytes: 1, MaxBytes: followFetchMaxBytes, MaxWait: followMaxWait, StartOffset: kafka.FirstOffset,
+		MinBytes: 1, MaxBytes: followFetchBytesMax, MaxWait: followMaxWait, StartOffset: kafka.FirstOffset,
 		Dialer: kafkax.Dialer(s.kafkaTLS)})
 	defer r.Close()
 	isLoaded := false
@@ -79,7 +78,9 @@ func (s *Service) followPartition(ctx context.Context, topic string, partition i
 				return
 			}
 			s.log.Warn("state topic read failed; retrying", "topic", topic, "partition", partition, "err", err)
-			time.Sleep(followRetry)
+			if !backoff.Sleep(ctx, followRetry) {
+				return
+			}
 			continue
 		}
 		s.applyState(ctx, topic, msg)

@@ -8,6 +8,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/tallyhq/tally/services/ledger"
+	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/pricebook"
 )
@@ -66,5 +67,18 @@ func TestFoldConfigCarriesAccountShare(t *testing.T) {
 	}
 	if err := ledger.DefaultConfig().FoldConfig(pricebook.Default()).Validate(); err != nil {
 		t.Fatalf("default fold config: %v", err)
+	}
+}
+
+// TestDefaultFoldPolicyIsTheFolds: the settings' default fold policy is the fold's own default
+// (fold.DefaultConfig), but for PartitionsTotal (the settings' 4 event partitions), so a
+// default is written once in code (and once in its envDefault tag, held to it above).
+func TestDefaultFoldPolicyIsTheFolds(t *testing.T) {
+	book := pricebook.Default()
+	got := ledger.DefaultConfig().FoldConfig(book)
+	want := fold.DefaultConfig(book)
+	want.PartitionsTotal = ledger.DefaultConfig().PartitionsTotal
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("settings' fold policy %+v\nfold's default %+v", got, want)
 	}
 }

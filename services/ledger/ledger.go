@@ -23,6 +23,7 @@ import (
 	"github.com/tallyhq/tally/services/ledger/api"
 	"github.com/tallyhq/tally/services/ledger/engine"
 	"github.com/tallyhq/tally/services/ledger/fold"
+	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
@@ -73,7 +74,7 @@ type Config struct {
 
 	BatchMax           int   `env:"LEDGER_BATCH_MAX" envDefault:"5000"`
 	BatchWaitMs        int64 `env:"LEDGER_BATCH_WAIT_MS" envDefault:"2"`
-	FetchMaxBytes      int   `env:"LEDGER_FETCH_MAX_BYTES" envDefault:"8388608"`
+	FetchBytesMax      int   `env:"LEDGER_FETCH_MAX_BYTES" envDefault:"8388608"`
 	FetchWaitMs        int64 `env:"LEDGER_FETCH_WAIT_MS" envDefault:"100"`
 	QueueMax           int   `env:"LEDGER_QUEUE_MAX" envDefault:"10000"`
 	WriteTimeoutMs     int64 `env:"LEDGER_WRITE_TIMEOUT_MS" envDefault:"10000"`
@@ -81,7 +82,7 @@ type Config struct {
 	RetryBackoffMs     int64 `env:"LEDGER_RETRY_BACKOFF_MS" envDefault:"1000"`
 	JournalPerAccount  int   `env:"LEDGER_JOURNAL_PER_ACCOUNT" envDefault:"64"`
 	JournalAccountsMax int   `env:"LEDGER_JOURNAL_ACCOUNTS_MAX" envDefault:"10000"`
-	BodyMaxBytes       int64 `env:"LEDGER_BODY_MAX_BYTES" envDefault:"65536"`
+	BodyBytesMax       int64 `env:"LEDGER_BODY_MAX_BYTES" envDefault:"65536"`
 	PageMax            int   `env:"LEDGER_PAGE_MAX" envDefault:"500"`
 	PublishTimeoutMs   int64 `env:"LEDGER_PUBLISH_TIMEOUT_MS" envDefault:"10000"`
 	ShutdownTimeoutMs  int64 `env:"LEDGER_SHUTDOWN_TIMEOUT_MS" envDefault:"10000"`
@@ -143,17 +144,23 @@ type Config struct {
 	FaultHook func(stage string) error `env:"-"`
 }
 
-// DefaultConfig returns the defaults (the envDefault values) for code-built configs.
+// DefaultConfig returns the defaults (the envDefault values) for code-built configs. The fold
+// policy's defaults are the fold's own (fold.DefaultConfig), but for PartitionsTotal.
 func DefaultConfig() Config {
+	f := fold.DefaultConfig(nil)
+	ms := int64(time.Millisecond)
 	return Config{Brokers: "127.0.0.1:9092", TopicPrefix: kafkax.DefaultPrefix, ListenAddr: "127.0.0.1:8082",
 		Group: "tally-ledger", PeerTimeoutMs: 5000, EnsureTopics: true, TopicPartitions: 4, TopicReplicas: 1,
-		BatchMax: 5000, BatchWaitMs: 2, FetchMaxBytes: 8 << 20, FetchWaitMs: 100, QueueMax: 10_000,
+		BatchMax: 5000, BatchWaitMs: 2, FetchBytesMax: 8 << 20, FetchWaitMs: 100, QueueMax: 10_000,
 		WriteTimeoutMs: 10_000, WriteAttemptsMax: 5, RetryBackoffMs: 1000, JournalPerAccount: 64, JournalAccountsMax: 10_000,
-		BodyMaxBytes: 64 << 10, PageMax: 500, PublishTimeoutMs: 10_000, ShutdownTimeoutMs: 10_000,
-		PartitionsTotal: 4, AccountSharePermille: 100, ParkTimeoutMs: 3_600_000, ParkedPerAccountMax: 8, HoldsPerAccountMax: 1024, GrantsPerAccountMax: 64,
-		DedupeWindowMs: 86_400_000, DedupePerAccountMax: 4096, FutureSkewMaxMs: 300_000, TickIntervalMs: 1000,
-		HistoryWindowMs: 3_600_000, RejectMinRequests: 20, RejectRatioPermille: 500, RejectFactorPermille: 700,
-		FlagPenaltyPermille: 500, FlagDecayMs: 86_400_000, BlockMs: 86_400_000, CleanMinRequests: 100, CleanBonusPermille: 1200,
+		BodyBytesMax: 64 << 10, PageMax: 500, PublishTimeoutMs: 10_000, ShutdownTimeoutMs: 10_000,
+		PartitionsTotal: 4, AccountSharePermille: f.AccountSharePermille, ParkTimeoutMs: f.ParkTimeoutNs / ms,
+		ParkedPerAccountMax: f.MaxParkedPerAccount, HoldsPerAccountMax: f.MaxHoldsPerAccount, GrantsPerAccountMax: f.MaxGrantsPerAccount,
+		DedupeWindowMs: f.DedupeWindowNs / ms, DedupePerAccountMax: f.MaxDedupePerAccount, FutureSkewMaxMs: f.FutureSkewMaxNs / ms,
+		TickIntervalMs: 1000, HistoryWindowMs: f.HistoryWindowNs / ms, RejectMinRequests: f.RejectMinRequests,
+		RejectRatioPermille: f.RejectRatioPermille, RejectFactorPermille: f.RejectFactorPermille,
+		FlagPenaltyPermille: f.FlagPenaltyPermille, FlagDecayMs: f.FlagDecayNs / ms, BlockMs: f.BlockNs / ms,
+		CleanMinRequests: f.CleanMinRequests, CleanBonusPermille: f.CleanBonusPermille,
 		AuthFailuresMax: 20, AuthFailureWindowMs: 60_000, AuthFailureClientsMax: 10_000,
 		HTTP: httpx.DefaultServerSettings,
 		TLS:  tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
@@ -224,11 +231,7 @@ func (c Config) Validate() error {
 	if err := events.CheckID("LEDGER_GROUP", c.Group); err != nil {
 		errs = append(errs, err)
 	}
-	rng := func(name string, v, lo, hi int64) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
-		}
-	}
+	rng := bounds.Into[int64](&errs, "")
 	rng("LEDGER_AUTH_FAILURES_MAX", int64(c.AuthFailuresMax), 1, 1_000_000)
 	rng("LEDGER_AUTH_FAILURE_WINDOW_MS", c.AuthFailureWindowMs, 1000, 86_400_000)
 	rng("LEDGER_AUTH_FAILURE_CLIENTS_MAX", int64(c.AuthFailureClientsMax), 1, 1_000_000)
@@ -241,7 +244,7 @@ func (c Config) Validate() error {
 	rng("LEDGER_TOPIC_REPLICAS", int64(c.TopicReplicas), 1, 16)
 	rng("LEDGER_BATCH_MAX", int64(c.BatchMax), 1, 100_000)
 	rng("LEDGER_BATCH_WAIT_MS", c.BatchWaitMs, 0, 10_000)
-	rng("LEDGER_FETCH_MAX_BYTES", int64(c.FetchMaxBytes), 1<<10, 256<<20)
+	rng("LEDGER_FETCH_MAX_BYTES", int64(c.FetchBytesMax), 1<<10, 256<<20)
 	rng("LEDGER_FETCH_WAIT_MS", c.FetchWaitMs, 1, 60_000)
 	rng("LEDGER_QUEUE_MAX", int64(c.QueueMax), 1, 1_000_000)
 	rng("LEDGER_WRITE_TIMEOUT_MS", c.WriteTimeoutMs, 100, 600_000)
@@ -249,7 +252,7 @@ func (c Config) Validate() error {
 	rng("LEDGER_RETRY_BACKOFF_MS", c.RetryBackoffMs, 1, 600_000)
 	rng("LEDGER_JOURNAL_PER_ACCOUNT", int64(c.JournalPerAccount), 0, 100_000)
 	rng("LEDGER_JOURNAL_ACCOUNTS_MAX", int64(c.JournalAccountsMax), 1, 10_000_000)
-	rng("LEDGER_BODY_MAX_BYTES", c.BodyMaxBytes, 256, 16<<20)
+	rng("LEDGER_BODY_MAX_BYTES", c.BodyBytesMax, 256, 16<<20)
 	rng("LEDGER_PAGE_MAX", int64(c.PageMax), 1, 100_000)
 	rng("LEDGER_PUBLISH_TIMEOUT_MS", c.PublishTimeoutMs, 100, 600_000)
 	rng("LEDGER_SHUTDOWN_TIMEOUT_MS", c.ShutdownTimeoutMs, 100, 600_000)
@@ -351,7 +354,7 @@ func New(cfg Config) (*Service, error) {
 	eng := engine.New(engine.Config{
 		Brokers: brokers, Topics: topics, Group: cfg.Group, Fold: fc,
 		BatchMax: cfg.BatchMax, BatchWait: time.Duration(cfg.BatchWaitMs) * time.Millisecond,
-		FetchMaxBytes: cfg.FetchMaxBytes, FetchWait: time.Duration(cfg.FetchWaitMs) * time.Millisecond, QueueMax: cfg.QueueMax,
+		FetchBytesMax: cfg.FetchBytesMax, FetchWait: time.Duration(cfg.FetchWaitMs) * time.Millisecond, QueueMax: cfg.QueueMax,
 		JournalPerAccount: cfg.JournalPerAccount, JournalAccountsMax: cfg.JournalAccountsMax,
 		TickInterval: time.Duration(cfg.TickIntervalMs) * time.Millisecond,
 		RetryBackoff: time.Duration(cfg.RetryBackoffMs) * time.Millisecond, Writer: wc, Logger: cfg.Logger, Registry: reg,
@@ -360,7 +363,7 @@ func New(cfg Config) (*Service, error) {
 	pwc := kafkax.DefaultWriterConfig
 	pwc.TLS = kafkaTLS
 	pub := &kafkaPublisher{w: kafkax.NewWriter(brokers, topics.Events, pwc)}
-	h := api.Handler(api.Config{Admin: keys, Book: book, BodyMaxBytes: cfg.BodyMaxBytes, PageMax: cfg.PageMax,
+	h := api.Handler(api.Config{Admin: keys, Book: book, BodyBytesMax: cfg.BodyBytesMax, PageMax: cfg.PageMax,
 		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg,
 		Peers: peers, PeerClient: &http.Client{Timeout: time.Duration(cfg.PeerTimeoutMs) * time.Millisecond}}, eng, pub)
 	return &Service{cfg: cfg, log: cfg.Logger, brokers: brokers, kafkaTLS: kafkaTLS, topics: topics, engine: eng, pub: pub,

@@ -21,6 +21,7 @@ import (
 	"github.com/tallyhq/tally/services/sink/chstore"
 	"github.com/tallyhq/tally/services/sink/detect"
 	"github.com/tallyhq/tally/services/sink/pipeline"
+	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/tlsx"
@@ -146,11 +147,7 @@ func (c Config) Validate() error {
 	if c.GroupID == "" || len(c.GroupID) > 200 {
 		errs = append(errs, errors.New("SINK_GROUP_ID: required, at most 200 bytes"))
 	}
-	in := func(name string, v, lo, hi int64) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s: %d not in [%d, %d]", name, v, lo, hi))
-		}
-	}
+	in := bounds.Into[int64](&errs, "")
 	in("SINK_BATCH_ROWS_MAX", int64(c.BatchRowsMax), 1, 1_000_000)
 	in("SINK_BATCH_BYTES_MAX", c.BatchBytesMax, 1<<10, 1<<30)
 	in("SINK_BATCH_WAIT_MS", int64(c.BatchWaitMs), 1, 60000)

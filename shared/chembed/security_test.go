@@ -72,8 +72,8 @@ func rows(t *testing.T, s *chembed.Server, db, table string) string {
 	return strings.TrimSpace(b)
 }
 
-// TestAnalystIsReadOnly: each attack of the issue, as the analyst, is refused and
-// leaves no trace; plain reads work.
+// TestAnalystIsReadOnly: each attack (writes, DDL, settings, file, URL and remote table
+// functions), as the analyst, is refused and leaves no trace; plain reads work.
 func TestAnalystIsReadOnly(t *testing.T) {
 	s, db := securedServer(t)
 	out := filepath.Join(t.TempDir(), "written")

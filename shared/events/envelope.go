@@ -130,7 +130,7 @@ func (e Event) Validate() error {
 	if e.SpecVersion != SpecVersion {
 		errs = append(errs, fmt.Errorf("specversion: want %q, got %q", SpecVersion, e.SpecVersion))
 	}
-	if id, err := uuid.Parse(e.ID); err != nil || len(e.ID) != 36 {
+	if id, ok := ParseID(e.ID); !ok {
 		errs = append(errs, fmt.Errorf("id: not a UUID: %q", e.ID))
 	} else if v := id.Version(); v != 7 && v != 5 {
 		errs = append(errs, fmt.Errorf("id: want UUID version 7 (or 5 for derived ids), got %d", v))

@@ -289,7 +289,7 @@ func TestIDPatternMatchesCheckID(t *testing.T) {
 			}
 		}
 	}
-	// The cases: invalid UTF-8, a lone surrogate (decoded to U+FFFD), a tag
+	// Ids that print alike or hide characters: invalid UTF-8, a lone surrogate (decoded to U+FFFD), a tag
 	// character, a variation selector, a Hangul filler, "." and "..", and a length over the
 	// bound counted in characters as the schemas count it.
 	for _, id := range []string{"acct-1\u202e", "acct\u200b1", "\ufeffacct", "acct\u00ad1", "acct\u2066x\u2069",

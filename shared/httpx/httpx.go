@@ -16,6 +16,8 @@ import (
 	"time"
 
 	fastjson "github.com/segmentio/encoding/json"
+
+	"github.com/tallyhq/tally/shared/bounds"
 )
 
 // Stable error codes. Clients switch on these; the message is for people.
@@ -224,13 +226,13 @@ type ServerSettings struct {
 	WriteTimeoutMs int64 `env:"HTTP_WRITE_TIMEOUT_MS" envDefault:"30000"`
 	// IdleTimeoutMs bounds how long a keep-alive connection waits for its next request (1..3600000).
 	IdleTimeoutMs int64 `env:"HTTP_IDLE_TIMEOUT_MS" envDefault:"120000"`
-	// HeaderMaxBytes bounds the request headers (1024..1048576).
-	HeaderMaxBytes int64 `env:"HTTP_HEADER_MAX_BYTES" envDefault:"65536"`
+	// HeaderBytesMax bounds the request headers (1024..1048576).
+	HeaderBytesMax int64 `env:"HTTP_HEADER_MAX_BYTES" envDefault:"65536"`
 }
 
 // DefaultServerSettings are the envDefault values, for code-built configurations.
 var DefaultServerSettings = ServerSettings{ReadHeaderTimeoutMs: 5000, ReadTimeoutMs: 15_000,
-	WriteTimeoutMs: 30_000, IdleTimeoutMs: 120_000, HeaderMaxBytes: 64 << 10}
+	WriteTimeoutMs: 30_000, IdleTimeoutMs: 120_000, HeaderBytesMax: 64 << 10}
 
 // ValidateEnv reports every setting out of range, named with the service's prefix.
 func (s ServerSettings) ValidateEnv(prefix string) error {
@@ -243,10 +245,10 @@ func (s ServerSettings) ValidateEnv(prefix string) error {
 		{"HTTP_READ_TIMEOUT_MS", s.ReadTimeoutMs, 1, 600_000},
 		{"HTTP_WRITE_TIMEOUT_MS", s.WriteTimeoutMs, 1, 600_000},
 		{"HTTP_IDLE_TIMEOUT_MS", s.IdleTimeoutMs, 1, 3_600_000},
-		{"HTTP_HEADER_MAX_BYTES", s.HeaderMaxBytes, 1024, 1 << 20},
+		{"HTTP_HEADER_MAX_BYTES", s.HeaderBytesMax, 1024, 1 << 20},
 	} {
-		if f.v < f.lo || f.v > f.hi {
-			errs = append(errs, fmt.Errorf("%s%s: %d out of range [%d, %d]", prefix, f.name, f.v, f.lo, f.hi))
+		if err := bounds.Check(prefix+f.name, f.v, f.lo, f.hi); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -256,5 +258,5 @@ func (s ServerSettings) ValidateEnv(prefix string) error {
 func (s ServerSettings) Config() ServerConfig {
 	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
 	return ServerConfig{ReadHeaderTimeout: ms(s.ReadHeaderTimeoutMs), ReadTimeout: ms(s.ReadTimeoutMs),
-		WriteTimeout: ms(s.WriteTimeoutMs), IdleTimeout: ms(s.IdleTimeoutMs), MaxHeaderBytes: int(s.HeaderMaxBytes)}
+		WriteTimeout: ms(s.WriteTimeoutMs), IdleTimeout: ms(s.IdleTimeoutMs), MaxHeaderBytes: int(s.HeaderBytesMax)}
 }

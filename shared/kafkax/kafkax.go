@@ -14,6 +14,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/tlsx"
 )
 
@@ -92,10 +93,8 @@ func EnsureTopicsTLS(ctx context.Context, brokers []string, tc *tls.Config, spec
 		if lastErr = ensureOnce(ctx, NewClient(brokers, tc), specs); lastErr == nil {
 			return nil
 		}
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, 250*time.Millisecond) {
 			return fmt.Errorf("kafkax: ensure topics: %w (last error: %v)", ctx.Err(), lastErr)
-		case <-time.After(250 * time.Millisecond):
 		}
 	}
 	return fmt.Errorf("kafkax: ensure topics: %w", lastErr)

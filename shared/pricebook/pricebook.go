@@ -8,9 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/bits"
 	"os"
-	"sort"
+	"slices"
 
 	"github.com/tallyhq/tally/shared/events"
 )
@@ -143,7 +144,7 @@ func (b *Book) Validate() error {
 	default:
 		add("overage_policy: want available or hold_only, got %q", b.OveragePolicy)
 	}
-	for _, name := range sortedKeys(b.Endpoints) {
+	for _, name := range slices.Sorted(maps.Keys(b.Endpoints)) {
 		e := b.Endpoints[name]
 		p := "endpoints." + name
 		if err := events.CheckID(p, name); err != nil {
@@ -180,7 +181,7 @@ func (b *Book) Validate() error {
 	if _, ok := b.Tiers[b.DefaultTier]; !ok {
 		add("default_tier: %q is not a tier", b.DefaultTier)
 	}
-	for _, name := range sortedKeys(b.Tiers) {
+	for _, name := range slices.Sorted(maps.Keys(b.Tiers)) {
 		t := b.Tiers[name]
 		p := "tiers." + name
 		if err := events.CheckID(p, name); err != nil {
@@ -311,18 +312,9 @@ func checkMultipliers(errs *[]error, path string, m map[string]int64, required b
 	if required && len(m) == 0 {
 		*errs = append(*errs, fmt.Errorf("%s: at least one entry required", path))
 	}
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		if v := m[k]; v < 1 || v > 100_000 {
 			*errs = append(*errs, fmt.Errorf("%s.%s: %d out of range [1, 100000]", path, k, v))
 		}
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/tallyhq/tally/services/admitter/api"
+	"github.com/tallyhq/tally/shared/backoff"
 )
 
 // Reason is a denial reason.
@@ -152,7 +153,8 @@ func (c *Client) call(ctx context.Context, path string, body, out any) (int, err
 	if err != nil {
 		return 0, fmt.Errorf("client: encode: %w", err)
 	}
-	backoff := c.cfg.RetryBackoff
+	// No Max below what MaxAttempts (at most 10) reaches: each wait doubles the last.
+	policy := backoff.Policy{Min: c.cfg.RetryBackoff, Max: c.cfg.RetryBackoff << 9}
 	var lastErr error
 	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
 		status, retry, err := c.once(ctx, path, raw, out)
@@ -163,12 +165,9 @@ func (c *Client) call(ctx context.Context, path string, body, out any) (int, err
 		if !retry || attempt == c.cfg.MaxAttempts {
 			break
 		}
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, policy.Wait(int64(attempt))) {
 			return 0, fmt.Errorf("client: %s: %w (last error: %v)", path, ctx.Err(), lastErr)
-		case <-time.After(backoff):
 		}
-		backoff *= 2
 	}
 	return 0, lastErr
 }

@@ -2,7 +2,8 @@ package decide
 
 import (
 	"errors"
-	"fmt"
+
+	"github.com/tallyhq/tally/shared/bounds"
 )
 
 // AdaptiveConfig configures the local adaptive concurrency limit of each endpoint: an AIMD
@@ -13,7 +14,7 @@ import (
 // by BackoffPermille; otherwise it grows by IncreasePermille of the endpoint's capacity.
 //
 // It cannot lock up: it never falls below the floor (FloorPermille of capacity_inflight, at
-// least MinInflight); RebaseWindows slow windows in a row make their lowest mean the new
+// least InflightMin); RebaseWindows slow windows in a row make their lowest mean the new
 // baseline (backing off did not bring the latency back: the work got slower, e.g. longer
 // videos, rather than the endpoint overloaded); and each RecoveryMs without any sample
 // grows it by one increase step (no admissions means no finishes, so no window would ever
@@ -26,7 +27,7 @@ type AdaptiveConfig struct {
 	BackoffPermille   int64
 	IncreasePermille  int64
 	DriftPermille     int64
-	MinInflight       int64
+	InflightMin       int64
 	FloorPermille     int64
 	RebaseWindows     int64
 	RecoveryMs        int64
@@ -37,7 +38,7 @@ type AdaptiveConfig struct {
 // floor 10% of capacity; 3 slow windows in a row re-learn the baseline; +5% of capacity per
 // 5 s without a finish.
 var DefaultAdaptiveConfig = AdaptiveConfig{Enabled: true, WindowSamples: 50, TolerancePermille: 2000,
-	FailurePermille: 100, BackoffPermille: 800, IncreasePermille: 50, DriftPermille: 10, MinInflight: 1,
+	FailurePermille: 100, BackoffPermille: 800, IncreasePermille: 50, DriftPermille: 10, InflightMin: 1,
 	FloorPermille: 100, RebaseWindows: 3, RecoveryMs: 5000}
 
 // maxSampleMs bounds one latency sample (7 days), so that window sums cannot overflow.
@@ -46,18 +47,14 @@ const maxSampleMs = 7 * 24 * 3600 * 1000
 // Validate reports every out-of-range field.
 func (c AdaptiveConfig) Validate() error {
 	var errs []error
-	rng := func(name string, v, lo, hi int64) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
-		}
-	}
+	rng := bounds.Into[int64](&errs, "")
 	rng("WindowSamples", c.WindowSamples, 1, 1_000_000)
 	rng("TolerancePermille", c.TolerancePermille, 1001, 100_000)
 	rng("FailurePermille", c.FailurePermille, 1, 1000)
 	rng("BackoffPermille", c.BackoffPermille, 1, 999)
 	rng("IncreasePermille", c.IncreasePermille, 1, 1000)
 	rng("DriftPermille", c.DriftPermille, 0, 1000)
-	rng("MinInflight", c.MinInflight, 1, 1_000_000)
+	rng("InflightMin", c.InflightMin, 1, 1_000_000)
 	rng("FloorPermille", c.FloorPermille, 1, 1000)
 	rng("RebaseWindows", c.RebaseWindows, 1, 1000)
 	rng("RecoveryMs", c.RecoveryMs, 1, 3_600_000)
@@ -105,7 +102,7 @@ type Adaptive struct {
 
 func (a *Adaptive) init(cfg AdaptiveConfig, capacity int64) {
 	a.cfg, a.capacity, a.limit = cfg, capacity, capacity
-	a.floor = min(max(capacity*cfg.FloorPermille/1000, cfg.MinInflight), capacity)
+	a.floor = min(max(capacity*cfg.FloorPermille/1000, cfg.InflightMin), capacity)
 	a.step = max(capacity*cfg.IncreasePermille/1000, 1)
 }
 

@@ -10,8 +10,10 @@ package decide
 import (
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 
+	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/pricebook"
 )
@@ -193,11 +195,7 @@ const maxRetryMs = 7 * 24 * 3600 * 1000
 // Validate reports every out-of-range setting, joined.
 func (c Config) Validate() error {
 	var errs []error
-	rng := func(name string, v, lo, hi int64) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi))
-		}
-	}
+	rng := bounds.Into[int64](&errs, "")
 	rng("AccountsMax", int64(c.AccountsMax), 1, 1<<31)
 	rng("OpenMax", int64(c.OpenMax), 1, 1<<30)
 	rng("PendingMax", int64(c.PendingMax), 1, 1<<31)
@@ -359,12 +357,12 @@ func NewTable(book *pricebook.Book, cfg Config) (*Table, error) {
 	}
 	t := &Table{cfg: cfg, book: book, tierIdx: map[string]uint8{}, epIdx: map[string]uint8{},
 		idx: newIndex(), openFree: none, pendFree: none, expiring: map[uint32]expiringGrants{}}
-	for _, name := range sortedKeys(book.Tiers) {
+	for _, name := range slices.Sorted(maps.Keys(book.Tiers)) {
 		t.tierIdx[name] = uint8(len(t.tiers))
 		t.tiers = append(t.tiers, tierInfo{name: name, t: book.Tiers[name]})
 	}
 	t.defTier = t.tierIdx[book.DefaultTier]
-	for _, name := range sortedKeys(book.Endpoints) {
+	for _, name := range slices.Sorted(maps.Keys(book.Endpoints)) {
 		ep := book.Endpoints[name]
 		t.epIdx[name] = uint8(len(t.endpoints))
 		info := endpointInfo{name: name, ep: &ep, loadFactor: [numPriorities]int64{1000, 1000, 1000}}
@@ -391,15 +389,6 @@ func (t *Table) computeLimits(ei uint8, p Priority) {
 		l.burst = t.scale(tier.Burst, load, 1000, t.cfg.CleanBurstBonusPermille)
 		l.stepUs = max(60_000_000/l.rate, 1)
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 // Book is the price book the table was built with.

@@ -682,7 +682,7 @@ func finish(tb *Table, d Decision, offset int64) {
 }
 
 // TestSplitFunding: 1 credit of allowance left and 1.5 credits of balance fund a 2-credit
-// request from both (issue item 3); denied only when both together fall short.
+// request from both; denied only when both together fall short.
 func TestSplitFunding(t *testing.T) {
 	tb := newTable(t, nil)
 	tb.ApplyBalance(balance("a", "free", 1_500_000, 0, 10)) // free: 5h window 2,000,000 µ
@@ -729,7 +729,7 @@ func TestSplitFunding(t *testing.T) {
 }
 
 // TestAllowanceOverrunSettlement: an allowance-funded job that cost 240 credits against a
-// 20-credit window pays 20 from the allowance, then credits, then overage (issue item 3);
+// 20-credit window pays 20 from the allowance, then credits, then overage;
 // a cost above the reservation within the windows' room stays on the allowance.
 func TestAllowanceOverrunSettlement(t *testing.T) {
 	for _, tc := range []struct {

@@ -8,8 +8,8 @@ import (
 	"github.com/tallyhq/tally/shared/pricebook"
 )
 
-// The overload defects of the money-safety issue (items 1 and 2): the adaptive limit locked
-// up, and open holds of one client shut an endpoint for everyone.
+// Overload: the adaptive limit must not lock up, and open holds of one client must not shut
+// an endpoint for everyone.
 
 // floorSora is the adaptive floor of sora.video (capacity 256) at the default 100 ‰.
 const floorSora = 25
@@ -38,10 +38,8 @@ func wideAccount(tb *Table, id string, prio string) {
 }
 
 // finishAt settles open request d, admitted at admitMs, at finishMs with the given status.
-// clientDurationMs is the duration_ms the client reported (0 = none). The unchanged core
-// took it as its latency sample (these tests were first run that way, with
-// Finish(h, s, clientDurationMs, failed, ...), and failed); the core now measures
-// finishMs − admitMs itself and the client's figure does not reach it.
+// clientDurationMs is the duration_ms the client reported (0 = none): the core measures
+// finishMs − admitMs itself, and the client's figure must not reach its latency sample.
 func finishAt(tb *Table, d Decision, admitMs, finishMs int64, status string, clientDurationMs int64, offset int64) {
 	_, _ = admitMs, clientDurationMs
 	tb.Published(d.Handle, 0, offset)

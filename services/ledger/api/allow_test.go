@@ -58,7 +58,7 @@ func TestAdminKeyIDInEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	pub := &recordingPublisher{}
-	h := api.Handler(api.Config{Admin: keys, Book: pricebook.Default(), BodyMaxBytes: hostileBodyMaxBytes, PageMax: 100,
+	h := api.Handler(api.Config{Admin: keys, Book: pricebook.Default(), BodyBytesMax: hostileBodyBytesMax, PageMax: 100,
 		PublishTimeout: time.Second}, nopReader{}, pub)
 	do := func(method, path, token, body string) int {
 		rec := httptest.NewRecorder()

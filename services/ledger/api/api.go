@@ -42,8 +42,8 @@ type Publisher interface {
 type Config struct {
 	Admin *httpx.Keyring
 	Book  *pricebook.Book
-	// BodyMaxBytes bounds a request body.
-	BodyMaxBytes int64
+	// BodyBytesMax bounds a request body.
+	BodyBytesMax int64
 	// PageMax bounds the entries per page (and is the default page size).
 	PageMax int
 	// PublishTimeout bounds one publish.
@@ -322,7 +322,7 @@ type Accepted struct {
 
 func (s *server) postGrant(w http.ResponseWriter, r *http.Request, id string) {
 	var req GrantRequest
-	if err := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); err != nil {
+	if err := httpx.DecodeJSON(r, s.cfg.BodyBytesMax, &req); err != nil {
 		httpx.WriteError(w, err)
 		return
 	}
@@ -351,7 +351,7 @@ func (s *server) postGrant(w http.ResponseWriter, r *http.Request, id string) {
 
 func (s *server) postAdjustment(w http.ResponseWriter, r *http.Request, id string) {
 	var req AdjustmentRequest
-	if err := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); err != nil {
+	if err := httpx.DecodeJSON(r, s.cfg.BodyBytesMax, &req); err != nil {
 		httpx.WriteError(w, err)
 		return
 	}
@@ -364,7 +364,7 @@ func (s *server) postAdjustment(w http.ResponseWriter, r *http.Request, id strin
 
 func (s *server) putAccount(w http.ResponseWriter, r *http.Request, id string) {
 	var req AccountRequest
-	if err := httpx.DecodeJSON(r, s.cfg.BodyMaxBytes, &req); err != nil {
+	if err := httpx.DecodeJSON(r, s.cfg.BodyBytesMax, &req); err != nil {
 		httpx.WriteError(w, err)
 		return
 	}

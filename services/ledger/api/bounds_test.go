@@ -25,7 +25,7 @@ func TestGrantAndAdjustmentBounds(t *testing.T) {
 	}
 	now := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
 	pub := &recordingPublisher{}
-	h := api.Handler(api.Config{Admin: keys, Book: pricebook.Default(), BodyMaxBytes: 4096, PageMax: 100,
+	h := api.Handler(api.Config{Admin: keys, Book: pricebook.Default(), BodyBytesMax: 4096, PageMax: 100,
 		PublishTimeout: time.Second, Now: func() time.Time { return now }}, nopReader{}, pub)
 	grant := func(amount int64, exp string) string {
 		if exp == "" {

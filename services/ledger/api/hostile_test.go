@@ -42,7 +42,7 @@ func (p *recordingPublisher) take() []events.Event {
 	return evs
 }
 
-const hostileBodyMaxBytes = 4096
+const hostileBodyBytesMax = 4096
 
 func hostileHandler(tb testing.TB) (http.Handler, *recordingPublisher) {
 	tb.Helper()
@@ -51,7 +51,7 @@ func hostileHandler(tb testing.TB) (http.Handler, *recordingPublisher) {
 		tb.Fatal(err)
 	}
 	pub := &recordingPublisher{}
-	h := api.Handler(api.Config{Admin: keys, Book: pricebook.Default(), BodyMaxBytes: hostileBodyMaxBytes, PageMax: 100,
+	h := api.Handler(api.Config{Admin: keys, Book: pricebook.Default(), BodyBytesMax: hostileBodyBytesMax, PageMax: 100,
 		PublishTimeout: time.Second}, nopReader{}, pub)
 	return h, pub
 }
@@ -174,7 +174,7 @@ func TestHostileWrites(t *testing.T) {
 	}{
 		{"valid grant", "grants", "acct_1", "application/json", `{"grant_id":"g1","amount_micros":5000000}`, 202, ""},
 		{"valid adjustment", "adjustments", "acct_1", "application/json", `{"amount_micros":-5,"reason":"refund"}`, 202, ""},
-		{"oversized body", "grants", "acct_1", "application/json", `{"grant_id":"` + strings.Repeat("g", hostileBodyMaxBytes) + `"}`, 413, httpx.CodeBodyTooLarge},
+		{"oversized body", "grants", "acct_1", "application/json", `{"grant_id":"` + strings.Repeat("g", hostileBodyBytesMax) + `"}`, 413, httpx.CodeBodyTooLarge},
 		{"deep nesting", "grants", "acct_1", "application/json", deep, 413, httpx.CodeBodyTooLarge},
 		{"deep nesting within the bound", "grants", "acct_1", "application/json", strings.Repeat("[", 1000) + strings.Repeat("]", 1000), 400, httpx.CodeInvalidJSON},
 		{"nested object in a field", "grants", "acct_1", "application/json", `{"grant_id":{"a":{"b":[1,[2,[3]]]}},"amount_micros":5}`, 400, httpx.CodeInvalidJSON},

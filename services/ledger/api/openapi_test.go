@@ -61,7 +61,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		t.Fatalf("documented:\n%s\nrouted:\n%s", strings.Join(documented, "\n"), strings.Join(routed, "\n"))
 	}
 	keys, _ := httpx.ParseKeyring("ops:" + httpx.HashSecret("s"))
-	h := api.Handler(api.Config{Admin: keys, Book: pricebook.Default(), BodyMaxBytes: 1024, PageMax: 10, Gatherer: prometheus.NewRegistry()}, nopReader{}, nil)
+	h := api.Handler(api.Config{Admin: keys, Book: pricebook.Default(), BodyBytesMax: 1024, PageMax: 10, Gatherer: prometheus.NewRegistry()}, nopReader{}, nil)
 	for _, r := range api.Routes {
 		req := httptest.NewRequest(r.Method, strings.ReplaceAll(r.Path, "{id}", "acme"), nil)
 		w := httptest.NewRecorder()

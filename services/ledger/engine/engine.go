@@ -36,6 +36,7 @@ import (
 
 	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/services/ledger/view"
+	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
@@ -53,8 +54,8 @@ type Config struct {
 	BatchMax int
 	// BatchWait is how long a batch waits for more events after its first.
 	BatchWait time.Duration
-	// FetchMaxBytes bounds one fetch from the broker.
-	FetchMaxBytes int
+	// FetchBytesMax bounds one fetch from the broker.
+	FetchBytesMax int
 	// FetchWait is the broker-side long-poll wait.
 	FetchWait time.Duration
 	// QueueMax bounds the messages a partition reader buffers ahead of the fold.
@@ -175,7 +176,7 @@ func (e *Engine) Run(ctx context.Context) error {
 				return nil
 			}
 			e.log.Warn("ledger: join group", "err", err)
-			if !sleep(ctx, e.cfg.RetryBackoff) {
+			if !backoff.Sleep(ctx, e.cfg.RetryBackoff) {
 				return nil
 			}
 			continue
@@ -195,19 +196,10 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		if err != nil {
 			e.log.Error("ledger: generation failed; rejoining and restoring", "err", err)
-			if !sleep(ctx, e.cfg.RetryBackoff) {
+			if !backoff.Sleep(ctx, e.cfg.RetryBackoff) {
 				return nil
 			}
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	select {
-	case <-ctx.Done():
-		return false
-	case <-time.After(d):
-		return true
 	}
 }
 
@@ -266,7 +258,7 @@ func (e *Engine) generation(ctx, gctx context.Context, gen *kafka.Generation) er
 func (e *Engine) consume(ctx context.Context, gen *kafka.Generation, commitMu *sync.Mutex, p *partition, a kafka.PartitionAssignment) error {
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: e.cfg.Brokers, Topic: e.cfg.Topics.Events, Partition: a.ID,
-		MinBytes: 1, MaxBytes: e.cfg.FetchMaxBytes, MaxWait: e.cfg.FetchWait,
+		MinBytes: 1, MaxBytes: e.cfg.FetchBytesMax, MaxWait: e.cfg.FetchWait,
 		QueueCapacity: e.cfg.QueueMax, ReadLagInterval: -1, ReadBatchTimeout: e.cfg.FetchWait + time.Second,
 		Dialer: kafkax.Dialer(e.cfg.Writer.TLS),
 	})

@@ -10,7 +10,10 @@ import (
 // rings of version 1 by the timed dedupe memory; version-1 records still decode (their ids
 // are kept for one window from the first fold after the restore). Version 3 added each
 // hold's parts (which grants funded it); holds of version-1 and -2 records decode without
-// parts (their release goes to the unexpiring pool). Other versions are refused.
+// parts (their release goes to the unexpiring pool). Other versions are refused. The old
+// versions must stay readable: the ledger-state topic is compacted and kept, and an account's
+// record is rewritten only when an event touches the account, so an account idle since an
+// upgrade still has its old-version record there.
 const (
 	codecVersion   = 3
 	codecVersionV2 = 2

@@ -32,7 +32,7 @@ func windowUsed(s *State, a *Account, at time.Time) []int64 {
 }
 
 // TestSplitFundingAllowanceAndCredits: an account with 1 credit of allowance left and 1.5
-// credits of balance runs a 2-credit request funded by both (issue item 3): the allowance
+// credits of balance runs a 2-credit request funded by both: the allowance
 // takes 1 credit, the credits the other.
 func TestSplitFundingAllowanceAndCredits(t *testing.T) {
 	l := &logb{t: t}
@@ -54,7 +54,7 @@ func TestSplitFundingAllowanceAndCredits(t *testing.T) {
 }
 
 // TestAllowanceOverrunSpillsToCredits: an allowance-funded job that cost 240 credits against
-// a 20-credit window (issue item 3) is charged 20 to the allowance and 220 to credits, then
+// a 20-credit window is charged 20 to the allowance and 220 to credits, then
 // overage.
 func TestAllowanceOverrunSpillsToCredits(t *testing.T) {
 	l := &logb{t: t}
@@ -103,7 +103,7 @@ func TestAllowanceCoversOverrunWithinWindow(t *testing.T) {
 
 // TestReleasedHoldReturnsToItsGrant: a hold funded by a purchase grant, released after a
 // promotional grant was spent, goes back to the purchase grant, so the promotion's expiry
-// takes none of it (issue item 5).
+// takes none of it.
 func TestReleasedHoldReturnsToItsGrant(t *testing.T) {
 	exp := t0.Add(time.Hour)
 	l := &logb{t: t}

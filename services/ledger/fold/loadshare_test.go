@@ -62,7 +62,7 @@ func loadShed(out *Output) []events.LimitsAdjusted {
 	return shed
 }
 
-// TestOneAccountCannotShedEndpoint (money-safety issue, item 2): on 8 partitions one account
+// TestOneAccountCannotShedEndpoint: on 8 partitions one account
 // that opens holds up to its admitter share (10 % of capacity: 409 of 4096), whatever its
 // priority, is one account's 10 %, not 80 %: no load factor drops for anyone, and no
 // limits.adjusted sheds. The same 409 holds spread over 409 accounts are the typical load of a

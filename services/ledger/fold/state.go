@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/pricebook"
 )
@@ -90,11 +91,7 @@ func (c Config) Validate() error {
 	} else if err := c.Book.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("fold: Book: %w", err))
 	}
-	pos := func(name string, v, lo, hi int64) {
-		if v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("fold: %s: %d out of range [%d, %d]", name, v, lo, hi))
-		}
-	}
+	pos := bounds.Into[int64](&errs, "fold: ")
 	day := int64(24 * time.Hour)
 	pos("PartitionsTotal", c.PartitionsTotal, 1, 100_000)
 	pos("AccountSharePermille", c.AccountSharePermille, 1, 1000)

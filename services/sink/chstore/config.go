@@ -12,6 +12,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
+	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/tlsx"
 )
 
@@ -71,14 +72,14 @@ func (c Config) Validate() error {
 	if c.Database == "" || strings.ContainsAny(c.Database, "`\"' \t\n") {
 		errs = append(errs, fmt.Errorf("CLICKHOUSE_DATABASE: want a plain name, got %q", c.Database))
 	}
-	if c.DialTimeoutMs < 1 || c.DialTimeoutMs > 60000 {
-		errs = append(errs, fmt.Errorf("CLICKHOUSE_DIAL_TIMEOUT_MS: %d not in [1, 60000]", c.DialTimeoutMs))
+	if err := bounds.Check("CLICKHOUSE_DIAL_TIMEOUT_MS", int64(c.DialTimeoutMs), 1, 60000); err != nil {
+		errs = append(errs, err)
 	}
-	if c.ConnsMax < 1 || c.ConnsMax > 64 {
-		errs = append(errs, fmt.Errorf("CLICKHOUSE_CONNS_MAX: %d not in [1, 64]", c.ConnsMax))
+	if err := bounds.Check("CLICKHOUSE_CONNS_MAX", int64(c.ConnsMax), 1, 64); err != nil {
+		errs = append(errs, err)
 	}
-	if c.QueryTimeoutMs < 100 || c.QueryTimeoutMs > 3600000 {
-		errs = append(errs, fmt.Errorf("CLICKHOUSE_QUERY_TIMEOUT_MS: %d not in [100, 3600000]", c.QueryTimeoutMs))
+	if err := bounds.Check("CLICKHOUSE_QUERY_TIMEOUT_MS", int64(c.QueryTimeoutMs), 100, 3600000); err != nil {
+		errs = append(errs, err)
 	}
 	if c.User == "" && c.Password != "" {
 		errs = append(errs, errors.New("CLICKHOUSE_PASSWORD: set without CLICKHOUSE_USER"))

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/tallyhq/tally/shared/bounds"
 )
 
 // Config holds the detector's schedule and every rule's threshold. Each field is a setting.
@@ -69,11 +71,7 @@ func (c Config) Interval() time.Duration { return time.Duration(c.IntervalMs) * 
 // Validate reports every out-of-range setting, joined, by variable name.
 func (c Config) Validate() error {
 	var errs []error
-	in := func(name string, v, lo, hi float64) {
-		if v != v || v < lo || v > hi {
-			errs = append(errs, fmt.Errorf("%s: %v not in [%v, %v]", name, v, lo, hi))
-		}
-	}
+	in := bounds.Into[float64](&errs, "")
 	if c.IntervalMs != 0 {
 		in("SINK_DETECT_INTERVAL_MS", float64(c.IntervalMs), 1000, 86400000)
 	}

@@ -1,7 +1,10 @@
 package pipeline
 
 import (
+	"encoding/binary"
 	"hash/maphash"
+
+	"github.com/tallyhq/tally/shared/events"
 )
 
 // eventKey is an event id as 16 bytes: the UUID itself for a canonical 36-character id (every
@@ -23,33 +26,13 @@ func keyOf(id string) eventKey {
 	return k
 }
 
-// parseUUID parses the canonical 8-4-4-4-12 hex form.
+// parseUUID parses the canonical 8-4-4-4-12 form into the key: the UUID's bytes, big-endian.
 func parseUUID(s string) (eventKey, bool) {
-	var k eventKey
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return k, false
+	u, ok := events.ParseID(s)
+	if !ok {
+		return eventKey{}, false
 	}
-	n := 0
-	for i := 0; i < 36; i++ {
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			continue
-		}
-		c := s[i]
-		var v byte
-		switch {
-		case c >= '0' && c <= '9':
-			v = c - '0'
-		case c >= 'a' && c <= 'f':
-			v = c - 'a' + 10
-		case c >= 'A' && c <= 'F':
-			v = c - 'A' + 10
-		default:
-			return k, false
-		}
-		k[n/16] = k[n/16]<<4 | uint64(v)
-		n++
-	}
-	return k, true
+	return eventKey{binary.BigEndian.Uint64(u[:8]), binary.BigEndian.Uint64(u[8:])}, true
 }
 
 // window remembers the event ids stored-kind messages carried at the last W offsets of one

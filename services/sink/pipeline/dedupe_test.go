@@ -87,3 +87,14 @@ func BenchmarkWindowObserve(b *testing.B) {
 		win.observe(int64(i), keys[i&(1<<16-1)], true)
 	}
 }
+
+func BenchmarkKeyOf(b *testing.B) {
+	s, _ := randomUUID(rand.New(rand.NewPCG(5, 6)))
+	b.ReportAllocs()
+	for b.Loop() {
+		keyOf(s)
+	}
+	if a := testing.AllocsPerRun(100, func() { keyOf(s) }); a != 0 {
+		b.Fatalf("keyOf allocates %v times per call", a)
+	}
+}

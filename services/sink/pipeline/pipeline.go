@@ -43,6 +43,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/tallyhq/tally/services/sink/rows"
+	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
@@ -184,13 +185,9 @@ func (p *Pipeline) Healthy() bool { return p.healthy.Load() }
 // (false while it starts, and while it rejoins after a Kafka error).
 func (p *Pipeline) Connected() bool { return p.connected.Load() != 0 }
 
-// backoff is the wait after the n-th consecutive Kafka error (n >= 1).
-func (p *Pipeline) backoff(n int64) time.Duration {
-	w := p.cfg.ReconnectBackoffMin
-	for i := int64(1); i < n && w < p.cfg.ReconnectBackoffMax; i++ {
-		w *= 2
-	}
-	return min(w, p.cfg.ReconnectBackoffMax)
+// reconnectWait is the wait after the n-th consecutive Kafka error (n >= 1).
+func (p *Pipeline) reconnectWait(n int64) time.Duration {
+	return backoff.Policy{Min: p.cfg.ReconnectBackoffMin, Max: p.cfg.ReconnectBackoffMax}.Wait(n)
 }
 
 type partKey struct {
@@ -344,9 +341,9 @@ func (p *Pipeline) member(ctx context.Context, work, ordered chan<- *fetched, re
 			}
 			p.connected.Store(0)
 			p.Stats.KafkaErrors.Add(1)
-			wait := p.backoff(p.failures.Add(1))
+			wait := p.reconnectWait(p.failures.Add(1))
 			p.log.Warn("kafka: joining the consumer group failed; retrying", "group", p.cfg.GroupID, "error", err, "backoff", wait)
-			if !sleepCtx(ctx, wait) {
+			if !backoff.Sleep(ctx, wait) {
 				return nil
 			}
 			continue
@@ -438,10 +435,10 @@ func (p *Pipeline) fetch(ctx context.Context, g *generation, topic string, a kaf
 				return // another partition reported it; returning ends the generation
 			}
 			p.Stats.KafkaErrors.Add(1)
-			wait := p.backoff(p.failures.Add(1))
+			wait := p.reconnectWait(p.failures.Add(1))
 			p.log.Warn("kafka: fetch failed; rejoining the consumer group", "topic", topic, "partition", a.ID, "error", err, "backoff", wait)
 			// Returning ends the generation; the rejoin waits for this sleep.
-			sleepCtx(ctx, wait)
+			backoff.Sleep(ctx, wait)
 			return
 		}
 		if p.failures.Load() != 0 {
@@ -471,17 +468,6 @@ func (p *Pipeline) fetch(ctx context.Context, g *generation, topic string, a kaf
 		case <-g.ctx.Done():
 			return
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
@@ -853,7 +839,7 @@ func (p *Pipeline) flushed(batches []*rows.Batch) {
 // retry runs f until it succeeds, ctx ends, or RetryAttemptsMax attempts failed, sleeping an
 // exponential backoff between RetryBackoffMin and RetryBackoffMax.
 func retry[T any](ctx context.Context, p *Pipeline, what string, f func() (T, error)) (T, error) {
-	wait := p.cfg.RetryBackoffMin
+	policy := backoff.Policy{Min: p.cfg.RetryBackoffMin, Max: p.cfg.RetryBackoffMax}
 	var zero T
 	for attempt := 1; ; attempt++ {
 		v, err := f()
@@ -863,13 +849,11 @@ func retry[T any](ctx context.Context, p *Pipeline, what string, f func() (T, er
 		if attempt >= p.cfg.RetryAttemptsMax || ctx.Err() != nil {
 			return zero, fmt.Errorf("pipeline: %s: attempt %d: %w", what, attempt, err)
 		}
+		wait := policy.Wait(int64(attempt))
 		p.log.Warn("retrying", "what", what, "attempt", attempt, "error", err, "backoff", wait)
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, wait) {
 			return zero, ctx.Err()
-		case <-time.After(wait):
 		}
-		wait = min(wait*2, p.cfg.RetryBackoffMax)
 	}
 }
 

@@ -47,7 +47,7 @@ func idleAccounts() (a1, a2, b string) {
 	return pick("idle-promo-a1"), pick("idle-promo-a2"), pick("idle-hold-b")
 }
 
-// TestIdleExpiry is scenario 9 (the money-safety issue, item 4): with no customer traffic,
+// TestIdleExpiry is scenario 9: with no customer traffic,
 // an abandoned hold is released and an expired promotion posted to breakage within a bounded
 // time, because the ledger publishes clock ticks into its idle partitions; and the admitter
 // refuses to fund a hold from a promotion whose expiry has passed even when the ledger has

@@ -23,7 +23,7 @@ import (
 // that no hold expires while an admitter restarts (the suite's 2 s would expire them).
 const finishHoldTimeoutMs = 120_000
 
-// TestFinishElsewhere is scenario 10 (the money-safety issue, item 7): a finish is charged whichever admitter gets it. Two admitters
+// TestFinishElsewhere is scenario 10: a finish is charged whichever admitter gets it. Two admitters
 // (ADMITTER_INSTANCES=2) and the ledger run. (a) a1 admits requests, is SIGKILLed with them
 // in flight and restarted (same instance id); their finishes, sent to the new a1, are charged.
 // (b) a1 admits, a2 gets the finishes; a1 frees its in-flight slots when it reads them.

@@ -27,7 +27,7 @@ import (
 	"github.com/tallyhq/tally/shared/events"
 )
 
-// The load benchmark (issue 6, "Load"): ledger, sink and one admitter as subprocesses
+// The load benchmark: ledger, sink and one admitter as subprocesses
 // against Kafka (real when KAFKA_BROKERS is set) and the embedded ClickHouse endpoint; an
 // open-loop generator admits (and finishes) requests at a fixed rate; a sampler records,
 // every second, the admit latency, the consumer-group lag of the ledger and the sink and the

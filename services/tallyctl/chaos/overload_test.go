@@ -22,7 +22,7 @@ import (
 	"github.com/tallyhq/tally/shared/pricebook"
 )
 
-// Scenarios 7 and 8: the overload defects of the money-safety issue. 7: the adaptive limit
+// Scenarios 7 and 8: overload. 7: the adaptive limit
 // must not lock up (a latency shift, finishes without duration_ms, a cut with nothing
 // finishing afterwards). 8: one client's admits that are never finished must not shut the
 // endpoint: one account gets its share, critical keeps its reserve.
@@ -205,7 +205,7 @@ func outcome(a *api.AdmitResponse) string {
 
 var video1s = events.Units{VideoSeconds: 1, Resolution: "480p"}
 
-// TestAdaptiveLimitRecovers is scenario 7 (issue item 1). sora.video has capacity 256 here
+// TestAdaptiveLimitRecovers is scenario 7. sora.video has capacity 256 here
 // and the admitter adapts every 10 finishes. Requests that run 20 ms, finished without
 // duration_ms, then requests that run 80 ms and say so (the 2 s → 8 s shift, scaled): the
 // limit may back off, but never below the floor (25), and no standard request is shed. Then
@@ -326,7 +326,7 @@ func TestAdaptiveLimitRecovers(t *testing.T) {
 	Report(t, s)
 }
 
-// TestAbandonedHoldsKeepEndpointOpen is scenario 8 (issue item 2). codex.responses has
+// TestAbandonedHoldsKeepEndpointOpen is scenario 8. codex.responses has
 // capacity 1024 (critical reserve 100 ‰) here. Phase 1: one account admits as fast as it
 // can for 4 s and never finishes; it must get no more than its share (102), and four other
 // accounts and a critical one are never denied. Phase 2: the client floods from eight
