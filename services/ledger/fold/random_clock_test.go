@@ -101,7 +101,7 @@ func runCfg(t testing.TB, cfg Config, evs []*events.Event) (*State, *Output) {
 	return s, &out
 }
 
-func reviewCfg() Config {
+func randomClockCfg() Config {
 	cfg := DefaultConfig(pricebook.Default())
 	cfg.MaxGrantsPerAccount = 3 // the pool is used
 	return cfg
@@ -131,7 +131,7 @@ func checkClockLog(t *testing.T, seed uint64, n, accounts int) {
 
 func checkClockLogEvs(t *testing.T, seed uint64, evs []*events.Event, cut int) {
 	t.Helper()
-	cfg := reviewCfg()
+	cfg := randomClockCfg()
 	s1, out1 := runCfg(t, cfg, evs)
 	if err := s1.Check(); err != nil {
 		t.Fatalf("seed %d: invariants: %v", seed, err)
