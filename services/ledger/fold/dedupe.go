@@ -322,3 +322,118 @@ func (d *Dedupe) UnmarshalJSON(b []byte) error {
 	}
 	return nil
 }
+
+// hashID is FNV-1a 64 with the low bit cleared (the rings use it as a flag).
+func hashID(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h &^ 1
+}
+
+// cutoff is the dedupe horizon of the partition: ids remembered before it are forgotten.
+func (s *State) cutoff() int64 {
+	c := s.watermark - s.cfg.DedupeWindowNs
+	if c > s.watermark {
+		return -1 << 63
+	}
+	return c
+}
+
+// prune forgets a's ids remembered before the horizon.
+func (s *State) prune(a *Account) {
+	if d := &a.Dedupe; d.n > 0 && d.headAt() < s.cutoff() {
+		s.dedupeN -= d.prune(s.cutoff())
+	}
+}
+
+// seen reports whether key is remembered by a. A copy found with an event time (t) later
+// than the time its id was remembered at renews the id at the watermark: an id must be
+// remembered at least as long as every event it stopped (a re-send with a new event id and a
+// later time would otherwise outlive the id that stopped it).
+func (s *State) seen(a *Account, key uint64, t int64, out *Output) bool {
+	s.prune(a)
+	at, ok := a.Dedupe.lookup(key)
+	if ok && at < t {
+		s.remember(a, key, out)
+	}
+	return ok
+}
+
+// seenRequest reports whether the request hashed rh was settled, expired or refused a hold
+// (renewed as seen does).
+func (s *State) seenRequest(a *Account, rh uint64, t int64, out *Output) bool {
+	s.prune(a)
+	k, at, ok := a.Dedupe.lookupRequest(rh)
+	if ok && at < t {
+		s.remember(a, k, out)
+	}
+	return ok
+}
+
+// remember adds key to a's memory at the watermark. Beyond the per-account bound the oldest
+// ids are evicted: counted, and the account's dedupe floor rises to their time.
+func (s *State) remember(a *Account, key uint64, out *Output) {
+	d := &a.Dedupe
+	s.prune(a)
+	for d.n > 0 && d.n >= uint32(s.cfg.MaxDedupePerAccount) {
+		d.popHead()
+		s.dedupeN--
+		out.Evicted++
+	}
+	at := s.watermark
+	if d.n > 0 {
+		// A restore can rewind the clock below ids persisted by a batch whose partition record
+		// was not written; keep the memory in time order.
+		_, tail := d.At(d.Len() - 1)
+		at = max(at, tail)
+	}
+	d.appendCapped(key, at, s.cfg.MaxDedupePerAccount)
+	s.dedupeN++
+	if a.pruneNs == 0 {
+		s.schedulePrune(a)
+	}
+}
+
+// schedulePrune schedules the pruning of a's memory one window after its oldest id is
+// forgotten. Accounts in use are pruned as they are folded; this bounds the memory of idle
+// ones, whose rings are released when empty.
+func (s *State) schedulePrune(a *Account) {
+	if a.Dedupe.n == 0 {
+		return
+	}
+	at := a.Dedupe.headAt() + 2*s.cfg.DedupeWindowNs
+	if at < a.Dedupe.headAt() {
+		at = 1<<63 - 1
+	}
+	if at == 0 {
+		at = 1
+	}
+	a.pruneNs = at
+	s.schedule(expiry{atNs: at, acct: a, kind: expDedupe})
+}
+
+// stampLegacy sets the dedupe times of accounts restored from version-1 records (which
+// carried no times) to the watermark: from now on they are kept for a full window.
+func (s *State) stampLegacy() {
+	for _, a := range s.legacy {
+		if a.replaced || !a.legacy {
+			continue
+		}
+		a.legacy = false
+		d := &a.Dedupe
+		first, second := d.segments()
+		for _, seg := range [2][]dedupeEntry{first, second} {
+			for i := range seg {
+				seg[i].atNs = s.watermark
+			}
+		}
+		s.schedulePrune(a)
+	}
+	s.legacy = nil
+}
+
+// DedupeEntries is the number of ids remembered over all accounts of the partition.
+func (s *State) DedupeEntries() int { return s.dedupeN }

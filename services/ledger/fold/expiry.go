@@ -1,0 +1,172 @@
+package fold
+
+// Expiry in log time: the heap of holds, grants, parked finishes and dedupe prunes, swept
+// as the watermark passes them.
+
+import (
+	"time"
+
+	"github.com/tallyhq/tally/shared/events"
+)
+
+// schedule adds a live expiry. When stale entries (of settled holds) outnumber half the live
+// ones the heap is rebuilt, so its length stays below heapMax(live): every account with
+// remembered ids has a live entry (its prune), so the stale slack is memory per account.
+func (s *State) schedule(e expiry) {
+	s.live++
+	if len(s.heap) >= heapMax(s.live) {
+		q := s.heap[:0]
+		for _, x := range s.heap {
+			if s.isLive(&x) {
+				q = append(q, x)
+			}
+		}
+		clear(s.heap[len(q):])
+		s.heap = q
+		s.heap.init()
+	}
+	s.heap.push(e)
+}
+
+// heapMax is the length at which the expiry heap is rebuilt: 1.5 × live + 1024.
+func heapMax(live int) int { return live + live/2 + 1024 }
+
+func (s *State) isLive(e *expiry) bool {
+	a := e.acct
+	if a.replaced {
+		return false
+	}
+	switch e.kind {
+	case expHold:
+		for j := range a.Holds {
+			if a.Holds[j].ExpiresNs == e.atNs && hashID(a.Holds[j].RequestID) == e.hash {
+				return true
+			}
+		}
+	case expGrant:
+		for j := range a.Grants {
+			if a.Grants[j].ExpiresNs == e.atNs && hashID(a.Grants[j].ID) == e.hash {
+				return true
+			}
+		}
+	case expParked:
+		for j := range a.Parked {
+			if a.Parked[j].AtNs+s.cfg.ParkTimeoutNs == e.atNs && hashID(a.Parked[j].RequestID) == e.hash {
+				return true
+			}
+		}
+	case expDedupe:
+		return a.pruneNs == e.atNs
+	}
+	return false
+}
+
+// sweep expires everything due at the watermark, in (time, kind, hash) order.
+func (s *State) sweep(out *Output) {
+	for len(s.heap) > 0 && s.heap[0].atNs < s.watermark {
+		e := s.heap.pop()
+		a := e.acct
+		if a.replaced {
+			continue // replaced by a restore
+		}
+		switch e.kind {
+		case expHold:
+			s.expireHold(a, e, out)
+		case expGrant:
+			s.expireGrant(a, e, out)
+		case expParked:
+			s.expireParked(a, e, out)
+		case expDedupe:
+			if a.pruneNs == e.atNs {
+				a.pruneNs = 0
+				s.live--
+				s.prune(a)
+				s.schedulePrune(a)
+			}
+		}
+	}
+}
+
+func (s *State) expireHold(a *Account, e expiry, out *Output) {
+	i := -1
+	for j := range a.Holds {
+		if a.Holds[j].ExpiresNs == e.atNs && hashID(a.Holds[j].RequestID) == e.hash {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		return // settled already
+	}
+	h := a.Holds[i]
+	a.removeHold(i)
+	s.live--
+	s.remember(a, hashID(h.RequestID)|1, out)
+	s.inflight(a, &h, -1, out)
+	out.touch(a)
+	at := time.Unix(0, h.ExpiresNs).UTC()
+	startID := h.EventID.String()
+	id := events.DerivedID(startID, "expired")
+	x := events.RequestExpired{RequestID: h.RequestID, AccountID: a.ID, Endpoint: h.Endpoint, StartedEventID: startID, ExpiredAt: at,
+		Funding: fundingName(h.Funding), HoldMicros: h.HoldMicros, AllowanceMicros: h.AllowanceMicros,
+		ReleasedMicros: h.HoldMicros + h.AllowanceMicros}
+	if h.AllowanceMicros != 0 {
+		s.useAllowance(a, h.StartNs, h.StartNs, -h.AllowanceMicros)
+	}
+	if h.HoldMicros != 0 {
+		back, gone := a.release(&h, 0)
+		a.HeldMicros -= h.HoldMicros
+		a.BreakageMicros += gone
+		out.Entries = append(out.Entries,
+			Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: -h.HoldMicros, Kind: "expiry", RequestID: h.RequestID, At: at})
+		if back != 0 {
+			out.Entries = append(out.Entries, Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: back, Kind: "expiry", RequestID: h.RequestID, At: at})
+		}
+		if gone != 0 {
+			out.Entries = append(out.Entries, Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerBreakage, AmountMicros: gone, Kind: "expiry", RequestID: h.RequestID, At: at})
+		}
+	}
+	out.Expired = append(out.Expired, Expired{ID: id, Data: x})
+}
+
+func fundingName(f uint8) string {
+	switch f {
+	case fundAllowance:
+		return events.FundingAllowance
+	case fundSplit:
+		return events.FundingSplit
+	}
+	return events.FundingCredits
+}
+
+func (s *State) expireGrant(a *Account, e expiry, out *Output) {
+	i := -1
+	for j := range a.Grants {
+		if a.Grants[j].ExpiresNs == e.atNs && hashID(a.Grants[j].ID) == e.hash {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		return
+	}
+	g := a.Grants[i]
+	a.Grants = append(a.Grants[:i], a.Grants[i+1:]...)
+	s.live--
+	s.remember(a, e.hash^saltGrant, out)
+	out.touch(a)
+	s.breakage(a, events.DerivedID(g.EventID.String(), "breakage"), g.ID, g.Remaining, time.Unix(0, g.ExpiresNs).UTC(), out)
+}
+
+func (s *State) expireParked(a *Account, e expiry, out *Output) {
+	for j := range a.Parked {
+		p := a.Parked[j]
+		if p.AtNs+s.cfg.ParkTimeoutNs == e.atNs && hashID(p.RequestID) == e.hash {
+			a.removeParked(j)
+			s.live--
+			out.touch(a)
+			s.unknownFinish(a, p.EventID, p.RequestID, p.CostMicros, time.Unix(0, p.AtNs).UTC(), out)
+			return
+		}
+	}
+}
