@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -13,10 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/tallyhq/tally/services/tallyctl/stack"
-	"github.com/tallyhq/tally/shared/chembed/chembedtest"
 	"github.com/tallyhq/tally/shared/kafkax"
-	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
 )
 
 // TestStatementSurvivesFarFutureExpiry: a grant expiring after 2262 (where int64
@@ -25,24 +20,9 @@ import (
 // reconcile failed. Now tallyctl refuses the flag, and a credits.granted that reaches the
 // events topic anyway is dead-lettered by the ledger: statements and reconcile still work.
 func TestStatementSurvivesFarFutureExpiry(t *testing.T) {
-	kc := kafkatest.Start(t)
-	ch := chembedtest.Start(t)
-	db := chembedtest.NewDatabase(t, ch)
+	st := startCLIStack(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	st, err := stack.Start(ctx, stack.Config{Brokers: kc.Brokers, TopicPrefix: kc.Prefix, Partitions: kafkatest.Partitions,
-		ClickHouseAddr: ch.Addr(), ClickHouseDatabase: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	for k, v := range map[string]string{
-		"KAFKA_BROKERS": strings.Join(kc.Brokers, ","), "TALLY_TOPIC_PREFIX": kc.Prefix,
-		"TALLY_LEDGER_URL": st.LedgerURL, "TALLY_ADMIN_TOKEN": st.AdminToken,
-		"CLICKHOUSE_ADDR": ch.Addr(), "CLICKHOUSE_PROTOCOL": "http", "CLICKHOUSE_DATABASE": db,
-	} {
-		t.Setenv(k, v)
-	}
 	for _, args := range [][]string{
 		{"grant", "-account", "far", "-micros", "5", "-expires", "2300-01-01T00:00:00Z"},
 		{"grant", "-account", "far", "-micros", "5", "-expires", "2020-01-01T00:00:00Z"},
@@ -60,7 +40,7 @@ func TestStatementSurvivesFarFutureExpiry(t *testing.T) {
 	raw := fmt.Sprintf(`{"specversion":"1.0","id":%q,"source":"test","type":"tally.credits.granted.v1","time":%q,"subject":"far",`+
 		`"datacontenttype":"application/json","data":{"grant_id":"g-2300","account_id":"far","amount_micros":5000000,`+
 		`"source":"promotion","priority":0,"expires_at":"2300-01-01T00:00:00Z"}}`, id.String(), time.Now().UTC().Format(time.RFC3339Nano))
-	w := kafkax.NewWriter(kc.Brokers, kafkax.NewTopics(kc.Prefix).Events, kafkax.DefaultWriterConfig)
+	w := kafkax.NewWriter(st.Brokers, st.Topics.Events, kafkax.DefaultWriterConfig)
 	if err := w.WriteMessages(ctx, kafka.Message{Key: []byte("far"), Value: []byte(raw)}); err != nil {
 		t.Fatal(err)
 	}

@@ -4,16 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tallyhq/tally/services/tallyctl/stack"
-	"github.com/tallyhq/tally/shared/chembed/chembedtest"
 	"github.com/tallyhq/tally/shared/events"
-	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
 )
 
 // run calls the CLI in-process and returns its exit code and output.
@@ -44,24 +40,7 @@ func TestUsage(t *testing.T) {
 // TestFinanceCommands drives grant, account, statement, reconcile and sql against a running
 // pipeline, through the same environment settings an operator would use.
 func TestFinanceCommands(t *testing.T) {
-	kc := kafkatest.Start(t)
-	ch := chembedtest.Start(t)
-	db := chembedtest.NewDatabase(t, ch)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	st, err := stack.Start(ctx, stack.Config{Brokers: kc.Brokers, TopicPrefix: kc.Prefix, Partitions: kafkatest.Partitions,
-		ClickHouseAddr: ch.Addr(), ClickHouseDatabase: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	for k, v := range map[string]string{
-		"KAFKA_BROKERS": strings.Join(kc.Brokers, ","), "TALLY_TOPIC_PREFIX": kc.Prefix,
-		"TALLY_LEDGER_URL": st.LedgerURL, "TALLY_ADMIN_TOKEN": st.AdminToken,
-		"CLICKHOUSE_ADDR": ch.Addr(), "CLICKHOUSE_PROTOCOL": "http", "CLICKHOUSE_DATABASE": db,
-	} {
-		t.Setenv(k, v)
-	}
+	startCLIStack(t)
 
 	code, out, stderr := run(t, "grant", "-account", "acct_cli", "-micros", "7000000", "-id", "g-cli-1")
 	if code != 0 || !strings.Contains(out, "event_id") {
