@@ -5,8 +5,6 @@ package stack
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -341,26 +339,7 @@ func keepSecrets(c *Config) (*secretfile.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The embedded endpoint's writer (the sink) gets a generated password; a ClickHouse
-	// server's credentials are the operator's, and are not kept.
-	var writerPassword *string
-	if c.ClickHouseAddr == "" && c.ClickHouseUser == "" {
-		c.ClickHouseUser, writerPassword = "tally", &c.ClickHousePassword
-	}
-	for _, s := range []struct {
-		v    *string
-		name string
-		gen  func() (string, error)
-	}{
-		{&c.APIKey, APIKeyName, secretfile.RandomHex("tk_", 16)},
-		{&c.AdminToken, AdminTokenName, secretfile.RandomHex("ta_", 16)},
-		{&c.KeyHashSecret, KeyHashSecretName, secretfile.RandomHex("", 32)},
-		{&c.ClickHouseAnalystPassword, ClickHouseAnalystPasswordName, secretfile.RandomHex("tc_", 16)},
-		{writerPassword, ClickHouseWriterPasswordName, secretfile.RandomHex("tc_", 16)},
-	} {
-		if s.v == nil {
-			continue
-		}
+	for _, s := range secrets(c) {
 		if *s.v != "" {
 			continue
 		}
@@ -369,6 +348,32 @@ func keepSecrets(c *Config) (*secretfile.File, error) {
 		}
 	}
 	return keys, nil
+}
+
+// secret is one generated secret of a Config: its field, its name in the keys file and how
+// it is made.
+type secret struct {
+	v    *string
+	name string
+	gen  func() (string, error)
+}
+
+// secrets lists c's generated secrets, for keepSecrets (generated once, kept) and
+// withDefaults (generated at every start). The embedded endpoint's writer (the sink) is user
+// "tally" with a generated password; a ClickHouse server's credentials are the operator's,
+// and are neither generated nor kept.
+func secrets(c *Config) []secret {
+	list := []secret{
+		{&c.APIKey, APIKeyName, secretfile.RandomHex("tk_", 16)},
+		{&c.AdminToken, AdminTokenName, secretfile.RandomHex("ta_", 16)},
+		{&c.KeyHashSecret, KeyHashSecretName, secretfile.RandomHex("", 32)},
+		{&c.ClickHouseAnalystPassword, ClickHouseAnalystPasswordName, secretfile.RandomHex("tc_", 16)},
+	}
+	if c.ClickHouseAddr == "" && c.ClickHouseUser == "" {
+		c.ClickHouseUser = "tally"
+		list = append(list, secret{&c.ClickHousePassword, ClickHouseWriterPasswordName, secretfile.RandomHex("tc_", 16)})
+	}
+	return list
 }
 
 func withDefaults(c Config) Config {
@@ -392,23 +397,13 @@ func withDefaults(c Config) Config {
 			*a = "127.0.0.1:0"
 		}
 	}
-	if c.APIKey == "" {
-		c.APIKey = "tk_" + randomHex(16)
-	}
-	if c.AdminToken == "" {
-		c.AdminToken = "ta_" + randomHex(16)
-	}
-	if c.ClickHouseAddr == "" && c.ClickHouseUser == "" {
-		c.ClickHouseUser, c.ClickHousePassword = "tally", "tc_"+randomHex(16)
-	}
 	if c.ClickHouseAnalystUser == "" {
 		c.ClickHouseAnalystUser = "analyst"
 	}
-	if c.ClickHouseAnalystPassword == "" {
-		c.ClickHouseAnalystPassword = "tc_" + randomHex(16)
-	}
-	if c.KeyHashSecret == "" {
-		c.KeyHashSecret = randomHex(32)
+	for _, s := range secrets(&c) {
+		if *s.v == "" {
+			*s.v, _ = s.gen() // crypto/rand does not fail on Linux
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -441,10 +436,4 @@ func checkSecrets(c Config) error {
 		return fmt.Errorf("stack: %w", err)
 	}
 	return nil
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
