@@ -40,6 +40,7 @@ var (
 	// which has its own column list, needs it too.
 	reColumnAlter = regexp.MustCompile(`(?is)^((ADD|DROP|MODIFY|RENAME|COMMENT) COLUMN\b[^,]*(,\s*|$))+$`)
 	reDrop        = regexp.MustCompile(`(?i)^DROP (VIEW|TABLE) IF EXISTS (\w+)$`)
+	reSource      = regexp.MustCompile(`(?i)\b(FROM|JOIN)\s+(\w+)\b`)
 )
 
 // ClusterStatements returns the cluster variant of every migration in fsys, in order, for
@@ -142,7 +143,7 @@ func clusterMigrationsDDL(cluster string) string {
 // materialized view fires on inserts into the table it reads, which on a cluster is the
 // local table each Distributed insert lands in.
 func localSources(sel string, tables map[string]bool) string {
-	re := regexp.MustCompile(`(?i)\b(FROM|JOIN)\s+(\w+)\b`)
+	re := reSource
 	return re.ReplaceAllStringFunc(sel, func(s string) string {
 		g := re.FindStringSubmatch(s)
 		if !tables[g[2]] {
