@@ -152,7 +152,7 @@ func TestFinishElsewhere(t *testing.T) {
 	}
 	t.Logf("%d requests finished away from their admitting process, %d µ charged; ledger available %d µ, held %d, open holds %d",
 		len(ra)+len(rb)+len(rc), charged, acc.AvailableMicros, acc.HeldMicros, acc.OpenHolds)
-	Report(t, Summary{Scenario: "7 finish elsewhere", Faults: "admitter SIGKILL between admit and finish (×2), finishes at the other admitter",
+	Report(t, Summary{Scenario: "10 finish elsewhere", Faults: "admitter SIGKILL between admit and finish (×2), finishes at the other admitter",
 		OverAdmission: "n/a", Notes: []string{fmt.Sprintf("%d finishes charged once each (%d µ); repeats at the other admitter charged nothing", len(ra)+len(rb)+len(rc), charged)}})
 }
 
