@@ -33,6 +33,9 @@ type Topics struct {
 	DeadLetter string
 	// LedgerState is compacted: the ledger's state snapshots with their source offsets.
 	LedgerState string
+	// Notifications carries what the ledger tells customers and operators: threshold
+	// notifications and top-up requests, read by the webhook dispatcher (and anyone else).
+	Notifications string
 }
 
 // DefaultPrefix is the default topic prefix.
@@ -43,6 +46,7 @@ func NewTopics(prefix string) Topics {
 	return Topics{
 		Events: prefix + "events", Journal: prefix + "journal", Balances: prefix + "balances",
 		Limits: prefix + "limits", DeadLetter: prefix + "deadletter", LedgerState: prefix + "ledger.state",
+		Notifications: prefix + "notifications",
 	}
 }
 
@@ -57,7 +61,7 @@ const (
 
 // Specs returns the topic configurations, retention set explicitly on every topic (never the
 // broker's default, 7 days on Apache Kafka):
-//   - events, journal and deadletter are kept (retention.ms=-1, retention.bytes=-1): the
+//   - events, journal, notifications and deadletter are kept (retention.ms=-1, retention.bytes=-1): the
 //     ledger's state, tallyctl reconcile and statements replay events and journal from
 //     offset 0, and the dead letters are the record of what was not applied;
 //   - balances, limits and ledger.state are compacted: the latest value per key is kept.
@@ -72,7 +76,7 @@ func (t Topics) Specs(partitions, replication int) []kafka.TopicConfig {
 		return kafka.TopicConfig{Topic: name, NumPartitions: partitions, ReplicationFactor: replication, ConfigEntries: cfg}
 	}
 	return []kafka.TopicConfig{
-		mk(t.Events, kept), mk(t.Journal, kept), mk(t.DeadLetter, kept),
+		mk(t.Events, kept), mk(t.Journal, kept), mk(t.DeadLetter, kept), mk(t.Notifications, kept),
 		mk(t.Balances, compact), mk(t.Limits, compact), mk(t.LedgerState, compact),
 	}
 }
