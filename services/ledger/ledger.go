@@ -23,6 +23,7 @@ import (
 	"github.com/tallyhq/tally/services/ledger/api"
 	"github.com/tallyhq/tally/services/ledger/engine"
 	"github.com/tallyhq/tally/services/ledger/fold"
+	"github.com/tallyhq/tally/services/ledger/webhook"
 	"github.com/tallyhq/tally/shared/bounds"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/httpx"
@@ -135,6 +136,9 @@ type Config struct {
 	// KafkaTLS is KAFKA_TLS_*: TLS to the brokers for every writer, reader, the consumer
 	// group and topic creation.
 	KafkaTLS tlsx.ClientConfig `envPrefix:"KAFKA_TLS_"`
+	// Webhook is LEDGER_WEBHOOK_*: the signed-webhook dispatcher of the notifications topic,
+	// on when LEDGER_WEBHOOK_URL is set (see package webhook).
+	Webhook WebhookSettings `envPrefix:"LEDGER_WEBHOOK_"`
 
 	// Book overrides TALLY_PRICEBOOK_PATH when set in code (tests, tallyctl run).
 	Book *pricebook.Book `env:"-"`
@@ -161,7 +165,7 @@ func DefaultConfig() Config {
 		RejectRatioPermille: f.RejectRatioPermille, RejectFactorPermille: f.RejectFactorPermille,
 		FlagPenaltyPermille: f.FlagPenaltyPermille, FlagDecayMs: f.FlagDecayNs / ms, BlockMs: f.BlockNs / ms,
 		CleanMinRequests: f.CleanMinRequests, CleanBonusPermille: f.CleanBonusPermille,
-		AuthFailuresMax: 20, AuthFailureWindowMs: 60_000, AuthFailureClientsMax: 10_000,
+		AuthFailuresMax: 20, AuthFailureWindowMs: 60_000, AuthFailureClientsMax: 10_000, Webhook: DefaultWebhookSettings,
 		HTTP: httpx.DefaultServerSettings,
 		TLS:  tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
 }
@@ -284,6 +288,7 @@ func (c Config) Validate() error {
 	if err := c.KafkaTLS.ValidateEnv("KAFKA_TLS_"); err != nil {
 		errs = append(errs, err)
 	}
+	c.Webhook.validate(&errs)
 	return errors.Join(errs...)
 }
 
@@ -312,6 +317,8 @@ type Service struct {
 	ln       net.Listener
 	addr     chan string
 	once     sync.Once
+	// hooks is the webhook dispatcher (nil: LEDGER_WEBHOOK_URL unset).
+	hooks *webhook.Dispatcher
 }
 
 // New validates cfg and wires the service. Nothing runs until Run.
@@ -366,8 +373,12 @@ func New(cfg Config) (*Service, error) {
 	h := api.Handler(api.Config{Admin: keys, Book: book, BodyBytesMax: cfg.BodyBytesMax, PageMax: cfg.PageMax,
 		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg,
 		Peers: peers, PeerClient: &http.Client{Timeout: time.Duration(cfg.PeerTimeoutMs) * time.Millisecond}}, eng, pub)
+	hooks, err := cfg.Webhook.dispatcher(brokers, kafkaTLS, topics, cfg.Logger, reg)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
 	return &Service{cfg: cfg, log: cfg.Logger, brokers: brokers, kafkaTLS: kafkaTLS, topics: topics, engine: eng, pub: pub,
-		srv: httpx.NewServer(cfg.ListenAddr, h, cfg.HTTPServer()), addr: make(chan string, 1)}, nil
+		srv: httpx.NewServer(cfg.ListenAddr, h, cfg.HTTPServer()), addr: make(chan string, 1), hooks: hooks}, nil
 }
 
 // Addr blocks until the HTTP server listens (or ctx ends) and returns its address, so a
@@ -397,6 +408,9 @@ func (s *Service) URL(ctx context.Context) (string, error) {
 // Ready reports whether the ledger state of the current assignment is restored.
 func (s *Service) Ready() bool { return s.engine.Ready() }
 
+// Webhooks is the webhook dispatcher, nil when LEDGER_WEBHOOK_URL is unset (tests read its Stats).
+func (s *Service) Webhooks() *webhook.Dispatcher { return s.hooks }
+
 // Engine exposes the engine (tests, benchmarks and the single-process stack).
 func (s *Service) Engine() *engine.Engine { return s.engine }
 
@@ -421,12 +435,20 @@ func (s *Service) Run(ctx context.Context) error {
 	srvErr := make(chan error, 1)
 	// HTTPS when LEDGER_TLS_CERT_FILE/KEY_FILE are set (validated in New).
 	go func() { srvErr <- tlsx.Serve(s.srv, ln, s.cfg.TLS) }()
+	var hookErr chan error // nil without webhooks: never ready in the select below
+	if s.hooks != nil {
+		hookErr = make(chan error, 1)
+		go func() { hookErr <- s.hooks.Run(runCtx) }()
+	}
 	var first error
 	select {
 	case <-ctx.Done():
 	case err := <-engErr:
 		first = fmt.Errorf("ledger: engine: %w", err)
 		engErr <- nil
+	case err := <-hookErr:
+		first = fmt.Errorf("ledger: webhooks stopped: %v", err)
+		hookErr <- nil
 	case err := <-srvErr:
 		if !errors.Is(err, http.ErrServerClosed) {
 			first = fmt.Errorf("ledger: http: %w", err)
@@ -440,6 +462,11 @@ func (s *Service) Run(ctx context.Context) error {
 	cancel()
 	if err := <-engErr; err != nil && first == nil {
 		first = fmt.Errorf("ledger: engine: %w", err)
+	}
+	if hookErr != nil {
+		if err := <-hookErr; err != nil && first == nil {
+			first = fmt.Errorf("ledger: webhooks: %w", err)
+		}
 	}
 	if err := s.pub.w.Close(); err != nil && first == nil {
 		first = fmt.Errorf("ledger: close publisher: %w", err)
