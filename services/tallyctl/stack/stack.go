@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -45,7 +46,13 @@ const (
 	ClickHouseAnalystPasswordName = "CLICKHOUSE_PASSWORD"
 	// ClickHouseWriterPasswordName is the embedded endpoint's writer's (the sink's) password.
 	ClickHouseWriterPasswordName = "TALLY_CLICKHOUSE_WRITER_PASSWORD"
+	// WebhookSecretName is the webhooks' HMAC secret (generated only with a WebhookURL); the
+	// ledger reads it from WebhookSecretFileName (mode 0600), written from it at every start.
+	WebhookSecretName = "TALLY_WEBHOOK_SECRET"
 )
+
+// WebhookSecretFileName is the ledger's LEDGER_WEBHOOK_SECRET_FILE in a data directory.
+const WebhookSecretFileName = "webhook.secret"
 
 // Config describes one single-process pipeline.
 type Config struct {
@@ -90,6 +97,9 @@ type Config struct {
 	// PriceBookPath "" = the built-in price book.
 	PriceBookPath string
 	Logger        *slog.Logger
+	// WebhookURL, when set, turns the ledger's webhook dispatcher on (LEDGER_WEBHOOK_URL);
+	// WebhookSecret is its HMAC secret ("" = generated; kept in keys.env with a DataDir).
+	WebhookURL, WebhookSecret string
 	// Tune, when set, adjusts the services' settings after the stack has filled them in
 	// (tests use it for thresholds).
 	Tune func(a *admitter.Config, l *ledger.Config, s *sink.Config)
@@ -106,7 +116,9 @@ type Stack struct {
 	ClickHouseUser, ClickHousePassword               string
 	ClickHouseAnalystUser, ClickHouseAnalystPassword string
 	APIKey, AdminToken                               string
-	Book                                             *pricebook.Book
+	// WebhookSecret is the webhooks' HMAC secret ("" without Config.WebhookURL).
+	WebhookSecret string
+	Book          *pricebook.Book
 	// FoldConfig is the ledger's fold configuration, for replays that must match it.
 	FoldConfig fold.Config
 	// KeysFile is where the secrets are kept ("" without a data directory).
@@ -186,6 +198,13 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	lc.Group = cfg.TopicPrefix + "ledger"
 	lc.Book = book
 	lc.Logger = log.With("service", "ledger")
+	if cfg.WebhookURL != "" {
+		if lc.Webhook.SecretFile, err = writeWebhookSecret(cfg.DataDir, cfg.WebhookSecret, st); err != nil {
+			return st, fmt.Errorf("stack: webhook secret: %w", err)
+		}
+		lc.Webhook.URL, lc.Webhook.Group = cfg.WebhookURL, cfg.TopicPrefix+"webhook"
+		st.WebhookSecret = cfg.WebhookSecret
+	}
 	sc := sink.DefaultConfig()
 	ac := admitter.DefaultConfig()
 	if cfg.Tune != nil {
@@ -373,7 +392,29 @@ func secrets(c *Config) []secret {
 		c.ClickHouseUser = "tally"
 		list = append(list, secret{&c.ClickHousePassword, ClickHouseWriterPasswordName, secretfile.RandomHex("tc_", 16)})
 	}
+	if c.WebhookURL != "" {
+		list = append(list, secret{&c.WebhookSecret, WebhookSecretName, secretfile.RandomHex("", 32)})
+	}
 	return list
+}
+
+// writeWebhookSecret writes secret to the file the ledger reads it from, mode 0600: in the
+// data directory, or in a temporary directory removed when the stack closes.
+func writeWebhookSecret(dataDir, secret string, st *Stack) (string, error) {
+	dir := dataDir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "tally-webhook-")
+		if err != nil {
+			return "", err
+		}
+		st.closers = append(st.closers, func() { os.RemoveAll(tmp) })
+		dir = tmp
+	}
+	p := filepath.Join(dir, WebhookSecretFileName)
+	if err := os.WriteFile(p, []byte(secret+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return p, os.Chmod(p, 0o600) // WriteFile keeps an existing file's mode
 }
 
 func withDefaults(c Config) Config {

@@ -49,6 +49,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&cfg.ClickHouseAnalystUser, "clickhouse-analyst-user", os.Getenv("TALLY_RUN_CLICKHOUSE_ANALYST_USER"), "the embedded ClickHouse endpoint's read-only user, which tallyctl's other commands use (env TALLY_RUN_CLICKHOUSE_ANALYST_USER; default analyst)")
 	fs.StringVar(&cfg.ClickHouseAnalystPassword, "clickhouse-analyst-password", os.Getenv("TALLY_RUN_CLICKHOUSE_ANALYST_PASSWORD"), "its password, at least 16 bytes (env TALLY_RUN_CLICKHOUSE_ANALYST_PASSWORD; default: generated once and kept in keys.env)")
 	fs.StringVar(&cfg.PriceBookPath, "pricebook", os.Getenv("TALLY_PRICEBOOK_PATH"), "price book file (default: built in)")
+	fs.StringVar(&cfg.WebhookURL, "webhook-url", os.Getenv("TALLY_RUN_WEBHOOK_URL"), "post the notifications topic to this URL as signed webhooks (env TALLY_RUN_WEBHOOK_URL; the HMAC secret is generated once and kept in keys.env as TALLY_WEBHOOK_SECRET)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -142,7 +143,11 @@ func writeKeys(path string, st *stack.Stack) error {
 	if err != nil {
 		return err
 	}
-	for name, v := range map[string]string{stack.APIKeyName: st.APIKey, stack.AdminTokenName: st.AdminToken} {
+	kept := map[string]string{stack.APIKeyName: st.APIKey, stack.AdminTokenName: st.AdminToken}
+	if st.WebhookSecret != "" {
+		kept[stack.WebhookSecretName] = st.WebhookSecret
+	}
+	for name, v := range kept {
 		if _, err := keys.Get(name, func() (string, error) { return v, nil }); err != nil {
 			return err
 		}
@@ -216,4 +221,8 @@ Try it:
 Ctrl-C stops it.
 `, where, st.AdmitterURL, st.LedgerURL, st.SinkURL, st.ClickHouse, st.APIKey, st.AdminToken,
 		st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword, st.LedgerURL, st.AdmitterURL, st.AdmitterURL, st.LedgerURL, st.ClickHouse)
+	if st.WebhookSecret != "" {
+		fmt.Fprintf(w, "\nWebhooks are on (-webhook-url): each notification is POSTed signed (Tally-Signature) with\n  export %s=%s\n",
+			stack.WebhookSecretName, st.WebhookSecret)
+	}
 }
