@@ -138,7 +138,7 @@ type Config struct {
 	KafkaTLS tlsx.ClientConfig `envPrefix:"KAFKA_TLS_"`
 	// Webhook is LEDGER_WEBHOOK_*: the signed-webhook dispatcher of the notifications topic,
 	// on when LEDGER_WEBHOOK_URL is set (see package webhook).
-	Webhook WebhookSettings `envPrefix:"LEDGER_WEBHOOK_"`
+	Webhook WebhookSettings
 
 	// Book overrides TALLY_PRICEBOOK_PATH when set in code (tests, tallyctl run).
 	Book *pricebook.Book `env:"-"`

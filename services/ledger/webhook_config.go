@@ -23,34 +23,34 @@ import (
 type WebhookSettings struct {
 	// URL (LEDGER_WEBHOOK_URL, default "" = no webhooks; an http(s) URL of at most 2048 bytes)
 	// receives every message of the notifications topic as a signed POST.
-	URL string `env:"URL"`
+	URL string `env:"LEDGER_WEBHOOK_URL"`
 	// SecretFile (LEDGER_WEBHOOK_SECRET_FILE, default ""; required with a URL) holds the HMAC
 	// secret of the Tally-Signature header: at least 32 bytes, trailing whitespace ignored.
 	// Keep it mode 0600; the ledger warns when others may read it.
-	SecretFile string `env:"SECRET_FILE"`
+	SecretFile string `env:"LEDGER_WEBHOOK_SECRET_FILE"`
 	// Group (LEDGER_WEBHOOK_GROUP, default "tally-webhook") is the dispatcher's consumer group.
-	Group string `env:"GROUP" envDefault:"tally-webhook"`
+	Group string `env:"LEDGER_WEBHOOK_GROUP" envDefault:"tally-webhook"`
 	// TimeoutMs (LEDGER_WEBHOOK_TIMEOUT_MS, default 10000, 100..600000) bounds one attempt.
-	TimeoutMs int64 `env:"TIMEOUT_MS" envDefault:"10000"`
+	TimeoutMs int64 `env:"LEDGER_WEBHOOK_TIMEOUT_MS" envDefault:"10000"`
 	// AttemptsMax (LEDGER_WEBHOOK_ATTEMPTS_MAX, default 8, 1..100) bounds the attempts of one
 	// notification before it is dead-lettered.
-	AttemptsMax int `env:"ATTEMPTS_MAX" envDefault:"8"`
+	AttemptsMax int `env:"LEDGER_WEBHOOK_ATTEMPTS_MAX" envDefault:"8"`
 	// BackoffMinMs (LEDGER_WEBHOOK_BACKOFF_MIN_MS, default 1000, 1..3600000) is the wait after
 	// the first failed attempt; each further failure doubles it.
-	BackoffMinMs int64 `env:"BACKOFF_MIN_MS" envDefault:"1000"`
+	BackoffMinMs int64 `env:"LEDGER_WEBHOOK_BACKOFF_MIN_MS" envDefault:"1000"`
 	// BackoffMaxMs (LEDGER_WEBHOOK_BACKOFF_MAX_MS, default 60000, BackoffMinMs..86400000) caps
 	// the wait, a receiver's Retry-After included.
-	BackoffMaxMs int64 `env:"BACKOFF_MAX_MS" envDefault:"60000"`
+	BackoffMaxMs int64 `env:"LEDGER_WEBHOOK_BACKOFF_MAX_MS" envDefault:"60000"`
 	// QueueMax (LEDGER_WEBHOOK_QUEUE_MAX, default 100, 1..100000) bounds the notifications
 	// prefetched per assigned partition.
-	QueueMax int `env:"QUEUE_MAX" envDefault:"100"`
+	QueueMax int `env:"LEDGER_WEBHOOK_QUEUE_MAX" envDefault:"100"`
 	// InFlightMax (LEDGER_WEBHOOK_IN_FLIGHT_MAX, default 16, 1..1024) bounds the POSTs made at
 	// once (at most one per partition).
-	InFlightMax int `env:"IN_FLIGHT_MAX" envDefault:"16"`
+	InFlightMax int `env:"LEDGER_WEBHOOK_IN_FLIGHT_MAX" envDefault:"16"`
 	// DedupeMax (LEDGER_WEBHOOK_DEDUPE_MAX, default 100000, 0..10000000) bounds the delivered
 	// envelope ids remembered, about 100 bytes each, so that a notification the ledger
 	// re-emits is not posted twice.
-	DedupeMax int `env:"DEDUPE_MAX" envDefault:"100000"`
+	DedupeMax int `env:"LEDGER_WEBHOOK_DEDUPE_MAX" envDefault:"100000"`
 }
 
 // DefaultWebhookSettings are the envDefault values (no URL: off).
