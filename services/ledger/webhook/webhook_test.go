@@ -289,6 +289,43 @@ func TestRetriesThenDelivers(t *testing.T) {
 	}
 }
 
+// TestRetryAfterHonoured: a 429 with Retry-After: 1 waits a second, although the backoff
+// alone would wait a millisecond (the wait is observed, not timed).
+func TestRetryAfterHonoured(t *testing.T) {
+	c := kafkatest.Start(t)
+	var mu sync.Mutex
+	n := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n++
+		first := n == 1
+		mu.Unlock()
+		if first {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	t.Cleanup(srv.Close)
+	publishN(t, c, 0, 1)
+	cfg := config(c, srv.URL)
+	cfg.BackoffMin, cfg.BackoffMax = time.Millisecond, 2*time.Second
+	var waits []time.Duration
+	cfg.OnRetry = func(_ string, _ int, w time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		waits = append(waits, w)
+	}
+	d := startDispatcher(t, cfg)
+	waitFor(t, "delivery", func() bool { return d.d.Stats.Delivered.Load() == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(waits) != 1 || waits[0] != time.Second {
+		t.Fatalf("waits %v, want [1s]", waits)
+	}
+}
+
 // TestTransportErrorRetried: a connection closed without an answer is retried.
 func TestTransportErrorRetried(t *testing.T) {
 	c := kafkatest.Start(t)
@@ -337,13 +374,17 @@ func TestDeadLetters(t *testing.T) {
 			return http.StatusBadRequest
 		case id == idOf("acct_down", 2):
 			return http.StatusBadGateway
+		case id == idOf("acct_moved", 4):
+			return http.StatusFound // not followed: a POST would become a GET
 		}
 		return http.StatusOK
 	})
 	badID, bad := notification(t, "acct_bad", 1)
 	downID, down := notification(t, "acct_down", 2)
 	_, good := notification(t, "acct_bad", 3)
+	movedID, moved := notification(t, "acct_moved", 4)
 	publish(t, c,
+		kafka.Message{Key: []byte("acct_moved"), Value: moved},
 		kafka.Message{Key: []byte("acct_bad"), Value: bad},
 		kafka.Message{Key: []byte("acct_down"), Value: down},
 		kafka.Message{Key: []byte("acct_bad"), Value: []byte("not json")},
@@ -351,16 +392,16 @@ func TestDeadLetters(t *testing.T) {
 	cfg := config(c, rcv.srv.URL)
 	cfg.AttemptsMax = 3
 	d := startDispatcher(t, cfg)
-	waitFor(t, "all handled", func() bool { return d.d.Stats.Delivered.Load()+d.d.Stats.DeadLettered.Load() == 4 })
-	if d.d.Stats.DeadLettered.Load() != 3 {
-		t.Fatalf("dead-lettered %d, want 3", d.d.Stats.DeadLettered.Load())
+	waitFor(t, "all handled", func() bool { return d.d.Stats.Delivered.Load()+d.d.Stats.DeadLettered.Load() == 5 })
+	if d.d.Stats.DeadLettered.Load() != 4 {
+		t.Fatalf("dead-lettered %d, want 4", d.d.Stats.DeadLettered.Load())
 	}
 	got, tries, badDeliveries := rcv.snapshot()
-	if len(badDeliveries) > 0 || tries[badID] != 1 || tries[downID] != 3 || got[idOf("acct_bad", 3)] != 1 {
+	if len(badDeliveries) > 0 || tries[badID] != 1 || tries[downID] != 3 || tries[movedID] != 1 || got[idOf("acct_bad", 3)] != 1 {
 		t.Fatalf("attempts %v, delivered %v, bad %v", tries, got, badDeliveries)
 	}
 	reasons := map[string]string{}
-	for _, m := range deadLetters(t, c, 3) {
+	for _, m := range deadLetters(t, c, 4) {
 		if header(m, kafkax.HeaderDLQTopic) != c.Topics.Notifications || header(m, kafkax.HeaderDLQConsumer) == "" {
 			t.Errorf("dead letter without its origin: %v", m.Headers)
 		}
@@ -374,6 +415,9 @@ func TestDeadLetters(t *testing.T) {
 	}
 	if r := reasons["not json"]; !strings.Contains(r, "not a JSON") {
 		t.Errorf("unreadable reason %q", r)
+	}
+	if r := reasons[string(moved)]; !strings.Contains(r, "status 302") {
+		t.Errorf("redirect reason %q", r)
 	}
 }
 
