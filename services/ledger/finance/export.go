@@ -186,7 +186,8 @@ func (x *Export) WriteJSON(w io.Writer) error {
 var ExportCSVHeader = []string{"row", "time", "transaction_id", "entry_id", "kind", "ledger_account", "amount_micros", "request_id", "grant_id", "lines"}
 
 // WriteCSV writes the header, an opening row, one row per line, the totals by kind, the
-// totals by ledger account and a closing row (the balances in amount_micros).
+// totals by ledger account and a closing row (the balances in amount_micros). Text cells go
+// through csvText.
 func (x *Export) WriteCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
 	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
@@ -194,7 +195,8 @@ func (x *Export) WriteCSV(w io.Writer) error {
 	_ = cw.Write(ExportCSVHeader)
 	_ = cw.Write([]string{"opening", ts(x.From), "", "", "", "", i64(x.OpeningMicros), "", "", ""})
 	for _, l := range x.Lines {
-		_ = cw.Write([]string{"line", ts(l.Time), l.TransactionID, l.EntryID, l.Kind, l.LedgerAccount, i64(l.AmountMicros), l.RequestID, l.GrantID, "1"})
+		_ = cw.Write([]string{"line", ts(l.Time), csvText(l.TransactionID), csvText(l.EntryID), csvText(l.Kind), csvText(l.LedgerAccount),
+			i64(l.AmountMicros), csvText(l.RequestID), csvText(l.GrantID), "1"})
 	}
 	for _, t := range x.TotalsByKind {
 		_ = cw.Write([]string{"total_kind", "", "", "", t.Kind, t.LedgerAccount, i64(t.AmountMicros), "", "", strconv.Itoa(t.Lines)})

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -270,8 +271,19 @@ func (s *Statement) WriteJSON(w io.Writer) error {
 	return enc.Encode(s)
 }
 
+// csvText makes a text cell safe to open in a spreadsheet: ids come from clients and admins,
+// and one that starts with '=', '+', '-', '@', a tab or a carriage return would be read as a
+// formula, so it is written with a leading apostrophe (OWASP's CSV injection advice). Amount
+// and time cells are written as they are.
+func csvText(s string) string {
+	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
+		return "'" + s
+	}
+	return s
+}
+
 // WriteCSV writes a header, an "opening" row, one row per entry with the running customer
-// balance, and a "closing" row.
+// balance, and a "closing" row. Text cells go through csvText.
 func (s *Statement) WriteCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
 	_ = cw.Write([]string{"row", "effective_at", "entry_id", "transaction_id", "kind", "ledger_account", "request_id", "grant_id", "amount_micros", "balance_micros"})
@@ -281,8 +293,9 @@ func (s *Statement) WriteCSV(w io.Writer) error {
 		if customer(&e) {
 			bal += e.AmountMicros
 		}
-		_ = cw.Write([]string{"entry", e.EffectiveAt.UTC().Format(time.RFC3339Nano), e.EntryID, e.TransactionID, e.Kind, e.LedgerAccount,
-			e.RequestID, e.GrantID, strconv.FormatInt(e.AmountMicros, 10), strconv.FormatInt(bal, 10)})
+		_ = cw.Write([]string{"entry", e.EffectiveAt.UTC().Format(time.RFC3339Nano), csvText(e.EntryID), csvText(e.TransactionID),
+			csvText(e.Kind), csvText(e.LedgerAccount), csvText(e.RequestID), csvText(e.GrantID),
+			strconv.FormatInt(e.AmountMicros, 10), strconv.FormatInt(bal, 10)})
 	}
 	_ = cw.Write([]string{"closing", s.To.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.ClosingMicros, 10)})
 	cw.Flush()
