@@ -45,7 +45,7 @@ type Config struct {
 	// Customers returns the customer keys in force (LEDGER_CUSTOMER_KEYS_FILE, reloaded when
 	// it changes); nil or a nil result refuses every customer token.
 	Customers func() *CustomerKeys
-	Book  *pricebook.Book
+	Book      *pricebook.Book
 	// BodyBytesMax bounds a request body.
 	BodyBytesMax int64
 	// PageMax bounds the entries per page (and is the default page size).
