@@ -78,7 +78,7 @@ func TestCustomerKeysFile(t *testing.T) {
 	c := kafkatest.Start(t)
 	secret := strings.Repeat("k", 32)
 	file := filepath.Join(t.TempDir(), "customer-keys")
-	tokA, tokB := "tc_acme-token", "tc_other-token"
+	tokA, tokB := "tcu_acme-token", "tcu_other-token"
 	entry := func(id, tok, scope string) string {
 		return id + ":hmac:" + httpx.HMACKey([]byte(secret), tok) + ":" + scope + "\n"
 	}
@@ -145,7 +145,7 @@ func TestCustomerKeysFile(t *testing.T) {
 func TestCustomerKeysSettings(t *testing.T) {
 	cfg := testConfig(&kafkatest.Cluster{Brokers: []string{"127.0.0.1:9"}, Prefix: "t."})
 	file := filepath.Join(t.TempDir(), "keys")
-	_ = os.WriteFile(file, []byte("a:hmac:"+httpx.HMACKey([]byte(strings.Repeat("k", 32)), "tc_a")+":account=a\n"), 0o600)
+	_ = os.WriteFile(file, []byte("a:hmac:"+httpx.HMACKey([]byte(strings.Repeat("k", 32)), "tcu_a")+":account=a\n"), 0o600)
 	cfg.Group = "g"
 	cfg.CustomerKeysFile = file
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "LEDGER_CUSTOMER_KEYS_FILE") {

@@ -49,7 +49,7 @@ type Config struct {
 	// CustomerKeysFile is the customer keys file (LEDGER_CUSTOMER_KEYS_FILE, default "" = no
 	// customer keys: the /v1/customer routes refuse every token; at most 1 MiB): one key a
 	// line, "id:hmac:<hex>:account=<id>" or "id:hmac:<hex>:org=<id>", the HMAC-SHA256 of a
-	// "tc_" token under LEDGER_KEY_HASH_SECRET (`tallyctl customer-key` appends one). Each key
+	// "tcu_" token under LEDGER_KEY_HASH_SECRET (`tallyctl customer-key` appends one). Each key
 	// reads only its account, or the accounts of its organisation. Reloaded when it changes
 	// (LEDGER_CUSTOMER_KEYS_POLL_MS); a bad edit is logged and the previous keys stay.
 	CustomerKeysFile string `env:"LEDGER_CUSTOMER_KEYS_FILE" envDefault:""`

@@ -16,9 +16,9 @@ import (
 
 // Customer keys. A customer key reads one account, or the accounts of one organisation, and
 // nothing else: the three GET /v1/customer/accounts/{id}... routes, never a write, never the
-// limit factors or the log position. Its token starts with CustomerKeyPrefix ("tc_"), so it
+// limit factors or the log position. Its token starts with CustomerKeyPrefix ("tcu_"), so it
 // is refused on the admin routes (whose keyring wants "ta_"), and an admin token or an edge
-// key is refused on the customer routes (their keyring wants "tc_"): each role has its own
+// key is refused on the customer routes (their keyring wants "tcu_"): each role has its own
 // keyring, and a failure on either counts against the client address in the same
 // throttle (LEDGER_AUTH_FAILURES_*).
 //
@@ -32,7 +32,7 @@ import (
 // `tallyctl customer-key` writes such a line. Key ids are unique within the file.
 
 // CustomerKeyPrefix starts every customer token.
-const CustomerKeyPrefix = "tc_"
+const CustomerKeyPrefix = "tcu_"
 
 // CustomerKeysFileBytesMax bounds the customer keys file (1 MiB, about 8,000 keys).
 const CustomerKeysFileBytesMax = 1 << 20

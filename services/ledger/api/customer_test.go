@@ -58,8 +58,8 @@ var custSecret = []byte("0123456789abcdef0123456789abcdef")
 
 const (
 	custAdmin   = "ta_admin-token"
-	custAcct    = "tc_account-key"
-	custOrg     = "tc_org-key"
+	custAcct    = "tcu_account-key"
+	custOrg     = "tcu_org-key"
 	custEdgeKey = "tk_edge-key"
 )
 
@@ -302,8 +302,8 @@ func must(b []byte, err error) []byte {
 
 // TestParseCustomerKeys: the keys file's grammar, and what it refuses.
 func TestParseCustomerKeys(t *testing.T) {
-	mac := httpx.HMACKey(custSecret, "tc_x")
-	mac2 := httpx.HMACKey(custSecret, "tc_y")
+	mac := httpx.HMACKey(custSecret, "tcu_x")
+	mac2 := httpx.HMACKey(custSecret, "tcu_y")
 	ok := "# comment\n\n a:hmac:" + mac + ":account=acct_1 \nb:hmac:" + mac2 + ":org=org/1\n"
 	k, err := api.ParseCustomerKeys(ok, custSecret, nil)
 	if err != nil || k.Len() != 2 {
@@ -311,7 +311,7 @@ func TestParseCustomerKeys(t *testing.T) {
 	}
 	for _, c := range []struct{ name, text, want string }{
 		{"no scope", "a:hmac:" + mac, "want <id>:hmac"},
-		{"legacy entry", "a:" + httpx.HashSecret("tc_x") + ":account=x", "want <id>:hmac"},
+		{"legacy entry", "a:" + httpx.HashSecret("tcu_x") + ":account=x", "want <id>:hmac"},
 		{"unknown scope", "a:hmac:" + mac + ":project=p", "want account=<id> or org=<id>"},
 		{"empty scope id", "a:hmac:" + mac + ":org=", "org: required"},
 		{"bad scope id", "a:hmac:" + mac + ":account=a b", "account"},
@@ -330,7 +330,7 @@ func TestParseCustomerKeys(t *testing.T) {
 	// A nil keys set refuses every token.
 	var none *api.CustomerKeys
 	req := httptest.NewRequest("GET", "/", nil)
-	req.Header.Set("Authorization", "Bearer tc_x")
+	req.Header.Set("Authorization", "Bearer tcu_x")
 	if _, err := none.Authenticate(req); err == nil || err.Status != 403 {
 		t.Fatalf("nil keys: %v", err)
 	}
