@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,5 +164,44 @@ func TestCustomerKeysSettings(t *testing.T) {
 	cfg.CustomerKeysFile = filepath.Join(t.TempDir(), "missing")
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "LEDGER_CUSTOMER_KEYS_FILE") {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+// TestCustomerKeysSIGHUP: the ledger binary re-reads the customer keys file on SIGHUP (here
+// with polling off).
+func TestCustomerKeysSIGHUP(t *testing.T) {
+	dumpLogsOnFailure(t)
+	c := kafkatest.Start(t)
+	secret := strings.Repeat("k", 32)
+	file := filepath.Join(t.TempDir(), "customer-keys")
+	entry := func(id, tok, scope string) string {
+		return id + ":hmac:" + httpx.HMACKey([]byte(secret), tok) + ":" + scope + "\n"
+	}
+	if err := os.WriteFile(file, []byte(entry("a", "tcu_a", "account=acme")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, buildLedger(t), c, "LEDGER_KEY_HASH_SECRET="+secret, "LEDGER_CUSTOMER_KEYS_FILE="+file,
+		"LEDGER_CUSTOMER_KEYS_POLL_MS=0", "LEDGER_ENSURE_TOPICS=true")
+	waitReady(t, p.base)
+	// tcu_b is not a key yet: 403. Once it is, its own account (unknown here) is 404.
+	if code, b := call(t, "GET", p.base+"/v1/customer/accounts/other", "tcu_b", nil); code != 403 {
+		t.Fatalf("before: %d %s", code, b)
+	}
+	if err := os.WriteFile(file, []byte(entry("a", "tcu_a", "account=acme")+entry("b", "tcu_b", "account=other")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, b := call(t, "GET", p.base+"/v1/customer/accounts/other", "tcu_b", nil)
+		if code == 404 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after SIGHUP: %d %s", code, b)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
