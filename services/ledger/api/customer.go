@@ -159,9 +159,17 @@ func (k *CustomerKeys) Len() int {
 
 // Authenticate returns the scope of the request's customer token (see httpx.Keyring: 429,
 // 401, 403).
+//
+// A bearer token without the customer prefix (an admin token, an edge key) is refused at once
+// and is not counted as a failure: no customer entry can accept it, so counting it would
+// protect nothing and would lock an admin tool that called a customer route out of the admin
+// API, which shares the throttle.
 func (k *CustomerKeys) Authenticate(r *http.Request) (Scope, *httpx.Error) {
 	if k == nil || k.ring == nil {
 		k = emptyCustomerKeys
+	}
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && tok != "" && !strings.HasPrefix(tok, CustomerKeyPrefix) {
+		return Scope{}, httpx.Errorf(http.StatusForbidden, httpx.CodeForbidden, "not a customer key: the customer routes take %s tokens only", CustomerKeyPrefix)
 	}
 	id, err := k.ring.Authenticate(r)
 	if err != nil {

@@ -418,3 +418,35 @@ func TestPurchaseValidation(t *testing.T) {
 		t.Errorf("purchase_id at the bound: %d %s", w.Code, w.Body)
 	}
 }
+
+// TestOtherRolesOnCustomerRoutesNotThrottled: an admin token or edge key sent to a customer
+// route is refused without counting as a failed authentication (it cannot succeed there
+// whatever it is, so counting it protects nothing), so a tool that calls a customer route
+// with its admin token does not lock its address out of the admin API; customer-key guesses
+// still count.
+func TestOtherRolesOnCustomerRoutesNotThrottled(t *testing.T) {
+	th, _ := httpx.NewAuthThrottle(3, time.Minute, 100, nil)
+	admin, _ := httpx.ParseKeyringWith("ops:hmac:"+httpx.HMACKey(custSecret, custAdmin), httpx.KeyringOptions{HashSecret: custSecret, TokenPrefix: "ta_", Throttle: th})
+	ck, err := api.ParseCustomerKeys("a:hmac:"+httpx.HMACKey(custSecret, custAcct)+":account=acme", custSecret, th)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := &fakeReader{accounts: map[string]view.Account{"acme": {AccountID: "acme"}}}
+	h := api.Handler(api.Config{Admin: admin, Customers: func() *api.CustomerKeys { return ck }, Book: pricebook.Default(), BodyBytesMax: 4096, PageMax: 10}, rd, nil)
+	for i := range 10 {
+		for _, tok := range []string{custAdmin, custEdgeKey} {
+			if w := do(h, "GET", "/v1/customer/accounts/acme", tok, ""); w.Code != 403 {
+				t.Fatalf("try %d with %s: %d %s", i, tok, w.Code, w.Body)
+			}
+		}
+	}
+	if w := do(h, "GET", "/v1/accounts/acme", custAdmin, ""); w.Code != 200 {
+		t.Fatalf("admin route after admin tokens on customer routes: %d %s", w.Code, w.Body)
+	}
+	for range 3 {
+		do(h, "GET", "/v1/customer/accounts/acme", "tcu_guess", "")
+	}
+	if w := do(h, "GET", "/v1/customer/accounts/acme", custAcct, ""); w.Code != 429 || errCode(t, w) != httpx.CodeTooManyAuthFailures {
+		t.Fatalf("after 3 wrong customer keys: %d %s, want 429", w.Code, w.Body)
+	}
+}
