@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tallyhq/tally/services/ledger"
 	"github.com/tallyhq/tally/services/ledger/api"
 	"github.com/tallyhq/tally/services/ledger/view"
 	"github.com/tallyhq/tally/shared/events"
@@ -203,5 +205,84 @@ func TestCustomerKeysSIGHUP(t *testing.T) {
 			t.Fatalf("after SIGHUP: %d %s", code, b)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestTwoLedgersAnswerCustomerKeys: with two instances in one group, each answers the customer
+// routes for every account it or its peer owns (the peer is asked with the customer's token),
+// an account key reading another account is 403 from both, an organisation key reading an
+// account outside its organisation is 403 (not 503) whichever instance owns it, and an account
+// key whose account no instance knows is 404.
+func TestTwoLedgersAnswerCustomerKeys(t *testing.T) {
+	c := kafkatest.Start(t)
+	secret := strings.Repeat("k", 32)
+	file := filepath.Join(t.TempDir(), "customer-keys")
+	const n = 8
+	var keys strings.Builder
+	tok := func(i int) string { return fmt.Sprintf("tcu_acct-%d", i) }
+	for i := range n {
+		keys.WriteString(fmt.Sprintf("k%d:hmac:%s:account=acct-cu-%d\n", i, httpx.HMACKey([]byte(secret), tok(i)), i))
+	}
+	keys.WriteString("org:hmac:" + httpx.HMACKey([]byte(secret), "tcu_org") + ":org=org-1\n")
+	keys.WriteString("ghost:hmac:" + httpx.HMACKey([]byte(secret), "tcu_ghost") + ":account=ghost\n")
+	if err := os.WriteFile(file, []byte(keys.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	cfgA, cfgB := testConfig(c), testConfig(c)
+	for _, cfg := range []*ledger.Config{&cfgA, &cfgB} {
+		cfg.KeyHashSecret, cfg.CustomerKeysFile = secret, file
+	}
+	cfgA.ListenAddr, cfgA.Peers = addrA, "http://"+addrB
+	cfgB.ListenAddr, cfgB.Peers = addrB, "http://"+addrA
+	a := start(t, cfgA)
+	b := start(t, cfgB)
+	var evs []events.Event
+	for i := range n {
+		evs = append(evs, ev(t, t0, &events.CreditsGranted{AccountID: fmt.Sprintf("acct-cu-%d", i),
+			GrantID: fmt.Sprintf("g-cu-%d", i), AmountMicros: int64(1_000_000 * (i + 1)), Source: events.GrantPurchase}))
+	}
+	produce(t, c, evs...)
+	for i := range n {
+		waitAccount(t, a.base, fmt.Sprintf("acct-cu-%d", i), func(v view.Account) bool { return v.AvailableMicros == int64(1_000_000*(i+1)) })
+	}
+	// Wait until the partitions are split, so that some answers below come from the peer.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ownA, ownB := 0, 0
+		for i := range n {
+			if localOnly(t, a.base, fmt.Sprintf("acct-cu-%d", i)) == 200 {
+				ownA++
+			}
+			if localOnly(t, b.base, fmt.Sprintf("acct-cu-%d", i)) == 200 {
+				ownB++
+			}
+		}
+		if ownA > 0 && ownB > 0 && ownA+ownB == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the instances know %d and %d of %d accounts themselves: the partitions are not split", ownA, ownB, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, base := range []string{a.base, b.base} {
+		for i := range n {
+			id := fmt.Sprintf("acct-cu-%d", i)
+			code, body := call(t, "GET", base+"/v1/customer/accounts/"+id, tok(i), nil)
+			var ca api.CustomerAccount
+			if code != 200 || json.Unmarshal(body, &ca) != nil || ca.AccountID != id || ca.AvailableMicros != int64(1_000_000*(i+1)) {
+				t.Fatalf("%s: key %d on its account: %d %s", base, i, code, body)
+			}
+			if code, body := call(t, "GET", base+"/v1/customer/accounts/"+id+"/usage", tok((i+1)%n), nil); code != 403 {
+				t.Fatalf("%s: key %d on %s: %d %s", base, (i+1)%n, id, code, body)
+			}
+			if code, body := call(t, "GET", base+"/v1/customer/accounts/"+id, "tcu_org", nil); code != 403 {
+				t.Fatalf("%s: org key on %s (no organisation): %d %s", base, id, code, body)
+			}
+		}
+		if code, body := call(t, "GET", base+"/v1/customer/accounts/ghost", "tcu_ghost", nil); code != 404 {
+			t.Fatalf("%s: key of an unknown account: %d %s", base, code, body)
+		}
 	}
 }
