@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"sort"
@@ -131,16 +132,12 @@ func LoadCustomerKeys(path string, secret []byte, th *httpx.AuthThrottle) (*Cust
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
+	b, err := io.ReadAll(io.LimitReader(f, CustomerKeysFileBytesMax+1))
 	if err != nil {
-		return nil, err
-	}
-	if st.Size() > CustomerKeysFileBytesMax {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, CustomerKeysFileBytesMax)
-	}
-	b := make([]byte, st.Size())
-	if _, err := f.ReadAt(b, 0); err != nil && st.Size() > 0 {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(b) > CustomerKeysFileBytesMax {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, CustomerKeysFileBytesMax)
 	}
 	k, err := ParseCustomerKeys(string(b), secret, th)
 	if err != nil {

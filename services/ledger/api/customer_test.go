@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -448,5 +449,23 @@ func TestOtherRolesOnCustomerRoutesNotThrottled(t *testing.T) {
 	}
 	if w := do(h, "GET", "/v1/customer/accounts/acme", custAcct, ""); w.Code != 429 || errCode(t, w) != httpx.CodeTooManyAuthFailures {
 		t.Fatalf("after 3 wrong customer keys: %d %s, want 429", w.Code, w.Body)
+	}
+}
+
+// TestLoadCustomerKeysBound: a keys file above CustomerKeysFileBytesMax is refused.
+func TestLoadCustomerKeysBound(t *testing.T) {
+	p := t.TempDir() + "/keys"
+	line := "# " + strings.Repeat("x", 1000) + "\n"
+	if err := os.WriteFile(p, []byte(strings.Repeat(line, api.CustomerKeysFileBytesMax/len(line)+1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.LoadCustomerKeys(p, custSecret, nil); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("oversized file: %v", err)
+	}
+	if err := os.WriteFile(p, []byte(line), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := api.LoadCustomerKeys(p, custSecret, nil); err != nil || k.Len() != 0 {
+		t.Fatalf("comments only: %v", err)
 	}
 }

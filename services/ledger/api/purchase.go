@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -127,5 +126,5 @@ func expiryString(t *time.Time) string {
 	if t == nil {
 		return "none"
 	}
-	return fmt.Sprint(t.UTC().Format(time.RFC3339Nano))
+	return t.UTC().Format(time.RFC3339Nano)
 }
