@@ -1,6 +1,6 @@
 """Schemathesis hooks for deployments/schemathesis.sh.
 
-A grant's expires_at must be after the ledger's clock (a grant that is expired when it
+A grant's (or purchase's) expires_at must be after the ledger's clock (a grant that is expired when it
 arrives would be all breakage at once), a rule no static schema can state: the OpenAPI
 document bounds it to years 1970-2199 only. So a schema-valid expires_at that is already in
 the past is moved to a day from now before the call, and every other value is sent as
@@ -32,6 +32,6 @@ def _future_if_past(value):
 
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
-    if case.method.upper() == "POST" and case.path.endswith("/grants") and isinstance(case.body, dict):
+    if case.method.upper() == "POST" and case.path.endswith(("/grants", "/purchases")) and isinstance(case.body, dict):
         if "expires_at" in case.body:
             case.body["expires_at"] = _future_if_past(case.body["expires_at"])

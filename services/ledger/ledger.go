@@ -12,8 +12,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,6 +47,16 @@ type Config struct {
 	// start with "ta_") or legacy "id:sha256hex". The id is recorded in every event a write
 	// publishes (admin_key_id).
 	AdminKeys string `env:"LEDGER_ADMIN_KEYS"`
+	// CustomerKeysFile is the customer keys file (LEDGER_CUSTOMER_KEYS_FILE, default "" = no
+	// customer keys: the /v1/customer routes refuse every token; at most 1 MiB): one key a
+	// line, "id:hmac:<hex>:account=<id>" or "id:hmac:<hex>:org=<id>", the HMAC-SHA256 of a
+	// "tcu_" token under LEDGER_KEY_HASH_SECRET (`tallyctl customer-key` appends one). Each key
+	// reads only its account, or the accounts of its organisation. Reloaded when it changes
+	// (LEDGER_CUSTOMER_KEYS_POLL_MS); a bad edit is logged and the previous keys stay.
+	CustomerKeysFile string `env:"LEDGER_CUSTOMER_KEYS_FILE" envDefault:""`
+	// CustomerKeysPollMs is how often the customer keys file is checked for a change
+	// (LEDGER_CUSTOMER_KEYS_POLL_MS, default 5000, 0..3600000; 0 = read at start only).
+	CustomerKeysPollMs int64 `env:"LEDGER_CUSTOMER_KEYS_POLL_MS" envDefault:"5000"`
 	// Peers are the base URLs of the other ledger instances in the consumer group,
 	// "http://ledger-1:8082,..." (LEDGER_PEERS, default "" = this instance is alone; at most
 	// 64). Each instance folds only the partitions it owns; asked about an account it does not
@@ -154,7 +166,7 @@ func DefaultConfig() Config {
 	f := fold.DefaultConfig(nil)
 	ms := int64(time.Millisecond)
 	return Config{Brokers: "127.0.0.1:9092", TopicPrefix: kafkax.DefaultPrefix, ListenAddr: "127.0.0.1:8082",
-		Group: "tally-ledger", PeerTimeoutMs: 5000, EnsureTopics: true, TopicPartitions: 4, TopicReplicas: 1,
+		Group: "tally-ledger", PeerTimeoutMs: 5000, CustomerKeysPollMs: 5000, EnsureTopics: true, TopicPartitions: 4, TopicReplicas: 1,
 		BatchMax: 5000, BatchWaitMs: 2, FetchBytesMax: 8 << 20, FetchWaitMs: 100, QueueMax: 10_000,
 		WriteTimeoutMs: 10_000, WriteAttemptsMax: 5, RetryBackoffMs: 1000, JournalPerAccount: 64, JournalAccountsMax: 10_000,
 		BodyBytesMax: 64 << 10, PageMax: 500, PublishTimeoutMs: 10_000, ShutdownTimeoutMs: 10_000,
@@ -232,6 +244,13 @@ func (c Config) Validate() error {
 	} else if k.Len() == 0 {
 		errs = append(errs, errors.New("LEDGER_ADMIN_KEYS: at least one admin key (id:hmac:<hex> or id:sha256hex) required"))
 	}
+	if c.CustomerKeysFile != "" {
+		if c.KeyHashSecret == "" {
+			errs = append(errs, errors.New("LEDGER_CUSTOMER_KEYS_FILE: customer keys are hmac entries; set LEDGER_KEY_HASH_SECRET"))
+		} else if _, err := api.LoadCustomerKeys(c.CustomerKeysFile, []byte(c.KeyHashSecret), nil); err != nil {
+			errs = append(errs, fmt.Errorf("LEDGER_CUSTOMER_KEYS_FILE: %w", err))
+		}
+	}
 	if err := events.CheckID("LEDGER_GROUP", c.Group); err != nil {
 		errs = append(errs, err)
 	}
@@ -245,6 +264,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("LEDGER_PEERS: %w", err))
 	}
 	rng("LEDGER_PEER_TIMEOUT_MS", c.PeerTimeoutMs, 1, 600_000)
+	rng("LEDGER_CUSTOMER_KEYS_POLL_MS", c.CustomerKeysPollMs, 0, 3_600_000)
 	rng("LEDGER_TOPIC_REPLICAS", int64(c.TopicReplicas), 1, 16)
 	rng("LEDGER_BATCH_MAX", int64(c.BatchMax), 1, 100_000)
 	rng("LEDGER_BATCH_WAIT_MS", c.BatchWaitMs, 0, 10_000)
@@ -319,6 +339,11 @@ type Service struct {
 	once     sync.Once
 	// hooks is the webhook dispatcher (nil: LEDGER_WEBHOOK_URL unset).
 	hooks *webhook.Dispatcher
+	// customers are the customer keys in force; throttle is shared with the admin keyring.
+	customers atomic.Pointer[api.CustomerKeys]
+	throttle  *httpx.AuthThrottle
+	// customersMod is the keys file's modification time and size when last loaded.
+	customersMod int64
 }
 
 // New validates cfg and wires the service. Nothing runs until Run.
@@ -351,6 +376,10 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
 	keys, _ := httpx.ParseKeyringWith(cfg.AdminKeys, cfg.keyOptions(th))
+	svc := &Service{cfg: cfg, log: cfg.Logger, throttle: th}
+	if err := svc.ReloadCustomerKeys(); err != nil {
+		return nil, err
+	}
 	topics := kafkax.NewTopics(cfg.TopicPrefix)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -370,15 +399,72 @@ func New(cfg Config) (*Service, error) {
 	pwc := kafkax.DefaultWriterConfig
 	pwc.TLS = kafkaTLS
 	pub := &kafkaPublisher{w: kafkax.NewWriter(brokers, topics.Events, pwc)}
-	h := api.Handler(api.Config{Admin: keys, Book: book, BodyBytesMax: cfg.BodyBytesMax, PageMax: cfg.PageMax,
+	h := api.Handler(api.Config{Admin: keys, Customers: svc.customers.Load, Book: book, BodyBytesMax: cfg.BodyBytesMax, PageMax: cfg.PageMax,
 		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg,
 		Peers: peers, PeerClient: &http.Client{Timeout: time.Duration(cfg.PeerTimeoutMs) * time.Millisecond}}, eng, pub)
 	hooks, err := cfg.Webhook.dispatcher(brokers, kafkaTLS, topics, cfg.Logger, reg)
 	if err != nil {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
-	return &Service{cfg: cfg, log: cfg.Logger, brokers: brokers, kafkaTLS: kafkaTLS, topics: topics, engine: eng, pub: pub,
-		srv: httpx.NewServer(cfg.ListenAddr, h, cfg.HTTPServer()), addr: make(chan string, 1), hooks: hooks}, nil
+	svc.hooks = hooks
+	svc.brokers, svc.kafkaTLS, svc.topics, svc.engine, svc.pub = brokers, kafkaTLS, topics, eng, pub
+	svc.srv, svc.addr = httpx.NewServer(cfg.ListenAddr, h, cfg.HTTPServer()), make(chan string, 1)
+	return svc, nil
+}
+
+// ReloadCustomerKeys reads LEDGER_CUSTOMER_KEYS_FILE again ("" = no customer keys). On error
+// the keys in force stay (a bad edit never locks every customer out, nor lets anyone in).
+func (s *Service) ReloadCustomerKeys() error {
+	if s.cfg.CustomerKeysFile == "" {
+		k, err := api.ParseCustomerKeys("", nil, s.throttle)
+		if err != nil {
+			return fmt.Errorf("ledger: customer keys: %w", err)
+		}
+		s.customers.Store(k)
+		return nil
+	}
+	st, err := os.Stat(s.cfg.CustomerKeysFile)
+	if err != nil {
+		return fmt.Errorf("ledger: customer keys: %w", err)
+	}
+	k, err := api.LoadCustomerKeys(s.cfg.CustomerKeysFile, []byte(s.cfg.KeyHashSecret), s.throttle)
+	if err != nil {
+		return fmt.Errorf("ledger: customer keys: %w", err)
+	}
+	s.customers.Store(k)
+	atomic.StoreInt64(&s.customersMod, st.ModTime().UnixNano()^st.Size())
+	return nil
+}
+
+// CustomerKeys is the number of customer keys in force.
+func (s *Service) CustomerKeys() int { return s.customers.Load().Len() }
+
+// pollCustomerKeys reloads the customer keys file whenever its modification time or size
+// changes, every LEDGER_CUSTOMER_KEYS_POLL_MS, until ctx ends.
+func (s *Service) pollCustomerKeys(ctx context.Context) {
+	if s.cfg.CustomerKeysFile == "" || s.cfg.CustomerKeysPollMs <= 0 {
+		return
+	}
+	t := time.NewTicker(time.Duration(s.cfg.CustomerKeysPollMs) * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			st, err := os.Stat(s.cfg.CustomerKeysFile)
+			if err != nil || st.ModTime().UnixNano()^st.Size() == atomic.LoadInt64(&s.customersMod) {
+				continue
+			}
+			if err := s.ReloadCustomerKeys(); err != nil {
+				// Logged once per change of the file, not at every poll.
+				atomic.StoreInt64(&s.customersMod, st.ModTime().UnixNano()^st.Size())
+				s.log.Error("customer keys reload failed; previous keys stay", "err", err)
+			} else {
+				s.log.Info("customer keys reloaded", "keys", s.CustomerKeys())
+			}
+		}
+	}
 }
 
 // Addr blocks until the HTTP server listens (or ctx ends) and returns its address, so a
@@ -432,6 +518,7 @@ func (s *Service) Run(ctx context.Context) error {
 	defer cancel()
 	engErr := make(chan error, 1)
 	go func() { engErr <- s.engine.Run(runCtx) }()
+	go s.pollCustomerKeys(runCtx)
 	srvErr := make(chan error, 1)
 	// HTTPS when LEDGER_TLS_CERT_FILE/KEY_FILE are set (validated in New).
 	go func() { srvErr <- tlsx.Serve(s.srv, ln, s.cfg.TLS) }()

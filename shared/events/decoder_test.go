@@ -81,6 +81,9 @@ func randomLog(seed uint64, n, accounts int, t0 time.Time) []events.Event {
 				e := now.Add(time.Hour)
 				g.ExpiresAt = &e
 			}
+			if r.IntN(2) == 0 {
+				g.PaymentRef = "pi_" + req
+			}
 			add(now, g)
 		case k < 93:
 			add(now, events.CreditsAdjusted{AdjustmentID: req, AccountID: acct, AmountMicros: int64(r.IntN(200_000) - 100_000 + 1), Reason: "gen"})

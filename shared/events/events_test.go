@@ -45,6 +45,7 @@ func TestValidateRejects(t *testing.T) {
 		{"zero grant", events.CreditsGranted{GrantID: "g", AccountID: "a", Source: events.GrantPurchase}, "amount_micros: 0 out of range"},
 		{"grant bad source", events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 1, Source: "gift"}, "source: want"},
 		{"grant bad priority", events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 1, Source: events.GrantPurchase, Priority: 1001}, "priority: 1001"},
+		{"grant payment_ref with a space", events.CreditsGranted{GrantID: "g", AccountID: "a", AmountMicros: 1, Source: events.GrantPurchase, PaymentRef: "pi 1"}, "payment_ref"},
 		{"zero adjustment", events.CreditsAdjusted{AdjustmentID: "x", AccountID: "a", Reason: "r"}, "must be non-zero"},
 		{"adjustment no reason", events.CreditsAdjusted{AdjustmentID: "x", AccountID: "a", AmountMicros: 1}, "reason: required"},
 		{"limits bad scope", events.LimitsAdjusted{Scope: "global", FactorPermille: 1, Reason: "r"}, "scope: want"},

@@ -86,6 +86,8 @@ func samples() []events.Data {
 			HoldMicros: 10, ReleasedMicros: 10, StartedEventID: "e1", ExpiredAt: t0},
 		events.CreditsGranted{GrantID: "g1", AccountID: "a1", AmountMicros: 1, Source: events.GrantPromotion, Priority: 10, ExpiresAt: &exp},
 		events.CreditsGranted{GrantID: "g2", AccountID: "a1", AmountMicros: events.MaxAmountMicros, Source: events.GrantPurchase},
+		events.CreditsGranted{GrantID: "purchase:p1", AccountID: "a1", AmountMicros: 5, Source: events.GrantPurchase, Priority: 100,
+			AdminKeyID: "billing", PaymentRef: "pi_3Nabc"},
 		events.CreditsAdjusted{AdjustmentID: "adj1", AccountID: "a1", AmountMicros: -5, Reason: "refund of a failed render"},
 		events.AccountUpdated{AccountID: "a1", Tier: "pro", Priority: events.PriorityCritical, Suspended: true},
 		events.BalanceUpdated{AccountID: "a1", Tier: "pro", Priority: events.PriorityStandard, AvailableMicros: 5, HeldMicros: 1,

@@ -262,12 +262,17 @@ type CreditsGranted struct {
 	// AdminKeyID is the id of the admin key that made the grant (the audit trail); "" for
 	// events from before it was recorded.
 	AdminKeyID string `json:"admin_key_id,omitempty"`
+	// PaymentRef is the payment provider's reference of a purchase (a charge or payment
+	// intent id), recorded for reconciliation with the provider; "" when the grant is not a
+	// purchase made through POST /v1/accounts/{id}/purchases. Same grammar as an id.
+	PaymentRef string `json:"payment_ref,omitempty"`
 }
 
 func (CreditsGranted) EventType() string { return TypeCreditsGranted }
 func (e CreditsGranted) Subject() string { return e.AccountID }
 func (e CreditsGranted) Validate() error {
-	errs := []error{checkID("grant_id", e.GrantID), checkID("account_id", e.AccountID), checkOptID("admin_key_id", e.AdminKeyID)}
+	errs := []error{checkID("grant_id", e.GrantID), checkID("account_id", e.AccountID), checkOptID("admin_key_id", e.AdminKeyID),
+		checkOptID("payment_ref", e.PaymentRef)}
 	if e.AmountMicros <= 0 || e.AmountMicros > MaxAmountMicros {
 		errs = append(errs, fmt.Errorf("amount_micros: %d out of range [1, %d]", e.AmountMicros, MaxAmountMicros))
 	}

@@ -1,5 +1,6 @@
-// Package api is the ledger's HTTP edge: account views, the cached journal, and admin
-// writes that publish events (grants, adjustments, account updates) with acks=all.
+// Package api is the ledger's HTTP edge: account views, the cached journal, admin writes
+// that publish events (grants, purchases, adjustments, account updates) with acks=all, and
+// the customer routes, read-only and scoped to one account or organisation (customer.go).
 package api
 
 import (
@@ -41,7 +42,10 @@ type Publisher interface {
 // Config bounds the API.
 type Config struct {
 	Admin *httpx.Keyring
-	Book  *pricebook.Book
+	// Customers returns the customer keys in force (LEDGER_CUSTOMER_KEYS_FILE, reloaded when
+	// it changes); nil or a nil result refuses every customer token.
+	Customers func() *CustomerKeys
+	Book      *pricebook.Book
 	// BodyBytesMax bounds a request body.
 	BodyBytesMax int64
 	// PageMax bounds the entries per page (and is the default page size).
@@ -76,6 +80,10 @@ var Routes = []Route{
 	{"GET", "/v1/accounts/{id}/entries"},
 	{"POST", "/v1/accounts/{id}/grants"},
 	{"POST", "/v1/accounts/{id}/adjustments"},
+	{"POST", "/v1/accounts/{id}/purchases"},
+	{"GET", "/v1/customer/accounts/{id}"},
+	{"GET", "/v1/customer/accounts/{id}/requests"},
+	{"GET", "/v1/customer/accounts/{id}/usage"},
 	{"GET", "/metrics"},
 	{"GET", "/healthz"},
 	{"GET", "/readyz"},
@@ -105,6 +113,10 @@ func Handler(cfg Config, r Reader, pub Publisher) http.Handler {
 	mux.HandleFunc("GET /v1/accounts/{id}/entries", s.admin(s.getEntries))
 	mux.HandleFunc("POST /v1/accounts/{id}/grants", s.admin(s.postGrant))
 	mux.HandleFunc("POST /v1/accounts/{id}/adjustments", s.admin(s.postAdjustment))
+	mux.HandleFunc("POST /v1/accounts/{id}/purchases", s.admin(s.postPurchase))
+	mux.HandleFunc("GET /v1/customer/accounts/{id}", s.customer(s.getCustomerAccount))
+	mux.HandleFunc("GET /v1/customer/accounts/{id}/requests", s.customer(s.getCustomerRequests))
+	mux.HandleFunc("GET /v1/customer/accounts/{id}/usage", s.customer(s.getCustomerUsage))
 	if cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
@@ -237,6 +249,12 @@ func (s *server) getEntries(w http.ResponseWriter, r *http.Request, id string) {
 // well exist on that peer. Writes need no forwarding: any instance publishes to the
 // events topic, and the owner folds the event.
 func (s *server) fromPeers(w http.ResponseWriter, r *http.Request, id string) bool {
+	return s.fromPeersIf(w, r, id, func(code int) bool { return code == http.StatusNotFound })
+}
+
+// fromPeersIf is fromPeers where notHere says which peer answers mean "not known there"
+// (the customer routes add an org key's 403).
+func (s *server) fromPeersIf(w http.ResponseWriter, r *http.Request, id string, notHere func(code int) bool) bool {
 	if len(s.cfg.Peers) == 0 || r.Header.Get(ForwardedHeader) != "" {
 		return false
 	}
@@ -258,7 +276,7 @@ func (s *server) fromPeers(w http.ResponseWriter, r *http.Request, id string) bo
 		body, err := io.ReadAll(io.LimitReader(resp.Body, peerAnswerMaxBytes+1))
 		_ = resp.Body.Close()
 		switch {
-		case err == nil && resp.StatusCode == http.StatusNotFound:
+		case err == nil && notHere(resp.StatusCode):
 			continue
 		case err != nil || len(body) > peerAnswerMaxBytes || resp.StatusCode != http.StatusOK:
 			s.cfg.Logger.Warn("ledger api: peer answer unusable", "peer", peer, "account", id, "status", resp.StatusCode, "bytes", len(body), "err", err)

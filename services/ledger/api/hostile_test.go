@@ -152,6 +152,17 @@ func FuzzGrantHandler(f *testing.F) {
 	})
 }
 
+// FuzzPurchaseHandler is FuzzGrantHandler for POST /v1/accounts/{id}/purchases.
+func FuzzPurchaseHandler(f *testing.F) {
+	fuzzWrite(f, "purchases", events.TypeCreditsGranted, []string{
+		`{"purchase_id":"o1","payment_ref":"pi_1","amount_micros":5000000}`,
+		`{"purchase_id":"o2","payment_ref":"pi_2","amount_micros":1,"expires_at":"2030-01-01T00:00:00Z"}`,
+		`{"purchase_id":"` + strings.Repeat("p", 120) + `","payment_ref":"pi","amount_micros":1}`,
+		`{"purchase_id":"oé","payment_ref":"pi é","amount_micros":1}`, `{"purchase_id":"o","amount_micros":1}`,
+		`{"purchase_id":"o","payment_ref":"pi","amount_micros":1,"priority":0}`, `{}`,
+	})
+}
+
 // FuzzAdjustmentHandler is FuzzGrantHandler for POST /v1/accounts/{id}/adjustments.
 func FuzzAdjustmentHandler(f *testing.F) {
 	fuzzWrite(f, "adjustments", events.TypeCreditsAdjusted, []string{
@@ -219,6 +230,12 @@ func TestHostileWrites(t *testing.T) {
 		{"null", "grants", "acct_1", "application/json", `null`, 400, httpx.CodeValidation},
 		{"array", "grants", "acct_1", "application/json", `[1,2]`, 400, httpx.CodeInvalidJSON},
 		{"NUL bytes", "grants", "acct_1", "application/json", "\x00\x00", 400, httpx.CodeInvalidJSON},
+		{"valid purchase", "purchases", "acct_1", "application/json", `{"purchase_id":"o1","payment_ref":"pi_1","amount_micros":5}`, 202, ""},
+		{"purchase without payment_ref", "purchases", "acct_1", "application/json", `{"purchase_id":"o1","amount_micros":5}`, 400, httpx.CodeValidation},
+		{"purchase without purchase_id", "purchases", "acct_1", "application/json", `{"payment_ref":"pi_1","amount_micros":5}`, 400, httpx.CodeValidation},
+		{"purchase id over the bound", "purchases", "acct_1", "application/json", `{"purchase_id":"` + strings.Repeat("é", 120) + `","payment_ref":"pi","amount_micros":5}`, 400, httpx.CodeValidation},
+		{"purchase with a source", "purchases", "acct_1", "application/json", `{"purchase_id":"o1","payment_ref":"pi","amount_micros":5,"source":"promotion"}`, 400, httpx.CodeInvalidJSON},
+		{"purchase amount above the bound", "purchases", "acct_1", "application/json", `{"purchase_id":"o1","payment_ref":"pi","amount_micros":1000000000000001}`, 400, httpx.CodeValidation},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

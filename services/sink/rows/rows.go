@@ -136,6 +136,9 @@ func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
 		if p.ExpiresAt != nil {
 			r.Attrs["expires_at"] = p.ExpiresAt.UTC().Format(time.RFC3339Nano)
 		}
+		if p.PaymentRef != "" {
+			r.Attrs["payment_ref"] = p.PaymentRef // a purchase's provider reference (no column of its own)
+		}
 	case events.CreditsAdjusted:
 		r.AmountMicros, r.Reason = p.AmountMicros, p.Reason
 		r.Attrs = map[string]string{"adjustment_id": p.AdjustmentID}

@@ -50,6 +50,10 @@ func TestFromEventMapsEveryStoredType(t *testing.T) {
 			func(u *rows.Usage) bool {
 				return u.AmountMicros == 100 && u.Reason == "purchase" && u.Attrs["grant_id"] == "g"
 			}},
+		{events.CreditsGranted{GrantID: "purchase:o1", AccountID: "a", AmountMicros: 100, Source: "purchase", PaymentRef: "pi_1"},
+			func(u *rows.Usage) bool {
+				return u.Attrs["grant_id"] == "purchase:o1" && u.Attrs["payment_ref"] == "pi_1"
+			}},
 		{events.CreditsAdjusted{AdjustmentID: "j", AccountID: "a", AmountMicros: -5, Reason: "refund"},
 			func(u *rows.Usage) bool { return u.AmountMicros == -5 && u.Reason == "refund" }},
 		{events.AccountUpdated{AccountID: "a", Tier: "free", Priority: "standard", Suspended: true},

@@ -92,6 +92,10 @@ type Config struct {
 	// KeyHashSecret is the services' key-hash secret (ADMITTER_/LEDGER_KEY_HASH_SECRET, at
 	// least 32 bytes); empty = generated.
 	KeyHashSecret string
+	// CustomerKeysFile, when set, is the ledger's customer keys file (LEDGER_CUSTOMER_KEYS_FILE,
+	// created empty with mode 0600 if missing; `tallyctl customer-key` appends to it), polled
+	// every second. "" = no customer keys.
+	CustomerKeysFile string
 	// DetectIntervalMs is the abuse detector's schedule (0 = the sink's default).
 	DetectIntervalMs int
 	// PriceBookPath "" = the built-in price book.
@@ -118,7 +122,11 @@ type Stack struct {
 	APIKey, AdminToken                               string
 	// WebhookSecret is the webhooks' HMAC secret ("" without Config.WebhookURL).
 	WebhookSecret string
-	Book          *pricebook.Book
+	// KeyHashSecret is the services' key-hash secret (customer keys are made with it).
+	KeyHashSecret string
+	// CustomerKeysFile is the ledger's customer keys file ("" = none).
+	CustomerKeysFile string
+	Book             *pricebook.Book
 	// FoldConfig is the ledger's fold configuration, for replays that must match it.
 	FoldConfig fold.Config
 	// KeysFile is where the secrets are kept ("" without a data directory).
@@ -155,7 +163,7 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	st = &Stack{cancel: cancel, errs: make(chan error, 4), Book: book, APIKey: cfg.APIKey, AdminToken: cfg.AdminToken,
-		ClickHouseDatabase: cfg.ClickHouseDatabase}
+		KeyHashSecret: cfg.KeyHashSecret, CustomerKeysFile: cfg.CustomerKeysFile, ClickHouseDatabase: cfg.ClickHouseDatabase}
 	defer func() {
 		if err != nil {
 			st.Close()
@@ -194,6 +202,15 @@ func Start(ctx context.Context, cfg Config) (st *Stack, err error) {
 	lc.Brokers, lc.TopicPrefix, lc.ListenAddr, lc.PriceBookPath = brokers, cfg.TopicPrefix, cfg.LedgerAddr, cfg.PriceBookPath
 	lc.AdminKeys = "admin:hmac:" + httpx.HMACKey([]byte(cfg.KeyHashSecret), cfg.AdminToken)
 	lc.KeyHashSecret = cfg.KeyHashSecret
+	if cfg.CustomerKeysFile != "" {
+		// Created (0600) if missing, so that the ledger starts with no customer keys yet.
+		f, ferr := os.OpenFile(cfg.CustomerKeysFile, os.O_CREATE|os.O_RDONLY, 0o600)
+		if ferr != nil {
+			return st, fmt.Errorf("stack: customer keys file: %w", ferr)
+		}
+		_ = f.Close()
+		lc.CustomerKeysFile, lc.CustomerKeysPollMs = cfg.CustomerKeysFile, 1000
+	}
 	lc.TopicPartitions = cfg.Partitions
 	lc.Group = cfg.TopicPrefix + "ledger"
 	lc.Book = book

@@ -1,6 +1,6 @@
 // Command ledger runs Tally's credit ledger: it parses the environment, validates every
 // setting (refusing to start on a bad one), wires the service by hand and runs it until
-// SIGINT or SIGTERM, then stops in reverse order.
+// SIGINT or SIGTERM, then stops in reverse order. SIGHUP re-reads the customer keys file.
 package main
 
 import (
@@ -36,5 +36,24 @@ func run(log *slog.Logger) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// SIGHUP re-reads LEDGER_CUSTOMER_KEYS_FILE now (it is also polled); a broken file is
+	// logged and the keys in force stay.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if err := svc.ReloadCustomerKeys(); err != nil {
+					log.Error("customer keys reload failed; previous keys stay", "err", err)
+				} else {
+					log.Info("customer keys reloaded", "keys", svc.CustomerKeys())
+				}
+			}
+		}
+	}()
 	return svc.Run(ctx)
 }

@@ -23,15 +23,16 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"run":       {"run the whole pipeline on this machine (real Kafka, embedded ClickHouse; data kept in -data-dir), or -ephemeral in memory", cmdRun},
-	"grant":     {"grant credits to an account through the ledger API", cmdGrant},
-	"adjust":    {"post a signed finance adjustment through the ledger API", cmdAdjust},
-	"account":   {"show an account, or update its tier/priority/suspension (--tier/--priority/--suspended)", cmdAccount},
-	"statement": {"an account's statement: opening balance, every entry, closing balance", cmdStatement},
-	"export":    {"an account's monthly usage and charges: every journal line of a UTC month and its totals, CSV or JSON", cmdExport},
-	"reconcile": {"replay the events topic from the start and compare with the ledger and ClickHouse", cmdReconcile},
-	"sql":       {"run a ClickHouse query and print a table, CSV or JSON", cmdSQL},
-	"hash-key":  {"print a key's setting entry, id:hmac:<hex>, from the key on stdin and TALLY_KEY_HASH_SECRET", cmdHashKey},
+	"run":          {"run the whole pipeline on this machine (real Kafka, embedded ClickHouse; data kept in -data-dir), or -ephemeral in memory", cmdRun},
+	"grant":        {"grant credits to an account through the ledger API", cmdGrant},
+	"adjust":       {"post a signed finance adjustment through the ledger API", cmdAdjust},
+	"account":      {"show an account, or update its tier/priority/suspension (--tier/--priority/--suspended)", cmdAccount},
+	"statement":    {"an account's statement: opening balance, every entry, closing balance", cmdStatement},
+	"export":       {"an account's monthly usage and charges: every journal line of a UTC month and its totals, CSV or JSON", cmdExport},
+	"reconcile":    {"replay the events topic from the start and compare with the ledger and ClickHouse", cmdReconcile},
+	"sql":          {"run a ClickHouse query and print a table, CSV or JSON", cmdSQL},
+	"hash-key":     {"print a key's setting entry, id:hmac:<hex>, from the key on stdin and TALLY_KEY_HASH_SECRET", cmdHashKey},
+	"customer-key": {"make a customer key for one account (-account) or organisation (-org): append its entry to the ledger's customer keys file (-file), print the token once", cmdCustomerKey},
 }
 
 // usageError marks a bad command line (exit status 2).

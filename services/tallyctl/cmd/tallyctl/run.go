@@ -92,6 +92,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer unlock()
 	if !f.ephemeral {
 		cfg.DataDir = dir
+		cfg.CustomerKeysFile = filepath.Join(dir, customerKeysFileName)
+	} else { // its keys are made with this run's key-hash secret: useless to the next run
+		cfg.CustomerKeysFile = filepath.Join(dir, "ephemeral-"+customerKeysFileName)
+		_ = os.Remove(cfg.CustomerKeysFile)
+		defer os.Remove(cfg.CustomerKeysFile)
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	st, err := stack.Start(ctx, *cfg)
@@ -120,6 +125,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return nil
 }
 
+// customerKeysFileName is the ledger's customer keys file in the data directory
+// (`tallyctl customer-key` appends to it).
+const customerKeysFileName = "customer-keys"
+
 // lockDir holds an exclusive lock on the data directory while the stack runs: two stacks on
 // one ClickHouse data path would corrupt it.
 func lockDir(dir string) (func(), error) {
@@ -143,7 +152,8 @@ func writeKeys(path string, st *stack.Stack) error {
 	if err != nil {
 		return err
 	}
-	kept := map[string]string{stack.APIKeyName: st.APIKey, stack.AdminTokenName: st.AdminToken}
+	kept := map[string]string{stack.APIKeyName: st.APIKey, stack.AdminTokenName: st.AdminToken,
+		stack.KeyHashSecretName: st.KeyHashSecret}
 	if st.WebhookSecret != "" {
 		kept[stack.WebhookSecretName] = st.WebhookSecret
 	}
@@ -168,6 +178,8 @@ func runInfo(st *stack.Stack, ephemeral bool, keysFile, prefix, pricebook string
 		"CLICKHOUSE_DATABASE":  st.ClickHouseDatabase,
 		"CLICKHOUSE_USER":      chUser(st),
 		"TALLY_PRICEBOOK_PATH": pricebook,
+		// `tallyctl customer-key` appends there.
+		"LEDGER_CUSTOMER_KEYS_FILE": st.CustomerKeysFile,
 	}
 	return runinfo.Info{PID: os.Getpid(), Ephemeral: ephemeral, Env: env, KeysFile: keysFile}
 }
@@ -217,10 +229,12 @@ Try it:
   curl -s %s/v1/accounts/acct_1 -H "Authorization: Bearer $TALLY_ADMIN_TOKEN"
   curl -s -u "$TALLY_CLICKHOUSE_USER:$TALLY_CLICKHOUSE_PASSWORD" '%s/?query=SELECT+type,count()+FROM+usage_events+GROUP+BY+type'
   tallyctl statement -account acct_1
+  TALLY_CUSTOMER_KEY=$(tallyctl customer-key -account acct_1)   (read-only, this account only)
+  curl -s %s/v1/customer/accounts/acct_1 -H "Authorization: Bearer $TALLY_CUSTOMER_KEY"
 
 Ctrl-C stops it.
 `, where, st.AdmitterURL, st.LedgerURL, st.SinkURL, st.ClickHouse, st.APIKey, st.AdminToken,
-		st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword, st.LedgerURL, st.AdmitterURL, st.AdmitterURL, st.LedgerURL, st.ClickHouse)
+		st.ClickHouseAnalystUser, st.ClickHouseAnalystPassword, st.LedgerURL, st.AdmitterURL, st.AdmitterURL, st.LedgerURL, st.ClickHouse, st.LedgerURL)
 	if st.WebhookSecret != "" {
 		fmt.Fprintf(w, "\nWebhooks are on (-webhook-url): each notification is POSTed signed (Tally-Signature) with\n  export %s=%s\n",
 			stack.WebhookSecretName, st.WebhookSecret)
