@@ -170,7 +170,7 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		part, off, err = s.publish(r.Context(), name, req.AccountID, value)
 	}
-	if err == nil && s.eager != nil { // acknowledged: the eager producer holds no reference to it
+	if err == nil && s.pub == Publisher(s.producer) && s.producer.ValueReusable() { // acknowledged: the producer holds no reference to it
 		*vp = value
 		bodyPool.Put(vp)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/services/admitter/produce"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
@@ -23,9 +24,17 @@ import (
 )
 
 // Publisher makes one event durable on the events topic (acks=all) and reports where.
-type Publisher interface {
-	Publish(ctx context.Context, key string, value []byte) (partition int32, offset int64, err error)
-}
+type Publisher = produce.Publisher
+
+// HeaderSource carries the producing admitter's CloudEvents source on every message, so that
+// the peer follower skips its own events without decoding them.
+const HeaderSource = produce.HeaderSource
+
+// Producers for the events topic (ADMITTER_PRODUCER); see package produce.
+const (
+	ProducerEager  = produce.Eager
+	ProducerWriter = produce.Writer
+)
 
 // Service is one admitter: HTTP API, decision core, event publisher and state followers.
 type Service struct {
@@ -54,11 +63,12 @@ type Service struct {
 	keys   atomic.Pointer[httpx.Keyring]
 	keyMod atomic.Int64
 
-	writers []*kafka.Writer // ADMITTER_PRODUCER=writer
-	eager   *eagerProducer  // ADMITTER_PRODUCER=eager
-	dlq     *kafka.Writer
-	pub     Publisher
-	m       *metrics
+	// producer is the events-topic producer (ADMITTER_PRODUCER); pub is what publish calls:
+	// the producer, or a test's Publisher.
+	producer *produce.Producer
+	pub      Publisher
+	dlq      *kafka.Writer
+	m        *metrics
 
 	ln      net.Listener
 	srv     *http.Server
@@ -110,18 +120,10 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admitter: listen %s: %w", cfg.ListenAddr, err)
 	}
-	if cfg.Producer == ProducerEager {
-		s.eager = newEagerProducer(cfg, brokers, s.topics.Events, s.source, kafkaTLS)
-		s.pub = s.eager
-	} else {
-		kp := &kafkaPublisher{source: []byte(s.source)}
-		for i := 0; i < cfg.Writers; i++ {
-			w := kafkax.NewWriter(brokers, s.topics.Events, wc)
-			w.Completion = completion
-			kp.ws = append(kp.ws, w)
-		}
-		s.writers, s.pub = kp.ws, kp
-	}
+	s.producer = produce.New(produce.Config{Kind: cfg.Producer, Brokers: brokers, Topic: s.topics.Events,
+		Source: s.source, TLS: kafkaTLS, PublishTimeout: ms(cfg.PublishTimeoutMs), Linger: ms(cfg.LingerMs),
+		InflightMax: cfg.InflightMax, BufferMax: cfg.ProduceBufferMax, Writers: cfg.Writers, Writer: wc})
+	s.pub = s.producer
 	s.ln = ln
 	s.logClient = s.kafkaClient()
 	s.srv = httpx.NewServer(cfg.ListenAddr, s.Handler(), cfg.HTTPServer())
@@ -204,12 +206,7 @@ func (s *Service) Run(ctx context.Context) error {
 	_ = s.srv.Shutdown(sctx)
 	cancel()
 	wg.Wait()
-	for _, w := range s.writers {
-		_ = w.Close()
-	}
-	if s.eager != nil {
-		s.eager.close(sctx)
-	}
+	s.producer.Close(sctx)
 	_ = s.dlq.Close()
 	s.log.Info("admitter stopped")
 	return runErr
@@ -264,53 +261,4 @@ func (s *Service) accounts() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.table.Accounts()
-}
-
-// kafkaPublisher is the Publisher over a kafka-go writer with acks=all.
-// kafkaPublisher spreads events over ADMITTER_WRITERS kafka-go writers: a kafka-go writer
-// sends one produce request at a time per partition, so several writers keep several in
-// flight. Ordering between two events of one account is not needed (an admit is answered
-// before its finish can be sent, and log-order confirmation compares offsets).
-type kafkaPublisher struct {
-	ws     []*kafka.Writer
-	next   atomic.Uint32
-	source []byte
-}
-
-// HeaderSource carries the producing admitter's CloudEvents source on every message, so that
-// the peer follower skips its own events without decoding them.
-const HeaderSource = "tally-source"
-
-type ackPos struct {
-	partition int32
-	offset    int64
-}
-
-// completion copies each message's position into its ackPos: kafka-go sets Partition and
-// Offset on the messages it passes to Completion, not on the caller's slice. It runs before
-// WriteMessages returns.
-func completion(msgs []kafka.Message, err error) {
-	if err != nil {
-		return
-	}
-	for i := range msgs {
-		if a, ok := msgs[i].WriterData.(*ackPos); ok {
-			a.partition, a.offset = int32(msgs[i].Partition), msgs[i].Offset
-		}
-	}
-}
-
-var _ Publisher = (*kafkaPublisher)(nil)
-
-func (p *kafkaPublisher) Publish(ctx context.Context, key string, value []byte) (int32, int64, error) {
-	a := &ackPos{partition: -1, offset: -1}
-	w := p.ws[int(p.next.Add(1))%len(p.ws)]
-	if err := w.WriteMessages(ctx, kafka.Message{Key: []byte(key), Value: value, WriterData: a,
-		Headers: []kafka.Header{{Key: HeaderSource, Value: p.source}}}); err != nil {
-		return -1, -1, err
-	}
-	if a.offset < 0 {
-		return -1, -1, errors.New("admitter: write acknowledged without a position")
-	}
-	return a.partition, a.offset, nil
 }
