@@ -15,6 +15,7 @@ import (
 
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/services/admitter/idem"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/pricebook"
@@ -131,7 +132,7 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 	}
 	now := time.Now()
 	s.mu.Lock()
-	ri, slot, h, found := s.idem.find(req.RequestID)
+	ri, slot, found := s.idem.Find(req.RequestID)
 	if found {
 		s.replayAdmitLocked(w, r, ri, &req) // unlocks
 		return
@@ -159,7 +160,7 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 	defer bodyPool.Put(bp)
 	body := s.appendAdmit((*bp)[:0], &req, &d)
 	client := clientAddr(r)
-	ri = s.idem.add(&req, keyID, client, body, slot, h)
+	ri = s.idem.Add(slot, &req, keyID, client, body)
 	s.mu.Unlock()
 	s.m.decisionSec.Observe(time.Since(t0).Seconds())
 
@@ -184,7 +185,7 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusTooManyRequests
 			body = s.appendAdmit(body[:0], &req, &d)
 			s.mu.Lock()
-			s.idem.setBlob(ri, segClient, body)
+			s.idem.SetAdmitBody(ri, body)
 			s.mu.Unlock()
 		}
 	}
@@ -196,22 +197,10 @@ func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	rec := &s.idem.recs[ri]
-	rec.status = uint16(status)
-	if status == http.StatusTooManyRequests {
-		rec.retryAfterMs = d.RetryAfterMs
+	if d.Allowed && !published {
+		s.table.Published(d.Handle, part, off)
 	}
-	if d.Allowed {
-		if !published {
-			s.table.Published(d.Handle, part, off)
-		}
-		rec.flags |= recAllowed | recOpen
-		rec.handle = d.Handle
-		s.idem.setHandle(d.Handle, ri)
-	} else {
-		s.idem.remember(ri)
-	}
-	s.idem.wake(ri)
+	s.idem.Answered(ri, status, d.RetryAfterMs, d.Allowed, d.Handle)
 	s.m.open.Set(float64(s.table.OpenRequests()))
 	s.mu.Unlock()
 	reason := "allowed"
@@ -235,8 +224,7 @@ func (s *Service) abortAdmit(ri uint32, d *decide.Decision) {
 	if d.Allowed {
 		s.table.Abort(d.Handle)
 	}
-	s.idem.wake(ri)
-	s.idem.remove(ri)
+	s.idem.Forget(ri)
 	s.mu.Unlock()
 }
 
@@ -299,66 +287,26 @@ func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, r
 	return true
 }
 
-// waitOutcome is how awaitLocked ended.
-type waitOutcome uint8
-
-const (
-	waitDone      waitOutcome = iota // the call waited for has its answer; s.mu is held
-	waitCancelled                    // the waiting request's context ended; s.mu is released
-	waitFailed                       // the call waited for failed (the record is gone or was replaced); s.mu is released
-)
-
-// awaitLocked waits, with s.mu held, while record ri (request id id) has a call in progress:
-// its admit (finish false) or its finish (finish true). The record is identified by its
-// generation (and, for a finish, its finish attempt), so that a waiter woken after that call
-// failed, and another took the id or retried, does not take the new call's answer for it.
-func (s *Service) awaitLocked(ctx context.Context, id string, ri uint32, finish bool) (uint32, waitOutcome) {
-	gen, seq := s.idem.recs[ri].gen, s.idem.recs[ri].finSeq
-	pending := func() bool {
-		if finish {
-			return s.idem.recs[ri].fin == finPending
-		}
-		return s.idem.recs[ri].status == 0
-	}
-	for pending() {
-		ch := s.idem.waitChan(ri)
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ri, waitCancelled
-		}
-		s.mu.Lock()
-		var ok bool
-		if ri, ok = s.idem.lookup(id); !ok || s.idem.recs[ri].gen != gen || (finish && s.idem.recs[ri].finSeq != seq) {
-			s.mu.Unlock()
-			return ri, waitFailed
-		}
-	}
-	return ri, waitDone
-}
-
 // replayAdmitLocked answers a repeated request_id (record ri) with the first answer,
 // publishing nothing; it is called with s.mu held and unlocks it. While the first call is
 // being decided and published it waits; if that call failed (its record is gone or another
 // call took the id since), the answer is 503.
 func (s *Service) replayAdmitLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.AdmitRequest) {
-	ri, out := s.awaitLocked(r.Context(), req.RequestID, ri, false)
+	ri, out := s.idem.Await(r.Context(), &s.mu, req.RequestID, ri, false)
 	switch out {
-	case waitCancelled:
+	case idem.WaitCancelled:
 		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
 		return
-	case waitFailed:
+	case idem.WaitFailed:
 		httpx.WriteError(w, unavailable("the first call with this request_id failed; retry"))
 		return
 	}
-	if !s.idem.sameAdmit(ri, req) {
+	if !s.idem.SameAdmit(ri, req) {
 		s.mu.Unlock()
 		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, api.CodeRequestIDReused, "request_id %q was used with different parameters", req.RequestID))
 		return
 	}
-	rec := &s.idem.recs[ri]
-	status, retry, body := int(rec.status), rec.retryAfterMs, s.idem.segCopy(ri, segBody)
+	status, retry, body := s.idem.AdmitAnswer(ri)
 	s.mu.Unlock()
 	s.m.replays.Inc()
 	writeAnswer(w, status, body, retry)
@@ -448,7 +396,7 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	ri, ok := s.idem.lookup(req.RequestID)
+	ri, ok := s.idem.Lookup(req.RequestID)
 	if !ok && s.cfg.FollowPeers {
 		if _, inLog := s.peers[req.RequestID]; !inLog {
 			// Its start may be in the log but not read yet: read up to the current end first.
@@ -458,7 +406,7 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			s.mu.Lock()
-			ri, ok = s.idem.lookup(req.RequestID)
+			ri, ok = s.idem.Lookup(req.RequestID)
 		}
 		if !ok {
 			s.finishFromLogLocked(w, r, keyID, &req) // unlocks
@@ -470,31 +418,31 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	ri, out := s.awaitLocked(r.Context(), req.RequestID, ri, false) // an admit still being published
+	ri, out := s.idem.Await(r.Context(), &s.mu, req.RequestID, ri, false) // an admit still being published
 	switch out {
-	case waitCancelled:
+	case idem.WaitCancelled:
 		httpx.WriteError(w, unavailable("request cancelled"))
 		return
-	case waitFailed: // the admit failed
+	case idem.WaitFailed: // the admit failed
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	rec := &s.idem.recs[ri]
-	if rec.flags&recAllowed == 0 {
+	if !s.idem.Allowed(ri) {
 		s.mu.Unlock()
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	if rec.fin != finNone {
+	if s.idem.Fin(ri) != idem.FinNone {
 		s.replayFinishLocked(w, r, ri, &req) // unlocks
 		return
 	}
-	if rec.flags&recOpen == 0 {
+	handle, open := s.idem.Open(ri)
+	if !open {
 		s.mu.Unlock()
 		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, api.CodeUnknownRequest, "request %q: its hold expired", req.RequestID))
 		return
 	}
-	account, endpoint, model := s.idem.str(ri, segAccount), s.idem.str(ri, segEndpoint), s.idem.str(ri, segModel)
+	account, endpoint, model := s.idem.Request(ri)
 	var cost int64
 	var err error
 	if req.Usage != (events.Units{}) { // no usage at all (e.g. a cancelled request) costs nothing
@@ -506,14 +454,13 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now() // the finish event's time: the settlement is priced at it, as the ledger does
-	q, err := s.table.Quote(rec.handle, cost, now.UnixMilli())
+	q, err := s.table.Quote(handle, cost, now.UnixMilli())
 	if err != nil {
 		s.mu.Unlock()
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	rec.fin = finPending
-	rec.finSeq++
+	s.idem.BeginFinish(ri)
 	s.mu.Unlock()
 
 	resp := finishAnswer(req.RequestID, &q, s.book.Version)
@@ -522,25 +469,17 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	// The record cannot have left the cache meanwhile: only answered records that are neither
 	// open nor being finished are in the FIFO.
-	rec = &s.idem.recs[ri]
 	if err != nil {
-		rec.fin = finNone
-		if rec.flags&recOpen == 0 { // expired meanwhile: nothing can finish it any more
-			s.idem.remember(ri)
-		}
-		s.idem.wake(ri)
+		s.idem.FinishFailed(ri)
 		s.mu.Unlock()
 		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
 		return
 	}
-	if rec.flags&recOpen != 0 {
-		_ = s.table.Finish(rec.handle, q, arrivedMs, decide.FinishOutcome(req.Status), part, off)
-		s.idem.takeHandle(rec.handle)
-		rec.flags &^= recOpen
+	if handle, open := s.idem.Open(ri); open {
+		_ = s.table.Finish(handle, q, arrivedMs, decide.FinishOutcome(req.Status), part, off)
+		s.idem.Settle(ri)
 	}
-	s.idem.finished(ri, &req, body)
-	s.idem.remember(ri)
-	s.idem.wake(ri)
+	s.idem.Finished(ri, &req, body)
 	s.m.open.Set(float64(s.table.OpenRequests()))
 	s.mu.Unlock()
 	s.m.finishes.WithLabelValues(req.Status).Inc()
@@ -574,26 +513,26 @@ func (s *Service) publishFinish(r *http.Request, req *api.FinishRequest, keyID, 
 }
 
 func (s *Service) replayFinishLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.FinishRequest) {
-	ri, out := s.awaitLocked(r.Context(), req.RequestID, ri, true)
+	ri, out := s.idem.Await(r.Context(), &s.mu, req.RequestID, ri, true)
 	switch out {
-	case waitCancelled:
+	case idem.WaitCancelled:
 		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
 		return
-	case waitFailed:
+	case idem.WaitFailed:
 		httpx.WriteError(w, unavailable("the first finish with this request_id failed; retry"))
 		return
 	}
-	if s.idem.recs[ri].fin != finDone {
+	if s.idem.Fin(ri) != idem.FinDone {
 		s.mu.Unlock()
 		httpx.WriteError(w, unavailable("the first finish with this request_id failed; retry"))
 		return
 	}
-	if !s.idem.sameFinish(ri, req) {
+	if !s.idem.SameFinish(ri, req) {
 		s.mu.Unlock()
 		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, api.CodeRequestIDReused, "request %q was already finished with different usage", req.RequestID))
 		return
 	}
-	body := s.idem.segCopy(ri, segFinBody)
+	body := s.idem.FinishAnswer(ri)
 	s.mu.Unlock()
 	s.m.replays.Inc()
 	writeAnswer(w, http.StatusOK, body, 0)

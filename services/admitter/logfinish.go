@@ -79,12 +79,8 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 	now := time.Now() // the finish event's time: the settlement is priced at it, as the ledger does
 	q := s.table.QuotePeer(&po.peer, cost, now.UnixMilli())
 	// A record for the request, pending its finish: a concurrent repeat waits for this answer.
-	_, slot, h, _ := s.idem.find(req.RequestID)
-	ri := s.idem.add(&api.AdmitRequest{RequestID: req.RequestID, AccountID: po.peer.AccountID, Endpoint: po.endpoint, Model: po.model},
-		"", "", nil, slot, h)
-	rec := &s.idem.recs[ri]
-	rec.status, rec.flags, rec.fin = http.StatusOK, recAllowed|recFromLog, finPending
-	rec.finSeq++
+	_, slot, _ := s.idem.Find(req.RequestID)
+	ri := s.idem.AddFromLog(slot, req.RequestID, po.peer.AccountID, po.endpoint, po.model)
 	s.mu.Unlock()
 
 	resp := finishAnswer(req.RequestID, &q, s.book.Version)
@@ -92,8 +88,7 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 	body, _ := json.Marshal(resp)
 	s.mu.Lock()
 	if err != nil { // forget the record: a retry finds the log request again
-		s.idem.wake(ri)
-		s.idem.remove(ri)
+		s.idem.Forget(ri)
 		s.mu.Unlock()
 		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
 		return
@@ -102,9 +97,7 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 		s.settlePeerLocked(req.RequestID, &po, &events.RequestFinished{RequestID: req.RequestID, Status: req.Status,
 			Usage: req.Usage, CostMicros: cost, PriceBookVersion: s.book.Version}, part, off, now.UnixMilli())
 	}
-	s.idem.finished(ri, req, body)
-	s.idem.remember(ri)
-	s.idem.wake(ri)
+	s.idem.Finished(ri, req, body)
 	s.mu.Unlock()
 	s.m.finishes.WithLabelValues(req.Status).Inc()
 	s.m.logFinishes.Inc()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/services/admitter/idem"
 	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
@@ -239,31 +240,28 @@ func (s *Service) settlePeerLocked(id string, po *peerOpen, f *events.RequestFin
 // admitted: the in-flight slots are freed, the settlement recorded, and (unless a finish of
 // its own is being published) the answer kept for repeats.
 func (s *Service) finishedElsewhereLocked(f *events.RequestFinished, part int32, off, atMs int64) {
-	ri, ok := s.idem.lookup(f.RequestID)
+	ri, ok := s.idem.Lookup(f.RequestID)
 	if !ok {
 		return
 	}
-	rec := &s.idem.recs[ri]
-	if rec.flags&recOpen == 0 || rec.status == 0 {
+	handle, open := s.idem.Open(ri)
+	if !open {
 		return
 	}
-	q, err := s.table.Quote(rec.handle, f.CostMicros, atMs)
+	q, err := s.table.Quote(handle, f.CostMicros, atMs)
 	if err != nil {
 		return
 	}
 	// No latency sample: the finish reached another admitter, and this one reads it only
 	// after the follower's lag, which is no measure of the endpoint.
-	_ = s.table.Finish(rec.handle, q, time.Now().UnixMilli(), decide.OutcomeNone, part, off)
-	s.idem.takeHandle(rec.handle)
-	rec.flags &^= recOpen
+	_ = s.table.Finish(handle, q, time.Now().UnixMilli(), decide.OutcomeNone, part, off)
+	s.idem.Settle(ri)
 	s.m.open.Set(float64(s.table.OpenRequests()))
-	if rec.fin != finNone { // this admitter's own finish is in flight: its answer stands
+	if s.idem.Fin(ri) != idem.FinNone { // this admitter's own finish is in flight: its answer stands
 		return
 	}
 	body, _ := json.Marshal(finishAnswer(f.RequestID, &q, f.PriceBookVersion))
-	s.idem.finished(ri, &api.FinishRequest{RequestID: f.RequestID, Status: f.Status, Usage: f.Usage, DurationMs: f.DurationMs}, body)
-	s.idem.remember(ri)
-	s.idem.wake(ri)
+	s.idem.Finished(ri, &api.FinishRequest{RequestID: f.RequestID, Status: f.Status, Usage: f.Usage, DurationMs: f.DurationMs}, body)
 }
 
 // expirePeersLocked drops at most budget log requests whose hold expired.

@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/services/admitter/idem"
 	"github.com/tallyhq/tally/services/admitter/produce"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
@@ -51,7 +52,7 @@ type Service struct {
 
 	mu      sync.Mutex // guards table, idem
 	table   *decide.Table
-	idem    *idemStore                     // request_id → answers (idempotency), open requests
+	idem    *idem.Store                    // request_id → answers (idempotency), open requests
 	peers   map[string]peerOpen            // requests started in the log by others (ADMITTER_FOLLOW_PEERS)
 	peerPos atomic.Pointer[[]atomic.Int64] // per events partition: last offset the peer follower applied
 	// peerDone is a ring of the finished requests in peers, oldest at peerDoneHead, at most
@@ -105,7 +106,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		return nil, fmt.Errorf("admitter: KAFKA_TLS_*: %w", err)
 	}
 	s := &Service{cfg: cfg, log: log, book: book, brokers: brokers, topics: kafkax.NewTopics(cfg.TopicPrefix), kafkaTLS: kafkaTLS,
-		source: cfg.source(), table: table, idem: newIdemStore(cfg.IdempotencyMax), peers: map[string]peerOpen{},
+		source: cfg.source(), table: table, idem: idem.New(cfg.IdempotencyMax), peers: map[string]peerOpen{},
 		m: newMetrics(), readyCh: make(chan struct{}), stateLoaded: make(chan struct{})}
 	if s.authThrottle, err = httpx.NewAuthThrottle(cfg.AuthFailuresMax, ms(cfg.AuthFailureWindowMs), cfg.AuthFailureClientsMax, nil); err != nil {
 		return nil, fmt.Errorf("admitter: %w", err)
@@ -244,13 +245,8 @@ func (s *Service) expire(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.table.Expire(now.UnixMilli(), s.cfg.ExpireBudget, func(h uint32) {
-		if ri, ok := s.idem.takeHandle(h); ok {
-			rec := &s.idem.recs[ri]
-			rec.flags &^= recOpen
+		if s.idem.Expire(h) {
 			s.m.expired.Inc()
-			if rec.fin == finNone {
-				s.idem.remember(ri)
-			}
 		}
 	})
 	s.expirePeersLocked(now.UnixMilli(), s.cfg.ExpireBudget)
