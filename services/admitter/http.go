@@ -7,10 +7,8 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tallyhq/tally/services/admitter/api"
@@ -93,140 +91,7 @@ func unavailable(format string, a ...any) *httpx.Error {
 	return httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable, format, a...)
 }
 
-// readAdmit authenticates and reads an admit body: every input error is answered here.
-func (s *Service) readAdmit(r *http.Request) (api.AdmitRequest, string, *httpx.Error) {
-	var req api.AdmitRequest
-	keyID, herr := s.auth(r)
-	if herr != nil {
-		return req, "", herr
-	}
-	if herr := httpx.DecodeJSON(r, s.cfg.BodyBytesMax, &req); herr != nil {
-		return req, "", herr
-	}
-	if err := req.Validate(); err != nil {
-		return req, "", httpx.Validation(err)
-	}
-	if !s.ready.Load() {
-		return req, "", unavailable("loading balances and limits")
-	}
-	if !s.table.Endpoint(req.Endpoint) {
-		return req, "", httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound, "unknown endpoint %q", req.Endpoint)
-	}
-	if req.RequestID == "" {
-		id, err := uuid.NewV7()
-		if err != nil {
-			return req, "", unavailable("request id: %v", err)
-		}
-		req.RequestID = id.String()
-	}
-	return req, keyID, nil
-}
-
-// handleAdmit decides under the lock, publishes the event outside it (acks=all), and only
-// then records and answers; a repeat of the request_id waits for and replays the answer.
-func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
-	req, keyID, herr := s.readAdmit(r)
-	if herr != nil {
-		httpx.WriteError(w, herr)
-		return
-	}
-	now := time.Now()
-	s.mu.Lock()
-	ri, slot, found := s.idem.Find(req.RequestID)
-	if found {
-		s.replayAdmitLocked(w, r, ri, &req) // unlocks
-		return
-	}
-	var d decide.Decision
-	t0 := time.Now()
-	err := s.table.Admit(&decide.Request{AccountID: req.AccountID, Endpoint: req.Endpoint, Model: req.Model,
-		Priority: req.Priority, Estimate: req.Estimate}, now.UnixMilli(), &d)
-	if err != nil || d.Reason == decide.ReasonTableFull {
-		s.mu.Unlock()
-		if err != nil {
-			httpx.WriteError(w, priceError(err))
-		} else {
-			httpx.WriteError(w, unavailable("admitter state at its bound (accounts, open requests or pending changes)"))
-		}
-		return
-	}
-	status := http.StatusOK
-	if !d.Allowed {
-		status = http.StatusTooManyRequests
-	}
-	// The answer is written under the lock, so that the record is created once with it (a
-	// repeat cannot see it before the event is durable: the record stays pending until then).
-	bp := bodyPool.Get().(*[]byte)
-	defer bodyPool.Put(bp)
-	body := s.appendAdmit((*bp)[:0], &req, &d)
-	client := clientAddr(r)
-	ri = s.idem.Add(slot, &req, keyID, client, body)
-	s.mu.Unlock()
-	s.m.decisionSec.Observe(time.Since(t0).Seconds())
-
-	vp := bodyPool.Get().(*[]byte)
-	value, name, err := s.admitEvent((*vp)[:0], keyID, client, &req, &d, now)
-	var part int32
-	var off int64
-	if err == nil {
-		part, off, err = s.publish(r.Context(), name, req.AccountID, value)
-	}
-	if err == nil && s.pub == Publisher(s.producer) && s.producer.ValueReusable() { // acknowledged: the producer holds no reference to it
-		*vp = value
-		bodyPool.Put(vp)
-	}
-	published := false
-	if err == nil && d.Allowed && s.confirming() {
-		s.mu.Lock()
-		s.table.Published(d.Handle, part, off)
-		s.mu.Unlock()
-		published = true
-		if s.revokeIfUncovered(r.Context(), keyID, client, &req, &d, part, off, now) {
-			status = http.StatusTooManyRequests
-			body = s.appendAdmit(body[:0], &req, &d)
-			s.mu.Lock()
-			s.idem.SetAdmitBody(ri, body)
-			s.mu.Unlock()
-		}
-	}
-	*bp = body
-	if err != nil {
-		s.abortAdmit(ri, &d)
-		s.log.Warn("admit not answered: event not acknowledged", "request_id", req.RequestID, "err", err)
-		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
-		return
-	}
-	s.mu.Lock()
-	if d.Allowed && !published {
-		s.table.Published(d.Handle, part, off)
-	}
-	s.idem.Answered(ri, status, d.RetryAfterMs, d.Allowed, d.Handle)
-	s.m.open.Set(float64(s.table.OpenRequests()))
-	s.mu.Unlock()
-	reason := "allowed"
-	if !d.Allowed {
-		reason = d.Reason.String()
-	}
-	s.m.decisions.WithLabelValues(reason, d.Funding.String()).Inc()
-	writeAnswer(w, status, body, d.RetryAfterMs)
-}
-
-// bodyPool recycles the buffers the admit answers (the cache keeps an exact-size copy) and
-// their events are written in.
-var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
 var newline = []byte{'\n'}
-
-// abortAdmit gives back an admission whose event was not acknowledged and forgets the
-// request_id, so that a retry decides afresh.
-func (s *Service) abortAdmit(ri uint32, d *decide.Decision) {
-	s.mu.Lock()
-	if d.Allowed {
-		s.table.Abort(d.Handle)
-	}
-	s.idem.Forget(ri)
-	s.mu.Unlock()
-}
 
 func writeAnswer(w http.ResponseWriter, status int, body []byte, retryAfterMs int64) {
 	w.Header().Set("Content-Type", "application/json")
@@ -241,75 +106,6 @@ func writeAnswer(w http.ResponseWriter, status int, body []byte, retryAfterMs in
 
 func (s *Service) confirming() bool {
 	return s.cfg.ConfirmInLogOrder && s.cfg.FollowPeers && s.cfg.Instances > 1
-}
-
-// revokeIfUncovered applies the log-order rule (decide.Table.FundedInLogOrder) to an
-// admission whose request.started is durable at (part, off). When it is not covered, it
-// publishes a cost-0 cancelled request.finished, settles the request locally and turns d into
-// an insufficient_credits denial; it reports whether it did. When the peer follower does not
-// reach the offset within ADMITTER_PUBLISH_TIMEOUT_MS, or the cancel cannot be published, the
-// admission stands (the documented propagation bound applies).
-func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, req *api.AdmitRequest, d *decide.Decision, part int32, off int64, now time.Time) bool {
-	if !s.waitPeerPosition(part, off, time.Now().Add(ms(s.cfg.PublishTimeoutMs))) {
-		s.m.confirmTimeouts.Inc()
-		return false
-	}
-	s.mu.Lock()
-	ok := s.table.FundedInLogOrder(req.AccountID, d.HoldMicros, d.AllowanceMicros, part, off, now.UnixMilli())
-	q, qerr := s.table.Quote(d.Handle, 0, now.UnixMilli())
-	s.mu.Unlock()
-	if ok || qerr != nil {
-		return false
-	}
-	value, name, err := encode(s.source, time.Now(), events.RequestFinished{RequestID: req.RequestID,
-		AccountID: req.AccountID, Endpoint: req.Endpoint, Model: req.Model, Status: events.StatusCancelled,
-		PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: client})
-	var p2 int32
-	var o2 int64
-	if err == nil {
-		p2, o2, err = s.publish(ctx, name, req.AccountID, value)
-	}
-	if err != nil {
-		s.log.Warn("log-order revoke not published; admission stands", "request_id", req.RequestID, "err", err)
-		return false
-	}
-	s.mu.Lock()
-	_ = s.table.Finish(d.Handle, q, time.Now().UnixMilli(), decide.OutcomeNone, p2, o2)
-	s.mu.Unlock()
-	s.m.revoked.Inc()
-	d.Allowed, d.Reason, d.RetryAfterMs = false, decide.ReasonInsufficientCredits, s.cfg.RetryInsufficientMs
-	d.AvailableMicros += d.HoldMicros
-	for i := 0; i < d.NumWindows; i++ {
-		d.Windows[i].UsedMicros -= d.AllowanceMicros
-		d.Windows[i].RemainingMicros += d.AllowanceMicros
-	}
-	d.Funding, d.HoldMicros, d.AllowanceMicros = decide.FundingNone, 0, 0
-	return true
-}
-
-// replayAdmitLocked answers a repeated request_id (record ri) with the first answer,
-// publishing nothing; it is called with s.mu held and unlocks it. While the first call is
-// being decided and published it waits; if that call failed (its record is gone or another
-// call took the id since), the answer is 503.
-func (s *Service) replayAdmitLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.AdmitRequest) {
-	ri, out := s.idem.Await(r.Context(), &s.mu, req.RequestID, ri, false)
-	switch out {
-	case idem.WaitCancelled:
-		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
-		return
-	case idem.WaitFailed:
-		httpx.WriteError(w, unavailable("the first call with this request_id failed; retry"))
-		return
-	}
-	if !s.idem.SameAdmit(ri, req) {
-		s.mu.Unlock()
-		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, api.CodeRequestIDReused, "request_id %q was used with different parameters", req.RequestID))
-		return
-	}
-	status, retry, body := s.idem.AdmitAnswer(ri)
-	s.mu.Unlock()
-	s.m.replays.Inc()
-	writeAnswer(w, status, body, retry)
 }
 
 func priceError(err error) *httpx.Error {
@@ -345,23 +141,6 @@ func (s *Service) admitResponse(req *api.AdmitRequest, d *decide.Decision) api.A
 			UsedMicros: wd.UsedMicros, RemainingMicros: wd.RemainingMicros, ResetsAt: time.UnixMilli(wd.ResetsAtMs).UTC()})
 	}
 	return resp
-}
-
-func (s *Service) admitEvent(buf []byte, keyID, client string, req *api.AdmitRequest, d *decide.Decision, now time.Time) ([]byte, string, error) {
-	var data events.Data
-	if d.Allowed {
-		data = events.RequestStarted{RequestID: req.RequestID, AccountID: req.AccountID, Endpoint: req.Endpoint,
-			Model: req.Model, Tier: d.Tier, Priority: d.Priority.String(), Funding: d.Funding.String(),
-			Estimate: req.Estimate, EstimateMicros: d.EstimateMicros, HoldMicros: d.HoldMicros,
-			AllowanceMicros: d.AllowanceMicros, HoldExpiresAt: time.UnixMilli(d.HoldExpiresAtMs).UTC(),
-			PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: client}
-	} else {
-		data = events.RequestRejected{RequestID: req.RequestID, AccountID: req.AccountID, Endpoint: req.Endpoint,
-			Model: req.Model, Tier: d.Tier, Priority: d.Priority.String(), Reason: d.Reason.String(),
-			RetryAfterMs: d.RetryAfterMs, EstimateMicros: d.EstimateMicros, PriceBookVersion: s.book.Version,
-			KeyID: keyID, ClientAddr: client}
-	}
-	return encodeTo(buf, s.source, now, data)
 }
 
 // publish makes one event durable, bounded by ADMITTER_PUBLISH_TIMEOUT_MS.
