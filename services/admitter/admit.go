@@ -221,7 +221,7 @@ func (s *Service) confirmInLogOrder(ctx context.Context, a *admission) {
 // reach the offset within ADMITTER_PUBLISH_TIMEOUT_MS, or the cancel cannot be published, the
 // admission stands (the documented propagation bound applies).
 func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, req *api.AdmitRequest, d *decide.Decision, part int32, off int64, now time.Time) bool {
-	if !s.waitPeerPosition(part, off, time.Now().Add(ms(s.cfg.PublishTimeoutMs))) {
+	if !s.peerLog.WaitPosition(part, off, time.Now().Add(ms(s.cfg.PublishTimeoutMs))) {
 		s.m.confirmTimeouts.Inc()
 		return false
 	}

@@ -3,10 +3,12 @@ package admitter
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"time"
 
 	"github.com/tallyhq/tally/services/admitter/api"
+	"github.com/tallyhq/tally/services/admitter/follow"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/httpx"
 )
@@ -25,17 +27,12 @@ import (
 // ADMITTER_PUBLISH_TIMEOUT_MS; beyond it the answer is 503 unavailable (retry): a 404 could be
 // wrong while the start may still be unread.
 func (s *Service) awaitLogCurrent(ctx context.Context) *httpx.Error {
-	deadline := time.Now().Add(ms(s.cfg.PublishTimeoutMs))
-	cctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	ends, err := partitionEnds(cctx, s.logClient, s.topics.Events)
-	if err != nil {
+	err := s.peerLog.Current(ctx, time.Now().Add(ms(s.cfg.PublishTimeoutMs)))
+	switch {
+	case errors.Is(err, follow.ErrBehind):
+		return unavailable("events log not read up to date yet; retry")
+	case err != nil:
 		return unavailable("events log: %v; retry", err)
-	}
-	for p, end := range ends {
-		if end > 0 && !s.waitPeerPosition(int32(p), end-1, deadline) {
-			return unavailable("events log not read up to date yet; retry")
-		}
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/services/admitter/follow"
 	"github.com/tallyhq/tally/services/admitter/idem"
 	"github.com/tallyhq/tally/services/admitter/produce"
 	"github.com/tallyhq/tally/shared/httpx"
@@ -50,16 +51,15 @@ type Service struct {
 	kafkaTLS *tls.Config
 	source   string
 
-	mu      sync.Mutex // guards table, idem
-	table   *decide.Table
-	idem    *idem.Store                    // request_id → answers (idempotency), open requests
-	peers   map[string]peerOpen            // requests started in the log by others (ADMITTER_FOLLOW_PEERS)
-	peerPos atomic.Pointer[[]atomic.Int64] // per events partition: last offset the peer follower applied
+	mu    sync.Mutex // guards table, idem
+	table *decide.Table
+	idem  *idem.Store         // request_id → answers (idempotency), open requests
+	peers map[string]peerOpen // requests started in the log by others (ADMITTER_FOLLOW_PEERS)
 	// peerDone is a ring of the finished requests in peers, oldest at peerDoneHead, at most
 	// ADMITTER_IDEMPOTENCY_MAX.
 	peerDone     []string
 	peerDoneHead int
-	logClient    *kafka.Client // end offsets for finishes of requests not read yet
+	peerLog      *follow.Log // the peer follower's reader of the events topic, and its positions
 
 	keys   atomic.Pointer[httpx.Keyring]
 	keyMod atomic.Int64
@@ -126,7 +126,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		InflightMax: cfg.InflightMax, BufferMax: cfg.ProduceBufferMax, Writers: cfg.Writers, Writer: wc})
 	s.pub = s.producer
 	s.ln = ln
-	s.logClient = s.kafkaClient()
+	s.peerLog = s.newPeerLog()
 	s.srv = httpx.NewServer(cfg.ListenAddr, s.Handler(), cfg.HTTPServer())
 	return s, nil
 }
@@ -141,9 +141,6 @@ func (s *Service) URL() string {
 	}
 	return "http://" + s.Addr()
 }
-
-// kafkaClient is a kafka.Client for metadata and offsets over KAFKA_TLS_*.
-func (s *Service) kafkaClient() *kafka.Client { return kafkax.NewClient(s.brokers, s.kafkaTLS) }
 
 // Ready is closed once the compacted balances and limits topics are loaded.
 func (s *Service) Ready() <-chan struct{} { return s.readyCh }
@@ -169,7 +166,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.FollowPeers {
 		loaded.Add(1)
 		wg.Add(1)
-		go func() { defer wg.Done(); s.followPeers(ctx, loaded.Done) }()
+		go func() { defer wg.Done(); s.peerLog.Run(ctx, loaded.Done, s.stateLoaded, s.applyPeer) }()
 	}
 	var stateLeft atomic.Int32 // the peer follower reads once the balances and limits are loaded
 	stateLeft.Store(2)
@@ -177,7 +174,7 @@ func (s *Service) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.follow(ctx, topic, func() {
+			s.followSource().Compacted(ctx, topic, func(ctx context.Context, msg kafka.Message) { s.applyState(ctx, topic, msg) }, func() {
 				loaded.Done()
 				if stateLeft.Add(-1) == 0 {
 					close(s.stateLoaded)
