@@ -149,7 +149,7 @@ func (s *Service) Ready() <-chan struct{} { return s.readyCh }
 func (s *Service) Metrics() *prometheus.Registry { return s.m.reg }
 
 // Run serves until ctx is cancelled, then shuts down: stops accepting, waits for the
-// in-flight calls (bounded by ADMITTER_SHUTDOWN_TIMEOUT_MS) and closes the writers.
+// in-flight calls (bounded by ADMITTER_SHUTDOWN_TIMEOUT_MS) and closes the producers.
 func (s *Service) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -174,7 +174,8 @@ func (s *Service) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.followSource().Compacted(ctx, topic, func(ctx context.Context, msg kafka.Message) { s.applyState(ctx, topic, msg) }, func() {
+			apply := func(ctx context.Context, msg kafka.Message) { s.applyState(ctx, topic, msg) }
+			s.followSource().Compacted(ctx, topic, apply, func() {
 				loaded.Done()
 				if stateLeft.Add(-1) == 0 {
 					close(s.stateLoaded)
