@@ -59,7 +59,7 @@ type Config struct {
 	// request leaves when a request slot is free and its oldest event waited
 	// ADMITTER_LINGER_MS, batches grow while a request is in flight) or "writer" (kafka-go's
 	// Writer with ADMITTER_BATCH_TIMEOUT_MS, ADMITTER_BATCH_MAX and ADMITTER_WRITERS); see
-	// produce.go.
+	// package produce.
 	Producer string `env:"ADMITTER_PRODUCER" envDefault:"eager"`
 	// LingerMs is how long the eager producer lets the oldest waiting event wait for more
 	// before a request leaves (0..100; 0 = as soon as a request slot is free). 1 halved the

@@ -7,14 +7,13 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/services/admitter/idem"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/pricebook"
@@ -92,153 +91,7 @@ func unavailable(format string, a ...any) *httpx.Error {
 	return httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable, format, a...)
 }
 
-// readAdmit authenticates and reads an admit body: every input error is answered here.
-func (s *Service) readAdmit(r *http.Request) (api.AdmitRequest, string, *httpx.Error) {
-	var req api.AdmitRequest
-	keyID, herr := s.auth(r)
-	if herr != nil {
-		return req, "", herr
-	}
-	if herr := httpx.DecodeJSON(r, s.cfg.BodyBytesMax, &req); herr != nil {
-		return req, "", herr
-	}
-	if err := req.Validate(); err != nil {
-		return req, "", httpx.Validation(err)
-	}
-	if !s.ready.Load() {
-		return req, "", unavailable("loading balances and limits")
-	}
-	if !s.table.Endpoint(req.Endpoint) {
-		return req, "", httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound, "unknown endpoint %q", req.Endpoint)
-	}
-	if req.RequestID == "" {
-		id, err := uuid.NewV7()
-		if err != nil {
-			return req, "", unavailable("request id: %v", err)
-		}
-		req.RequestID = id.String()
-	}
-	return req, keyID, nil
-}
-
-// handleAdmit decides under the lock, publishes the event outside it (acks=all), and only
-// then records and answers; a repeat of the request_id waits for and replays the answer.
-func (s *Service) handleAdmit(w http.ResponseWriter, r *http.Request) {
-	req, keyID, herr := s.readAdmit(r)
-	if herr != nil {
-		httpx.WriteError(w, herr)
-		return
-	}
-	now := time.Now()
-	s.mu.Lock()
-	ri, slot, h, found := s.idem.find(req.RequestID)
-	if found {
-		s.replayAdmitLocked(w, r, ri, &req) // unlocks
-		return
-	}
-	var d decide.Decision
-	t0 := time.Now()
-	err := s.table.Admit(&decide.Request{AccountID: req.AccountID, Endpoint: req.Endpoint, Model: req.Model,
-		Priority: req.Priority, Estimate: req.Estimate}, now.UnixMilli(), &d)
-	if err != nil || d.Reason == decide.ReasonTableFull {
-		s.mu.Unlock()
-		if err != nil {
-			httpx.WriteError(w, priceError(err))
-		} else {
-			httpx.WriteError(w, unavailable("admitter state at its bound (accounts, open requests or pending changes)"))
-		}
-		return
-	}
-	status := http.StatusOK
-	if !d.Allowed {
-		status = http.StatusTooManyRequests
-	}
-	// The answer is written under the lock, so that the record is created once with it (a
-	// repeat cannot see it before the event is durable: the record stays pending until then).
-	bp := bodyPool.Get().(*[]byte)
-	defer bodyPool.Put(bp)
-	body := s.appendAdmit((*bp)[:0], &req, &d)
-	client := clientAddr(r)
-	ri = s.idem.add(&req, keyID, client, body, slot, h)
-	s.mu.Unlock()
-	s.m.decisionSec.Observe(time.Since(t0).Seconds())
-
-	vp := bodyPool.Get().(*[]byte)
-	value, name, err := s.admitEvent((*vp)[:0], keyID, client, &req, &d, now)
-	var part int32
-	var off int64
-	if err == nil {
-		part, off, err = s.publish(r.Context(), name, req.AccountID, value)
-	}
-	if err == nil && s.eager != nil { // acknowledged: the eager producer holds no reference to it
-		*vp = value
-		bodyPool.Put(vp)
-	}
-	published := false
-	if err == nil && d.Allowed && s.confirming() {
-		s.mu.Lock()
-		s.table.Published(d.Handle, part, off)
-		s.mu.Unlock()
-		published = true
-		if s.revokeIfUncovered(r.Context(), keyID, client, &req, &d, part, off, now) {
-			status = http.StatusTooManyRequests
-			body = s.appendAdmit(body[:0], &req, &d)
-			s.mu.Lock()
-			s.idem.setBlob(ri, segClient, body)
-			s.mu.Unlock()
-		}
-	}
-	*bp = body
-	if err != nil {
-		s.abortAdmit(ri, &d)
-		s.log.Warn("admit not answered: event not acknowledged", "request_id", req.RequestID, "err", err)
-		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
-		return
-	}
-	s.mu.Lock()
-	rec := &s.idem.recs[ri]
-	rec.status = uint16(status)
-	if status == http.StatusTooManyRequests {
-		rec.retryAfterMs = d.RetryAfterMs
-	}
-	if d.Allowed {
-		if !published {
-			s.table.Published(d.Handle, part, off)
-		}
-		rec.flags |= recAllowed | recOpen
-		rec.handle = d.Handle
-		s.idem.setHandle(d.Handle, ri)
-	} else {
-		s.idem.remember(ri)
-	}
-	s.idem.wake(ri)
-	s.m.open.Set(float64(s.table.OpenRequests()))
-	s.mu.Unlock()
-	reason := "allowed"
-	if !d.Allowed {
-		reason = d.Reason.String()
-	}
-	s.m.decisions.WithLabelValues(reason, d.Funding.String()).Inc()
-	writeAnswer(w, status, body, d.RetryAfterMs)
-}
-
-// bodyPool recycles the buffers the admit answers (the cache keeps an exact-size copy) and
-// their events are written in.
-var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
 var newline = []byte{'\n'}
-
-// abortAdmit gives back an admission whose event was not acknowledged and forgets the
-// request_id, so that a retry decides afresh.
-func (s *Service) abortAdmit(ri uint32, d *decide.Decision) {
-	s.mu.Lock()
-	if d.Allowed {
-		s.table.Abort(d.Handle)
-	}
-	s.idem.wake(ri)
-	s.idem.remove(ri)
-	s.mu.Unlock()
-}
 
 func writeAnswer(w http.ResponseWriter, status int, body []byte, retryAfterMs int64) {
 	w.Header().Set("Content-Type", "application/json")
@@ -253,115 +106,6 @@ func writeAnswer(w http.ResponseWriter, status int, body []byte, retryAfterMs in
 
 func (s *Service) confirming() bool {
 	return s.cfg.ConfirmInLogOrder && s.cfg.FollowPeers && s.cfg.Instances > 1
-}
-
-// revokeIfUncovered applies the log-order rule (decide.Table.FundedInLogOrder) to an
-// admission whose request.started is durable at (part, off). When it is not covered, it
-// publishes a cost-0 cancelled request.finished, settles the request locally and turns d into
-// an insufficient_credits denial; it reports whether it did. When the peer follower does not
-// reach the offset within ADMITTER_PUBLISH_TIMEOUT_MS, or the cancel cannot be published, the
-// admission stands (the documented propagation bound applies).
-func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, req *api.AdmitRequest, d *decide.Decision, part int32, off int64, now time.Time) bool {
-	if !s.waitPeerPosition(part, off, time.Now().Add(ms(s.cfg.PublishTimeoutMs))) {
-		s.m.confirmTimeouts.Inc()
-		return false
-	}
-	s.mu.Lock()
-	ok := s.table.FundedInLogOrder(req.AccountID, d.HoldMicros, d.AllowanceMicros, part, off, now.UnixMilli())
-	q, qerr := s.table.Quote(d.Handle, 0, now.UnixMilli())
-	s.mu.Unlock()
-	if ok || qerr != nil {
-		return false
-	}
-	value, name, err := encode(s.source, time.Now(), events.RequestFinished{RequestID: req.RequestID,
-		AccountID: req.AccountID, Endpoint: req.Endpoint, Model: req.Model, Status: events.StatusCancelled,
-		PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: client})
-	var p2 int32
-	var o2 int64
-	if err == nil {
-		p2, o2, err = s.publish(ctx, name, req.AccountID, value)
-	}
-	if err != nil {
-		s.log.Warn("log-order revoke not published; admission stands", "request_id", req.RequestID, "err", err)
-		return false
-	}
-	s.mu.Lock()
-	_ = s.table.Finish(d.Handle, q, time.Now().UnixMilli(), decide.OutcomeNone, p2, o2)
-	s.mu.Unlock()
-	s.m.revoked.Inc()
-	d.Allowed, d.Reason, d.RetryAfterMs = false, decide.ReasonInsufficientCredits, s.cfg.RetryInsufficientMs
-	d.AvailableMicros += d.HoldMicros
-	for i := 0; i < d.NumWindows; i++ {
-		d.Windows[i].UsedMicros -= d.AllowanceMicros
-		d.Windows[i].RemainingMicros += d.AllowanceMicros
-	}
-	d.Funding, d.HoldMicros, d.AllowanceMicros = decide.FundingNone, 0, 0
-	return true
-}
-
-// waitOutcome is how awaitLocked ended.
-type waitOutcome uint8
-
-const (
-	waitDone      waitOutcome = iota // the call waited for has its answer; s.mu is held
-	waitCancelled                    // the waiting request's context ended; s.mu is released
-	waitFailed                       // the call waited for failed (the record is gone or was replaced); s.mu is released
-)
-
-// awaitLocked waits, with s.mu held, while record ri (request id id) has a call in progress:
-// its admit (finish false) or its finish (finish true). The record is identified by its
-// generation (and, for a finish, its finish attempt), so that a waiter woken after that call
-// failed, and another took the id or retried, does not take the new call's answer for it.
-func (s *Service) awaitLocked(ctx context.Context, id string, ri uint32, finish bool) (uint32, waitOutcome) {
-	gen, seq := s.idem.recs[ri].gen, s.idem.recs[ri].finSeq
-	pending := func() bool {
-		if finish {
-			return s.idem.recs[ri].fin == finPending
-		}
-		return s.idem.recs[ri].status == 0
-	}
-	for pending() {
-		ch := s.idem.waitChan(ri)
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ri, waitCancelled
-		}
-		s.mu.Lock()
-		var ok bool
-		if ri, ok = s.idem.lookup(id); !ok || s.idem.recs[ri].gen != gen || (finish && s.idem.recs[ri].finSeq != seq) {
-			s.mu.Unlock()
-			return ri, waitFailed
-		}
-	}
-	return ri, waitDone
-}
-
-// replayAdmitLocked answers a repeated request_id (record ri) with the first answer,
-// publishing nothing; it is called with s.mu held and unlocks it. While the first call is
-// being decided and published it waits; if that call failed (its record is gone or another
-// call took the id since), the answer is 503.
-func (s *Service) replayAdmitLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.AdmitRequest) {
-	ri, out := s.awaitLocked(r.Context(), req.RequestID, ri, false)
-	switch out {
-	case waitCancelled:
-		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
-		return
-	case waitFailed:
-		httpx.WriteError(w, unavailable("the first call with this request_id failed; retry"))
-		return
-	}
-	if !s.idem.sameAdmit(ri, req) {
-		s.mu.Unlock()
-		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, api.CodeRequestIDReused, "request_id %q was used with different parameters", req.RequestID))
-		return
-	}
-	rec := &s.idem.recs[ri]
-	status, retry, body := int(rec.status), rec.retryAfterMs, s.idem.segCopy(ri, segBody)
-	s.mu.Unlock()
-	s.m.replays.Inc()
-	writeAnswer(w, status, body, retry)
 }
 
 func priceError(err error) *httpx.Error {
@@ -399,23 +143,6 @@ func (s *Service) admitResponse(req *api.AdmitRequest, d *decide.Decision) api.A
 	return resp
 }
 
-func (s *Service) admitEvent(buf []byte, keyID, client string, req *api.AdmitRequest, d *decide.Decision, now time.Time) ([]byte, string, error) {
-	var data events.Data
-	if d.Allowed {
-		data = events.RequestStarted{RequestID: req.RequestID, AccountID: req.AccountID, Endpoint: req.Endpoint,
-			Model: req.Model, Tier: d.Tier, Priority: d.Priority.String(), Funding: d.Funding.String(),
-			Estimate: req.Estimate, EstimateMicros: d.EstimateMicros, HoldMicros: d.HoldMicros,
-			AllowanceMicros: d.AllowanceMicros, HoldExpiresAt: time.UnixMilli(d.HoldExpiresAtMs).UTC(),
-			PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: client}
-	} else {
-		data = events.RequestRejected{RequestID: req.RequestID, AccountID: req.AccountID, Endpoint: req.Endpoint,
-			Model: req.Model, Tier: d.Tier, Priority: d.Priority.String(), Reason: d.Reason.String(),
-			RetryAfterMs: d.RetryAfterMs, EstimateMicros: d.EstimateMicros, PriceBookVersion: s.book.Version,
-			KeyID: keyID, ClientAddr: client}
-	}
-	return encodeTo(buf, s.source, now, data)
-}
-
 // publish makes one event durable, bounded by ADMITTER_PUBLISH_TIMEOUT_MS.
 func (s *Service) publish(ctx context.Context, eventType, key string, value []byte) (int32, int64, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ms(s.cfg.PublishTimeoutMs))
@@ -448,7 +175,7 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	ri, ok := s.idem.lookup(req.RequestID)
+	ri, ok := s.idem.Lookup(req.RequestID)
 	if !ok && s.cfg.FollowPeers {
 		if _, inLog := s.peers[req.RequestID]; !inLog {
 			// Its start may be in the log but not read yet: read up to the current end first.
@@ -458,7 +185,7 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			s.mu.Lock()
-			ri, ok = s.idem.lookup(req.RequestID)
+			ri, ok = s.idem.Lookup(req.RequestID)
 		}
 		if !ok {
 			s.finishFromLogLocked(w, r, keyID, &req) // unlocks
@@ -470,31 +197,31 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	ri, out := s.awaitLocked(r.Context(), req.RequestID, ri, false) // an admit still being published
+	ri, out := s.idem.Await(r.Context(), &s.mu, req.RequestID, ri, false) // an admit still being published
 	switch out {
-	case waitCancelled:
+	case idem.WaitCancelled:
 		httpx.WriteError(w, unavailable("request cancelled"))
 		return
-	case waitFailed: // the admit failed
+	case idem.WaitFailed: // the admit failed
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	rec := &s.idem.recs[ri]
-	if rec.flags&recAllowed == 0 {
+	if !s.idem.Allowed(ri) {
 		s.mu.Unlock()
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	if rec.fin != finNone {
+	if s.idem.Fin(ri) != idem.FinNone {
 		s.replayFinishLocked(w, r, ri, &req) // unlocks
 		return
 	}
-	if rec.flags&recOpen == 0 {
+	handle, open := s.idem.Open(ri)
+	if !open {
 		s.mu.Unlock()
 		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, api.CodeUnknownRequest, "request %q: its hold expired", req.RequestID))
 		return
 	}
-	account, endpoint, model := s.idem.str(ri, segAccount), s.idem.str(ri, segEndpoint), s.idem.str(ri, segModel)
+	account, endpoint, model := s.idem.Request(ri)
 	var cost int64
 	var err error
 	if req.Usage != (events.Units{}) { // no usage at all (e.g. a cancelled request) costs nothing
@@ -506,14 +233,13 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now() // the finish event's time: the settlement is priced at it, as the ledger does
-	q, err := s.table.Quote(rec.handle, cost, now.UnixMilli())
+	q, err := s.table.Quote(handle, cost, now.UnixMilli())
 	if err != nil {
 		s.mu.Unlock()
 		httpx.WriteError(w, unknownRequest(req.RequestID))
 		return
 	}
-	rec.fin = finPending
-	rec.finSeq++
+	s.idem.BeginFinish(ri)
 	s.mu.Unlock()
 
 	resp := finishAnswer(req.RequestID, &q, s.book.Version)
@@ -522,25 +248,17 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	// The record cannot have left the cache meanwhile: only answered records that are neither
 	// open nor being finished are in the FIFO.
-	rec = &s.idem.recs[ri]
 	if err != nil {
-		rec.fin = finNone
-		if rec.flags&recOpen == 0 { // expired meanwhile: nothing can finish it any more
-			s.idem.remember(ri)
-		}
-		s.idem.wake(ri)
+		s.idem.FinishFailed(ri)
 		s.mu.Unlock()
 		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
 		return
 	}
-	if rec.flags&recOpen != 0 {
-		_ = s.table.Finish(rec.handle, q, arrivedMs, decide.FinishOutcome(req.Status), part, off)
-		s.idem.takeHandle(rec.handle)
-		rec.flags &^= recOpen
+	if handle, open := s.idem.Open(ri); open {
+		_ = s.table.Finish(handle, q, arrivedMs, decide.FinishOutcome(req.Status), part, off)
+		s.idem.Settle(ri)
 	}
-	s.idem.finished(ri, &req, body)
-	s.idem.remember(ri)
-	s.idem.wake(ri)
+	s.idem.Finished(ri, &req, body)
 	s.m.open.Set(float64(s.table.OpenRequests()))
 	s.mu.Unlock()
 	s.m.finishes.WithLabelValues(req.Status).Inc()
@@ -574,26 +292,26 @@ func (s *Service) publishFinish(r *http.Request, req *api.FinishRequest, keyID, 
 }
 
 func (s *Service) replayFinishLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.FinishRequest) {
-	ri, out := s.awaitLocked(r.Context(), req.RequestID, ri, true)
+	ri, out := s.idem.Await(r.Context(), &s.mu, req.RequestID, ri, true)
 	switch out {
-	case waitCancelled:
+	case idem.WaitCancelled:
 		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
 		return
-	case waitFailed:
+	case idem.WaitFailed:
 		httpx.WriteError(w, unavailable("the first finish with this request_id failed; retry"))
 		return
 	}
-	if s.idem.recs[ri].fin != finDone {
+	if s.idem.Fin(ri) != idem.FinDone {
 		s.mu.Unlock()
 		httpx.WriteError(w, unavailable("the first finish with this request_id failed; retry"))
 		return
 	}
-	if !s.idem.sameFinish(ri, req) {
+	if !s.idem.SameFinish(ri, req) {
 		s.mu.Unlock()
 		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, api.CodeRequestIDReused, "request %q was already finished with different usage", req.RequestID))
 		return
 	}
-	body := s.idem.segCopy(ri, segFinBody)
+	body := s.idem.FinishAnswer(ri)
 	s.mu.Unlock()
 	s.m.replays.Inc()
 	writeAnswer(w, http.StatusOK, body, 0)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,60 +14,6 @@ import (
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/shared/events"
 )
-
-// TestIdemStoreModel checks the open-addressing index (growth, backward-shift deletion, slot
-// reuse) against a Go map over random adds and removes, and that every record keeps its own
-// strings.
-func TestIdemStoreModel(t *testing.T) {
-	st := newIdemStore(10)
-	model := map[string]uint32{}
-	rng := rand.New(rand.NewPCG(1, 2))
-	var ids []string
-	for step := 0; step < 60_000; step++ {
-		if len(ids) > 0 && rng.IntN(3) == 0 { // remove a random present id
-			k := rng.IntN(len(ids))
-			id := ids[k]
-			ids[k] = ids[len(ids)-1]
-			ids = ids[:len(ids)-1]
-			ri, ok := st.lookup(id)
-			if !ok || ri != model[id] {
-				t.Fatalf("step %d: %q at %d, %v; want %d", step, id, ri, ok, model[id])
-			}
-			st.remove(ri)
-			delete(model, id)
-			continue
-		}
-		id := fmt.Sprintf("r-%d", rng.IntN(40_000))
-		ri, slot, h, ok := st.find(id)
-		if want, in := model[id]; ok != in || ok && ri != want {
-			t.Fatalf("step %d: find %q = %d, %v; model %d, %v", step, id, ri, ok, want, in)
-		}
-		if ok {
-			continue
-		}
-		req := api.AdmitRequest{RequestID: id, AccountID: "acct-" + id, Endpoint: "e", Estimate: events.Units{TokensIn: int64(step)}}
-		model[id] = st.add(&req, "k", "127.0.0.1", []byte(`{"answer":"`+id+`"}`), slot, h)
-		ids = append(ids, id)
-	}
-	if st.n != len(model) {
-		t.Fatalf("store holds %d, model %d", st.n, len(model))
-	}
-	for id, ri := range model {
-		if got, ok := st.lookup(id); !ok || got != ri {
-			t.Fatalf("%q: %d, %v; want %d", id, got, ok, ri)
-		}
-		if a, b := st.str(ri, segAccount), st.str(ri, segBody); a != "acct-"+id || b != `{"answer":"`+id+`"}` {
-			t.Fatalf("%q: account %q, answer %q", id, a, b)
-		}
-		if !st.sameAdmit(ri, &api.AdmitRequest{RequestID: id, AccountID: "acct-" + id, Endpoint: "e",
-			Estimate: events.Units{TokensIn: st.recs[ri].est[1]}}) {
-			t.Fatalf("%q: parameters not kept", id)
-		}
-	}
-	if _, ok := st.lookup("r-never"); ok {
-		t.Fatal("found an id never added")
-	}
-}
 
 // gatedPublisher blocks every Publish until release, then answers with err (or success).
 type gatedPublisher struct {
@@ -179,11 +124,11 @@ func TestIdempotencyBound(t *testing.T) {
 	// Finishing open-1 pushed f-2 out: the 2 answered ids kept are f-3 and open-1, beside the
 	// open f-1.
 	for id, want := range map[string]bool{"open-1": true, "f-1": true, "f-2": false, "f-3": true} {
-		if _, ok := s.idem.lookup(id); ok != want {
+		if _, ok := s.idem.Lookup(id); ok != want {
 			t.Errorf("%s cached: %v, want %v", id, ok, want)
 		}
 	}
-	if got := s.idem.n; got != 3 {
+	if got := s.idem.Len(); got != 3 {
 		t.Fatalf("cache holds %d records, want 3", got)
 	}
 }
@@ -285,32 +230,9 @@ func TestIdempotencyExpiry(t *testing.T) {
 		t.Fatalf("y-1 finish: %s", f)
 	}
 	s.mu.Lock()
-	_, cached := s.idem.lookup("x-1")
+	_, cached := s.idem.Lookup("x-1")
 	s.mu.Unlock()
 	if cached {
 		t.Fatal("x-1 still cached past the bound")
-	}
-}
-
-func TestAppendDoubling(t *testing.T) {
-	var s []int
-	grows := 0
-	for i := 0; i < 300_000; i++ {
-		c := cap(s)
-		s = appendDoubling(s, i)
-		if cap(s) != c {
-			grows++
-			if c > 0 && cap(s) != 2*c {
-				t.Fatalf("grew from %d to %d, want %d", c, cap(s), 2*c)
-			}
-		}
-	}
-	for i, v := range s {
-		if v != i {
-			t.Fatalf("s[%d] = %d", i, v)
-		}
-	}
-	if grows != 10 { // 1024 << 9 = 524,288 >= 300,000
-		t.Fatalf("%d reallocations for 300,000 appends, want 10", grows)
 	}
 }

@@ -3,10 +3,12 @@ package admitter
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"time"
 
 	"github.com/tallyhq/tally/services/admitter/api"
+	"github.com/tallyhq/tally/services/admitter/follow"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/httpx"
 )
@@ -25,17 +27,12 @@ import (
 // ADMITTER_PUBLISH_TIMEOUT_MS; beyond it the answer is 503 unavailable (retry): a 404 could be
 // wrong while the start may still be unread.
 func (s *Service) awaitLogCurrent(ctx context.Context) *httpx.Error {
-	deadline := time.Now().Add(ms(s.cfg.PublishTimeoutMs))
-	cctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	ends, err := partitionEnds(cctx, s.logClient, s.topics.Events)
-	if err != nil {
+	err := s.peerLog.Current(ctx, time.Now().Add(ms(s.cfg.PublishTimeoutMs)))
+	switch {
+	case errors.Is(err, follow.ErrBehind):
+		return unavailable("events log not read up to date yet; retry")
+	case err != nil:
 		return unavailable("events log: %v; retry", err)
-	}
-	for p, end := range ends {
-		if end > 0 && !s.waitPeerPosition(int32(p), end-1, deadline) {
-			return unavailable("events log not read up to date yet; retry")
-		}
 	}
 	return nil
 }
@@ -79,12 +76,8 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 	now := time.Now() // the finish event's time: the settlement is priced at it, as the ledger does
 	q := s.table.QuotePeer(&po.peer, cost, now.UnixMilli())
 	// A record for the request, pending its finish: a concurrent repeat waits for this answer.
-	_, slot, h, _ := s.idem.find(req.RequestID)
-	ri := s.idem.add(&api.AdmitRequest{RequestID: req.RequestID, AccountID: po.peer.AccountID, Endpoint: po.endpoint, Model: po.model},
-		"", "", nil, slot, h)
-	rec := &s.idem.recs[ri]
-	rec.status, rec.flags, rec.fin = http.StatusOK, recAllowed|recFromLog, finPending
-	rec.finSeq++
+	_, slot, _ := s.idem.Find(req.RequestID)
+	ri := s.idem.AddFromLog(slot, req.RequestID, po.peer.AccountID, po.endpoint, po.model)
 	s.mu.Unlock()
 
 	resp := finishAnswer(req.RequestID, &q, s.book.Version)
@@ -92,8 +85,7 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 	body, _ := json.Marshal(resp)
 	s.mu.Lock()
 	if err != nil { // forget the record: a retry finds the log request again
-		s.idem.wake(ri)
-		s.idem.remove(ri)
+		s.idem.Forget(ri)
 		s.mu.Unlock()
 		httpx.WriteError(w, unavailable("event log unavailable: %v", err))
 		return
@@ -102,9 +94,7 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 		s.settlePeerLocked(req.RequestID, &po, &events.RequestFinished{RequestID: req.RequestID, Status: req.Status,
 			Usage: req.Usage, CostMicros: cost, PriceBookVersion: s.book.Version}, part, off, now.UnixMilli())
 	}
-	s.idem.finished(ri, req, body)
-	s.idem.remember(ri)
-	s.idem.wake(ri)
+	s.idem.Finished(ri, req, body)
 	s.mu.Unlock()
 	s.m.finishes.WithLabelValues(req.Status).Inc()
 	s.m.logFinishes.Inc()

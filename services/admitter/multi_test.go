@@ -31,6 +31,8 @@ func TestThreeInstancesOverAdmission(t *testing.T) {
 				cfg.InstanceID = fmt.Sprint("i", i)
 				inst = append(inst, start(t, cfg))
 			}
+			var answersMu sync.Mutex
+			answers := map[string]string{} // request id → first answer (status and body)
 			hammer := func(acct string, perInstance int, finish bool, req func(id string) api.AdmitRequest) (allowed int64) {
 				var n atomic.Int64
 				var wg sync.WaitGroup
@@ -42,6 +44,9 @@ func TestThreeInstancesOverAdmission(t *testing.T) {
 							for k := 0; k < perInstance/3; k++ {
 								id := fmt.Sprintf("%s-%d-%d-%d", acct, i, g, k)
 								a := post(t, s.url+api.PathAdmit, testSecret, req(id))
+								answersMu.Lock()
+								answers[id] = fmt.Sprintf("%d %s", a.status, a.body)
+								answersMu.Unlock()
 								if a.status == 200 {
 									n.Add(1)
 								} else if a.status != 429 {
@@ -83,6 +88,41 @@ func TestThreeInstancesOverAdmission(t *testing.T) {
 			if money > 3*13 {
 				t.Errorf("credits over-admitted beyond N × balance: %d", money)
 			}
+			// Every repeat replays the first answer byte for byte, revoked admissions (answered
+			// as insufficient_credits after their start was published) included.
+			revoked := 0.0
+			for i, s := range inst {
+				revoked += counterValue(t, s.Service, "tally_admitter_revoked_total")
+				for g := 0; g < 3; g++ {
+					for k := 0; k < 90/3; k++ {
+						id := fmt.Sprintf("money-%d-%d-%d", i, g, k)
+						a := post(t, s.url+api.PathAdmit, testSecret, codeReq(id, "money"))
+						if got := fmt.Sprintf("%d %s", a.status, a.body); got != answers[id] {
+							t.Errorf("%s repeat:\n%s\nfirst:\n%s", id, got, answers[id])
+						}
+					}
+				}
+			}
+			t.Logf("revoked admissions: %v", revoked)
 		})
 	}
+}
+
+// counterValue is the value of counter name in s's registry (0 when it has no sample).
+func counterValue(t *testing.T, s *Service, name string) float64 {
+	t.Helper()
+	mfs, err := s.m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			v := 0.0
+			for _, m := range mf.GetMetric() {
+				v += m.GetCounter().GetValue()
+			}
+			return v
+		}
+	}
+	return 0
 }

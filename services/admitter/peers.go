@@ -1,19 +1,16 @@
 package admitter
 
 import (
-	"context"
 	"encoding/json"
-	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/services/admitter/decide"
-	"github.com/tallyhq/tally/shared/backoff"
+	"github.com/tallyhq/tally/services/admitter/follow"
+	"github.com/tallyhq/tally/services/admitter/idem"
 	"github.com/tallyhq/tally/shared/events"
-	"github.com/tallyhq/tally/shared/kafkax"
 )
 
 // peerOpen is a request started in the events log by another admitter, or by an earlier
@@ -47,118 +44,31 @@ func usageKey(u events.Units) [4]int64 {
 // timeout, for events stamped by hosts whose clocks run behind this one's.
 const readBackSlack = time.Minute
 
-// followPeers reads the events topic and applies the other admitters' request.started and
-// request.finished events to the local balances, so that N admitters see each other's holds
-// within the topic's propagation delay instead of the ledger's fold delay, and keeps the
-// started requests (peerOpen) so that any admitter can settle a finish. At start-up it reads
-// back as far as a request can still be open (the price book's longest hold timeout, by
-// offsets-for-times), and there its own earlier incarnation's events count as well; from the
-// end offsets seen at start-up on, its own events (same source) are skipped.
-func (s *Service) followPeers(ctx context.Context, positioned func()) {
-	c := s.kafkaClient()
-	var ends, starts map[int]int64
-	for {
-		var err error
-		if ends, err = partitionEnds(ctx, c, s.topics.Events); err == nil {
-			if starts, err = s.readBackFrom(ctx, c, ends); err == nil {
-				break
-			}
-		}
-		if !backoff.Sleep(ctx, followRetry) {
-			return
-		}
-	}
-	maxP := 0
-	for p := range ends {
-		maxP = max(maxP, p)
-	}
-	pos := make([]atomic.Int64, maxP+1)
-	for p := range ends {
-		pos[p].Store(starts[p] - 1)
-	}
-	s.peerPos.Store(&pos)
-	positioned() // every event written from now on will be read
-	select {
-	case <-s.stateLoaded:
-	case <-ctx.Done():
-		return
-	}
-	done := make(chan struct{}, len(ends))
-	for p, end := range ends {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.brokers, Topic: s.topics.Events, Partition: p,
-				MinBytes: s.followMinBytes(), MaxBytes: followFetchBytesMax, MaxWait: followMaxWait, Dialer: kafkax.Dialer(s.kafkaTLS)})
-			defer r.Close()
-			if err := r.SetOffset(starts[p]); err != nil {
-				s.log.Error("peer follower: set offset", "partition", p, "err", err)
-				return
-			}
-			for {
-				msg, err := r.FetchMessage(ctx)
-				if err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					s.log.Warn("peer follower: read failed; retrying", "partition", p, "err", err)
-					if !backoff.Sleep(ctx, followRetry) {
-						return
-					}
-					continue
-				}
-				s.applyPeer(msg, msg.Offset < end)
-				pos[p].Store(msg.Offset)
-			}
-		}()
-	}
-	for range ends {
-		<-done
-	}
-}
-
-// readBackFrom returns, per partition, the first offset whose record is stamped within the
-// price book's longest hold timeout (plus readBackSlack) before now, or the end offset when
-// there is none: no request started before it can still be open.
-func (s *Service) readBackFrom(ctx context.Context, c *kafka.Client, ends map[int]int64) (map[int]int64, error) {
+// newPeerLog is the peer follower's reader of the events topic (package follow). It reads
+// the other admitters' request.started and request.finished events (applyPeer), so that N
+// admitters see each other's holds within the topic's propagation delay instead of the
+// ledger's fold delay, and keeps the started requests (peerOpen) so that any admitter can
+// settle a finish. At start-up it reads back as far as a request can still be open (the price
+// book's longest hold timeout plus readBackSlack, by offsets-for-times), and there its own
+// earlier incarnation's events count as well; from the end offsets seen at start-up on, its
+// own events (same source) are skipped.
+//
+// Its fetch MinBytes: with ADMITTER_INSTANCES>1 a fetch returns as soon as anything is new:
+// admissions confirmed in log order wait for the follower, and peers' holds count as early as
+// they can. With one instance nothing waits for it (it only sees another admitter that runs
+// anyway, e.g. during a rolling deploy), and a fetch waits for follow.BatchMinBytes or
+// follow.MaxWait: fetching every few records cost the broker and this process about a tenth
+// of their CPU at 20,000 admits/s, for events it only skips.
+func (s *Service) newPeerLog() *follow.Log {
 	var holdMs int64
 	for _, e := range s.book.Endpoints {
 		holdMs = max(holdMs, e.HoldTimeoutMs)
 	}
-	at := time.Now().Add(-ms(holdMs) - readBackSlack)
-	starts := make(map[int]int64, len(ends))
-	var reqs []kafka.OffsetRequest
-	for p, end := range ends {
-		starts[p] = end
-		reqs = append(reqs, kafka.TimeOffsetOf(p, at))
-	}
-	lo, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{s.topics.Events: reqs}})
-	if err != nil {
-		return nil, fmt.Errorf("offsets for times %s: %w", s.topics.Events, err)
-	}
-	for _, po := range lo.Topics[s.topics.Events] {
-		if po.Error != nil {
-			return nil, fmt.Errorf("offsets for times %s/%d: %w", s.topics.Events, po.Partition, po.Error)
-		}
-		for off := range po.Offsets { // none when no record is that recent
-			if off >= 0 && off < starts[po.Partition] {
-				starts[po.Partition] = off
-			}
-		}
-	}
-	return starts, nil
-}
-
-// followMinBytes is the follower's fetch MinBytes. With ADMITTER_INSTANCES>1 a fetch returns
-// as soon as anything is new: admissions confirmed in log order wait for the follower, and
-// peers' holds count as early as they can. With one instance nothing waits for it (it only
-// sees another admitter that runs anyway, e.g. during a rolling deploy), and a fetch
-// waits for followBatchMinBytes or followMaxWait: fetching every few records cost the broker
-// and this process about a tenth of their CPU at 20,000 admits/s, for events it only skips.
-func (s *Service) followMinBytes() int {
+	minBytes := follow.BatchMinBytes
 	if s.cfg.Instances > 1 {
-		return 1
+		minBytes = 1
 	}
-	return followBatchMinBytes
+	return follow.NewLog(s.followSource(), s.topics.Events, minBytes, ms(holdMs)+readBackSlack)
 }
 
 // applyPeer applies one event read by the peer follower. old: it was written before this
@@ -239,31 +149,28 @@ func (s *Service) settlePeerLocked(id string, po *peerOpen, f *events.RequestFin
 // admitted: the in-flight slots are freed, the settlement recorded, and (unless a finish of
 // its own is being published) the answer kept for repeats.
 func (s *Service) finishedElsewhereLocked(f *events.RequestFinished, part int32, off, atMs int64) {
-	ri, ok := s.idem.lookup(f.RequestID)
+	ri, ok := s.idem.Lookup(f.RequestID)
 	if !ok {
 		return
 	}
-	rec := &s.idem.recs[ri]
-	if rec.flags&recOpen == 0 || rec.status == 0 {
+	handle, open := s.idem.Open(ri)
+	if !open {
 		return
 	}
-	q, err := s.table.Quote(rec.handle, f.CostMicros, atMs)
+	q, err := s.table.Quote(handle, f.CostMicros, atMs)
 	if err != nil {
 		return
 	}
 	// No latency sample: the finish reached another admitter, and this one reads it only
 	// after the follower's lag, which is no measure of the endpoint.
-	_ = s.table.Finish(rec.handle, q, time.Now().UnixMilli(), decide.OutcomeNone, part, off)
-	s.idem.takeHandle(rec.handle)
-	rec.flags &^= recOpen
+	_ = s.table.Finish(handle, q, time.Now().UnixMilli(), decide.OutcomeNone, part, off)
+	s.idem.Settle(ri)
 	s.m.open.Set(float64(s.table.OpenRequests()))
-	if rec.fin != finNone { // this admitter's own finish is in flight: its answer stands
+	if s.idem.Fin(ri) != idem.FinNone { // this admitter's own finish is in flight: its answer stands
 		return
 	}
 	body, _ := json.Marshal(finishAnswer(f.RequestID, &q, f.PriceBookVersion))
-	s.idem.finished(ri, &api.FinishRequest{RequestID: f.RequestID, Status: f.Status, Usage: f.Usage, DurationMs: f.DurationMs}, body)
-	s.idem.remember(ri)
-	s.idem.wake(ri)
+	s.idem.Finished(ri, &api.FinishRequest{RequestID: f.RequestID, Status: f.Status, Usage: f.Usage, DurationMs: f.DurationMs}, body)
 }
 
 // expirePeersLocked drops at most budget log requests whose hold expired.
@@ -276,21 +183,4 @@ func (s *Service) expirePeersLocked(nowMs int64, budget int) {
 			delete(s.peers, id)
 		}
 	}
-}
-
-// waitPeerPosition waits until the peer follower has applied the events topic's partition up
-// to offset, or until deadline; it reports whether it got there.
-func (s *Service) waitPeerPosition(partition int32, offset int64, deadline time.Time) bool {
-	pp := s.peerPos.Load()
-	if pp == nil || int(partition) >= len(*pp) {
-		return false
-	}
-	pos := &(*pp)[partition]
-	for pos.Load() < offset {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(200 * time.Microsecond)
-	}
-	return true
 }

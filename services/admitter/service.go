@@ -16,6 +16,9 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/tallyhq/tally/services/admitter/decide"
+	"github.com/tallyhq/tally/services/admitter/follow"
+	"github.com/tallyhq/tally/services/admitter/idem"
+	"github.com/tallyhq/tally/services/admitter/produce"
 	"github.com/tallyhq/tally/shared/httpx"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
@@ -23,9 +26,17 @@ import (
 )
 
 // Publisher makes one event durable on the events topic (acks=all) and reports where.
-type Publisher interface {
-	Publish(ctx context.Context, key string, value []byte) (partition int32, offset int64, err error)
-}
+type Publisher = produce.Publisher
+
+// HeaderSource carries the producing admitter's CloudEvents source on every message, so that
+// the peer follower skips its own events without decoding them.
+const HeaderSource = produce.HeaderSource
+
+// Producers for the events topic (ADMITTER_PRODUCER); see package produce.
+const (
+	ProducerEager  = produce.Eager
+	ProducerWriter = produce.Writer
+)
 
 // Service is one admitter: HTTP API, decision core, event publisher and state followers.
 type Service struct {
@@ -40,25 +51,25 @@ type Service struct {
 	kafkaTLS *tls.Config
 	source   string
 
-	mu      sync.Mutex // guards table, idem
-	table   *decide.Table
-	idem    *idemStore                     // request_id → answers (idempotency), open requests
-	peers   map[string]peerOpen            // requests started in the log by others (ADMITTER_FOLLOW_PEERS)
-	peerPos atomic.Pointer[[]atomic.Int64] // per events partition: last offset the peer follower applied
+	mu    sync.Mutex // guards table, idem
+	table *decide.Table
+	idem  *idem.Store         // request_id → answers (idempotency), open requests
+	peers map[string]peerOpen // requests started in the log by others (ADMITTER_FOLLOW_PEERS)
 	// peerDone is a ring of the finished requests in peers, oldest at peerDoneHead, at most
 	// ADMITTER_IDEMPOTENCY_MAX.
 	peerDone     []string
 	peerDoneHead int
-	logClient    *kafka.Client // end offsets for finishes of requests not read yet
+	peerLog      *follow.Log // the peer follower's reader of the events topic, and its positions
 
 	keys   atomic.Pointer[httpx.Keyring]
 	keyMod atomic.Int64
 
-	writers []*kafka.Writer // ADMITTER_PRODUCER=writer
-	eager   *eagerProducer  // ADMITTER_PRODUCER=eager
-	dlq     *kafka.Writer
-	pub     Publisher
-	m       *metrics
+	// producer is the events-topic producer (ADMITTER_PRODUCER); pub is what publish calls:
+	// the producer, or a test's Publisher.
+	producer *produce.Producer
+	pub      Publisher
+	dlq      *kafka.Writer
+	m        *metrics
 
 	ln      net.Listener
 	srv     *http.Server
@@ -95,7 +106,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		return nil, fmt.Errorf("admitter: KAFKA_TLS_*: %w", err)
 	}
 	s := &Service{cfg: cfg, log: log, book: book, brokers: brokers, topics: kafkax.NewTopics(cfg.TopicPrefix), kafkaTLS: kafkaTLS,
-		source: cfg.source(), table: table, idem: newIdemStore(cfg.IdempotencyMax), peers: map[string]peerOpen{},
+		source: cfg.source(), table: table, idem: idem.New(cfg.IdempotencyMax), peers: map[string]peerOpen{},
 		m: newMetrics(), readyCh: make(chan struct{}), stateLoaded: make(chan struct{})}
 	if s.authThrottle, err = httpx.NewAuthThrottle(cfg.AuthFailuresMax, ms(cfg.AuthFailureWindowMs), cfg.AuthFailureClientsMax, nil); err != nil {
 		return nil, fmt.Errorf("admitter: %w", err)
@@ -110,20 +121,12 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admitter: listen %s: %w", cfg.ListenAddr, err)
 	}
-	if cfg.Producer == ProducerEager {
-		s.eager = newEagerProducer(cfg, brokers, s.topics.Events, s.source, kafkaTLS)
-		s.pub = s.eager
-	} else {
-		kp := &kafkaPublisher{source: []byte(s.source)}
-		for i := 0; i < cfg.Writers; i++ {
-			w := kafkax.NewWriter(brokers, s.topics.Events, wc)
-			w.Completion = completion
-			kp.ws = append(kp.ws, w)
-		}
-		s.writers, s.pub = kp.ws, kp
-	}
+	s.producer = produce.New(produce.Config{Kind: cfg.Producer, Brokers: brokers, Topic: s.topics.Events,
+		Source: s.source, TLS: kafkaTLS, PublishTimeout: ms(cfg.PublishTimeoutMs), Linger: ms(cfg.LingerMs),
+		InflightMax: cfg.InflightMax, BufferMax: cfg.ProduceBufferMax, Writers: cfg.Writers, Writer: wc})
+	s.pub = s.producer
 	s.ln = ln
-	s.logClient = s.kafkaClient()
+	s.peerLog = s.newPeerLog()
 	s.srv = httpx.NewServer(cfg.ListenAddr, s.Handler(), cfg.HTTPServer())
 	return s, nil
 }
@@ -139,9 +142,6 @@ func (s *Service) URL() string {
 	return "http://" + s.Addr()
 }
 
-// kafkaClient is a kafka.Client for metadata and offsets over KAFKA_TLS_*.
-func (s *Service) kafkaClient() *kafka.Client { return kafkax.NewClient(s.brokers, s.kafkaTLS) }
-
 // Ready is closed once the compacted balances and limits topics are loaded.
 func (s *Service) Ready() <-chan struct{} { return s.readyCh }
 
@@ -149,7 +149,7 @@ func (s *Service) Ready() <-chan struct{} { return s.readyCh }
 func (s *Service) Metrics() *prometheus.Registry { return s.m.reg }
 
 // Run serves until ctx is cancelled, then shuts down: stops accepting, waits for the
-// in-flight calls (bounded by ADMITTER_SHUTDOWN_TIMEOUT_MS) and closes the writers.
+// in-flight calls (bounded by ADMITTER_SHUTDOWN_TIMEOUT_MS) and closes the producers.
 func (s *Service) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -166,7 +166,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.FollowPeers {
 		loaded.Add(1)
 		wg.Add(1)
-		go func() { defer wg.Done(); s.followPeers(ctx, loaded.Done) }()
+		go func() { defer wg.Done(); s.peerLog.Run(ctx, loaded.Done, s.stateLoaded, s.applyPeer) }()
 	}
 	var stateLeft atomic.Int32 // the peer follower reads once the balances and limits are loaded
 	stateLeft.Store(2)
@@ -174,7 +174,8 @@ func (s *Service) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.follow(ctx, topic, func() {
+			apply := func(ctx context.Context, msg kafka.Message) { s.applyState(ctx, topic, msg) }
+			s.followSource().Compacted(ctx, topic, apply, func() {
 				loaded.Done()
 				if stateLeft.Add(-1) == 0 {
 					close(s.stateLoaded)
@@ -204,12 +205,7 @@ func (s *Service) Run(ctx context.Context) error {
 	_ = s.srv.Shutdown(sctx)
 	cancel()
 	wg.Wait()
-	for _, w := range s.writers {
-		_ = w.Close()
-	}
-	if s.eager != nil {
-		s.eager.close(sctx)
-	}
+	s.producer.Close(sctx)
 	_ = s.dlq.Close()
 	s.log.Info("admitter stopped")
 	return runErr
@@ -247,13 +243,8 @@ func (s *Service) expire(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.table.Expire(now.UnixMilli(), s.cfg.ExpireBudget, func(h uint32) {
-		if ri, ok := s.idem.takeHandle(h); ok {
-			rec := &s.idem.recs[ri]
-			rec.flags &^= recOpen
+		if s.idem.Expire(h) {
 			s.m.expired.Inc()
-			if rec.fin == finNone {
-				s.idem.remember(ri)
-			}
 		}
 	})
 	s.expirePeersLocked(now.UnixMilli(), s.cfg.ExpireBudget)
@@ -264,53 +255,4 @@ func (s *Service) accounts() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.table.Accounts()
-}
-
-// kafkaPublisher is the Publisher over a kafka-go writer with acks=all.
-// kafkaPublisher spreads events over ADMITTER_WRITERS kafka-go writers: a kafka-go writer
-// sends one produce request at a time per partition, so several writers keep several in
-// flight. Ordering between two events of one account is not needed (an admit is answered
-// before its finish can be sent, and log-order confirmation compares offsets).
-type kafkaPublisher struct {
-	ws     []*kafka.Writer
-	next   atomic.Uint32
-	source []byte
-}
-
-// HeaderSource carries the producing admitter's CloudEvents source on every message, so that
-// the peer follower skips its own events without decoding them.
-const HeaderSource = "tally-source"
-
-type ackPos struct {
-	partition int32
-	offset    int64
-}
-
-// completion copies each message's position into its ackPos: kafka-go sets Partition and
-// Offset on the messages it passes to Completion, not on the caller's slice. It runs before
-// WriteMessages returns.
-func completion(msgs []kafka.Message, err error) {
-	if err != nil {
-		return
-	}
-	for i := range msgs {
-		if a, ok := msgs[i].WriterData.(*ackPos); ok {
-			a.partition, a.offset = int32(msgs[i].Partition), msgs[i].Offset
-		}
-	}
-}
-
-var _ Publisher = (*kafkaPublisher)(nil)
-
-func (p *kafkaPublisher) Publish(ctx context.Context, key string, value []byte) (int32, int64, error) {
-	a := &ackPos{partition: -1, offset: -1}
-	w := p.ws[int(p.next.Add(1))%len(p.ws)]
-	if err := w.WriteMessages(ctx, kafka.Message{Key: []byte(key), Value: value, WriterData: a,
-		Headers: []kafka.Header{{Key: HeaderSource, Value: p.source}}}); err != nil {
-		return -1, -1, err
-	}
-	if a.offset < 0 {
-		return -1, -1, errors.New("admitter: write acknowledged without a position")
-	}
-	return a.partition, a.offset, nil
 }

@@ -1,4 +1,4 @@
-package admitter
+package idem
 
 // blobArena keeps the idempotency records' blobs in large pointer-free chunks, so that the
 // garbage collector has one object per chunk to mark instead of one per record: with 200,000
@@ -11,7 +11,7 @@ package admitter
 // (LIFO). The memory of a class stays at its high-water mark. A blob larger than the largest
 // class gets its own allocation (never for the bodies ADMITTER_BODY_MAX_BYTES allows by
 // default). A slot's bytes are overwritten once it is freed and handed out again, so a
-// caller that reads a blob after releasing Service.mu must copy it first.
+// caller that reads a blob after releasing the lock that guards the Store must copy it first.
 type blobArena struct {
 	classes []blobClass
 	// huge holds the blobs above the largest class, by handle.

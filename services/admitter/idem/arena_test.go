@@ -1,4 +1,4 @@
-package admitter
+package idem
 
 import (
 	"bytes"

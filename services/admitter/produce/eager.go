@@ -1,8 +1,7 @@
-package admitter
+package produce
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,21 +17,6 @@ import (
 
 	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/tlsx"
-)
-
-// Producers for the events topic (ADMITTER_PRODUCER).
-const (
-	// ProducerEager is eagerProducer, on kafka-go's Transport: no batch timer; one sender per
-	// partition leader sends a produce request
-	// as soon as one of its ADMITTER_INFLIGHT_MAX request slots is free, and the events that
-	// arrive while requests are in flight go out together in the next one. Batches thus grow
-	// with the load instead of waiting for a timer. ADMITTER_LINGER_MS (default 1) lets the
-	// oldest waiting event wait that long for company.
-	ProducerEager = "eager"
-	// ProducerWriter is kafka-go's Writer (ADMITTER_WRITERS, ADMITTER_BATCH_MAX,
-	// ADMITTER_BATCH_TIMEOUT_MS): a batch per partition leaves when full or after the batch
-	// timeout, one request in flight per partition and writer.
-	ProducerWriter = "writer"
 )
 
 // Fixed bounds of eagerProducer.
@@ -127,22 +111,22 @@ type eagerSender struct {
 var _ Publisher = (*eagerProducer)(nil)
 
 // newEagerProducer builds the events-topic producer over its own kafka.Transport (TLS from
-// KAFKA_TLS_* when tc is set): its own, so that refreshing its metadata (by dropping its
+// KAFKA_TLS_* when cfg.TLS is set): its own, so that refreshing its metadata (by dropping its
 // connection pool) disturbs no other client.
-func newEagerProducer(cfg Config, brokers []string, topic, source string, tc *tls.Config) *eagerProducer {
-	tr := tlsx.KafkaTransport(tc)
-	tr.MetadataTopics = []string{topic} // metadata requests carry only the events topic
-	addr := kafka.TCP(brokers...)
+func newEagerProducer(cfg Config) *eagerProducer {
+	tr := tlsx.KafkaTransport(cfg.TLS)
+	tr.MetadataTopics = []string{cfg.Topic} // metadata requests carry only the events topic
+	addr := kafka.TCP(cfg.Brokers...)
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &eagerProducer{
-		topic: topic, source: []byte(source), addr: addr, tr: tr,
-		cl:          &kafka.Client{Addr: addr, Transport: tr, Timeout: ms(cfg.PublishTimeoutMs)},
-		linger:      ms(cfg.LingerMs),
+		topic: cfg.Topic, source: []byte(cfg.Source), addr: addr, tr: tr,
+		cl:          &kafka.Client{Addr: addr, Transport: tr, Timeout: cfg.PublishTimeout},
+		linger:      cfg.Linger,
 		inflightMax: cfg.InflightMax,
 		// The broker waits this long for the in-sync replicas; each record is also bounded by
 		// its Publish context (ADMITTER_PUBLISH_TIMEOUT_MS).
-		reqTimeout: ms(cfg.PublishTimeoutMs),
-		room:       make(chan struct{}, cfg.ProduceBufferMax),
+		reqTimeout: cfg.PublishTimeout,
+		room:       make(chan struct{}, cfg.BufferMax),
 		refreshCh:  make(chan struct{}, 1),
 		ctx:        ctx, cancel: cancel,
 		leaders: map[int]int32{}, queues: map[int][]*eagerRecord{}, senders: map[int32]*eagerSender{},

@@ -1,10 +1,12 @@
-package admitter
+package produce
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,14 +20,29 @@ import (
 	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
 )
 
+// testConfig is the eager producer's configuration on c's events topic with the
+// admitter's defaults; ADMITTER_INFLIGHT_MAX and ADMITTER_LINGER_MS run the suite on other
+// settings.
+func testConfig(c *kafkatest.Cluster) Config {
+	cfg := Config{Kind: Eager, Brokers: c.Brokers, Topic: c.Topics.Events, Source: "admitter/test",
+		PublishTimeout: 3 * time.Second, Linger: time.Millisecond, InflightMax: 1, BufferMax: 20_000}
+	if v, err := strconv.Atoi(os.Getenv("ADMITTER_INFLIGHT_MAX")); err == nil {
+		cfg.InflightMax = v
+	}
+	if v, err := strconv.ParseInt(os.Getenv("ADMITTER_LINGER_MS"), 10, 64); err == nil {
+		cfg.Linger = time.Duration(v) * time.Millisecond
+	}
+	return cfg
+}
+
 // newTestProducer runs an eagerProducer on c's events topic until the test ends.
 func newTestProducer(t *testing.T, c *kafkatest.Cluster, tune func(*Config)) *eagerProducer {
 	t.Helper()
-	cfg := testConfig(t, c)
+	cfg := testConfig(c)
 	if tune != nil {
 		tune(&cfg)
 	}
-	p := newEagerProducer(cfg, c.Brokers, c.Topics.Events, "admitter/test", nil)
+	p := newEagerProducer(cfg)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -114,7 +131,7 @@ func TestEagerOffsetsInOrder(t *testing.T) {
 		inflight, linger int64
 	}{{"inflight1", 1, 0}, {"inflight4", 4, 0}, {"linger2ms", 1, 2}} {
 		t.Run(tc.name, func(t *testing.T) {
-			testEagerOffsets(t, func(c *Config) { c.InflightMax, c.LingerMs = int(tc.inflight), tc.linger })
+			testEagerOffsets(t, func(c *Config) { c.InflightMax, c.Linger = int(tc.inflight), time.Duration(tc.linger)*time.Millisecond })
 		})
 	}
 }
@@ -214,10 +231,8 @@ func TestEagerBufferBound(t *testing.T) {
 			conns = append(conns, c)
 		}
 	}()
-	cfg := DefaultConfig()
-	cfg.ProduceBufferMax = 1
-	cfg.PublishTimeoutMs = 500
-	p := newEagerProducer(cfg, []string{ln.Addr().String()}, "t.events", "admitter/test", nil)
+	p := newEagerProducer(Config{Kind: Eager, Brokers: []string{ln.Addr().String()}, Topic: "t.events",
+		Source: "admitter/test", PublishTimeout: 500 * time.Millisecond, Linger: time.Millisecond, InflightMax: 1, BufferMax: 1})
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
