@@ -154,42 +154,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	dwc.TLS = d.cfg.KafkaTLS
 	dlq := kafkax.NewWriter(d.cfg.Brokers, "", dwc)
 	defer dlq.Close()
-	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID: d.cfg.Group, Brokers: d.cfg.Brokers, Topics: []string{d.cfg.Topics.Notifications},
-		// A new group starts at the beginning: every notification kept is delivered.
-		StartOffset: kafka.FirstOffset, HeartbeatInterval: time.Second, SessionTimeout: 10 * time.Second,
-		RebalanceTimeout: 10 * time.Second, JoinGroupBackoff: time.Second, Timeout: 10 * time.Second,
-		Dialer: kafkax.Dialer(d.cfg.KafkaTLS),
-	})
-	if err != nil {
-		return fmt.Errorf("webhook: consumer group: %w", err)
-	}
-	defer group.Close()
-	for {
-		gen, err := group.Next(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			d.log.Warn("webhook: join group", "err", err)
-			if !backoff.Sleep(ctx, d.cfg.BackoffMin) {
-				return nil
-			}
-			continue
-		}
-		done := make(chan error, 1)
-		gen.Start(func(gctx context.Context) { done <- d.generation(ctx, gctx, gen, dlq) })
-		err = <-done
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			d.log.Error("webhook: generation failed; rejoining", "err", err)
-			if !backoff.Sleep(ctx, d.cfg.BackoffMin) {
-				return nil
-			}
-		}
-	}
+	// A new group starts at the beginning: every notification kept is delivered.
+	return kafkax.Group{ID: d.cfg.Group, Brokers: d.cfg.Brokers, Topics: []string{d.cfg.Topics.Notifications},
+		TLS: d.cfg.KafkaTLS, Retry: d.cfg.BackoffMin, Name: "webhook", Log: d.log,
+	}.Run(ctx, func(ctx, gctx context.Context, gen *kafka.Generation) error { return d.generation(ctx, gctx, gen, dlq) })
 }
 
 // generation delivers every assigned partition until the generation ends.
