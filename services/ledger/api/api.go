@@ -394,12 +394,25 @@ func (s *server) putAccount(w http.ResponseWriter, r *http.Request, id string) {
 		AdminKeyID: adminKeyID(r)})
 }
 
+// publish validates d, publishes it as a new event (acks=all) and answers 202 with its id.
 func (s *server) publish(w http.ResponseWriter, r *http.Request, d events.Data) {
+	s.publishAs(w, r, "", d, "retry with the same id")
+}
+
+// publishAs is publish with the event id eventID ("" = a new random one: events.New) and the
+// advice a 503 gives (retry).
+func (s *server) publishAs(w http.ResponseWriter, r *http.Request, eventID string, d events.Data, retry string) {
 	if err := d.Validate(); err != nil {
 		httpx.WriteError(w, httpx.Validation(err))
 		return
 	}
-	ev, err := events.New(Source, s.cfg.Now(), d)
+	var ev events.Event
+	var err error
+	if eventID == "" {
+		ev, err = events.New(Source, s.cfg.Now(), d)
+	} else {
+		ev, err = events.NewWithID(eventID, Source, s.cfg.Now(), d)
+	}
 	if err != nil {
 		httpx.WriteError(w, httpx.Validation(err))
 		return
@@ -408,7 +421,7 @@ func (s *server) publish(w http.ResponseWriter, r *http.Request, d events.Data) 
 	defer cancel()
 	if err := s.pub.Publish(ctx, ev); err != nil {
 		s.cfg.Logger.Error("ledger api: publish", "type", ev.Type, "account", ev.Subject, "err", err)
-		httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable, "could not publish the event durably; retry with the same id"))
+		httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable, "could not publish the event durably; %s", retry))
 		return
 	}
 	httpx.WriteJSON(w, http.StatusAccepted, Accepted{EventID: ev.ID})

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"net/http"
 	"strconv"
 	"time"
@@ -87,23 +86,7 @@ func (s *server) postPurchase(w http.ResponseWriter, r *http.Request, id string)
 	}
 	d := events.CreditsGranted{GrantID: grantID, AccountID: id, AmountMicros: req.AmountMicros, Source: events.GrantPurchase,
 		Priority: events.DefaultGrantPriority, ExpiresAt: req.ExpiresAt, AdminKeyID: adminKeyID(r), PaymentRef: req.PaymentRef}
-	if err := d.Validate(); err != nil {
-		httpx.WriteError(w, httpx.Validation(err))
-		return
-	}
-	ev, err := events.NewWithID(eventID, Source, s.cfg.Now(), d)
-	if err != nil {
-		httpx.WriteError(w, httpx.Validation(err))
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
-	defer cancel()
-	if err := s.pub.Publish(ctx, ev); err != nil {
-		s.cfg.Logger.Error("ledger api: publish", "type", ev.Type, "account", ev.Subject, "err", err)
-		httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable, "could not publish the event durably; retry with the same purchase_id"))
-		return
-	}
-	httpx.WriteJSON(w, http.StatusAccepted, Accepted{EventID: ev.ID})
+	s.publishAs(w, r, eventID, d, "retry with the same purchase_id")
 }
 
 func findGrant(v view.Account, grantID string) (view.Grant, bool) {
