@@ -110,6 +110,10 @@ type Config struct {
 	// an event further ahead is dead-lettered (future_time), never applied, so that it cannot
 	// move the ledger's clock (hold expiry, the dedupe horizon) ahead.
 	FutureSkewMaxMs int64 `env:"LEDGER_FUTURE_SKEW_MAX_MS" envDefault:"300000"`
+	// RenewalCatchUpMax (LEDGER_RENEWAL_CATCH_UP_MAX, default 12, range [1, 1200]) bounds the
+	// billing periods a subscription catches up in order after a silence of its partition's
+	// log; older missed periods are skipped (no allocation, nothing carried).
+	RenewalCatchUpMax int `env:"LEDGER_RENEWAL_CATCH_UP_MAX" envDefault:"12"`
 	// TickIntervalMs (LEDGER_TICK_INTERVAL_MS, default 1000, range [50, 3600000]) is how long an
 	// events-topic partition this ledger owns may carry no message before the ledger publishes
 	// a tally.clock.tick.v1 into it (acks=all). The tick moves the partition's log time, so an
@@ -157,7 +161,7 @@ func DefaultConfig() Config {
 		PartitionsTotal: 4, AccountSharePermille: f.AccountSharePermille, ParkTimeoutMs: f.ParkTimeoutNs / ms,
 		ParkedPerAccountMax: f.MaxParkedPerAccount, HoldsPerAccountMax: f.MaxHoldsPerAccount, GrantsPerAccountMax: f.MaxGrantsPerAccount,
 		DedupeWindowMs: f.DedupeWindowNs / ms, DedupePerAccountMax: f.MaxDedupePerAccount, FutureSkewMaxMs: f.FutureSkewMaxNs / ms,
-		TickIntervalMs: 1000, HistoryWindowMs: f.HistoryWindowNs / ms, RejectMinRequests: f.RejectMinRequests,
+		RenewalCatchUpMax: f.RenewalCatchUpMax, TickIntervalMs: 1000, HistoryWindowMs: f.HistoryWindowNs / ms, RejectMinRequests: f.RejectMinRequests,
 		RejectRatioPermille: f.RejectRatioPermille, RejectFactorPermille: f.RejectFactorPermille,
 		FlagPenaltyPermille: f.FlagPenaltyPermille, FlagDecayMs: f.FlagDecayNs / ms, BlockMs: f.BlockNs / ms,
 		CleanMinRequests: f.CleanMinRequests, CleanBonusPermille: f.CleanBonusPermille,
@@ -265,6 +269,7 @@ func (c Config) Validate() error {
 	rng("LEDGER_DEDUPE_WINDOW_MS", c.DedupeWindowMs, 1000, 31*day)
 	rng("LEDGER_DEDUPE_PER_ACCOUNT_MAX", int64(c.DedupePerAccountMax), 16, 1<<20)
 	rng("LEDGER_FUTURE_SKEW_MAX_MS", c.FutureSkewMaxMs, 1000, day)
+	rng("LEDGER_RENEWAL_CATCH_UP_MAX", int64(c.RenewalCatchUpMax), 1, 1200)
 	rng("LEDGER_TICK_INTERVAL_MS", c.TickIntervalMs, 50, 3_600_000)
 	rng("LEDGER_HISTORY_WINDOW_MS", c.HistoryWindowMs, 60_000, 31*day)
 	rng("LEDGER_REJECT_MIN_REQUESTS", int64(c.RejectMinRequests), 1, 1_000_000)
@@ -293,7 +298,7 @@ func (c Config) FoldConfig(book *pricebook.Book) fold.Config {
 	return fold.Config{Book: book, PartitionsTotal: c.PartitionsTotal, AccountSharePermille: c.AccountSharePermille, ParkTimeoutNs: c.ParkTimeoutMs * ms,
 		MaxParkedPerAccount: c.ParkedPerAccountMax, MaxHoldsPerAccount: c.HoldsPerAccountMax, MaxGrantsPerAccount: c.GrantsPerAccountMax,
 		DedupeWindowNs: c.DedupeWindowMs * ms, MaxDedupePerAccount: c.DedupePerAccountMax, FutureSkewMaxNs: c.FutureSkewMaxMs * ms,
-		HistoryWindowNs: c.HistoryWindowMs * ms, RejectMinRequests: c.RejectMinRequests, RejectRatioPermille: c.RejectRatioPermille,
+		RenewalCatchUpMax: c.RenewalCatchUpMax, HistoryWindowNs: c.HistoryWindowMs * ms, RejectMinRequests: c.RejectMinRequests, RejectRatioPermille: c.RejectRatioPermille,
 		RejectFactorPermille: c.RejectFactorPermille, FlagPenaltyPermille: c.FlagPenaltyPermille, FlagDecayNs: c.FlagDecayMs * ms,
 		BlockNs: c.BlockMs * ms, CleanMinRequests: c.CleanMinRequests, CleanBonusPermille: c.CleanBonusPermille}
 }

@@ -57,6 +57,8 @@ func (s *State) isLive(e *expiry) bool {
 		}
 	case expDedupe:
 		return a.pruneNs == e.atNs
+	case expRenew:
+		return a.Billing.Subscribed() && a.Billing.PeriodEndNs == e.atNs
 	}
 	return false
 }
@@ -70,12 +72,20 @@ func (s *State) sweep(out *Output) {
 			continue // replaced by a restore
 		}
 		switch e.kind {
+		case expRenew:
+			if a.Billing.Subscribed() && a.Billing.PeriodEndNs == e.atNs {
+				s.renew(a, e, out)
+				s.notify(a, out)
+			}
 		case expHold:
 			s.expireHold(a, e, out)
+			s.notify(a, out)
 		case expGrant:
 			s.expireGrant(a, e, out)
+			s.notify(a, out)
 		case expParked:
 			s.expireParked(a, e, out)
+			s.notify(a, out)
 		case expDedupe:
 			if a.pruneNs == e.atNs {
 				a.pruneNs = 0
@@ -165,7 +175,7 @@ func (s *State) expireParked(a *Account, e expiry, out *Output) {
 			a.removeParked(j)
 			s.live--
 			out.touch(a)
-			s.unknownFinish(a, p.EventID, p.RequestID, p.CostMicros, time.Unix(0, p.AtNs).UTC(), out)
+			s.unknownFinish(a, p.EventID, p.RequestID, p.Endpoint, p.CostMicros, time.Unix(0, p.AtNs).UTC(), out)
 			return
 		}
 	}
