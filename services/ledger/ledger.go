@@ -146,6 +146,9 @@ type Config struct {
 	Logger *slog.Logger `env:"-"`
 	// FaultHook (tests only) injects a crash after a batch's write stage; see engine.Config.
 	FaultHook func(stage string) error `env:"-"`
+	// Now (tests only) is the admin API's clock: the time of the events it publishes (and of
+	// their Kafka records). nil = time.Now. A test moves log time months ahead with it.
+	Now func() time.Time `env:"-"`
 }
 
 // DefaultConfig returns the defaults (the envDefault values) for code-built configs. The fold
@@ -369,7 +372,7 @@ func New(cfg Config) (*Service, error) {
 	pwc.TLS = kafkaTLS
 	pub := &kafkaPublisher{w: kafkax.NewWriter(brokers, topics.Events, pwc)}
 	h := api.Handler(api.Config{Admin: keys, Book: book, BodyBytesMax: cfg.BodyBytesMax, PageMax: cfg.PageMax,
-		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg,
+		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg, Now: cfg.Now,
 		Peers: peers, PeerClient: &http.Client{Timeout: time.Duration(cfg.PeerTimeoutMs) * time.Millisecond}}, eng, pub)
 	return &Service{cfg: cfg, log: cfg.Logger, brokers: brokers, kafkaTLS: kafkaTLS, topics: topics, engine: eng, pub: pub,
 		srv: httpx.NewServer(cfg.ListenAddr, h, cfg.HTTPServer()), addr: make(chan string, 1)}, nil
@@ -460,7 +463,9 @@ func (p *kafkaPublisher) Publish(ctx context.Context, ev events.Event) error {
 	if err != nil {
 		return err
 	}
-	return p.w.WriteMessages(ctx, kafka.Message{Key: []byte(ev.Subject), Value: v})
+	// The record's timestamp is the event's time (both are the API's clock): the fold bounds
+	// how far an event's time may run ahead of its record's.
+	return p.w.WriteMessages(ctx, kafka.Message{Key: []byte(ev.Subject), Value: v, Time: ev.Time})
 }
 
 var _ api.Publisher = (*kafkaPublisher)(nil)

@@ -65,6 +65,9 @@ type EndpointUse struct {
 
 const floorBit = 31
 
+// maxTimeNs is the latest time an output may carry (events.MaxTime less 1 ns).
+var maxTimeNs = events.MaxTime.UnixNano() - 1
+
 // Notice is one notification or top-up request (Data is an events.Notification or an
 // events.TopUpRequested) with its deterministic event id and its log time.
 type Notice struct {
@@ -94,6 +97,14 @@ func (a *Account) terms() *Terms {
 	b := a.billing()
 	if b.Terms == nil {
 		b.Terms = &Terms{}
+	}
+	return b.Terms
+}
+
+// TermsOf returns the account's terms (nil without).
+func (b *Billing) TermsOf() *Terms {
+	if b == nil {
+		return nil
 	}
 	return b.Terms
 }
@@ -176,6 +187,7 @@ func (s *State) grantPlan(a *Account, grantID string, amt, expNs int64, at time.
 		return false
 	}
 	cause := events.DerivedID(a.ID, grantID)
+	expNs = min(expNs, maxTimeNs) // a period ending in 2200 or later: its grant expires just before
 	a.GrantedMicros += amt
 	a.AvailableMicros += amt
 	out.touch(a)
@@ -339,7 +351,7 @@ func (s *State) renew(a *Account, e expiry, out *Output) {
 			a.giveBack(prefix, e.atNs, carry)
 		} else {
 			s.addGrant(a, Grant{ID: id, EventID: ParseUUID(events.DerivedID(a.ID, id)), Amount: carry,
-				Remaining: carry, Priority: events.DefaultGrantPriority, ExpiresNs: b.PeriodEndNs})
+				Remaining: carry, Priority: events.DefaultGrantPriority, ExpiresNs: min(b.PeriodEndNs, maxTimeNs)})
 		}
 	}
 	s.schedule(expiry{atNs: b.PeriodEndNs, acct: a, kind: expRenew})
@@ -467,7 +479,7 @@ func (s *State) notify(a *Account, out *Output) {
 	t := b.Terms
 	s.rollCalendar(a)
 	at := nsTime(s.watermark)
-	base := events.Notification{AccountID: a.ID, PeriodStart: nsTime(b.PeriodStartNs), PeriodEnd: nsTime(b.PeriodEndNs),
+	base := events.Notification{AccountID: a.ID, PeriodStart: nsTime(b.PeriodStartNs), PeriodEnd: nsTime(min(b.PeriodEndNs, maxTimeNs)),
 		UsedMicros: max(b.UsedMicros, 0), AllocationMicros: t.AllocationMicros, AvailableMicros: max(a.AvailableMicros, 0)}
 	if t.AllocationMicros > 0 {
 		for i, th := range b.usageThresholds() {

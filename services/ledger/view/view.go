@@ -41,18 +41,21 @@ type Position struct {
 
 // Account is GET /v1/accounts/{id}.
 type Account struct {
-	AccountID       string      `json:"account_id"`
-	Tier            string      `json:"tier"`
-	Priority        string      `json:"priority,omitempty"`
-	Suspended       bool        `json:"suspended"`
-	AvailableMicros int64       `json:"available_micros"`
-	HeldMicros      int64       `json:"held_micros"`
-	OverageMicros   int64       `json:"overage_micros"`
-	OpenHolds       int         `json:"open_holds"`
-	Grants          []Grant     `json:"grants"`
-	Allowance       []Allowance `json:"allowance"`
-	Limits          Limits      `json:"limits"`
-	Position        Position    `json:"position"`
+	AccountID       string        `json:"account_id"`
+	Tier            string        `json:"tier"`
+	Priority        string        `json:"priority,omitempty"`
+	OrganizationID  string        `json:"organization_id,omitempty"`
+	Suspended       bool          `json:"suspended"`
+	AvailableMicros int64         `json:"available_micros"`
+	HeldMicros      int64         `json:"held_micros"`
+	OverageMicros   int64         `json:"overage_micros"`
+	OpenHolds       int           `json:"open_holds"`
+	Grants          []Grant       `json:"grants"`
+	Allowance       []Allowance   `json:"allowance"`
+	Subscription    *Subscription `json:"subscription,omitempty"`
+	Period          *Period       `json:"period,omitempty"`
+	Limits          Limits        `json:"limits"`
+	Position        Position      `json:"position"`
 }
 
 // EntriesQuery selects journal lines.
