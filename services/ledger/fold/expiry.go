@@ -77,15 +77,21 @@ func (s *State) sweep(out *Output) {
 				s.renew(a, e, out)
 				s.notify(a, out)
 			}
+		// Notifications are checked only after an expiry that changed the account: a stale
+		// entry (of a settled hold, say) is in the heap of a straight fold but not in one
+		// rebuilt by a restore, and must not make their timing differ.
 		case expHold:
-			s.expireHold(a, e, out)
-			s.notify(a, out)
+			if s.expireHold(a, e, out) {
+				s.notify(a, out)
+			}
 		case expGrant:
-			s.expireGrant(a, e, out)
-			s.notify(a, out)
+			if s.expireGrant(a, e, out) {
+				s.notify(a, out)
+			}
 		case expParked:
-			s.expireParked(a, e, out)
-			s.notify(a, out)
+			if s.expireParked(a, e, out) {
+				s.notify(a, out)
+			}
 		case expDedupe:
 			if a.pruneNs == e.atNs {
 				a.pruneNs = 0
@@ -97,7 +103,7 @@ func (s *State) sweep(out *Output) {
 	}
 }
 
-func (s *State) expireHold(a *Account, e expiry, out *Output) {
+func (s *State) expireHold(a *Account, e expiry, out *Output) bool {
 	i := -1
 	for j := range a.Holds {
 		if a.Holds[j].ExpiresNs == e.atNs && hashID(a.Holds[j].RequestID) == e.hash {
@@ -106,7 +112,7 @@ func (s *State) expireHold(a *Account, e expiry, out *Output) {
 		}
 	}
 	if i < 0 {
-		return // settled already
+		return false // settled already
 	}
 	h := a.Holds[i]
 	a.removeHold(i)
@@ -137,6 +143,7 @@ func (s *State) expireHold(a *Account, e expiry, out *Output) {
 		}
 	}
 	out.Expired = append(out.Expired, Expired{ID: id, Data: x})
+	return true
 }
 
 func fundingName(f uint8) string {
@@ -149,7 +156,7 @@ func fundingName(f uint8) string {
 	return events.FundingCredits
 }
 
-func (s *State) expireGrant(a *Account, e expiry, out *Output) {
+func (s *State) expireGrant(a *Account, e expiry, out *Output) bool {
 	i := -1
 	for j := range a.Grants {
 		if a.Grants[j].ExpiresNs == e.atNs && hashID(a.Grants[j].ID) == e.hash {
@@ -158,7 +165,7 @@ func (s *State) expireGrant(a *Account, e expiry, out *Output) {
 		}
 	}
 	if i < 0 {
-		return
+		return false
 	}
 	g := a.Grants[i]
 	a.Grants = append(a.Grants[:i], a.Grants[i+1:]...)
@@ -166,9 +173,10 @@ func (s *State) expireGrant(a *Account, e expiry, out *Output) {
 	s.remember(a, e.hash^saltGrant, out)
 	out.touch(a)
 	s.breakage(a, events.DerivedID(g.EventID.String(), "breakage"), g.ID, g.Remaining, time.Unix(0, g.ExpiresNs).UTC(), out)
+	return true
 }
 
-func (s *State) expireParked(a *Account, e expiry, out *Output) {
+func (s *State) expireParked(a *Account, e expiry, out *Output) bool {
 	for j := range a.Parked {
 		p := a.Parked[j]
 		if p.AtNs+s.cfg.ParkTimeoutNs == e.atNs && hashID(p.RequestID) == e.hash {
@@ -176,7 +184,8 @@ func (s *State) expireParked(a *Account, e expiry, out *Output) {
 			s.live--
 			out.touch(a)
 			s.unknownFinish(a, p.EventID, p.RequestID, p.Endpoint, p.CostMicros, time.Unix(0, p.AtNs).UTC(), out)
-			return
+			return true
 		}
 	}
+	return false
 }

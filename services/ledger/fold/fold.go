@@ -235,6 +235,7 @@ func (s *State) Apply(in Input, out *Output) {
 	}
 	a.Offset = in.Offset
 	out.touch(a)
+	n0 := len(out.Anomalies)
 	switch p := ev.Payload.(type) {
 	case events.RequestStarted:
 		s.start(a, ev, &p, out)
@@ -266,6 +267,14 @@ func (s *State) Apply(in Input, out *Output) {
 		s.flag(a, t, &p)
 	}
 	s.history(a, out)
+	// Notifications are checked after an event that was applied: not after a duplicate, which
+	// a restored state (its dedupe memory pruned at other times) may instead refuse as too
+	// late, so that their timing is the same in a replay and after a restore.
+	for _, an := range out.Anomalies[n0:] {
+		if an.Kind == AnomalyDuplicate && an.EventID == ev.ID {
+			return
+		}
+	}
 	s.notify(a, out)
 }
 
