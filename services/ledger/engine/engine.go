@@ -5,7 +5,8 @@
 //
 // Exactly-once effect, per batch of one partition:
 //  1. fold the batch (undecodable messages go to the dead-letter topic);
-//  2. publish journal (ledger.entry, request.expired), balances and limits, acks=all;
+//  2. publish journal (ledger.entry, request.expired), balances, limits and notifications
+//     (notification, topup.requested, keyed by account, ids derived in the fold), acks=all;
 //  3. write the touched accounts' state records (each carries the offset of the last event
 //     folded for that account), acks=all;
 //  4. write the partition record (watermark and last offset), acks=all;
