@@ -197,12 +197,15 @@ func TestBillingPayloadsValidated(t *testing.T) {
 		{"anchor 2300", events.SubscriptionChanged{AccountID: "a", PlanID: "pro", AnchorAt: far}, "anchor_at"},
 		{"anchor zero", events.SubscriptionChanged{AccountID: "a", PlanID: "pro"}, "anchor_at"},
 		{"plan id", events.SubscriptionChanged{AccountID: "a", PlanID: "a\u200bb", AnchorAt: t0}, "plan_id"},
-		{"top-up half set", au(func(a *events.AccountUpdated) { a.AutoTopUpThresholdMicros = 5 }), "both or neither"},
+		{"top-up half given", au(func(a *events.AccountUpdated) { a.AutoTopUpThresholdMicros = ptr[int64](5) }), "both or neither"},
+		{"top-up of 0", au(func(a *events.AccountUpdated) {
+			a.AutoTopUpThresholdMicros, a.AutoTopUpAmountMicros = ptr[int64](5), ptr[int64](0)
+		}), "above 0"},
 		{"thresholds unordered", au(func(a *events.AccountUpdated) { a.NotifyUsagePermille = &[]int32{800, 500} }), "notify_usage_permille"},
 		{"threshold 0", au(func(a *events.AccountUpdated) { a.NotifyUsagePermille = &[]int32{0} }), "notify_usage_permille"},
 		{"too many thresholds", au(func(a *events.AccountUpdated) { a.NotifyUsagePermille = &[]int32{1, 2, 3, 4, 5, 6, 7, 8, 9} }), "at most"},
-		{"floor negative", au(func(a *events.AccountUpdated) { a.NotifyFloorMicros = -1 }), "notify_floor_micros"},
-		{"organization", au(func(a *events.AccountUpdated) { a.OrganizationID = "." }), "organization_id"},
+		{"floor negative", au(func(a *events.AccountUpdated) { a.NotifyFloorMicros = ptr[int64](-1) }), "notify_floor_micros"},
+		{"organization", au(func(a *events.AccountUpdated) { a.OrganizationID = ptr(".") }), "organization_id"},
 		{"notification kind", func() events.Data { m := n; m.Kind = "x"; return m }(), "kind"},
 		{"usage without threshold", func() events.Data { m := n; m.ThresholdPermille = 0; return m }(), "threshold_permille"},
 		{"floor with threshold", func() events.Data { m := n; m.Kind = events.NotifyBalanceFloor; m.FloorMicros = 5; return m }(), "floor_micros"},

@@ -94,9 +94,10 @@ func samples() []events.Data {
 		events.BalanceUpdated{AccountID: "a3", AvailableMicros: 1<<63 - 1, HeldMicros: 2 * events.MaxAmountMicros,
 			Expiring: []events.ExpiringGrant{{ExpiresAt: t0, RemainingMicros: 7}, {ExpiresAt: exp, RemainingMicros: 3 * events.MaxAmountMicros}}, Offset: 5},
 		events.ClockTick{Partition: 3},
-		events.AccountUpdated{AccountID: "a4", Tier: "pro", Priority: events.PriorityStandard, OrganizationID: "org-1",
-			NotifyUsagePermille: &[]int32{500, 1000}, NotifyFloorMicros: 5, AutoTopUpThresholdMicros: 10, AutoTopUpAmountMicros: 20},
-		events.AccountUpdated{AccountID: "a5", Tier: "pro", Priority: events.PriorityStandard, NotifyUsagePermille: &[]int32{}},
+		events.AccountUpdated{AccountID: "a4", Tier: "pro", Priority: events.PriorityStandard, OrganizationID: ptr("org-1"),
+			NotifyUsagePermille: &[]int32{500, 1000}, NotifyFloorMicros: ptr[int64](5), AutoTopUpThresholdMicros: ptr[int64](10), AutoTopUpAmountMicros: ptr[int64](20)},
+		events.AccountUpdated{AccountID: "a5", Tier: "pro", Priority: events.PriorityStandard, NotifyUsagePermille: &[]int32{}, OrganizationID: ptr(""),
+			NotifyFloorMicros: ptr[int64](0), AutoTopUpThresholdMicros: ptr[int64](0), AutoTopUpAmountMicros: ptr[int64](0)},
 		events.SubscriptionChanged{AccountID: "a1", PlanID: "pro", AnchorAt: t0, AdminKeyID: "k1"},
 		events.SubscriptionChanged{AccountID: "a1", PlanID: "", AnchorAt: t0},
 		events.Notification{NotificationID: "n1", AccountID: "a1", Kind: events.NotifyUsageThreshold, ThresholdPermille: 800,
@@ -315,3 +316,5 @@ func TestIDPatternMatchesCheckID(t *testing.T) {
 		}
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

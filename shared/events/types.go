@@ -310,9 +310,9 @@ func (e CreditsAdjusted) Validate() error {
 	return errors.Join(errs...)
 }
 
-// AccountUpdated sets an account's tier, default priority class, suspension, organization and
-// notification and auto-top-up settings. Every field is set as given (a settings field that is
-// absent is its zero value, not "unchanged").
+// AccountUpdated sets an account's tier, default priority class and suspension (all three, as
+// given), and those of its organization, notification and auto-top-up settings that it
+// carries: a settings field that is absent leaves the setting unchanged.
 type AccountUpdated struct {
 	AccountID string `json:"account_id"`
 	Tier      string `json:"tier"`
@@ -320,19 +320,19 @@ type AccountUpdated struct {
 	Suspended bool   `json:"suspended"`
 	// AdminKeyID is the id of the admin key that made the change (the audit trail).
 	AdminKeyID string `json:"admin_key_id,omitempty"`
-	// OrganizationID is the organization the account belongs to ("" none).
-	OrganizationID string `json:"organization_id,omitempty"`
+	// OrganizationID is the organization the account belongs to ("" none; absent: unchanged).
+	OrganizationID *string `json:"organization_id,omitempty"`
 	// NotifyUsagePermille are the usage thresholds (used against the period's allocation, in
-	// permille, strictly increasing, at most MaxNotifyThresholds): absent = the default
-	// DefaultNotifyUsagePermille while the account has a subscription; [] = none.
+	// permille, strictly increasing, at most MaxNotifyThresholds); [] = none. An account that
+	// never set them uses DefaultNotifyUsagePermille while it has a subscription.
 	NotifyUsagePermille *[]int32 `json:"notify_usage_permille,omitempty"`
 	// NotifyFloorMicros notifies once per period when the available balance falls below it (0 = off).
-	NotifyFloorMicros int64 `json:"notify_floor_micros,omitempty"`
+	NotifyFloorMicros *int64 `json:"notify_floor_micros,omitempty"`
 	// AutoTopUpThresholdMicros and AutoTopUpAmountMicros: when the available balance falls
 	// below the threshold the ledger requests a top-up of the amount, once until the balance is
-	// back at or above the threshold (0 = off; both or neither).
-	AutoTopUpThresholdMicros int64 `json:"auto_top_up_threshold_micros,omitempty"`
-	AutoTopUpAmountMicros    int64 `json:"auto_top_up_amount_micros,omitempty"`
+	// back at or above the threshold (threshold 0 = off). Both or neither are given.
+	AutoTopUpThresholdMicros *int64 `json:"auto_top_up_threshold_micros,omitempty"`
+	AutoTopUpAmountMicros    *int64 `json:"auto_top_up_amount_micros,omitempty"`
 }
 
 // MaxNotifyThresholds bounds AccountUpdated.NotifyUsagePermille.
@@ -348,11 +348,21 @@ func (AccountUpdated) EventType() string { return TypeAccountUpdated }
 func (e AccountUpdated) Subject() string { return e.AccountID }
 func (e AccountUpdated) Validate() error {
 	errs := []error{checkID("account_id", e.AccountID), checkID("tier", e.Tier), checkPriority(e.Priority),
-		checkOptID("admin_key_id", e.AdminKeyID), checkOptID("organization_id", e.OrganizationID),
-		checkAmount("notify_floor_micros", e.NotifyFloorMicros), checkAmount("auto_top_up_threshold_micros", e.AutoTopUpThresholdMicros),
-		checkAmount("auto_top_up_amount_micros", e.AutoTopUpAmountMicros)}
-	if (e.AutoTopUpThresholdMicros == 0) != (e.AutoTopUpAmountMicros == 0) {
-		errs = append(errs, errors.New("auto_top_up_threshold_micros and auto_top_up_amount_micros: set both or neither"))
+		checkOptID("admin_key_id", e.AdminKeyID)}
+	if e.OrganizationID != nil {
+		errs = append(errs, checkOptID("organization_id", *e.OrganizationID))
+	}
+	if e.NotifyFloorMicros != nil {
+		errs = append(errs, checkAmount("notify_floor_micros", *e.NotifyFloorMicros))
+	}
+	if (e.AutoTopUpThresholdMicros == nil) != (e.AutoTopUpAmountMicros == nil) {
+		errs = append(errs, errors.New("auto_top_up_threshold_micros and auto_top_up_amount_micros: give both or neither"))
+	} else if e.AutoTopUpThresholdMicros != nil {
+		th, amt := *e.AutoTopUpThresholdMicros, *e.AutoTopUpAmountMicros
+		errs = append(errs, checkAmount("auto_top_up_threshold_micros", th), checkAmount("auto_top_up_amount_micros", amt))
+		if th > 0 && amt == 0 {
+			errs = append(errs, errors.New("auto_top_up_amount_micros: must be above 0 when auto_top_up_threshold_micros is"))
+		}
 	}
 	if e.NotifyUsagePermille != nil {
 		l := *e.NotifyUsagePermille

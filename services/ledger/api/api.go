@@ -312,18 +312,17 @@ type AdjustmentRequest struct {
 	Reason       string `json:"reason"`
 }
 
-// AccountRequest is PUT /v1/accounts/{id}. Every field is set as given (see
-// events.AccountUpdated): an absent setting is off (notify_usage_permille absent: the default
-// thresholds while the account has a subscription).
+// AccountRequest is PUT /v1/accounts/{id}. Tier, priority and suspension are replaced
+// together; of the settings (see events.AccountUpdated) an absent one is unchanged.
 type AccountRequest struct {
 	Tier                     string   `json:"tier"`
 	Priority                 string   `json:"priority"`
 	Suspended                bool     `json:"suspended"`
-	OrganizationID           string   `json:"organization_id,omitempty"`
+	OrganizationID           *string  `json:"organization_id,omitempty"`
 	NotifyUsagePermille      *[]int32 `json:"notify_usage_permille,omitempty"`
-	NotifyFloorMicros        int64    `json:"notify_floor_micros,omitempty"`
-	AutoTopUpThresholdMicros int64    `json:"auto_top_up_threshold_micros,omitempty"`
-	AutoTopUpAmountMicros    int64    `json:"auto_top_up_amount_micros,omitempty"`
+	NotifyFloorMicros        *int64   `json:"notify_floor_micros,omitempty"`
+	AutoTopUpThresholdMicros *int64   `json:"auto_top_up_threshold_micros,omitempty"`
+	AutoTopUpAmountMicros    *int64   `json:"auto_top_up_amount_micros,omitempty"`
 }
 
 // SubscriptionRequest is PUT /v1/accounts/{id}/subscription: subscribe to a plan of the

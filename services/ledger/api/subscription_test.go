@@ -90,10 +90,18 @@ func TestAccountSettings(t *testing.T) {
 	if rec.Code != http.StatusAccepted || len(evs) != 1 {
 		t.Fatalf("%d %s", rec.Code, rec.Body)
 	}
-	want := events.AccountUpdated{AccountID: "acme", Tier: "pro", Priority: "standard", AdminKeyID: "ops", OrganizationID: "org-1",
-		NotifyUsagePermille: &[]int32{500, 900}, NotifyFloorMicros: 5, AutoTopUpThresholdMicros: 10, AutoTopUpAmountMicros: 20}
+	i64 := func(v int64) *int64 { return &v }
+	org := "org-1"
+	want := events.AccountUpdated{AccountID: "acme", Tier: "pro", Priority: "standard", AdminKeyID: "ops", OrganizationID: &org,
+		NotifyUsagePermille: &[]int32{500, 900}, NotifyFloorMicros: i64(5), AutoTopUpThresholdMicros: i64(10), AutoTopUpAmountMicros: i64(20)}
 	if got := evs[0].Payload.(events.AccountUpdated); !reflect.DeepEqual(got, want) {
 		t.Fatalf("published %+v, want %+v", got, want)
+	}
+	// Without settings (as tallyctl account sends it) they are absent: unchanged.
+	rec = put(`{"tier":"plus","priority":"batch"}`)
+	if evs := pub.take(); rec.Code != http.StatusAccepted || len(evs) != 1 || !reflect.DeepEqual(evs[0].Payload,
+		events.AccountUpdated{AccountID: "acme", Tier: "plus", Priority: "batch", AdminKeyID: "ops"}) {
+		t.Fatalf("%d %s %+v", rec.Code, rec.Body, evs)
 	}
 	for _, body := range []string{
 		`{"tier":"pro","priority":"standard","auto_top_up_threshold_micros":10}`,

@@ -418,31 +418,37 @@ func (s *State) recordUse(a *Account, endpoint string, cost int64) {
 	b.ByEndpoint = append(b.ByEndpoint, EndpointUse{Endpoint: ep.name, Requests: 1, ChargedMicros: max(cost, 0)})
 }
 
-// updateSettings folds the organization and notification settings of an account.updated.
+// updateSettings folds the organization, notification and auto-top-up settings an
+// account.updated carries (an absent one is unchanged).
 func (s *State) updateSettings(a *Account, p *events.AccountUpdated) {
-	if (a.Billing == nil || a.Billing.Terms == nil) && p.OrganizationID == "" && p.NotifyUsagePermille == nil &&
-		p.NotifyFloorMicros == 0 && p.AutoTopUpThresholdMicros == 0 {
+	if p.OrganizationID == nil && p.NotifyUsagePermille == nil && p.NotifyFloorMicros == nil && p.AutoTopUpThresholdMicros == nil {
 		return
 	}
 	t := a.terms()
 	s.rollCalendar(a)
-	t.OrganizationID = p.OrganizationID
-	var usage []int32
+	if p.OrganizationID != nil {
+		t.OrganizationID = *p.OrganizationID
+	}
 	if p.NotifyUsagePermille != nil {
-		usage = *p.NotifyUsagePermille
+		usage := *p.NotifyUsagePermille
+		if !t.NotifyUsageSet || !slicesEqual(usage, t.NotifyUsage) {
+			a.Billing.Fired &= 1 << floorBit // changed usage thresholds are armed afresh
+		}
+		t.NotifyUsage, t.NotifyUsageSet = nil, true
+		if len(usage) > 0 {
+			t.NotifyUsage = append([]int32(nil), usage...)
+		}
 	}
-	if !slicesEqual(usage, t.NotifyUsage) || (p.NotifyUsagePermille != nil) != t.NotifyUsageSet {
-		a.Billing.Fired &= 1 << floorBit // changed usage thresholds are armed afresh
+	if p.NotifyFloorMicros != nil && *p.NotifyFloorMicros != t.NotifyFloorMicros {
+		t.NotifyFloorMicros = *p.NotifyFloorMicros
+		a.Billing.Fired &^= 1 << floorBit // a changed floor is armed afresh
 	}
-	t.NotifyUsage, t.NotifyUsageSet = nil, p.NotifyUsagePermille != nil
-	if len(usage) > 0 {
-		t.NotifyUsage = append([]int32(nil), usage...)
+	if p.AutoTopUpThresholdMicros != nil && p.AutoTopUpAmountMicros != nil {
+		if *p.AutoTopUpThresholdMicros != t.TopUpThreshold {
+			t.TopUpPending = false // a new threshold is armed afresh
+		}
+		t.TopUpThreshold, t.TopUpAmount = *p.AutoTopUpThresholdMicros, *p.AutoTopUpAmountMicros
 	}
-	t.NotifyFloorMicros = p.NotifyFloorMicros
-	if p.AutoTopUpThresholdMicros != t.TopUpThreshold {
-		t.TopUpPending = false // a new threshold is armed afresh
-	}
-	t.TopUpThreshold, t.TopUpAmount = p.AutoTopUpThresholdMicros, p.AutoTopUpAmountMicros
 }
 
 func slicesEqual(x, y []int32) bool {

@@ -328,7 +328,7 @@ func TestNotificationsOncePerPeriod(t *testing.T) {
 	anchor := date(2027, time.June, 1, 0, 0)
 	l := &logb{t: t}
 	l.add(anchor, subscribe("a", "pro", anchor))
-	l.add(anchor, events.AccountUpdated{AccountID: "a", Tier: "pro", Priority: events.PriorityStandard, NotifyFloorMicros: 50_000_000})
+	l.add(anchor, events.AccountUpdated{AccountID: "a", Tier: "pro", Priority: events.PriorityStandard, NotifyFloorMicros: ptr[int64](50_000_000)})
 	spend(l, anchor.Add(time.Hour), "a", "r1", 99_000_000)   // 495‰: nothing
 	spend(l, anchor.Add(2*time.Hour), "a", "r2", 1_000_000)  // 500‰
 	spend(l, anchor.Add(3*time.Hour), "a", "r3", 70_000_000) // its hold: available 30 (floor); its charge: 850‰ (800)
@@ -370,7 +370,7 @@ func TestTopUpRequestedOnce(t *testing.T) {
 	l := &logb{t: t}
 	l.add(t0, grant("a", "g1", 20_000_000, 0, nil))
 	l.add(t0, events.AccountUpdated{AccountID: "a", Tier: "plus", Priority: events.PriorityStandard,
-		AutoTopUpThresholdMicros: 10_000_000, AutoTopUpAmountMicros: 50_000_000})
+		AutoTopUpThresholdMicros: ptr[int64](10_000_000), AutoTopUpAmountMicros: ptr[int64](50_000_000)})
 	spend(l, t0.Add(time.Minute), "a", "r1", 15_000_000) // 5 left: request
 	spend(l, t0.Add(2*time.Minute), "a", "r2", 1_000_000)
 	l.add(t0.Add(3*time.Minute), grant("a", "topup-1", 50_000_000, 0, nil)) // 54: re-armed
@@ -383,8 +383,24 @@ func TestTopUpRequestedOnce(t *testing.T) {
 	if f.all.Notices[0].ID == f.all.Notices[1].ID {
 		t.Fatal("two requests with one id")
 	}
+	// An account.updated without settings (tallyctl account's) leaves them; one with a
+	// threshold of 0 turns the top-up off.
+	l.evs = nil
+	l.add(t0.Add(5*time.Minute), events.AccountUpdated{AccountID: "a", Tier: "pro", Priority: events.PriorityBatch})
+	f.fold(l.evs)
+	if tm := f.s.Account("a").Billing.Terms; tm.TopUpThreshold != 10_000_000 || tm.TopUpAmount != 50_000_000 || !tm.TopUpPending {
+		t.Fatalf("settings after an update without them: %+v", tm)
+	}
+	l.evs = nil
+	l.add(t0.Add(6*time.Minute), events.AccountUpdated{AccountID: "a", Tier: "pro", Priority: events.PriorityBatch,
+		AutoTopUpThresholdMicros: ptr[int64](0), AutoTopUpAmountMicros: ptr[int64](0)})
+	spend(l, t0.Add(7*time.Minute), "a", "r4", 1_000_000)
+	f.fold(l.evs)
+	if len(f.all.Notices) != 2 || f.s.Account("a").Billing.Terms.TopUpThreshold != 0 {
+		t.Fatalf("top-up not turned off: %v", noticeKeys(f.all.Notices))
+	}
 	// Without a subscription the period is the calendar month, with no usage thresholds.
-	if p := f.s.Period(f.s.Account("a")); !nsTime(p.StartNs).Equal(date(2026, time.November, 1, 0, 0)) || p.UsedMicros != 66_000_000 {
+	if p := f.s.Period(f.s.Account("a")); !nsTime(p.StartNs).Equal(date(2026, time.November, 1, 0, 0)) || p.UsedMicros != 67_000_000 {
 		t.Fatalf("period %+v", p)
 	}
 }
@@ -394,8 +410,8 @@ func billingLog(t *testing.T) []*events.Event {
 	anchor := date(2028, time.January, 31, 9, 0)
 	l := &logb{t: t}
 	l.add(anchor, grant("a", "g0", 5_000_000, 0, nil))
-	l.add(anchor, events.AccountUpdated{AccountID: "a", Tier: "plus", Priority: events.PriorityStandard, OrganizationID: "org",
-		NotifyFloorMicros: 30_000_000, AutoTopUpThresholdMicros: 10_000_000, AutoTopUpAmountMicros: 25_000_000})
+	l.add(anchor, events.AccountUpdated{AccountID: "a", Tier: "plus", Priority: events.PriorityStandard, OrganizationID: ptr("org"),
+		NotifyFloorMicros: ptr[int64](30_000_000), AutoTopUpThresholdMicros: ptr[int64](10_000_000), AutoTopUpAmountMicros: ptr[int64](25_000_000)})
 	l.add(anchor, subscribe("a", "starter", anchor))
 	l.add(anchor, subscribe("b", "pro", anchor.Add(-40*24*time.Hour)))
 	at := anchor
@@ -498,9 +514,9 @@ func randomBillingLog(t testing.TB, seed uint64, n, accounts int) []*events.Even
 				u = &[]int32{int32(1 + r.IntN(400)), int32(500 + r.IntN(500))}
 			}
 			au := events.AccountUpdated{AccountID: acct, Tier: "plus", Priority: events.PriorityStandard, NotifyUsagePermille: u,
-				NotifyFloorMicros: int64(r.IntN(3)) * 10_000_000, OrganizationID: fmt.Sprint("org-", r.IntN(3))}
+				NotifyFloorMicros: ptr(int64(r.IntN(3)) * 10_000_000), OrganizationID: ptr(fmt.Sprint("org-", r.IntN(3)))}
 			if r.IntN(2) == 0 {
-				au.AutoTopUpThresholdMicros, au.AutoTopUpAmountMicros = int64(1+r.IntN(50_000_000)), int64(1+r.IntN(90_000_000))
+				au.AutoTopUpThresholdMicros, au.AutoTopUpAmountMicros = ptr(int64(1+r.IntN(50_000_000))), ptr(int64(1+r.IntN(90_000_000)))
 			}
 			l.add(now, au)
 		case k < 20:
@@ -585,3 +601,5 @@ func FuzzBillingLog(f *testing.F) {
 		checkBillingLog(t, evs, int(cut)%len(evs))
 	})
 }
+
+func ptr[T any](v T) *T { return &v }

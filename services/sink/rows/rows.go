@@ -142,8 +142,8 @@ func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
 	case events.AccountUpdated:
 		r.Tier, r.Priority = p.Tier, p.Priority
 		r.Attrs = map[string]string{"suspended": strconv.FormatBool(p.Suspended)}
-		if p.OrganizationID != "" {
-			r.Attrs["organization_id"] = p.OrganizationID
+		if p.OrganizationID != nil {
+			r.Attrs["organization_id"] = *p.OrganizationID
 		}
 	case events.SubscriptionChanged:
 		r.Attrs = map[string]string{"plan_id": p.PlanID, "anchor_at": p.AnchorAt.UTC().Format(time.RFC3339Nano)}

@@ -54,7 +54,7 @@ func TestFromEventMapsEveryStoredType(t *testing.T) {
 			func(u *rows.Usage) bool { return u.AmountMicros == -5 && u.Reason == "refund" }},
 		{events.AccountUpdated{AccountID: "a", Tier: "free", Priority: "standard", Suspended: true},
 			func(u *rows.Usage) bool { return u.Tier == "free" && u.Attrs["suspended"] == "true" }},
-		{events.AccountUpdated{AccountID: "a", Tier: "free", Priority: "standard", OrganizationID: "org-1"},
+		{events.AccountUpdated{AccountID: "a", Tier: "free", Priority: "standard", OrganizationID: func() *string { s := "org-1"; return &s }()},
 			func(u *rows.Usage) bool { return u.Attrs["organization_id"] == "org-1" }},
 		{events.SubscriptionChanged{AccountID: "a", PlanID: "pro", AnchorAt: exp},
 			func(u *rows.Usage) bool {
