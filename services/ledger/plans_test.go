@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/tallyhq/tally/services/ledger/engine"
 	"github.com/tallyhq/tally/services/ledger/finance"
+	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/services/ledger/view"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
@@ -185,5 +187,20 @@ func TestSubscriptionRenewalsOnKafka(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("the replay does not know acme")
+	}
+}
+
+// TestUnknownPlanDeadLettered: a subscription.changed naming a plan the ledger's price book
+// lacks (the API refuses it; another producer may not) is not applied but dead-lettered with
+// the reason.
+func TestUnknownPlanDeadLettered(t *testing.T) {
+	c := kafkatest.Start(t)
+	cfg := testConfig(c)
+	start(t, cfg)
+	now := time.Now().UTC()
+	bad := ev(t, now, events.SubscriptionChanged{AccountID: "acme", PlanID: "gold", AnchorAt: now})
+	produceAt(t, c, bad)
+	if reason := deadLetterReason(t, c, bad.ID); !strings.HasPrefix(reason, fold.AnomalyUnknownPlan+": event "+bad.ID) {
+		t.Fatalf("dead-letter reason %q", reason)
 	}
 }
