@@ -402,18 +402,18 @@ func (s *State) recordUse(a *Account, endpoint string, cost int64) {
 	if cost > 0 && addOK(b.UsedMicros, cost) {
 		b.UsedMicros += cost
 	}
-	ep := s.endpoints[endpoint]
-	if ep == nil {
-		return // not a price-book endpoint: counted in used_micros only
-	}
-	for i := range b.ByEndpoint {
-		if u := &b.ByEndpoint[i]; u.Endpoint == ep.name {
+	for i := range b.ByEndpoint { // a few entries at most; holds carry the interned name
+		if u := &b.ByEndpoint[i]; u.Endpoint == endpoint {
 			u.Requests++
 			if cost > 0 && addOK(u.ChargedMicros, cost) {
 				u.ChargedMicros += cost
 			}
 			return
 		}
+	}
+	ep := s.endpoints[endpoint]
+	if ep == nil {
+		return // not a price-book endpoint: counted in used_micros only
 	}
 	b.ByEndpoint = append(b.ByEndpoint, EndpointUse{Endpoint: ep.name, Requests: 1, ChargedMicros: max(cost, 0)})
 }
