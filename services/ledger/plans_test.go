@@ -22,17 +22,23 @@ import (
 )
 
 // testClock is a settable clock for ledger.Config.Now: the admin API stamps its events (and
-// their Kafka records) with it, so a test moves log time months ahead of the wall clock.
+// their Kafka records) with it, so a test moves log time through months.
 type testClock struct{ ns atomic.Int64 }
 
 func (c *testClock) Now() time.Time       { return time.Unix(0, c.ns.Load()).UTC() }
 func (c *testClock) Set(t time.Time)      { c.ns.Store(t.UnixNano()) }
 func newTestClock(t time.Time) *testClock { c := &testClock{}; c.Set(t); return c }
 
-// produceAt produces events with each Kafka record's timestamp set to its event's time, so
-// that events stamped months ahead of the wall clock are not refused as future_time: this is
-// how a test drives the ledger's log time (renewals, period ends) forward. Events of one
+// produceAt produces events with each Kafka record's timestamp set to its event's time (the
+// fold refuses an event more than LEDGER_FUTURE_SKEW_MAX_MS ahead of its record): this is how
+// a test drives the ledger's log time (renewals, period ends) through months. Events of one
 // account land on its partition (the key), whose log time they move.
+//
+// The months are in the past: a real Kafka 4 broker refuses a record stamped more than an
+// hour ahead of its clock (log.message.timestamp.after.max.ms), but takes any past one on the
+// kept events topic. The ledger then runs with LEDGER_TICK_INTERVAL_MS at its maximum (1 h),
+// so that no tick stamped with the wall clock moves log time to today (which would make the
+// rest of the scenario too late).
 func produceAt(t *testing.T, c *kafkatest.Cluster, evs ...events.Event) {
 	t.Helper()
 	w := kafkax.NewWriter(c.Brokers, c.Topics.Events, kafkax.DefaultWriterConfig)
@@ -67,7 +73,8 @@ func settle(t *testing.T, acct, req string, cost int64, at time.Time) []events.E
 func TestSubscriptionRenewalsOnKafka(t *testing.T) {
 	c := kafkatest.Start(t)
 	cfg := testConfig(c)
-	t0 := time.Date(2027, 1, 31, 9, 0, 0, 0, time.UTC)
+	cfg.TickIntervalMs = 3_600_000 // see produceAt
+	t0 := time.Date(2026, 1, 31, 9, 0, 0, 0, time.UTC)
 	clock := newTestClock(t0)
 	cfg.Now = clock.Now
 	r := start(t, cfg)
@@ -80,7 +87,7 @@ func TestSubscriptionRenewalsOnKafka(t *testing.T) {
 		t.Fatalf("settings: %d %s", code, b)
 	}
 	produceAt(t, c, settle(t, "acme", "r1", 120_000_000, t0.Add(time.Hour))...) // 600‰: 500
-	feb28 := time.Date(2027, 2, 28, 9, 0, 0, 0, time.UTC)
+	feb28 := time.Date(2026, 2, 28, 9, 0, 0, 0, time.UTC)
 	v := waitAccount(t, r.base, "acme", func(v view.Account) bool { return v.Period != nil && v.Period.UsedMicros == 120_000_000 })
 	if v.Subscription == nil || *v.Subscription != (view.Subscription{PlanID: "pro", AnchorAt: t0}) || v.OrganizationID != "org-7" || v.Tier != "pro" ||
 		!v.Period.Start.Equal(t0) || !v.Period.End.Equal(feb28) || v.Period.AllocationMicros != 200_000_000 ||
@@ -88,7 +95,7 @@ func TestSubscriptionRenewalsOnKafka(t *testing.T) {
 		t.Fatalf("first period: %+v %+v %+v", v, v.Subscription, v.Period)
 	}
 
-	// Log time passes Feb 28 09:00 (2027 is no leap year): renewal, 80 carried.
+	// Log time passes Feb 28 09:00 (2026 is no leap year): renewal, 80 carried.
 	produceAt(t, c, settle(t, "acme", "r2", 10_000_000, feb28.Add(time.Hour))...)
 	v = waitAccount(t, r.base, "acme", func(v view.Account) bool { return v.Period.Start.Equal(feb28) && v.Period.UsedMicros == 10_000_000 })
 	if v.AvailableMicros != 270_000_000 || len(v.Grants) != 2 {
@@ -103,7 +110,7 @@ func TestSubscriptionRenewalsOnKafka(t *testing.T) {
 
 	// The second renewal, Mar 31: moved by the API's clock (an account update without
 	// settings, as tallyctl account sends it: they stay).
-	mar31 := time.Date(2027, 3, 31, 9, 0, 0, 0, time.UTC)
+	mar31 := time.Date(2026, 3, 31, 9, 0, 0, 0, time.UTC)
 	clock.Set(mar31.Add(time.Hour))
 	if code, b := call(t, "PUT", r.base+"/v1/accounts/acme", adminToken, map[string]any{"tier": "pro", "priority": "standard"}); code != 202 {
 		t.Fatalf("settings: %d %s", code, b)
