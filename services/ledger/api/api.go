@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -128,6 +129,13 @@ func Handler(cfg Config, r Reader, pub Publisher) http.Handler {
 // jsonErrors turns the mux's plain-text 404 and 405 answers into the JSON error shape.
 func jsonErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != path.Clean(r.URL.Path) {
+			// A path with dot segments ("/v1/accounts/./subscription"): the mux would answer
+			// a plain 307 to the cleaned path, another route ("PUT /v1/accounts/subscription").
+			// No id is "." or "..", so no route matches it.
+			httpx.NotFound(w, r)
+			return
+		}
 		_, pattern := mux.Handler(r)
 		if pattern == "" {
 			// Distinguish a wrong method on a known path (405 with the Allow header RFC 9110

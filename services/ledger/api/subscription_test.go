@@ -114,3 +114,29 @@ func TestAccountSettings(t *testing.T) {
 		}
 	}
 }
+
+func init() { knownCodes[api.CodeUnknownPlan], knownCodes[api.CodeBadAnchor] = true, true }
+
+// FuzzSubscriptionHandler throws arbitrary account ids, content types and bodies at
+// PUT /v1/accounts/{id}/subscription: no panic, no 5xx, every error the documented JSON shape,
+// and a 202 only with one valid subscription.changed published.
+func FuzzSubscriptionHandler(f *testing.F) {
+	for _, s := range []string{`{"plan_id":"pro"}`, `{"plan_id":"starter","anchor_at":"2020-02-29T23:59:59.999999999Z"}`,
+		`{"plan_id":"pro","anchor_at":"2199-12-31T00:00:00Z"}`, `{"plan_id":"pro","anchor_at":"0001-01-01T00:00:00Z"}`,
+		`{"plan_id":""}`, `{"plan_id":"gold"}`, `{"plan_id":5}`, `null`, `[]`, `{}`, `{"plan_id":"pro"}{}`} {
+		f.Add("acct_1", "application/json", s)
+	}
+	f.Add("acct é", "application/json", `{"plan_id":"pro"}`)
+	f.Add("acct_1", "text/plain", `{"plan_id":"pro"}`)
+	h, pub := hostileHandler(f)
+	f.Fuzz(func(t *testing.T, account, contentType, body string) {
+		if strings.ContainsAny(contentType, "\r\n\x00") {
+			return // not a header value net/http would deliver
+		}
+		req := hostileRequest("subscription", account, contentType, body)
+		req.Method = http.MethodPut
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		checkAnswer(t, rec, pub, account, events.TypeSubscriptionChanged)
+	})
+}
