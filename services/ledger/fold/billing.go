@@ -65,8 +65,13 @@ type EndpointUse struct {
 
 const floorBit = 31
 
-// maxTimeNs is the latest time an output may carry (events.MaxTime less 1 ns).
-var maxTimeNs = events.MaxTime.UnixNano() - 1
+// minTimeNs and maxTimeNs bound the times an output may carry ([events.MinTime,
+// events.MaxTime)): a period can start before 1970 (an anchor after the log time in January
+// 1970) or end in 2200.
+var (
+	minTimeNs = events.MinTime.UnixNano()
+	maxTimeNs = events.MaxTime.UnixNano() - 1
+)
 
 // Notice is one notification or top-up request (Data is an events.Notification or an
 // events.TopUpRequested) with its deterministic event id and its log time.
@@ -188,6 +193,9 @@ func (s *State) grantPlan(a *Account, grantID string, amt, expNs int64, at time.
 	}
 	cause := events.DerivedID(a.ID, grantID)
 	expNs = min(expNs, maxTimeNs) // a period ending in 2200 or later: its grant expires just before
+	if at.UnixNano() < minTimeNs {
+		at = events.MinTime
+	}
 	a.GrantedMicros += amt
 	a.AvailableMicros += amt
 	out.touch(a)
@@ -485,7 +493,7 @@ func (s *State) notify(a *Account, out *Output) {
 	t := b.Terms
 	s.rollCalendar(a)
 	at := nsTime(s.watermark)
-	base := events.Notification{AccountID: a.ID, PeriodStart: nsTime(b.PeriodStartNs), PeriodEnd: nsTime(min(b.PeriodEndNs, maxTimeNs)),
+	base := events.Notification{AccountID: a.ID, PeriodStart: nsTime(max(b.PeriodStartNs, minTimeNs)), PeriodEnd: nsTime(min(b.PeriodEndNs, maxTimeNs)),
 		UsedMicros: max(b.UsedMicros, 0), AllocationMicros: t.AllocationMicros, AvailableMicros: max(a.AvailableMicros, 0)}
 	if t.AllocationMicros > 0 {
 		for i, th := range b.usageThresholds() {

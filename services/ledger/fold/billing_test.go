@@ -603,3 +603,29 @@ func FuzzBillingLog(f *testing.F) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestOutputTimesBounded: a subscription whose anchor lies after the log time in January 1970
+// has a period starting in December 1969; its journal lines and notices still carry times in
+// [events.MinTime, events.MaxTime), as every consumer requires.
+func TestOutputTimesBounded(t *testing.T) {
+	at := date(1970, time.January, 10, 0, 0)
+	l := &logb{t: t}
+	l.add(at, subscribe("a", "pro", date(1970, time.January, 20, 0, 0)))
+	l.add(at, events.AccountUpdated{AccountID: "a", Tier: "pro", Priority: events.PriorityStandard, NotifyFloorMicros: ptr[int64](300_000_000)})
+	f := newFolder(t, DefaultConfig(pricebook.Default()))
+	f.fold(l.evs)
+	if p := f.s.Period(f.s.Account("a")); !nsTime(p.StartNs).Equal(date(1969, time.December, 20, 0, 0)) {
+		t.Fatalf("period starts %s", nsTime(p.StartNs))
+	}
+	for _, e := range f.all.Entries {
+		if ev := e.Event(); ev.Validate() != nil {
+			t.Fatalf("journal line: %v", ev.Validate())
+		}
+	}
+	if len(f.all.Notices) != 1 {
+		t.Fatalf("notices %v", noticeKeys(f.all.Notices))
+	}
+	if err := f.all.Notices[0].Data.Validate(); err != nil {
+		t.Fatalf("notice: %v", err)
+	}
+}
