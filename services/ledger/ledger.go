@@ -123,6 +123,10 @@ type Config struct {
 	// an event further ahead is dead-lettered (future_time), never applied, so that it cannot
 	// move the ledger's clock (hold expiry, the dedupe horizon) ahead.
 	FutureSkewMaxMs int64 `env:"LEDGER_FUTURE_SKEW_MAX_MS" envDefault:"300000"`
+	// RenewalCatchUpMax (LEDGER_RENEWAL_CATCH_UP_MAX, default 12, range [1, 1200]) bounds the
+	// billing periods a subscription catches up in order after a silence of its partition's
+	// log; older missed periods are skipped (no allocation, nothing carried).
+	RenewalCatchUpMax int `env:"LEDGER_RENEWAL_CATCH_UP_MAX" envDefault:"12"`
 	// TickIntervalMs (LEDGER_TICK_INTERVAL_MS, default 1000, range [50, 3600000]) is how long an
 	// events-topic partition this ledger owns may carry no message before the ledger publishes
 	// a tally.clock.tick.v1 into it (acks=all). The tick moves the partition's log time, so an
@@ -158,6 +162,9 @@ type Config struct {
 	Logger *slog.Logger `env:"-"`
 	// FaultHook (tests only) injects a crash after a batch's write stage; see engine.Config.
 	FaultHook func(stage string) error `env:"-"`
+	// Now (tests only) is the admin API's clock: the time of the events it publishes (and of
+	// their Kafka records). nil = time.Now. A test moves log time months ahead with it.
+	Now func() time.Time `env:"-"`
 }
 
 // DefaultConfig returns the defaults (the envDefault values) for code-built configs. The fold
@@ -173,7 +180,7 @@ func DefaultConfig() Config {
 		PartitionsTotal: 4, AccountSharePermille: f.AccountSharePermille, ParkTimeoutMs: f.ParkTimeoutNs / ms,
 		ParkedPerAccountMax: f.MaxParkedPerAccount, HoldsPerAccountMax: f.MaxHoldsPerAccount, GrantsPerAccountMax: f.MaxGrantsPerAccount,
 		DedupeWindowMs: f.DedupeWindowNs / ms, DedupePerAccountMax: f.MaxDedupePerAccount, FutureSkewMaxMs: f.FutureSkewMaxNs / ms,
-		TickIntervalMs: 1000, HistoryWindowMs: f.HistoryWindowNs / ms, RejectMinRequests: f.RejectMinRequests,
+		RenewalCatchUpMax: f.RenewalCatchUpMax, TickIntervalMs: 1000, HistoryWindowMs: f.HistoryWindowNs / ms, RejectMinRequests: f.RejectMinRequests,
 		RejectRatioPermille: f.RejectRatioPermille, RejectFactorPermille: f.RejectFactorPermille,
 		FlagPenaltyPermille: f.FlagPenaltyPermille, FlagDecayMs: f.FlagDecayNs / ms, BlockMs: f.BlockNs / ms,
 		CleanMinRequests: f.CleanMinRequests, CleanBonusPermille: f.CleanBonusPermille,
@@ -289,6 +296,7 @@ func (c Config) Validate() error {
 	rng("LEDGER_DEDUPE_WINDOW_MS", c.DedupeWindowMs, 1000, 31*day)
 	rng("LEDGER_DEDUPE_PER_ACCOUNT_MAX", int64(c.DedupePerAccountMax), 16, 1<<20)
 	rng("LEDGER_FUTURE_SKEW_MAX_MS", c.FutureSkewMaxMs, 1000, day)
+	rng("LEDGER_RENEWAL_CATCH_UP_MAX", int64(c.RenewalCatchUpMax), 1, 1200)
 	rng("LEDGER_TICK_INTERVAL_MS", c.TickIntervalMs, 50, 3_600_000)
 	rng("LEDGER_HISTORY_WINDOW_MS", c.HistoryWindowMs, 60_000, 31*day)
 	rng("LEDGER_REJECT_MIN_REQUESTS", int64(c.RejectMinRequests), 1, 1_000_000)
@@ -318,7 +326,7 @@ func (c Config) FoldConfig(book *pricebook.Book) fold.Config {
 	return fold.Config{Book: book, PartitionsTotal: c.PartitionsTotal, AccountSharePermille: c.AccountSharePermille, ParkTimeoutNs: c.ParkTimeoutMs * ms,
 		MaxParkedPerAccount: c.ParkedPerAccountMax, MaxHoldsPerAccount: c.HoldsPerAccountMax, MaxGrantsPerAccount: c.GrantsPerAccountMax,
 		DedupeWindowNs: c.DedupeWindowMs * ms, MaxDedupePerAccount: c.DedupePerAccountMax, FutureSkewMaxNs: c.FutureSkewMaxMs * ms,
-		HistoryWindowNs: c.HistoryWindowMs * ms, RejectMinRequests: c.RejectMinRequests, RejectRatioPermille: c.RejectRatioPermille,
+		RenewalCatchUpMax: c.RenewalCatchUpMax, HistoryWindowNs: c.HistoryWindowMs * ms, RejectMinRequests: c.RejectMinRequests, RejectRatioPermille: c.RejectRatioPermille,
 		RejectFactorPermille: c.RejectFactorPermille, FlagPenaltyPermille: c.FlagPenaltyPermille, FlagDecayNs: c.FlagDecayMs * ms,
 		BlockNs: c.BlockMs * ms, CleanMinRequests: c.CleanMinRequests, CleanBonusPermille: c.CleanBonusPermille}
 }
@@ -400,7 +408,7 @@ func New(cfg Config) (*Service, error) {
 	pwc.TLS = kafkaTLS
 	pub := &kafkaPublisher{w: kafkax.NewWriter(brokers, topics.Events, pwc)}
 	h := api.Handler(api.Config{Admin: keys, Customers: svc.customers.Load, Book: book, BodyBytesMax: cfg.BodyBytesMax, PageMax: cfg.PageMax,
-		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg,
+		PublishTimeout: time.Duration(cfg.PublishTimeoutMs) * time.Millisecond, Logger: cfg.Logger, Gatherer: reg, Now: cfg.Now,
 		Peers: peers, PeerClient: &http.Client{Timeout: time.Duration(cfg.PeerTimeoutMs) * time.Millisecond}}, eng, pub)
 	hooks, err := cfg.Webhook.dispatcher(brokers, kafkaTLS, topics, cfg.Logger, reg)
 	if err != nil {
@@ -569,7 +577,9 @@ func (p *kafkaPublisher) Publish(ctx context.Context, ev events.Event) error {
 	if err != nil {
 		return err
 	}
-	return p.w.WriteMessages(ctx, kafka.Message{Key: []byte(ev.Subject), Value: v})
+	// The record's timestamp is the event's time (both are the API's clock): the fold bounds
+	// how far an event's time may run ahead of its record's.
+	return p.w.WriteMessages(ctx, kafka.Message{Key: []byte(ev.Subject), Value: v, Time: ev.Time})
 }
 
 var _ api.Publisher = (*kafkaPublisher)(nil)

@@ -38,6 +38,11 @@ const (
 	TypeLedgerEntry     = "tally.ledger.entry.v1"
 	TypeAbuseFlagged    = "tally.abuse.flagged.v1"
 	TypeClockTick       = "tally.clock.tick.v1"
+	// TypeSubscriptionChanged is an input: an account subscribes to a plan, changes or cancels it.
+	TypeSubscriptionChanged = "tally.subscription.changed.v1"
+	// TypeNotification and TypeTopUpRequested are ledger outputs on the notifications topic.
+	TypeNotification   = "tally.notification.v1"
+	TypeTopUpRequested = "tally.topup.requested.v1"
 )
 
 // Data is implemented by every event payload.
@@ -188,6 +193,12 @@ func newPayload(typ string) Data {
 		return &AbuseFlagged{}
 	case TypeClockTick:
 		return &ClockTick{}
+	case TypeSubscriptionChanged:
+		return &SubscriptionChanged{}
+	case TypeNotification:
+		return &Notification{}
+	case TypeTopUpRequested:
+		return &TopUpRequested{}
 	}
 	return nil
 }
@@ -197,6 +208,7 @@ var Types = []string{
 	TypeRequestStarted, TypeRequestRejected, TypeRequestFinished, TypeRequestExpired,
 	TypeCreditsGranted, TypeCreditsAdjusted, TypeAccountUpdated, TypeBalanceUpdated,
 	TypeLimitsAdjusted, TypeLedgerEntry, TypeAbuseFlagged, TypeClockTick,
+	TypeSubscriptionChanged, TypeNotification, TypeTopUpRequested,
 }
 
 // Decode parses and validates one structured-mode event. Unknown fields, unknown types,
@@ -339,6 +351,12 @@ func deref(d Data) Data {
 	case *AbuseFlagged:
 		return *p
 	case *ClockTick:
+		return *p
+	case *SubscriptionChanged:
+		return *p
+	case *Notification:
+		return *p
+	case *TopUpRequested:
 		return *p
 	}
 	return d

@@ -177,3 +177,46 @@ func TestBalanceAboveMaxAmountIsValid(t *testing.T) {
 		t.Fatalf("Decode: %v", err)
 	}
 }
+
+// TestBillingPayloadsValidated: subscription changes, account settings, notifications and
+// top-up requests are checked field by field.
+func TestBillingPayloadsValidated(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 7, 0, 0, 0, time.UTC)
+	far := time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)
+	au := func(f func(*events.AccountUpdated)) events.AccountUpdated {
+		a := events.AccountUpdated{AccountID: "a", Tier: "pro", Priority: events.PriorityStandard}
+		f(&a)
+		return a
+	}
+	n := events.Notification{NotificationID: "n", AccountID: "a", Kind: events.NotifyUsageThreshold, ThresholdPermille: 500,
+		PeriodStart: t0, PeriodEnd: t0.Add(time.Hour)}
+	for _, tc := range []struct {
+		name string
+		d    events.Data
+		want string
+	}{
+		{"anchor 2300", events.SubscriptionChanged{AccountID: "a", PlanID: "pro", AnchorAt: far}, "anchor_at"},
+		{"anchor zero", events.SubscriptionChanged{AccountID: "a", PlanID: "pro"}, "anchor_at"},
+		{"plan id", events.SubscriptionChanged{AccountID: "a", PlanID: "a\u200bb", AnchorAt: t0}, "plan_id"},
+		{"top-up half given", au(func(a *events.AccountUpdated) { a.AutoTopUpThresholdMicros = ptr[int64](5) }), "both or neither"},
+		{"top-up of 0", au(func(a *events.AccountUpdated) {
+			a.AutoTopUpThresholdMicros, a.AutoTopUpAmountMicros = ptr[int64](5), ptr[int64](0)
+		}), "above 0"},
+		{"thresholds unordered", au(func(a *events.AccountUpdated) { a.NotifyUsagePermille = &[]int32{800, 500} }), "notify_usage_permille"},
+		{"threshold 0", au(func(a *events.AccountUpdated) { a.NotifyUsagePermille = &[]int32{0} }), "notify_usage_permille"},
+		{"too many thresholds", au(func(a *events.AccountUpdated) { a.NotifyUsagePermille = &[]int32{1, 2, 3, 4, 5, 6, 7, 8, 9} }), "at most"},
+		{"floor negative", au(func(a *events.AccountUpdated) { a.NotifyFloorMicros = ptr[int64](-1) }), "notify_floor_micros"},
+		{"organization", au(func(a *events.AccountUpdated) { a.OrganizationID = ptr(".") }), "organization_id"},
+		{"notification kind", func() events.Data { m := n; m.Kind = "x"; return m }(), "kind"},
+		{"usage without threshold", func() events.Data { m := n; m.ThresholdPermille = 0; return m }(), "threshold_permille"},
+		{"floor with threshold", func() events.Data { m := n; m.Kind = events.NotifyBalanceFloor; m.FloorMicros = 5; return m }(), "floor_micros"},
+		{"period backwards", func() events.Data { m := n; m.PeriodEnd = t0; return m }(), "period_end"},
+		{"top-up amount", events.TopUpRequested{TopUpID: "t", AccountID: "a", ThresholdMicros: 1}, "amount_micros"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.d.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate() = %v, want error containing %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -96,6 +96,17 @@ func samples() []events.Data {
 		events.BalanceUpdated{AccountID: "a3", AvailableMicros: 1<<63 - 1, HeldMicros: 2 * events.MaxAmountMicros,
 			Expiring: []events.ExpiringGrant{{ExpiresAt: t0, RemainingMicros: 7}, {ExpiresAt: exp, RemainingMicros: 3 * events.MaxAmountMicros}}, Offset: 5},
 		events.ClockTick{Partition: 3},
+		events.AccountUpdated{AccountID: "a4", Tier: "pro", Priority: events.PriorityStandard, OrganizationID: ptr("org-1"),
+			NotifyUsagePermille: &[]int32{500, 1000}, NotifyFloorMicros: ptr[int64](5), AutoTopUpThresholdMicros: ptr[int64](10), AutoTopUpAmountMicros: ptr[int64](20)},
+		events.AccountUpdated{AccountID: "a5", Tier: "pro", Priority: events.PriorityStandard, NotifyUsagePermille: &[]int32{}, OrganizationID: ptr(""),
+			NotifyFloorMicros: ptr[int64](0), AutoTopUpThresholdMicros: ptr[int64](0), AutoTopUpAmountMicros: ptr[int64](0)},
+		events.SubscriptionChanged{AccountID: "a1", PlanID: "pro", AnchorAt: t0, AdminKeyID: "k1"},
+		events.SubscriptionChanged{AccountID: "a1", PlanID: "", AnchorAt: t0},
+		events.Notification{NotificationID: "n1", AccountID: "a1", Kind: events.NotifyUsageThreshold, ThresholdPermille: 800,
+			PeriodStart: t0, PeriodEnd: exp, UsedMicros: 80, AllocationMicros: 100, AvailableMicros: 20},
+		events.Notification{NotificationID: "n2", AccountID: "a1", Kind: events.NotifyBalanceFloor, FloorMicros: 50,
+			PeriodStart: t0, PeriodEnd: exp, AvailableMicros: 20},
+		events.TopUpRequested{TopUpID: "t1", AccountID: "a1", AmountMicros: 100, ThresholdMicros: 10, AvailableMicros: 9},
 		events.LimitsAdjusted{Scope: events.ScopeEndpoint, Endpoint: "sora.video", Priority: events.PriorityBatch, FactorPermille: 500, Reason: "load"},
 		events.LimitsAdjusted{Scope: events.ScopeAccount, AccountID: "a1", FactorPermille: 0, Reason: "abuse_block"},
 		events.LedgerEntry{EntryID: "e1", TransactionID: "t1", AccountID: "a1", LedgerAccount: events.LedgerHeld, AmountMicros: -10,
@@ -307,3 +318,5 @@ func TestIDPatternMatchesCheckID(t *testing.T) {
 		}
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

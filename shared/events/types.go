@@ -315,7 +315,9 @@ func (e CreditsAdjusted) Validate() error {
 	return errors.Join(errs...)
 }
 
-// AccountUpdated sets an account's tier, default priority class and suspension.
+// AccountUpdated sets an account's tier, default priority class and suspension (all three, as
+// given), and those of its organization, notification and auto-top-up settings that it
+// carries: a settings field that is absent leaves the setting unchanged.
 type AccountUpdated struct {
 	AccountID string `json:"account_id"`
 	Tier      string `json:"tier"`
@@ -323,13 +325,154 @@ type AccountUpdated struct {
 	Suspended bool   `json:"suspended"`
 	// AdminKeyID is the id of the admin key that made the change (the audit trail).
 	AdminKeyID string `json:"admin_key_id,omitempty"`
+	// OrganizationID is the organization the account belongs to ("" none; absent: unchanged).
+	OrganizationID *string `json:"organization_id,omitempty"`
+	// NotifyUsagePermille are the usage thresholds (used against the period's allocation, in
+	// permille, strictly increasing, at most MaxNotifyThresholds); [] = none. An account that
+	// never set them uses DefaultNotifyUsagePermille while it has a subscription.
+	NotifyUsagePermille *[]int32 `json:"notify_usage_permille,omitempty"`
+	// NotifyFloorMicros notifies once per period when the available balance falls below it (0 = off).
+	NotifyFloorMicros *int64 `json:"notify_floor_micros,omitempty"`
+	// AutoTopUpThresholdMicros and AutoTopUpAmountMicros: when the available balance falls
+	// below the threshold the ledger requests a top-up of the amount, once until the balance is
+	// back at or above the threshold (threshold 0 = off). Both or neither are given.
+	AutoTopUpThresholdMicros *int64 `json:"auto_top_up_threshold_micros,omitempty"`
+	AutoTopUpAmountMicros    *int64 `json:"auto_top_up_amount_micros,omitempty"`
 }
+
+// MaxNotifyThresholds bounds AccountUpdated.NotifyUsagePermille.
+const MaxNotifyThresholds = 8
+
+// MaxNotifyPermille bounds one usage threshold (10× the allocation).
+const MaxNotifyPermille = 10_000
+
+// DefaultNotifyUsagePermille are the usage thresholds of a subscribed account that set none.
+var DefaultNotifyUsagePermille = []int32{500, 800, 1000}
 
 func (AccountUpdated) EventType() string { return TypeAccountUpdated }
 func (e AccountUpdated) Subject() string { return e.AccountID }
 func (e AccountUpdated) Validate() error {
-	return errors.Join(checkID("account_id", e.AccountID), checkID("tier", e.Tier), checkPriority(e.Priority),
+	errs := []error{checkID("account_id", e.AccountID), checkID("tier", e.Tier), checkPriority(e.Priority),
+		checkOptID("admin_key_id", e.AdminKeyID)}
+	if e.OrganizationID != nil {
+		errs = append(errs, checkOptID("organization_id", *e.OrganizationID))
+	}
+	if e.NotifyFloorMicros != nil {
+		errs = append(errs, checkAmount("notify_floor_micros", *e.NotifyFloorMicros))
+	}
+	if (e.AutoTopUpThresholdMicros == nil) != (e.AutoTopUpAmountMicros == nil) {
+		errs = append(errs, errors.New("auto_top_up_threshold_micros and auto_top_up_amount_micros: give both or neither"))
+	} else if e.AutoTopUpThresholdMicros != nil {
+		th, amt := *e.AutoTopUpThresholdMicros, *e.AutoTopUpAmountMicros
+		errs = append(errs, checkAmount("auto_top_up_threshold_micros", th), checkAmount("auto_top_up_amount_micros", amt))
+		if th > 0 && amt == 0 {
+			errs = append(errs, errors.New("auto_top_up_amount_micros: must be above 0 when auto_top_up_threshold_micros is"))
+		}
+	}
+	if e.NotifyUsagePermille != nil {
+		l := *e.NotifyUsagePermille
+		if len(l) > MaxNotifyThresholds {
+			errs = append(errs, fmt.Errorf("notify_usage_permille: at most %d thresholds", MaxNotifyThresholds))
+		}
+		for i, v := range l {
+			if v < 1 || v > MaxNotifyPermille || i > 0 && v <= l[i-1] {
+				errs = append(errs, fmt.Errorf("notify_usage_permille: want strictly increasing values in [1, %d], got %v", MaxNotifyPermille, l))
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SubscriptionChanged subscribes an account to a plan of the price book, changes its plan, or
+// (PlanID "") cancels it. AnchorAt is the billing anchor of a new subscription: periods start
+// monthly on its day and time of day (the day clamped to shorter months). A change of plan
+// keeps the existing anchor (see the ledger README for upgrades, downgrades and cancels).
+type SubscriptionChanged struct {
+	AccountID string    `json:"account_id"`
+	PlanID    string    `json:"plan_id"`
+	AnchorAt  time.Time `json:"anchor_at"`
+	// AdminKeyID is the id of the admin key that made the change (the audit trail).
+	AdminKeyID string `json:"admin_key_id,omitempty"`
+}
+
+func (SubscriptionChanged) EventType() string { return TypeSubscriptionChanged }
+func (e SubscriptionChanged) Subject() string { return e.AccountID }
+func (e SubscriptionChanged) Validate() error {
+	return errors.Join(checkID("account_id", e.AccountID), checkOptID("plan_id", e.PlanID), CheckTime("anchor_at", e.AnchorAt),
 		checkOptID("admin_key_id", e.AdminKeyID))
+}
+
+// Notification kinds.
+const (
+	NotifyUsageThreshold = "usage_threshold"
+	NotifyBalanceFloor   = "balance_floor"
+)
+
+// Notification tells a customer that an account crossed a usage threshold of its period's
+// allocation or that its available balance fell below its floor: at most once per period per
+// threshold. The ledger publishes it on the notifications topic with a deterministic event id
+// (a receiver dedupes on it).
+type Notification struct {
+	NotificationID    string    `json:"notification_id"`
+	AccountID         string    `json:"account_id"`
+	Kind              string    `json:"kind"`
+	ThresholdPermille int32     `json:"threshold_permille,omitempty"`
+	FloorMicros       int64     `json:"floor_micros,omitempty"`
+	PeriodStart       time.Time `json:"period_start"`
+	PeriodEnd         time.Time `json:"period_end"`
+	UsedMicros        int64     `json:"used_micros"`
+	AllocationMicros  int64     `json:"allocation_micros"`
+	AvailableMicros   int64     `json:"available_micros"`
+}
+
+func (Notification) EventType() string { return TypeNotification }
+func (e Notification) Subject() string { return e.AccountID }
+func (e Notification) Validate() error {
+	errs := []error{checkID("notification_id", e.NotificationID), checkID("account_id", e.AccountID),
+		CheckTime("period_start", e.PeriodStart), CheckTime("period_end", e.PeriodEnd),
+		checkBalance("used_micros", e.UsedMicros), checkBalance("allocation_micros", e.AllocationMicros),
+		checkBalance("available_micros", e.AvailableMicros)}
+	switch e.Kind {
+	case NotifyUsageThreshold:
+		if e.ThresholdPermille < 1 || e.ThresholdPermille > MaxNotifyPermille || e.FloorMicros != 0 {
+			errs = append(errs, fmt.Errorf("threshold_permille: want [1, %d] (and no floor_micros) for %s", MaxNotifyPermille, e.Kind))
+		}
+	case NotifyBalanceFloor:
+		if e.FloorMicros < 1 || e.FloorMicros > MaxAmountMicros || e.ThresholdPermille != 0 {
+			errs = append(errs, fmt.Errorf("floor_micros: want [1, %d] (and no threshold_permille) for %s", MaxAmountMicros, e.Kind))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("kind: want %s or %s, got %q", NotifyUsageThreshold, NotifyBalanceFloor, e.Kind))
+	}
+	if !e.PeriodEnd.After(e.PeriodStart) {
+		errs = append(errs, errors.New("period_end: must be after period_start"))
+	}
+	return errors.Join(errs...)
+}
+
+// TopUpRequested asks the billing system to top an account up by AmountMicros: its available
+// balance fell below its auto-top-up threshold. The ledger requests once, and again only after
+// the balance was back at or above the threshold; TopUpID is deterministic.
+type TopUpRequested struct {
+	TopUpID         string `json:"topup_id"`
+	AccountID       string `json:"account_id"`
+	AmountMicros    int64  `json:"amount_micros"`
+	ThresholdMicros int64  `json:"threshold_micros"`
+	AvailableMicros int64  `json:"available_micros"`
+}
+
+func (TopUpRequested) EventType() string { return TypeTopUpRequested }
+func (e TopUpRequested) Subject() string { return e.AccountID }
+func (e TopUpRequested) Validate() error {
+	errs := []error{checkID("topup_id", e.TopUpID), checkID("account_id", e.AccountID), checkBalance("available_micros", e.AvailableMicros)}
+	if e.AmountMicros < 1 || e.AmountMicros > MaxAmountMicros {
+		errs = append(errs, fmt.Errorf("amount_micros: %d out of range [1, %d]", e.AmountMicros, MaxAmountMicros))
+	}
+	if e.ThresholdMicros < 1 || e.ThresholdMicros > MaxAmountMicros {
+		errs = append(errs, fmt.Errorf("threshold_micros: %d out of range [1, %d]", e.ThresholdMicros, MaxAmountMicros))
+	}
+	return errors.Join(errs...)
 }
 
 // AllowanceWindow is the usage of one included-allowance window, aligned to the Unix epoch.

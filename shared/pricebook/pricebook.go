@@ -37,6 +37,30 @@ type Book struct {
 	// what it cannot pay as overage; "hold_only" records all of the excess as overage. It is in
 	// the book, not in one service's settings, so the admitters and the ledger always agree.
 	OveragePolicy string `json:"overage_policy,omitempty"`
+	// Plans are the subscription plans, by id (see Plan). Optional.
+	Plans map[string]Plan `json:"plans,omitempty"`
+}
+
+// PeriodMonth is the only plan period: monthly on the subscription's anchor day.
+const PeriodMonth = "month"
+
+// MaxPlans bounds the plans of one book.
+const MaxPlans = 1000
+
+// Plan is a subscription plan: subscribing sets the account's tier to Tier and grants
+// AllocationMicros at the start of every period (expiring at its end); at a period end up to
+// RolloverCapMicros of what is left of that period's allocation carries into the next period.
+type Plan struct {
+	Tier              string `json:"tier"`
+	AllocationMicros  int64  `json:"allocation_micros"`
+	RolloverCapMicros int64  `json:"rollover_cap_micros"`
+	Period            string `json:"period"`
+}
+
+// Plan returns the plan named id.
+func (b *Book) Plan(id string) (Plan, bool) {
+	p, ok := b.Plans[id]
+	return p, ok
 }
 
 // Overage policies.
@@ -209,6 +233,28 @@ func (b *Book) Validate() error {
 			if w.Micros < 0 || w.Micros > events.MaxAmountMicros {
 				add("%s.allowance[%d].micros: %d out of range", p, i, w.Micros)
 			}
+		}
+	}
+	if len(b.Plans) > MaxPlans {
+		add("plans: at most %d", MaxPlans)
+	}
+	for _, id := range slices.Sorted(maps.Keys(b.Plans)) {
+		pl := b.Plans[id]
+		p := "plans." + id
+		if err := events.CheckID(p, id); err != nil {
+			errs = append(errs, err)
+		}
+		if _, ok := b.Tiers[pl.Tier]; !ok {
+			add("%s.tier: %q is not a tier", p, pl.Tier)
+		}
+		if pl.AllocationMicros < 1 || pl.AllocationMicros > events.MaxAmountMicros {
+			add("%s.allocation_micros: %d out of range [1, %d]", p, pl.AllocationMicros, events.MaxAmountMicros)
+		}
+		if pl.RolloverCapMicros < 0 || pl.RolloverCapMicros > events.MaxAmountMicros {
+			add("%s.rollover_cap_micros: %d out of range [0, %d]", p, pl.RolloverCapMicros, events.MaxAmountMicros)
+		}
+		if pl.Period != PeriodMonth {
+			add("%s.period: want %q, got %q", p, PeriodMonth, pl.Period)
 		}
 	}
 	return errors.Join(errs...)

@@ -127,3 +127,35 @@ func TestOveragePolicy(t *testing.T) {
 		t.Fatalf("bad policy accepted: %v", err)
 	}
 }
+
+func TestPlansValidated(t *testing.T) {
+	b := pricebook.Default()
+	if len(b.Plans) < 2 {
+		t.Fatalf("default book has %d plans, want at least 2", len(b.Plans))
+	}
+	for id, p := range b.Plans {
+		if _, ok := b.Tiers[p.Tier]; !ok || p.Period != pricebook.PeriodMonth {
+			t.Fatalf("plan %s: %+v", id, p)
+		}
+	}
+	for _, tc := range []struct {
+		plan pricebook.Plan
+		want string
+	}{
+		{pricebook.Plan{Tier: "gold", AllocationMicros: 1, Period: "month"}, "plans.p.tier"},
+		{pricebook.Plan{Tier: "free", AllocationMicros: 0, Period: "month"}, "plans.p.allocation_micros"},
+		{pricebook.Plan{Tier: "free", AllocationMicros: 1, RolloverCapMicros: -1, Period: "month"}, "plans.p.rollover_cap_micros"},
+		{pricebook.Plan{Tier: "free", AllocationMicros: 1, Period: "week"}, "plans.p.period"},
+	} {
+		c := *b
+		c.Plans = map[string]pricebook.Plan{"p": tc.plan}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: Validate() = %v, want an error naming %s", tc.plan, err, tc.want)
+		}
+	}
+	c := *b
+	c.Plans = map[string]pricebook.Plan{"bad id!": {Tier: "free", AllocationMicros: 1, Period: "month"}}
+	if err := c.Validate(); err == nil {
+		t.Fatal("a plan with a bad id was accepted")
+	}
+}

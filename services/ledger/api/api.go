@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -84,6 +85,8 @@ var Routes = []Route{
 	{"GET", "/v1/customer/accounts/{id}"},
 	{"GET", "/v1/customer/accounts/{id}/requests"},
 	{"GET", "/v1/customer/accounts/{id}/usage"},
+	{"PUT", "/v1/accounts/{id}/subscription"},
+	{"DELETE", "/v1/accounts/{id}/subscription"},
 	{"GET", "/metrics"},
 	{"GET", "/healthz"},
 	{"GET", "/readyz"},
@@ -117,6 +120,8 @@ func Handler(cfg Config, r Reader, pub Publisher) http.Handler {
 	mux.HandleFunc("GET /v1/customer/accounts/{id}", s.customer(s.getCustomerAccount))
 	mux.HandleFunc("GET /v1/customer/accounts/{id}/requests", s.customer(s.getCustomerRequests))
 	mux.HandleFunc("GET /v1/customer/accounts/{id}/usage", s.customer(s.getCustomerUsage))
+	mux.HandleFunc("PUT /v1/accounts/{id}/subscription", s.admin(s.putSubscription))
+	mux.HandleFunc("DELETE /v1/accounts/{id}/subscription", s.admin(s.deleteSubscription))
 	if cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
@@ -136,6 +141,13 @@ func Handler(cfg Config, r Reader, pub Publisher) http.Handler {
 // jsonErrors turns the mux's plain-text 404 and 405 answers into the JSON error shape.
 func jsonErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != path.Clean(r.URL.Path) {
+			// A path with dot segments ("/v1/accounts/./subscription"): the mux would answer
+			// a plain 307 to the cleaned path, another route ("PUT /v1/accounts/subscription").
+			// No id is "." or "..", so no route matches it.
+			httpx.NotFound(w, r)
+			return
+		}
 		_, pattern := mux.Handler(r)
 		if pattern == "" {
 			// Distinguish a wrong method on a known path (405 with the Allow header RFC 9110
@@ -326,12 +338,32 @@ type AdjustmentRequest struct {
 	Reason       string `json:"reason"`
 }
 
-// AccountRequest is PUT /v1/accounts/{id}.
+// AccountRequest is PUT /v1/accounts/{id}. Tier, priority and suspension are replaced
+// together; of the settings (see events.AccountUpdated) an absent one is unchanged.
 type AccountRequest struct {
-	Tier      string `json:"tier"`
-	Priority  string `json:"priority"`
-	Suspended bool   `json:"suspended"`
+	Tier                     string   `json:"tier"`
+	Priority                 string   `json:"priority"`
+	Suspended                bool     `json:"suspended"`
+	OrganizationID           *string  `json:"organization_id,omitempty"`
+	NotifyUsagePermille      *[]int32 `json:"notify_usage_permille,omitempty"`
+	NotifyFloorMicros        *int64   `json:"notify_floor_micros,omitempty"`
+	AutoTopUpThresholdMicros *int64   `json:"auto_top_up_threshold_micros,omitempty"`
+	AutoTopUpAmountMicros    *int64   `json:"auto_top_up_amount_micros,omitempty"`
 }
+
+// SubscriptionRequest is PUT /v1/accounts/{id}/subscription: subscribe to a plan of the
+// price book, or change plan. AnchorAt (default: now) is the billing anchor of a new
+// subscription; a change of plan keeps the existing anchor.
+type SubscriptionRequest struct {
+	PlanID   string     `json:"plan_id"`
+	AnchorAt *time.Time `json:"anchor_at,omitempty"`
+}
+
+// Error codes of the subscription routes.
+const (
+	CodeUnknownPlan = "unknown_plan"
+	CodeBadAnchor   = "bad_anchor"
+)
 
 // Accepted is the 202 answer of every write.
 type Accepted struct {
@@ -391,7 +423,44 @@ func (s *server) putAccount(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	s.publish(w, r, events.AccountUpdated{AccountID: id, Tier: req.Tier, Priority: req.Priority, Suspended: req.Suspended,
-		AdminKeyID: adminKeyID(r)})
+		AdminKeyID: adminKeyID(r), OrganizationID: req.OrganizationID, NotifyUsagePermille: req.NotifyUsagePermille,
+		NotifyFloorMicros: req.NotifyFloorMicros, AutoTopUpThresholdMicros: req.AutoTopUpThresholdMicros,
+		AutoTopUpAmountMicros: req.AutoTopUpAmountMicros})
+}
+
+func (s *server) putSubscription(w http.ResponseWriter, r *http.Request, id string) {
+	var req SubscriptionRequest
+	if err := httpx.DecodeJSON(r, s.cfg.BodyBytesMax, &req); err != nil {
+		httpx.WriteError(w, err)
+		return
+	}
+	if req.PlanID == "" {
+		httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "plan_id: required (DELETE the subscription to cancel it)"))
+		return
+	}
+	if _, ok := s.cfg.Book.Plan(req.PlanID); !ok {
+		httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, CodeUnknownPlan, "plan_id: %q is not a plan of price book %s", req.PlanID, s.cfg.Book.Version))
+		return
+	}
+	now := s.cfg.Now().UTC()
+	anchor := now
+	if req.AnchorAt != nil {
+		anchor = req.AnchorAt.UTC()
+		// The anchor sets the billing day and time of day; the current period is the one of
+		// its monthly cycle that contains the ledger's clock. It must be within the event time
+		// bounds (events.MinTime, events.MaxTime) and not in the future.
+		if err := events.CheckTime("anchor_at", anchor); err != nil || anchor.After(now) {
+			httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, CodeBadAnchor,
+				"anchor_at: %s must be at or after %s and not after the ledger's clock (%s)", anchor.Format(time.RFC3339Nano),
+				events.MinTime.Format(time.RFC3339), now.Format(time.RFC3339)))
+			return
+		}
+	}
+	s.publish(w, r, events.SubscriptionChanged{AccountID: id, PlanID: req.PlanID, AnchorAt: anchor, AdminKeyID: adminKeyID(r)})
+}
+
+func (s *server) deleteSubscription(w http.ResponseWriter, r *http.Request, id string) {
+	s.publish(w, r, events.SubscriptionChanged{AccountID: id, AnchorAt: s.cfg.Now().UTC(), AdminKeyID: adminKeyID(r)})
 }
 
 // publish validates d, publishes it as a new event (acks=all) and answers 202 with its id.

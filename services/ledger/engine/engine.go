@@ -5,7 +5,8 @@
 //
 // Exactly-once effect, per batch of one partition:
 //  1. fold the batch (undecodable messages go to the dead-letter topic);
-//  2. publish journal (ledger.entry, request.expired), balances and limits, acks=all;
+//  2. publish journal (ledger.entry, request.expired), balances, limits and notifications
+//     (notification, topup.requested, keyed by account, ids derived in the fold), acks=all;
 //  3. write the touched accounts' state records (each carries the offset of the last event
 //     folded for that account), acks=all;
 //  4. write the partition record (watermark and last offset), acks=all;
@@ -508,7 +509,7 @@ func (b *batcher) prepare(ctx context.Context) error {
 		if an.Kind != fold.AnomalyDuplicate {
 			e.log.Warn("ledger: anomaly", "kind", an.Kind, "account", an.AccountID, "event", an.EventID, "request", an.RequestID)
 		}
-		if an.Kind == fold.AnomalyTooLate || an.Kind == fold.AnomalyFutureTime || an.Kind == fold.AnomalyOverflow {
+		if an.Kind == fold.AnomalyTooLate || an.Kind == fold.AnomalyFutureTime || an.Kind == fold.AnomalyOverflow || an.Kind == fold.AnomalyUnknownPlan {
 			if err := b.deadLetterRefused(ctx, &an); err != nil {
 				return err
 			}
@@ -536,6 +537,10 @@ func (b *batcher) deadLetterRefused(ctx context.Context, an *fold.Anomaly) error
 	}
 	reason := fmt.Sprintf(format, an.Kind, an.EventID, an.AccountID, eventTime(&b.evs, an.EventID),
 		time.Unix(0, an.HorizonNs).UTC().Format(time.RFC3339Nano))
+	if an.Kind == fold.AnomalyUnknownPlan {
+		reason = fmt.Sprintf("%s: event %s for account %s names a plan the ledger's price book (%s) does not have: it was not applied",
+			an.Kind, an.EventID, an.AccountID, e.cfg.Fold.Book.Version)
+	}
 	if an.Kind == fold.AnomalyOverflow {
 		reason = fmt.Sprintf("%s: event %s for account %s would overflow one of the account's int64 balances or totals "+
 			"(each amount is at most %d micro-credits, their sum is not bounded): it was not applied", an.Kind, an.EventID,
@@ -633,6 +638,13 @@ func (b *batcher) outputs() ([]kafka.Message, error) {
 	for i := range out.Expired {
 		x := &out.Expired[i]
 		if err := rare(e.cfg.Topics.Journal, x.Data.AccountID, x.ID, x.Data.ExpiredAt, x.Data); err != nil {
+			return nil, err
+		}
+	}
+	// Notifications and top-up requests: keyed by account, ids derived in the fold.
+	for i := range out.Notices {
+		n := &out.Notices[i]
+		if err := rare(e.cfg.Topics.Notifications, n.Data.Subject(), n.ID, n.At, n.Data); err != nil {
 			return nil, err
 		}
 	}
@@ -855,6 +867,18 @@ func accountView(st *fold.State, a *fold.Account, cfg fold.Config) view.Account 
 	for i, w := range bu.Allowance {
 		lim := tier.Allowance[i].Micros
 		v.Allowance = append(v.Allowance, view.Allowance{Window: w.Window, Start: w.Start, LimitMicros: lim, UsedMicros: w.UsedMicros, RemainingMicros: max(0, lim-w.UsedMicros)})
+	}
+	if t := a.Billing.TermsOf(); t != nil {
+		v.OrganizationID = t.OrganizationID
+		if t.PlanID != "" {
+			v.Subscription = &view.Subscription{PlanID: t.PlanID, AnchorAt: time.Unix(0, t.AnchorNs).UTC(), PendingPlanID: t.PendingPlanID}
+		}
+	}
+	p := st.Period(a)
+	v.Period = &view.Period{Start: time.Unix(0, p.StartNs).UTC(), End: time.Unix(0, p.EndNs).UTC(), AllocationMicros: p.AllocationMicros,
+		UsedMicros: p.UsedMicros, ByEndpoint: make(map[string]view.EndpointUsage, len(p.ByEndpoint))}
+	for _, u := range p.ByEndpoint {
+		v.Period.ByEndpoint[u.Endpoint] = view.EndpointUsage{Requests: u.Requests, ChargedMicros: u.ChargedMicros}
 	}
 	for name := range cfg.Book.Endpoints {
 		m := map[string]int32{}

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/tallyhq/tally/shared/events"
 )
 
 // codecVersion is the first byte of an encoded account. Version 2 replaced the fixed dedupe
@@ -13,9 +15,11 @@ import (
 // parts (their release goes to the unexpiring pool). Other versions are refused. The old
 // versions must stay readable: the ledger-state topic is compacted and kept, and an account's
 // record is rewritten only when an event touches the account, so an account idle since an
-// upgrade still has its old-version record there.
+// upgrade still has its old-version record there. Version 4 appended the billing section
+// (period usage, subscription, settings); older records decode without one.
 const (
-	codecVersion   = 3
+	codecVersion   = 4
+	codecVersionV3 = 3
 	codecVersionV2 = 2
 	codecVersionV1 = 1
 )
@@ -108,7 +112,105 @@ func (a *Account) AppendBinary(dst []byte) []byte {
 		dst = binary.AppendVarint(dst, p.CostMicros)
 		dst = binary.AppendVarint(dst, p.AtNs)
 	}
+	return appendBilling(dst, a.Billing)
+}
+
+// maxEndpointsDecoded bounds a decoded period's endpoints (a price book's endpoints).
+const maxEndpointsDecoded = 10_000
+
+func appendBilling(dst []byte, b *Billing) []byte {
+	if b == nil {
+		return append(dst, 0)
+	}
+	t := b.Terms
+	if t == nil {
+		dst = append(dst, 1)
+	} else {
+		dst = append(dst, 2)
+	}
+	dst = binary.AppendVarint(dst, b.PeriodStartNs)
+	dst = binary.AppendVarint(dst, b.PeriodEndNs)
+	dst = binary.AppendVarint(dst, b.UsedMicros)
+	dst = binary.AppendUvarint(dst, uint64(b.Fired))
+	dst = binary.AppendUvarint(dst, uint64(len(b.ByEndpoint)))
+	for _, u := range b.ByEndpoint {
+		dst = appendStr(dst, u.Endpoint)
+		dst = binary.AppendVarint(dst, u.Requests)
+		dst = binary.AppendVarint(dst, u.ChargedMicros)
+	}
+	if t == nil {
+		return dst
+	}
+	dst = appendStr(dst, t.OrganizationID)
+	dst = appendStr(dst, t.PlanID)
+	dst = appendStr(dst, t.PendingPlanID)
+	var flags uint64
+	if t.NotifyUsageSet {
+		flags |= 1
+	}
+	if t.Cancelled {
+		flags |= 2
+	}
+	if t.TopUpPending {
+		flags |= 4
+	}
+	dst = binary.AppendUvarint(dst, flags)
+	for _, v := range [...]int64{t.NotifyFloorMicros, t.TopUpThreshold, t.TopUpAmount, t.TopUpSeq, t.AnchorNs, t.PeriodIdx, t.AllocationMicros} {
+		dst = binary.AppendVarint(dst, v)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(t.NotifyUsage)))
+	for _, v := range t.NotifyUsage {
+		dst = binary.AppendVarint(dst, int64(v))
+	}
 	return dst
+}
+
+func (r *reader) billing() *Billing {
+	kind := r.byte1()
+	switch kind {
+	case 0:
+		return nil
+	case 1, 2:
+	default:
+		r.err = ErrCorrupt
+		return nil
+	}
+	b := &Billing{}
+	b.PeriodStartNs, b.PeriodEndNs, b.UsedMicros = r.varint(), r.varint(), r.varint()
+	fired := r.uvarint()
+	if fired > 1<<32-1 {
+		r.err = ErrCorrupt
+	}
+	b.Fired = uint32(fired)
+	if n := r.count(maxEndpointsDecoded); n > 0 {
+		b.ByEndpoint = make([]EndpointUse, n)
+		for i := range b.ByEndpoint {
+			u := &b.ByEndpoint[i]
+			u.Endpoint = r.str()
+			u.Requests, u.ChargedMicros = r.varint(), r.varint()
+		}
+	}
+	if kind == 1 {
+		return b
+	}
+	t := &Terms{}
+	b.Terms = t
+	t.OrganizationID, t.PlanID, t.PendingPlanID = r.str(), r.str(), r.str()
+	flags := r.uvarint()
+	t.NotifyUsageSet, t.Cancelled, t.TopUpPending = flags&1 != 0, flags&2 != 0, flags&4 != 0
+	for _, p := range [...]*int64{&t.NotifyFloorMicros, &t.TopUpThreshold, &t.TopUpAmount, &t.TopUpSeq, &t.AnchorNs, &t.PeriodIdx, &t.AllocationMicros} {
+		*p = r.varint()
+	}
+	if n := r.count(events.MaxNotifyThresholds); n > 0 {
+		t.NotifyUsage = make([]int32, n)
+		for i := range t.NotifyUsage {
+			t.NotifyUsage[i] = int32(r.varint())
+		}
+	}
+	if t.PlanID != "" && b.PeriodEndNs <= b.PeriodStartNs {
+		r.err = ErrCorrupt
+	}
+	return b
 }
 
 func appendStr(dst []byte, s string) []byte {
@@ -257,7 +359,7 @@ func (r *reader) parts(h *Hold) {
 func DecodeAccount(b []byte) (*Account, error) {
 	r := &reader{b: b}
 	v := r.byte1()
-	if v != codecVersion && v != codecVersionV2 && v != codecVersionV1 {
+	if v != codecVersion && v != codecVersionV3 && v != codecVersionV2 && v != codecVersionV1 {
 		return nil, fmt.Errorf("%w: version %d", ErrCorrupt, v)
 	}
 	a := &Account{}
@@ -307,7 +409,7 @@ func DecodeAccount(b []byte) (*Account, error) {
 			h.Endpoint = r.str()
 			h.Priority, h.Funding = r.byte1(), r.byte1()
 			h.HoldMicros, h.AllowanceMicros, h.StartNs, h.ExpiresNs = r.varint(), r.varint(), r.varint(), r.varint()
-			if v == codecVersion {
+			if v >= codecVersionV3 {
 				r.parts(h)
 			}
 		}
@@ -319,6 +421,9 @@ func DecodeAccount(b []byte) (*Account, error) {
 			p.RequestID, p.EventID, p.Endpoint, p.Status = r.str(), r.str(), r.str(), r.str()
 			p.CostMicros, p.AtNs = r.varint(), r.varint()
 		}
+	}
+	if v >= codecVersion {
+		a.Billing = r.billing()
 	}
 	if r.err != nil {
 		return nil, r.err

@@ -57,6 +57,8 @@ func (s *State) isLive(e *expiry) bool {
 		}
 	case expDedupe:
 		return a.pruneNs == e.atNs
+	case expRenew:
+		return a.Billing.Subscribed() && a.Billing.PeriodEndNs == e.atNs
 	}
 	return false
 }
@@ -70,12 +72,26 @@ func (s *State) sweep(out *Output) {
 			continue // replaced by a restore
 		}
 		switch e.kind {
+		case expRenew:
+			if a.Billing.Subscribed() && a.Billing.PeriodEndNs == e.atNs {
+				s.renew(a, e, out)
+				s.notify(a, out)
+			}
+		// Notifications are checked only after an expiry that changed the account: a stale
+		// entry (of a settled hold, say) is in the heap of a straight fold but not in one
+		// rebuilt by a restore, and must not make their timing differ.
 		case expHold:
-			s.expireHold(a, e, out)
+			if s.expireHold(a, e, out) {
+				s.notify(a, out)
+			}
 		case expGrant:
-			s.expireGrant(a, e, out)
+			if s.expireGrant(a, e, out) {
+				s.notify(a, out)
+			}
 		case expParked:
-			s.expireParked(a, e, out)
+			if s.expireParked(a, e, out) {
+				s.notify(a, out)
+			}
 		case expDedupe:
 			if a.pruneNs == e.atNs {
 				a.pruneNs = 0
@@ -87,7 +103,7 @@ func (s *State) sweep(out *Output) {
 	}
 }
 
-func (s *State) expireHold(a *Account, e expiry, out *Output) {
+func (s *State) expireHold(a *Account, e expiry, out *Output) bool {
 	i := -1
 	for j := range a.Holds {
 		if a.Holds[j].ExpiresNs == e.atNs && hashID(a.Holds[j].RequestID) == e.hash {
@@ -96,7 +112,7 @@ func (s *State) expireHold(a *Account, e expiry, out *Output) {
 		}
 	}
 	if i < 0 {
-		return // settled already
+		return false // settled already
 	}
 	h := a.Holds[i]
 	a.removeHold(i)
@@ -127,6 +143,7 @@ func (s *State) expireHold(a *Account, e expiry, out *Output) {
 		}
 	}
 	out.Expired = append(out.Expired, Expired{ID: id, Data: x})
+	return true
 }
 
 func fundingName(f uint8) string {
@@ -139,7 +156,7 @@ func fundingName(f uint8) string {
 	return events.FundingCredits
 }
 
-func (s *State) expireGrant(a *Account, e expiry, out *Output) {
+func (s *State) expireGrant(a *Account, e expiry, out *Output) bool {
 	i := -1
 	for j := range a.Grants {
 		if a.Grants[j].ExpiresNs == e.atNs && hashID(a.Grants[j].ID) == e.hash {
@@ -148,7 +165,7 @@ func (s *State) expireGrant(a *Account, e expiry, out *Output) {
 		}
 	}
 	if i < 0 {
-		return
+		return false
 	}
 	g := a.Grants[i]
 	a.Grants = append(a.Grants[:i], a.Grants[i+1:]...)
@@ -156,17 +173,19 @@ func (s *State) expireGrant(a *Account, e expiry, out *Output) {
 	s.remember(a, e.hash^saltGrant, out)
 	out.touch(a)
 	s.breakage(a, events.DerivedID(g.EventID.String(), "breakage"), g.ID, g.Remaining, time.Unix(0, g.ExpiresNs).UTC(), out)
+	return true
 }
 
-func (s *State) expireParked(a *Account, e expiry, out *Output) {
+func (s *State) expireParked(a *Account, e expiry, out *Output) bool {
 	for j := range a.Parked {
 		p := a.Parked[j]
 		if p.AtNs+s.cfg.ParkTimeoutNs == e.atNs && hashID(p.RequestID) == e.hash {
 			a.removeParked(j)
 			s.live--
 			out.touch(a)
-			s.unknownFinish(a, p.EventID, p.RequestID, p.CostMicros, time.Unix(0, p.AtNs).UTC(), out)
-			return
+			s.unknownFinish(a, p.EventID, p.RequestID, p.Endpoint, p.CostMicros, time.Unix(0, p.AtNs).UTC(), out)
+			return true
 		}
 	}
+	return false
 }

@@ -136,6 +136,9 @@ func (s *State) index(a *Account) {
 		p := &a.Parked[i]
 		s.schedule(expiry{atNs: p.AtNs + s.cfg.ParkTimeoutNs, acct: a, kind: expParked, hash: hashID(p.RequestID)})
 	}
+	if a.Billing.Subscribed() {
+		s.schedule(expiry{atNs: a.Billing.PeriodEndNs, acct: a, kind: expRenew})
+	}
 	s.dedupeN += a.Dedupe.Len()
 	a.pruneNs = 0
 	if a.legacy {
@@ -156,6 +159,9 @@ func (s *State) unindex(a *Account) {
 		if a.Grants[i].ExpiresNs != 0 {
 			s.live--
 		}
+	}
+	if a.Billing.Subscribed() {
+		s.live--
 	}
 	s.indexLoad(a, -1)
 	// Heap entries of the old object are dropped lazily: they no longer match the map.
@@ -204,7 +210,7 @@ func (s *State) Apply(in Input, out *Output) {
 	}
 	switch ev.Payload.(type) {
 	case events.RequestStarted, events.RequestRejected, events.RequestFinished, events.CreditsGranted,
-		events.CreditsAdjusted, events.AccountUpdated, events.AbuseFlagged:
+		events.CreditsAdjusted, events.AccountUpdated, events.AbuseFlagged, events.SubscriptionChanged:
 	default:
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnexpectedType, AccountID: acctID, EventID: ev.ID})
 		return
@@ -229,6 +235,7 @@ func (s *State) Apply(in Input, out *Output) {
 	}
 	a.Offset = in.Offset
 	out.touch(a)
+	n0 := len(out.Anomalies)
 	switch p := ev.Payload.(type) {
 	case events.RequestStarted:
 		s.start(a, ev, &p, out)
@@ -250,6 +257,9 @@ func (s *State) Apply(in Input, out *Output) {
 			return
 		}
 		a.Tier, a.Priority, a.Suspended = s.internTier(p.Tier), internPriority(p.Priority), p.Suspended
+		s.updateSettings(a, &p)
+	case events.SubscriptionChanged:
+		s.subscription(a, ev, &p, out)
 	case events.AbuseFlagged:
 		if s.duplicateEvent(a, ev, out) {
 			return
@@ -257,6 +267,15 @@ func (s *State) Apply(in Input, out *Output) {
 		s.flag(a, t, &p)
 	}
 	s.history(a, out)
+	// Notifications are checked after an event that was applied: not after a duplicate, which
+	// a restored state (its dedupe memory pruned at other times) may instead refuse as too
+	// late, so that their timing is the same in a replay and after a restore.
+	for _, an := range out.Anomalies[n0:] {
+		if an.Kind == AnomalyDuplicate && an.EventID == ev.ID {
+			return
+		}
+	}
+	s.notify(a, out)
 }
 
 func requestID(ev *events.Event) string {

@@ -75,7 +75,7 @@ func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, 
 		// request is remembered as settled from now on (a copy of this finish is a duplicate).
 		s.remember(a, rh, out)
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyLateFinish, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
-		s.charge(a, ev.ID, "late_charge", p.RequestID, nil, p.CostMicros, ev.Time, out)
+		s.charge(a, ev.ID, "late_charge", p.RequestID, p.Endpoint, nil, p.CostMicros, ev.Time, out)
 		s.settledOK(a, p.Status)
 	case a.findParked(p.RequestID) >= 0:
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
@@ -84,14 +84,14 @@ func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, 
 		a.Parked = append(a.Parked, Parked{RequestID: p.RequestID, EventID: ev.ID, Endpoint: p.Endpoint, Status: p.Status, CostMicros: p.CostMicros, AtNs: t})
 		s.schedule(expiry{atNs: t + s.cfg.ParkTimeoutNs, acct: a, kind: expParked, hash: rh})
 	default:
-		s.unknownFinish(a, ev.ID, p.RequestID, p.CostMicros, ev.Time, out)
+		s.unknownFinish(a, ev.ID, p.RequestID, p.Endpoint, p.CostMicros, ev.Time, out)
 	}
 }
 
-func (s *State) unknownFinish(a *Account, eventID, requestID string, cost int64, at time.Time, out *Output) {
+func (s *State) unknownFinish(a *Account, eventID, requestID, endpoint string, cost int64, at time.Time, out *Output) {
 	s.remember(a, hashID(requestID), out)
 	out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnknownFinish, AccountID: a.ID, EventID: eventID, RequestID: requestID})
-	s.charge(a, eventID, "unknown_finish_charge", requestID, nil, cost, at, out)
+	s.charge(a, eventID, "unknown_finish_charge", requestID, endpoint, nil, cost, at, out)
 }
 
 // settle posts the charge of hold i and releases the rest, by the funding waterfall: the
@@ -110,7 +110,7 @@ func (s *State) settle(a *Account, i int, causeID, status string, cost int64, at
 		// The windows are corrected to what the allowance actually paid.
 		s.useAllowance(a, h.StartNs, at.UnixNano(), fromAllow-h.AllowanceMicros)
 	}
-	s.charge(a, causeID, "charge", h.RequestID, &h, cost-fromAllow, at, out)
+	s.charge(a, causeID, "charge", h.RequestID, h.Endpoint, &h, cost-fromAllow, at, out)
 }
 
 // allowanceShare is the part of cost the allowance pays at settlement time nowNs: at most
@@ -159,8 +159,10 @@ func (s *State) allowanceRoom(a *Account, startNs, nowNs int64) int64 {
 // of them released to the grants they came from (a part whose grant is gone is breakage),
 // and a cost above the hold is paid from the available balance (price book policy), the
 // rest being overage. Lines: held −hold, available +released−paid, breakage +gone,
-// overage −unpaid, revenue +cost.
-func (s *State) charge(a *Account, causeID, kind, requestID string, h *Hold, cost int64, at time.Time, out *Output) {
+// overage −unpaid, revenue +cost. The request and its cost count in the account's period
+// usage (on endpoint).
+func (s *State) charge(a *Account, causeID, kind, requestID, endpoint string, h *Hold, cost int64, at time.Time, out *Output) {
+	s.recordUse(a, endpoint, cost)
 	var held int64
 	if h != nil {
 		held = h.HoldMicros

@@ -116,6 +116,13 @@ func (s *State) Check() error {
 				live++
 			}
 		}
+		if b := a.Billing; b.Subscribed() {
+			live++ // the renewal
+			if b.PeriodEndNs <= b.PeriodStartNs || b.PeriodStartNs != monthStart(b.Terms.AnchorNs, b.Terms.PeriodIdx) {
+				errs = append(errs, fmt.Errorf("account %s: period [%d, %d) is not period %d of anchor %d", id, b.PeriodStartNs, b.PeriodEndNs,
+					b.Terms.PeriodIdx, b.Terms.AnchorNs))
+			}
+		}
 	}
 	if live != s.live {
 		errs = append(errs, fmt.Errorf("expiry index: %d live entries counted, %d tracked", live, s.live))

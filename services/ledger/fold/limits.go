@@ -247,10 +247,13 @@ func sortedKeys[V any](m map[string]V) []string {
 
 // Expiry kinds, in the order they fire at the same instant.
 const (
-	expGrant  uint8 = 1
-	expHold   uint8 = 2
-	expParked uint8 = 3
-	expDedupe uint8 = 4 // prune an account's dedupe memory (no output)
+	// A renewal fires before the expiry of the grants of the period it closes (at the same
+	// instant), so that it can carry what they have left.
+	expRenew  uint8 = 1
+	expGrant  uint8 = 2
+	expHold   uint8 = 3
+	expParked uint8 = 4
+	expDedupe uint8 = 5 // prune an account's dedupe memory (no output)
 )
 
 type expiry struct {

@@ -56,6 +56,11 @@ type Config struct {
 	// record timestamp is part of the log, so a replay refuses exactly the same events.
 	// Default 5 min.
 	FutureSkewMaxNs int64
+	// RenewalCatchUpMax bounds the billing periods a subscription catches up at once after a
+	// silence of the log: the missed periods are renewed in order, at most this many before
+	// the current one; older ones are skipped (no allocation, nothing carried). Default 12,
+	// range [1, 1200].
+	RenewalCatchUpMax int
 	// MaxDedupePerAccount bounds the ids an account remembers; beyond it the oldest is
 	// evicted (counted in Output.Evicted) and the account's dedupe floor rises. Default 4096.
 	MaxDedupePerAccount int
@@ -76,7 +81,7 @@ func DefaultConfig(book *pricebook.Book) Config {
 	return Config{
 		Book: book, PartitionsTotal: 1, AccountSharePermille: 100, ParkTimeoutNs: int64(time.Hour), MaxParkedPerAccount: 8,
 		MaxHoldsPerAccount: 1024, MaxGrantsPerAccount: 64, DedupeWindowNs: int64(24 * time.Hour), MaxDedupePerAccount: 4096,
-		FutureSkewMaxNs: int64(5 * time.Minute),
+		FutureSkewMaxNs: int64(5 * time.Minute), RenewalCatchUpMax: 12,
 		HistoryWindowNs: int64(time.Hour), RejectMinRequests: 20, RejectRatioPermille: 500,
 		RejectFactorPermille: 700, FlagPenaltyPermille: 500, FlagDecayNs: int64(24 * time.Hour),
 		BlockNs: int64(24 * time.Hour), CleanMinRequests: 100, CleanBonusPermille: 1200,
@@ -102,6 +107,7 @@ func (c Config) Validate() error {
 	pos("DedupeWindowNs", c.DedupeWindowNs, int64(time.Second), 31*day)
 	pos("MaxDedupePerAccount", int64(c.MaxDedupePerAccount), 16, 1<<20)
 	pos("FutureSkewMaxNs", c.FutureSkewMaxNs, int64(time.Second), day)
+	pos("RenewalCatchUpMax", int64(c.RenewalCatchUpMax), 1, 1200)
 	pos("HistoryWindowNs", c.HistoryWindowNs, int64(time.Minute), 31*day)
 	pos("RejectMinRequests", int64(c.RejectMinRequests), 1, 1_000_000)
 	pos("RejectRatioPermille", int64(c.RejectRatioPermille), 0, 1000)
@@ -261,6 +267,8 @@ type Account struct {
 	Windows *[4]Window `json:"windows"`
 	// Dedupe remembers the ids applied within the dedupe window (see Dedupe).
 	Dedupe Dedupe `json:"dedupe"`
+	// Billing is the subscription, period usage and settings (nil: none, never charged).
+	Billing *Billing `json:"billing,omitempty"`
 
 	// History.
 	HistWindowNs    int64 `json:"hw"`
@@ -377,6 +385,8 @@ type Output struct {
 	Expired   []Expired
 	Limits    []events.LimitsAdjusted
 	Anomalies []Anomaly
+	// Notices are the notifications and top-up requests, for the notifications topic.
+	Notices []Notice
 	// Touched lists the accounts changed since the last Reset, once each, in first-touch
 	// order; publish their balance.updated from State.Balance.
 	Touched []*Account
@@ -393,6 +403,8 @@ var touchGen atomic.Uint64
 // Reset empties the output, keeping capacity.
 func (o *Output) Reset() {
 	o.Entries, o.Expired, o.Limits, o.Anomalies = o.Entries[:0], o.Expired[:0], o.Limits[:0], o.Anomalies[:0]
+	clear(o.Notices)
+	o.Notices = o.Notices[:0]
 	clear(o.Touched)
 	o.Touched = o.Touched[:0]
 	o.gen, o.Evicted = 0, 0

@@ -145,6 +145,11 @@ func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
 	case events.AccountUpdated:
 		r.Tier, r.Priority = p.Tier, p.Priority
 		r.Attrs = map[string]string{"suspended": strconv.FormatBool(p.Suspended)}
+		if p.OrganizationID != nil {
+			r.Attrs["organization_id"] = *p.OrganizationID
+		}
+	case events.SubscriptionChanged:
+		r.Attrs = map[string]string{"plan_id": p.PlanID, "anchor_at": p.AnchorAt.UTC().Format(time.RFC3339Nano)}
 	case events.AbuseFlagged:
 		r.KeyID, r.Reason, r.Score, r.Status = p.KeyID, p.Rule, p.Score, p.Action
 		r.Attrs = make(map[string]string, len(p.Evidence)+3)

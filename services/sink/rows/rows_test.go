@@ -58,6 +58,12 @@ func TestFromEventMapsEveryStoredType(t *testing.T) {
 			func(u *rows.Usage) bool { return u.AmountMicros == -5 && u.Reason == "refund" }},
 		{events.AccountUpdated{AccountID: "a", Tier: "free", Priority: "standard", Suspended: true},
 			func(u *rows.Usage) bool { return u.Tier == "free" && u.Attrs["suspended"] == "true" }},
+		{events.AccountUpdated{AccountID: "a", Tier: "free", Priority: "standard", OrganizationID: func() *string { s := "org-1"; return &s }()},
+			func(u *rows.Usage) bool { return u.Attrs["organization_id"] == "org-1" }},
+		{events.SubscriptionChanged{AccountID: "a", PlanID: "pro", AnchorAt: exp},
+			func(u *rows.Usage) bool {
+				return u.Attrs["plan_id"] == "pro" && u.Attrs["anchor_at"] == exp.UTC().Format(time.RFC3339Nano)
+			}},
 		{events.AbuseFlagged{FlagID: "f", AccountID: "a", Rule: "burst", Score: 3, Action: "throttle", WindowStart: at, WindowEnd: exp, Evidence: map[string]string{"x": "1"}},
 			func(u *rows.Usage) bool {
 				return u.Reason == "burst" && u.Score == 3 && u.Status == "throttle" && u.Attrs["flag_id"] == "f" && u.Attrs["x"] == "1"
