@@ -37,7 +37,6 @@ import (
 
 	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/services/ledger/view"
-	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
@@ -160,48 +159,12 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer e.state.Close()
 	defer e.dlq.Close()
 	defer e.tick.Close()
-	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID: e.cfg.Group, Brokers: e.cfg.Brokers, Topics: []string{e.cfg.Topics.Events},
-		StartOffset: kafka.FirstOffset, HeartbeatInterval: time.Second, SessionTimeout: 10 * time.Second,
-		RebalanceTimeout: 10 * time.Second, JoinGroupBackoff: time.Second, Timeout: 10 * time.Second,
-		Dialer: kafkax.Dialer(e.cfg.Writer.TLS),
+	return kafkax.Group{ID: e.cfg.Group, Brokers: e.cfg.Brokers, Topics: []string{e.cfg.Topics.Events},
+		TLS: e.cfg.Writer.TLS, Retry: e.cfg.RetryBackoff, Name: "ledger", Log: e.log,
+	}.Run(ctx, func(ctx, gctx context.Context, gen *kafka.Generation) error {
+		e.ready.Store(false) // until this generation's partitions are restored
+		return e.generation(ctx, gctx, gen)
 	})
-	if err != nil {
-		return fmt.Errorf("ledger: consumer group: %w", err)
-	}
-	defer group.Close()
-	for {
-		gen, err := group.Next(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			e.log.Warn("ledger: join group", "err", err)
-			if !backoff.Sleep(ctx, e.cfg.RetryBackoff) {
-				return nil
-			}
-			continue
-		}
-		e.ready.Store(false)
-		done := make(chan error, 1)
-		gen.Start(func(gctx context.Context) {
-			done <- e.generation(ctx, gctx, gen)
-		})
-		select {
-		case err = <-done:
-		case <-ctx.Done():
-			err = <-done
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			e.log.Error("ledger: generation failed; rejoining and restoring", "err", err)
-			if !backoff.Sleep(ctx, e.cfg.RetryBackoff) {
-				return nil
-			}
-		}
-	}
 }
 
 // generation restores the assigned partitions and folds them until the generation ends.
