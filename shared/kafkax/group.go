@@ -27,11 +27,11 @@ type Group struct {
 	Log  *slog.Logger
 }
 
-// Run joins the group and calls gen for every generation, until ctx ends: gen gets ctx (the
-// member's life) and gctx (the generation's, cancelled at a rebalance), and returns when the
-// generation is over; an error from it is logged and the member rejoins after Retry. Run
+// Run joins the group and calls gen for every generation, until ctx ends: gen gets a context
+// that ends with the generation (a rebalance) or with ctx, whichever comes first, and returns
+// when it has ended; an error from it is logged and the member rejoins after Retry. Run
 // returns nil when ctx ends, or the error of creating the group.
-func (g Group) Run(ctx context.Context, gen func(ctx, gctx context.Context, gen *kafka.Generation) error) error {
+func (g Group) Run(ctx context.Context, gen func(ctx context.Context, gen *kafka.Generation) error) error {
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID: g.ID, Brokers: g.Brokers, Topics: g.Topics,
 		StartOffset: kafka.FirstOffset, HeartbeatInterval: time.Second, SessionTimeout: 10 * time.Second,
@@ -55,7 +55,12 @@ func (g Group) Run(ctx context.Context, gen func(ctx, gctx context.Context, gen 
 			continue
 		}
 		done := make(chan error, 1)
-		kg.Start(func(gctx context.Context) { done <- gen(ctx, gctx, kg) })
+		kg.Start(func(gctx context.Context) {
+			genCtx, cancel := context.WithCancel(ctx)
+			stop := context.AfterFunc(gctx, cancel)
+			defer func() { stop(); cancel() }()
+			done <- gen(genCtx, kg)
+		})
 		err = <-done
 		if ctx.Err() != nil {
 			return nil

@@ -161,23 +161,16 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer e.tick.Close()
 	return kafkax.Group{ID: e.cfg.Group, Brokers: e.cfg.Brokers, Topics: []string{e.cfg.Topics.Events},
 		TLS: e.cfg.Writer.TLS, Retry: e.cfg.RetryBackoff, Name: "ledger", Log: e.log,
-	}.Run(ctx, func(ctx, gctx context.Context, gen *kafka.Generation) error {
+	}.Run(ctx, func(ctx context.Context, gen *kafka.Generation) error {
 		e.ready.Store(false) // until this generation's partitions are restored
-		return e.generation(ctx, gctx, gen)
+		return e.generation(ctx, gen)
 	})
 }
 
 // generation restores the assigned partitions and folds them until the generation ends.
-func (e *Engine) generation(ctx, gctx context.Context, gen *kafka.Generation) error {
-	runCtx, cancel := context.WithCancel(ctx)
+func (e *Engine) generation(ctx context.Context, gen *kafka.Generation) error {
+	runCtx, cancel := context.WithCancel(ctx) // ends with the generation, or at the first partition's error
 	defer cancel()
-	go func() {
-		select {
-		case <-gctx.Done():
-			cancel()
-		case <-runCtx.Done():
-		}
-	}()
 	assigned := gen.Assignments[e.cfg.Topics.Events]
 	ids := make([]int32, 0, len(assigned))
 	for _, a := range assigned {

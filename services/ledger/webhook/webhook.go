@@ -157,20 +157,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// A new group starts at the beginning: every notification kept is delivered.
 	return kafkax.Group{ID: d.cfg.Group, Brokers: d.cfg.Brokers, Topics: []string{d.cfg.Topics.Notifications},
 		TLS: d.cfg.KafkaTLS, Retry: d.cfg.BackoffMin, Name: "webhook", Log: d.log,
-	}.Run(ctx, func(ctx, gctx context.Context, gen *kafka.Generation) error { return d.generation(ctx, gctx, gen, dlq) })
+	}.Run(ctx, func(ctx context.Context, gen *kafka.Generation) error { return d.generation(ctx, gen, dlq) })
 }
 
 // generation delivers every assigned partition until the generation ends.
-func (d *Dispatcher) generation(ctx, gctx context.Context, gen *kafka.Generation, dlq *kafka.Writer) error {
-	runCtx, cancel := context.WithCancel(ctx)
+func (d *Dispatcher) generation(ctx context.Context, gen *kafka.Generation, dlq *kafka.Writer) error {
+	runCtx, cancel := context.WithCancel(ctx) // ends with the generation, or at the first partition's error
 	defer cancel()
-	go func() {
-		select {
-		case <-gctx.Done():
-			cancel()
-		case <-runCtx.Done():
-		}
-	}()
 	assigned := gen.Assignments[d.cfg.Topics.Notifications]
 	var commitMu sync.Mutex
 	errs := make(chan error, len(assigned))
