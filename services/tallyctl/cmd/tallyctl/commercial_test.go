@@ -215,8 +215,9 @@ func TestCommercialLayer(t *testing.T) {
 	// its balance is below both), 120 of the 200 allocated used.
 	admin(http.MethodPut, "/v1/accounts/"+acct+"/subscription", map[string]any{"plan_id": "pro"})
 	until("the first allocation", func(v view.Account) bool { return v.AvailableMicros == 200_000_000 })
-	admin(http.MethodPut, "/v1/accounts/"+acct, map[string]any{"tier": "pro", "priority": "standard",
+	admin(http.MethodPut, "/v1/accounts/"+acct, map[string]any{"tier": "pro", "priority": "standard", "organization_id": "org-7",
 		"notify_floor_micros": 50_000_000, "auto_top_up_threshold_micros": 20_000_000, "auto_top_up_amount_micros": 100_000_000})
+	admin(http.MethodPut, "/v1/accounts/acct-other", map[string]any{"tier": "free", "priority": "standard", "organization_id": "org-8"})
 	use("r1", 120_000_000, jan31.Add(time.Hour)) // 600 ‰ of the allocation: the 500 ‰ notice
 	v := until("period 1 with 120 used", func(v view.Account) bool { return v.Period != nil && v.Period.UsedMicros == 120_000_000 })
 	if v.Subscription == nil || v.Subscription.PlanID != "pro" || !v.Subscription.AnchorAt.Equal(jan31) ||
@@ -328,6 +329,27 @@ func TestCommercialLayer(t *testing.T) {
 		if code, b := call(c.method, c.path, tok, nil); code != http.StatusForbidden && code != http.StatusUnauthorized {
 			t.Errorf("customer key on %s %s: %d %s, want 401 or 403", c.method, c.path, code, b)
 		}
+	}
+
+	// An organisation key reads its member account, not another organisation's.
+	code, orgTok, stderr := run(t, "customer-key", "-org", "org-7", "-file", keysFile)
+	orgTok = strings.TrimSpace(orgTok)
+	if code != 0 {
+		t.Fatalf("customer-key -org: exit %d, %s", code, stderr)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		code, b := call(http.MethodGet, "/v1/customer/accounts/"+acct, orgTok, nil)
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("org key on its member: %d %s", code, b)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code, b := call(http.MethodGet, "/v1/customer/accounts/acct-other", orgTok, nil); code != http.StatusForbidden {
+		t.Fatalf("org key on another organisation's account: %d %s, want 403", code, b)
 	}
 
 	// Reconcile: the replay of the events topic, the live ledger and ClickHouse agree.
