@@ -59,15 +59,29 @@ func TestTopicsKeepTheLogForFinance(t *testing.T) {
 			_, _ = kafkax.NewClient(c.Brokers, nil).DeleteTopics(context.Background(), &kafka.DeleteTopicsRequest{Topics: names})
 		})
 	}
-	for _, topic := range []string{topics.Events, topics.Journal, topics.DeadLetter} {
-		got := topicConfig(t, c.Brokers, topic, "retention.ms", "retention.bytes", "cleanup.policy")
-		if got["retention.ms"] != "-1" || got["retention.bytes"] != "-1" || got["cleanup.policy"] != "delete" {
+	// A KRaft broker applies an altered config when it reads the controller's metadata
+	// record, a moment after the alter is acknowledged: read until it shows (bounded).
+	eventually := func(topic string, ok func(map[string]string) bool, names ...string) map[string]string {
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			got := topicConfig(t, c.Brokers, topic, names...)
+			if ok(got) || time.Now().After(deadline) {
+				return got
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	kept := func(got map[string]string) bool {
+		return got["retention.ms"] == "-1" && got["retention.bytes"] == "-1" && got["cleanup.policy"] == "delete"
+	}
+	for _, topic := range []string{topics.Events, topics.Journal, topics.DeadLetter, topics.Notifications} {
+		if got := eventually(topic, kept, "retention.ms", "retention.bytes", "cleanup.policy"); !kept(got) {
 			t.Errorf("%s: %v, want retention.ms=-1 retention.bytes=-1 cleanup.policy=delete (kept)", topic, got)
 		}
 	}
+	compact := func(got map[string]string) bool { return got["cleanup.policy"] == "compact" }
 	for _, topic := range []string{topics.Balances, topics.Limits, topics.LedgerState} {
-		got := topicConfig(t, c.Brokers, topic, "cleanup.policy")
-		if got["cleanup.policy"] != "compact" {
+		if got := eventually(topic, compact, "cleanup.policy"); !compact(got) {
 			t.Errorf("%s: %v, want cleanup.policy=compact (the latest value per key, kept)", topic, got)
 		}
 	}
