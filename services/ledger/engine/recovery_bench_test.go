@@ -26,7 +26,7 @@ func BenchmarkRecovery(b *testing.B) {
 	c := kafkatest.Start(b)
 	cfg := fold.DefaultConfig(pricebook.Default())
 	parts := int32(kafkatest.Partitions)
-	w := kafkax.NewWriter(c.Brokers, c.Topics.LedgerState, kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 5000, WriteTimeout: 30 * time.Second, MaxAttempts: 3})
+	w := kafkax.NewWriter(c.Brokers, c.Topics.LedgerState, kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 5000, WriteTimeout: 30 * time.Second, AttemptsMax: 3})
 	w.BatchBytes = BatchBytesMax
 	defer w.Close()
 	at := time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC).UnixNano()

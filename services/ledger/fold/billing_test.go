@@ -541,7 +541,7 @@ func randomBillingLog(t testing.TB, seed uint64, n, accounts int) []*events.Even
 func checkBillingLog(t *testing.T, evs []*events.Event, cut int) {
 	t.Helper()
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxGrantsPerAccount = 4
+	cfg.GrantsPerAccountMax = 4
 	cfg.RenewalCatchUpMax = 3
 	f1 := newFolder(t, cfg)
 	f1.fold(evs)

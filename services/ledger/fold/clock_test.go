@@ -88,7 +88,7 @@ func TestGrantsCannotOverflowBalance(t *testing.T) {
 		l.add(t0, grant("rich", "g"+itoa(i), events.MaxAmountMicros, 0, nil))
 	}
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxGrantsPerAccount = 10_000
+	cfg.GrantsPerAccountMax = 10_000
 	s := New(cfg, 0)
 	var out Output
 	for i, e := range l.evs {
@@ -128,7 +128,7 @@ func TestAdjustmentsCannotOverflow(t *testing.T) {
 		l.add(t0, events.CreditsAdjusted{AdjustmentID: "d" + itoa(i), AccountID: "down", AmountMicros: -events.MaxAmountMicros, Reason: "r"})
 	}
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxDedupePerAccount = 1 << 20 // every adjustment id is remembered: none is too late
+	cfg.DedupePerAccountMax = 1 << 20 // every adjustment id is remembered: none is too late
 	s := New(cfg, 0)
 	var out Output
 	for i, e := range l.evs {

@@ -182,12 +182,12 @@ func (s *State) Apply(in Input, out *Output) {
 	}
 	ev := in.Event
 	t := ev.Time.UnixNano()
-	if in.RecordTimeNs > 0 && ev.Time.Sub(time.Unix(0, in.RecordTimeNs)) > time.Duration(s.cfg.FutureSkewMaxNs) {
+	if in.RecordTimeNs > 0 && ev.Time.Sub(time.Unix(0, in.RecordTimeNs)) > time.Duration(s.cfg.FutureSkewNsMax) {
 		if in.Offset > s.offset {
 			s.offset = in.Offset
 		}
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyFutureTime, AccountID: ev.Subject, EventID: ev.ID,
-			RequestID: requestID(ev), Offset: in.Offset, HorizonNs: in.RecordTimeNs + s.cfg.FutureSkewMaxNs})
+			RequestID: requestID(ev), Offset: in.Offset, HorizonNs: in.RecordTimeNs + s.cfg.FutureSkewNsMax})
 		return
 	}
 	if t > s.watermark {

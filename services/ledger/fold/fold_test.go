@@ -262,7 +262,7 @@ func TestLoadFactorShedsBatchFirst(t *testing.T) {
 		l.add(t0, start("a", fmt.Sprint("r", i), 1, t0))
 	}
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxHoldsPerAccount = 10_000
+	cfg.HoldsPerAccountMax = 10_000
 	s := New(cfg, 0)
 	var out Output
 	for i, e := range l.evs {

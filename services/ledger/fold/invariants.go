@@ -104,12 +104,12 @@ func (s *State) Check() error {
 			errs = append(errs, fmt.Errorf("account %s: %d dedupe entries and no prune scheduled", id, a.Dedupe.Len()))
 		}
 		for i := range a.Holds {
-			if n := a.Holds[i].NumParts(); n > s.cfg.MaxGrantsPerAccount+1 {
-				errs = append(errs, fmt.Errorf("account %s: hold %s has %d parts, bound %d", id, a.Holds[i].RequestID, n, s.cfg.MaxGrantsPerAccount+1))
+			if n := a.Holds[i].NumParts(); n > s.cfg.GrantsPerAccountMax+1 {
+				errs = append(errs, fmt.Errorf("account %s: hold %s has %d parts, bound %d", id, a.Holds[i].RequestID, n, s.cfg.GrantsPerAccountMax+1))
 			}
 		}
-		if n := a.Dedupe.Len(); n > s.cfg.MaxDedupePerAccount {
-			errs = append(errs, fmt.Errorf("account %s: %d dedupe entries, bound %d", id, n, s.cfg.MaxDedupePerAccount))
+		if n := a.Dedupe.Len(); n > s.cfg.DedupePerAccountMax {
+			errs = append(errs, fmt.Errorf("account %s: %d dedupe entries, bound %d", id, n, s.cfg.DedupePerAccountMax))
 		}
 		for _, g := range a.Grants {
 			if g.ExpiresNs != 0 {

@@ -103,7 +103,7 @@ func runCfg(t testing.TB, cfg Config, evs []*events.Event) (*State, *Output) {
 
 func randomClockCfg() Config {
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxGrantsPerAccount = 3 // the pool is used
+	cfg.GrantsPerAccountMax = 3 // the pool is used
 	return cfg
 }
 

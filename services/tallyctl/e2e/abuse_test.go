@@ -29,7 +29,7 @@ func TestAbuseClosedLoop(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cl, err := client.New(client.Config{BaseURL: st.AdmitterURL, APIKey: st.APIKey, MaxAttempts: 1})
+	cl, err := client.New(client.Config{BaseURL: st.AdmitterURL, APIKey: st.APIKey, AttemptsMax: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
