@@ -114,7 +114,7 @@ func TestGrantsCannotOverflowBalance(t *testing.T) {
 	if err := s.Check(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := CheckJournal(out.Entries); err != nil {
+	if _, err := checkJournal(out.Entries); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -150,7 +150,7 @@ func TestAdjustmentsCannotOverflow(t *testing.T) {
 	if err := s.Check(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := CheckJournal(out.Entries); err != nil {
+	if _, err := checkJournal(out.Entries); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -233,7 +233,7 @@ func TestRestoreReplayOfFoldedEventsSweepsAsStraight(t *testing.T) {
 		s1.Apply(Input{Offset: int64(i), Event: e}, &out)
 	}
 	s2 := New(cfg, 0)
-	s2.Restore(s1.Snapshot(), []*Account{roundTrip(t, s1.Account("a"))})
+	restore(s2, s1.Snapshot(), []*Account{roundTrip(t, s1.Account("a"))})
 	for i, e := range l.evs { // from an old committed offset
 		s2.Apply(Input{Offset: int64(i), Event: e}, &out)
 	}

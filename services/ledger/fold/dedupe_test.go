@@ -33,7 +33,7 @@ func foldWithRecords(t *testing.T, cfg Config, evs []*events.Event, recNs []int6
 			var accts []*Account
 			s.Accounts(func(a *Account) { accts = append(accts, roundTrip(t, a)) })
 			s2 := New(cfg, 0)
-			s2.Restore(s.Snapshot(), accts)
+			restore(s2, s.Snapshot(), accts)
 			s = s2
 		}
 		in := Input{Offset: int64(i), Event: e}
@@ -462,7 +462,7 @@ func TestCodecVersion1(t *testing.T) {
 		t.Fatalf("v1 decoded %d ids, legacy %v", got.Dedupe.Len(), got.legacy)
 	}
 	s2 := New(DefaultConfig(pricebook.Default()), 0)
-	s2.Restore(s.Snapshot(), []*Account{got})
+	restore(s2, s.Snapshot(), []*Account{got})
 	later := t0.Add(20 * time.Hour)
 	l2 := &logb{t: t, seq: 100}
 	l2.add(later, grant("b", "gb", 1, 0, nil)) // the first fold: stamps the legacy ids at 20 h

@@ -242,7 +242,7 @@ func TestLoadCountsSurviveRestore(t *testing.T) {
 	var accts []*Account
 	s1.Accounts(func(a *Account) { accts = append(accts, roundTrip(t, a)) })
 	s2 := New(cfg, 0)
-	s2.Restore(s1.Snapshot(), accts)
+	restore(s2, s1.Snapshot(), accts)
 	if err := s2.Check(); err != nil {
 		t.Fatal(err)
 	}
