@@ -134,13 +134,13 @@ type Config struct {
 	// expiry plus this interval, with no customer traffic.
 	TickIntervalMs       int64 `env:"LEDGER_TICK_INTERVAL_MS" envDefault:"1000"`
 	HistoryWindowMs      int64 `env:"LEDGER_HISTORY_WINDOW_MS" envDefault:"3600000"`
-	RejectMinRequests    int32 `env:"LEDGER_REJECT_MIN_REQUESTS" envDefault:"20"`
+	RejectRequestsMin    int32 `env:"LEDGER_REJECT_MIN_REQUESTS" envDefault:"20"`
 	RejectRatioPermille  int32 `env:"LEDGER_REJECT_RATIO_PERMILLE" envDefault:"500"`
 	RejectFactorPermille int32 `env:"LEDGER_REJECT_FACTOR_PERMILLE" envDefault:"700"`
 	FlagPenaltyPermille  int32 `env:"LEDGER_FLAG_PENALTY_PERMILLE" envDefault:"500"`
 	FlagDecayMs          int64 `env:"LEDGER_FLAG_DECAY_MS" envDefault:"86400000"`
 	BlockMs              int64 `env:"LEDGER_BLOCK_MS" envDefault:"86400000"`
-	CleanMinRequests     int64 `env:"LEDGER_CLEAN_MIN_REQUESTS" envDefault:"100"`
+	CleanRequestsMin     int64 `env:"LEDGER_CLEAN_MIN_REQUESTS" envDefault:"100"`
 	CleanBonusPermille   int32 `env:"LEDGER_CLEAN_BONUS_PERMILLE" envDefault:"1200"`
 
 	// HTTP is LEDGER_HTTP_*: the HTTP server's timeouts and header bound (httpx.ServerSettings).
@@ -180,10 +180,10 @@ func DefaultConfig() Config {
 		PartitionsTotal: 4, AccountSharePermille: f.AccountSharePermille, ParkTimeoutMs: f.ParkTimeoutNs / ms,
 		ParkedPerAccountMax: f.ParkedPerAccountMax, HoldsPerAccountMax: f.HoldsPerAccountMax, GrantsPerAccountMax: f.GrantsPerAccountMax,
 		DedupeWindowMs: f.DedupeWindowNs / ms, DedupePerAccountMax: f.DedupePerAccountMax, FutureSkewMsMax: f.FutureSkewNsMax / ms,
-		RenewalCatchUpMax: f.RenewalCatchUpMax, TickIntervalMs: 1000, HistoryWindowMs: f.HistoryWindowNs / ms, RejectMinRequests: f.RejectMinRequests,
+		RenewalCatchUpMax: f.RenewalCatchUpMax, TickIntervalMs: 1000, HistoryWindowMs: f.HistoryWindowNs / ms, RejectRequestsMin: f.RejectRequestsMin,
 		RejectRatioPermille: f.RejectRatioPermille, RejectFactorPermille: f.RejectFactorPermille,
 		FlagPenaltyPermille: f.FlagPenaltyPermille, FlagDecayMs: f.FlagDecayNs / ms, BlockMs: f.BlockNs / ms,
-		CleanMinRequests: f.CleanMinRequests, CleanBonusPermille: f.CleanBonusPermille,
+		CleanRequestsMin: f.CleanRequestsMin, CleanBonusPermille: f.CleanBonusPermille,
 		AuthFailuresMax: 20, AuthFailureWindowMs: 60_000, AuthFailureClientsMax: 10_000, Webhook: DefaultWebhookSettings,
 		HTTP: httpx.DefaultServerSettings,
 		TLS:  tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
@@ -299,13 +299,13 @@ func (c Config) Validate() error {
 	rng("LEDGER_RENEWAL_CATCH_UP_MAX", int64(c.RenewalCatchUpMax), 1, 1200)
 	rng("LEDGER_TICK_INTERVAL_MS", c.TickIntervalMs, 50, 3_600_000)
 	rng("LEDGER_HISTORY_WINDOW_MS", c.HistoryWindowMs, 60_000, 31*day)
-	rng("LEDGER_REJECT_MIN_REQUESTS", int64(c.RejectMinRequests), 1, 1_000_000)
+	rng("LEDGER_REJECT_MIN_REQUESTS", int64(c.RejectRequestsMin), 1, 1_000_000)
 	rng("LEDGER_REJECT_RATIO_PERMILLE", int64(c.RejectRatioPermille), 0, 1000)
 	rng("LEDGER_REJECT_FACTOR_PERMILLE", int64(c.RejectFactorPermille), 0, events.MaxFactorPermille)
 	rng("LEDGER_FLAG_PENALTY_PERMILLE", int64(c.FlagPenaltyPermille), 0, 1000)
 	rng("LEDGER_FLAG_DECAY_MS", c.FlagDecayMs, 60_000, 365*day)
 	rng("LEDGER_BLOCK_MS", c.BlockMs, 60_000, 365*day)
-	rng("LEDGER_CLEAN_MIN_REQUESTS", c.CleanMinRequests, 1, 1<<40)
+	rng("LEDGER_CLEAN_MIN_REQUESTS", c.CleanRequestsMin, 1, 1<<40)
 	rng("LEDGER_CLEAN_BONUS_PERMILLE", int64(c.CleanBonusPermille), 1000, events.MaxFactorPermille)
 	if err := c.HTTP.ValidateEnv("LEDGER_"); err != nil {
 		errs = append(errs, err)
@@ -326,9 +326,9 @@ func (c Config) FoldConfig(book *pricebook.Book) fold.Config {
 	return fold.Config{Book: book, PartitionsTotal: c.PartitionsTotal, AccountSharePermille: c.AccountSharePermille, ParkTimeoutNs: c.ParkTimeoutMs * ms,
 		ParkedPerAccountMax: c.ParkedPerAccountMax, HoldsPerAccountMax: c.HoldsPerAccountMax, GrantsPerAccountMax: c.GrantsPerAccountMax,
 		DedupeWindowNs: c.DedupeWindowMs * ms, DedupePerAccountMax: c.DedupePerAccountMax, FutureSkewNsMax: c.FutureSkewMsMax * ms,
-		RenewalCatchUpMax: c.RenewalCatchUpMax, HistoryWindowNs: c.HistoryWindowMs * ms, RejectMinRequests: c.RejectMinRequests, RejectRatioPermille: c.RejectRatioPermille,
+		RenewalCatchUpMax: c.RenewalCatchUpMax, HistoryWindowNs: c.HistoryWindowMs * ms, RejectRequestsMin: c.RejectRequestsMin, RejectRatioPermille: c.RejectRatioPermille,
 		RejectFactorPermille: c.RejectFactorPermille, FlagPenaltyPermille: c.FlagPenaltyPermille, FlagDecayNs: c.FlagDecayMs * ms,
-		BlockNs: c.BlockMs * ms, CleanMinRequests: c.CleanMinRequests, CleanBonusPermille: c.CleanBonusPermille}
+		BlockNs: c.BlockMs * ms, CleanRequestsMin: c.CleanRequestsMin, CleanBonusPermille: c.CleanBonusPermille}
 }
 
 // Service is a wired ledger: engine, API server and the events publisher.

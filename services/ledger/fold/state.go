@@ -77,13 +77,13 @@ type Config struct {
 	DedupePerAccountMax int
 	// History factor policy.
 	HistoryWindowNs      int64 // rejection-ratio window length, aligned to the epoch. Default 1 h.
-	RejectMinRequests    int32 // requests in the last two windows before the ratio counts. Default 20.
+	RejectRequestsMin    int32 // requests in the last two windows before the ratio counts. Default 20.
 	RejectRatioPermille  int32 // ratio above which the factor drops. Default 500.
 	RejectFactorPermille int32 // factor while the ratio is above. Default 700.
 	FlagPenaltyPermille  int32 // penalty per throttle flag, decaying linearly. Default 500.
 	FlagDecayNs          int64 // time for a flag's penalty to decay to zero. Default 24 h.
 	BlockNs              int64 // how long a block flag sets the factor to 0. Default 24 h.
-	CleanMinRequests     int64 // settled requests, no overage, no live flag -> bonus. Default 100.
+	CleanRequestsMin     int64 // settled requests, no overage, no live flag -> bonus. Default 100.
 	CleanBonusPermille   int32 // the clean-history factor. Default 1200.
 }
 
@@ -93,9 +93,9 @@ func DefaultConfig(book *pricebook.Book) Config {
 		Book: book, PartitionsTotal: 1, AccountSharePermille: 100, ParkTimeoutNs: int64(time.Hour), ParkedPerAccountMax: 8,
 		HoldsPerAccountMax: 1024, GrantsPerAccountMax: 64, DedupeWindowNs: int64(24 * time.Hour), DedupePerAccountMax: 4096,
 		FutureSkewNsMax: int64(5 * time.Minute), RenewalCatchUpMax: 12,
-		HistoryWindowNs: int64(time.Hour), RejectMinRequests: 20, RejectRatioPermille: 500,
+		HistoryWindowNs: int64(time.Hour), RejectRequestsMin: 20, RejectRatioPermille: 500,
 		RejectFactorPermille: 700, FlagPenaltyPermille: 500, FlagDecayNs: int64(24 * time.Hour),
-		BlockNs: int64(24 * time.Hour), CleanMinRequests: 100, CleanBonusPermille: 1200,
+		BlockNs: int64(24 * time.Hour), CleanRequestsMin: 100, CleanBonusPermille: 1200,
 	}
 }
 
@@ -120,13 +120,13 @@ func (c Config) Validate() error {
 	pos("FutureSkewNsMax", c.FutureSkewNsMax, int64(time.Second), day)
 	pos("RenewalCatchUpMax", int64(c.RenewalCatchUpMax), 1, 1200)
 	pos("HistoryWindowNs", c.HistoryWindowNs, int64(time.Minute), 31*day)
-	pos("RejectMinRequests", int64(c.RejectMinRequests), 1, 1_000_000)
+	pos("RejectRequestsMin", int64(c.RejectRequestsMin), 1, 1_000_000)
 	pos("RejectRatioPermille", int64(c.RejectRatioPermille), 0, 1000)
 	pos("RejectFactorPermille", int64(c.RejectFactorPermille), 0, events.MaxFactorPermille)
 	pos("FlagPenaltyPermille", int64(c.FlagPenaltyPermille), 0, 1000)
 	pos("FlagDecayNs", c.FlagDecayNs, int64(time.Minute), 365*day)
 	pos("BlockNs", c.BlockNs, int64(time.Minute), 365*day)
-	pos("CleanMinRequests", c.CleanMinRequests, 1, 1<<40)
+	pos("CleanRequestsMin", c.CleanRequestsMin, 1, 1<<40)
 	pos("CleanBonusPermille", int64(c.CleanBonusPermille), 1000, events.MaxFactorPermille)
 	return errors.Join(errs...)
 }
