@@ -196,7 +196,7 @@ func (s *Service) answerAdmit(w http.ResponseWriter, a *admission, err error) {
 
 // bodyPool recycles the buffers the admit answers (the cache keeps an exact-size copy) and
 // their events are written in.
-var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, eventBytesEst); return &b }}
 
 // confirmInLogOrder applies the log-order rule to an allowed admission whose event is
 // durable (revokeIfUncovered); a revoked admission's answer is rewritten as the denial.

@@ -242,8 +242,8 @@ func (c Config) Validate() error {
 	if len(c.InstanceID) > 64 {
 		errs = append(errs, errors.New("ADMITTER_INSTANCE_ID: at most 64 bytes"))
 	}
-	if c.KeyHashSecret != "" && len(c.KeyHashSecret) < httpx.MinHashSecretBytes {
-		errs = append(errs, fmt.Errorf("ADMITTER_KEY_HASH_SECRET: at least %d bytes", httpx.MinHashSecretBytes))
+	if c.KeyHashSecret != "" && len(c.KeyHashSecret) < httpx.HashSecretBytesMin {
+		errs = append(errs, fmt.Errorf("ADMITTER_KEY_HASH_SECRET: at least %d bytes", httpx.HashSecretBytesMin))
 	}
 	if _, err := parseKeys(c.APIKeys, c.keyOptions(nil)); err != nil {
 		add("ADMITTER_API_KEYS", err)

@@ -18,8 +18,12 @@ import (
 // (appendPayload). encode_test.go checks that events.Decode reads back
 // exactly what events.New would have built.
 func encode(source string, now time.Time, data events.Data) ([]byte, string, error) {
-	return encodeTo(make([]byte, 0, 1024), source, now, data)
+	return encodeTo(make([]byte, 0, eventBytesEst), source, now, data)
 }
+
+// eventBytesEst is the initial capacity of a buffer an event or an admit answer is written
+// into (encode, bodyPool): an admit event and its answer fit, a larger one grows the buffer.
+const eventBytesEst = 1024
 
 // encodeTo is encode appending to b[:0].
 func encodeTo(b []byte, source string, now time.Time, data events.Data) ([]byte, string, error) {

@@ -30,10 +30,10 @@ const testSecret = "s3cret-key-1"
 func testBook(t testing.TB) string {
 	t.Helper()
 	b := pricebook.Default()
-	b.Tiers["tiny"] = pricebook.Tier{RatePerMinute: 60, Burst: 2, MaxConcurrent: 3,
+	b.Tiers["tiny"] = pricebook.Tier{RatePerMinute: 60, Burst: 2, ConcurrentMax: 3,
 		Allowance: []pricebook.Window{{Name: "5h", LengthMs: 18_000_000, Micros: 1_000_000}}}
-	b.Tiers["wide"] = pricebook.Tier{RatePerMinute: 600_000, Burst: 100_000, MaxConcurrent: 100_000}
-	b.Tiers["conc3"] = pricebook.Tier{RatePerMinute: 600_000, Burst: 100_000, MaxConcurrent: 3}
+	b.Tiers["wide"] = pricebook.Tier{RatePerMinute: 600_000, Burst: 100_000, ConcurrentMax: 100_000}
+	b.Tiers["conc3"] = pricebook.Tier{RatePerMinute: 600_000, Burst: 100_000, ConcurrentMax: 3}
 	bench := b.Endpoints["codex.responses"]
 	bench.CapacityInflight = 1_000_000 // the HTTP benchmark admits without finishing
 	b.Endpoints["bench.code"] = bench

@@ -9,8 +9,8 @@ import (
 	"github.com/tallyhq/tally/shared/httpx"
 )
 
-// maxKeyFileBytes bounds the API key file.
-const maxKeyFileBytes = 1 << 20
+// keyFileBytesMax bounds the API key file.
+const keyFileBytesMax = 1 << 20
 
 // EdgeKeyPrefix starts every edge API key configured as an hmac entry.
 const EdgeKeyPrefix = "tk_"
@@ -39,8 +39,8 @@ func loadKeyFile(path string, o httpx.KeyringOptions) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if len(b) > maxKeyFileBytes {
-		return "", fmt.Errorf("%s: larger than %d bytes", path, maxKeyFileBytes)
+	if len(b) > keyFileBytesMax {
+		return "", fmt.Errorf("%s: larger than %d bytes", path, keyFileBytesMax)
 	}
 	if _, err := parseKeys(string(b), o); err != nil {
 		return "", fmt.Errorf("%s: %w", path, err)

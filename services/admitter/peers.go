@@ -56,7 +56,7 @@ const readBackSlack = time.Minute
 // Its fetch MinBytes: with ADMITTER_INSTANCES>1 a fetch returns as soon as anything is new:
 // admissions confirmed in log order wait for the follower, and peers' holds count as early as
 // they can. With one instance nothing waits for it (it only sees another admitter that runs
-// anyway, e.g. during a rolling deploy), and a fetch waits for follow.BatchMinBytes or
+// anyway, e.g. during a rolling deploy), and a fetch waits for follow.BatchBytesMin or
 // follow.MaxWait: fetching every few records cost the broker and this process about a tenth
 // of their CPU at 20,000 admits/s, for events it only skips.
 func (s *Service) newPeerLog() *follow.Log {
@@ -64,7 +64,7 @@ func (s *Service) newPeerLog() *follow.Log {
 	for _, e := range s.book.Endpoints {
 		holdMs = max(holdMs, e.HoldTimeoutMs)
 	}
-	minBytes := follow.BatchMinBytes
+	minBytes := follow.BatchBytesMin
 	if s.cfg.Instances > 1 {
 		minBytes = 1
 	}

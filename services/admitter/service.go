@@ -115,7 +115,7 @@ func New(cfg Config, log *slog.Logger) (*Service, error) {
 		return nil, err
 	}
 	wc := kafkax.WriterConfig{BatchTimeout: ms(cfg.BatchTimeoutMs), BatchSize: cfg.BatchMax,
-		WriteTimeout: ms(cfg.PublishTimeoutMs), MaxAttempts: 3, TLS: kafkaTLS}
+		WriteTimeout: ms(cfg.PublishTimeoutMs), AttemptsMax: 3, TLS: kafkaTLS}
 	s.dlq = kafkax.NewWriter(brokers, "", wc) // wc carries KAFKA_TLS_*
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {

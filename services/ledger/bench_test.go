@@ -49,7 +49,7 @@ func steadyLog(tb testing.TB, n, accounts int) []kafka.Message {
 }
 
 func produceMsgs(tb testing.TB, c *kafkatest.Cluster, msgs []kafka.Message) {
-	w := kafkax.NewWriter(c.Brokers, c.Topics.Events, kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 1000, WriteTimeout: 30 * time.Second, MaxAttempts: 3})
+	w := kafkax.NewWriter(c.Brokers, c.Topics.Events, kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 1000, WriteTimeout: 30 * time.Second, AttemptsMax: 3})
 	w.BatchBytes = engine.BatchBytesMax
 	defer w.Close()
 	for i := 0; i < len(msgs); i += 20_000 {

@@ -119,10 +119,10 @@ type Config struct {
 	// Dedupe: how long (log time) an applied id is remembered, and how many per account.
 	DedupeWindowMs      int64 `env:"LEDGER_DEDUPE_WINDOW_MS" envDefault:"86400000"`
 	DedupePerAccountMax int   `env:"LEDGER_DEDUPE_PER_ACCOUNT_MAX" envDefault:"4096"`
-	// FutureSkewMaxMs: how far an event's time may run ahead of its Kafka record timestamp;
+	// FutureSkewMsMax: how far an event's time may run ahead of its Kafka record timestamp;
 	// an event further ahead is dead-lettered (future_time), never applied, so that it cannot
 	// move the ledger's clock (hold expiry, the dedupe horizon) ahead.
-	FutureSkewMaxMs int64 `env:"LEDGER_FUTURE_SKEW_MAX_MS" envDefault:"300000"`
+	FutureSkewMsMax int64 `env:"LEDGER_FUTURE_SKEW_MAX_MS" envDefault:"300000"`
 	// RenewalCatchUpMax (LEDGER_RENEWAL_CATCH_UP_MAX, default 12, range [1, 1200]) bounds the
 	// billing periods a subscription catches up in order after a silence of its partition's
 	// log; older missed periods are skipped (no allocation, nothing carried).
@@ -134,13 +134,13 @@ type Config struct {
 	// expiry plus this interval, with no customer traffic.
 	TickIntervalMs       int64 `env:"LEDGER_TICK_INTERVAL_MS" envDefault:"1000"`
 	HistoryWindowMs      int64 `env:"LEDGER_HISTORY_WINDOW_MS" envDefault:"3600000"`
-	RejectMinRequests    int32 `env:"LEDGER_REJECT_MIN_REQUESTS" envDefault:"20"`
+	RejectRequestsMin    int32 `env:"LEDGER_REJECT_MIN_REQUESTS" envDefault:"20"`
 	RejectRatioPermille  int32 `env:"LEDGER_REJECT_RATIO_PERMILLE" envDefault:"500"`
 	RejectFactorPermille int32 `env:"LEDGER_REJECT_FACTOR_PERMILLE" envDefault:"700"`
 	FlagPenaltyPermille  int32 `env:"LEDGER_FLAG_PENALTY_PERMILLE" envDefault:"500"`
 	FlagDecayMs          int64 `env:"LEDGER_FLAG_DECAY_MS" envDefault:"86400000"`
 	BlockMs              int64 `env:"LEDGER_BLOCK_MS" envDefault:"86400000"`
-	CleanMinRequests     int64 `env:"LEDGER_CLEAN_MIN_REQUESTS" envDefault:"100"`
+	CleanRequestsMin     int64 `env:"LEDGER_CLEAN_MIN_REQUESTS" envDefault:"100"`
 	CleanBonusPermille   int32 `env:"LEDGER_CLEAN_BONUS_PERMILLE" envDefault:"1200"`
 
 	// HTTP is LEDGER_HTTP_*: the HTTP server's timeouts and header bound (httpx.ServerSettings).
@@ -178,12 +178,12 @@ func DefaultConfig() Config {
 		WriteTimeoutMs: 10_000, WriteAttemptsMax: 5, RetryBackoffMs: 1000, JournalPerAccount: 64, JournalAccountsMax: 10_000,
 		BodyBytesMax: 64 << 10, PageMax: 500, PublishTimeoutMs: 10_000, ShutdownTimeoutMs: 10_000,
 		PartitionsTotal: 4, AccountSharePermille: f.AccountSharePermille, ParkTimeoutMs: f.ParkTimeoutNs / ms,
-		ParkedPerAccountMax: f.MaxParkedPerAccount, HoldsPerAccountMax: f.MaxHoldsPerAccount, GrantsPerAccountMax: f.MaxGrantsPerAccount,
-		DedupeWindowMs: f.DedupeWindowNs / ms, DedupePerAccountMax: f.MaxDedupePerAccount, FutureSkewMaxMs: f.FutureSkewMaxNs / ms,
-		RenewalCatchUpMax: f.RenewalCatchUpMax, TickIntervalMs: 1000, HistoryWindowMs: f.HistoryWindowNs / ms, RejectMinRequests: f.RejectMinRequests,
+		ParkedPerAccountMax: f.ParkedPerAccountMax, HoldsPerAccountMax: f.HoldsPerAccountMax, GrantsPerAccountMax: f.GrantsPerAccountMax,
+		DedupeWindowMs: f.DedupeWindowNs / ms, DedupePerAccountMax: f.DedupePerAccountMax, FutureSkewMsMax: f.FutureSkewNsMax / ms,
+		RenewalCatchUpMax: f.RenewalCatchUpMax, TickIntervalMs: 1000, HistoryWindowMs: f.HistoryWindowNs / ms, RejectRequestsMin: f.RejectRequestsMin,
 		RejectRatioPermille: f.RejectRatioPermille, RejectFactorPermille: f.RejectFactorPermille,
 		FlagPenaltyPermille: f.FlagPenaltyPermille, FlagDecayMs: f.FlagDecayNs / ms, BlockMs: f.BlockNs / ms,
-		CleanMinRequests: f.CleanMinRequests, CleanBonusPermille: f.CleanBonusPermille,
+		CleanRequestsMin: f.CleanRequestsMin, CleanBonusPermille: f.CleanBonusPermille,
 		AuthFailuresMax: 20, AuthFailureWindowMs: 60_000, AuthFailureClientsMax: 10_000, Webhook: DefaultWebhookSettings,
 		HTTP: httpx.DefaultServerSettings,
 		TLS:  tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
@@ -243,8 +243,8 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
 		errs = append(errs, fmt.Errorf("LEDGER_LISTEN_ADDR: %w", err))
 	}
-	if c.KeyHashSecret != "" && len(c.KeyHashSecret) < httpx.MinHashSecretBytes {
-		errs = append(errs, fmt.Errorf("LEDGER_KEY_HASH_SECRET: at least %d bytes", httpx.MinHashSecretBytes))
+	if c.KeyHashSecret != "" && len(c.KeyHashSecret) < httpx.HashSecretBytesMin {
+		errs = append(errs, fmt.Errorf("LEDGER_KEY_HASH_SECRET: at least %d bytes", httpx.HashSecretBytesMin))
 	}
 	if k, err := httpx.ParseKeyringWith(c.AdminKeys, c.keyOptions(nil)); err != nil {
 		errs = append(errs, fmt.Errorf("LEDGER_ADMIN_KEYS: %w", err))
@@ -290,22 +290,22 @@ func (c Config) Validate() error {
 	rng("LEDGER_LOAD_PARTITIONS", c.PartitionsTotal, 1, 100_000)
 	rng("LEDGER_ACCOUNT_SHARE_PERMILLE", c.AccountSharePermille, 1, 1000)
 	rng("LEDGER_PARK_TIMEOUT_MS", c.ParkTimeoutMs, 1000, 7*day)
-	rng("LEDGER_PARKED_PER_ACCOUNT_MAX", int64(c.ParkedPerAccountMax), 0, 1024)
-	rng("LEDGER_HOLDS_PER_ACCOUNT_MAX", int64(c.HoldsPerAccountMax), 1, 100_000)
-	rng("LEDGER_GRANTS_PER_ACCOUNT_MAX", int64(c.GrantsPerAccountMax), 1, 10_000)
+	rng("LEDGER_PARKED_PER_ACCOUNT_MAX", int64(c.ParkedPerAccountMax), 0, fold.ParkedPerAccountMaxLimit)
+	rng("LEDGER_HOLDS_PER_ACCOUNT_MAX", int64(c.HoldsPerAccountMax), 1, fold.HoldsPerAccountMaxLimit)
+	rng("LEDGER_GRANTS_PER_ACCOUNT_MAX", int64(c.GrantsPerAccountMax), 1, fold.GrantsPerAccountMaxLimit)
 	rng("LEDGER_DEDUPE_WINDOW_MS", c.DedupeWindowMs, 1000, 31*day)
-	rng("LEDGER_DEDUPE_PER_ACCOUNT_MAX", int64(c.DedupePerAccountMax), 16, 1<<20)
-	rng("LEDGER_FUTURE_SKEW_MAX_MS", c.FutureSkewMaxMs, 1000, day)
+	rng("LEDGER_DEDUPE_PER_ACCOUNT_MAX", int64(c.DedupePerAccountMax), fold.DedupePerAccountMaxFloor, fold.DedupePerAccountMaxLimit)
+	rng("LEDGER_FUTURE_SKEW_MAX_MS", c.FutureSkewMsMax, 1000, day)
 	rng("LEDGER_RENEWAL_CATCH_UP_MAX", int64(c.RenewalCatchUpMax), 1, 1200)
 	rng("LEDGER_TICK_INTERVAL_MS", c.TickIntervalMs, 50, 3_600_000)
 	rng("LEDGER_HISTORY_WINDOW_MS", c.HistoryWindowMs, 60_000, 31*day)
-	rng("LEDGER_REJECT_MIN_REQUESTS", int64(c.RejectMinRequests), 1, 1_000_000)
+	rng("LEDGER_REJECT_MIN_REQUESTS", int64(c.RejectRequestsMin), 1, 1_000_000)
 	rng("LEDGER_REJECT_RATIO_PERMILLE", int64(c.RejectRatioPermille), 0, 1000)
 	rng("LEDGER_REJECT_FACTOR_PERMILLE", int64(c.RejectFactorPermille), 0, events.MaxFactorPermille)
 	rng("LEDGER_FLAG_PENALTY_PERMILLE", int64(c.FlagPenaltyPermille), 0, 1000)
 	rng("LEDGER_FLAG_DECAY_MS", c.FlagDecayMs, 60_000, 365*day)
 	rng("LEDGER_BLOCK_MS", c.BlockMs, 60_000, 365*day)
-	rng("LEDGER_CLEAN_MIN_REQUESTS", c.CleanMinRequests, 1, 1<<40)
+	rng("LEDGER_CLEAN_MIN_REQUESTS", c.CleanRequestsMin, 1, 1<<40)
 	rng("LEDGER_CLEAN_BONUS_PERMILLE", int64(c.CleanBonusPermille), 1000, events.MaxFactorPermille)
 	if err := c.HTTP.ValidateEnv("LEDGER_"); err != nil {
 		errs = append(errs, err)
@@ -324,11 +324,11 @@ func (c Config) Validate() error {
 func (c Config) FoldConfig(book *pricebook.Book) fold.Config {
 	ms := int64(time.Millisecond)
 	return fold.Config{Book: book, PartitionsTotal: c.PartitionsTotal, AccountSharePermille: c.AccountSharePermille, ParkTimeoutNs: c.ParkTimeoutMs * ms,
-		MaxParkedPerAccount: c.ParkedPerAccountMax, MaxHoldsPerAccount: c.HoldsPerAccountMax, MaxGrantsPerAccount: c.GrantsPerAccountMax,
-		DedupeWindowNs: c.DedupeWindowMs * ms, MaxDedupePerAccount: c.DedupePerAccountMax, FutureSkewMaxNs: c.FutureSkewMaxMs * ms,
-		RenewalCatchUpMax: c.RenewalCatchUpMax, HistoryWindowNs: c.HistoryWindowMs * ms, RejectMinRequests: c.RejectMinRequests, RejectRatioPermille: c.RejectRatioPermille,
+		ParkedPerAccountMax: c.ParkedPerAccountMax, HoldsPerAccountMax: c.HoldsPerAccountMax, GrantsPerAccountMax: c.GrantsPerAccountMax,
+		DedupeWindowNs: c.DedupeWindowMs * ms, DedupePerAccountMax: c.DedupePerAccountMax, FutureSkewNsMax: c.FutureSkewMsMax * ms,
+		RenewalCatchUpMax: c.RenewalCatchUpMax, HistoryWindowNs: c.HistoryWindowMs * ms, RejectRequestsMin: c.RejectRequestsMin, RejectRatioPermille: c.RejectRatioPermille,
 		RejectFactorPermille: c.RejectFactorPermille, FlagPenaltyPermille: c.FlagPenaltyPermille, FlagDecayNs: c.FlagDecayMs * ms,
-		BlockNs: c.BlockMs * ms, CleanMinRequests: c.CleanMinRequests, CleanBonusPermille: c.CleanBonusPermille}
+		BlockNs: c.BlockMs * ms, CleanRequestsMin: c.CleanRequestsMin, CleanBonusPermille: c.CleanBonusPermille}
 }
 
 // Service is a wired ledger: engine, API server and the events publisher.
@@ -393,7 +393,7 @@ func New(cfg Config) (*Service, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	wc := kafkax.DefaultWriterConfig
 	wc.WriteTimeout = time.Duration(cfg.WriteTimeoutMs) * time.Millisecond
-	wc.MaxAttempts = cfg.WriteAttemptsMax
+	wc.AttemptsMax = cfg.WriteAttemptsMax
 	wc.TLS = kafkaTLS
 	eng := engine.New(engine.Config{
 		Brokers: brokers, Topics: topics, Group: cfg.Group, Fold: fc,

@@ -35,12 +35,12 @@ type WebhookSettings struct {
 	// AttemptsMax (LEDGER_WEBHOOK_ATTEMPTS_MAX, default 8, 1..100) bounds the attempts of one
 	// notification before it is dead-lettered.
 	AttemptsMax int `env:"LEDGER_WEBHOOK_ATTEMPTS_MAX" envDefault:"8"`
-	// BackoffMinMs (LEDGER_WEBHOOK_BACKOFF_MIN_MS, default 1000, 1..3600000) is the wait after
+	// BackoffMsMin (LEDGER_WEBHOOK_BACKOFF_MIN_MS, default 1000, 1..3600000) is the wait after
 	// the first failed attempt; each further failure doubles it.
-	BackoffMinMs int64 `env:"LEDGER_WEBHOOK_BACKOFF_MIN_MS" envDefault:"1000"`
-	// BackoffMaxMs (LEDGER_WEBHOOK_BACKOFF_MAX_MS, default 60000, BackoffMinMs..86400000) caps
+	BackoffMsMin int64 `env:"LEDGER_WEBHOOK_BACKOFF_MIN_MS" envDefault:"1000"`
+	// BackoffMsMax (LEDGER_WEBHOOK_BACKOFF_MAX_MS, default 60000, BackoffMsMin..86400000) caps
 	// the wait, a receiver's Retry-After included.
-	BackoffMaxMs int64 `env:"LEDGER_WEBHOOK_BACKOFF_MAX_MS" envDefault:"60000"`
+	BackoffMsMax int64 `env:"LEDGER_WEBHOOK_BACKOFF_MAX_MS" envDefault:"60000"`
 	// QueueMax (LEDGER_WEBHOOK_QUEUE_MAX, default 100, 1..100000) bounds the notifications
 	// prefetched per assigned partition.
 	QueueMax int `env:"LEDGER_WEBHOOK_QUEUE_MAX" envDefault:"100"`
@@ -55,10 +55,10 @@ type WebhookSettings struct {
 
 // DefaultWebhookSettings are the envDefault values (no URL: off).
 var DefaultWebhookSettings = WebhookSettings{Group: "tally-webhook", TimeoutMs: 10_000, AttemptsMax: 8,
-	BackoffMinMs: 1000, BackoffMaxMs: 60_000, QueueMax: 100, InFlightMax: 16, DedupeMax: 100_000}
+	BackoffMsMin: 1000, BackoffMsMax: 60_000, QueueMax: 100, InFlightMax: 16, DedupeMax: 100_000}
 
-// webhookSecretMinBytes is the shortest accepted webhook secret.
-const webhookSecretMinBytes = 32
+// webhookSecretBytesMin is the shortest accepted webhook secret.
+const webhookSecretBytesMin = 32
 
 // Enabled reports whether webhooks are on (LEDGER_WEBHOOK_URL is set).
 func (w WebhookSettings) Enabled() bool { return w.URL != "" }
@@ -73,8 +73,8 @@ func (w WebhookSettings) readSecret() ([]byte, error) {
 		return nil, err
 	}
 	b = bytes.TrimRight(b, " \t\r\n")
-	if len(b) < webhookSecretMinBytes {
-		return nil, fmt.Errorf("%s: the secret is %d bytes, at least %d required", w.SecretFile, len(b), webhookSecretMinBytes)
+	if len(b) < webhookSecretBytesMin {
+		return nil, fmt.Errorf("%s: the secret is %d bytes, at least %d required", w.SecretFile, len(b), webhookSecretBytesMin)
 	}
 	return b, nil
 }
@@ -95,8 +95,8 @@ func (w WebhookSettings) validate(errs *[]error) {
 	rng := bounds.Into[int64](errs, "LEDGER_WEBHOOK_")
 	rng("TIMEOUT_MS", w.TimeoutMs, 100, 600_000)
 	rng("ATTEMPTS_MAX", int64(w.AttemptsMax), 1, 100)
-	rng("BACKOFF_MIN_MS", w.BackoffMinMs, 1, 3_600_000)
-	rng("BACKOFF_MAX_MS", w.BackoffMaxMs, max(w.BackoffMinMs, 1), 86_400_000)
+	rng("BACKOFF_MIN_MS", w.BackoffMsMin, 1, 3_600_000)
+	rng("BACKOFF_MAX_MS", w.BackoffMsMax, max(w.BackoffMsMin, 1), 86_400_000)
 	rng("QUEUE_MAX", int64(w.QueueMax), 1, 100_000)
 	rng("IN_FLIGHT_MAX", int64(w.InFlightMax), 1, 1024)
 	rng("DEDUPE_MAX", int64(w.DedupeMax), 0, 10_000_000)
@@ -117,7 +117,7 @@ func (w WebhookSettings) dispatcher(brokers []string, kafkaTLS *tls.Config, topi
 	ms := time.Millisecond
 	return webhook.New(webhook.Config{URL: w.URL, Secret: secret, Brokers: brokers, Topics: topics, Group: w.Group,
 		Timeout: time.Duration(w.TimeoutMs) * ms, AttemptsMax: w.AttemptsMax,
-		BackoffMin: time.Duration(w.BackoffMinMs) * ms, BackoffMax: time.Duration(w.BackoffMaxMs) * ms,
+		BackoffMin: time.Duration(w.BackoffMsMin) * ms, BackoffMax: time.Duration(w.BackoffMsMax) * ms,
 		QueueMax: w.QueueMax, InFlightMax: w.InFlightMax, DedupeMax: w.DedupeMax, KafkaTLS: kafkaTLS,
 		Logger: log, Registry: reg})
 }

@@ -50,7 +50,7 @@ func TestWebhookSettingsValidate(t *testing.T) {
 		{"short secret", func(c *ledger.Config) { c.Webhook.URL, c.Webhook.SecretFile = "https://hooks.example/tally", short }, "at least 32"},
 		{"bad url", func(c *ledger.Config) { c.Webhook.URL, c.Webhook.SecretFile = "hooks.example/tally", good }, "LEDGER_WEBHOOK_URL"},
 		{"attempts", func(c *ledger.Config) { c.Webhook.AttemptsMax = 0 }, "LEDGER_WEBHOOK_ATTEMPTS_MAX"},
-		{"backoff max below min", func(c *ledger.Config) { c.Webhook.BackoffMaxMs = c.Webhook.BackoffMinMs - 1 }, "LEDGER_WEBHOOK_BACKOFF_MAX_MS"},
+		{"backoff max below min", func(c *ledger.Config) { c.Webhook.BackoffMsMax = c.Webhook.BackoffMsMin - 1 }, "LEDGER_WEBHOOK_BACKOFF_MAX_MS"},
 		{"timeout", func(c *ledger.Config) { c.Webhook.TimeoutMs = 99 }, "LEDGER_WEBHOOK_TIMEOUT_MS"},
 		{"queue", func(c *ledger.Config) { c.Webhook.QueueMax = 0 }, "LEDGER_WEBHOOK_QUEUE_MAX"},
 		{"in flight", func(c *ledger.Config) { c.Webhook.InFlightMax = 1025 }, "LEDGER_WEBHOOK_IN_FLIGHT_MAX"},

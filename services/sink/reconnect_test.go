@@ -113,7 +113,7 @@ func TestSinkSurvivesBrokerRestart(t *testing.T) {
 	testevents.Produce(t, c.Brokers, first)
 
 	cfg := testConfig(c, ch)
-	cfg.KafkaReconnectBackoffMinMs, cfg.KafkaReconnectBackoffMaxMs = 50, 1000
+	cfg.KafkaReconnectBackoffMsMin, cfg.KafkaReconnectBackoffMsMax = 50, 1000
 	svc, _, done := start(t, cfg, pipeline.Hooks{})
 	conn := openCH(t, ch)
 	waitCount(t, conn, "SELECT count() FROM usage_events", 2*n1)
@@ -222,7 +222,7 @@ func TestSinkRebalanceHandsPartitionsBack(t *testing.T) {
 	const n = 6000
 	msgs := testevents.Stream(t, c.Topics, n, 13, time.Now().UTC().Add(-time.Hour))
 	cfg := testConfig(c, ch)
-	cfg.KafkaReconnectBackoffMinMs, cfg.KafkaReconnectBackoffMaxMs = 50, 1000
+	cfg.KafkaReconnectBackoffMsMin, cfg.KafkaReconnectBackoffMsMax = 50, 1000
 	cfg.BatchRowsMax = 200
 	a, _, doneA := start(t, cfg, pipeline.Hooks{})
 	var wg sync.WaitGroup
@@ -279,7 +279,7 @@ func TestSinkRebalanceHandsPartitionsBack(t *testing.T) {
 // broker is still electing its partition leaders.
 func produceRetrying(t *testing.T, brokers []string, msgs []kafka.Message) {
 	t.Helper()
-	w := kafkax.NewWriter(brokers, "", kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 5000, WriteTimeout: 30 * time.Second, MaxAttempts: 5})
+	w := kafkax.NewWriter(brokers, "", kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 5000, WriteTimeout: 30 * time.Second, AttemptsMax: 5})
 	defer w.Close()
 	deadline := time.Now().Add(90 * time.Second)
 	for len(msgs) > 0 {

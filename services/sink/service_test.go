@@ -30,7 +30,7 @@ func testConfig(c *kafkatest.Cluster, ch chstore.Config) sink.Config {
 	cfg.GroupID = c.Group("sink")
 	cfg.BatchWaitMs = 50
 	cfg.BatchRowsMax = 2000
-	cfg.RetryBackoffMinMs, cfg.RetryBackoffMaxMs = 10, 100
+	cfg.RetryBackoffMsMin, cfg.RetryBackoffMsMax = 10, 100
 	cfg.Detect.IntervalMs = 0
 	cfg.ClickHouse = ch
 	return cfg

@@ -58,20 +58,20 @@ type Config struct {
 	// QueueMessagesMax bounds prefetched messages (SINK_QUEUE_MESSAGES_MAX, default 10000,
 	// 1..1000000).
 	QueueMessagesMax int `env:"SINK_QUEUE_MESSAGES_MAX" envDefault:"10000"`
-	// RetryBackoffMinMs and RetryBackoffMaxMs bound the exponential backoff between insert
+	// RetryBackoffMsMin and RetryBackoffMsMax bound the exponential backoff between insert
 	// attempts (SINK_RETRY_BACKOFF_MIN_MS default 100, SINK_RETRY_BACKOFF_MAX_MS default 5000,
 	// 1..600000, min <= max); RetryAttemptsMax bounds the attempts before Run fails
 	// (SINK_RETRY_ATTEMPTS_MAX, default 30, 1..10000).
-	RetryBackoffMinMs int `env:"SINK_RETRY_BACKOFF_MIN_MS" envDefault:"100"`
-	RetryBackoffMaxMs int `env:"SINK_RETRY_BACKOFF_MAX_MS" envDefault:"5000"`
+	RetryBackoffMsMin int `env:"SINK_RETRY_BACKOFF_MIN_MS" envDefault:"100"`
+	RetryBackoffMsMax int `env:"SINK_RETRY_BACKOFF_MAX_MS" envDefault:"5000"`
 	RetryAttemptsMax  int `env:"SINK_RETRY_ATTEMPTS_MAX" envDefault:"30"`
-	// KafkaReconnectBackoffMinMs and KafkaReconnectBackoffMaxMs bound the exponential backoff
+	// KafkaReconnectBackoffMsMin and KafkaReconnectBackoffMsMax bound the exponential backoff
 	// before the consumer rejoins its group after a Kafka error (broker down or restarted,
 	// coordinator moved, fetch failed): Kafka errors never stop the sink, it stays not ready
 	// (/readyz 503) until it has rejoined (SINK_KAFKA_RECONNECT_BACKOFF_MIN_MS default 200,
 	// SINK_KAFKA_RECONNECT_BACKOFF_MAX_MS default 5000, 1..600000, min <= max).
-	KafkaReconnectBackoffMinMs int `env:"SINK_KAFKA_RECONNECT_BACKOFF_MIN_MS" envDefault:"200"`
-	KafkaReconnectBackoffMaxMs int `env:"SINK_KAFKA_RECONNECT_BACKOFF_MAX_MS" envDefault:"5000"`
+	KafkaReconnectBackoffMsMin int `env:"SINK_KAFKA_RECONNECT_BACKOFF_MIN_MS" envDefault:"200"`
+	KafkaReconnectBackoffMsMax int `env:"SINK_KAFKA_RECONNECT_BACKOFF_MAX_MS" envDefault:"5000"`
 	// KafkaSessionTimeoutMs is the consumer-group session timeout: a member silent that long
 	// is dropped. After a broker restart the sink rejoins under a new member id and the
 	// broker waits for the old one to expire, so this bounds the pause in consumption
@@ -120,8 +120,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{Brokers: "127.0.0.1:9092", TopicPrefix: kafkax.DefaultPrefix, ListenAddr: "127.0.0.1:8083",
 		GroupID: "tally-sink", BatchRowsMax: 100000, BatchBytesMax: 64 << 20, BatchWaitMs: 250, FetchBytesMax: 4 << 20,
-		QueueMessagesMax: 10000, RetryBackoffMinMs: 100, RetryBackoffMaxMs: 5000, RetryAttemptsMax: 30,
-		KafkaReconnectBackoffMinMs: 200, KafkaReconnectBackoffMaxMs: 5000, KafkaSessionTimeoutMs: 10000, KafkaRebalanceTimeoutMs: 30000,
+		QueueMessagesMax: 10000, RetryBackoffMsMin: 100, RetryBackoffMsMax: 5000, RetryAttemptsMax: 30,
+		KafkaReconnectBackoffMsMin: 200, KafkaReconnectBackoffMsMax: 5000, KafkaSessionTimeoutMs: 10000, KafkaRebalanceTimeoutMs: 30000,
 		IntentsMax: 10000, DedupeWindowMessages: 100000, DecodeWorkers: 2, InsertsParallelMax: 2, RetentionDays: 400, ClickHouse: chstore.DefaultConfig(), Detect: detect.DefaultConfig(),
 		HTTP: httpx.DefaultServerSettings,
 		TLS:  tlsx.ServerConfig{MinVersion: "1.2", ReloadCheckMs: tlsx.DefaultReloadCheckMs}}
@@ -153,15 +153,15 @@ func (c Config) Validate() error {
 	in("SINK_BATCH_WAIT_MS", int64(c.BatchWaitMs), 1, 60000)
 	in("SINK_FETCH_BYTES_MAX", int64(c.FetchBytesMax), 64<<10, 256<<20)
 	in("SINK_QUEUE_MESSAGES_MAX", int64(c.QueueMessagesMax), 1, 1_000_000)
-	in("SINK_RETRY_BACKOFF_MIN_MS", int64(c.RetryBackoffMinMs), 1, 600000)
-	in("SINK_RETRY_BACKOFF_MAX_MS", int64(c.RetryBackoffMaxMs), 1, 600000)
-	if c.RetryBackoffMaxMs < c.RetryBackoffMinMs {
+	in("SINK_RETRY_BACKOFF_MIN_MS", int64(c.RetryBackoffMsMin), 1, 600000)
+	in("SINK_RETRY_BACKOFF_MAX_MS", int64(c.RetryBackoffMsMax), 1, 600000)
+	if c.RetryBackoffMsMax < c.RetryBackoffMsMin {
 		errs = append(errs, errors.New("SINK_RETRY_BACKOFF_MAX_MS: below SINK_RETRY_BACKOFF_MIN_MS"))
 	}
 	in("SINK_RETRY_ATTEMPTS_MAX", int64(c.RetryAttemptsMax), 1, 10000)
-	in("SINK_KAFKA_RECONNECT_BACKOFF_MIN_MS", int64(c.KafkaReconnectBackoffMinMs), 1, 600000)
-	in("SINK_KAFKA_RECONNECT_BACKOFF_MAX_MS", int64(c.KafkaReconnectBackoffMaxMs), 1, 600000)
-	if c.KafkaReconnectBackoffMaxMs < c.KafkaReconnectBackoffMinMs {
+	in("SINK_KAFKA_RECONNECT_BACKOFF_MIN_MS", int64(c.KafkaReconnectBackoffMsMin), 1, 600000)
+	in("SINK_KAFKA_RECONNECT_BACKOFF_MAX_MS", int64(c.KafkaReconnectBackoffMsMax), 1, 600000)
+	if c.KafkaReconnectBackoffMsMax < c.KafkaReconnectBackoffMsMin {
 		errs = append(errs, errors.New("SINK_KAFKA_RECONNECT_BACKOFF_MAX_MS: below SINK_KAFKA_RECONNECT_BACKOFF_MIN_MS"))
 	}
 	in("SINK_KAFKA_SESSION_TIMEOUT_MS", int64(c.KafkaSessionTimeoutMs), 6000, 300000)
@@ -201,11 +201,11 @@ func (c Config) pipelineConfig(brokers []string, tc *tls.Config) pipeline.Config
 		Brokers: brokers, Topics: []string{t.Events, t.Journal}, DeadLetterTopic: t.DeadLetter, GroupID: c.GroupID,
 		BatchRowsMax: c.BatchRowsMax, BatchBytesMax: c.BatchBytesMax, BatchWait: time.Duration(c.BatchWaitMs) * time.Millisecond,
 		FetchBytesMax: c.FetchBytesMax, QueueMessagesMax: c.QueueMessagesMax,
-		RetryBackoffMin: time.Duration(c.RetryBackoffMinMs) * time.Millisecond, RetryBackoffMax: time.Duration(c.RetryBackoffMaxMs) * time.Millisecond,
+		RetryBackoffMin: time.Duration(c.RetryBackoffMsMin) * time.Millisecond, RetryBackoffMax: time.Duration(c.RetryBackoffMsMax) * time.Millisecond,
 		RetryAttemptsMax: c.RetryAttemptsMax, IntentsMax: c.IntentsMax, DecodeWorkers: c.DecodeWorkers,
 		InsertsParallelMax: c.InsertsParallelMax, DedupeWindow: c.DedupeWindowMessages, TLS: tc,
-		ReconnectBackoffMin: time.Duration(c.KafkaReconnectBackoffMinMs) * time.Millisecond,
-		ReconnectBackoffMax: time.Duration(c.KafkaReconnectBackoffMaxMs) * time.Millisecond,
+		ReconnectBackoffMin: time.Duration(c.KafkaReconnectBackoffMsMin) * time.Millisecond,
+		ReconnectBackoffMax: time.Duration(c.KafkaReconnectBackoffMsMax) * time.Millisecond,
 		SessionTimeout:      time.Duration(c.KafkaSessionTimeoutMs) * time.Millisecond,
 		RebalanceTimeout:    time.Duration(c.KafkaRebalanceTimeoutMs) * time.Millisecond,
 	}

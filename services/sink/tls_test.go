@@ -75,7 +75,7 @@ func TestTLSEverywhere(t *testing.T) {
 
 	const n = 50
 	w := kafkax.NewWriter(c.Brokers, "", kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 1000,
-		WriteTimeout: 30 * time.Second, MaxAttempts: 3, TLS: clientTLS})
+		WriteTimeout: 30 * time.Second, AttemptsMax: 3, TLS: clientTLS})
 	defer w.Close()
 	if err := w.WriteMessages(ctx, testevents.Stream(t, c.Topics, n, 3, time.Now().UTC().Add(-time.Hour))...); err != nil {
 		t.Fatal(err)

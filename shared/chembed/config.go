@@ -10,19 +10,19 @@ import (
 
 // Defaults and bounds of Config. A zero field takes its default.
 const (
-	// DefaultMaxBodyBytes is the default request body bound (256 MiB).
-	DefaultMaxBodyBytes int64 = 256 << 20
-	// DefaultMaxConcurrentQueries is the default number of queries executing at once.
-	DefaultMaxConcurrentQueries = 4
-	// DefaultMaxWaitingQueries is the default number of requests waiting for a free query slot.
-	DefaultMaxWaitingQueries = 64
+	// DefaultBodyBytesMax is the default request body bound (256 MiB).
+	DefaultBodyBytesMax int64 = 256 << 20
+	// DefaultConcurrentQueriesMax is the default number of queries executing at once.
+	DefaultConcurrentQueriesMax = 4
+	// DefaultWaitingQueriesMax is the default number of requests waiting for a free query slot.
+	DefaultWaitingQueriesMax = 64
 	// DefaultQueryTimeout is the default upper bound on one request.
 	DefaultQueryTimeout = 5 * time.Minute
-	// DefaultMaxResultBytes is the default bound on one response body (1 GiB).
-	DefaultMaxResultBytes int64 = 1 << 30
+	// DefaultResultBytesMax is the default bound on one response body (1 GiB).
+	DefaultResultBytesMax int64 = 1 << 30
 
-	maxConcurrentQueriesMax = 256
-	maxWaitingQueriesMax    = 65536
+	concurrentQueriesMaxLimit = 256
+	waitingQueriesMaxLimit    = 65536
 )
 
 // Config configures an embedded ClickHouse endpoint. The zero value is valid:
@@ -51,42 +51,42 @@ type Config struct {
 	// answer may take QueryTimeout on top), keep-alive idling, header bytes.
 	// Zero fields take httpx.DefaultServerConfig's (5 s, 15 s, 30 s, 120 s, 64 KiB).
 	Server httpx.ServerConfig
-	// MaxBodyBytes bounds a request body, both as received and after
+	// BodyBytesMax bounds a request body, both as received and after
 	// decompression; larger bodies fail with HTTP 413. Default 256 MiB.
-	MaxBodyBytes int64
-	// MaxConcurrentQueries bounds the queries executing at once, each on its
+	BodyBytesMax int64
+	// ConcurrentQueriesMax bounds the queries executing at once, each on its
 	// own chDB connection. Default 4, at most 256.
-	MaxConcurrentQueries int
-	// MaxWaitingQueries bounds the requests waiting for a free query slot;
+	ConcurrentQueriesMax int
+	// WaitingQueriesMax bounds the requests waiting for a free query slot;
 	// beyond it requests fail at once with HTTP 503 (code 202). Default 64.
-	MaxWaitingQueries int
+	WaitingQueriesMax int
 	// QueryTimeout bounds one request, waiting included. It caps the
 	// max_execution_time setting a client sends; a client's own shorter
 	// context deadline or disconnect cancels the query too. Default 5 min.
 	QueryTimeout time.Duration
-	// MaxResultBytes bounds one response body; larger results fail with
+	// ResultBytesMax bounds one response body; larger results fail with
 	// code 396. chDB materialises a result before it is checked, so this
 	// bounds what is sent, not the engine's memory. Default 1 GiB.
-	MaxResultBytes int64
+	ResultBytesMax int64
 }
 
 // Validate reports every invalid field, joined.
 func (c Config) Validate() error {
 	var errs []error
-	if c.MaxBodyBytes < 0 {
-		errs = append(errs, fmt.Errorf("MaxBodyBytes: %d is negative", c.MaxBodyBytes))
+	if c.BodyBytesMax < 0 {
+		errs = append(errs, fmt.Errorf("BodyBytesMax: %d is negative", c.BodyBytesMax))
 	}
-	if c.MaxConcurrentQueries < 0 || c.MaxConcurrentQueries > maxConcurrentQueriesMax {
-		errs = append(errs, fmt.Errorf("MaxConcurrentQueries: %d not in [0, %d]", c.MaxConcurrentQueries, maxConcurrentQueriesMax))
+	if c.ConcurrentQueriesMax < 0 || c.ConcurrentQueriesMax > concurrentQueriesMaxLimit {
+		errs = append(errs, fmt.Errorf("ConcurrentQueriesMax: %d not in [0, %d]", c.ConcurrentQueriesMax, concurrentQueriesMaxLimit))
 	}
-	if c.MaxWaitingQueries < 0 || c.MaxWaitingQueries > maxWaitingQueriesMax {
-		errs = append(errs, fmt.Errorf("MaxWaitingQueries: %d not in [0, %d]", c.MaxWaitingQueries, maxWaitingQueriesMax))
+	if c.WaitingQueriesMax < 0 || c.WaitingQueriesMax > waitingQueriesMaxLimit {
+		errs = append(errs, fmt.Errorf("WaitingQueriesMax: %d not in [0, %d]", c.WaitingQueriesMax, waitingQueriesMaxLimit))
 	}
 	if c.QueryTimeout < 0 {
 		errs = append(errs, fmt.Errorf("QueryTimeout: %s is negative", c.QueryTimeout))
 	}
-	if c.MaxResultBytes < 0 {
-		errs = append(errs, fmt.Errorf("MaxResultBytes: %d is negative", c.MaxResultBytes))
+	if c.ResultBytesMax < 0 {
+		errs = append(errs, fmt.Errorf("ResultBytesMax: %d is negative", c.ResultBytesMax))
 	}
 	if len(c.Users) == 0 && !c.AllowAnonymous {
 		errs = append(errs, errNoUsers)
@@ -110,20 +110,20 @@ func (c Config) Validate() error {
 
 // withDefaults returns c with every zero field replaced by its default.
 func (c Config) withDefaults() Config {
-	if c.MaxBodyBytes == 0 {
-		c.MaxBodyBytes = DefaultMaxBodyBytes
+	if c.BodyBytesMax == 0 {
+		c.BodyBytesMax = DefaultBodyBytesMax
 	}
-	if c.MaxConcurrentQueries == 0 {
-		c.MaxConcurrentQueries = DefaultMaxConcurrentQueries
+	if c.ConcurrentQueriesMax == 0 {
+		c.ConcurrentQueriesMax = DefaultConcurrentQueriesMax
 	}
-	if c.MaxWaitingQueries == 0 {
-		c.MaxWaitingQueries = DefaultMaxWaitingQueries
+	if c.WaitingQueriesMax == 0 {
+		c.WaitingQueriesMax = DefaultWaitingQueriesMax
 	}
 	if c.QueryTimeout == 0 {
 		c.QueryTimeout = DefaultQueryTimeout
 	}
-	if c.MaxResultBytes == 0 {
-		c.MaxResultBytes = DefaultMaxResultBytes
+	if c.ResultBytesMax == 0 {
+		c.ResultBytesMax = DefaultResultBytesMax
 	}
 	d := httpx.DefaultServerConfig
 	for _, f := range []struct{ v, def *time.Duration }{

@@ -181,12 +181,12 @@ type pool struct {
 	closed   bool
 }
 
-func newPool(e *engine, size, maxWaiting int) *pool {
+func newPool(e *engine, size, waitingMax int) *pool {
 	return &pool{
 		eng:     e,
 		slots:   make(chan struct{}, size),
 		idle:    make(chan *chConn, size),
-		waiting: make(chan struct{}, maxWaiting),
+		waiting: make(chan struct{}, waitingMax),
 	}
 }
 

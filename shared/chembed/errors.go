@@ -73,7 +73,7 @@ func exception(err error) (code, status int, text string) {
 			"Request body not received within the server's read timeout. (SOCKET_TIMEOUT)"
 	case errors.Is(err, errBodyTooLarge) || errors.As(err, &mbe):
 		code, status, text = codeTooManyBytes, http.StatusRequestEntityTooLarge,
-			"Request body exceeds the server's MaxBodyBytes. (TOO_MANY_BYTES)"
+			"Request body exceeds the server's BodyBytesMax. (TOO_MANY_BYTES)"
 	case errors.As(err, &he):
 		code, status, text = he.code, he.status, he.msg
 	case errors.Is(err, errTooManyWaiting):

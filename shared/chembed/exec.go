@@ -27,11 +27,11 @@ func (s *Server) run(ctx context.Context, w http.ResponseWriter, r *http.Request
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
 		return &httpError{code: codeNotImplemented, msg: "External tables (multipart bodies) are not supported. (NOT_IMPLEMENTED)"}
 	}
-	dec, err := bodyReader(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes), r.Header.Get("Content-Encoding"), req.decompress)
+	dec, err := bodyReader(http.MaxBytesReader(w, r.Body, s.cfg.BodyBytesMax), r.Header.Get("Content-Encoding"), req.decompress)
 	if err != nil {
 		return err
 	}
-	data := io.Reader(&limitReader{r: dec, n: s.cfg.MaxBodyBytes})
+	data := io.Reader(&limitReader{r: dec, n: s.cfg.BodyBytesMax})
 
 	// The query is ?query= followed by a newline and the body, or the body
 	// alone. An INSERT's data is streamed rather than read into memory.
@@ -75,7 +75,7 @@ func (s *Server) run(ctx context.Context, w http.ResponseWriter, r *http.Request
 		conn.db = req.database
 	}
 	tag := "chembed-" + strconv.FormatUint(queryTags.Add(1), 10)
-	extra := []setting{{name: "max_execution_time", value: s.maxExecSeconds(ctx, req)}}
+	extra := []setting{{name: "max_execution_time", value: s.execSecondsMax(ctx, req)}}
 	if !req.logComment {
 		extra = append(extra, setting{name: "log_comment", value: tag})
 		// A cancelled request (client gone, deadline passed) kills its query.
@@ -121,22 +121,22 @@ func (s *Server) run(ctx context.Context, w http.ResponseWriter, r *http.Request
 	}
 	defer res.free()
 	out := res.bytes()
-	if int64(len(out)) > s.cfg.MaxResultBytes {
+	if int64(len(out)) > s.cfg.ResultBytesMax {
 		return &httpError{code: codeTooManyRowsOrBytes,
-			msg: "Result of " + strconv.Itoa(len(out)) + " bytes exceeds the server's MaxResultBytes. (TOO_MANY_ROWS_OR_BYTES)"}
+			msg: "Result of " + strconv.Itoa(len(out)) + " bytes exceeds the server's ResultBytesMax. (TOO_MANY_ROWS_OR_BYTES)"}
 	}
 	return writeResult(w, r, req, out)
 }
 
-// maxExecSeconds is the max_execution_time for a query: the client's value,
+// execSecondsMax is the max_execution_time for a query: the client's value,
 // capped by what is left of the request's QueryTimeout.
-func (s *Server) maxExecSeconds(ctx context.Context, req *request) string {
+func (s *Server) execSecondsMax(ctx context.Context, req *request) string {
 	secs := s.cfg.QueryTimeout.Seconds()
 	if dl, ok := ctx.Deadline(); ok {
 		secs = max(time.Until(dl).Seconds(), 0.001)
 	}
-	if req.maxExecSecs > 0 && req.maxExecSecs < secs {
-		secs = req.maxExecSecs
+	if req.execSecsMax > 0 && req.execSecsMax < secs {
+		secs = req.execSecsMax
 	}
 	return strconv.FormatFloat(secs, 'f', 3, 64)
 }

@@ -178,7 +178,7 @@ func TestAuth(t *testing.T) {
 func TestBodyBound(t *testing.T) {
 	shared := chembedtest.Start(t)
 	db := chembedtest.NewDatabase(t, shared)
-	s, err := chembed.Start(chembed.Config{MaxBodyBytes: 64 << 10, AllowAnonymous: true}, "127.0.0.1:0")
+	s, err := chembed.Start(chembed.Config{BodyBytesMax: 64 << 10, AllowAnonymous: true}, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,9 +410,9 @@ func TestConfigValidate(t *testing.T) {
 	if err := (chembed.Config{}).Validate(); err == nil || !strings.Contains(err.Error(), "Users") {
 		t.Fatalf("no users and not anonymous: %v, want an error naming Users", err)
 	}
-	err := chembed.Config{MaxBodyBytes: -1, MaxConcurrentQueries: 1000, QueryTimeout: -time.Second,
+	err := chembed.Config{BodyBytesMax: -1, ConcurrentQueriesMax: 1000, QueryTimeout: -time.Second,
 		Users: []chembed.User{{Name: "a", Password: "short", Role: chembed.RoleAnalyst}, {Name: "a", Password: "0123456789abcdef"}}}.Validate()
-	for _, field := range []string{"MaxBodyBytes", "MaxConcurrentQueries", "QueryTimeout", "Users[0].Password", "Users[1].Role", `Users[1].Name: "a" twice`} {
+	for _, field := range []string{"BodyBytesMax", "ConcurrentQueriesMax", "QueryTimeout", "Users[0].Password", "Users[1].Role", `Users[1].Name: "a" twice`} {
 		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("Validate does not name %s: %v", field, err)
 		}
@@ -466,7 +466,7 @@ func BenchmarkInsertRows(b *testing.B) {
 
 func TestBoundsOnQueries(t *testing.T) {
 	chembedtest.Start(t)
-	s, err := chembed.Start(chembed.Config{MaxConcurrentQueries: 1, MaxWaitingQueries: 1, MaxResultBytes: 1000, AllowAnonymous: true}, "127.0.0.1:0")
+	s, err := chembed.Start(chembed.Config{ConcurrentQueriesMax: 1, WaitingQueriesMax: 1, ResultBytesMax: 1000, AllowAnonymous: true}, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,8 +58,8 @@ type User struct {
 	DDL []string
 }
 
-// passwordMinBytes is the least password length Validate accepts.
-const passwordMinBytes = 16
+// passwordBytesMin is the least password length Validate accepts.
+const passwordBytesMin = 16
 
 func (u User) validate(i int) []error {
 	var errs []error
@@ -67,8 +67,8 @@ func (u User) validate(i int) []error {
 	if u.Name == "" || strings.ContainsAny(u.Name, ":\x00\r\n") {
 		errs = append(errs, fmt.Errorf("%s.Name: %q is empty or has ':' or a control character", name, u.Name))
 	}
-	if len(u.Password) < passwordMinBytes {
-		errs = append(errs, fmt.Errorf("%s.Password: at least %d bytes", name, passwordMinBytes))
+	if len(u.Password) < passwordBytesMin {
+		errs = append(errs, fmt.Errorf("%s.Password: at least %d bytes", name, passwordBytesMin))
 	}
 	if u.Role < RoleAnalyst || u.Role > RoleAdmin {
 		errs = append(errs, fmt.Errorf("%s.Role: %s is not analyst, writer or admin", name, u.Role))

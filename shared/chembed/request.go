@@ -34,7 +34,7 @@ type request struct {
 	httpCompr   bool // enable_http_compression=1
 	params      []param
 	settings    []setting // sorted by name
-	maxExecSecs float64   // client's max_execution_time, 0 when unset
+	execSecsMax float64   // client's max_execution_time, 0 when unset
 	logComment  bool      // client set log_comment itself
 	protocolRev uint64    // client_protocol_version, for the hello reply
 }
@@ -88,7 +88,7 @@ func parseRequest(v url.Values) (*request, error) {
 		if err != nil || f < 0 {
 			return nil, &httpError{code: codeBadArguments, msg: "Invalid max_execution_time " + strconv.Quote(s) + ". (BAD_ARGUMENTS)"}
 		}
-		r.maxExecSecs = f
+		r.execSecsMax = f
 	}
 	if s := v.Get("client_protocol_version"); s != "" {
 		r.protocolRev, _ = strconv.ParseUint(s, 10, 64)

@@ -55,7 +55,7 @@ func Start(cfg Config, addr string) (*Server, error) {
 	s := &Server{
 		cfg:    cfg,
 		eng:    eng,
-		pool:   newPool(eng, cfg.MaxConcurrentQueries, cfg.MaxWaitingQueries),
+		pool:   newPool(eng, cfg.ConcurrentQueriesMax, cfg.WaitingQueriesMax),
 		ln:     ln,
 		served: make(chan struct{}),
 	}
@@ -65,7 +65,7 @@ func Start(cfg Config, addr string) (*Server, error) {
 	s.handler = mux
 	// Slow clients must not pin connections: a body that is not in within
 	// Server.ReadTimeout is cut off, as on the services; bodies are bounded by
-	// MaxBodyBytes and queries by QueryTimeout.
+	// BodyBytesMax and queries by QueryTimeout.
 	s.httpSrv = httpx.NewServer(addr, mux, cfg.Server)
 	go func() {
 		defer close(s.served)

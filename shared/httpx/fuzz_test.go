@@ -24,8 +24,8 @@ type fuzzBody struct {
 	ExpiresAt *string           `json:"expires_at"`
 }
 
-// fuzzMaxBytes is the body bound under fuzzing.
-const fuzzMaxBytes = 512
+// fuzzBytesMax is the body bound under fuzzing.
+const fuzzBytesMax = 512
 
 // FuzzDecodeJSON: for any body and content type, DecodeJSON never panics, answers either nil
 // or an *Error with a 4xx status and one of its documented codes, which WriteError renders as
@@ -52,10 +52,10 @@ func FuzzDecodeJSON(f *testing.F) {
 			r.Header.Set("Content-Type", contentType)
 		}
 		var v fuzzBody
-		herr := httpx.DecodeJSON(r, fuzzMaxBytes, &v)
+		herr := httpx.DecodeJSON(r, fuzzBytesMax, &v)
 		if herr == nil {
-			if len(body) > fuzzMaxBytes {
-				t.Fatalf("accepted %d bytes over the %d-byte bound", len(body), fuzzMaxBytes)
+			if len(body) > fuzzBytesMax {
+				t.Fatalf("accepted %d bytes over the %d-byte bound", len(body), fuzzBytesMax)
 			}
 			var std fuzzBody
 			if err := json.Unmarshal([]byte(body), &std); err != nil {
@@ -66,7 +66,7 @@ func FuzzDecodeJSON(f *testing.F) {
 		if want, ok := codes[herr.Code]; !ok || herr.Status != want || herr.Message == "" {
 			t.Fatalf("undocumented error %+v for %q", herr, body)
 		}
-		if len(body) > fuzzMaxBytes && herr.Status != http.StatusRequestEntityTooLarge && herr.Status != http.StatusUnsupportedMediaType {
+		if len(body) > fuzzBytesMax && herr.Status != http.StatusRequestEntityTooLarge && herr.Status != http.StatusUnsupportedMediaType {
 			t.Fatalf("%d-byte body answered %+v, want 413", len(body), herr)
 		}
 		rec := httptest.NewRecorder()

@@ -85,22 +85,22 @@ func WriteError(w http.ResponseWriter, err error) {
 	}{e})
 }
 
-// DecodeJSON reads one JSON object from r's body into v: at most maxBytes (413 beyond),
+// DecodeJSON reads one JSON object from r's body into v: at most bytesMax (413 beyond),
 // content type application/json (415 otherwise), unknown fields and trailing data rejected
 // (400). It never panics on hostile input.
-func DecodeJSON(r *http.Request, maxBytes int64, v any) *Error {
+func DecodeJSON(r *http.Request, bytesMax int64, v any) *Error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || mt != "application/json" {
 			return Errorf(http.StatusUnsupportedMediaType, CodeUnsupportedMedia, "content type must be application/json")
 		}
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxBytes+1))
+	body, err := io.ReadAll(io.LimitReader(r.Body, bytesMax+1))
 	if err != nil {
 		return Errorf(http.StatusBadRequest, CodeBadRequest, "read body: %v", err)
 	}
-	if int64(len(body)) > maxBytes {
-		return Errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "body larger than %d bytes", maxBytes)
+	if int64(len(body)) > bytesMax {
+		return Errorf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "body larger than %d bytes", bytesMax)
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return Errorf(http.StatusBadRequest, CodeInvalidJSON, "empty body")

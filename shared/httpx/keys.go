@@ -22,8 +22,8 @@ import (
 // running deployment keeps working, and costs one comparison per such key; migrate with
 // `tallyctl hash-key` (see the README's Security section).
 
-// MinHashSecretBytes is the least key-hash secret length.
-const MinHashSecretBytes = 32
+// HashSecretBytesMin is the least key-hash secret length.
+const HashSecretBytesMin = 32
 
 // legacyKey is an unsalted SHA-256 entry.
 type legacyKey struct {
@@ -58,8 +58,8 @@ func ParseKeyring(s string) (*Keyring, error) { return ParseKeyringWith(s, Keyri
 // ParseKeyringWith parses "id:hmac:<hex>" and legacy "id:<sha256-hex>" entries, comma
 // separated.
 func ParseKeyringWith(s string, o KeyringOptions) (*Keyring, error) {
-	if len(o.HashSecret) > 0 && len(o.HashSecret) < MinHashSecretBytes {
-		return nil, fmt.Errorf("key-hash secret: at least %d bytes", MinHashSecretBytes)
+	if len(o.HashSecret) > 0 && len(o.HashSecret) < HashSecretBytesMin {
+		return nil, fmt.Errorf("key-hash secret: at least %d bytes", HashSecretBytesMin)
 	}
 	k := &Keyring{byMAC: map[[sha256.Size]byte]string{}, secret: o.HashSecret, prefix: o.TokenPrefix, throttle: o.Throttle}
 	for _, part := range strings.Split(s, ",") {

@@ -152,15 +152,15 @@ type WriterConfig struct {
 	BatchSize int
 	// WriteTimeout bounds one produce request.
 	WriteTimeout time.Duration
-	// MaxAttempts bounds retries of one batch.
-	MaxAttempts int
+	// AttemptsMax bounds retries of one batch.
+	AttemptsMax int
 	// TLS, when not nil, is the client TLS config the writer dials the brokers with (the
 	// Build() of the KAFKA_TLS_* settings); nil = plaintext.
 	TLS *tls.Config
 }
 
 // DefaultWriterConfig: 2 ms batches of at most 1000 messages, 10 s write timeout, 3 attempts.
-var DefaultWriterConfig = WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 1000, WriteTimeout: 10 * time.Second, MaxAttempts: 3}
+var DefaultWriterConfig = WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 1000, WriteTimeout: 10 * time.Second, AttemptsMax: 3}
 
 // NewWriter returns a writer for topic ("" = each message names its topic) that waits for
 // acks=all, so a successful WriteMessages means the events are durable.
@@ -179,7 +179,7 @@ func NewWriter(brokers []string, topic string, cfg WriterConfig) *kafka.Writer {
 		BatchBytes:   1_000_000,
 		WriteTimeout: cfg.WriteTimeout,
 		ReadTimeout:  cfg.WriteTimeout,
-		MaxAttempts:  cfg.MaxAttempts,
+		MaxAttempts:  cfg.AttemptsMax,
 		// Topics are created explicitly by EnsureTopics with their partition counts.
 		AllowAutoTopicCreation: false,
 		// A writer asks for its topic's partitions on every message: answer from a cache.

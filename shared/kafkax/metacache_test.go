@@ -35,7 +35,7 @@ func TestWriterMetadataCache(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	counter := &countingTransport{next: &kafka.Transport{}}
-	w := kafkax.NewWriter(c.Brokers, c.Topics.Events, kafkax.WriterConfig{BatchTimeout: time.Millisecond, BatchSize: 1, WriteTimeout: 10 * time.Second, MaxAttempts: 3})
+	w := kafkax.NewWriter(c.Brokers, c.Topics.Events, kafkax.WriterConfig{BatchTimeout: time.Millisecond, BatchSize: 1, WriteTimeout: 10 * time.Second, AttemptsMax: 3})
 	w.Transport = kafkax.NewMetadataCache(counter)
 	defer w.Close()
 	const n = 50

@@ -22,8 +22,8 @@ const (
 	KindCode  = "code"  // tokens in and out per 1k, plus compute-seconds, × model multiplier
 )
 
-// MaxBookBytes bounds the price book file.
-const MaxBookBytes = 1 << 20
+// BookBytesMax bounds the price book file.
+const BookBytesMax = 1 << 20
 
 // Book is one version of the price book.
 type Book struct {
@@ -44,8 +44,8 @@ type Book struct {
 // PeriodMonth is the only plan period: monthly on the subscription's anchor day.
 const PeriodMonth = "month"
 
-// MaxPlans bounds the plans of one book.
-const MaxPlans = 1000
+// PlansMax bounds the plans of one book.
+const PlansMax = 1000
 
 // Plan is a subscription plan: subscribing sets the account's tier to Tier and grants
 // AllocationMicros at the start of every period (expiring at its end); at a period end up to
@@ -106,7 +106,7 @@ type Window struct {
 type Tier struct {
 	RatePerMinute int64    `json:"rate_per_minute"`
 	Burst         int64    `json:"burst"`
-	MaxConcurrent int64    `json:"max_concurrent"`
+	ConcurrentMax int64    `json:"max_concurrent"`
 	Allowance     []Window `json:"allowance"`
 }
 
@@ -129,8 +129,8 @@ func Load(path string) (*Book, error) {
 	if _, err := buf.ReadFrom(ioLimit(f)); err != nil {
 		return nil, fmt.Errorf("pricebook: read %s: %w", path, err)
 	}
-	if buf.Len() > MaxBookBytes {
-		return nil, fmt.Errorf("pricebook: %s is larger than %d bytes", path, MaxBookBytes)
+	if buf.Len() > BookBytesMax {
+		return nil, fmt.Errorf("pricebook: %s is larger than %d bytes", path, BookBytesMax)
 	}
 	b, err := Parse(buf.Bytes())
 	if err != nil {
@@ -217,8 +217,8 @@ func (b *Book) Validate() error {
 		if t.Burst < 1 || t.Burst > 1_000_000 {
 			add("%s.burst: %d out of range [1, 1000000]", p, t.Burst)
 		}
-		if t.MaxConcurrent < 1 || t.MaxConcurrent > 100_000 {
-			add("%s.max_concurrent: %d out of range [1, 100000]", p, t.MaxConcurrent)
+		if t.ConcurrentMax < 1 || t.ConcurrentMax > 100_000 {
+			add("%s.max_concurrent: %d out of range [1, 100000]", p, t.ConcurrentMax)
 		}
 		if len(t.Allowance) > 4 {
 			add("%s.allowance: at most 4 windows", p)
@@ -235,8 +235,8 @@ func (b *Book) Validate() error {
 			}
 		}
 	}
-	if len(b.Plans) > MaxPlans {
-		add("plans: at most %d", MaxPlans)
+	if len(b.Plans) > PlansMax {
+		add("plans: at most %d", PlansMax)
 	}
 	for _, id := range slices.Sorted(maps.Keys(b.Plans)) {
 		pl := b.Plans[id]

@@ -26,9 +26,9 @@ import (
 // files are stat'ed at most once every 5 s.
 const DefaultReloadCheckMs = 5000
 
-// MaxReloadCheckMs bounds ServerConfig.ReloadCheckMs (one hour): a longer interval would leave
+// ReloadCheckMsMax bounds ServerConfig.ReloadCheckMs (one hour): a longer interval would leave
 // a rotated-out certificate in service for too long.
-const MaxReloadCheckMs = 3_600_000
+const ReloadCheckMsMax = 3_600_000
 
 // ServerConfig is the TLS setting of one HTTP server. TLS is on when CertFile and KeyFile are
 // set (Enabled); with both empty the server speaks plain HTTP.
@@ -47,7 +47,7 @@ type ServerConfig struct {
 	// MinVersion is the lowest TLS version accepted: "1.2" (default; "" means the same) or "1.3".
 	MinVersion string `env:"MIN_VERSION" envDefault:"1.2"`
 	// ReloadCheckMs is how often, at most, a handshake stats CertFile and KeyFile to pick up a
-	// rotated certificate (default 5000; 0 means the default; at most MaxReloadCheckMs).
+	// rotated certificate (default 5000; 0 means the default; at most ReloadCheckMsMax).
 	ReloadCheckMs int `env:"RELOAD_CHECK_MS" envDefault:"5000"`
 }
 
@@ -70,8 +70,8 @@ func (c ServerConfig) ValidateEnv(prefix string) error {
 	if _, err := parseMinVersion(c.MinVersion); err != nil {
 		bad("MIN_VERSION", "%v", err)
 	}
-	if c.ReloadCheckMs < 0 || c.ReloadCheckMs > MaxReloadCheckMs {
-		bad("RELOAD_CHECK_MS", "%d out of range 0..%d", c.ReloadCheckMs, MaxReloadCheckMs)
+	if c.ReloadCheckMs < 0 || c.ReloadCheckMs > ReloadCheckMsMax {
+		bad("RELOAD_CHECK_MS", "%d out of range 0..%d", c.ReloadCheckMs, ReloadCheckMsMax)
 	}
 	switch {
 	case c.CertFile == "" && c.KeyFile != "":

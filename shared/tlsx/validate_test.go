@@ -38,7 +38,7 @@ func TestServerConfigValidate(t *testing.T) {
 		{"unknown min version", tlsx.ServerConfig{CertFile: cert, KeyFile: key, MinVersion: "1.1"}, []string{`X_MIN_VERSION: "1.1" unknown`}},
 		{"tls13 spelling", tlsx.ServerConfig{MinVersion: "tls1.3"}, []string{"X_MIN_VERSION"}},
 		{"negative reload", tlsx.ServerConfig{ReloadCheckMs: -1}, []string{"X_RELOAD_CHECK_MS: -1 out of range"}},
-		{"reload too long", tlsx.ServerConfig{ReloadCheckMs: tlsx.MaxReloadCheckMs + 1}, []string{"X_RELOAD_CHECK_MS"}},
+		{"reload too long", tlsx.ServerConfig{ReloadCheckMs: tlsx.ReloadCheckMsMax + 1}, []string{"X_RELOAD_CHECK_MS"}},
 		{"require without CA", tlsx.ServerConfig{CertFile: cert, KeyFile: key, RequireClientCert: true}, []string{"X_CLIENT_CA_FILE: empty while X_REQUIRE_CLIENT_CERT"}},
 		{"client CA with TLS off", tlsx.ServerConfig{ClientCAFile: ca.CertFile()}, []string{"X_CERT_FILE: empty (TLS off)"}},
 		{"client CA missing", tlsx.ServerConfig{CertFile: cert, KeyFile: key, ClientCAFile: missing}, []string{"X_CLIENT_CA_FILE: open " + missing}},

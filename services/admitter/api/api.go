@@ -125,8 +125,8 @@ type FinishRequest struct {
 	DurationMs int64        `json:"duration_ms,omitempty"`
 }
 
-// MaxDurationMs bounds FinishRequest.DurationMs (7 days).
-const MaxDurationMs = 7 * 24 * 3600 * 1000
+// DurationMsMax bounds FinishRequest.DurationMs (7 days).
+const DurationMsMax = 7 * 24 * 3600 * 1000
 
 // Validate reports every problem, joined.
 func (r FinishRequest) Validate() error {
@@ -139,8 +139,8 @@ func (r FinishRequest) Validate() error {
 	if err := r.Usage.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("usage.%w", err))
 	}
-	if r.DurationMs < 0 || r.DurationMs > MaxDurationMs {
-		errs = append(errs, fmt.Errorf("duration_ms: %d out of range [0, %d]", r.DurationMs, MaxDurationMs))
+	if r.DurationMs < 0 || r.DurationMs > DurationMsMax {
+		errs = append(errs, fmt.Errorf("duration_ms: %d out of range [0, %d]", r.DurationMs, DurationMsMax))
 	}
 	return errors.Join(errs...)
 }

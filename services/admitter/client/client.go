@@ -66,12 +66,12 @@ type Config struct {
 	APIKey string
 	// HTTPClient defaults to a client with a 10 s timeout.
 	HTTPClient *http.Client
-	// MaxAttempts bounds the attempts per call (default 3, at most 10).
-	MaxAttempts int
+	// AttemptsMax bounds the attempts per call (default 3, at most 10).
+	AttemptsMax int
 	// RetryBackoff is the first pause between attempts, doubled each time (default 50 ms).
 	RetryBackoff time.Duration
-	// MaxResponseBytes bounds a response body (default 64 KiB).
-	MaxResponseBytes int64
+	// ResponseBytesMax bounds a response body (default 64 KiB).
+	ResponseBytesMax int64
 }
 
 // Validate reports every problem, joined.
@@ -83,8 +83,8 @@ func (c Config) Validate() error {
 	if c.APIKey == "" {
 		errs = append(errs, errors.New("APIKey: required"))
 	}
-	if c.MaxAttempts < 0 || c.MaxAttempts > 10 {
-		errs = append(errs, fmt.Errorf("MaxAttempts: %d out of range [0, 10]", c.MaxAttempts))
+	if c.AttemptsMax < 0 || c.AttemptsMax > 10 {
+		errs = append(errs, fmt.Errorf("AttemptsMax: %d out of range [0, 10]", c.AttemptsMax))
 	}
 	if c.RetryBackoff < 0 || c.RetryBackoff > 10*time.Second {
 		errs = append(errs, fmt.Errorf("RetryBackoff: %s out of range [0, 10s]", c.RetryBackoff))
@@ -103,14 +103,14 @@ func New(cfg Config) (*Client, error) {
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
 	}
-	if cfg.MaxAttempts == 0 {
-		cfg.MaxAttempts = 3
+	if cfg.AttemptsMax == 0 {
+		cfg.AttemptsMax = 3
 	}
 	if cfg.RetryBackoff == 0 {
 		cfg.RetryBackoff = 50 * time.Millisecond
 	}
-	if cfg.MaxResponseBytes == 0 {
-		cfg.MaxResponseBytes = 64 << 10
+	if cfg.ResponseBytesMax == 0 {
+		cfg.ResponseBytesMax = 64 << 10
 	}
 	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
 	return &Client{cfg: cfg}, nil
@@ -153,16 +153,16 @@ func (c *Client) call(ctx context.Context, path string, body, out any) (int, err
 	if err != nil {
 		return 0, fmt.Errorf("client: encode: %w", err)
 	}
-	// No Max below what MaxAttempts (at most 10) reaches: each wait doubles the last.
+	// No Max below what AttemptsMax (at most 10) reaches: each wait doubles the last.
 	policy := backoff.Policy{Min: c.cfg.RetryBackoff, Max: c.cfg.RetryBackoff << 9}
 	var lastErr error
-	for attempt := 1; attempt <= c.cfg.MaxAttempts; attempt++ {
+	for attempt := 1; attempt <= c.cfg.AttemptsMax; attempt++ {
 		status, retry, err := c.once(ctx, path, raw, out)
 		if err == nil {
 			return status, nil
 		}
 		lastErr = err
-		if !retry || attempt == c.cfg.MaxAttempts {
+		if !retry || attempt == c.cfg.AttemptsMax {
 			break
 		}
 		if !backoff.Sleep(ctx, policy.Wait(int64(attempt))) {
@@ -184,7 +184,7 @@ func (c *Client) once(ctx context.Context, path string, raw []byte, out any) (st
 		return 0, ctx.Err() == nil, fmt.Errorf("client: %s: %w", path, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxResponseBytes))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, c.cfg.ResponseBytesMax))
 	if err != nil {
 		return 0, ctx.Err() == nil, fmt.Errorf("client: %s: read: %w", path, err)
 	}

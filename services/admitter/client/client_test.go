@@ -72,14 +72,14 @@ func TestRetriesKeepTheRequestID(t *testing.T) {
 
 func TestBoundedRetriesAndTypedErrors(t *testing.T) {
 	srv, ids := flaky(t, 100, false)
-	c, _ := client.New(client.Config{BaseURL: srv.URL, APIKey: apiKey, MaxAttempts: 4, RetryBackoff: time.Millisecond})
+	c, _ := client.New(client.Config{BaseURL: srv.URL, APIKey: apiKey, AttemptsMax: 4, RetryBackoff: time.Millisecond})
 	_, err := c.Admit(context.Background(), api.AdmitRequest{AccountID: "acme", Endpoint: "codex.responses"})
 	var ae *client.APIError
 	if !errors.As(err, &ae) || ae.Code != "unavailable" || len(*ids) != 4 {
 		t.Fatalf("err %v after %d attempts", err, len(*ids))
 	}
 	// Deadline: a context that expires stops the retries.
-	c2, _ := client.New(client.Config{BaseURL: srv.URL, APIKey: apiKey, MaxAttempts: 10, RetryBackoff: time.Second})
+	c2, _ := client.New(client.Config{BaseURL: srv.URL, APIKey: apiKey, AttemptsMax: 10, RetryBackoff: time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	t0 := time.Now()

@@ -41,8 +41,8 @@ var DefaultAdaptiveConfig = AdaptiveConfig{Enabled: true, WindowSamples: 50, Tol
 	FailurePermille: 100, BackoffPermille: 800, IncreasePermille: 50, DriftPermille: 10, InflightMin: 1,
 	FloorPermille: 100, RebaseWindows: 3, RecoveryMs: 5000}
 
-// maxSampleMs bounds one latency sample (7 days), so that window sums cannot overflow.
-const maxSampleMs = 7 * 24 * 3600 * 1000
+// sampleMsMax bounds one latency sample (7 days), so that window sums cannot overflow.
+const sampleMsMax = 7 * 24 * 3600 * 1000
 
 // Validate reports every out-of-range field.
 func (c AdaptiveConfig) Validate() error {
@@ -135,7 +135,7 @@ func (a *Adaptive) Observe(startedMs, nowMs int64, failed bool) {
 		return
 	}
 	a.lastMs = max(a.lastMs, nowMs)
-	a.sumMs += min(max(nowMs-startedMs, 0), maxSampleMs)
+	a.sumMs += min(max(nowMs-startedMs, 0), sampleMsMax)
 	a.n++
 	if failed {
 		a.failed++

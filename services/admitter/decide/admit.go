@@ -47,7 +47,7 @@ type Decision struct {
 	// AvailableMicros is the local available balance after this decision's hold.
 	AvailableMicros int64
 	HoldExpiresAtMs int64
-	Windows         [MaxWindows]Window
+	Windows         [WindowsMax]Window
 	NumWindows      int
 
 	RatePerMinute    int64 // effective rate limit
@@ -133,7 +133,7 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		if clean {
 			bonus = t.cfg.CleanBurstBonusPermille
 		}
-		lim.conc = t.scale(tier.t.MaxConcurrent, load, hist, 1000)
+		lim.conc = t.scale(tier.t.ConcurrentMax, load, hist, 1000)
 		lim.rate = t.scale(tier.t.RatePerMinute, load, hist, 1000)
 		lim.burst = t.scale(tier.t.Burst, load, hist, bonus)
 		lim.stepUs = max(60_000_000/lim.rate, 1)
@@ -152,7 +152,7 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 	newTat := max(slot.tatUs, nowUs) + stepUs
 	if over := newTat - nowUs - burst*stepUs; over > 0 {
 		d.RateRemaining = 0
-		return t.deny(d, ReasonRateLimited, min((over+999)/1000, maxRetryMs))
+		return t.deny(d, ReasonRateLimited, min((over+999)/1000, retryMsMax))
 	}
 	d.RateRemaining = (burst*stepUs - (newTat - nowUs)) / stepUs
 	// 5. Funding waterfall: the allowance covers what every window has left, a credit hold
@@ -229,7 +229,7 @@ func (t *Table) scale(base, load, hist, bonus int64) int64 {
 }
 
 func (t *Table) fillWindows(a *account, tier *tierInfo, nowMs int64, d *Decision) {
-	n := min(len(tier.t.Allowance), MaxWindows)
+	n := min(len(tier.t.Allowance), WindowsMax)
 	d.NumWindows = n
 	for i := 0; i < n; i++ {
 		w := &tier.t.Allowance[i]
@@ -286,7 +286,7 @@ func (t *Table) insufficientRetry(d *Decision, est, nowMs int64) int64 {
 			wait = max(wait, w.ResetsAtMs-nowMs)
 		}
 	}
-	return min(max(wait, 1), maxRetryMs)
+	return min(max(wait, 1), retryMsMax)
 }
 
 // Published records that the request.started event of an admitted request is durable at
@@ -417,7 +417,7 @@ func (t *Table) settle(a *account, funding Funding, hold, allow, startedMs, cost
 func (t *Table) allowanceRoom(a *account, startedMs, nowMs int64) int64 {
 	tier := &t.tiers[a.tier].t
 	room := int64(-1)
-	for i := 0; i < min(len(tier.Allowance), MaxWindows); i++ {
+	for i := 0; i < min(len(tier.Allowance), WindowsMax); i++ {
 		w := &tier.Allowance[i]
 		ws := nowMs - mod(nowMs, w.LengthMs)
 		if startedMs-mod(startedMs, w.LengthMs) != ws || a.winStartMs[i] > ws {
@@ -737,7 +737,7 @@ func (t *Table) FundedInLogOrder(accountID string, holdMicros, allowMicros int64
 		return true
 	}
 	tier := &t.tiers[a.tier].t
-	for i := 0; i < min(len(tier.Allowance), MaxWindows); i++ {
+	for i := 0; i < min(len(tier.Allowance), WindowsMax); i++ {
 		w := &tier.Allowance[i]
 		used := allow
 		if a.winStartMs[i] == nowMs-mod(nowMs, w.LengthMs) {

@@ -20,10 +20,10 @@ import (
 
 // Bounds of the table layout.
 const (
-	// MaxEndpoints bounds the endpoints of a price book the table can hold.
-	MaxEndpoints = 16
-	// MaxWindows is the most allowance windows per tier (the price book allows 4).
-	MaxWindows = 4
+	// EndpointsMax bounds the endpoints of a price book the table can hold.
+	EndpointsMax = 16
+	// WindowsMax is the most allowance windows per tier (the price book allows 4).
+	WindowsMax = 4
 	// factorUnset marks an account without a history factor (never adjusted: clean).
 	factorUnset = 0xFFFF
 	// none is the nil index of the slabs' linked lists.
@@ -190,7 +190,7 @@ var DefaultConfig = Config{
 	OverageFromAvailable: true, Adaptive: DefaultAdaptiveConfig, HugePages: true,
 }
 
-const maxRetryMs = 7 * 24 * 3600 * 1000
+const retryMsMax = 7 * 24 * 3600 * 1000
 
 // Validate reports every out-of-range setting, joined.
 func (c Config) Validate() error {
@@ -203,10 +203,10 @@ func (c Config) Validate() error {
 	rng("CleanBurstBonusPermille", c.CleanBurstBonusPermille, 1000, 10_000)
 	rng("BatchSharePermille", c.BatchSharePermille, 0, 1000)
 	rng("AccountSharePermille", c.AccountSharePermille, 1, 1000)
-	rng("RetryBlockedMs", c.RetryBlockedMs, 1, maxRetryMs)
-	rng("RetryOverloadedMs", c.RetryOverloadedMs, 1, maxRetryMs)
-	rng("RetryConcurrencyMs", c.RetryConcurrencyMs, 1, maxRetryMs)
-	rng("RetryInsufficientMs", c.RetryInsufficientMs, 1, maxRetryMs)
+	rng("RetryBlockedMs", c.RetryBlockedMs, 1, retryMsMax)
+	rng("RetryOverloadedMs", c.RetryOverloadedMs, 1, retryMsMax)
+	rng("RetryConcurrencyMs", c.RetryConcurrencyMs, 1, retryMsMax)
+	rng("RetryInsufficientMs", c.RetryInsufficientMs, 1, retryMsMax)
 	if err := c.Adaptive.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("Adaptive: %w", err))
 	}
@@ -239,8 +239,8 @@ type account struct {
 	ep              [inlineEndpoints]epState
 	foldedOffset    int64 // events-topic offset of the last event the ledger folded (-1 none)
 	heldMicros      int64 // ledger's held balance
-	winStartMs      [MaxWindows]int64
-	winUsedMicros   [MaxWindows]int64
+	winStartMs      [WindowsMax]int64
+	winUsedMicros   [WindowsMax]int64
 }
 
 // expiringSlots is how many of balance.updated's Expiring entries the table keeps per
@@ -293,7 +293,7 @@ type tierInfo struct {
 	t    pricebook.Tier
 	// winStartMs/winEndMs cache each allowance window's current span, so that a decision
 	// divides by the window length only when a window rolls over.
-	winStartMs, winEndMs [MaxWindows]int64
+	winStartMs, winEndMs [WindowsMax]int64
 }
 
 // limits are effective limits precomputed for an (endpoint, class, tier) at history factor
@@ -352,8 +352,8 @@ func NewTable(book *pricebook.Book, cfg Config) (*Table, error) {
 	if err := book.Validate(); err != nil {
 		return nil, fmt.Errorf("decide: price book: %w", err)
 	}
-	if len(book.Endpoints) > MaxEndpoints || len(book.Tiers) > 255 {
-		return nil, fmt.Errorf("decide: at most %d endpoints and 255 tiers", MaxEndpoints)
+	if len(book.Endpoints) > EndpointsMax || len(book.Tiers) > 255 {
+		return nil, fmt.Errorf("decide: at most %d endpoints and 255 tiers", EndpointsMax)
 	}
 	t := &Table{cfg: cfg, book: book, tierIdx: map[string]uint8{}, epIdx: map[string]uint8{},
 		idx: newIndex(), openFree: none, pendFree: none, expiring: map[uint32]expiringGrants{}}
@@ -384,7 +384,7 @@ func (t *Table) computeLimits(ei uint8, p Priority) {
 	for ti := range t.tiers {
 		tier := &t.tiers[ti].t
 		l := &t.lims[(int(ei)*int(numPriorities)+int(p))*len(t.tiers)+ti]
-		l.conc = t.scale(tier.MaxConcurrent, load, 1000, 1000)
+		l.conc = t.scale(tier.ConcurrentMax, load, 1000, 1000)
 		l.rate = t.scale(tier.RatePerMinute, load, 1000, 1000)
 		l.burst = t.scale(tier.Burst, load, 1000, t.cfg.CleanBurstBonusPermille)
 		l.stepUs = max(60_000_000/l.rate, 1)
@@ -436,7 +436,7 @@ func (t *Table) lookup(id string) (uint32, bool) {
 	}
 	t.accounts = append(t.accounts, account{foldedOffset: -1, foldedPartition: -1, pendingHead: none,
 		factorPermille: factorUnset, tier: t.defTier, priority: PriorityStandard,
-		winStartMs: [MaxWindows]int64{-1, -1, -1, -1}})
+		winStartMs: [WindowsMax]int64{-1, -1, -1, -1}})
 	t.insert(id, i, slot, h)
 	for range max(len(t.endpoints)-inlineEndpoints, 0) {
 		t.eps = append(t.eps, epState{})

@@ -19,7 +19,7 @@ const floorSora = 25
 func wideTable(t testing.TB, mut func(*Config)) *Table {
 	t.Helper()
 	book := pricebook.Default()
-	book.Tiers["wide"] = pricebook.Tier{RatePerMinute: 1_000_000, Burst: 100_000, MaxConcurrent: 100_000}
+	book.Tiers["wide"] = pricebook.Tier{RatePerMinute: 1_000_000, Burst: 100_000, ConcurrentMax: 100_000}
 	cfg := DefaultConfig
 	if mut != nil {
 		mut(&cfg)

@@ -24,12 +24,12 @@ import (
 const (
 	// FetchBytesMax bounds one fetch.
 	FetchBytesMax = 4 << 20
-	// MaxWait is how long the broker may hold a fetch open when there is nothing new: it
+	// FetchWaitMax is how long the broker may hold a fetch open when there is nothing new: it
 	// bounds how late a live balance or limit change is seen.
-	MaxWait = 50 * time.Millisecond
-	// BatchMinBytes is the events-topic follower's fetch MinBytes when nothing waits for it
+	FetchWaitMax = 50 * time.Millisecond
+	// BatchBytesMin is the events-topic follower's fetch MinBytes when nothing waits for it
 	// (see the admitter's newPeerLog).
-	BatchMinBytes = 256 << 10
+	BatchBytesMin = 256 << 10
 	// Retry is the pause before retrying a failed metadata, offsets or fetch request.
 	Retry = 500 * time.Millisecond
 )
@@ -84,7 +84,7 @@ func (src Source) Compacted(ctx context.Context, topic string, apply func(contex
 func (src Source) compactedPartition(ctx context.Context, topic string, partition int, end int64,
 	apply func(context.Context, kafka.Message), loaded func()) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: src.Brokers, Topic: topic, Partition: partition,
-		MinBytes: 1, MaxBytes: FetchBytesMax, MaxWait: MaxWait, StartOffset: kafka.FirstOffset,
+		MinBytes: 1, MaxBytes: FetchBytesMax, MaxWait: FetchWaitMax, StartOffset: kafka.FirstOffset,
 		Dialer: kafkax.Dialer(src.TLS)})
 	defer r.Close()
 	isLoaded := false
@@ -144,16 +144,16 @@ func Ends(ctx context.Context, c *kafka.Client, topic string) (map[int]int64, er
 type Log struct {
 	src      Source
 	topic    string
-	minBytes int
+	bytesMin int
 	readBack time.Duration
 	pos      atomic.Pointer[[]atomic.Int64] // per partition: last offset applied; nil until positioned
 	ends     *kafka.Client                  // end offsets for Current
 }
 
-// NewLog returns the follower of topic: fetches wait for minBytes (or MaxWait), and the
+// NewLog returns the follower of topic: fetches wait for bytesMin (or FetchWaitMax), and the
 // start-up read-back covers readBack.
-func NewLog(src Source, topic string, minBytes int, readBack time.Duration) *Log {
-	return &Log{src: src, topic: topic, minBytes: minBytes, readBack: readBack, ends: src.client()}
+func NewLog(src Source, topic string, bytesMin int, readBack time.Duration) *Log {
+	return &Log{src: src, topic: topic, bytesMin: bytesMin, readBack: readBack, ends: src.client()}
 }
 
 // Run positions the follower (each partition at its first record stamped within the
@@ -195,7 +195,7 @@ func (l *Log) Run(ctx context.Context, positioned func(), start <-chan struct{},
 		go func() {
 			defer func() { done <- struct{}{} }()
 			r := kafka.NewReader(kafka.ReaderConfig{Brokers: l.src.Brokers, Topic: l.topic, Partition: p,
-				MinBytes: l.minBytes, MaxBytes: FetchBytesMax, MaxWait: MaxWait, Dialer: kafkax.Dialer(l.src.TLS)})
+				MinBytes: l.bytesMin, MaxBytes: FetchBytesMax, MaxWait: FetchWaitMax, Dialer: kafkax.Dialer(l.src.TLS)})
 			defer r.Close()
 			if err := r.SetOffset(starts[p]); err != nil {
 				l.src.Log.Error("peer follower: set offset", "partition", p, "err", err)

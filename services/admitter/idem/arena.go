@@ -28,8 +28,8 @@ type blobClass struct {
 }
 
 const (
-	blobMinClass  = 128
-	blobMaxClass  = 64 << 10
+	blobClassMin  = 128
+	blobClassMax  = 64 << 10
 	blobChunkSize = 64 << 10
 	// blobHuge is the class number of a blob with its own allocation.
 	blobHuge = 255
@@ -37,9 +37,9 @@ const (
 
 func newBlobArena() blobArena {
 	var a blobArena
-	for base := blobMinClass; base <= blobMaxClass; base *= 2 {
+	for base := blobClassMin; base <= blobClassMax; base *= 2 {
 		for step := 0; step < 4; step++ {
-			if size := base + step*base/4; size <= blobMaxClass {
+			if size := base + step*base/4; size <= blobClassMax {
 				a.classes = append(a.classes, blobClass{size: size, perChunk: max(1, blobChunkSize/size)})
 			}
 		}

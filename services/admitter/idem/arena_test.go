@@ -10,9 +10,9 @@ import (
 // quarter of the slot; sizes above the largest class get their own allocation.
 func TestBlobArenaClasses(t *testing.T) {
 	a := newBlobArena()
-	for n := 0; n <= blobMaxClass+10; n++ {
+	for n := 0; n <= blobClassMax+10; n++ {
 		c := a.classOf(n)
-		if n > blobMaxClass {
+		if n > blobClassMax {
 			if c != blobHuge {
 				t.Fatalf("%d bytes: class %d, want its own allocation", n, c)
 			}
@@ -22,7 +22,7 @@ func TestBlobArenaClasses(t *testing.T) {
 		if size < n || (c > 0 && a.classes[c-1].size >= n) {
 			t.Fatalf("%d bytes: class of %d bytes is not the smallest that holds it", n, size)
 		}
-		if n > blobMinClass && (size-n)*4 >= size {
+		if n > blobClassMin && (size-n)*4 >= size {
 			t.Fatalf("%d bytes in a %d-byte slot wastes a quarter or more", n, size)
 		}
 	}
@@ -50,7 +50,7 @@ func TestBlobArenaModel(t *testing.T) {
 		}
 		n := rng.IntN(2000)
 		if rng.IntN(500) == 0 {
-			n = blobMaxClass + rng.IntN(1000) // huge
+			n = blobClassMax + rng.IntN(1000) // huge
 		}
 		c, s, b := a.alloc(n)
 		if len(b) != 0 || cap(b) < n {

@@ -67,9 +67,9 @@ type Config struct {
 // state only, so a request is forwarded at most once and never loops.
 const ForwardedHeader = "X-Tally-Forwarded"
 
-// peerAnswerMaxBytes bounds a peer's answer that is relayed (16 MiB; a page of LEDGER_PAGE_MAX
+// peerAnswerBytesMax bounds a peer's answer that is relayed (16 MiB; a page of LEDGER_PAGE_MAX
 // entries is far smaller).
-const peerAnswerMaxBytes = 16 << 20
+const peerAnswerBytesMax = 16 << 20
 
 // Route is one routed method and path (as in the OpenAPI document).
 type Route struct{ Method, Path string }
@@ -285,12 +285,12 @@ func (s *server) fromPeersIf(w http.ResponseWriter, r *http.Request, id string, 
 			failed = append(failed, peer)
 			continue
 		}
-		body, err := io.ReadAll(io.LimitReader(resp.Body, peerAnswerMaxBytes+1))
+		body, err := io.ReadAll(io.LimitReader(resp.Body, peerAnswerBytesMax+1))
 		_ = resp.Body.Close()
 		switch {
 		case err == nil && notHere(resp.StatusCode):
 			continue
-		case err != nil || len(body) > peerAnswerMaxBytes || resp.StatusCode != http.StatusOK:
+		case err != nil || len(body) > peerAnswerBytesMax || resp.StatusCode != http.StatusOK:
 			s.cfg.Logger.Warn("ledger api: peer answer unusable", "peer", peer, "account", id, "status", resp.StatusCode, "bytes", len(body), "err", err)
 			failed = append(failed, peer)
 			continue

@@ -16,13 +16,6 @@ import (
 // encode_test.go checks that the bytes equal json.Marshal's, and every consumer decodes
 // them with events.Decode (strict).
 
-// appendEnvelope appends a structured-mode CloudEvent with already-encoded data.
-func appendEnvelope(dst []byte, id, typ string, at time.Time, subject string, data []byte) []byte {
-	dst = appendEnvelopeHead(dst, id, typ, at, subject)
-	dst = append(dst, data...)
-	return append(dst, '}')
-}
-
 // appendEnvelopeHead appends a structured-mode CloudEvent up to its "data": the caller
 // appends the data and the closing brace, so the data needs no buffer of its own.
 func appendEnvelopeHead[T ~string | ~[]byte](dst []byte, id T, typ string, at time.Time, subject string) []byte {
@@ -70,14 +63,8 @@ func appendKeyInt(dst []byte, key string, v int64) []byte {
 	return strconv.AppendInt(dst, v, 10)
 }
 
-// appendLedgerEntry appends the JSON of le (the field order and omitempty of the Go type).
-func appendLedgerEntry(dst []byte, le *events.LedgerEntry) []byte {
-	return appendEntryData(dst, le.EntryID, le.TransactionID, &fold.Entry{Cause: le.CauseEventID, AccountID: le.AccountID,
-		LedgerAccount: le.LedgerAccount, AmountMicros: le.AmountMicros, Kind: le.Kind, RequestID: le.RequestID, GrantID: le.GrantID, At: le.EffectiveAt})
-}
-
 // appendEntryEvent appends the ledger.entry event of en in transaction txID: the bytes of
-// appendEnvelope(appendLedgerEntry(en.EventInTx(txID))), without building the event's
+// json.Marshal of the envelope of en.EventInTx(txID), without building the event's
 // strings (the entry id is derived into a stack buffer).
 func appendEntryEvent(dst []byte, en *fold.Entry, txID []byte) []byte {
 	var idBuf [36]byte

@@ -96,3 +96,16 @@ func TestStateRecordRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// appendEnvelope appends a structured-mode CloudEvent with already-encoded data.
+func appendEnvelope(dst []byte, id, typ string, at time.Time, subject string, data []byte) []byte {
+	dst = appendEnvelopeHead(dst, id, typ, at, subject)
+	dst = append(dst, data...)
+	return append(dst, '}')
+}
+
+// appendLedgerEntry appends the JSON of le (the field order and omitempty of the Go type).
+func appendLedgerEntry(dst []byte, le *events.LedgerEntry) []byte {
+	return appendEntryData(dst, le.EntryID, le.TransactionID, &fold.Entry{Cause: le.CauseEventID, AccountID: le.AccountID,
+		LedgerAccount: le.LedgerAccount, AmountMicros: le.AmountMicros, Kind: le.Kind, RequestID: le.RequestID, GrantID: le.GrantID, At: le.EffectiveAt})
+}

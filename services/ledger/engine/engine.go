@@ -371,7 +371,6 @@ type stateRecord struct {
 	Snapshot  *fold.Snapshot `json:"s,omitempty"`
 }
 
-func accountKey(id string) []byte      { return []byte("a/" + id) }
 func partitionKey(p int32) []byte      { return []byte("p/" + itoa(int(p))) }
 func itoa[T ~int | ~int32](v T) string { return fmt.Sprint(int64(v)) }
 
@@ -659,14 +658,10 @@ func (b *batcher) stateRecords(snap fold.Snapshot) []kafka.Message {
 	return msgs
 }
 
-// Restore reads the whole ledger-state topic (latest record per key wins; a key always
-// lives in one partition of that topic, so its records are read in order) and returns a
-// fold state per partition in ids, restored. The topic's partitions are read and decoded
-// concurrently.
-func Restore(ctx context.Context, brokers []string, topic string, cfg fold.Config, ids []int32) (map[int32]*fold.State, error) {
-	return restore(ctx, kafka.DefaultDialer, brokers, topic, cfg, ids)
-}
-
+// restore reads the whole ledger-state topic over d (latest record per key wins; a key
+// always lives in one partition of that topic, so its records are read in order) and
+// returns a fold state per partition in ids, restored. The topic's partitions are read and
+// decoded concurrently.
 func restore(ctx context.Context, d *kafka.Dialer, brokers []string, topic string, cfg fold.Config, ids []int32) (map[int32]*fold.State, error) {
 	want := map[int32]bool{}
 	states := map[int32]*fold.State{}

@@ -16,7 +16,7 @@ import (
 )
 
 // BenchmarkRecovery writes the state records of 1M accounts (one grant, one settled request
-// and one open hold each) to the ledger-state topic, then times Restore of every partition.
+// and one open hold each) to the ledger-state topic, then times restore of every partition.
 // Run with -benchtime 1x; RECOVERY_ACCOUNTS overrides the count.
 func BenchmarkRecovery(b *testing.B) {
 	n := 1_000_000
@@ -26,7 +26,7 @@ func BenchmarkRecovery(b *testing.B) {
 	c := kafkatest.Start(b)
 	cfg := fold.DefaultConfig(pricebook.Default())
 	parts := int32(kafkatest.Partitions)
-	w := kafkax.NewWriter(c.Brokers, c.Topics.LedgerState, kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 5000, WriteTimeout: 30 * time.Second, MaxAttempts: 3})
+	w := kafkax.NewWriter(c.Brokers, c.Topics.LedgerState, kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 5000, WriteTimeout: 30 * time.Second, AttemptsMax: 3})
 	w.BatchBytes = BatchBytesMax
 	defer w.Close()
 	at := time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC).UnixNano()
@@ -64,7 +64,7 @@ func BenchmarkRecovery(b *testing.B) {
 	var states map[int32]*fold.State
 	for i := 0; i < b.N; i++ {
 		var err error
-		states, err = Restore(context.Background(), c.Brokers, c.Topics.LedgerState, cfg, ids)
+		states, err = restore(context.Background(), kafka.DefaultDialer, c.Brokers, c.Topics.LedgerState, cfg, ids)
 		if err != nil {
 			b.Fatal(err)
 		}

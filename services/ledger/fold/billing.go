@@ -65,12 +65,12 @@ type EndpointUse struct {
 
 const floorBit = 31
 
-// minTimeNs and maxTimeNs bound the times an output may carry ([events.MinTime,
+// timeNsMin and timeNsMax bound the times an output may carry ([events.MinTime,
 // events.MaxTime)): a period can start before 1970 (an anchor after the log time in January
 // 1970) or end in 2200.
 var (
-	minTimeNs = events.MinTime.UnixNano()
-	maxTimeNs = events.MaxTime.UnixNano() - 1
+	timeNsMin = events.MinTime.UnixNano()
+	timeNsMax = events.MaxTime.UnixNano() - 1
 )
 
 // Notice is one notification or top-up request (Data is an events.Notification or an
@@ -192,8 +192,8 @@ func (s *State) grantPlan(a *Account, grantID string, amt, expNs int64, at time.
 		return false
 	}
 	cause := events.DerivedID(a.ID, grantID)
-	expNs = min(expNs, maxTimeNs) // a period ending in 2200 or later: its grant expires just before
-	if at.UnixNano() < minTimeNs {
+	expNs = min(expNs, timeNsMax) // a period ending in 2200 or later: its grant expires just before
+	if at.UnixNano() < timeNsMin {
 		at = events.MinTime
 	}
 	a.GrantedMicros += amt
@@ -207,9 +207,9 @@ func (s *State) grantPlan(a *Account, grantID string, amt, expNs int64, at time.
 }
 
 // addGrant inserts g (available already counts it) with its expiry, or adds it to the pool
-// when the account has MaxGrantsPerAccount grants.
+// when the account has GrantsPerAccountMax grants.
 func (s *State) addGrant(a *Account, g Grant) {
-	if len(a.Grants) >= s.cfg.MaxGrantsPerAccount {
+	if len(a.Grants) >= s.cfg.GrantsPerAccountMax {
 		a.ExtraMicros += g.Remaining
 		return
 	}
@@ -359,7 +359,7 @@ func (s *State) renew(a *Account, e expiry, out *Output) {
 			a.giveBack(prefix, e.atNs, carry)
 		} else {
 			s.addGrant(a, Grant{ID: id, EventID: ParseUUID(events.DerivedID(a.ID, id)), Amount: carry,
-				Remaining: carry, Priority: events.DefaultGrantPriority, ExpiresNs: min(b.PeriodEndNs, maxTimeNs)})
+				Remaining: carry, Priority: events.DefaultGrantPriority, ExpiresNs: min(b.PeriodEndNs, timeNsMax)})
 		}
 	}
 	s.schedule(expiry{atNs: b.PeriodEndNs, acct: a, kind: expRenew})
@@ -493,7 +493,7 @@ func (s *State) notify(a *Account, out *Output) {
 	t := b.Terms
 	s.rollCalendar(a)
 	at := nsTime(s.watermark)
-	base := events.Notification{AccountID: a.ID, PeriodStart: nsTime(max(b.PeriodStartNs, minTimeNs)), PeriodEnd: nsTime(min(b.PeriodEndNs, maxTimeNs)),
+	base := events.Notification{AccountID: a.ID, PeriodStart: nsTime(max(b.PeriodStartNs, timeNsMin)), PeriodEnd: nsTime(min(b.PeriodEndNs, timeNsMax)),
 		UsedMicros: max(b.UsedMicros, 0), AllocationMicros: t.AllocationMicros, AvailableMicros: max(a.AvailableMicros, 0)}
 	if t.AllocationMicros > 0 {
 		for i, th := range b.usageThresholds() {

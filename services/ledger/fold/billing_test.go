@@ -62,7 +62,7 @@ func (f *folder) fold(evs []*events.Event) {
 	if err := f.s.Check(); err != nil {
 		f.t.Fatalf("invariants: %v", err)
 	}
-	tot, err := CheckJournal(f.all.Entries)
+	tot, err := checkJournal(f.all.Entries)
 	if err != nil {
 		f.t.Fatalf("journal: %v", err)
 	}
@@ -469,7 +469,7 @@ func TestBillingReplayAndRestore(t *testing.T) {
 		r := New(DefaultConfig(pricebook.Default()), 0)
 		var accts []*Account
 		f.s.Accounts(func(a *Account) { accts = append(accts, roundTrip(t, a)) })
-		r.Restore(f.s.Snapshot(), accts)
+		restore(r, f.s.Snapshot(), accts)
 		g := &folder{t: t, s: r, off: int64(cut), all: f.all}
 		g.fold(evs[cut:])
 		if got := stateJSON(t, g.s); got != want {
@@ -541,7 +541,7 @@ func randomBillingLog(t testing.TB, seed uint64, n, accounts int) []*events.Even
 func checkBillingLog(t *testing.T, evs []*events.Event, cut int) {
 	t.Helper()
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxGrantsPerAccount = 4
+	cfg.GrantsPerAccountMax = 4
 	cfg.RenewalCatchUpMax = 3
 	f1 := newFolder(t, cfg)
 	f1.fold(evs)
@@ -555,7 +555,7 @@ func checkBillingLog(t *testing.T, evs []*events.Event, cut int) {
 	r := New(cfg, 0)
 	var accts []*Account
 	f3.s.Accounts(func(a *Account) { accts = append(accts, roundTrip(t, a)) })
-	r.Restore(f3.s.Snapshot(), accts)
+	restore(r, f3.s.Snapshot(), accts)
 	f4 := &folder{t: t, s: r, off: int64(cut), all: f3.all}
 	f4.fold(evs[cut:])
 	f1.s.Accounts(func(a *Account) {

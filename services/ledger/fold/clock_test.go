@@ -88,7 +88,7 @@ func TestGrantsCannotOverflowBalance(t *testing.T) {
 		l.add(t0, grant("rich", "g"+itoa(i), events.MaxAmountMicros, 0, nil))
 	}
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxGrantsPerAccount = 10_000
+	cfg.GrantsPerAccountMax = 10_000
 	s := New(cfg, 0)
 	var out Output
 	for i, e := range l.evs {
@@ -114,7 +114,7 @@ func TestGrantsCannotOverflowBalance(t *testing.T) {
 	if err := s.Check(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := CheckJournal(out.Entries); err != nil {
+	if _, err := checkJournal(out.Entries); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -128,7 +128,7 @@ func TestAdjustmentsCannotOverflow(t *testing.T) {
 		l.add(t0, events.CreditsAdjusted{AdjustmentID: "d" + itoa(i), AccountID: "down", AmountMicros: -events.MaxAmountMicros, Reason: "r"})
 	}
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxDedupePerAccount = 1 << 20 // every adjustment id is remembered: none is too late
+	cfg.DedupePerAccountMax = 1 << 20 // every adjustment id is remembered: none is too late
 	s := New(cfg, 0)
 	var out Output
 	for i, e := range l.evs {
@@ -150,7 +150,7 @@ func TestAdjustmentsCannotOverflow(t *testing.T) {
 	if err := s.Check(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := CheckJournal(out.Entries); err != nil {
+	if _, err := checkJournal(out.Entries); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -233,7 +233,7 @@ func TestRestoreReplayOfFoldedEventsSweepsAsStraight(t *testing.T) {
 		s1.Apply(Input{Offset: int64(i), Event: e}, &out)
 	}
 	s2 := New(cfg, 0)
-	s2.Restore(s1.Snapshot(), []*Account{roundTrip(t, s1.Account("a"))})
+	restore(s2, s1.Snapshot(), []*Account{roundTrip(t, s1.Account("a"))})
 	for i, e := range l.evs { // from an old committed offset
 		s2.Apply(Input{Offset: int64(i), Event: e}, &out)
 	}

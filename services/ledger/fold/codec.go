@@ -24,12 +24,12 @@ const (
 	codecVersionV1 = 1
 )
 
-// maxPartsDecoded bounds the parts a decoded hold may carry (MaxGrantsPerAccount's maximum
+// partsDecodedMax bounds the parts a decoded hold may carry (GrantsPerAccountMax's maximum
 // plus the pool).
-const maxPartsDecoded = 10_001
+const partsDecodedMax = GrantsPerAccountMaxLimit + 1
 
-// maxDedupeDecoded bounds the dedupe entries a record may carry (the setting's maximum).
-const maxDedupeDecoded = 1 << 20
+// dedupeDecodedMax bounds the dedupe entries a record may carry (the setting's maximum).
+const dedupeDecodedMax = DedupePerAccountMaxLimit
 
 // AppendBinary appends the compact binary form of the account (the persisted state record)
 // to dst. It is about a fifth of the JSON size and several times faster to encode and
@@ -115,8 +115,8 @@ func (a *Account) AppendBinary(dst []byte) []byte {
 	return appendBilling(dst, a.Billing)
 }
 
-// maxEndpointsDecoded bounds a decoded period's endpoints (a price book's endpoints).
-const maxEndpointsDecoded = 10_000
+// endpointsDecodedMax bounds a decoded period's endpoints (a price book's endpoints).
+const endpointsDecodedMax = 10_000
 
 func appendBilling(dst []byte, b *Billing) []byte {
 	if b == nil {
@@ -182,7 +182,7 @@ func (r *reader) billing() *Billing {
 		r.err = ErrCorrupt
 	}
 	b.Fired = uint32(fired)
-	if n := r.count(maxEndpointsDecoded); n > 0 {
+	if n := r.count(endpointsDecodedMax); n > 0 {
 		b.ByEndpoint = make([]EndpointUse, n)
 		for i := range b.ByEndpoint {
 			u := &b.ByEndpoint[i]
@@ -300,7 +300,7 @@ func (r *reader) ringV1(d *Dedupe, size int, salts ...uint64) {
 
 func (r *reader) dedupe(d *Dedupe) {
 	d.FloorNs = r.varint()
-	n := r.count(maxDedupeDecoded)
+	n := r.count(dedupeDecodedMax)
 	var prev int64
 	for i := 0; i < n && r.err == nil; i++ {
 		b := r.bytes(8)
@@ -335,7 +335,7 @@ func (r *reader) count(max int) int {
 // parts reads a hold's parts (read after HoldMicros); each must be above 0 and together
 // they must make the hold.
 func (r *reader) parts(h *Hold) {
-	n := r.count(maxPartsDecoded)
+	n := r.count(partsDecodedMax)
 	var first int64
 	for i := 0; i < n && r.err == nil; i++ {
 		var g UUID

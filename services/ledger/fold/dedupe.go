@@ -27,7 +27,7 @@ import (
 // it covers, a copy of an applied event whose event time is at or after the horizon always
 // finds its entry; a copy older than the horizon is refused as too late (AnomalyTooLate).
 //
-// The memory holds at most Config.MaxDedupePerAccount entries. Beyond it the oldest is
+// The memory holds at most Config.DedupePerAccountMax entries. Beyond it the oldest is
 // evicted, and FloorNs records the latest time forgotten: an event of this account whose event
 // time is at or before FloorNs cannot be proven new and is refused as too late too. So the
 // fold never applies an event twice, whatever the bound; the bound only decides how old an
@@ -109,7 +109,7 @@ func (d *Dedupe) At(i int) (key uint64, atNs int64) {
 func (d *Dedupe) Append(key uint64, atNs int64) { d.appendCapped(key, atNs, 1<<31) }
 
 // appendCapped is Append with the ring grown to at most capMax entries (the fold passes
-// Config.MaxDedupePerAccount, having evicted down to fewer ids than that).
+// Config.DedupePerAccountMax, having evicted down to fewer ids than that).
 func (d *Dedupe) appendCapped(key uint64, atNs int64, capMax int) {
 	if d.n == uint32(len(d.ring)) {
 		d.resize(max(min(dedupeGrow(len(d.ring)), capMax), int(d.n)+1))
@@ -378,7 +378,7 @@ func (s *State) seenRequest(a *Account, rh uint64, t int64, out *Output) bool {
 func (s *State) remember(a *Account, key uint64, out *Output) {
 	d := &a.Dedupe
 	s.prune(a)
-	for d.n > 0 && d.n >= uint32(s.cfg.MaxDedupePerAccount) {
+	for d.n > 0 && d.n >= uint32(s.cfg.DedupePerAccountMax) {
 		d.popHead()
 		s.dedupeN--
 		out.Evicted++
@@ -390,7 +390,7 @@ func (s *State) remember(a *Account, key uint64, out *Output) {
 		_, tail := d.At(d.Len() - 1)
 		at = max(at, tail)
 	}
-	d.appendCapped(key, at, s.cfg.MaxDedupePerAccount)
+	d.appendCapped(key, at, s.cfg.DedupePerAccountMax)
 	s.dedupeN++
 	if a.pruneNs == 0 {
 		s.schedulePrune(a)

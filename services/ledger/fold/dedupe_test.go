@@ -33,7 +33,7 @@ func foldWithRecords(t *testing.T, cfg Config, evs []*events.Event, recNs []int6
 			var accts []*Account
 			s.Accounts(func(a *Account) { accts = append(accts, roundTrip(t, a)) })
 			s2 := New(cfg, 0)
-			s2.Restore(s.Snapshot(), accts)
+			restore(s2, s.Snapshot(), accts)
 			s = s2
 		}
 		in := Input{Offset: int64(i), Event: e}
@@ -248,12 +248,12 @@ func TestTooLate(t *testing.T) {
 	}
 }
 
-// TestDedupeBoundRaisesFloor: beyond MaxDedupePerAccount the oldest ids are evicted and
+// TestDedupeBoundRaisesFloor: beyond DedupePerAccountMax the oldest ids are evicted and
 // counted; a copy of an evicted id is then refused as too late (never applied again), while
 // copies of remembered ids are duplicates and new events are applied.
 func TestDedupeBoundRaisesFloor(t *testing.T) {
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxDedupePerAccount = 16
+	cfg.DedupePerAccountMax = 16
 	l := &logb{t: t}
 	l.add(t0, grant("a", "g1", 10_000_000, 0, nil))
 	var starts, finishes []*events.Event
@@ -297,7 +297,7 @@ func TestRefeedChangesNothing(t *testing.T) {
 	short := DefaultConfig(pricebook.Default())
 	short.DedupeWindowNs = int64(time.Hour)
 	tight := DefaultConfig(pricebook.Default())
-	tight.MaxDedupePerAccount = 16
+	tight.DedupePerAccountMax = 16
 	for name, cfg := range map[string]Config{"default": DefaultConfig(pricebook.Default()), "1h window": short, "bound 16": tight} {
 		for seed := uint64(1); seed <= 3; seed++ {
 			evs := randomLog(t, seed, 8_000, 20)
@@ -462,7 +462,7 @@ func TestCodecVersion1(t *testing.T) {
 		t.Fatalf("v1 decoded %d ids, legacy %v", got.Dedupe.Len(), got.legacy)
 	}
 	s2 := New(DefaultConfig(pricebook.Default()), 0)
-	s2.Restore(s.Snapshot(), []*Account{got})
+	restore(s2, s.Snapshot(), []*Account{got})
 	later := t0.Add(20 * time.Hour)
 	l2 := &logb{t: t, seq: 100}
 	l2.add(later, grant("b", "gb", 1, 0, nil)) // the first fold: stamps the legacy ids at 20 h
@@ -489,10 +489,10 @@ func TestCodecVersion1(t *testing.T) {
 }
 
 // TestDedupeRingCapped: a ring grows in small steps (at most two entries or a quarter over
-// its ids) and never beyond MaxDedupePerAccount.
+// its ids) and never beyond DedupePerAccountMax.
 func TestDedupeRingCapped(t *testing.T) {
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxDedupePerAccount = 100
+	cfg.DedupePerAccountMax = 100
 	l := &logb{t: t}
 	l.add(t0, grant("a", "g1", 10_000_000, 0, nil))
 	at := t0
@@ -505,7 +505,7 @@ func TestDedupeRingCapped(t *testing.T) {
 			s, out := foldWith(t, cfg, l.evs, 0)
 			mustCheck(t, s, out)
 			d := &s.Account("a").Dedupe
-			if n, c := d.Len(), len(d.ring); c > cfg.MaxDedupePerAccount || (n <= 32 && c > max(n+2, 8)) || c > n+n/4+2 {
+			if n, c := d.Len(), len(d.ring); c > cfg.DedupePerAccountMax || (n <= 32 && c > max(n+2, 8)) || c > n+n/4+2 {
 				t.Fatalf("after %d requests: %d ids in a ring of %d", i+1, n, c)
 			}
 		}
@@ -513,14 +513,14 @@ func TestDedupeRingCapped(t *testing.T) {
 }
 
 // TestFutureTime: an event stamped further ahead of its Kafka record timestamp than
-// FutureSkewMaxNs is refused (AnomalyFutureTime, with its offset and the latest time allowed)
+// FutureSkewNsMax is refused (AnomalyFutureTime, with its offset and the latest time allowed)
 // and does not move the clock: the open hold does not expire, the later events are not too
 // late, and a replay refuses the same event. Within the bound, or without a record
 // timestamp, events apply as before.
 func TestFutureTime(t *testing.T) {
 	cfg := DefaultConfig(pricebook.Default())
 	cfg.DedupeWindowNs = int64(time.Hour)
-	skew := time.Duration(cfg.FutureSkewMaxNs)
+	skew := time.Duration(cfg.FutureSkewNsMax)
 	type in struct {
 		at, rec time.Time // event time and record timestamp (zero: none)
 		d       events.Data

@@ -85,18 +85,9 @@ func (s *State) EndpointFactor(endpoint, priority string) int32 {
 	return ep.factor[prioIndex(priority)]
 }
 
-// Restore installs persisted records: the partition snapshot and the accounts. Call it on
-// an empty state before folding. Derived indexes (expiry heap, endpoint load) are rebuilt.
-func (s *State) Restore(snap Snapshot, accounts []*Account) {
-	s.watermark, s.offset = snap.WatermarkNs, snap.Offset
-	for _, a := range accounts {
-		s.accounts[a.ID] = a
-		s.index(a)
-	}
-	s.recomputeLoad()
-}
-
-// RestoreAccount installs one persisted account (see Restore).
+// RestoreAccount installs one persisted account, replacing any earlier record of it, and
+// rebuilds its derived indexes (expiry heap, endpoint load). A restore installs every
+// account, then RestoreSnapshot, on a new state before folding.
 func (s *State) RestoreAccount(a *Account) {
 	if old := s.accounts[a.ID]; old != nil {
 		s.unindex(old)
@@ -182,12 +173,12 @@ func (s *State) Apply(in Input, out *Output) {
 	}
 	ev := in.Event
 	t := ev.Time.UnixNano()
-	if in.RecordTimeNs > 0 && ev.Time.Sub(time.Unix(0, in.RecordTimeNs)) > time.Duration(s.cfg.FutureSkewMaxNs) {
+	if in.RecordTimeNs > 0 && ev.Time.Sub(time.Unix(0, in.RecordTimeNs)) > time.Duration(s.cfg.FutureSkewNsMax) {
 		if in.Offset > s.offset {
 			s.offset = in.Offset
 		}
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyFutureTime, AccountID: ev.Subject, EventID: ev.ID,
-			RequestID: requestID(ev), Offset: in.Offset, HorizonNs: in.RecordTimeNs + s.cfg.FutureSkewMaxNs})
+			RequestID: requestID(ev), Offset: in.Offset, HorizonNs: in.RecordTimeNs + s.cfg.FutureSkewNsMax})
 		return
 	}
 	if t > s.watermark {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tallyhq/tally/services/ledger/fold/foldtest"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/pricebook"
 )
@@ -62,12 +63,12 @@ func run(t testing.TB, evs []*events.Event) (*State, *Output) {
 	return s, &out
 }
 
-func mustCheck(t *testing.T, s *State, out *Output) map[string]JournalTotals {
+func mustCheck(t *testing.T, s *State, out *Output) map[string]foldtest.JournalTotals {
 	t.Helper()
 	if err := s.Check(); err != nil {
 		t.Fatalf("invariants: %v", err)
 	}
-	tot, err := CheckJournal(out.Entries)
+	tot, err := checkJournal(out.Entries)
 	if err != nil {
 		t.Fatalf("journal: %v", err)
 	}
@@ -262,7 +263,7 @@ func TestLoadFactorShedsBatchFirst(t *testing.T) {
 		l.add(t0, start("a", fmt.Sprint("r", i), 1, t0))
 	}
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxHoldsPerAccount = 10_000
+	cfg.HoldsPerAccountMax = 10_000
 	s := New(cfg, 0)
 	var out Output
 	for i, e := range l.evs {
@@ -428,7 +429,7 @@ func TestRestoreResumes(t *testing.T) {
 	s2 := New(DefaultConfig(pricebook.Default()), 0)
 	var accts []*Account
 	s1.Accounts(func(a *Account) { accts = append(accts, roundTrip(t, a)) })
-	s2.Restore(s1.Snapshot(), accts)
+	restore(s2, s1.Snapshot(), accts)
 	// Resume from the start (an old committed offset): events at or below each account's
 	// stored offset must be skipped by offset, not reported as duplicates.
 	for i := 0; i < len(evs); i++ {
@@ -679,4 +680,22 @@ func TestTwoOutputsTakeTurns(t *testing.T) {
 			t.Fatalf("batch %d: touched %v", i, o.Touched)
 		}
 	}
+}
+
+// checkJournal runs foldtest.CheckJournal over entries as published (Entry.Event).
+func checkJournal(entries []Entry) (map[string]foldtest.JournalTotals, error) {
+	lines := make([]events.LedgerEntry, len(entries))
+	for i := range entries {
+		lines[i] = entries[i].Event()
+	}
+	return foldtest.CheckJournal(lines)
+}
+
+// restore installs persisted records on a new state as the engine does: every account, then
+// the partition snapshot.
+func restore(s *State, snap Snapshot, accounts []*Account) {
+	for _, a := range accounts {
+		s.RestoreAccount(a)
+	}
+	s.RestoreSnapshot(snap)
 }

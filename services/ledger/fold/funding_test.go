@@ -218,7 +218,7 @@ func TestCodecVersion2Holds(t *testing.T) {
 		t.Fatal(err)
 	}
 	s2 := New(DefaultConfig(pricebook.Default()), 0)
-	s2.Restore(s.Snapshot(), []*Account{got})
+	restore(s2, s.Snapshot(), []*Account{got})
 	l2 := &logb{t: t, seq: 100}
 	l2.add(t0.Add(time.Second), finish("a", "r1", 100_000))
 	l2.add(exp.Add(time.Second), grant("b", "g", 1, 0, nil))

@@ -34,7 +34,7 @@ func (s *State) grant(a *Account, ev *events.Event, p *events.CreditsGranted, ou
 		s.breakage(a, events.DerivedID(ev.ID, "breakage"), p.GrantID, p.AmountMicros, time.Unix(0, max(expNs, ev.Time.UnixNano())).UTC(), out)
 		return
 	}
-	if len(a.Grants) >= s.cfg.MaxGrantsPerAccount {
+	if len(a.Grants) >= s.cfg.GrantsPerAccountMax {
 		s.remember(a, gh^saltGrant, out)
 		a.ExtraMicros += p.AmountMicros
 		return

@@ -17,7 +17,7 @@ func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, ou
 	}
 	s.rollHistory(a, ev.Time.UnixNano())
 	a.ReqsCur++
-	if len(a.Holds) >= s.cfg.MaxHoldsPerAccount {
+	if len(a.Holds) >= s.cfg.HoldsPerAccountMax {
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyTooManyHolds, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
 		s.remember(a, rh^saltNoHold, out) // a copy of this start is a duplicate; a finish is parked as before
 		return
@@ -79,7 +79,7 @@ func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, 
 		s.settledOK(a, p.Status)
 	case a.findParked(p.RequestID) >= 0:
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
-	case len(a.Parked) < s.cfg.MaxParkedPerAccount:
+	case len(a.Parked) < s.cfg.ParkedPerAccountMax:
 		t := ev.Time.UnixNano()
 		a.Parked = append(a.Parked, Parked{RequestID: p.RequestID, EventID: ev.ID, Endpoint: p.Endpoint, Status: p.Status, CostMicros: p.CostMicros, AtNs: t})
 		s.schedule(expiry{atNs: t + s.cfg.ParkTimeoutNs, acct: a, kind: expParked, hash: rh})

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-
-	"github.com/tallyhq/tally/shared/events"
 )
 
 // CheckAccount reports every broken invariant of one account:
@@ -104,12 +102,12 @@ func (s *State) Check() error {
 			errs = append(errs, fmt.Errorf("account %s: %d dedupe entries and no prune scheduled", id, a.Dedupe.Len()))
 		}
 		for i := range a.Holds {
-			if n := a.Holds[i].NumParts(); n > s.cfg.MaxGrantsPerAccount+1 {
-				errs = append(errs, fmt.Errorf("account %s: hold %s has %d parts, bound %d", id, a.Holds[i].RequestID, n, s.cfg.MaxGrantsPerAccount+1))
+			if n := a.Holds[i].NumParts(); n > s.cfg.GrantsPerAccountMax+1 {
+				errs = append(errs, fmt.Errorf("account %s: hold %s has %d parts, bound %d", id, a.Holds[i].RequestID, n, s.cfg.GrantsPerAccountMax+1))
 			}
 		}
-		if n := a.Dedupe.Len(); n > s.cfg.MaxDedupePerAccount {
-			errs = append(errs, fmt.Errorf("account %s: %d dedupe entries, bound %d", id, n, s.cfg.MaxDedupePerAccount))
+		if n := a.Dedupe.Len(); n > s.cfg.DedupePerAccountMax {
+			errs = append(errs, fmt.Errorf("account %s: %d dedupe entries, bound %d", id, n, s.cfg.DedupePerAccountMax))
 		}
 		for _, g := range a.Grants {
 			if g.ExpiresNs != 0 {
@@ -178,58 +176,4 @@ func (s *State) checkLoad(ids []string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// JournalTotals are the per-account sums of a journal.
-type JournalTotals struct {
-	Available, Held, Overage int64
-}
-
-// CheckJournal checks a journal: every transaction sums to zero, no entry id repeats, each
-// ledger account appears once per transaction, and each request's hold is placed once and
-// released or posted at most once (its customer.held lines never go below zero and end at
-// zero unless it is still open). It returns the per-account sums of customer.available,
-// customer.held and overage receivable (negated: what is owed).
-func CheckJournal(entries []Entry) (map[string]JournalTotals, error) {
-	var errs []error
-	txSum := map[string]int64{}
-	seen := map[string]bool{}
-	heldByReq := map[string]int64{}
-	totals := map[string]JournalTotals{}
-	var order []string
-	for i := range entries {
-		e := &entries[i]
-		key := e.Cause + "/" + e.LedgerAccount
-		if seen[key] {
-			errs = append(errs, fmt.Errorf("entry %s: duplicate line (cause %s, account %s)", events.DerivedID(e.Cause, e.LedgerAccount), e.Cause, e.LedgerAccount))
-		}
-		seen[key] = true
-		if _, ok := txSum[e.Cause]; !ok {
-			order = append(order, e.Cause)
-		}
-		txSum[e.Cause] += e.AmountMicros
-		t := totals[e.AccountID]
-		switch e.LedgerAccount {
-		case events.LedgerAvailable:
-			t.Available += e.AmountMicros
-		case events.LedgerHeld:
-			t.Held += e.AmountMicros
-			if e.RequestID != "" {
-				k := e.AccountID + "/" + e.RequestID
-				heldByReq[k] += e.AmountMicros
-				if heldByReq[k] < 0 {
-					errs = append(errs, fmt.Errorf("request %s: hold released or posted more than once", k))
-				}
-			}
-		case events.LedgerOverageReceivable:
-			t.Overage -= e.AmountMicros
-		}
-		totals[e.AccountID] = t
-	}
-	for _, c := range order {
-		if txSum[c] != 0 {
-			errs = append(errs, fmt.Errorf("transaction %s (cause %s): sums to %d", TransactionID(c), c, txSum[c]))
-		}
-	}
-	return totals, errors.Join(errs...)
 }

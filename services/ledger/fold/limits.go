@@ -216,12 +216,12 @@ func (s *State) historyFactor(a *Account, t int64) (int32, string) {
 		return 1000 - (p+99)/100*100, ReasonFlag
 	}
 	s.rollHistory(a, t)
-	if reqs := a.ReqsCur + a.ReqsPrev; reqs >= s.cfg.RejectMinRequests {
+	if reqs := a.ReqsCur + a.ReqsPrev; reqs >= s.cfg.RejectRequestsMin {
 		if (a.RejsCur+a.RejsPrev)*1000/reqs > s.cfg.RejectRatioPermille {
 			return s.cfg.RejectFactorPermille, ReasonRejections
 		}
 	}
-	if a.SettledOK >= s.cfg.CleanMinRequests && a.OverageMicros == 0 && a.FlagNs == 0 {
+	if a.SettledOK >= s.cfg.CleanRequestsMin && a.OverageMicros == 0 && a.FlagNs == 0 {
 		return s.cfg.CleanBonusPermille, ReasonClean
 	}
 	return 1000, ReasonNeutral

@@ -108,7 +108,7 @@ func TestOneAccountCannotShedEndpoint(t *testing.T) {
 func TestOneAccountCountsWhatItHolds(t *testing.T) {
 	cfg := DefaultConfig(pricebook.Default())
 	cfg.PartitionsTotal = 8
-	cfg.MaxHoldsPerAccount = 4000
+	cfg.HoldsPerAccountMax = 4000
 	for _, tc := range []struct {
 		name  string
 		holds []int
@@ -242,7 +242,7 @@ func TestLoadCountsSurviveRestore(t *testing.T) {
 	var accts []*Account
 	s1.Accounts(func(a *Account) { accts = append(accts, roundTrip(t, a)) })
 	s2 := New(cfg, 0)
-	s2.Restore(s1.Snapshot(), accts)
+	restore(s2, s1.Snapshot(), accts)
 	if err := s2.Check(); err != nil {
 		t.Fatal(err)
 	}
@@ -398,7 +398,7 @@ func TestFoldAllocsHeavyAccount(t *testing.T) {
 }
 
 // BenchmarkFoldHeavyAccount: start and finish of an account with 1000 open holds (near the
-// worst case of the capped count's scan, with the default MaxHoldsPerAccount 1024).
+// worst case of the capped count's scan, with the default HoldsPerAccountMax 1024).
 func BenchmarkFoldHeavyAccount(b *testing.B) {
 	s, c := heavyCycle(b)
 	var out Output

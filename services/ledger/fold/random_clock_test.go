@@ -103,7 +103,7 @@ func runCfg(t testing.TB, cfg Config, evs []*events.Event) (*State, *Output) {
 
 func randomClockCfg() Config {
 	cfg := DefaultConfig(pricebook.Default())
-	cfg.MaxGrantsPerAccount = 3 // the pool is used
+	cfg.GrantsPerAccountMax = 3 // the pool is used
 	return cfg
 }
 
@@ -136,7 +136,7 @@ func checkClockLogEvs(t *testing.T, seed uint64, evs []*events.Event, cut int) {
 	if err := s1.Check(); err != nil {
 		t.Fatalf("seed %d: invariants: %v", seed, err)
 	}
-	tot, err := CheckJournal(out1.Entries)
+	tot, err := checkJournal(out1.Entries)
 	if err != nil {
 		t.Fatalf("seed %d: journal: %v", seed, err)
 	}
@@ -160,7 +160,7 @@ func checkClockLogEvs(t *testing.T, seed uint64, evs []*events.Event, cut int) {
 	s4 := New(cfg, 0)
 	var accts []*Account
 	s3.Accounts(func(a *Account) { accts = append(accts, roundTrip(t, a)) })
-	s4.Restore(s3.Snapshot(), accts)
+	restore(s4, s3.Snapshot(), accts)
 	o4 := o3
 	o4.Entries = append([]Entry(nil), o3.Entries...)
 	for i, e := range evs {

@@ -19,6 +19,17 @@ import (
 	"github.com/tallyhq/tally/shared/pricebook"
 )
 
+// Ranges of the per-account bounds in Config: Validate checks each bound against its range
+// here, the ledger's settings validate against the same constants, and the state codec
+// rejects records larger than the largest policy can produce.
+const (
+	ParkedPerAccountMaxLimit = 1024    // ParkedPerAccountMax in [0, 1024]
+	HoldsPerAccountMaxLimit  = 100_000 // HoldsPerAccountMax in [1, 100000]
+	GrantsPerAccountMaxLimit = 10_000  // GrantsPerAccountMax in [1, 10000]
+	DedupePerAccountMaxFloor = 16      // DedupePerAccountMax in [16, 1<<20]
+	DedupePerAccountMaxLimit = 1 << 20
+)
+
 // Config is the fold's policy. Every bound is named and validated.
 type Config struct {
 	// Book is the price book: endpoint capacities and reserves, tier allowance windows.
@@ -35,56 +46,56 @@ type Config struct {
 	// ParkTimeoutNs is how long (log time) a finish without its start waits before it is
 	// settled as a finish for an unknown request. Default 1 h.
 	ParkTimeoutNs int64
-	// MaxParkedPerAccount bounds the finishes parked per account; beyond it a finish is
+	// ParkedPerAccountMax bounds the finishes parked per account; beyond it a finish is
 	// settled at once as unknown. Default 8.
-	MaxParkedPerAccount int
-	// MaxHoldsPerAccount bounds the open holds per account; a start beyond it is recorded
+	ParkedPerAccountMax int
+	// HoldsPerAccountMax bounds the open holds per account; a start beyond it is recorded
 	// as an anomaly and places no hold. Default 1024.
-	MaxHoldsPerAccount int
-	// MaxGrantsPerAccount bounds the live grants per account; a grant beyond it is added to
+	HoldsPerAccountMax int
+	// GrantsPerAccountMax bounds the live grants per account; a grant beyond it is added to
 	// the account's unexpiring pool instead of its own slot. Default 64.
-	MaxGrantsPerAccount int
+	GrantsPerAccountMax int
 	// DedupeWindowNs is how long (log time) an account remembers an applied id (see Dedupe).
 	// An input event whose event time is older than the watermark minus this window cannot be
 	// proven new: it is not applied but recorded as AnomalyTooLate. Default 24 h.
 	DedupeWindowNs int64
-	// FutureSkewMaxNs bounds how far an event's own time may run ahead of its Kafka record
+	// FutureSkewNsMax bounds how far an event's own time may run ahead of its Kafka record
 	// timestamp (Input.RecordTimeNs, stamped when it was produced). An event further ahead is
 	// not applied and does not move the partition's clock: it is recorded as
 	// AnomalyFutureTime. Without this bound one event stamped next year would advance the
 	// watermark, expire every open hold at once and make every later event too late. The
 	// record timestamp is part of the log, so a replay refuses exactly the same events.
 	// Default 5 min.
-	FutureSkewMaxNs int64
+	FutureSkewNsMax int64
 	// RenewalCatchUpMax bounds the billing periods a subscription catches up at once after a
 	// silence of the log: the missed periods are renewed in order, at most this many before
 	// the current one; older ones are skipped (no allocation, nothing carried). Default 12,
 	// range [1, 1200].
 	RenewalCatchUpMax int
-	// MaxDedupePerAccount bounds the ids an account remembers; beyond it the oldest is
+	// DedupePerAccountMax bounds the ids an account remembers; beyond it the oldest is
 	// evicted (counted in Output.Evicted) and the account's dedupe floor rises. Default 4096.
-	MaxDedupePerAccount int
+	DedupePerAccountMax int
 	// History factor policy.
 	HistoryWindowNs      int64 // rejection-ratio window length, aligned to the epoch. Default 1 h.
-	RejectMinRequests    int32 // requests in the last two windows before the ratio counts. Default 20.
+	RejectRequestsMin    int32 // requests in the last two windows before the ratio counts. Default 20.
 	RejectRatioPermille  int32 // ratio above which the factor drops. Default 500.
 	RejectFactorPermille int32 // factor while the ratio is above. Default 700.
 	FlagPenaltyPermille  int32 // penalty per throttle flag, decaying linearly. Default 500.
 	FlagDecayNs          int64 // time for a flag's penalty to decay to zero. Default 24 h.
 	BlockNs              int64 // how long a block flag sets the factor to 0. Default 24 h.
-	CleanMinRequests     int64 // settled requests, no overage, no live flag -> bonus. Default 100.
+	CleanRequestsMin     int64 // settled requests, no overage, no live flag -> bonus. Default 100.
 	CleanBonusPermille   int32 // the clean-history factor. Default 1200.
 }
 
 // DefaultConfig returns the default policy over book.
 func DefaultConfig(book *pricebook.Book) Config {
 	return Config{
-		Book: book, PartitionsTotal: 1, AccountSharePermille: 100, ParkTimeoutNs: int64(time.Hour), MaxParkedPerAccount: 8,
-		MaxHoldsPerAccount: 1024, MaxGrantsPerAccount: 64, DedupeWindowNs: int64(24 * time.Hour), MaxDedupePerAccount: 4096,
-		FutureSkewMaxNs: int64(5 * time.Minute), RenewalCatchUpMax: 12,
-		HistoryWindowNs: int64(time.Hour), RejectMinRequests: 20, RejectRatioPermille: 500,
+		Book: book, PartitionsTotal: 1, AccountSharePermille: 100, ParkTimeoutNs: int64(time.Hour), ParkedPerAccountMax: 8,
+		HoldsPerAccountMax: 1024, GrantsPerAccountMax: 64, DedupeWindowNs: int64(24 * time.Hour), DedupePerAccountMax: 4096,
+		FutureSkewNsMax: int64(5 * time.Minute), RenewalCatchUpMax: 12,
+		HistoryWindowNs: int64(time.Hour), RejectRequestsMin: 20, RejectRatioPermille: 500,
 		RejectFactorPermille: 700, FlagPenaltyPermille: 500, FlagDecayNs: int64(24 * time.Hour),
-		BlockNs: int64(24 * time.Hour), CleanMinRequests: 100, CleanBonusPermille: 1200,
+		BlockNs: int64(24 * time.Hour), CleanRequestsMin: 100, CleanBonusPermille: 1200,
 	}
 }
 
@@ -101,21 +112,21 @@ func (c Config) Validate() error {
 	pos("PartitionsTotal", c.PartitionsTotal, 1, 100_000)
 	pos("AccountSharePermille", c.AccountSharePermille, 1, 1000)
 	pos("ParkTimeoutNs", c.ParkTimeoutNs, int64(time.Second), 7*day)
-	pos("MaxParkedPerAccount", int64(c.MaxParkedPerAccount), 0, 1024)
-	pos("MaxHoldsPerAccount", int64(c.MaxHoldsPerAccount), 1, 100_000)
-	pos("MaxGrantsPerAccount", int64(c.MaxGrantsPerAccount), 1, 10_000)
+	pos("ParkedPerAccountMax", int64(c.ParkedPerAccountMax), 0, ParkedPerAccountMaxLimit)
+	pos("HoldsPerAccountMax", int64(c.HoldsPerAccountMax), 1, HoldsPerAccountMaxLimit)
+	pos("GrantsPerAccountMax", int64(c.GrantsPerAccountMax), 1, GrantsPerAccountMaxLimit)
 	pos("DedupeWindowNs", c.DedupeWindowNs, int64(time.Second), 31*day)
-	pos("MaxDedupePerAccount", int64(c.MaxDedupePerAccount), 16, 1<<20)
-	pos("FutureSkewMaxNs", c.FutureSkewMaxNs, int64(time.Second), day)
+	pos("DedupePerAccountMax", int64(c.DedupePerAccountMax), DedupePerAccountMaxFloor, DedupePerAccountMaxLimit)
+	pos("FutureSkewNsMax", c.FutureSkewNsMax, int64(time.Second), day)
 	pos("RenewalCatchUpMax", int64(c.RenewalCatchUpMax), 1, 1200)
 	pos("HistoryWindowNs", c.HistoryWindowNs, int64(time.Minute), 31*day)
-	pos("RejectMinRequests", int64(c.RejectMinRequests), 1, 1_000_000)
+	pos("RejectRequestsMin", int64(c.RejectRequestsMin), 1, 1_000_000)
 	pos("RejectRatioPermille", int64(c.RejectRatioPermille), 0, 1000)
 	pos("RejectFactorPermille", int64(c.RejectFactorPermille), 0, events.MaxFactorPermille)
 	pos("FlagPenaltyPermille", int64(c.FlagPenaltyPermille), 0, 1000)
 	pos("FlagDecayNs", c.FlagDecayNs, int64(time.Minute), 365*day)
 	pos("BlockNs", c.BlockNs, int64(time.Minute), 365*day)
-	pos("CleanMinRequests", c.CleanMinRequests, 1, 1<<40)
+	pos("CleanRequestsMin", c.CleanRequestsMin, 1, 1<<40)
 	pos("CleanBonusPermille", int64(c.CleanBonusPermille), 1000, events.MaxFactorPermille)
 	return errors.Join(errs...)
 }
@@ -173,7 +184,7 @@ type Hold struct {
 	// from the front, a release gives each back to its grant (or to the pool). Most holds
 	// take from one grant: the first part is FirstGrant with what the other parts leave of
 	// HoldMicros, so that a hold costs 16 bytes more and placing it does not allocate. At most
-	// one part per grant plus one from the pool: bounded by MaxGrantsPerAccount+1.
+	// one part per grant plus one from the pool: bounded by GrantsPerAccountMax+1.
 	FirstGrant UUID        `json:"first_grant"`
 	MoreParts  *[]HoldPart `json:"more_parts,omitempty"`
 }
@@ -249,7 +260,7 @@ type Account struct {
 	HeldMicros      int64 `json:"held"`
 	OverageMicros   int64 `json:"overage"`
 	// Extra is the unexpiring part of available (the pool): positive adjustments, grants
-	// beyond MaxGrantsPerAccount, and releases of holds that recorded no parts.
+	// beyond GrantsPerAccountMax, and releases of holds that recorded no parts.
 	// Available = Σ grant remaining + Extra.
 	ExtraMicros int64 `json:"extra"`
 
@@ -354,7 +365,7 @@ const (
 	// horizon (the watermark minus the dedupe window, or the account's dedupe floor): it
 	// cannot be proven new, so it is not applied. The engine dead-letters it with the reason.
 	AnomalyTooLate = "too_late"
-	// AnomalyFutureTime is an input event whose event time is more than FutureSkewMaxNs
+	// AnomalyFutureTime is an input event whose event time is more than FutureSkewNsMax
 	// after its Kafka record timestamp: it is not applied and does not advance the clock.
 	// The engine dead-letters it with the reason.
 	AnomalyFutureTime = "future_time"

@@ -21,8 +21,8 @@ const (
 	ContentType = "application/cloudevents+json"
 )
 
-// SignatureHeaderMaxBytes bounds the Tally-Signature header Verify reads.
-const SignatureHeaderMaxBytes = 1024
+// SignatureHeaderBytesMax bounds the Tally-Signature header Verify reads.
+const SignatureHeaderBytesMax = 1024
 
 // Errors of Verify.
 var (
@@ -53,7 +53,7 @@ func Sign(secret []byte, t time.Time, body []byte) string {
 // with an old and a new secret while the secret is rotated. The body must be the raw bytes
 // received, before any JSON parsing.
 func Verify(secret []byte, header string, body []byte, now time.Time, tolerance time.Duration) error {
-	if len(header) > SignatureHeaderMaxBytes {
+	if len(header) > SignatureHeaderBytesMax {
 		return ErrMalformedSignature
 	}
 	var ts int64

@@ -61,7 +61,7 @@ func TestIdleExpiry(t *testing.T) {
 	h.Sink()
 	adm := h.Admitter("a1", 1)
 	cl, err := client.New(client.Config{BaseURL: "http://" + adm.Addr, APIKey: h.APIKey,
-		HTTPClient: &http.Client{Timeout: 5 * time.Second}, MaxAttempts: 1})
+		HTTPClient: &http.Client{Timeout: 5 * time.Second}, AttemptsMax: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

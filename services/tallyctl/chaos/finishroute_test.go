@@ -55,7 +55,7 @@ func TestFinishElsewhere(t *testing.T) {
 	mustAdmin(t, ctx, h, led, http.MethodPost, "/v1/accounts/"+acct+"/grants", map[string]any{"grant_id": "g-" + acct, "amount_micros": grant, "source": "purchase", "priority": 1})
 	httpc := &http.Client{Timeout: 10 * time.Second}
 	clientOf := func(p *Proc) *client.Client {
-		c, err := client.New(client.Config{BaseURL: "http://" + p.Addr, APIKey: h.APIKey, HTTPClient: httpc, MaxAttempts: 10, RetryBackoff: 100 * time.Millisecond})
+		c, err := client.New(client.Config{BaseURL: "http://" + p.Addr, APIKey: h.APIKey, HTTPClient: httpc, AttemptsMax: 10, RetryBackoff: 100 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -47,8 +47,8 @@ const (
 	// parkTimeoutMs is the ledger's LEDGER_PARK_TIMEOUT_MS in the suite (its minimum is 1000):
 	// finishes of unknown requests settle within the run.
 	parkTimeoutMs = 2000
-	// holdTimeoutMaxMs is the longest hold_timeout_ms of chaosBook.
-	holdTimeoutMaxMs = 3000
+	// holdTimeoutMsMax is the longest hold_timeout_ms of chaosBook.
+	holdTimeoutMsMax = 3000
 	// Partitions of every topic (kafkatest's).
 	partitions = kafkatest.Partitions
 	// chaosSource is the CloudEvents source of events the suite produces itself.

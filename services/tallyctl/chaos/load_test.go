@@ -156,7 +156,7 @@ func TestLoad(t *testing.T) {
 	defer cancel()
 	httpc := &http.Client{Timeout: time.Duration(cfg.RequestTimeoutMs) * time.Millisecond,
 		Transport: &http.Transport{MaxIdleConns: cfg.InflightMax, MaxIdleConnsPerHost: cfg.InflightMax, IdleConnTimeout: 90 * time.Second}}
-	cl, err := client.New(client.Config{BaseURL: "http://" + adm.Addr, APIKey: h.APIKey, HTTPClient: httpc, MaxAttempts: 1})
+	cl, err := client.New(client.Config{BaseURL: "http://" + adm.Addr, APIKey: h.APIKey, HTTPClient: httpc, AttemptsMax: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -91,7 +91,7 @@ func TestSeveralAdmitters(t *testing.T) {
 	httpc := &http.Client{Timeout: 5 * time.Second}
 	var clients []*client.Client
 	for _, a := range adms {
-		c, err := client.New(client.Config{BaseURL: "http://" + a.Addr, APIKey: h.APIKey, HTTPClient: httpc, MaxAttempts: 1})
+		c, err := client.New(client.Config{BaseURL: "http://" + a.Addr, APIKey: h.APIKey, HTTPClient: httpc, AttemptsMax: 1})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -64,7 +64,7 @@ type driver struct {
 
 func newDriver(t *testing.T, h *Harness, adm *Proc) *driver {
 	httpc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
-	cl, err := client.New(client.Config{BaseURL: "http://" + adm.Addr, APIKey: h.APIKey, HTTPClient: httpc, MaxAttempts: 1})
+	cl, err := client.New(client.Config{BaseURL: "http://" + adm.Addr, APIKey: h.APIKey, HTTPClient: httpc, AttemptsMax: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -141,7 +141,7 @@ func Verify(t *testing.T, ctx context.Context, h *Harness, rec *Record, opt Veri
 	t.Helper()
 	// Every hold, grant and parked finish of the run is due within these; then one event per
 	// partition moves every partition's clock past them.
-	time.Sleep(time.Duration(max(holdTimeoutMaxMs, parkTimeoutMs, 4000)+500) * time.Millisecond)
+	time.Sleep(time.Duration(max(holdTimeoutMsMax, parkTimeoutMs, 4000)+500) * time.Millisecond)
 	if err := h.Tick(ctx); err != nil {
 		t.Fatal(err)
 	}

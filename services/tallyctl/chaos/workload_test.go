@@ -149,7 +149,7 @@ func (w *Workload) Run(ctx context.Context) error {
 	httpc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	w.clients = nil
 	for _, a := range w.Admitters {
-		c, err := client.New(client.Config{BaseURL: "http://" + a.Addr, APIKey: w.H.APIKey, HTTPClient: httpc, MaxAttempts: 1})
+		c, err := client.New(client.Config{BaseURL: "http://" + a.Addr, APIKey: w.H.APIKey, HTTPClient: httpc, AttemptsMax: 1})
 		if err != nil {
 			return err
 		}

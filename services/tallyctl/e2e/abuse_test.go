@@ -25,11 +25,11 @@ func TestAbuseClosedLoop(t *testing.T) {
 	st, _ := startStackTuned(t, func(a *admitter.Config, l *ledger.Config, s *sink.Config) {
 		s.Detect.BurstFactor, s.Detect.BurstFloorPerMinute = 2, 20 // flag above 40 attempts in a minute
 		s.Detect.WindowMinutes, s.Detect.RejectMinutesMin = 1, 1
-		l.CleanMinRequests = 10 // a clean account earns its bonus after 10 requests
+		l.CleanRequestsMin = 10 // a clean account earns its bonus after 10 requests
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cl, err := client.New(client.Config{BaseURL: st.AdmitterURL, APIKey: st.APIKey, MaxAttempts: 1})
+	cl, err := client.New(client.Config{BaseURL: st.AdmitterURL, APIKey: st.APIKey, AttemptsMax: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

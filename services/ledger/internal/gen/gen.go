@@ -15,8 +15,8 @@ import (
 const Endpoint = "codex.responses"
 
 // RandomLog returns n events over the given number of accounts, starting at t0 and moving
-// forward by up to stepMaxMs per event. The same seed gives the same log (ids included).
-func RandomLog(seed uint64, n, accounts int, t0 time.Time, stepMaxMs int) []events.Event {
+// forward by up to stepMsMax per event. The same seed gives the same log (ids included).
+func RandomLog(seed uint64, n, accounts int, t0 time.Time, stepMsMax int) []events.Event {
 	r := rand.New(rand.NewPCG(seed, seed^0x9e37))
 	out := make([]events.Event, 0, n)
 	seq := 0
@@ -32,7 +32,7 @@ func RandomLog(seed uint64, n, accounts int, t0 time.Time, stepMaxMs int) []even
 	var opens []open
 	now := t0
 	for len(out) < n {
-		now = now.Add(time.Duration(r.IntN(stepMaxMs+1)) * time.Millisecond)
+		now = now.Add(time.Duration(r.IntN(stepMsMax+1)) * time.Millisecond)
 		acct := fmt.Sprint("acct-", r.IntN(accounts))
 		switch k := r.IntN(100); {
 		case k < 10:

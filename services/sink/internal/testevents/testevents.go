@@ -54,7 +54,7 @@ func Message(tb testing.TB, topic string, ev events.Event) kafka.Message {
 // Produce writes msgs with acks=all in chunks.
 func Produce(tb testing.TB, brokers []string, msgs []kafka.Message) {
 	tb.Helper()
-	w := kafkax.NewWriter(brokers, "", kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 5000, WriteTimeout: 30 * time.Second, MaxAttempts: 5})
+	w := kafkax.NewWriter(brokers, "", kafkax.WriterConfig{BatchTimeout: 2 * time.Millisecond, BatchSize: 5000, WriteTimeout: 30 * time.Second, AttemptsMax: 5})
 	defer w.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

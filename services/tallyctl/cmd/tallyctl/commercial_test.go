@@ -91,9 +91,10 @@ func (h *hookReceiver) seen() (kinds, repeated, bad []string) {
 	return kinds, repeated, append([]string(nil), h.bad...)
 }
 
-// TestCommercialLayer is issue 15's acceptance run on the whole pipeline (ledger, sink, the
-// embedded ClickHouse engine, the webhook dispatcher; real Kafka when KAFKA_BROKERS is set): an
-// account subscribes to the "pro" plan, the ledger's clock moves through two renewals
+// TestCommercialLayer runs plans, renewals, notifications, top-ups and customer keys end to
+// end on the whole pipeline (ledger, sink, the embedded ClickHouse engine, the webhook
+// dispatcher; real Kafka when KAFKA_BROKERS is set): an account subscribes to the "pro"
+// plan, the ledger's clock moves through two renewals
 // (Jan 31 -> Feb 28 -> Mar 31, calendar-correct) with usage in each period and a top-up
 // purchase, the threshold notifications and the auto-top-up request reach a real HTTP
 // receiver signed and exactly once each, a customer key scoped to the account reads its

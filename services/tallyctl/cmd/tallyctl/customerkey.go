@@ -56,8 +56,8 @@ func cmdCustomerKey(_ context.Context, args []string, stdout, stderr io.Writer) 
 		return usageError{"customer-key: -id: an id without ':', ',' or '#'"}
 	}
 	secret := os.Getenv("TALLY_KEY_HASH_SECRET")
-	if len(secret) < httpx.MinHashSecretBytes {
-		return fmt.Errorf("customer-key: TALLY_KEY_HASH_SECRET (the ledger's LEDGER_KEY_HASH_SECRET): at least %d bytes", httpx.MinHashSecretBytes)
+	if len(secret) < httpx.HashSecretBytesMin {
+		return fmt.Errorf("customer-key: TALLY_KEY_HASH_SECRET (the ledger's LEDGER_KEY_HASH_SECRET): at least %d bytes", httpx.HashSecretBytesMin)
 	}
 	token, err := secretfile.RandomHex(api.CustomerKeyPrefix, 16)()
 	if err != nil {

@@ -26,8 +26,8 @@ func cmdHashKey(_ context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError{"hash-key: -id: an id without ':' or ','"}
 	}
 	secret := os.Getenv("TALLY_KEY_HASH_SECRET")
-	if len(secret) < httpx.MinHashSecretBytes {
-		return fmt.Errorf("hash-key: TALLY_KEY_HASH_SECRET: at least %d bytes", httpx.MinHashSecretBytes)
+	if len(secret) < httpx.HashSecretBytesMin {
+		return fmt.Errorf("hash-key: TALLY_KEY_HASH_SECRET: at least %d bytes", httpx.HashSecretBytesMin)
 	}
 	line, err := bufio.NewReader(io.LimitReader(os.Stdin, 4096)).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {

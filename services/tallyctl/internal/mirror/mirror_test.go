@@ -8,6 +8,7 @@ import (
 
 	"github.com/tallyhq/tally/services/admitter/decide"
 	"github.com/tallyhq/tally/services/ledger/fold"
+	"github.com/tallyhq/tally/services/ledger/fold/foldtest"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/pricebook"
 )
@@ -157,7 +158,11 @@ func (r *rig) runSkew(seed uint64, n, accounts int, at time.Time, step time.Dura
 	if err := r.st.Check(); err != nil {
 		t.Fatal(err)
 	}
-	tot, err := fold.CheckJournal(r.out.Entries)
+	lines := make([]events.LedgerEntry, len(r.out.Entries))
+	for i := range r.out.Entries {
+		lines[i] = r.out.Entries[i].Event()
+	}
+	tot, err := foldtest.CheckJournal(lines)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,8 +22,8 @@ const FileName = "run.json"
 // DefaultDataDir is the data directory when TALLY_DATA_DIR is not set.
 const DefaultDataDir = ".tally"
 
-// maxBytes bounds run.json as read back.
-const maxBytes = 64 << 10
+// bytesMax bounds run.json as read back.
+const bytesMax = 64 << 10
 
 // Info is what a running `tallyctl run` started.
 type Info struct {
@@ -85,8 +85,8 @@ func Read(dir string) (info Info, ok bool, err error) {
 	if err != nil {
 		return Info{}, false, fmt.Errorf("runinfo: %w", err)
 	}
-	if st.Size() > maxBytes {
-		return Info{}, false, fmt.Errorf("runinfo: %s is %d bytes, more than %d", p, st.Size(), maxBytes)
+	if st.Size() > bytesMax {
+		return Info{}, false, fmt.Errorf("runinfo: %s is %d bytes, more than %d", p, st.Size(), bytesMax)
 	}
 	b, err := os.ReadFile(p)
 	if err != nil {

@@ -27,8 +27,8 @@ import (
 // Mode is the file's permission: its owner reads and writes it, nobody else.
 const Mode fs.FileMode = 0o600
 
-// maxBytes bounds the file read back (64 KiB: a few dozen secrets).
-const maxBytes = 64 << 10
+// bytesMax bounds the file read back (64 KiB: a few dozen secrets).
+const bytesMax = 64 << 10
 
 var nameRE = regexp.MustCompile(`^[A-Z_][A-Z0-9_]{0,127}$`)
 
@@ -57,8 +57,8 @@ func Open(path string) (*File, error) {
 	if st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("secretfile: %s has mode %04o: others can read it; chmod 600 it (and rotate the secrets if it was exposed)", path, st.Mode().Perm())
 	}
-	if st.Size() > maxBytes {
-		return nil, fmt.Errorf("secretfile: %s is %d bytes, more than %d", path, st.Size(), maxBytes)
+	if st.Size() > bytesMax {
+		return nil, fmt.Errorf("secretfile: %s is %d bytes, more than %d", path, st.Size(), bytesMax)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
