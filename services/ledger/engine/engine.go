@@ -671,7 +671,7 @@ func restore(ctx context.Context, d *kafka.Dialer, brokers []string, topic strin
 	}
 	var mu sync.Mutex
 	snaps := map[int32]fold.Snapshot{}
-	err := readAll(ctx, d, brokers, topic, true, func(m kafka.Message) error {
+	err := readAll(ctx, d, brokers, topic, true, nil, func(m kafka.Message) error {
 		p, a, snap, err := decodeRecord(m.Value)
 		if err != nil {
 			return fmt.Errorf("ledger: restore: record %s/%d/%d: %w", topic, m.Partition, m.Offset, err)
@@ -709,15 +709,21 @@ func RecordTimeNs(m kafka.Message) int64 {
 // ReadAll calls fn for every message of every partition of topic, up to each partition's
 // end when the call starts, partitions one after the other.
 func ReadAll(ctx context.Context, brokers []string, topic string, fn func(kafka.Message) error) error {
-	return readAll(ctx, kafka.DefaultDialer, brokers, topic, false, fn)
+	return readAll(ctx, kafka.DefaultDialer, brokers, topic, false, nil, fn)
 }
 
 // ReadAllTLS is ReadAll over tc (the KAFKA_TLS_* client config; nil = plaintext).
 func ReadAllTLS(ctx context.Context, brokers []string, tc *tls.Config, topic string, fn func(kafka.Message) error) error {
-	return readAll(ctx, kafkax.Dialer(tc), brokers, topic, false, fn)
+	return readAll(ctx, kafkax.Dialer(tc), brokers, topic, false, nil, fn)
 }
 
-func readAll(ctx context.Context, d *kafka.Dialer, brokers []string, topic string, parallel bool, fn func(kafka.Message) error) error {
+// ReadFromTLS is ReadAllTLS from the offsets in from (per partition; a partition not in it
+// is read from its first offset) to the end offsets at the call.
+func ReadFromTLS(ctx context.Context, brokers []string, tc *tls.Config, topic string, from map[int]int64, fn func(kafka.Message) error) error {
+	return readAll(ctx, kafkax.Dialer(tc), brokers, topic, false, from, fn)
+}
+
+func readAll(ctx context.Context, d *kafka.Dialer, brokers []string, topic string, parallel bool, from map[int]int64, fn func(kafka.Message) error) error {
 	conn, err := d.DialContext(ctx, "tcp", brokers[0])
 	if err != nil {
 		return fmt.Errorf("ledger: dial %s: %w", brokers[0], err)
@@ -729,7 +735,7 @@ func readAll(ctx context.Context, d *kafka.Dialer, brokers []string, topic strin
 	}
 	if !parallel {
 		for _, p := range parts {
-			if err := readPartition(ctx, d, brokers, topic, p.ID, fn); err != nil {
+			if err := readPartition(ctx, d, brokers, topic, p.ID, from[p.ID], fn); err != nil {
 				return err
 			}
 		}
@@ -737,7 +743,7 @@ func readAll(ctx context.Context, d *kafka.Dialer, brokers []string, topic strin
 	}
 	errs := make(chan error, len(parts))
 	for _, p := range parts {
-		go func(id int) { errs <- readPartition(ctx, d, brokers, topic, id, fn) }(p.ID)
+		go func(id int) { errs <- readPartition(ctx, d, brokers, topic, id, from[id], fn) }(p.ID)
 	}
 	var first error
 	for range parts {
@@ -748,7 +754,7 @@ func readAll(ctx context.Context, d *kafka.Dialer, brokers []string, topic strin
 	return first
 }
 
-func readPartition(ctx context.Context, d *kafka.Dialer, brokers []string, topic string, part int, fn func(kafka.Message) error) error {
+func readPartition(ctx context.Context, d *kafka.Dialer, brokers []string, topic string, part int, from int64, fn func(kafka.Message) error) error {
 	lc, err := d.DialLeader(ctx, "tcp", brokers[0], topic, part)
 	if err != nil {
 		return fmt.Errorf("ledger: leader of %s/%d: %w", topic, part, err)
@@ -758,6 +764,7 @@ func readPartition(ctx context.Context, d *kafka.Dialer, brokers []string, topic
 	if err != nil {
 		return fmt.Errorf("ledger: offsets of %s/%d: %w", topic, part, err)
 	}
+	first = max(first, from)
 	if last <= first {
 		return nil
 	}

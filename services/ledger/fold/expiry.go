@@ -4,6 +4,7 @@ package fold
 // as the watermark passes them.
 
 import (
+	"math"
 	"time"
 
 	"github.com/tallyhq/tally/shared/events"
@@ -188,4 +189,29 @@ func (s *State) expireParked(a *Account, e expiry, out *Output) bool {
 		}
 	}
 	return false
+}
+
+// NextDueNs is the earliest log time at which the passing of time alone changes a's money
+// (available, held, overage): a hold's or a grant's expiry, a parked finish's timeout, or the
+// subscription's renewal; math.MaxInt64 when none is scheduled. The sweep applies what is due
+// before the watermark, so a clock that moves on to w changes a only if NextDueNs(a) < w.
+// Reconcile uses it to compare an account whose partition clock moved on (ticks) but which
+// nothing has come due for.
+func (s *State) NextDueNs(a *Account) int64 {
+	next := int64(math.MaxInt64)
+	for i := range a.Holds {
+		next = min(next, a.Holds[i].ExpiresNs)
+	}
+	for i := range a.Grants {
+		if g := &a.Grants[i]; g.ExpiresNs != 0 { // 0: never expires
+			next = min(next, g.ExpiresNs)
+		}
+	}
+	for i := range a.Parked {
+		next = min(next, a.Parked[i].AtNs+s.cfg.ParkTimeoutNs)
+	}
+	if a.Billing.Subscribed() {
+		next = min(next, a.Billing.PeriodEndNs)
+	}
+	return next
 }
