@@ -108,6 +108,13 @@ func appendEntryData[T ~string | ~[]byte](dst []byte, entryID, txID T, en *fold.
 	return append(dst, '}')
 }
 
+// appendBalanceEvent appends the balance.updated event of bu with id, stamped at.
+func appendBalanceEvent(dst, id []byte, at time.Time, bu *events.BalanceUpdated) []byte {
+	dst = appendEnvelopeHead(dst, id, events.TypeBalanceUpdated, at, bu.AccountID)
+	dst = appendBalance(dst, bu)
+	return append(dst, '}')
+}
+
 // appendBalance appends the JSON of bu.
 func appendBalance(dst []byte, bu *events.BalanceUpdated) []byte {
 	dst = appendKeyString(dst, `{"account_id":`, bu.AccountID)
