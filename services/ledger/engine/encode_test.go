@@ -26,7 +26,7 @@ func TestHandEncodingMatchesJSON(t *testing.T) {
 			t.Fatal(err)
 		}
 		wb, _ := want.Encode()
-		got := appendEnvelope(nil, le.EntryID, events.TypeLedgerEntry, le.EffectiveAt, le.AccountID, appendLedgerEntry(nil, &le))
+		got := events.AppendEnvelope(nil, le.EntryID, Source, events.TypeLedgerEntry, le.EffectiveAt, le.AccountID, events.AppendLedgerEntry(nil, &le))
 		if !bytes.Equal(wb, got) {
 			t.Fatalf("ledger entry:\njson %s\nhand %s", wb, got)
 		}
@@ -46,13 +46,13 @@ func TestHandEncodingMatchesJSON(t *testing.T) {
 			t.Fatal(err)
 		}
 		wb, _ := want.Encode()
-		got := appendEnvelope(nil, id, events.TypeBalanceUpdated, at, bu.AccountID, appendBalance(nil, &bu))
+		got := appendBalanceEvent(nil, []byte(id), at, &bu)
 		if !bytes.Equal(wb, got) {
 			t.Fatalf("balance:\njson %s\nhand %s", wb, got)
 		}
 	}
 	var raw json.RawMessage
-	if err := json.Unmarshal(appendString(nil, "x\u2028y"), &raw); err != nil {
+	if err := json.Unmarshal(events.AppendString(nil, "x\u2028y"), &raw); err != nil {
 		t.Fatal(err)
 	}
 }
