@@ -1,7 +1,6 @@
 package admitter
 
 import (
-	"strconv"
 	"time"
 
 	"github.com/tallyhq/tally/services/admitter/api"
@@ -19,20 +18,19 @@ import (
 // appendAdmit appends the JSON of the admit answer for req and d (what
 // json.Marshal(s.admitResponse(req, d)) gives).
 func (s *Service) appendAdmit(b []byte, req *api.AdmitRequest, d *decide.Decision) []byte {
-	b = append(b, `{"request_id":`...)
-	b = events.AppendString(b, req.RequestID)
+	b = events.AppendKeyString(b, `{"request_id":`, req.RequestID)
 	b = events.AppendKeyBool(b, `,"allowed":`, d.Allowed)
 	if r := d.Reason.String(); r != "" {
-		b = events.AppendString(append(b, `,"reason":`...), r)
+		b = events.AppendKeyString(b, `,"reason":`, r)
 	}
 	if !d.Allowed && d.RetryAfterMs != 0 {
-		b = strconv.AppendInt(append(b, `,"retry_after_ms":`...), d.RetryAfterMs, 10)
+		b = events.AppendKeyInt(b, `,"retry_after_ms":`, d.RetryAfterMs)
 	}
 	if f := d.Funding.String(); f != "" {
-		b = events.AppendString(append(b, `,"funding":`...), f)
+		b = events.AppendKeyString(b, `,"funding":`, f)
 	}
-	b = events.AppendString(append(b, `,"tier":`...), d.Tier)
-	b = events.AppendString(append(b, `,"priority":`...), d.Priority.String())
+	b = events.AppendKeyString(b, `,"tier":`, d.Tier)
+	b = events.AppendKeyString(b, `,"priority":`, d.Priority.String())
 	b = events.AppendKeyInt(b, `,"estimate_micros":`, d.EstimateMicros)
 	b = events.AppendKeyInt(b, `,"reserved_micros":`, d.HoldMicros+d.AllowanceMicros)
 	b = events.AppendKeyInt(b, `,"hold_micros":`, d.HoldMicros)
@@ -47,7 +45,7 @@ func (s *Service) appendAdmit(b []byte, req *api.AdmitRequest, d *decide.Decisio
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = events.AppendString(append(b, `{"name":`...), w.Name)
+		b = events.AppendKeyString(b, `{"name":`, w.Name)
 		b = events.AppendKeyInt(b, `,"limit_micros":`, w.LimitMicros)
 		b = events.AppendKeyInt(b, `,"used_micros":`, w.UsedMicros)
 		b = events.AppendKeyInt(b, `,"remaining_micros":`, w.RemainingMicros)
@@ -63,6 +61,6 @@ func (s *Service) appendAdmit(b []byte, req *api.AdmitRequest, d *decide.Decisio
 	b = events.AppendKeyInt(b, `,"endpoint_capacity":`, d.EndpointCapacity)
 	b = events.AppendKeyInt(b, `,"load_factor_permille":`, d.LoadFactorPermille)
 	b = events.AppendKeyInt(b, `,"history_factor_permille":`, d.HistoryFactorPermille)
-	b = events.AppendString(append(b, `},"price_book_version":`...), s.book.Version)
+	b = events.AppendKeyString(b, `},"price_book_version":`, s.book.Version)
 	return append(b, '}')
 }
