@@ -81,15 +81,15 @@ func TestAppendPayloadMatchesEncodingJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, ok := appendPayload(nil, d)
+		got, ok := events.AppendData(nil, d)
 		if !ok || !bytes.Equal(got, want) {
 			t.Fatalf("case %d differs:\n got %s\nwant %s", i, got, want)
 		}
 	}
-	if _, ok := appendPayload(nil, events.RequestStarted{HoldExpiresAt: at.In(time.FixedZone("x", 3600))}); ok {
+	if _, ok := events.AppendData(nil, events.RequestStarted{HoldExpiresAt: at.In(time.FixedZone("x", 3600))}); ok {
 		t.Fatal("a non-UTC time must take encoding/json's path")
 	}
-	if _, ok := appendPayload(nil, events.RequestFinished{}); ok {
+	if _, ok := events.AppendData(nil, events.RequestFinished{}); ok {
 		t.Fatal("request.finished has no hand-written encoder")
 	}
 }

@@ -1,6 +1,10 @@
 package events
 
-import "crypto/sha1"
+import (
+	"crypto/sha1"
+
+	"github.com/google/uuid"
+)
 
 // derivedStackMax is the longest "cause/leg" name AppendDerivedID hashes without allocating.
 const derivedStackMax = 240
@@ -26,9 +30,12 @@ func AppendDerivedID(dst []byte, causeID, leg string) []byte {
 	return appendUUID(dst, sum[:16])
 }
 
+// AppendUUID appends the canonical lower-case 8-4-4-4-12 form of u, what u.String() returns,
+// without allocating when dst has room.
+func AppendUUID(dst []byte, u uuid.UUID) []byte { return appendUUID(dst, u[:]) }
+
 // appendUUID appends the canonical lower-case 8-4-4-4-12 form of u (16 bytes).
 func appendUUID(dst []byte, u []byte) []byte {
-	const hexDigits = "0123456789abcdef"
 	for i, c := range u[:16] {
 		if i == 4 || i == 6 || i == 8 || i == 10 {
 			dst = append(dst, '-')

@@ -3,9 +3,11 @@ package events_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -320,3 +322,91 @@ func TestIDPatternMatchesCheckID(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestSchemaNestedFieldsMatchGoFields extends TestSchemaFieldsMatchGoFields to every nested
+// object: for each struct-typed field (directly, through a pointer or as the elements of a
+// slice), the schema's object at that property (or its "items") lists exactly the Go
+// struct's JSON fields, requires exactly the ones without omitempty, and forbids others
+// ("additionalProperties": false, as Decode refuses unknown fields). It is a check, not
+// generation: a field added to a Go type and not to its schema (or the reverse) fails it.
+func TestSchemaNestedFieldsMatchGoFields(t *testing.T) {
+	for _, typ := range events.Types {
+		b, err := os.ReadFile(filepath.Join(schemaDir, strings.TrimPrefix(typ, "tally.")+".json"))
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(b, &doc); err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		var d events.Data
+		for _, s := range samples() {
+			if s.EventType() == typ {
+				d = s
+			}
+		}
+		if d == nil {
+			t.Fatalf("%s: no sample", typ)
+		}
+		for _, p := range compareSchemaObject(typ, reflect.TypeOf(d), doc) {
+			t.Error(p)
+		}
+	}
+}
+
+// compareSchemaObject compares the Go struct type rt with the schema object node at path and
+// returns every difference, recursing into struct-typed fields.
+func compareSchemaObject(path string, rt reflect.Type, node map[string]any) []string {
+	var problems []string
+	props, _ := node["properties"].(map[string]any)
+	if node["additionalProperties"] != false {
+		problems = append(problems, fmt.Sprintf("%s: schema object does not set additionalProperties: false", path))
+	}
+	var schemaReq []string
+	if req, ok := node["required"].([]any); ok {
+		for _, r := range req {
+			schemaReq = append(schemaReq, r.(string))
+		}
+	}
+	var goFields, goReq, schemaFields []string
+	for p := range props {
+		schemaFields = append(schemaFields, p)
+	}
+	for i := 0; i < rt.NumField(); i++ {
+		f := rt.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		goFields = append(goFields, name)
+		if !strings.Contains(opts, "omitempty") {
+			goReq = append(goReq, name)
+		}
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
+			ft = ft.Elem()
+		}
+		child, _ := props[name].(map[string]any)
+		if ft.Kind() != reflect.Struct || ft == reflect.TypeOf(time.Time{}) || child == nil {
+			continue
+		}
+		for child["type"] == "array" || child["items"] != nil {
+			child, _ = child["items"].(map[string]any)
+		}
+		if child == nil || child["properties"] == nil {
+			problems = append(problems, fmt.Sprintf("%s.%s: Go struct %s, schema has no object with properties", path, name, ft))
+			continue
+		}
+		problems = append(problems, compareSchemaObject(path+"."+name, ft, child)...)
+	}
+	for _, l := range [][]string{goFields, goReq, schemaFields, schemaReq} {
+		sort.Strings(l)
+	}
+	if !slices.Equal(goFields, schemaFields) {
+		problems = append(problems, fmt.Sprintf("%s: schema properties %v != Go fields %v", path, schemaFields, goFields))
+	}
+	if !slices.Equal(goReq, schemaReq) {
+		problems = append(problems, fmt.Sprintf("%s: schema required %v != Go always-encoded fields %v", path, schemaReq, goReq))
+	}
+	return problems
+}

@@ -26,7 +26,7 @@ func TestHandEncodingMatchesJSON(t *testing.T) {
 			t.Fatal(err)
 		}
 		wb, _ := want.Encode()
-		got := appendEnvelope(nil, le.EntryID, events.TypeLedgerEntry, le.EffectiveAt, le.AccountID, appendLedgerEntry(nil, &le))
+		got := events.AppendEnvelope(nil, le.EntryID, Source, events.TypeLedgerEntry, le.EffectiveAt, le.AccountID, events.AppendLedgerEntry(nil, &le))
 		if !bytes.Equal(wb, got) {
 			t.Fatalf("ledger entry:\njson %s\nhand %s", wb, got)
 		}
@@ -46,13 +46,13 @@ func TestHandEncodingMatchesJSON(t *testing.T) {
 			t.Fatal(err)
 		}
 		wb, _ := want.Encode()
-		got := appendEnvelope(nil, id, events.TypeBalanceUpdated, at, bu.AccountID, appendBalance(nil, &bu))
+		got := appendBalanceEvent(nil, []byte(id), at, &bu)
 		if !bytes.Equal(wb, got) {
 			t.Fatalf("balance:\njson %s\nhand %s", wb, got)
 		}
 	}
 	var raw json.RawMessage
-	if err := json.Unmarshal(appendString(nil, "x\u2028y"), &raw); err != nil {
+	if err := json.Unmarshal(events.AppendString(nil, "x\u2028y"), &raw); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -95,17 +95,4 @@ func TestStateRecordRoundTrip(t *testing.T) {
 			t.Fatalf("%q decoded", bad)
 		}
 	}
-}
-
-// appendEnvelope appends a structured-mode CloudEvent with already-encoded data.
-func appendEnvelope(dst []byte, id, typ string, at time.Time, subject string, data []byte) []byte {
-	dst = appendEnvelopeHead(dst, id, typ, at, subject)
-	dst = append(dst, data...)
-	return append(dst, '}')
-}
-
-// appendLedgerEntry appends the JSON of le (the field order and omitempty of the Go type).
-func appendLedgerEntry(dst []byte, le *events.LedgerEntry) []byte {
-	return appendEntryData(dst, le.EntryID, le.TransactionID, &fold.Entry{Cause: le.CauseEventID, AccountID: le.AccountID,
-		LedgerAccount: le.LedgerAccount, AmountMicros: le.AmountMicros, Kind: le.Kind, RequestID: le.RequestID, GrantID: le.GrantID, At: le.EffectiveAt})
 }

@@ -624,9 +624,7 @@ func (b *batcher) outputs() ([]kafka.Message, error) {
 		k0 := len(arena)
 		arena = append(arena, a.ID...)
 		v0 := len(arena)
-		arena = appendEnvelopeHead(arena, id, events.TypeBalanceUpdated, at, a.ID)
-		arena = appendBalance(arena, &bu)
-		arena = append(arena, '}')
+		arena = appendBalanceEvent(arena, id, at, &bu)
 		add(e.cfg.Topics.Balances, k0, v0)
 	}
 	// Slice the arena only now: appends above may have moved it.
