@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -421,6 +422,13 @@ func (s *server) putAccount(w http.ResponseWriter, r *http.Request, id string) {
 	if _, ok := s.cfg.Book.Tiers[req.Tier]; !ok && req.Tier != "" {
 		httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, httpx.CodeValidation, "tier: %q is not a tier of price book %s", req.Tier, s.cfg.Book.Version))
 		return
+	}
+	if req.NotifyUsagePermille != nil {
+		// A set of thresholds: kept sorted (the event wants them strictly increasing; a
+		// repeated value is still refused there).
+		l := slices.Clone(*req.NotifyUsagePermille)
+		slices.Sort(l)
+		req.NotifyUsagePermille = &l
 	}
 	s.publish(w, r, events.AccountUpdated{AccountID: id, Tier: req.Tier, Priority: req.Priority, Suspended: req.Suspended,
 		AdminKeyID: adminKeyID(r), OrganizationID: req.OrganizationID, NotifyUsagePermille: req.NotifyUsagePermille,

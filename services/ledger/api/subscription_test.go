@@ -84,7 +84,8 @@ func TestAccountSettings(t *testing.T) {
 		h.ServeHTTP(rec, req)
 		return rec
 	}
-	rec := put(`{"tier":"pro","priority":"standard","organization_id":"org-1","notify_usage_permille":[500,900],` +
+	// The thresholds are a set: given in any order, published sorted.
+	rec := put(`{"tier":"pro","priority":"standard","organization_id":"org-1","notify_usage_permille":[900,500],` +
 		`"notify_floor_micros":5,"auto_top_up_threshold_micros":10,"auto_top_up_amount_micros":20}`)
 	evs := pub.take()
 	if rec.Code != http.StatusAccepted || len(evs) != 1 {
@@ -105,7 +106,8 @@ func TestAccountSettings(t *testing.T) {
 	}
 	for _, body := range []string{
 		`{"tier":"pro","priority":"standard","auto_top_up_threshold_micros":10}`,
-		`{"tier":"pro","priority":"standard","notify_usage_permille":[900,500]}`,
+		`{"tier":"pro","priority":"standard","notify_usage_permille":[500,500]}`,
+		`{"tier":"pro","priority":"standard","auto_top_up_threshold_micros":10,"auto_top_up_amount_micros":0}`,
 		`{"tier":"pro","priority":"standard","notify_floor_micros":-1}`,
 		`{"tier":"pro","priority":"standard","organization_id":"bad id"}`,
 	} {
