@@ -242,3 +242,39 @@ func TestRestoreReplayOfFoldedEventsSweepsAsStraight(t *testing.T) {
 		t.Fatalf("restored and replayed:\n%s\nstraight:\n%s", money(b), money(a))
 	}
 }
+
+// TestFinishesCannotOverflowOverage: finishes that cost more than the account can pay add to
+// its overage receivable; about 9,220 of them at 10^15 µ would wrap the int64 total negative.
+// The finish that would overflow it is refused as an overflow anomaly (dead-lettered by the
+// engine, not applied), like a grant or an adjustment.
+func TestFinishesCannotOverflowOverage(t *testing.T) {
+	l := &logb{t: t}
+	for i := range 9300 {
+		at := t0.Add(time.Duration(i) * time.Millisecond)
+		l.add(at, start("debtor", "r"+itoa(i), 0, at))
+		l.add(at, finish("debtor", "r"+itoa(i), events.MaxAmountMicros))
+	}
+	cfg := DefaultConfig(pricebook.Default())
+	cfg.DedupePerAccountMax = 1 << 20
+	s := New(cfg, 0)
+	var out Output
+	for i, e := range l.evs {
+		s.Apply(Input{Offset: int64(i), Event: e}, &out)
+	}
+	a := s.Account("debtor")
+	over := 0
+	for _, an := range out.Anomalies {
+		if an.Kind == AnomalyOverflow {
+			over++
+		}
+	}
+	if a.OverageMicros <= 0 || over == 0 {
+		t.Fatalf("overage %d after 9300 finishes of %d µ, %d overflow anomalies", a.OverageMicros, events.MaxAmountMicros, over)
+	}
+	if want := int64(9300-over) * events.MaxAmountMicros; a.OverageMicros != want {
+		t.Fatalf("overage %d, want %d (%d finishes applied)", a.OverageMicros, want, 9300-over)
+	}
+	if err := s.Check(); err != nil {
+		t.Fatal(err)
+	}
+}

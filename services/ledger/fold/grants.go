@@ -48,7 +48,7 @@ func (s *State) grant(a *Account, ev *events.Event, p *events.CreditsGranted, ou
 // addOK reports whether x + y fits int64, for y ≥ 0 (every amount the fold adds is).
 func addOK(x, y int64) bool { return x <= 1<<63-1-y }
 
-// overflow records a grant or adjustment refused because applying it would overflow one of
+// overflow records a grant, adjustment or finish refused because applying it would overflow one of
 // the account's balances or running totals. It is not applied (its id is not remembered, so
 // a corrected copy can still count); the engine dead-letters it with the reason. The check
 // reads only the folded state, so a replay refuses exactly the same events.

@@ -62,6 +62,12 @@ func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, ou
 }
 
 func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, out *Output) {
+	// What a finish charges is at most its cost, split between paid charges and overage:
+	// one that could overflow either running total is refused (dead-lettered), like a grant.
+	if cost := max(p.CostMicros, 0); !addOK(a.OverageMicros, cost) || !addOK(a.ChargedMicros, cost) {
+		s.overflow(a, ev, a.Offset, out)
+		return
+	}
 	if i := a.findHold(p.RequestID); i >= 0 {
 		s.settle(a, i, ev.ID, p.Status, p.CostMicros, ev.Time, out)
 		return

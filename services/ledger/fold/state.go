@@ -369,7 +369,7 @@ const (
 	// after its Kafka record timestamp: it is not applied and does not advance the clock.
 	// The engine dead-letters it with the reason.
 	AnomalyFutureTime = "future_time"
-	// AnomalyOverflow is a grant or adjustment that would overflow one of the account's int64
+	// AnomalyOverflow is a grant, adjustment or finish that would overflow one of the account's int64
 	// balances or running totals (each amount is bounded by events.MaxAmountMicros, but
 	// their sums are not): it is not applied, and the engine dead-letters it with the reason.
 	AnomalyOverflow = "overflow"
