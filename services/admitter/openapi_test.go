@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -173,6 +174,50 @@ func TestOpenAPIMatchesHandlers(t *testing.T) {
 		a := post(t, s.url+call.path, call.key, call.body)
 		if _, ok := d.Paths[call.path]["post"].Responses[fmt.Sprint(a.status)]; !ok {
 			t.Errorf("%s answered %d, not documented: %s", call.path, a.status, a.body)
+		}
+	}
+	// Wrong keys from one address are throttled: the 429 and its code are documented on both
+	// routes.
+	var codes struct {
+		Components struct {
+			Schemas struct {
+				Error struct {
+					Properties struct {
+						Error struct {
+							Properties struct {
+								Code struct {
+									Enum []string `json:"enum"`
+								} `json:"code"`
+							} `json:"properties"`
+						} `json:"error"`
+					} `json:"properties"`
+				} `json:"Error"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(api.OpenAPI, &codes); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{api.PathFinish, api.PathAdmit} {
+		var a answer
+		for i := 0; i < 200; i++ {
+			if a = post(t, s.url+path, "wrong", `{}`); a.status == http.StatusTooManyRequests {
+				break
+			}
+		}
+		if a.status != http.StatusTooManyRequests {
+			t.Fatalf("%s: 200 wrong keys never throttled: %d %s", path, a.status, a.body)
+		}
+		if _, ok := d.Paths[path]["post"].Responses["429"]; !ok {
+			t.Errorf("%s answered 429 (%s), not documented", path, a.body)
+		}
+		var e struct {
+			Error struct {
+				Code string `json:"code"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(a.body, &e); err != nil || !slices.Contains(codes.Components.Schemas.Error.Properties.Error.Properties.Code.Enum, e.Error.Code) {
+			t.Errorf("%s: throttled answer %s: code not in the Error enum %v", path, a.body, codes.Components.Schemas.Error.Properties.Error.Properties.Code.Enum)
 		}
 	}
 	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/openapi.json"} {
