@@ -19,20 +19,28 @@ import (
 // startCLIStack runs a pipeline and points tallyctl's environment at it.
 func startCLIStack(t *testing.T) *stack.Stack {
 	t.Helper()
+	return startCLIStackWith(t, stack.Config{})
+}
+
+// startCLIStackWith starts the pipeline with cfg (its broker, ClickHouse and logger filled
+// in: a fresh topic prefix and database) and points tallyctl's settings at it.
+func startCLIStackWith(t *testing.T, cfg stack.Config) *stack.Stack {
+	t.Helper()
 	kc := kafkatest.Start(t)
 	ch := chembedtest.Start(t)
 	db := chembedtest.NewDatabase(t, ch)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	st, err := stack.Start(ctx, stack.Config{Brokers: kc.Brokers, TopicPrefix: kc.Prefix, Partitions: kafkatest.Partitions,
-		ClickHouseAddr: ch.Addr(), ClickHouseDatabase: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	cfg.Brokers, cfg.TopicPrefix, cfg.Partitions = kc.Brokers, kc.Prefix, kafkatest.Partitions
+	cfg.ClickHouseAddr, cfg.ClickHouseDatabase, cfg.Logger = ch.Addr(), db, slog.New(slog.NewTextHandler(io.Discard, nil))
+	st, err := stack.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
 	for k, v := range map[string]string{
 		"KAFKA_BROKERS": strings.Join(kc.Brokers, ","), "TALLY_TOPIC_PREFIX": kc.Prefix,
-		"TALLY_LEDGER_URL": st.LedgerURL, "TALLY_ADMIN_TOKEN": st.AdminToken,
+		"TALLY_LEDGER_URL": st.LedgerURL, "TALLY_ADMIN_TOKEN": st.AdminToken, "TALLY_KEY_HASH_SECRET": st.KeyHashSecret,
 		"CLICKHOUSE_ADDR": ch.Addr(), "CLICKHOUSE_PROTOCOL": "http", "CLICKHOUSE_DATABASE": db,
 	} {
 		t.Setenv(k, v)

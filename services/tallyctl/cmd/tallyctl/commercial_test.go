@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -25,10 +24,8 @@ import (
 	"github.com/tallyhq/tally/services/ledger/webhook"
 	"github.com/tallyhq/tally/services/sink"
 	"github.com/tallyhq/tally/services/tallyctl/stack"
-	"github.com/tallyhq/tally/shared/chembed/chembedtest"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
-	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
 )
 
 // movedClock is the ledger's clock in TestCommercialLayer (ledger.Config.Now): the admin API
@@ -107,9 +104,6 @@ func (h *hookReceiver) seen() (kinds, repeated, bad []string) {
 // stamped with the moved clock; the admitter itself has no settable clock.
 func TestCommercialLayer(t *testing.T) {
 	noStack(t)
-	kc := kafkatest.Start(t)
-	ch := chembedtest.Start(t)
-	db := chembedtest.NewDatabase(t, ch)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	const acct = "acct-sub"
@@ -123,26 +117,13 @@ func TestCommercialLayer(t *testing.T) {
 	receiver := httptest.NewServer(hooks)
 	t.Cleanup(receiver.Close)
 	keysFile := filepath.Join(t.TempDir(), "customer-keys")
-	st, err := stack.Start(ctx, stack.Config{Brokers: kc.Brokers, TopicPrefix: kc.Prefix, Partitions: kafkatest.Partitions,
-		ClickHouseAddr: ch.Addr(), ClickHouseDatabase: db, CustomerKeysFile: keysFile,
+	st := startCLIStackWith(t, stack.Config{CustomerKeysFile: keysFile,
 		WebhookURL: receiver.URL, WebhookSecret: string(hooks.secret),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Tune: func(_ *admitter.Config, l *ledger.Config, _ *sink.Config) {
 			l.Now = clock.Now
 			// Wall-clock ticks would move log time to today; an hour apart, none comes.
 			l.TickIntervalMs = 3_600_000
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	for k, v := range map[string]string{
-		"KAFKA_BROKERS": strings.Join(kc.Brokers, ","), "TALLY_TOPIC_PREFIX": kc.Prefix,
-		"TALLY_LEDGER_URL": st.LedgerURL, "TALLY_ADMIN_TOKEN": st.AdminToken, "TALLY_KEY_HASH_SECRET": st.KeyHashSecret,
-		"CLICKHOUSE_ADDR": ch.Addr(), "CLICKHOUSE_PROTOCOL": "http", "CLICKHOUSE_DATABASE": db,
-	} {
-		t.Setenv(k, v)
-	}
 
 	call := func(method, path, token string, body any) (int, []byte) {
 		t.Helper()
@@ -185,7 +166,7 @@ func TestCommercialLayer(t *testing.T) {
 	}
 	// use publishes one request of cost on acct at at, as an admitter does: its start (a
 	// credit hold of the cost) and its finish, each acknowledged by all replicas, stamped at.
-	w := kafkax.NewWriter(kc.Brokers, st.Topics.Events, kafkax.DefaultWriterConfig)
+	w := kafkax.NewWriter(st.Brokers, st.Topics.Events, kafkax.DefaultWriterConfig)
 	t.Cleanup(func() { w.Close() })
 	use := func(req string, cost int64, at time.Time) {
 		t.Helper()

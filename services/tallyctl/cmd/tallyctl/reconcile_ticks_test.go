@@ -1,21 +1,15 @@
 package main
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/tallyhq/tally/services/admitter"
 	"github.com/tallyhq/tally/services/ledger"
 	"github.com/tallyhq/tally/services/ledger/view"
 	"github.com/tallyhq/tally/services/sink"
 	"github.com/tallyhq/tally/services/tallyctl/stack"
-	"github.com/tallyhq/tally/shared/chembed/chembedtest"
-	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
 )
 
 // TestReconcileWhileTheLedgerTicks: the ledger publishes clock ticks into its idle partitions
@@ -24,25 +18,8 @@ import (
 // give up with "moved on". On a stack left idle a tick lands during almost every replay.
 func TestReconcileWhileTheLedgerTicks(t *testing.T) {
 	noStack(t)
-	kc := kafkatest.Start(t)
-	ch := chembedtest.Start(t)
-	db := chembedtest.NewDatabase(t, ch)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	st, err := stack.Start(ctx, stack.Config{Brokers: kc.Brokers, TopicPrefix: kc.Prefix, Partitions: kafkatest.Partitions,
-		ClickHouseAddr: ch.Addr(), ClickHouseDatabase: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	st := startCLIStackWith(t, stack.Config{
 		Tune: func(_ *admitter.Config, l *ledger.Config, _ *sink.Config) { l.TickIntervalMs = 50 }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	for k, v := range map[string]string{
-		"KAFKA_BROKERS": strings.Join(kc.Brokers, ","), "TALLY_TOPIC_PREFIX": kc.Prefix,
-		"TALLY_LEDGER_URL": st.LedgerURL, "TALLY_ADMIN_TOKEN": st.AdminToken,
-		"CLICKHOUSE_ADDR": ch.Addr(), "CLICKHOUSE_PROTOCOL": "http", "CLICKHOUSE_DATABASE": db,
-	} {
-		t.Setenv(k, v)
-	}
 	for _, acct := range []string{"acct-t1", "acct-t2", "acct-t3", "acct-t4", "acct-t5", "acct-t6"} {
 		req, _ := http.NewRequest("POST", st.LedgerURL+"/v1/accounts/"+acct+"/grants", strings.NewReader(`{"amount_micros":2000000}`))
 		req.Header.Set("Authorization", "Bearer "+st.AdminToken)
