@@ -1,5 +1,7 @@
 package events
 
+//go:generate go run ./internal/schemagen/cmd/schemagen -dir ../../schemas/events
+
 import (
 	"errors"
 	"fmt"
@@ -48,11 +50,11 @@ const (
 // Units are the measured (or, for a hold, estimated) quantities of a request. The price book
 // turns them into micro-credits.
 type Units struct {
-	VideoSeconds int64  `json:"video_seconds,omitempty"`
-	Resolution   string `json:"resolution,omitempty"`
-	TokensIn     int64  `json:"tokens_in,omitempty"`
-	TokensOut    int64  `json:"tokens_out,omitempty"`
-	ComputeMs    int64  `json:"compute_ms,omitempty"`
+	VideoSeconds int64  `json:"video_seconds,omitempty" schema:"min=0,max=MaxUnit"`
+	Resolution   string `json:"resolution,omitempty" schema:"maxLength=32"`
+	TokensIn     int64  `json:"tokens_in,omitempty" schema:"min=0,max=MaxUnit"`
+	TokensOut    int64  `json:"tokens_out,omitempty" schema:"min=0,max=MaxUnit"`
+	ComputeMs    int64  `json:"compute_ms,omitempty" schema:"min=0,max=MaxUnit"`
 }
 
 // MaxUnit bounds each unit count.
@@ -79,21 +81,21 @@ func (u Units) Validate() error {
 // included allowance and a credit hold of HoldMicros. Funding names the sources: "allowance"
 // (HoldMicros is 0), "credits" (AllowanceMicros is 0) or "split" (both are above 0).
 type RequestStarted struct {
-	RequestID        string    `json:"request_id"`
-	AccountID        string    `json:"account_id"`
-	Endpoint         string    `json:"endpoint"`
-	Model            string    `json:"model,omitempty"`
-	Tier             string    `json:"tier"`
-	Priority         string    `json:"priority"`
-	Funding          string    `json:"funding"`
+	RequestID        string    `json:"request_id" schema:"id"`
+	AccountID        string    `json:"account_id" schema:"id"`
+	Endpoint         string    `json:"endpoint" schema:"id"`
+	Model            string    `json:"model,omitempty" schema:"id"`
+	Tier             string    `json:"tier" schema:"id"`
+	Priority         string    `json:"priority" schema:"enum=critical|standard|batch"`
+	Funding          string    `json:"funding" schema:"enum=allowance|credits|split"`
 	Estimate         Units     `json:"estimate"`
-	EstimateMicros   int64     `json:"estimate_micros"`
-	HoldMicros       int64     `json:"hold_micros"`
-	AllowanceMicros  int64     `json:"allowance_micros"`
+	EstimateMicros   int64     `json:"estimate_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
+	HoldMicros       int64     `json:"hold_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
+	AllowanceMicros  int64     `json:"allowance_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
 	HoldExpiresAt    time.Time `json:"hold_expires_at"`
-	PriceBookVersion string    `json:"price_book_version"`
-	KeyID            string    `json:"key_id,omitempty"`
-	ClientAddr       string    `json:"client_addr,omitempty"`
+	PriceBookVersion string    `json:"price_book_version" schema:"id"`
+	KeyID            string    `json:"key_id,omitempty" schema:"id"`
+	ClientAddr       string    `json:"client_addr,omitempty" schema:"id"`
 }
 
 func (RequestStarted) EventType() string { return TypeRequestStarted }
@@ -129,18 +131,18 @@ func (e RequestStarted) Validate() error {
 
 // RequestRejected records a denied request and why.
 type RequestRejected struct {
-	RequestID        string `json:"request_id"`
-	AccountID        string `json:"account_id"`
-	Endpoint         string `json:"endpoint"`
-	Model            string `json:"model,omitempty"`
-	Tier             string `json:"tier"`
-	Priority         string `json:"priority"`
-	Reason           string `json:"reason"`
-	RetryAfterMs     int64  `json:"retry_after_ms"`
-	EstimateMicros   int64  `json:"estimate_micros"`
-	PriceBookVersion string `json:"price_book_version"`
-	KeyID            string `json:"key_id,omitempty"`
-	ClientAddr       string `json:"client_addr,omitempty"`
+	RequestID        string `json:"request_id" schema:"id"`
+	AccountID        string `json:"account_id" schema:"id"`
+	Endpoint         string `json:"endpoint" schema:"id"`
+	Model            string `json:"model,omitempty" schema:"id"`
+	Tier             string `json:"tier" schema:"id"`
+	Priority         string `json:"priority" schema:"enum=critical|standard|batch"`
+	Reason           string `json:"reason" schema:"id"`
+	RetryAfterMs     int64  `json:"retry_after_ms" schema:"min=0,max=604800000"`
+	EstimateMicros   int64  `json:"estimate_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
+	PriceBookVersion string `json:"price_book_version" schema:"id"`
+	KeyID            string `json:"key_id,omitempty" schema:"id"`
+	ClientAddr       string `json:"client_addr,omitempty" schema:"id"`
 }
 
 func (RequestRejected) EventType() string { return TypeRequestRejected }
@@ -165,20 +167,20 @@ func (e RequestRejected) Validate() error {
 // are all 0 when the producer did not say (older events). The ledger settles by the same
 // rule on its own state, and its journal is the authority.
 type RequestFinished struct {
-	RequestID        string `json:"request_id"`
-	AccountID        string `json:"account_id"`
-	Endpoint         string `json:"endpoint"`
-	Model            string `json:"model,omitempty"`
-	Status           string `json:"status"`
+	RequestID        string `json:"request_id" schema:"id"`
+	AccountID        string `json:"account_id" schema:"id"`
+	Endpoint         string `json:"endpoint" schema:"id"`
+	Model            string `json:"model,omitempty" schema:"id"`
+	Status           string `json:"status" schema:"enum=succeeded|failed|cancelled"`
 	Usage            Units  `json:"usage"`
-	CostMicros       int64  `json:"cost_micros"`
-	AllowanceMicros  int64  `json:"allowance_micros,omitempty"`
-	CreditsMicros    int64  `json:"credits_micros,omitempty"`
-	OverageMicros    int64  `json:"overage_micros,omitempty"`
-	DurationMs       int64  `json:"duration_ms"`
-	PriceBookVersion string `json:"price_book_version"`
-	KeyID            string `json:"key_id,omitempty"`
-	ClientAddr       string `json:"client_addr,omitempty"`
+	CostMicros       int64  `json:"cost_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
+	AllowanceMicros  int64  `json:"allowance_micros,omitempty" schema:"amount" doc:"the part of cost_micros charged to the included allowance (as the admitter answered)"`
+	CreditsMicros    int64  `json:"credits_micros,omitempty" schema:"amount" doc:"the part of cost_micros charged to credits: the hold, then the available balance"`
+	OverageMicros    int64  `json:"overage_micros,omitempty" schema:"amount" doc:"the part of cost_micros that could not be paid (overage receivable)"`
+	DurationMs       int64  `json:"duration_ms" schema:"min=0,max=604800000"`
+	PriceBookVersion string `json:"price_book_version" schema:"id"`
+	KeyID            string `json:"key_id,omitempty" schema:"id"`
+	ClientAddr       string `json:"client_addr,omitempty" schema:"id"`
 }
 
 func (RequestFinished) EventType() string { return TypeRequestFinished }
@@ -211,14 +213,14 @@ func (e RequestFinished) Validate() error {
 // AllowanceMicros the allowance reservation given back to the windows, ReleasedMicros their
 // sum.
 type RequestExpired struct {
-	RequestID       string    `json:"request_id"`
-	AccountID       string    `json:"account_id"`
-	Endpoint        string    `json:"endpoint"`
-	Funding         string    `json:"funding"`
-	HoldMicros      int64     `json:"hold_micros"`
-	AllowanceMicros int64     `json:"allowance_micros,omitempty"`
-	ReleasedMicros  int64     `json:"released_micros"`
-	StartedEventID  string    `json:"started_event_id"`
+	RequestID       string    `json:"request_id" schema:"id"`
+	AccountID       string    `json:"account_id" schema:"id"`
+	Endpoint        string    `json:"endpoint" schema:"id"`
+	Funding         string    `json:"funding" schema:"enum=allowance|credits|split"`
+	HoldMicros      int64     `json:"hold_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
+	AllowanceMicros int64     `json:"allowance_micros,omitempty" schema:"amount" doc:"the allowance reservation given back to the windows, micro-credits"`
+	ReleasedMicros  int64     `json:"released_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
+	StartedEventID  string    `json:"started_event_id" schema:"id"`
 	ExpiredAt       time.Time `json:"expired_at"`
 }
 
@@ -253,19 +255,19 @@ const DefaultGrantPriority = 100
 // CreditsGranted adds credits to an account. Spending burns grants in order of Priority
 // (lower first), then earliest expiry (never-expiring last), then grant id.
 type CreditsGranted struct {
-	GrantID      string     `json:"grant_id"`
-	AccountID    string     `json:"account_id"`
-	AmountMicros int64      `json:"amount_micros"`
-	Source       string     `json:"source"`
-	Priority     int32      `json:"priority"`
-	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
+	GrantID      string     `json:"grant_id" schema:"id"`
+	AccountID    string     `json:"account_id" schema:"id"`
+	AmountMicros int64      `json:"amount_micros" schema:"amount,min=1" doc:"micro-credits (1 credit = 1,000,000)"`
+	Source       string     `json:"source" schema:"enum=purchase|subscription|promotion"`
+	Priority     int32      `json:"priority" schema:"min=0,max=MaxGrantPriority" doc:"lower burns first"`
+	ExpiresAt    *time.Time `json:"expires_at,omitempty" doc:"years 1970-2199: before 2200-01-01T00:00:00Z (int64 nanoseconds end in 2262)"`
 	// AdminKeyID is the id of the admin key that made the grant (the audit trail); "" for
 	// events from before it was recorded.
-	AdminKeyID string `json:"admin_key_id,omitempty"`
+	AdminKeyID string `json:"admin_key_id,omitempty" schema:"id" doc:"The id of the admin key that made this change (the audit trail); absent in events from before it was recorded."`
 	// PaymentRef is the payment provider's reference of a purchase (a charge or payment
 	// intent id), recorded for reconciliation with the provider; "" when the grant is not a
 	// purchase made through POST /v1/accounts/{id}/purchases. Same grammar as an id.
-	PaymentRef string `json:"payment_ref,omitempty"`
+	PaymentRef string `json:"payment_ref,omitempty" schema:"id" doc:"The payment provider's reference of a purchase (POST /v1/accounts/{id}/purchases), for reconciliation with the provider; absent on other grants."`
 }
 
 func (CreditsGranted) EventType() string { return TypeCreditsGranted }
@@ -294,12 +296,12 @@ func (e CreditsGranted) Validate() error {
 
 // CreditsAdjusted is a signed finance correction with a reason.
 type CreditsAdjusted struct {
-	AdjustmentID string `json:"adjustment_id"`
-	AccountID    string `json:"account_id"`
-	AmountMicros int64  `json:"amount_micros"`
-	Reason       string `json:"reason"`
+	AdjustmentID string `json:"adjustment_id" schema:"id"`
+	AccountID    string `json:"account_id" schema:"id"`
+	AmountMicros int64  `json:"amount_micros" schema:"signed,nonzero" doc:"signed micro-credits"`
+	Reason       string `json:"reason" schema:"minLength=1,maxLength=MaxReasonChars"`
 	// AdminKeyID is the id of the admin key that made the adjustment (the audit trail).
-	AdminKeyID string `json:"admin_key_id,omitempty"`
+	AdminKeyID string `json:"admin_key_id,omitempty" schema:"id" doc:"The id of the admin key that made this change (the audit trail); absent in events from before it was recorded."`
 }
 
 func (CreditsAdjusted) EventType() string { return TypeCreditsAdjusted }
@@ -319,25 +321,25 @@ func (e CreditsAdjusted) Validate() error {
 // given), and those of its organization, notification and auto-top-up settings that it
 // carries: a settings field that is absent leaves the setting unchanged.
 type AccountUpdated struct {
-	AccountID string `json:"account_id"`
-	Tier      string `json:"tier"`
-	Priority  string `json:"priority"`
+	AccountID string `json:"account_id" schema:"id"`
+	Tier      string `json:"tier" schema:"id"`
+	Priority  string `json:"priority" schema:"enum=critical|standard|batch"`
 	Suspended bool   `json:"suspended"`
 	// AdminKeyID is the id of the admin key that made the change (the audit trail).
-	AdminKeyID string `json:"admin_key_id,omitempty"`
+	AdminKeyID string `json:"admin_key_id,omitempty" schema:"id" doc:"The id of the admin key that made this change (the audit trail); absent in events from before it was recorded."`
 	// OrganizationID is the organization the account belongs to ("" none; absent: unchanged).
-	OrganizationID *string `json:"organization_id,omitempty"`
+	OrganizationID *string `json:"organization_id,omitempty" schema:"id" doc:"The organization the account belongs to; \"\" none; absent: unchanged."`
 	// NotifyUsagePermille are the usage thresholds (used against the period's allocation, in
 	// permille, strictly increasing, at most MaxNotifyThresholds); [] = none. An account that
 	// never set them uses DefaultNotifyUsagePermille while it has a subscription.
-	NotifyUsagePermille *[]int32 `json:"notify_usage_permille,omitempty"`
+	NotifyUsagePermille *[]int32 `json:"notify_usage_permille,omitempty" schema:"maxItems=MaxNotifyThresholds,items.min=1,items.max=MaxNotifyPermille" doc:"Usage thresholds in permille of the period's allocation, strictly increasing; [] none; absent: unchanged (an account that never set them uses 500, 800, 1000 while it has a subscription)."`
 	// NotifyFloorMicros notifies once per period when the available balance falls below it (0 = off).
-	NotifyFloorMicros *int64 `json:"notify_floor_micros,omitempty"`
+	NotifyFloorMicros *int64 `json:"notify_floor_micros,omitempty" schema:"amount" doc:"Notify once per period when the available balance falls below this; 0 off; absent: unchanged."`
 	// AutoTopUpThresholdMicros and AutoTopUpAmountMicros: when the available balance falls
 	// below the threshold the ledger requests a top-up of the amount, once until the balance is
 	// back at or above the threshold (threshold 0 = off). Both or neither are given.
-	AutoTopUpThresholdMicros *int64 `json:"auto_top_up_threshold_micros,omitempty"`
-	AutoTopUpAmountMicros    *int64 `json:"auto_top_up_amount_micros,omitempty"`
+	AutoTopUpThresholdMicros *int64 `json:"auto_top_up_threshold_micros,omitempty" schema:"amount" doc:"Request a top-up when the available balance falls below this (once until it is back at or above); 0 off; absent: unchanged. Given with auto_top_up_amount_micros."`
+	AutoTopUpAmountMicros    *int64 `json:"auto_top_up_amount_micros,omitempty" schema:"amount" doc:"The amount of a requested top-up (above 0 when the threshold is); absent: unchanged."`
 }
 
 // MaxNotifyThresholds bounds AccountUpdated.NotifyUsagePermille.
@@ -389,11 +391,11 @@ func (e AccountUpdated) Validate() error {
 // monthly on its day and time of day (the day clamped to shorter months). A change of plan
 // keeps the existing anchor (see the ledger README for upgrades, downgrades and cancels).
 type SubscriptionChanged struct {
-	AccountID string    `json:"account_id"`
-	PlanID    string    `json:"plan_id"`
-	AnchorAt  time.Time `json:"anchor_at"`
+	AccountID string    `json:"account_id" schema:"id"`
+	PlanID    string    `json:"plan_id" schema:"optid" doc:"A plan of the price book; \"\" cancels the subscription."`
+	AnchorAt  time.Time `json:"anchor_at" doc:"The billing anchor of a new subscription (periods start monthly on its day and time of day, the day clamped to shorter months); a change of plan keeps the existing anchor."`
 	// AdminKeyID is the id of the admin key that made the change (the audit trail).
-	AdminKeyID string `json:"admin_key_id,omitempty"`
+	AdminKeyID string `json:"admin_key_id,omitempty" schema:"id" doc:"The id of the admin key that made this change (the audit trail)."`
 }
 
 func (SubscriptionChanged) EventType() string { return TypeSubscriptionChanged }
@@ -414,16 +416,16 @@ const (
 // threshold. The ledger publishes it on the notifications topic with a deterministic event id
 // (a receiver dedupes on it).
 type Notification struct {
-	NotificationID    string    `json:"notification_id"`
-	AccountID         string    `json:"account_id"`
-	Kind              string    `json:"kind"`
-	ThresholdPermille int32     `json:"threshold_permille,omitempty"`
-	FloorMicros       int64     `json:"floor_micros,omitempty"`
-	PeriodStart       time.Time `json:"period_start"`
-	PeriodEnd         time.Time `json:"period_end"`
-	UsedMicros        int64     `json:"used_micros"`
-	AllocationMicros  int64     `json:"allocation_micros"`
-	AvailableMicros   int64     `json:"available_micros"`
+	NotificationID    string    `json:"notification_id" schema:"id"`
+	AccountID         string    `json:"account_id" schema:"id"`
+	Kind              string    `json:"kind" schema:"enum=usage_threshold|balance_floor"`
+	ThresholdPermille int32     `json:"threshold_permille,omitempty" schema:"min=1,max=MaxNotifyPermille" doc:"usage_threshold only"`
+	FloorMicros       int64     `json:"floor_micros,omitempty" schema:"amount,min=1" doc:"balance_floor only"`
+	PeriodStart       time.Time `json:"period_start" doc:"start of the billing period"`
+	PeriodEnd         time.Time `json:"period_end" doc:"end of the billing period (exclusive)"`
+	UsedMicros        int64     `json:"used_micros" schema:"balance"`
+	AllocationMicros  int64     `json:"allocation_micros" schema:"balance"`
+	AvailableMicros   int64     `json:"available_micros" schema:"balance"`
 }
 
 func (Notification) EventType() string { return TypeNotification }
@@ -455,11 +457,11 @@ func (e Notification) Validate() error {
 // balance fell below its auto-top-up threshold. The ledger requests once, and again only after
 // the balance was back at or above the threshold; TopUpID is deterministic.
 type TopUpRequested struct {
-	TopUpID         string `json:"topup_id"`
-	AccountID       string `json:"account_id"`
-	AmountMicros    int64  `json:"amount_micros"`
-	ThresholdMicros int64  `json:"threshold_micros"`
-	AvailableMicros int64  `json:"available_micros"`
+	TopUpID         string `json:"topup_id" schema:"id"`
+	AccountID       string `json:"account_id" schema:"id"`
+	AmountMicros    int64  `json:"amount_micros" schema:"amount,min=1"`
+	ThresholdMicros int64  `json:"threshold_micros" schema:"amount,min=1"`
+	AvailableMicros int64  `json:"available_micros" schema:"balance"`
 }
 
 func (TopUpRequested) EventType() string { return TypeTopUpRequested }
@@ -477,9 +479,9 @@ func (e TopUpRequested) Validate() error {
 
 // AllowanceWindow is the usage of one included-allowance window, aligned to the Unix epoch.
 type AllowanceWindow struct {
-	Window     string    `json:"window"`
+	Window     string    `json:"window" schema:"id"`
 	Start      time.Time `json:"start"`
-	UsedMicros int64     `json:"used_micros"`
+	UsedMicros int64     `json:"used_micros" schema:"balance" doc:"micro-credits (1 credit = 1,000,000)"`
 }
 
 // MaxExpiringGrants bounds BalanceUpdated.Expiring.
@@ -490,7 +492,7 @@ const MaxExpiringGrants = 4
 // of all the expiring grants from that one on.
 type ExpiringGrant struct {
 	ExpiresAt       time.Time `json:"expires_at"`
-	RemainingMicros int64     `json:"remaining_micros"`
+	RemainingMicros int64     `json:"remaining_micros" schema:"balance" doc:"micro-credits that stop counting at expires_at"`
 }
 
 // BalanceUpdated is the ledger's view of one account, published on the compacted balances
@@ -507,17 +509,17 @@ type ExpiringGrant struct {
 // stops counting an entry's remainder once its wall clock reaches ExpiresAt, without
 // waiting for the ledger's next view.
 type BalanceUpdated struct {
-	AccountID       string            `json:"account_id"`
-	Tier            string            `json:"tier"`
-	Priority        string            `json:"priority"`
+	AccountID       string            `json:"account_id" schema:"id"`
+	Tier            string            `json:"tier" schema:"optid"`
+	Priority        string            `json:"priority" schema:"enum=critical|standard|batch|"`
 	Suspended       bool              `json:"suspended"`
-	AvailableMicros int64             `json:"available_micros"`
-	HeldMicros      int64             `json:"held_micros"`
-	OverageMicros   int64             `json:"overage_micros"`
-	Allowance       []AllowanceWindow `json:"allowance,omitempty"`
-	Expiring        []ExpiringGrant   `json:"expiring,omitempty"`
-	Partition       int32             `json:"partition"`
-	Offset          int64             `json:"offset"`
+	AvailableMicros int64             `json:"available_micros" schema:"balance" doc:"micro-credits (1 credit = 1,000,000); a sum of amounts, bounded by int64 only"`
+	HeldMicros      int64             `json:"held_micros" schema:"balance" doc:"micro-credits (1 credit = 1,000,000); a sum of amounts, bounded by int64 only"`
+	OverageMicros   int64             `json:"overage_micros" schema:"balance" doc:"micro-credits (1 credit = 1,000,000); a sum of amounts, bounded by int64 only"`
+	Allowance       []AllowanceWindow `json:"allowance,omitempty" schema:"maxItems=8"`
+	Expiring        []ExpiringGrant   `json:"expiring,omitempty" schema:"maxItems=MaxExpiringGrants" doc:"the earliest-expiring grants with a remainder, in expiry order; when there are more than 4, the last entry carries the remainder of all the rest at the earliest of their expiries"`
+	Partition       int32             `json:"partition" schema:"min=0"`
+	Offset          int64             `json:"offset" schema:"min=-1"`
 }
 
 func (BalanceUpdated) EventType() string { return TypeBalanceUpdated }
@@ -569,12 +571,12 @@ const MaxFactorPermille = 10_000
 // LimitsAdjusted carries one dynamic limit factor in permille (1000 = ×1.0), published on the
 // compacted limits topic keyed by Key().
 type LimitsAdjusted struct {
-	Scope          string `json:"scope"`
-	Endpoint       string `json:"endpoint,omitempty"`
-	Priority       string `json:"priority,omitempty"`
-	AccountID      string `json:"account_id,omitempty"`
-	FactorPermille int32  `json:"factor_permille"`
-	Reason         string `json:"reason"`
+	Scope          string `json:"scope" schema:"enum=endpoint|account"`
+	Endpoint       string `json:"endpoint,omitempty" schema:"id"`
+	Priority       string `json:"priority,omitempty" schema:"enum=critical|standard|batch"`
+	AccountID      string `json:"account_id,omitempty" schema:"id"`
+	FactorPermille int32  `json:"factor_permille" schema:"min=0,max=MaxFactorPermille"`
+	Reason         string `json:"reason" schema:"id"`
 }
 
 func (LimitsAdjusted) EventType() string { return TypeLimitsAdjusted }
@@ -627,15 +629,15 @@ const (
 // positive increases the ledger account's balance. The lines of one TransactionID sum to zero.
 // EntryID is DerivedID(CauseEventID, leg), so a replay reproduces it.
 type LedgerEntry struct {
-	EntryID       string    `json:"entry_id"`
-	TransactionID string    `json:"transaction_id"`
-	AccountID     string    `json:"account_id"`
-	LedgerAccount string    `json:"ledger_account"`
-	AmountMicros  int64     `json:"amount_micros"`
-	Kind          string    `json:"kind"`
-	CauseEventID  string    `json:"cause_event_id"`
-	RequestID     string    `json:"request_id,omitempty"`
-	GrantID       string    `json:"grant_id,omitempty"`
+	EntryID       string    `json:"entry_id" schema:"id"`
+	TransactionID string    `json:"transaction_id" schema:"id"`
+	AccountID     string    `json:"account_id" schema:"id"`
+	LedgerAccount string    `json:"ledger_account" schema:"enum=customer.available|customer.held|system.revenue|system.grants_issued|system.breakage|system.overage_receivable|system.adjustments"`
+	AmountMicros  int64     `json:"amount_micros" schema:"signed" doc:"signed micro-credits"`
+	Kind          string    `json:"kind" schema:"id"`
+	CauseEventID  string    `json:"cause_event_id" schema:"id"`
+	RequestID     string    `json:"request_id,omitempty" schema:"id"`
+	GrantID       string    `json:"grant_id,omitempty" schema:"id"`
 	EffectiveAt   time.Time `json:"effective_at"`
 }
 
@@ -666,15 +668,15 @@ const (
 // AbuseFlagged is a detector's finding. FlagID is deterministic per rule, account and window,
 // so a detector that runs twice over the same window flags once.
 type AbuseFlagged struct {
-	FlagID      string            `json:"flag_id"`
-	AccountID   string            `json:"account_id"`
-	KeyID       string            `json:"key_id,omitempty"`
-	Rule        string            `json:"rule"`
-	Score       float64           `json:"score"`
-	Action      string            `json:"action"`
+	FlagID      string            `json:"flag_id" schema:"id"`
+	AccountID   string            `json:"account_id" schema:"id"`
+	KeyID       string            `json:"key_id,omitempty" schema:"id"`
+	Rule        string            `json:"rule" schema:"id"`
+	Score       float64           `json:"score" schema:"min=0,max=1e12"`
+	Action      string            `json:"action" schema:"enum=throttle|block"`
 	WindowStart time.Time         `json:"window_start"`
 	WindowEnd   time.Time         `json:"window_end"`
-	Evidence    map[string]string `json:"evidence,omitempty"`
+	Evidence    map[string]string `json:"evidence,omitempty" schema:"maxProperties=32,keyMaxLength=MaxIDChars,valueMaxLength=1024"`
 }
 
 func (AbuseFlagged) EventType() string { return TypeAbuseFlagged }
@@ -832,7 +834,7 @@ func prefix(name string, err error) error {
 // waiting for new traffic. A tick is about no account (its subject is empty); every other
 // consumer skips it. Partition is the partition it was written to (informational).
 type ClockTick struct {
-	Partition int32 `json:"partition"`
+	Partition int32 `json:"partition" schema:"min=0" doc:"the events-topic partition the tick was written to"`
 }
 
 func (ClockTick) EventType() string { return TypeClockTick }
