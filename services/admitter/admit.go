@@ -263,13 +263,8 @@ func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, r
 // being decided and published it waits; if that call failed (its record is gone or another
 // call took the id since), the answer is 503.
 func (s *Service) replayAdmitLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.AdmitRequest) {
-	ri, out := s.idem.Await(r.Context(), &s.mu, req.RequestID, ri, false)
-	switch out {
-	case idem.WaitCancelled:
-		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
-		return
-	case idem.WaitFailed:
-		httpx.WriteError(w, unavailable("the first call with this request_id failed; retry"))
+	ri, ok := s.awaitFirstLocked(w, r, req.RequestID, ri, false)
+	if !ok {
 		return
 	}
 	if !s.idem.SameAdmit(ri, req) {
@@ -281,6 +276,26 @@ func (s *Service) replayAdmitLocked(w http.ResponseWriter, r *http.Request, ri u
 	s.mu.Unlock()
 	s.m.replays.Inc()
 	writeAnswer(w, status, body, retry)
+}
+
+// awaitFirstLocked waits, with s.mu held, for the first call with requestID (record ri; finish:
+// the first finish) to be answered, and returns its record with s.mu still held. When that
+// call was cancelled or failed it answers 503, with s.mu released, and returns false.
+func (s *Service) awaitFirstLocked(w http.ResponseWriter, r *http.Request, requestID string, ri uint32, finish bool) (uint32, bool) {
+	ri, out := s.idem.Await(r.Context(), &s.mu, requestID, ri, finish)
+	switch out {
+	case idem.WaitCancelled:
+		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
+		return 0, false
+	case idem.WaitFailed:
+		what := "call"
+		if finish {
+			what = "finish"
+		}
+		httpx.WriteError(w, unavailable("the first %s with this request_id failed; retry", what))
+		return 0, false
+	}
+	return ri, true
 }
 
 func (s *Service) admitEvent(buf []byte, keyID, client string, req *api.AdmitRequest, d *decide.Decision, now time.Time) ([]byte, string, error) {

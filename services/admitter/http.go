@@ -292,13 +292,8 @@ func (s *Service) publishFinish(r *http.Request, req *api.FinishRequest, keyID, 
 }
 
 func (s *Service) replayFinishLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.FinishRequest) {
-	ri, out := s.idem.Await(r.Context(), &s.mu, req.RequestID, ri, true)
-	switch out {
-	case idem.WaitCancelled:
-		httpx.WriteError(w, unavailable("request cancelled while waiting for the first call"))
-		return
-	case idem.WaitFailed:
-		httpx.WriteError(w, unavailable("the first finish with this request_id failed; retry"))
+	ri, ok := s.awaitFirstLocked(w, r, req.RequestID, ri, true)
+	if !ok {
 		return
 	}
 	if s.idem.Fin(ri) != idem.FinDone {

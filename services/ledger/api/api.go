@@ -173,6 +173,17 @@ func jsonErrors(mux *http.ServeMux) http.Handler {
 	})
 }
 
+// pathID is the request's {id}, checked against the id grammar (400 validation_failed,
+// answered here, when it is not one).
+func pathID(w http.ResponseWriter, r *http.Request) (string, bool) {
+	id := r.PathValue("id")
+	if err := events.CheckID("id", id); err != nil {
+		httpx.WriteError(w, httpx.Validation(err))
+		return "", false
+	}
+	return id, true
+}
+
 func (s *server) admin(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		keyID, err := s.cfg.Admin.Authenticate(r)
@@ -182,9 +193,8 @@ func (s *server) admin(h func(http.ResponseWriter, *http.Request, string)) http.
 			httpx.WriteError(w, err)
 			return
 		}
-		id := r.PathValue("id")
-		if err := events.CheckID("id", id); err != nil {
-			httpx.WriteError(w, httpx.Validation(err))
+		id, ok := pathID(w, r)
+		if !ok {
 			return
 		}
 		h(w, r.WithContext(context.WithValue(r.Context(), adminKeyCtx{}, keyID)), id)

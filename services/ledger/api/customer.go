@@ -252,9 +252,8 @@ func (s *server) customer(h func(http.ResponseWriter, *http.Request, view.Accoun
 			httpx.WriteError(w, err)
 			return
 		}
-		id := r.PathValue("id")
-		if err := events.CheckID("id", id); err != nil {
-			httpx.WriteError(w, httpx.Validation(err))
+		id, ok := pathID(w, r)
+		if !ok {
 			return
 		}
 		if sc.AccountID != "" && id != sc.AccountID {
