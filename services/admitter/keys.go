@@ -53,7 +53,7 @@ func loadKeyFile(path string, o httpx.KeyringOptions) (string, error) {
 func (s *Service) ReloadKeys() error {
 	all := s.cfg.APIKeys
 	if s.cfg.APIKeysFile != "" {
-		st, err := os.Stat(s.cfg.APIKeysFile)
+		ver, err := httpx.FileVersion(s.cfg.APIKeysFile)
 		if err != nil {
 			return fmt.Errorf("admitter: key file: %w", err)
 		}
@@ -62,7 +62,7 @@ func (s *Service) ReloadKeys() error {
 			return fmt.Errorf("admitter: key file: %w", err)
 		}
 		all += "\n" + f
-		s.keyMod.Store(st.ModTime().UnixNano() ^ st.Size())
+		s.keyStamp.Mark(ver)
 	}
 	k, err := parseKeys(strings.ReplaceAll(all, ",", "\n"), s.cfg.keyOptions(s.authThrottle))
 	if err != nil {
@@ -95,9 +95,6 @@ func (s *Service) ReloadOn(ctx context.Context, sig <-chan os.Signal) {
 
 // keyFileChanged reports whether the key file's modification time or size changed.
 func (s *Service) keyFileChanged() bool {
-	st, err := os.Stat(s.cfg.APIKeysFile)
-	if err != nil {
-		return false
-	}
-	return st.ModTime().UnixNano()^st.Size() != s.keyMod.Load()
+	_, changed := s.keyStamp.Changed(s.cfg.APIKeysFile)
+	return changed
 }

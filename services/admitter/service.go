@@ -61,8 +61,8 @@ type Service struct {
 	peerDoneHead int
 	peerLog      *follow.Log // the peer follower's reader of the events topic, and its positions
 
-	keys   atomic.Pointer[httpx.Keyring]
-	keyMod atomic.Int64
+	keys     atomic.Pointer[httpx.Keyring]
+	keyStamp httpx.FileStamp
 
 	// producer is the events-topic producer (ADMITTER_PRODUCER); pub is what publish calls:
 	// the producer, or a test's Publisher.

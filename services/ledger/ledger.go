@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -350,8 +349,8 @@ type Service struct {
 	// customers are the customer keys in force; throttle is shared with the admin keyring.
 	customers atomic.Pointer[api.CustomerKeys]
 	throttle  *httpx.AuthThrottle
-	// customersMod is the keys file's modification time and size when last loaded.
-	customersMod int64
+	// customersStamp is the keys file's version when last loaded.
+	customersStamp httpx.FileStamp
 }
 
 // New validates cfg and wires the service. Nothing runs until Run.
@@ -431,7 +430,7 @@ func (s *Service) ReloadCustomerKeys() error {
 		s.customers.Store(k)
 		return nil
 	}
-	st, err := os.Stat(s.cfg.CustomerKeysFile)
+	ver, err := httpx.FileVersion(s.cfg.CustomerKeysFile)
 	if err != nil {
 		return fmt.Errorf("ledger: customer keys: %w", err)
 	}
@@ -440,7 +439,7 @@ func (s *Service) ReloadCustomerKeys() error {
 		return fmt.Errorf("ledger: customer keys: %w", err)
 	}
 	s.customers.Store(k)
-	atomic.StoreInt64(&s.customersMod, st.ModTime().UnixNano()^st.Size())
+	s.customersStamp.Mark(ver)
 	return nil
 }
 
@@ -460,13 +459,13 @@ func (s *Service) pollCustomerKeys(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			st, err := os.Stat(s.cfg.CustomerKeysFile)
-			if err != nil || st.ModTime().UnixNano()^st.Size() == atomic.LoadInt64(&s.customersMod) {
+			ver, changed := s.customersStamp.Changed(s.cfg.CustomerKeysFile)
+			if !changed {
 				continue
 			}
 			if err := s.ReloadCustomerKeys(); err != nil {
 				// Logged once per change of the file, not at every poll.
-				atomic.StoreInt64(&s.customersMod, st.ModTime().UnixNano()^st.Size())
+				s.customersStamp.Mark(ver)
 				s.log.Error("customer keys reload failed; previous keys stay", "err", err)
 			} else {
 				s.log.Info("customer keys reloaded", "keys", s.CustomerKeys())
