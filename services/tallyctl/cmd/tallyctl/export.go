@@ -4,11 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/tallyhq/tally/services/ledger/finance"
+	"github.com/tallyhq/tally/services/tallyctl/internal/atomicfile"
 )
 
 // cmdExport writes an account's monthly export (finance.Export): every journal line of the
@@ -52,20 +51,7 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return write(stdout)
 	}
 	// Written next to the target and renamed over it: a failed export leaves no half file.
-	f, err := os.CreateTemp(filepath.Dir(*out), "."+filepath.Base(*out)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // a no-op once renamed
-	if err := write(f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, *out); err != nil {
+	if err := atomicfile.Write(*out, 0o600, write); err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "tallyctl export: %s %s: %d lines to %s\n", *account, x.Month, len(x.Lines), *out)

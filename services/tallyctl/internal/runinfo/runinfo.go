@@ -8,11 +8,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
 
+	"github.com/tallyhq/tally/services/tallyctl/internal/atomicfile"
 	"github.com/tallyhq/tally/services/tallyctl/internal/secretfile"
 )
 
@@ -54,18 +56,10 @@ func Write(dir string, info Info) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".run-*.json")
-	if err != nil {
-		return fmt.Errorf("runinfo: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(append(b, '\n'))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(dir, FileName))
-	}
+	err = atomicfile.Write(filepath.Join(dir, FileName), 0o600, func(w io.Writer) error {
+		_, err := w.Write(append(b, '\n'))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("runinfo: %w", err)
 	}

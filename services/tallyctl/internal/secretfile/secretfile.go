@@ -16,12 +16,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+
+	"github.com/tallyhq/tally/services/tallyctl/internal/atomicfile"
 )
 
 // Mode is the file's permission: its owner reads and writes it, nobody else.
@@ -141,24 +144,10 @@ func (f *File) write() error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("secretfile: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, ".keys-*") // created 0600
-	if err != nil {
-		return fmt.Errorf("secretfile: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // a no-op after the rename
-	err = tmp.Chmod(Mode)
-	if err == nil {
-		_, err = tmp.WriteString(b.String())
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), f.path)
-	}
+	err := atomicfile.Write(f.path, Mode, func(w io.Writer) error {
+		_, err := io.WriteString(w, b.String())
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("secretfile: write %s: %w", f.path, err)
 	}
