@@ -24,6 +24,7 @@ import (
 	"github.com/tallyhq/tally/services/ledger/engine"
 	"github.com/tallyhq/tally/services/ledger/fold"
 	"github.com/tallyhq/tally/services/ledger/view"
+	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 )
@@ -361,6 +362,26 @@ type LiveFunc func(ctx context.Context, accountID string) (view.Account, bool, e
 // ClickHouseSums returns Σ amount_micros of the journal per account for customer.available
 // and customer.held lines (nil to skip the ClickHouse check).
 type ClickHouseSums func(ctx context.Context) (map[string]Balance, error)
+
+// ReconcileLive is Reconcile against a live ledger (and ClickHouse) that run on while the
+// replay reads: a ledger a moment ahead (new events, or a clock tick past one of the
+// account's expiries) is not compared, one a moment behind differs. While that is so, it
+// pauses, reads on what was appended (CatchUp) and compares again, at most rounds times in
+// all, and returns the last report.
+func ReconcileLive(ctx context.Context, replay *Replayed, live LiveFunc, chSums ClickHouseSums, rounds int, pause time.Duration) (*Report, error) {
+	for round := 1; ; round++ {
+		rep, err := Reconcile(ctx, replay, live, chSums)
+		if err != nil || (rep.OK() && rep.Moved == 0) || round >= rounds {
+			return rep, err
+		}
+		if !backoff.Sleep(ctx, pause) {
+			return nil, ctx.Err()
+		}
+		if err := replay.CatchUp(ctx); err != nil {
+			return nil, err
+		}
+	}
+}
 
 // Reconcile compares every replayed account with the live ledger and, when chSums is not
 // nil, with ClickHouse's sums of the journal.

@@ -18,7 +18,6 @@ import (
 	"github.com/tallyhq/tally/services/sink/chstore"
 	"github.com/tallyhq/tally/services/sink/sqlcli"
 	"github.com/tallyhq/tally/services/tallyctl/internal/journal"
-	"github.com/tallyhq/tally/shared/backoff"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax"
 	"github.com/tallyhq/tally/shared/pricebook"
@@ -157,25 +156,10 @@ func cmdReconcile(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return usageError{err.Error()}
 		}
 	}
-	// The live ledger and ClickHouse run on while the replay reads: a ledger a moment ahead
-	// (new events, or a clock tick on an idle partition, which moves its watermark every
-	// LEDGER_TICK_INTERVAL_MS) is not compared, one a moment behind differs. Each further
-	// round reads on what was appended (CatchUp) after a short pause and compares again.
 	live := finance.HTTPLive(&http.Client{Timeout: a.timeout}, a.ledgerURL, a.token)
-	var report *finance.Report
-	for round := 1; ; round++ {
-		if report, err = finance.Reconcile(ctx, rep, live, sums); err != nil {
-			return err
-		}
-		if (report.OK() && report.Moved == 0) || round == reconcileRounds {
-			break
-		}
-		if !backoff.Sleep(ctx, reconcilePause) {
-			return ctx.Err()
-		}
-		if err := rep.CatchUp(ctx); err != nil {
-			return fmt.Errorf("replay: %w", err)
-		}
+	report, err := finance.ReconcileLive(ctx, rep, live, sums, reconcileRounds, reconcilePause)
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "replayed %d events (%d undecodable) into %d accounts\n", rep.Events, rep.Undecodable, len(rep.Balances()))
 	if report.Moved > 0 {
