@@ -152,6 +152,11 @@ func AppendData(dst []byte, d Data) (_ []byte, ok bool) {
 				return dst, false
 			}
 		}
+		for i := range e.Projects {
+			if !plainTime(e.Projects[i].PeriodStart) {
+				return dst, false
+			}
+		}
 		return AppendBalanceUpdated(dst, &e), true
 	}
 	return dst, false
@@ -165,7 +170,7 @@ func plainTime(t time.Time) bool {
 // AppendRequestStarted appends the JSON of e (the field order and omitempty of the Go type).
 // Its time is written in UTC (AppendTime).
 func AppendRequestStarted(dst []byte, e *RequestStarted) []byte {
-	dst = appendRequestIDs(dst, e.RequestID, e.AccountID, e.Endpoint, e.Model)
+	dst = appendRequestIDs(dst, e.RequestID, e.AccountID, e.FundingAccountID, e.Endpoint, e.Model)
 	dst = AppendKeyString(dst, `,"tier":`, e.Tier)
 	dst = AppendKeyString(dst, `,"priority":`, e.Priority)
 	dst = AppendKeyString(dst, `,"funding":`, e.Funding)
@@ -180,7 +185,7 @@ func AppendRequestStarted(dst []byte, e *RequestStarted) []byte {
 
 // AppendRequestRejected appends the JSON of e (the field order and omitempty of the Go type).
 func AppendRequestRejected(dst []byte, e *RequestRejected) []byte {
-	dst = appendRequestIDs(dst, e.RequestID, e.AccountID, e.Endpoint, e.Model)
+	dst = appendRequestIDs(dst, e.RequestID, e.AccountID, "", e.Endpoint, e.Model)
 	dst = AppendKeyString(dst, `,"tier":`, e.Tier)
 	dst = AppendKeyString(dst, `,"priority":`, e.Priority)
 	dst = AppendKeyString(dst, `,"reason":`, e.Reason)
@@ -190,9 +195,12 @@ func AppendRequestRejected(dst []byte, e *RequestRejected) []byte {
 	return append(appendOrigin(dst, e.KeyID, e.ClientAddr), '}')
 }
 
-func appendRequestIDs(dst []byte, requestID, accountID, endpoint, model string) []byte {
+func appendRequestIDs(dst []byte, requestID, accountID, fundingAccountID, endpoint, model string) []byte {
 	dst = AppendKeyString(dst, `{"request_id":`, requestID)
 	dst = AppendKeyString(dst, `,"account_id":`, accountID)
+	if fundingAccountID != "" {
+		dst = AppendKeyString(dst, `,"funding_account_id":`, fundingAccountID)
+	}
 	dst = AppendKeyString(dst, `,"endpoint":`, endpoint)
 	if model != "" {
 		dst = AppendKeyString(dst, `,"model":`, model)
@@ -299,6 +307,24 @@ func AppendBalanceUpdated(dst []byte, bu *BalanceUpdated) []byte {
 			}
 			dst = AppendTime(append(dst, `{"expires_at":`...), x.ExpiresAt)
 			dst = AppendKeyInt(dst, `,"remaining_micros":`, x.RemainingMicros)
+			dst = append(dst, '}')
+		}
+		dst = append(dst, ']')
+	}
+	if bu.FundingAccountID != "" {
+		dst = AppendKeyString(dst, `,"funding_account_id":`, bu.FundingAccountID)
+	}
+	if len(bu.Projects) > 0 {
+		dst = append(dst, `,"projects":[`...)
+		for i := range bu.Projects {
+			p := &bu.Projects[i]
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = AppendKeyString(dst, `{"project_id":`, p.ProjectID)
+			dst = AppendKeyInt(dst, `,"budget_micros":`, p.BudgetMicros)
+			dst = AppendTime(append(dst, `,"period_start":`...), p.PeriodStart)
+			dst = AppendKeyInt(dst, `,"spent_micros":`, p.SpentMicros)
 			dst = append(dst, '}')
 		}
 		dst = append(dst, ']')

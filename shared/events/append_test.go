@@ -86,11 +86,15 @@ func TestAppendEventMatchesEncode(t *testing.T) {
 			events.RequestStarted{RequestID: s, AccountID: "a1", Endpoint: s, Model: s, Tier: s, Priority: s, Funding: s,
 				Estimate:      events.Units{VideoSeconds: 3, Resolution: s, TokensIn: 1, TokensOut: 2, ComputeMs: 4},
 				HoldExpiresAt: at.Add(time.Nanosecond), PriceBookVersion: s, KeyID: s, ClientAddr: s},
+			events.RequestStarted{RequestID: s, AccountID: "a1", FundingAccountID: s, Endpoint: s, Tier: s, Priority: s, Funding: s,
+				HoldExpiresAt: at, PriceBookVersion: s},
 			events.LedgerEntry{EntryID: s, TransactionID: s, AccountID: "a1", LedgerAccount: s, Kind: s, CauseEventID: s,
 				RequestID: s, GrantID: s, EffectiveAt: at},
 			events.BalanceUpdated{AccountID: "a1", Tier: s, Priority: s, Suspended: true,
 				Allowance: []events.AllowanceWindow{{Window: s, Start: at}, {Window: "5h", Start: at.Add(time.Hour), UsedMicros: 9}},
-				Expiring:  []events.ExpiringGrant{{ExpiresAt: at, RemainingMicros: 1}}, Partition: 7, Offset: 1 << 40})
+				Expiring:  []events.ExpiringGrant{{ExpiresAt: at, RemainingMicros: 1}}, Partition: 7, Offset: 1 << 40},
+			events.BalanceUpdated{AccountID: "a1", Tier: s, FundingAccountID: s,
+				Projects: []events.ProjectSpend{{ProjectID: s, BudgetMicros: 5, PeriodStart: at, SpentMicros: -1}, {ProjectID: "p2"}}})
 	}
 	for i, d := range cases {
 		if _, ok := events.AppendData(nil, d); ok {
@@ -123,7 +127,7 @@ func TestAppendEventMatchesEncode(t *testing.T) {
 			t.Fatalf("case %d: decoded\n%+v\nwant\n%+v", i, back, ev)
 		}
 	}
-	if appended < 4*len(oddStrings) {
+	if appended < 6*len(oddStrings) {
 		t.Fatalf("AppendData wrote only %d payloads", appended)
 	}
 	// Times encoding/json writes otherwise are left to it.
@@ -131,6 +135,7 @@ func TestAppendEventMatchesEncode(t *testing.T) {
 	for _, d := range []events.Data{events.RequestStarted{HoldExpiresAt: local}, events.LedgerEntry{EffectiveAt: local},
 		events.BalanceUpdated{Allowance: []events.AllowanceWindow{{Start: local}}},
 		events.BalanceUpdated{Expiring: []events.ExpiringGrant{{ExpiresAt: at.AddDate(10_000, 0, 0)}}},
+		events.BalanceUpdated{Projects: []events.ProjectSpend{{PeriodStart: local}}},
 		events.RequestFinished{}} {
 		if b, ok := events.AppendData([]byte("x"), d); ok || string(b) != "x" {
 			t.Fatalf("%#v: AppendData = %q, %v; want nothing appended, false", d, b, ok)

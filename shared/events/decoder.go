@@ -198,8 +198,8 @@ func (d *Decoder) fast(b []byte) (Event, bool) {
 	return ev, true
 }
 
-// account returns the account id, sharing the subject's string when equal (it always is in
-// a valid event).
+// account returns an account id, sharing the subject's string when equal (in a valid event the
+// subject is the funding account when one is named, else the account).
 func account(v []byte, subject string) string {
 	if string(v) == subject {
 		return subject
@@ -215,6 +215,8 @@ func (d *Decoder) started(s *scanner, subject string) (Data, bool) {
 			return plainStr(s, &p.RequestID)
 		case "account_id":
 			return accountStr(s, subject, &p.AccountID)
+		case "funding_account_id":
+			return accountStr(s, subject, &p.FundingAccountID)
 		case "endpoint":
 			return d.internStr(s, inEndpoint, &p.Endpoint)
 		case "model":
@@ -257,6 +259,8 @@ func (d *Decoder) finished(s *scanner, subject string) (Data, bool) {
 			return plainStr(s, &p.RequestID)
 		case "account_id":
 			return accountStr(s, subject, &p.AccountID)
+		case "funding_account_id":
+			return accountStr(s, subject, &p.FundingAccountID)
 		case "endpoint":
 			return d.internStr(s, inEndpoint, &p.Endpoint)
 		case "model":

@@ -51,6 +51,9 @@ func randomLog(seed uint64, n, accounts int, t0 time.Time) []events.Event {
 			if r.IntN(2) == 0 {
 				st.Estimate = events.Units{TokensIn: int64(r.IntN(5000)), TokensOut: int64(r.IntN(5000))}
 			}
+			if r.IntN(4) == 0 { // a project funded by its organization's balance
+				st.FundingAccountID = "org-" + acct
+			}
 			add(now, st)
 		case k < 55:
 			f := events.RequestFinished{RequestID: req, AccountID: acct, Endpoint: "codex.responses", Model: opt("m1"),
@@ -61,6 +64,9 @@ func randomLog(seed uint64, n, accounts int, t0 time.Time) []events.Event {
 				f.AllowanceMicros = int64(r.IntN(int(f.CostMicros) + 1))
 				f.CreditsMicros = int64(r.IntN(int(f.CostMicros-f.AllowanceMicros) + 1))
 				f.OverageMicros = f.CostMicros - f.AllowanceMicros - f.CreditsMicros
+			}
+			if r.IntN(4) == 0 {
+				f.FundingAccountID = "org-" + acct
 			}
 			add(now, f)
 		case k < 65:

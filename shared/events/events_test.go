@@ -55,6 +55,13 @@ func TestValidateRejects(t *testing.T) {
 		{"flag window backwards", events.AbuseFlagged{FlagID: "f", AccountID: "a", Rule: "burst", Action: events.ActionBlock, WindowStart: t0, WindowEnd: t0}, "end after start"},
 		{"flag bad action", events.AbuseFlagged{FlagID: "f", AccountID: "a", Rule: "burst", Action: "ban", WindowStart: t0, WindowEnd: t0.Add(1)}, "action: want"},
 		{"balance negative", events.BalanceUpdated{AccountID: "a", AvailableMicros: -1}, "available_micros"},
+		{"funding is the account", started(func(e *events.RequestStarted) { e.FundingAccountID = "a1" }), "funding_account_id: must differ"},
+		{"funding with a space", events.RequestFinished{RequestID: "r", AccountID: "a", FundingAccountID: "o 1", Endpoint: "e", Status: "failed", PriceBookVersion: "v"}, "funding_account_id: contains a space"},
+		{"account funds itself", events.AccountUpdated{AccountID: "a", Tier: "free", Priority: "standard", FundingAccountID: ptr("a")}, "funding_account_id: must differ"},
+		{"budget of itself", events.AccountUpdated{AccountID: "a", Tier: "free", Priority: "standard", ProjectBudget: &events.ProjectBudget{ProjectID: "a", BudgetMicros: 1}}, "project_budget.project_id: must differ"},
+		{"budget removed with an amount", events.AccountUpdated{AccountID: "o", Tier: "free", Priority: "standard", ProjectBudget: &events.ProjectBudget{ProjectID: "p", BudgetMicros: 1, Remove: true}}, "must be 0 when remove"},
+		{"budget negative", events.AccountUpdated{AccountID: "o", Tier: "free", Priority: "standard", ProjectBudget: &events.ProjectBudget{ProjectID: "p", BudgetMicros: -1}}, "project_budget.budget_micros"},
+		{"projects out of order", events.BalanceUpdated{AccountID: "o", Projects: []events.ProjectSpend{{ProjectID: "p2", PeriodStart: t0}, {ProjectID: "p1", PeriodStart: t0}}}, "projects[1]: project_id: not after"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.d.Validate()
@@ -218,5 +225,38 @@ func TestBillingPayloadsValidated(t *testing.T) {
 				t.Fatalf("Validate() = %v, want error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestFundedEventsKeyedByFundingAccount: a request event funded by another account (an
+// organization's shared balance) has that account as its subject, so that its Kafka key and
+// the ledger's fold put it on the funding account's partition; unfunded, the account's own.
+func TestFundedEventsKeyedByFundingAccount(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 7, 0, 0, 0, time.UTC)
+	for _, d := range []events.Data{
+		events.RequestStarted{RequestID: "r", AccountID: "proj", FundingAccountID: "org", Endpoint: "e", Tier: "plus",
+			Priority: events.PriorityStandard, Funding: events.FundingCredits, HoldExpiresAt: t0, PriceBookVersion: "v"},
+		events.RequestFinished{RequestID: "r", AccountID: "proj", FundingAccountID: "org", Endpoint: "e", Status: "failed", PriceBookVersion: "v"},
+		events.RequestExpired{RequestID: "r", AccountID: "proj", FundingAccountID: "org", Endpoint: "e", Funding: events.FundingCredits,
+			StartedEventID: "s", ExpiredAt: t0},
+	} {
+		if d.Subject() != "org" {
+			t.Fatalf("%s: subject %q, want the funding account", d.EventType(), d.Subject())
+		}
+		ev, err := events.New("test", t0, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := ev.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := events.Decode(b)
+		if err != nil || back.Subject != "org" {
+			t.Fatalf("%s: decoded subject %q, %v", d.EventType(), back.Subject, err)
+		}
+	}
+	if s := (events.RequestFinished{AccountID: "proj"}).Subject(); s != "proj" {
+		t.Fatalf("unfunded subject %q", s)
 	}
 }

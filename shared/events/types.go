@@ -83,6 +83,7 @@ func (u Units) Validate() error {
 type RequestStarted struct {
 	RequestID        string    `json:"request_id" schema:"id"`
 	AccountID        string    `json:"account_id" schema:"id"`
+	FundingAccountID string    `json:"funding_account_id,omitempty" schema:"id" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
 	Endpoint         string    `json:"endpoint" schema:"id"`
 	Model            string    `json:"model,omitempty" schema:"id"`
 	Tier             string    `json:"tier" schema:"id"`
@@ -99,7 +100,7 @@ type RequestStarted struct {
 }
 
 func (RequestStarted) EventType() string { return TypeRequestStarted }
-func (e RequestStarted) Subject() string { return e.AccountID }
+func (e RequestStarted) Subject() string { return fundingSubject(e.AccountID, e.FundingAccountID) }
 func (e RequestStarted) Validate() error {
 	errs := []error{
 		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
@@ -107,7 +108,7 @@ func (e RequestStarted) Validate() error {
 		checkID("price_book_version", e.PriceBookVersion), checkOptID("key_id", e.KeyID),
 		checkOptID("client_addr", e.ClientAddr), prefix("estimate", e.Estimate.Validate()),
 		checkAmount("estimate_micros", e.EstimateMicros), checkAmount("hold_micros", e.HoldMicros),
-		checkAmount("allowance_micros", e.AllowanceMicros),
+		checkAmount("allowance_micros", e.AllowanceMicros), checkFundingAccount(e.AccountID, e.FundingAccountID),
 	}
 	switch e.Funding {
 	case FundingCredits:
@@ -169,6 +170,7 @@ func (e RequestRejected) Validate() error {
 type RequestFinished struct {
 	RequestID        string `json:"request_id" schema:"id"`
 	AccountID        string `json:"account_id" schema:"id"`
+	FundingAccountID string `json:"funding_account_id,omitempty" schema:"id" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
 	Endpoint         string `json:"endpoint" schema:"id"`
 	Model            string `json:"model,omitempty" schema:"id"`
 	Status           string `json:"status" schema:"enum=succeeded|failed|cancelled"`
@@ -184,7 +186,7 @@ type RequestFinished struct {
 }
 
 func (RequestFinished) EventType() string { return TypeRequestFinished }
-func (e RequestFinished) Subject() string { return e.AccountID }
+func (e RequestFinished) Subject() string { return fundingSubject(e.AccountID, e.FundingAccountID) }
 func (e RequestFinished) Validate() error {
 	errs := []error{
 		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
@@ -192,7 +194,7 @@ func (e RequestFinished) Validate() error {
 		checkAmount("allowance_micros", e.AllowanceMicros), checkAmount("credits_micros", e.CreditsMicros),
 		checkAmount("overage_micros", e.OverageMicros),
 		checkID("price_book_version", e.PriceBookVersion), checkOptID("key_id", e.KeyID),
-		checkOptID("client_addr", e.ClientAddr),
+		checkOptID("client_addr", e.ClientAddr), checkFundingAccount(e.AccountID, e.FundingAccountID),
 	}
 	if sum := e.AllowanceMicros + e.CreditsMicros + e.OverageMicros; sum != 0 && sum != e.CostMicros {
 		errs = append(errs, fmt.Errorf("allowance_micros + credits_micros + overage_micros: %d, want 0 or cost_micros %d", sum, e.CostMicros))
@@ -213,25 +215,27 @@ func (e RequestFinished) Validate() error {
 // AllowanceMicros the allowance reservation given back to the windows, ReleasedMicros their
 // sum.
 type RequestExpired struct {
-	RequestID       string    `json:"request_id" schema:"id"`
-	AccountID       string    `json:"account_id" schema:"id"`
-	Endpoint        string    `json:"endpoint" schema:"id"`
-	Funding         string    `json:"funding" schema:"enum=allowance|credits|split"`
-	HoldMicros      int64     `json:"hold_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
-	AllowanceMicros int64     `json:"allowance_micros,omitempty" schema:"amount" doc:"the allowance reservation given back to the windows, micro-credits"`
-	ReleasedMicros  int64     `json:"released_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
-	StartedEventID  string    `json:"started_event_id" schema:"id"`
-	ExpiredAt       time.Time `json:"expired_at"`
+	RequestID        string    `json:"request_id" schema:"id"`
+	AccountID        string    `json:"account_id" schema:"id"`
+	FundingAccountID string    `json:"funding_account_id,omitempty" schema:"id" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
+	Endpoint         string    `json:"endpoint" schema:"id"`
+	Funding          string    `json:"funding" schema:"enum=allowance|credits|split"`
+	HoldMicros       int64     `json:"hold_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
+	AllowanceMicros  int64     `json:"allowance_micros,omitempty" schema:"amount" doc:"the allowance reservation given back to the windows, micro-credits"`
+	ReleasedMicros   int64     `json:"released_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
+	StartedEventID   string    `json:"started_event_id" schema:"id"`
+	ExpiredAt        time.Time `json:"expired_at"`
 }
 
 func (RequestExpired) EventType() string { return TypeRequestExpired }
-func (e RequestExpired) Subject() string { return e.AccountID }
+func (e RequestExpired) Subject() string { return fundingSubject(e.AccountID, e.FundingAccountID) }
 func (e RequestExpired) Validate() error {
 	errs := []error{
 		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
 		checkAmount("hold_micros", e.HoldMicros), checkAmount("allowance_micros", e.AllowanceMicros),
 		checkAmount("released_micros", e.ReleasedMicros),
 		checkID("started_event_id", e.StartedEventID), checkFunding(e.Funding),
+		checkFundingAccount(e.AccountID, e.FundingAccountID),
 	}
 	errs = append(errs, CheckTime("expired_at", e.ExpiredAt))
 	return errors.Join(errs...)
@@ -340,6 +344,58 @@ type AccountUpdated struct {
 	// back at or above the threshold (threshold 0 = off). Both or neither are given.
 	AutoTopUpThresholdMicros *int64 `json:"auto_top_up_threshold_micros,omitempty" schema:"amount" doc:"Request a top-up when the available balance falls below this (once until it is back at or above); 0 off; absent: unchanged. Given with auto_top_up_amount_micros."`
 	AutoTopUpAmountMicros    *int64 `json:"auto_top_up_amount_micros,omitempty" schema:"amount" doc:"The amount of a requested top-up (above 0 when the threshold is); absent: unchanged."`
+	// FundingAccountID is the account whose balance funds this account's requests: an
+	// organization's shared balance ("" the account's own; absent: unchanged). The funded
+	// account keeps its own tier, rate limits and concurrency; the money (allowance, holds,
+	// credits, overage) is the funding account's, and its request events are keyed by it.
+	// One level: the funding account's own funding setting is not followed.
+	FundingAccountID *string `json:"funding_account_id,omitempty" schema:"optid" doc:"The account whose balance funds this account's requests (an organization's shared balance); \"\" the account's own; absent: unchanged. One level: the funding account's own funding is not followed."`
+	// ProjectBudget sets or removes the monthly budget (UTC calendar month, in log time) of
+	// one account this account funds: what that project's finished requests may cost in a
+	// month, enforced at admission. Carried by the funding account's event, so that the
+	// budget and the project's spending are folded on one partition.
+	ProjectBudget *ProjectBudget `json:"project_budget,omitempty" doc:"Sets or removes the monthly budget of one account this account funds; absent: unchanged."`
+}
+
+// ProjectBudget is the monthly budget of a funded account (a project), set on its funding
+// account (the organization): BudgetMicros of finished requests' cost per UTC calendar month;
+// Remove drops the budget (BudgetMicros is then 0).
+type ProjectBudget struct {
+	ProjectID    string `json:"project_id" schema:"id" doc:"The funded account (project) the budget caps."`
+	BudgetMicros int64  `json:"budget_micros" schema:"amount" doc:"What the project's finished requests may cost in a UTC calendar month, micro-credits; 0 stops it."`
+	Remove       bool   `json:"remove,omitempty" doc:"Drop the budget (budget_micros is then 0)."`
+}
+
+// MaxProjectBudgets bounds the project budgets one funding account holds.
+const MaxProjectBudgets = 64
+
+// ProjectSpend is one project budget of a funding account as the ledger folded it: the
+// budget, the month it counts (PeriodStart, the first instant of a UTC calendar month) and
+// what the project's finished requests cost in it.
+type ProjectSpend struct {
+	ProjectID    string    `json:"project_id" schema:"id"`
+	BudgetMicros int64     `json:"budget_micros" schema:"amount" doc:"micro-credits per UTC calendar month"`
+	PeriodStart  time.Time `json:"period_start" doc:"the first instant of the UTC calendar month spent_micros counts"`
+	SpentMicros  int64     `json:"spent_micros" schema:"balance" doc:"the cost of the project's requests finished in that month, micro-credits"`
+}
+
+// fundingSubject is a request event's subject: the funding account when one is named.
+func fundingSubject(account, funding string) string {
+	if funding != "" {
+		return funding
+	}
+	return account
+}
+
+// checkFundingAccount checks an optional funding account: an id other than the account's.
+func checkFundingAccount(account, funding string) error {
+	if funding == "" {
+		return nil
+	}
+	if funding == account {
+		return errors.New("funding_account_id: must differ from account_id (absent when the account funds itself)")
+	}
+	return checkOptID("funding_account_id", funding)
 }
 
 // MaxNotifyThresholds bounds AccountUpdated.NotifyUsagePermille.
@@ -361,6 +417,18 @@ func (e AccountUpdated) Validate() error {
 	}
 	if e.NotifyFloorMicros != nil {
 		errs = append(errs, checkAmount("notify_floor_micros", *e.NotifyFloorMicros))
+	}
+	if e.FundingAccountID != nil {
+		errs = append(errs, checkFundingAccount(e.AccountID, *e.FundingAccountID))
+	}
+	if b := e.ProjectBudget; b != nil {
+		errs = append(errs, checkID("project_budget.project_id", b.ProjectID), checkAmount("project_budget.budget_micros", b.BudgetMicros))
+		if b.ProjectID == e.AccountID {
+			errs = append(errs, errors.New("project_budget.project_id: must differ from account_id"))
+		}
+		if b.Remove && b.BudgetMicros != 0 {
+			errs = append(errs, errors.New("project_budget.budget_micros: must be 0 when remove is true"))
+		}
 	}
 	if (e.AutoTopUpThresholdMicros == nil) != (e.AutoTopUpAmountMicros == nil) {
 		errs = append(errs, errors.New("auto_top_up_threshold_micros and auto_top_up_amount_micros: give both or neither"))
@@ -509,17 +577,19 @@ type ExpiringGrant struct {
 // stops counting an entry's remainder once its wall clock reaches ExpiresAt, without
 // waiting for the ledger's next view.
 type BalanceUpdated struct {
-	AccountID       string            `json:"account_id" schema:"id"`
-	Tier            string            `json:"tier" schema:"optid"`
-	Priority        string            `json:"priority" schema:"enum=critical|standard|batch|"`
-	Suspended       bool              `json:"suspended"`
-	AvailableMicros int64             `json:"available_micros" schema:"balance" doc:"micro-credits (1 credit = 1,000,000); a sum of amounts, bounded by int64 only"`
-	HeldMicros      int64             `json:"held_micros" schema:"balance" doc:"micro-credits (1 credit = 1,000,000); a sum of amounts, bounded by int64 only"`
-	OverageMicros   int64             `json:"overage_micros" schema:"balance" doc:"micro-credits (1 credit = 1,000,000); a sum of amounts, bounded by int64 only"`
-	Allowance       []AllowanceWindow `json:"allowance,omitempty" schema:"maxItems=8"`
-	Expiring        []ExpiringGrant   `json:"expiring,omitempty" schema:"maxItems=MaxExpiringGrants" doc:"the earliest-expiring grants with a remainder, in expiry order; when there are more than 4, the last entry carries the remainder of all the rest at the earliest of their expiries"`
-	Partition       int32             `json:"partition" schema:"min=0"`
-	Offset          int64             `json:"offset" schema:"min=-1"`
+	AccountID        string            `json:"account_id" schema:"id"`
+	Tier             string            `json:"tier" schema:"optid"`
+	Priority         string            `json:"priority" schema:"enum=critical|standard|batch|"`
+	Suspended        bool              `json:"suspended"`
+	AvailableMicros  int64             `json:"available_micros" schema:"balance" doc:"micro-credits (1 credit = 1,000,000); a sum of amounts, bounded by int64 only"`
+	HeldMicros       int64             `json:"held_micros" schema:"balance" doc:"micro-credits (1 credit = 1,000,000); a sum of amounts, bounded by int64 only"`
+	OverageMicros    int64             `json:"overage_micros" schema:"balance" doc:"micro-credits (1 credit = 1,000,000); a sum of amounts, bounded by int64 only"`
+	Allowance        []AllowanceWindow `json:"allowance,omitempty" schema:"maxItems=8"`
+	Expiring         []ExpiringGrant   `json:"expiring,omitempty" schema:"maxItems=MaxExpiringGrants" doc:"the earliest-expiring grants with a remainder, in expiry order; when there are more than 4, the last entry carries the remainder of all the rest at the earliest of their expiries"`
+	FundingAccountID string            `json:"funding_account_id,omitempty" schema:"id" doc:"the account whose balance funds this account's requests (absent: its own)"`
+	Projects         []ProjectSpend    `json:"projects,omitempty" schema:"maxItems=MaxProjectBudgets" doc:"the budgets of the projects this account funds, in project id order, with what each spent in the month"`
+	Partition        int32             `json:"partition" schema:"min=0"`
+	Offset           int64             `json:"offset" schema:"min=-1"`
 }
 
 func (BalanceUpdated) EventType() string { return TypeBalanceUpdated }
@@ -551,6 +621,20 @@ func (e BalanceUpdated) Validate() error {
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("expiring[%d]: %w", i, err))
+		}
+	}
+	errs = append(errs, checkFundingAccount(e.AccountID, e.FundingAccountID))
+	if len(e.Projects) > MaxProjectBudgets {
+		errs = append(errs, fmt.Errorf("projects: at most %d entries", MaxProjectBudgets))
+	}
+	for i, p := range e.Projects {
+		err := errors.Join(checkID("project_id", p.ProjectID), checkAmount("budget_micros", p.BudgetMicros),
+			CheckTime("period_start", p.PeriodStart), checkBalance("spent_micros", p.SpentMicros))
+		if i > 0 && p.ProjectID <= e.Projects[i-1].ProjectID {
+			err = errors.Join(err, errors.New("project_id: not after the previous entry's"))
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("projects[%d]: %w", i, err))
 		}
 	}
 	if e.Partition < 0 || e.Offset < -1 {

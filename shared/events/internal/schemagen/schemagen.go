@@ -61,6 +61,7 @@ var consts = map[string]int64{
 	"MaxFactorPermille":   events.MaxFactorPermille,
 	"MaxExpiringGrants":   events.MaxExpiringGrants,
 	"MaxNotifyThresholds": events.MaxNotifyThresholds,
+	"MaxProjectBudgets":   events.MaxProjectBudgets,
 	"MaxNotifyPermille":   events.MaxNotifyPermille,
 	"MaxInt64":            math.MaxInt64,
 }
