@@ -82,6 +82,7 @@ func (s *State) BalanceInto(a *Account, win []events.AllowanceWindow) events.Bal
 		AccountID: a.ID, Tier: tier, Priority: a.Priority, Suspended: a.Suspended,
 		AvailableMicros: a.AvailableMicros, HeldMicros: a.HeldMicros, OverageMicros: a.OverageMicros,
 		Allowance: s.AllowanceWindows(a, s.watermark, win), Expiring: s.expiringGrants(a),
+		FundingAccountID: a.FundingAccountID, Projects: projects(a),
 		Partition: s.partition, Offset: a.Offset,
 	}
 }

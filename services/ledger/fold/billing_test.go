@@ -58,6 +58,7 @@ func (f *folder) fold(evs []*events.Event) {
 		f.all.Entries = append(f.all.Entries, f.out.Entries...)
 		f.all.Notices = append(f.all.Notices, f.out.Notices...)
 		f.all.Anomalies = append(f.all.Anomalies, f.out.Anomalies...)
+		f.all.Expired = append(f.all.Expired, f.out.Expired...)
 	}
 	if err := f.s.Check(); err != nil {
 		f.t.Fatalf("invariants: %v", err)

@@ -16,9 +16,14 @@ import (
 // versions must stay readable: the ledger-state topic is compacted and kept, and an account's
 // record is rewritten only when an event touches the account, so an account idle since an
 // upgrade still has its old-version record there. Version 4 appended the billing section
-// (period usage, subscription, settings); older records decode without one.
+// (period usage, subscription, settings); older records decode without one. Version 5 added
+// the organization fields: each hold's and parked finish's project (after the hold's parts,
+// after the parked finish's time) and, after the billing section, the funding account and
+// the project budgets; older records decode as the account's own requests, no funding
+// account and no budgets.
 const (
-	codecVersion   = 4
+	codecVersion   = 5
+	codecVersionV4 = 4
 	codecVersionV3 = 3
 	codecVersionV2 = 2
 	codecVersionV1 = 1
@@ -101,6 +106,7 @@ func (a *Account) AppendBinary(dst []byte) []byte {
 			dst = append(dst, p.Grant[:]...)
 			dst = binary.AppendVarint(dst, p.Micros)
 		}
+		dst = appendStr(dst, h.ProjectID)
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(a.Parked)))
 	for i := range a.Parked {
@@ -111,8 +117,38 @@ func (a *Account) AppendBinary(dst []byte) []byte {
 		dst = appendStr(dst, p.Status)
 		dst = binary.AppendVarint(dst, p.CostMicros)
 		dst = binary.AppendVarint(dst, p.AtNs)
+		dst = appendStr(dst, p.ProjectID)
 	}
-	return appendBilling(dst, a.Billing)
+	dst = appendBilling(dst, a.Billing)
+	dst = appendStr(dst, a.FundingAccountID)
+	dst = binary.AppendUvarint(dst, uint64(len(a.Budgets)))
+	for i := range a.Budgets {
+		b := &a.Budgets[i]
+		dst = appendStr(dst, b.ProjectID)
+		dst = binary.AppendVarint(dst, b.BudgetMicros)
+		dst = binary.AppendVarint(dst, b.PeriodStartNs)
+		dst = binary.AppendVarint(dst, b.SpentMicros)
+	}
+	return dst
+}
+
+// budgets reads the project budgets of a version-5 record: at most events.MaxProjectBudgets,
+// in strictly increasing project id order, none of them empty.
+func (r *reader) budgets(a *Account) {
+	n := r.count(events.MaxProjectBudgets)
+	if n == 0 {
+		return
+	}
+	a.Budgets = make([]Budget, n)
+	for i := range a.Budgets {
+		b := &a.Budgets[i]
+		b.ProjectID = r.str()
+		b.BudgetMicros, b.PeriodStartNs, b.SpentMicros = r.varint(), r.varint(), r.varint()
+		if b.ProjectID == "" || i > 0 && b.ProjectID <= a.Budgets[i-1].ProjectID || b.BudgetMicros < 0 || b.SpentMicros < 0 {
+			r.err = ErrCorrupt
+			return
+		}
+	}
 }
 
 // endpointsDecodedMax bounds a decoded period's endpoints (a price book's endpoints).
@@ -359,7 +395,7 @@ func (r *reader) parts(h *Hold) {
 func DecodeAccount(b []byte) (*Account, error) {
 	r := &reader{b: b}
 	v := r.byte1()
-	if v != codecVersion && v != codecVersionV3 && v != codecVersionV2 && v != codecVersionV1 {
+	if v != codecVersion && v != codecVersionV4 && v != codecVersionV3 && v != codecVersionV2 && v != codecVersionV1 {
 		return nil, fmt.Errorf("%w: version %d", ErrCorrupt, v)
 	}
 	a := &Account{}
@@ -412,6 +448,9 @@ func DecodeAccount(b []byte) (*Account, error) {
 			if v >= codecVersionV3 {
 				r.parts(h)
 			}
+			if v >= codecVersion {
+				h.ProjectID = r.str()
+			}
 		}
 	}
 	if n := r.count(1 << 20); n > 0 {
@@ -420,10 +459,17 @@ func DecodeAccount(b []byte) (*Account, error) {
 			p := &a.Parked[i]
 			p.RequestID, p.EventID, p.Endpoint, p.Status = r.str(), r.str(), r.str(), r.str()
 			p.CostMicros, p.AtNs = r.varint(), r.varint()
+			if v >= codecVersion {
+				p.ProjectID = r.str()
+			}
 		}
 	}
-	if v >= codecVersion {
+	if v >= codecVersionV4 {
 		a.Billing = r.billing()
+	}
+	if v >= codecVersion {
+		a.FundingAccountID = r.str()
+		r.budgets(a)
 	}
 	if r.err != nil {
 		return nil, r.err

@@ -40,7 +40,7 @@ func (s *State) isLive(e *expiry) bool {
 	switch e.kind {
 	case expHold:
 		for j := range a.Holds {
-			if a.Holds[j].ExpiresNs == e.atNs && hashID(a.Holds[j].RequestID) == e.hash {
+			if h := &a.Holds[j]; h.ExpiresNs == e.atNs && requestKey(h.ProjectID, h.RequestID) == e.hash {
 				return true
 			}
 		}
@@ -52,7 +52,7 @@ func (s *State) isLive(e *expiry) bool {
 		}
 	case expParked:
 		for j := range a.Parked {
-			if a.Parked[j].AtNs+s.cfg.ParkTimeoutNs == e.atNs && hashID(a.Parked[j].RequestID) == e.hash {
+			if p := &a.Parked[j]; p.AtNs+s.cfg.ParkTimeoutNs == e.atNs && requestKey(p.ProjectID, p.RequestID) == e.hash {
 				return true
 			}
 		}
@@ -107,7 +107,7 @@ func (s *State) sweep(out *Output) {
 func (s *State) expireHold(a *Account, e expiry, out *Output) bool {
 	i := -1
 	for j := range a.Holds {
-		if a.Holds[j].ExpiresNs == e.atNs && hashID(a.Holds[j].RequestID) == e.hash {
+		if h := &a.Holds[j]; h.ExpiresNs == e.atNs && requestKey(h.ProjectID, h.RequestID) == e.hash {
 			i = j
 			break
 		}
@@ -118,7 +118,7 @@ func (s *State) expireHold(a *Account, e expiry, out *Output) bool {
 	h := a.Holds[i]
 	a.removeHold(i)
 	s.live--
-	s.remember(a, hashID(h.RequestID)|1, out)
+	s.remember(a, e.hash|1, out)
 	s.inflight(a, &h, -1, out)
 	out.touch(a)
 	at := time.Unix(0, h.ExpiresNs).UTC()
@@ -127,6 +127,9 @@ func (s *State) expireHold(a *Account, e expiry, out *Output) bool {
 	x := events.RequestExpired{RequestID: h.RequestID, AccountID: a.ID, Endpoint: h.Endpoint, StartedEventID: startID, ExpiredAt: at,
 		Funding: fundingName(h.Funding), HoldMicros: h.HoldMicros, AllowanceMicros: h.AllowanceMicros,
 		ReleasedMicros: h.HoldMicros + h.AllowanceMicros}
+	if h.ProjectID != "" { // a project's request: a's balance funded it
+		x.AccountID, x.FundingAccountID = h.ProjectID, a.ID
+	}
 	if h.AllowanceMicros != 0 {
 		s.useAllowance(a, h.StartNs, h.StartNs, -h.AllowanceMicros)
 	}
@@ -180,11 +183,11 @@ func (s *State) expireGrant(a *Account, e expiry, out *Output) bool {
 func (s *State) expireParked(a *Account, e expiry, out *Output) bool {
 	for j := range a.Parked {
 		p := a.Parked[j]
-		if p.AtNs+s.cfg.ParkTimeoutNs == e.atNs && hashID(p.RequestID) == e.hash {
+		if p.AtNs+s.cfg.ParkTimeoutNs == e.atNs && requestKey(p.ProjectID, p.RequestID) == e.hash {
 			a.removeParked(j)
 			s.live--
 			out.touch(a)
-			s.unknownFinish(a, p.EventID, p.RequestID, p.Endpoint, p.CostMicros, time.Unix(0, p.AtNs).UTC(), out)
+			s.unknownFinish(a, p.EventID, p.ProjectID, p.RequestID, p.Endpoint, p.CostMicros, time.Unix(0, p.AtNs).UTC(), out)
 			return true
 		}
 	}

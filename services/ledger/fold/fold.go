@@ -115,7 +115,7 @@ func (s *State) recomputeLoad() {
 func (s *State) index(a *Account) {
 	for i := range a.Holds {
 		h := &a.Holds[i]
-		s.schedule(expiry{atNs: h.ExpiresNs, acct: a, kind: expHold, hash: hashID(h.RequestID)})
+		s.schedule(expiry{atNs: h.ExpiresNs, acct: a, kind: expHold, hash: requestKey(h.ProjectID, h.RequestID)})
 	}
 	s.indexLoad(a, 1)
 	for i := range a.Grants {
@@ -125,7 +125,7 @@ func (s *State) index(a *Account) {
 	}
 	for i := range a.Parked {
 		p := &a.Parked[i]
-		s.schedule(expiry{atNs: p.AtNs + s.cfg.ParkTimeoutNs, acct: a, kind: expParked, hash: hashID(p.RequestID)})
+		s.schedule(expiry{atNs: p.AtNs + s.cfg.ParkTimeoutNs, acct: a, kind: expParked, hash: requestKey(p.ProjectID, p.RequestID)})
 	}
 	if a.Billing.Subscribed() {
 		s.schedule(expiry{atNs: a.Billing.PeriodEndNs, acct: a, kind: expRenew})
@@ -244,10 +244,19 @@ func (s *State) Apply(in Input, out *Output) {
 	case events.CreditsAdjusted:
 		s.adjust(a, ev, &p, out)
 	case events.AccountUpdated:
+		if budgetRefused(a, &p) {
+			out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyTooManyBudgets, AccountID: a.ID, EventID: ev.ID,
+				ProjectID: p.ProjectBudget.ProjectID, Offset: in.Offset})
+			break // not applied, nor remembered (as a refused grant: see overflow)
+		}
 		if s.duplicateEvent(a, ev, out) {
 			return
 		}
 		a.Tier, a.Priority, a.Suspended = s.internTier(p.Tier), internPriority(p.Priority), p.Suspended
+		if p.FundingAccountID != nil {
+			a.FundingAccountID = *p.FundingAccountID
+		}
+		s.setBudget(a, t, &p)
 		s.updateSettings(a, &p)
 	case events.SubscriptionChanged:
 		s.subscription(a, ev, &p, out)

@@ -1,6 +1,7 @@
 package fold
 
 import (
+	"bytes"
 	"encoding/binary"
 	"testing"
 	"time"
@@ -197,7 +198,17 @@ func TestCodecVersion2Holds(t *testing.T) {
 	if a.Billing != nil {
 		t.Fatal("billing section on an account never charged")
 	}
-	v4 := a.AppendBinary(nil)
+	v5 := a.AppendBinary(nil)
+	// Version 4 had no project after the hold's parts (one 0 byte: the account's own) and no
+	// organization section (two 0 bytes): the record ends with the hold's parts, its project,
+	// the parked count, the billing section, the funding account and the budget count.
+	if !bytes.HasSuffix(v5, []byte{0, 0, 0, 0, 0}) {
+		t.Fatalf("unexpected v5 tail % x", v5[len(v5)-5:])
+	}
+	v4 := append(append([]byte{codecVersionV4}, v5[1:len(v5)-5]...), 0, 0)
+	if got, err := DecodeAccount(v4); err != nil || money(got) != money(a) || got.Holds[0].Part(0) != a.Holds[0].Part(0) {
+		t.Fatalf("v4 decoded %v: %+v", err, got)
+	}
 	v3 := v4[:len(v4)-1] // version 3 had no billing section (here one 0 byte)
 	h := a.Holds[0]
 	if h.NumParts() != 1 {

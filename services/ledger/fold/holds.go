@@ -10,19 +10,20 @@ import (
 )
 
 func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, out *Output) {
-	rh := hashID(p.RequestID)
-	if a.findHold(p.RequestID) >= 0 || s.seenRequest(a, rh, ev.Time.UnixNano(), out) {
-		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+	proj := projectOf(a, p.AccountID)
+	rh := requestKey(proj, p.RequestID)
+	if a.findHold(proj, p.RequestID) >= 0 || s.seenRequest(a, rh, ev.Time.UnixNano(), out) {
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID, ProjectID: proj})
 		return
 	}
 	s.rollHistory(a, ev.Time.UnixNano())
 	a.ReqsCur++
 	if len(a.Holds) >= s.cfg.HoldsPerAccountMax {
-		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyTooManyHolds, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyTooManyHolds, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID, ProjectID: proj})
 		s.remember(a, rh^saltNoHold, out) // a copy of this start is a duplicate; a finish is parked as before
 		return
 	}
-	hold := Hold{RequestID: p.RequestID, EventID: ParseUUID(ev.ID), Endpoint: s.internEndpoint(p.Endpoint), Priority: uint8(prioIndex(p.Priority)),
+	hold := Hold{RequestID: p.RequestID, ProjectID: proj, EventID: ParseUUID(ev.ID), Endpoint: s.internEndpoint(p.Endpoint), Priority: uint8(prioIndex(p.Priority)),
 		StartNs: ev.Time.UnixNano(), ExpiresNs: p.HoldExpiresAt.UnixNano(), AllowanceMicros: p.AllowanceMicros}
 	// Both sources at once (split funding): the allowance reservation, then the credit hold.
 	switch {
@@ -38,7 +39,7 @@ func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, ou
 	}
 	amt := p.HoldMicros
 	if amt > a.AvailableMicros {
-		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyHoldShort, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyHoldShort, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID, ProjectID: proj})
 		amt = a.AvailableMicros
 	}
 	if amt > 0 {
@@ -53,7 +54,7 @@ func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, ou
 	s.schedule(expiry{atNs: hold.ExpiresNs, acct: a, kind: expHold, hash: rh})
 	s.inflight(a, &a.Holds[len(a.Holds)-1], 1, out)
 	// A finish that came first is settled now.
-	if i := a.findParked(p.RequestID); i >= 0 {
+	if i := a.findParked(proj, p.RequestID); i >= 0 {
 		pk := a.Parked[i]
 		a.removeParked(i)
 		s.live--
@@ -68,36 +69,39 @@ func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, 
 		s.overflow(a, ev, a.Offset, out)
 		return
 	}
-	if i := a.findHold(p.RequestID); i >= 0 {
+	proj := projectOf(a, p.AccountID)
+	if i := a.findHold(proj, p.RequestID); i >= 0 {
 		s.settle(a, i, ev.ID, p.Status, p.CostMicros, ev.Time, out)
 		return
 	}
-	rh := hashID(p.RequestID)
+	rh := requestKey(proj, p.RequestID)
 	switch {
 	case s.seen(a, rh, ev.Time.UnixNano(), out):
-		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID, ProjectID: proj})
 	case a.Dedupe.has(rh | 1):
 		// The hold expired before the finish: charge late from the available balance. The
 		// request is remembered as settled from now on (a copy of this finish is a duplicate).
 		s.remember(a, rh, out)
-		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyLateFinish, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyLateFinish, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID, ProjectID: proj})
 		s.charge(a, ev.ID, "late_charge", p.RequestID, p.Endpoint, nil, p.CostMicros, ev.Time, out)
+		s.spend(a, proj, p.CostMicros, ev.Time)
 		s.settledOK(a, p.Status)
-	case a.findParked(p.RequestID) >= 0:
-		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID})
+	case a.findParked(proj, p.RequestID) >= 0:
+		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyDuplicate, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID, ProjectID: proj})
 	case len(a.Parked) < s.cfg.ParkedPerAccountMax:
 		t := ev.Time.UnixNano()
-		a.Parked = append(a.Parked, Parked{RequestID: p.RequestID, EventID: ev.ID, Endpoint: p.Endpoint, Status: p.Status, CostMicros: p.CostMicros, AtNs: t})
+		a.Parked = append(a.Parked, Parked{RequestID: p.RequestID, ProjectID: proj, EventID: ev.ID, Endpoint: p.Endpoint, Status: p.Status, CostMicros: p.CostMicros, AtNs: t})
 		s.schedule(expiry{atNs: t + s.cfg.ParkTimeoutNs, acct: a, kind: expParked, hash: rh})
 	default:
-		s.unknownFinish(a, ev.ID, p.RequestID, p.Endpoint, p.CostMicros, ev.Time, out)
+		s.unknownFinish(a, ev.ID, proj, p.RequestID, p.Endpoint, p.CostMicros, ev.Time, out)
 	}
 }
 
-func (s *State) unknownFinish(a *Account, eventID, requestID, endpoint string, cost int64, at time.Time, out *Output) {
-	s.remember(a, hashID(requestID), out)
-	out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnknownFinish, AccountID: a.ID, EventID: eventID, RequestID: requestID})
+func (s *State) unknownFinish(a *Account, eventID, project, requestID, endpoint string, cost int64, at time.Time, out *Output) {
+	s.remember(a, requestKey(project, requestID), out)
+	out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnknownFinish, AccountID: a.ID, EventID: eventID, RequestID: requestID, ProjectID: project})
 	s.charge(a, eventID, "unknown_finish_charge", requestID, endpoint, nil, cost, at, out)
+	s.spend(a, project, cost, at)
 }
 
 // settle posts the charge of hold i and releases the rest, by the funding waterfall: the
@@ -108,9 +112,10 @@ func (s *State) settle(a *Account, i int, causeID, status string, cost int64, at
 	h := a.Holds[i]
 	a.removeHold(i)
 	s.live--
-	s.remember(a, hashID(h.RequestID), out)
+	s.remember(a, requestKey(h.ProjectID, h.RequestID), out)
 	s.inflight(a, &h, -1, out)
 	s.settledOK(a, status)
+	s.spend(a, h.ProjectID, cost, at)
 	fromAllow := s.allowanceShare(a, &h, cost, at.UnixNano())
 	if fromAllow != h.AllowanceMicros {
 		// The windows are corrected to what the allowance actually paid.
@@ -281,9 +286,9 @@ func (a *Account) release(h *Hold, spent int64) (back, gone int64) {
 	return back, gone
 }
 
-func (a *Account) findHold(id string) int {
+func (a *Account) findHold(project, id string) int {
 	for i := range a.Holds {
-		if a.Holds[i].RequestID == id {
+		if a.Holds[i].RequestID == id && a.Holds[i].ProjectID == project {
 			return i
 		}
 	}
@@ -300,9 +305,9 @@ func (a *Account) removeHold(i int) {
 	}
 }
 
-func (a *Account) findParked(id string) int {
+func (a *Account) findParked(project, id string) int {
 	for i := range a.Parked {
-		if a.Parked[i].RequestID == id {
+		if a.Parked[i].RequestID == id && a.Parked[i].ProjectID == project {
 			return i
 		}
 	}

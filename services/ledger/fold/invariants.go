@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+
+	"github.com/tallyhq/tally/shared/events"
 )
 
 // CheckAccount reports every broken invariant of one account:
@@ -72,6 +74,14 @@ func CheckAccount(a *Account) error {
 	}
 	if err := a.Dedupe.check(); err != nil {
 		errs = append(errs, err)
+	}
+	if len(a.Budgets) > events.MaxProjectBudgets {
+		errs = append(errs, fmt.Errorf("%d project budgets, bound %d", len(a.Budgets), events.MaxProjectBudgets))
+	}
+	for i, b := range a.Budgets {
+		if i > 0 && b.ProjectID <= a.Budgets[i-1].ProjectID || b.SpentMicros < 0 || b.PeriodStartNs != monthOf(b.PeriodStartNs) {
+			errs = append(errs, fmt.Errorf("budget %d (%s): out of order, negative spending or not a month's start", i, b.ProjectID))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("account %s: %w", a.ID, err)

@@ -168,6 +168,10 @@ type HoldPart struct {
 // Hold is one open request.
 type Hold struct {
 	RequestID string `json:"request_id"`
+	// ProjectID is the funded account (project) whose request this is when the account funds
+	// it (an organization's shared balance); "" for the account's own request. A hold is
+	// known by (ProjectID, RequestID): two projects may use the same request id.
+	ProjectID string `json:"project_id,omitempty"`
 	EventID   UUID   `json:"event_id"`
 	Endpoint  string `json:"endpoint"` // interned to the price book's key when known
 	Priority  uint8  `json:"priority"` // index: 0 critical, 1 standard, 2 batch
@@ -229,6 +233,7 @@ func (h *Hold) addPart(grant UUID, micros int64) {
 // Parked is a finish that arrived before its start.
 type Parked struct {
 	RequestID  string `json:"request_id"`
+	ProjectID  string `json:"project_id,omitempty"` // as Hold.ProjectID
 	EventID    string `json:"event_id"`
 	Endpoint   string `json:"endpoint"`
 	Status     string `json:"status"`
@@ -280,6 +285,13 @@ type Account struct {
 	Dedupe Dedupe `json:"dedupe"`
 	// Billing is the subscription, period usage and settings (nil: none, never charged).
 	Billing *Billing `json:"billing,omitempty"`
+	// FundingAccountID is the account whose balance funds this account's requests (set by
+	// account.updated funding_account_id; "" its own). The fold of this account only
+	// publishes it: the funded requests are folded on the funding account.
+	FundingAccountID string `json:"funding_account_id,omitempty"`
+	// Budgets are the monthly budgets of the projects this account funds, in project id
+	// order, at most events.MaxProjectBudgets.
+	Budgets []Budget `json:"budgets,omitempty"`
 
 	// History.
 	HistWindowNs    int64 `json:"hw"`
@@ -373,6 +385,10 @@ const (
 	// balances or running totals (each amount is bounded by events.MaxAmountMicros, but
 	// their sums are not): it is not applied, and the engine dead-letters it with the reason.
 	AnomalyOverflow = "overflow"
+	// AnomalyTooManyBudgets is an account.updated that would give its account more than
+	// events.MaxProjectBudgets project budgets: it is not applied, and the engine
+	// dead-letters it with the reason.
+	AnomalyTooManyBudgets = "too_many_budgets"
 )
 
 // Anomaly is one flagged oddity.
@@ -381,6 +397,9 @@ type Anomaly struct {
 	AccountID string
 	EventID   string
 	RequestID string
+	// ProjectID is the project of a funded request (AccountID is then the funding account
+	// whose state it was folded in); "" for the account's own.
+	ProjectID string
 	// For AnomalyTooLate, AnomalyFutureTime and AnomalyOverflow: the input's offset. HorizonNs is, for
 	// AnomalyTooLate, the horizon its event time was before (the event is applied only if its
 	// time is at or after it) and, for AnomalyFutureTime, the latest event time its record
