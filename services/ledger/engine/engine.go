@@ -462,9 +462,10 @@ func (b *batcher) prepare(ctx context.Context) error {
 	for _, an := range b.out.Anomalies {
 		e.m.anomalies.WithLabelValues(an.Kind).Inc()
 		if an.Kind != fold.AnomalyDuplicate {
-			e.log.Warn("ledger: anomaly", "kind", an.Kind, "account", an.AccountID, "event", an.EventID, "request", an.RequestID)
+			e.log.Warn("ledger: anomaly", "kind", an.Kind, "account", an.AccountID, "event", an.EventID, "request", an.RequestID, "project", an.ProjectID)
 		}
-		if an.Kind == fold.AnomalyTooLate || an.Kind == fold.AnomalyFutureTime || an.Kind == fold.AnomalyOverflow || an.Kind == fold.AnomalyUnknownPlan {
+		switch an.Kind {
+		case fold.AnomalyTooLate, fold.AnomalyFutureTime, fold.AnomalyOverflow, fold.AnomalyUnknownPlan, fold.AnomalyTooManyBudgets:
 			if err := b.deadLetterRefused(ctx, &an); err != nil {
 				return err
 			}
@@ -495,6 +496,10 @@ func (b *batcher) deadLetterRefused(ctx context.Context, an *fold.Anomaly) error
 	if an.Kind == fold.AnomalyUnknownPlan {
 		reason = fmt.Sprintf("%s: event %s for account %s names a plan the ledger's price book (%s) does not have: it was not applied",
 			an.Kind, an.EventID, an.AccountID, e.cfg.Fold.Book.Version)
+	}
+	if an.Kind == fold.AnomalyTooManyBudgets {
+		reason = fmt.Sprintf("%s: event %s for account %s would set a budget for project %s beyond the %d project budgets an account "+
+			"may hold: it was not applied (remove a budget first)", an.Kind, an.EventID, an.AccountID, an.ProjectID, events.MaxProjectBudgets)
 	}
 	if an.Kind == fold.AnomalyOverflow {
 		reason = fmt.Sprintf("%s: event %s for account %s would overflow one of the account's int64 balances or totals "+
@@ -592,7 +597,8 @@ func (b *batcher) outputs() ([]kafka.Message, error) {
 	}
 	for i := range out.Expired {
 		x := &out.Expired[i]
-		if err := rare(e.cfg.Topics.Journal, x.Data.AccountID, x.ID, x.Data.ExpiredAt, x.Data); err != nil {
+		// Keyed by its subject: the funding account of a funded request, as its start was.
+		if err := rare(e.cfg.Topics.Journal, x.Data.Subject(), x.ID, x.Data.ExpiredAt, x.Data); err != nil {
 			return nil, err
 		}
 	}
@@ -830,6 +836,8 @@ func accountView(st *fold.State, a *fold.Account, cfg fold.Config) view.Account 
 			v.Subscription = &view.Subscription{PlanID: t.PlanID, AnchorAt: time.Unix(0, t.AnchorNs).UTC(), PendingPlanID: t.PendingPlanID}
 		}
 	}
+	v.FundingAccountID = a.FundingAccountID
+	v.Projects = projectsView(st, a)
 	p := st.Period(a)
 	v.Period = &view.Period{Start: time.Unix(0, p.StartNs).UTC(), End: time.Unix(0, p.EndNs).UTC(), AllocationMicros: p.AllocationMicros,
 		UsedMicros: p.UsedMicros, ByEndpoint: make(map[string]view.EndpointUsage, len(p.ByEndpoint))}
@@ -844,6 +852,27 @@ func accountView(st *fold.State, a *fold.Account, cfg fold.Config) view.Account 
 		v.Limits.Endpoints[name] = m
 	}
 	return v
+}
+
+// projectsView lists a's project budgets with their spending in the month of the partition's
+// log time: a budget whose spending counts an earlier month shows the current month, 0 spent
+// (the admitter reads balance.updated the same way).
+func projectsView(st *fold.State, a *fold.Account) []view.ProjectBudget {
+	if len(a.Budgets) == 0 {
+		return nil
+	}
+	w := st.Watermark()
+	month := time.Date(w.Year(), w.Month(), 1, 0, 0, 0, 0, time.UTC)
+	ps := make([]view.ProjectBudget, 0, len(a.Budgets))
+	for _, b := range a.Budgets {
+		start, spent := time.Unix(0, b.PeriodStartNs).UTC(), b.SpentMicros
+		if start.Before(month) {
+			start, spent = month, 0
+		}
+		ps = append(ps, view.ProjectBudget{ProjectID: b.ProjectID, BudgetMicros: b.BudgetMicros, PeriodStart: start,
+			SpentMicros: spent, RemainingMicros: max(0, b.BudgetMicros-spent)})
+	}
+	return ps
 }
 
 // Entries returns a page of the account's cached journal lines.

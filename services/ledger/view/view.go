@@ -54,8 +54,25 @@ type Account struct {
 	Allowance       []Allowance   `json:"allowance"`
 	Subscription    *Subscription `json:"subscription,omitempty"`
 	Period          *Period       `json:"period,omitempty"`
-	Limits          Limits        `json:"limits"`
-	Position        Position      `json:"position"`
+	// FundingAccountID is the account whose balance funds this account's requests (absent:
+	// its own); the balances above are then not what its requests spend.
+	FundingAccountID string `json:"funding_account_id,omitempty"`
+	// Projects are the budgets this account (a funding account) set for the projects it funds,
+	// in project id order.
+	Projects []ProjectBudget `json:"projects,omitempty"`
+	Limits   Limits          `json:"limits"`
+	Position Position        `json:"position"`
+}
+
+// ProjectBudget is the monthly budget of one project a funding account funds, and what the
+// project's finished requests cost in the current UTC calendar month (as of the ledger's log
+// time: a month the ledger has not seen a finish in yet shows 0 spent).
+type ProjectBudget struct {
+	ProjectID       string    `json:"project_id"`
+	BudgetMicros    int64     `json:"budget_micros"`
+	PeriodStart     time.Time `json:"period_start"`
+	SpentMicros     int64     `json:"spent_micros"`
+	RemainingMicros int64     `json:"remaining_micros"`
 }
 
 // EntriesQuery selects journal lines.
