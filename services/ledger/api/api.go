@@ -88,6 +88,8 @@ var Routes = []Route{
 	{"GET", "/v1/customer/accounts/{id}/usage"},
 	{"PUT", "/v1/accounts/{id}/subscription"},
 	{"DELETE", "/v1/accounts/{id}/subscription"},
+	{"PUT", "/v1/accounts/{id}/budgets/{project}"},
+	{"DELETE", "/v1/accounts/{id}/budgets/{project}"},
 	{"GET", "/metrics"},
 	{"GET", "/healthz"},
 	{"GET", "/readyz"},
@@ -123,6 +125,8 @@ func Handler(cfg Config, r Reader, pub Publisher) http.Handler {
 	mux.HandleFunc("GET /v1/customer/accounts/{id}/usage", s.customer(s.getCustomerUsage))
 	mux.HandleFunc("PUT /v1/accounts/{id}/subscription", s.admin(s.putSubscription))
 	mux.HandleFunc("DELETE /v1/accounts/{id}/subscription", s.admin(s.deleteSubscription))
+	mux.HandleFunc("PUT /v1/accounts/{id}/budgets/{project}", s.admin(s.putBudget))
+	mux.HandleFunc("DELETE /v1/accounts/{id}/budgets/{project}", s.admin(s.deleteBudget))
 	if cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
@@ -360,6 +364,9 @@ type AccountRequest struct {
 	NotifyFloorMicros        *int64   `json:"notify_floor_micros,omitempty"`
 	AutoTopUpThresholdMicros *int64   `json:"auto_top_up_threshold_micros,omitempty"`
 	AutoTopUpAmountMicros    *int64   `json:"auto_top_up_amount_micros,omitempty"`
+	// FundingAccountID is the account whose balance funds this one's requests ("" its own;
+	// absent: unchanged).
+	FundingAccountID *string `json:"funding_account_id,omitempty"`
 }
 
 // SubscriptionRequest is PUT /v1/accounts/{id}/subscription: subscribe to a plan of the
@@ -440,10 +447,15 @@ func (s *server) putAccount(w http.ResponseWriter, r *http.Request, id string) {
 		slices.Sort(l)
 		req.NotifyUsagePermille = &l
 	}
+	if req.FundingAccountID != nil && *req.FundingAccountID == id {
+		httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, CodeSelfFunding,
+			"funding_account_id: %q is the account itself; give \"\" for its own balance", id))
+		return
+	}
 	s.publish(w, r, events.AccountUpdated{AccountID: id, Tier: req.Tier, Priority: req.Priority, Suspended: req.Suspended,
 		AdminKeyID: adminKeyID(r), OrganizationID: req.OrganizationID, NotifyUsagePermille: req.NotifyUsagePermille,
 		NotifyFloorMicros: req.NotifyFloorMicros, AutoTopUpThresholdMicros: req.AutoTopUpThresholdMicros,
-		AutoTopUpAmountMicros: req.AutoTopUpAmountMicros})
+		AutoTopUpAmountMicros: req.AutoTopUpAmountMicros, FundingAccountID: req.FundingAccountID})
 }
 
 func (s *server) putSubscription(w http.ResponseWriter, r *http.Request, id string) {

@@ -192,6 +192,10 @@ type CustomerAccount struct {
 	Allowance       []view.Allowance   `json:"allowance"`
 	Subscription    *view.Subscription `json:"subscription,omitempty"`
 	Period          *view.Period       `json:"period,omitempty"`
+	// FundingAccountID and Projects are view.Account's: the account funding this one, and
+	// the budgets of the projects this one funds.
+	FundingAccountID string               `json:"funding_account_id,omitempty"`
+	Projects         []view.ProjectBudget `json:"projects,omitempty"`
 	// AsOf is the ledger's log time for the account's partition: the view includes every
 	// event up to it.
 	AsOf time.Time `json:"as_of"`
@@ -293,7 +297,7 @@ func (s *server) getCustomerAccount(w http.ResponseWriter, _ *http.Request, v vi
 	httpx.WriteJSON(w, http.StatusOK, CustomerAccount{AccountID: v.AccountID, OrganizationID: v.OrganizationID, Tier: v.Tier,
 		Suspended: v.Suspended, AvailableMicros: v.AvailableMicros, HeldMicros: v.HeldMicros, OverageMicros: v.OverageMicros,
 		Grants: nonNil(v.Grants), Allowance: nonNil(v.Allowance), Subscription: v.Subscription, Period: v.Period,
-		AsOf: v.Position.Watermark})
+		FundingAccountID: v.FundingAccountID, Projects: v.Projects, AsOf: v.Position.Watermark})
 }
 
 func (s *server) getCustomerUsage(w http.ResponseWriter, _ *http.Request, v view.Account) {

@@ -1,0 +1,150 @@
+package api
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+
+	"github.com/tallyhq/tally/services/ledger/view"
+	"github.com/tallyhq/tally/shared/events"
+	"github.com/tallyhq/tally/shared/httpx"
+)
+
+// Organizations: PUT /v1/accounts/{id} sets funding_account_id (the account whose balance
+// funds this one's requests); the budget routes set and remove the monthly budget of a
+// project the account funds. Both publish account.updated, which carries the account's tier,
+// priority and suspension whole: the budget routes re-publish them as the ledger has folded
+// them (a PUT /v1/accounts/{id} not yet folded may be overwritten, as by any two PUTs in a
+// row).
+
+// BudgetRequest is PUT /v1/accounts/{id}/budgets/{project}.
+type BudgetRequest struct {
+	BudgetMicros *int64 `json:"budget_micros"`
+}
+
+// Error codes of the organization routes.
+const (
+	CodeSelfFunding    = "self_funding"     // funding_account_id is the account itself
+	CodeSelfBudget     = "self_budget"      // a budget for the account itself
+	CodeBadBudget      = "bad_budget"       // budget_micros absent or outside [0, events.MaxAmountMicros]
+	CodeTooManyBudgets = "too_many_budgets" // the account holds events.MaxProjectBudgets other budgets
+)
+
+func (s *server) putBudget(w http.ResponseWriter, r *http.Request, id string) {
+	project, ok := s.budgetProject(w, r, id)
+	if !ok {
+		return
+	}
+	var req BudgetRequest
+	if err := httpx.DecodeJSON(r, s.cfg.BodyBytesMax, &req); err != nil {
+		httpx.WriteError(w, err)
+		return
+	}
+	if req.BudgetMicros == nil || *req.BudgetMicros < 0 || *req.BudgetMicros > events.MaxAmountMicros {
+		httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, CodeBadBudget,
+			"budget_micros: required, from 0 (stops the project) to %d micro-credits per UTC calendar month", int64(events.MaxAmountMicros)))
+		return
+	}
+	v, ok := s.settingsOf(w, r, id)
+	if !ok {
+		return
+	}
+	others := 0
+	for _, p := range v.Projects {
+		if p.ProjectID != project {
+			others++
+		}
+	}
+	if others >= events.MaxProjectBudgets {
+		httpx.WriteError(w, httpx.Errorf(http.StatusConflict, CodeTooManyBudgets,
+			"account %q already holds %d project budgets, the most it may: remove one first", id, others))
+		return
+	}
+	s.publish(w, r, budgetUpdate(v, id, events.ProjectBudget{ProjectID: project, BudgetMicros: *req.BudgetMicros}, adminKeyID(r)))
+}
+
+func (s *server) deleteBudget(w http.ResponseWriter, r *http.Request, id string) {
+	project, ok := s.budgetProject(w, r, id)
+	if !ok {
+		return
+	}
+	v, ok := s.settingsOf(w, r, id)
+	if !ok {
+		return
+	}
+	s.publish(w, r, budgetUpdate(v, id, events.ProjectBudget{ProjectID: project, Remove: true}, adminKeyID(r)))
+}
+
+// budgetProject is the request's {project}, checked: an id, not the account's own.
+func (s *server) budgetProject(w http.ResponseWriter, r *http.Request, id string) (string, bool) {
+	project := r.PathValue("project")
+	if err := events.CheckID("project", project); err != nil {
+		httpx.WriteError(w, httpx.Validation(err))
+		return "", false
+	}
+	if project == id {
+		httpx.WriteError(w, httpx.Errorf(http.StatusBadRequest, CodeSelfBudget,
+			"project: %q is the account itself; a budget caps a project the account funds", project))
+		return "", false
+	}
+	return project, true
+}
+
+// budgetUpdate is the account.updated of a budget change: v's tier, priority (standard when
+// the account never had one) and suspension, unchanged.
+func budgetUpdate(v view.Account, id string, b events.ProjectBudget, keyID string) events.AccountUpdated {
+	prio := v.Priority
+	if prio == "" {
+		prio = events.PriorityStandard
+	}
+	return events.AccountUpdated{AccountID: id, Tier: v.Tier, Priority: prio, Suspended: v.Suspended, AdminKeyID: keyID, ProjectBudget: &b}
+}
+
+// settingsOf returns the folded view of account id, from this instance or its peers; it
+// answers 404 when no instance knows the account (set its tier first: PUT
+// /v1/accounts/{id}) and 503 when a peer that might could not be asked.
+func (s *server) settingsOf(w http.ResponseWriter, r *http.Request, id string) (view.Account, bool) {
+	if v, ok := s.r.Account(id); ok {
+		return v, true
+	}
+	var failed int
+	for _, peer := range s.cfg.Peers {
+		v, code, err := s.peerAccount(r, peer, id)
+		switch {
+		case err == nil && code == http.StatusOK:
+			return v, true
+		case err == nil && code == http.StatusNotFound:
+		default:
+			s.cfg.Logger.Warn("ledger api: peer did not answer", "peer", peer, "account", id, "status", code, "err", err)
+			failed++
+		}
+	}
+	if failed > 0 {
+		httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable,
+			"account %q is not known to this ledger instance, and %d of its peers could not be asked", id, failed))
+		return view.Account{}, false
+	}
+	httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound,
+		"account %q not known to the ledger: set its tier first (PUT /v1/accounts/%s)", id, id))
+	return view.Account{}, false
+}
+
+// peerAccount asks peer for GET /v1/accounts/{id} (forwarded: answered from its own state).
+func (s *server) peerAccount(r *http.Request, peer, id string) (view.Account, int, error) {
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, peer+"/v1/accounts/"+id, nil)
+	if err != nil {
+		return view.Account{}, 0, err
+	}
+	req.Header.Set("Authorization", r.Header.Get("Authorization"))
+	req.Header.Set(ForwardedHeader, "1")
+	resp, err := s.cfg.PeerClient.Do(req)
+	if err != nil {
+		return view.Account{}, 0, err
+	}
+	defer resp.Body.Close()
+	var v view.Account
+	if resp.StatusCode == http.StatusOK {
+		err = json.NewDecoder(io.LimitReader(resp.Body, peerAnswerBytesMax)).Decode(&v)
+	}
+	return v, resp.StatusCode, err
+}
