@@ -237,8 +237,12 @@ func (s *State) Apply(in Input, out *Output) {
 			return
 		}
 		s.rollHistory(a, t)
-		a.ReqsCur++
-		a.RejsCur++
+		if a.FundingAccountID == "" {
+			// A funded account's admitted requests are folded on its funding account's
+			// partition, not here: a ratio of its rejections alone would read 100%.
+			a.ReqsCur++
+			a.RejsCur++
+		}
 	case events.CreditsGranted:
 		s.grant(a, ev, &p, out)
 	case events.CreditsAdjusted:

@@ -17,7 +17,11 @@ func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, ou
 		return
 	}
 	s.rollHistory(a, ev.Time.UnixNano())
-	a.ReqsCur++
+	if proj == "" {
+		// A project's request counts in no rejection ratio: its rejections are folded on the
+		// project's partition (see the rejections in Apply).
+		a.ReqsCur++
+	}
 	if len(a.Holds) >= s.cfg.HoldsPerAccountMax {
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyTooManyHolds, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID, ProjectID: proj})
 		s.remember(a, rh^saltNoHold, out) // a copy of this start is a duplicate; a finish is parked as before

@@ -451,3 +451,33 @@ func TestCodecRoundTripOrg(t *testing.T) {
 		t.Fatal("no account with organization fields")
 	}
 }
+
+// TestFundedProjectRejectionRatio: a funded project's admitted requests are folded on its
+// funding account's partition, its rejections on its own: a ratio of the two halves would
+// read every project with 20 rejections as rejected 100% of the time. So neither counts: the
+// project is not penalised for a ratio the ledger cannot see, and the organization's ratio is
+// its own requests'.
+func TestFundedProjectRejectionRatio(t *testing.T) {
+	l := &logb{t: t}
+	l.add(t0, events.AccountUpdated{AccountID: "p1", Tier: "pro", Priority: events.PriorityStandard, FundingAccountID: ptr("org")})
+	l.add(t0, grant("org", "g1", 100_000_000, 0, nil))
+	for i := range 100 {
+		req := fmt.Sprint("r", i)
+		l.add(t0, fundedStart("org", "p1", req, 1000, t0))
+		l.add(t0, fundedFinish("org", "p1", req, 1000))
+	}
+	for i := range 30 {
+		l.add(t0, rejected("p1", fmt.Sprint("x", i)))
+		l.add(t0, rejected("org", fmt.Sprint("y", i)))
+	}
+	s, out := run(t, l.evs)
+	mustCheck(t, s, out)
+	for _, lim := range out.Limits {
+		if lim.Scope == events.ScopeAccount && lim.FactorPermille < 1000 && lim.AccountID == "p1" {
+			t.Fatalf("funded project penalised: %+v", lim)
+		}
+	}
+	if o := s.Account("org"); o.HistoryFactor() != 700 {
+		t.Fatalf("org history factor %d, want 700 (its own 30 requests all rejected)", o.HistoryFactor())
+	}
+}
