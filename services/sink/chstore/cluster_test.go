@@ -47,11 +47,14 @@ func TestClusterSchemaShape(t *testing.T) {
 			t.Errorf("unreplicated engine: %.120q", st)
 		}
 	}
-	// A column ALTER (0010) changes the shard's table and the Distributed one, which has its
+	// A column ALTER (0010, 0011) changes the shard's table and the Distributed one, which has its
 	// own column list; an index ALTER (0008) only the shard's.
 	for _, want := range []string{
 		"ALTER TABLE usage_events_local ON CLUSTER tally ADD COLUMN IF NOT EXISTS paid_allowance_micros",
 		"ALTER TABLE usage_events ON CLUSTER tally ADD COLUMN IF NOT EXISTS paid_allowance_micros",
+		"ALTER TABLE usage_events_local ON CLUSTER tally ADD COLUMN IF NOT EXISTS funding_account_id LowCardinality(String) DEFAULT '' AFTER account_id",
+		"ALTER TABLE usage_events ON CLUSTER tally ADD COLUMN IF NOT EXISTS funding_account_id LowCardinality(String) DEFAULT '' AFTER account_id",
+		"CREATE OR REPLACE VIEW requests_credits_v ON CLUSTER tally AS",
 		"ALTER TABLE sink_intents_local ON CLUSTER tally ADD INDEX",
 	} {
 		if !strings.Contains(strings.Join(strings.Fields(all), " "), want) {
