@@ -90,6 +90,15 @@ toString(paid_credits_micros)) FROM requests_credits_v ORDER BY account_id, requ
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("requests_credits_v:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+	// usage_1m (0012) rolls up by funding account too: per-organization totals from the
+	// rollup, to the micro-credit.
+	got = queryLines(t, conn, `SELECT concatWithSeparator('|', payer, toString(sum(started)), toString(sum(finished)),
+toString(sum(rejected)), toString(sum(cost_micros)), toString(sum(hold_micros)))
+FROM (SELECT *, if(funding_account_id = '', account_id, funding_account_id) AS payer FROM usage_1m) GROUP BY payer ORDER BY payer`)
+	want = []string{"org|2|2|0|3500004|3500004", "p1|1|1|0|40000|40000", "p2|0|0|1|0|0", "solo|1|1|0|700000|700000"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("usage_1m by paying account:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
 	// The column is LowCardinality (few organizations, most rows '').
 	var typ string
 	if err := conn.QueryRow(ctx, "SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'usage_events' AND name = 'funding_account_id'").Scan(&typ); err != nil {
@@ -154,12 +163,31 @@ status, hold_micros, cost_micros, paid_credits_micros, hold_expires_at) VALUES
 	if got := queryLines(t, conn, `SELECT concatWithSeparator('|', account_id, funding_account_id, toString(count())) FROM usage_events GROUP BY account_id, funding_account_id`); strings.Join(got, ";") != "old||2" {
 		t.Fatalf("old rows after the upgrade: %q", got)
 	}
+	const rollup = `SELECT concatWithSeparator('|', account_id, funding_account_id, toString(sum(started)), toString(sum(finished)),
+toString(sum(cost_micros))) FROM usage_1m GROUP BY account_id, funding_account_id ORDER BY account_id, funding_account_id`
+	if got := queryLines(t, conn, rollup); strings.Join(got, ";") != "old||1|1|250" {
+		t.Fatalf("usage_1m rows rolled up before the upgrade: %q", got)
+	}
+	// A migration interrupted half-way is run again from its first statement: 0011's and
+	// 0012's statements succeed a second time and change nothing.
+	for _, m := range ms {
+		if m.Version == 11 || m.Version == 12 {
+			for _, stmt := range m.Statements {
+				if err := conn.Exec(ctx, stmt); err != nil {
+					t.Fatalf("%s run again: %v\n%s", m.Name, err, stmt)
+				}
+			}
+		}
+	}
 	if err := chstore.NewStore(conn, time.Minute).BatchInsert(ctx, fundedBatch(t, 0)); err != nil {
 		t.Fatal(err)
 	}
 	got := queryLines(t, conn, `SELECT concatWithSeparator('|', account_id, request_id, funding_account_id, toString(cost_micros)) FROM requests_v WHERE request_id = 'r1' ORDER BY account_id`)
 	if want := "old|r1||250;p1|r1|org|1000001;p2|r1|org|2500003;solo|r1||700000"; strings.Join(got, ";") != want {
 		t.Fatalf("requests_v after the upgrade: %q, want %q", got, want)
+	}
+	if got, want := queryLines(t, conn, rollup), "old||1|1|250;p1||1|1|40000;p1|org|1|1|1000001;p2||0|0|0;p2|org|1|1|2500003;solo||1|1|700000"; strings.Join(got, ";") != want {
+		t.Fatalf("usage_1m after the upgrade: %q, want %q", got, want)
 	}
 }
 
