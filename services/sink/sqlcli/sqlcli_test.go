@@ -153,6 +153,11 @@ func TestOrganizationUsageQuery(t *testing.T) {
 	req("solo", "", "s1", day5, day5.Add(time.Minute), [3]int64{0, 700_000, 0})
 	req("solo", "", "s0", march.Add(-time.Hour), march.Add(-time.Millisecond), [3]int64{0, 5, 0}) // finished in February
 	s.Reject("proj-b", "x5", "video", "budget_exhausted", day5, "1.1.1.1")
+	// The journal: the organization's balance (which its projects' requests draw on) and solo's.
+	for acct, amount := range map[string]int64{"org-1": 2_000_000, "solo": 100_000_000} {
+		s.Add(events.LedgerEntry{EntryID: events.DerivedID(acct, "grant"), TransactionID: "grant-" + acct, AccountID: acct,
+			LedgerAccount: events.LedgerAvailable, AmountMicros: amount, Kind: "grant", CauseEventID: "grant-" + acct, EffectiveAt: march}, march)
+	}
 	s.Flush()
 
 	want := []string{
@@ -167,6 +172,13 @@ func TestOrganizationUsageQuery(t *testing.T) {
 	for _, day := range []string{"2026-03-01", "2026-03-31"} { // any day names its month
 		expect(t, "usage_by_organization_and_project "+day, run(t, conn, "usage_by_organization_and_project", map[string]string{"month": day}), want...)
 	}
+	// accounts_near_exhaustion burns a funded project's credit-funded requests from its
+	// organization's balance: org-1's projects burned 1,000,001 + 3,000,003 in the 24 hours
+	// (its own request was allowance-funded), so its 2,000,000 last 12 hours.
+	expect(t, "accounts_near_exhaustion with organizations", run(t, conn, "accounts_near_exhaustion",
+		map[string]string{"now": "2026-03-06 00:00:00", "lookback_hours": "24", "runway_hours": "100"}),
+		"account_id|available_micros|burned_micros|burn_per_hour_micros|runway_hours",
+		"org-1|2000000|4000004|166667|12")
 	expect(t, "usage_by_organization_and_project April", run(t, conn, "usage_by_organization_and_project", map[string]string{"month": "2026-04-15"}),
 		want[0], "org-1||1|9999|0|9999|0|0.009999", "org-1|proj-a|1|9999|0|9999|0|0.009999")
 }
