@@ -7,8 +7,8 @@
 -- * The column is added and appended to the sorting key in one ALTER (the engine allows only
 --   a column added by the same ALTER there; the primary key stays (account_id, endpoint,
 --   minute)). Rows rolled up before 0012 read ''.
--- * usage_1m_mv (0004) is dropped and created again with the column (the form every tool
---   here knows: the cluster rewrite, the writer's DDL allowlist). Only the sink inserts into
+-- * usage_1m_mv (0004) is dropped and created again with the column (the form the cluster
+--   rewrite knows; it has no form for an ALTER of a view). Only the sink inserts into
 --   usage_events and a sink migrates before it inserts; but another member of the group that
 --   still runs an older sink could insert between the two statements, and those rows would
 --   miss usage_1m (not usage_events or requests_v): stop the group's members for this upgrade.
