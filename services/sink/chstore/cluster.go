@@ -19,7 +19,8 @@ import (
 //     aggregates, FINAL and the rollups stay exact per shard;
 //   - each materialized view reads and writes the shard's local tables (T_local);
 //   - views, ALTERs and DROPs run ON CLUSTER; views read the Distributed tables; an ALTER of
-//     columns changes the local and the Distributed table alike.
+//     columns changes the local and the Distributed table alike (the columns only, when the
+//     ALTER also appends them to the local table's sorting key with MODIFY ORDER BY).
 //
 // The sink writes to the Distributed tables; for its exactly-once scheme the inserts must be
 // synchronous (distributed_foreground_insert = 1 in the sink user's profile) so each shard's
@@ -39,8 +40,12 @@ var (
 	// reColumnAlter is an ALTER whose every command changes columns: the Distributed table,
 	// which has its own column list, needs it too.
 	reColumnAlter = regexp.MustCompile(`(?is)^((ADD|DROP|MODIFY|RENAME|COMMENT) COLUMN\b[^,]*(,\s*|$))+$`)
-	reDrop        = regexp.MustCompile(`(?i)^DROP (VIEW|TABLE) IF EXISTS (\w+)$`)
-	reSource      = regexp.MustCompile(`(?i)\b(FROM|JOIN)\s+(\w+)\b`)
+	// reSortingKeyTail is a trailing MODIFY ORDER BY: it appends columns added by the same ALTER
+	// to the sorting key of the shard's table; the Distributed table, which has none, takes
+	// the column commands before it.
+	reSortingKeyTail = regexp.MustCompile(`(?is)^(.*?),\s*MODIFY ORDER BY\s*\([^()]*\)$`)
+	reDrop           = regexp.MustCompile(`(?i)^DROP (VIEW|TABLE) IF EXISTS (\w+)$`)
+	reSource         = regexp.MustCompile(`(?i)\b(FROM|JOIN)\s+(\w+)\b`)
 )
 
 // ClusterStatements returns the cluster variant of every migration in fsys, in order, for
@@ -114,8 +119,12 @@ func clusterMigrations(ms []Migration, cluster string) ([]Migration, error) {
 					return nil, fmt.Errorf("chstore: %s: ALTER of %s, not a table", m.Name, g[1])
 				}
 				add("ALTER TABLE " + g[1] + "_local" + on + " " + g[2])
-				if reColumnAlter.MatchString(strings.TrimSpace(g[2])) {
-					add("ALTER TABLE " + g[1] + on + " " + g[2])
+				cmds := strings.TrimSpace(g[2])
+				if k := reSortingKeyTail.FindStringSubmatch(cmds); k != nil {
+					cmds = strings.TrimSpace(k[1])
+				}
+				if reColumnAlter.MatchString(cmds) {
+					add("ALTER TABLE " + g[1] + on + " " + cmds)
 				}
 			case reDrop.MatchString(st):
 				g := reDrop.FindStringSubmatch(st)

@@ -47,16 +47,27 @@ func TestClusterSchemaShape(t *testing.T) {
 			t.Errorf("unreplicated engine: %.120q", st)
 		}
 	}
-	// A column ALTER (0010) changes the shard's table and the Distributed one, which has its
+	// A column ALTER (0010, 0011) changes the shard's table and the Distributed one, which has its
 	// own column list; an index ALTER (0008) only the shard's.
 	for _, want := range []string{
 		"ALTER TABLE usage_events_local ON CLUSTER tally ADD COLUMN IF NOT EXISTS paid_allowance_micros",
 		"ALTER TABLE usage_events ON CLUSTER tally ADD COLUMN IF NOT EXISTS paid_allowance_micros",
+		"ALTER TABLE usage_events_local ON CLUSTER tally ADD COLUMN IF NOT EXISTS funding_account_id LowCardinality(String) DEFAULT '' AFTER account_id",
+		"ALTER TABLE usage_events ON CLUSTER tally ADD COLUMN IF NOT EXISTS funding_account_id LowCardinality(String) DEFAULT '' AFTER account_id",
+		"CREATE OR REPLACE VIEW requests_credits_v ON CLUSTER tally AS",
+		// 0012: a column added and appended to the sorting key in one ALTER: the shard's
+		// table takes both, the Distributed table (no sorting key) the column only.
+		"ALTER TABLE usage_1m_local ON CLUSTER tally ADD COLUMN IF NOT EXISTS funding_account_id LowCardinality(String) AFTER account_id, MODIFY ORDER BY (account_id, endpoint, minute, funding_account_id)",
+		"ALTER TABLE usage_1m ON CLUSTER tally ADD COLUMN IF NOT EXISTS funding_account_id LowCardinality(String) AFTER account_id",
+		"CREATE MATERIALIZED VIEW IF NOT EXISTS usage_1m_mv ON CLUSTER tally TO usage_1m_local",
 		"ALTER TABLE sink_intents_local ON CLUSTER tally ADD INDEX",
 	} {
 		if !strings.Contains(strings.Join(strings.Fields(all), " "), want) {
 			t.Errorf("cluster schema lacks %q", want)
 		}
+	}
+	if strings.Contains(all, "ALTER TABLE usage_1m ON CLUSTER tally ADD COLUMN IF NOT EXISTS funding_account_id LowCardinality(String) AFTER account_id,") {
+		t.Error("a sorting key ALTER was sent to the Distributed table")
 	}
 	if strings.Contains(all, "ALTER TABLE sink_intents ON CLUSTER") {
 		t.Error("an index ALTER was sent to the Distributed table")

@@ -64,7 +64,7 @@ const usageInsert = `INSERT INTO usage_events (event_id, type, time, source, acc
 client_addr, endpoint, model, tier, priority, funding, status, reason, estimate_micros, hold_micros,
 allowance_micros, cost_micros, amount_micros, hold_expires_at, video_seconds, resolution, tokens_in,
 tokens_out, compute_ms, duration_ms, retry_after_ms, score, price_book_version, attrs, kafka_topic,
-kafka_partition, kafka_offset, paid_allowance_micros, paid_credits_micros, overage_micros)`
+kafka_partition, kafka_offset, paid_allowance_micros, paid_credits_micros, overage_micros, funding_account_id)`
 
 // interner boxes each distinct string into an interface once. clickhouse-go appends a
 // LowCardinality column value by value through reflection, which boxes every string into a
@@ -82,15 +82,15 @@ func (in interner) box(v string) any {
 }
 
 // usageLC are the positions, in insertUsage's strs, of usage_events' LowCardinality columns.
-var usageLC = [...]int{1, 2, 7, 8, 9, 10, 11, 12, 14, 15, 16}
+var usageLC = [...]int{1, 2, 7, 8, 9, 10, 11, 12, 14, 15, 16, 17}
 
 func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	n := len(us)
 	var (
-		strs  [17][]string // the string columns in the order of s below, but for ...
-		lc    [17][]any    // ... the LowCardinality ones (usageLC), boxed once per value
+		strs  [18][]string // the string columns in the order of s below, but for ...
+		lc    [18][]any    // ... the LowCardinality ones (usageLC), boxed once per value
 		times [2][]time.Time
 		ints  [15][]int64
 		score = make([]float64, n)
@@ -116,7 +116,8 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 	for i := range us {
 		u := us[i]
 		s := [...]string{u.EventID, u.Type, u.Source, u.AccountID, u.RequestID, u.KeyID, u.ClientAddr, u.Endpoint,
-			u.Model, u.Tier, u.Priority, u.Funding, u.Status, u.Reason, u.Resolution, u.PriceBookVersion, u.Pos.Topic}
+			u.Model, u.Tier, u.Priority, u.Funding, u.Status, u.Reason, u.Resolution, u.PriceBookVersion, u.Pos.Topic,
+			u.FundingAccountID}
 		for j, v := range s {
 			if lc[j] != nil {
 				lc[j][i] = lcs.box(v)
@@ -145,6 +146,7 @@ func (s *Store) insertUsage(ctx context.Context, tok string, us []*rows.Usage) e
 		ints[5], lc[14], ints[6], ints[7], ints[8], ints[9], ints[10], // video..retry_after
 		score, lc[15], attrs, lc[16], parts, ints[11],
 		ints[12], ints[13], ints[14], // paid_allowance..overage (0010)
+		lc[17], // funding_account_id (0011)
 	})
 }
 

@@ -124,7 +124,8 @@ func TestBatchInsertRoundTrip(t *testing.T) {
 		Funding: "fund", Status: "stat", Reason: "why", EstimateMicros: 1, HoldMicros: 2, AllowanceMicros: 3, CostMicros: 4,
 		AmountMicros: 5, HoldExpiresAt: at.Add(time.Minute), VideoSeconds: 6, Resolution: "res", TokensIn: 7, TokensOut: 8,
 		ComputeMs: 9, DurationMs: 10, RetryAfterMs: 11, Score: 1.5, PriceBookVersion: "pbv", Attrs: map[string]string{"k": "v"},
-		Pos: rows.Position{Topic: "topic-u", Partition: 12, Offset: 13}, PaidAllowanceMicros: 17, PaidCreditsMicros: 18, OverageMicros: 19}
+		Pos: rows.Position{Topic: "topic-u", Partition: 12, Offset: 13}, PaidAllowanceMicros: 17, PaidCreditsMicros: 18, OverageMicros: 19,
+		FundingAccountID: "org"}
 	l := &rows.Ledger{EntryID: "entry", TransactionID: "tx", AccountID: "acct", LedgerAccount: "lacct", AmountMicros: -14,
 		Kind: "kind", CauseEventID: "cause", RequestID: "req", GrantID: "grant", EffectiveAt: at.Add(time.Second),
 		EventID: "0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11f", Pos: rows.Position{Topic: "topic-l", Partition: 15, Offset: 16}}
@@ -137,10 +138,11 @@ request_id, key_id, client_addr, endpoint, model, tier, priority, funding, statu
 toString(hold_micros), toString(allowance_micros), toString(cost_micros), toString(amount_micros), toString(hold_expires_at),
 toString(video_seconds), resolution, toString(tokens_in), toString(tokens_out), toString(compute_ms), toString(duration_ms),
 toString(retry_after_ms), toString(score), price_book_version, toString(attrs), kafka_topic, toString(kafka_partition),
-toString(kafka_offset), toString(paid_allowance_micros), toString(paid_credits_micros), toString(overage_micros)) FROM usage_events`).Scan(&got); err != nil {
+toString(kafka_offset), toString(paid_allowance_micros), toString(paid_credits_micros), toString(overage_micros),
+funding_account_id) FROM usage_events`).Scan(&got); err != nil {
 		t.Fatal(err)
 	}
-	want := "0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11e|t.type|2026-03-01 12:00:00.000|src|acct|req|key|10.1.2.3|ep|mdl|tier|prio|fund|stat|why|1|2|3|4|5|2026-03-01 12:01:00.000|6|res|7|8|9|10|11|1.5|pbv|{'k':'v'}|topic-u|12|13|17|18|19"
+	want := "0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11e|t.type|2026-03-01 12:00:00.000|src|acct|req|key|10.1.2.3|ep|mdl|tier|prio|fund|stat|why|1|2|3|4|5|2026-03-01 12:01:00.000|6|res|7|8|9|10|11|1.5|pbv|{'k':'v'}|topic-u|12|13|17|18|19|org"
 	if got != want {
 		t.Errorf("usage_events row:\n got %s\nwant %s", got, want)
 	}
@@ -415,10 +417,11 @@ func TestRequestsViewUpgrade(t *testing.T) {
 	if _, err := chstore.Migrate(ctx, conn, upTo6); err != nil {
 		t.Fatal(err)
 	}
-	// The store writes the latest schema's columns: add 0010's by hand (its ADD COLUMN IF NOT
-	// EXISTS then leaves them) so that it can write the rows of the old schema.
+	// The store writes the latest schema's columns: add 0010's and 0011's by hand (their ADD
+	// COLUMN IF NOT EXISTS then leaves them) so that it can write the rows of the old schema.
 	if err := conn.Exec(ctx, `ALTER TABLE usage_events ADD COLUMN paid_allowance_micros Int64 DEFAULT 0,
-ADD COLUMN paid_credits_micros Int64 DEFAULT 0, ADD COLUMN overage_micros Int64 DEFAULT 0`); err != nil {
+ADD COLUMN paid_credits_micros Int64 DEFAULT 0, ADD COLUMN overage_micros Int64 DEFAULT 0,
+ADD COLUMN funding_account_id LowCardinality(String) DEFAULT ''`); err != nil {
 		t.Fatal(err)
 	}
 	st := chstore.NewStore(conn, time.Minute)

@@ -33,26 +33,30 @@ type Position struct {
 // Usage is one row of usage_events. Money is int64 micro-credits. Fields that an event type
 // does not carry stay zero.
 type Usage struct {
-	EventID         string
-	Type            string
-	Time            time.Time
-	Source          string
-	AccountID       string
-	RequestID       string
-	KeyID           string
-	ClientAddr      string
-	Endpoint        string
-	Model           string
-	Tier            string
-	Priority        string
-	Funding         string
-	Status          string
-	Reason          string
-	EstimateMicros  int64
-	HoldMicros      int64
-	AllowanceMicros int64
-	CostMicros      int64
-	AmountMicros    int64
+	EventID   string
+	Type      string
+	Time      time.Time
+	Source    string
+	AccountID string
+	// FundingAccountID is, on a request event of a funded account (a project), the account
+	// whose balance pays (its organization; the envelope subject); '' when the account funds
+	// itself and on every other type.
+	FundingAccountID string
+	RequestID        string
+	KeyID            string
+	ClientAddr       string
+	Endpoint         string
+	Model            string
+	Tier             string
+	Priority         string
+	Funding          string
+	Status           string
+	Reason           string
+	EstimateMicros   int64
+	HoldMicros       int64
+	AllowanceMicros  int64
+	CostMicros       int64
+	AmountMicros     int64
 	// PaidAllowanceMicros, PaidCreditsMicros and OverageMicros are request.finished's split
 	// of the cost (0 on other types and on events that do not carry it).
 	PaidAllowanceMicros int64
@@ -96,6 +100,11 @@ var epoch = time.Unix(0, 0).UTC()
 // store (balance.updated and limits.adjusted live on compacted topics the sink does not read;
 // if one appears on an input topic it is dead-lettered by the caller). A clock tick (the
 // ledger's, on an idle events-topic partition) is read and skipped: ok with no row.
+//
+// A row's account_id is the envelope subject, except on the request events of a funded
+// account (a project whose organization's balance pays): their subject (and Kafka key) is the
+// organization, while the request is the project's (its request ids are its own), so
+// account_id is the payload's account and funding_account_id the organization.
 func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
 	if _, tick := ev.Payload.(events.ClockTick); tick {
 		return nil, nil, true
@@ -112,6 +121,7 @@ func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
 		AccountID: ev.Subject, HoldExpiresAt: epoch, Pos: pos}
 	switch p := ev.Payload.(type) {
 	case events.RequestStarted:
+		r.AccountID, r.FundingAccountID = p.AccountID, p.FundingAccountID
 		r.RequestID, r.Endpoint, r.Model, r.Tier, r.Priority, r.Funding = p.RequestID, p.Endpoint, p.Model, p.Tier, p.Priority, p.Funding
 		r.KeyID, r.ClientAddr, r.PriceBookVersion = p.KeyID, p.ClientAddr, p.PriceBookVersion
 		r.EstimateMicros, r.HoldMicros, r.AllowanceMicros, r.HoldExpiresAt = p.EstimateMicros, p.HoldMicros, p.AllowanceMicros, p.HoldExpiresAt.UTC()
@@ -121,12 +131,14 @@ func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
 		r.KeyID, r.ClientAddr, r.PriceBookVersion = p.KeyID, p.ClientAddr, p.PriceBookVersion
 		r.EstimateMicros, r.RetryAfterMs = p.EstimateMicros, p.RetryAfterMs
 	case events.RequestFinished:
+		r.AccountID, r.FundingAccountID = p.AccountID, p.FundingAccountID
 		r.RequestID, r.Endpoint, r.Model, r.Status = p.RequestID, p.Endpoint, p.Model, p.Status
 		r.KeyID, r.ClientAddr, r.PriceBookVersion = p.KeyID, p.ClientAddr, p.PriceBookVersion
 		r.CostMicros, r.DurationMs = p.CostMicros, p.DurationMs
 		r.PaidAllowanceMicros, r.PaidCreditsMicros, r.OverageMicros = p.AllowanceMicros, p.CreditsMicros, p.OverageMicros
 		r.setUnits(p.Usage)
 	case events.RequestExpired:
+		r.AccountID, r.FundingAccountID = p.AccountID, p.FundingAccountID
 		r.RequestID, r.Endpoint, r.Funding = p.RequestID, p.Endpoint, p.Funding
 		r.HoldMicros, r.AllowanceMicros, r.AmountMicros = p.HoldMicros, p.AllowanceMicros, p.ReleasedMicros
 		r.Attrs = map[string]string{"started_event_id": p.StartedEventID, "expired_at": p.ExpiredAt.UTC().Format(time.RFC3339Nano)}
@@ -147,6 +159,16 @@ func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
 		r.Attrs = map[string]string{"suspended": strconv.FormatBool(p.Suspended)}
 		if p.OrganizationID != nil {
 			r.Attrs["organization_id"] = *p.OrganizationID
+		}
+		if p.FundingAccountID != nil { // "" is kept: back to the account's own balance
+			r.Attrs["funding_account_id"] = *p.FundingAccountID
+		}
+		if b := p.ProjectBudget; b != nil {
+			r.Attrs["project_budget.project_id"] = b.ProjectID
+			r.Attrs["project_budget.budget_micros"] = strconv.FormatInt(b.BudgetMicros, 10)
+			if b.Remove {
+				r.Attrs["project_budget.remove"] = "true"
+			}
 		}
 	case events.SubscriptionChanged:
 		r.Attrs = map[string]string{"plan_id": p.PlanID, "anchor_at": p.AnchorAt.UTC().Format(time.RFC3339Nano)}

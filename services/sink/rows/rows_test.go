@@ -1,6 +1,7 @@
 package rows_test
 
 import (
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -193,5 +194,88 @@ func TestGroupTokenAndMerge(t *testing.T) {
 	m.RecordedToken = "recorded"
 	if m.Token() != "recorded" {
 		t.Fatal("a re-formed batch must carry its recorded token")
+	}
+}
+
+// TestFromEventFundedRequest: a request funded by an organization's shared balance has the
+// organization as its envelope subject (the Kafka key) but stays the project's request: the
+// row's account_id is the payload's account (the project), whose request ids are its own, and
+// the organization is kept beside it. The events go through the pipeline's decoder (its fast
+// path for started / finished, the general one for expired).
+func TestFromEventFundedRequest(t *testing.T) {
+	pos := rows.Position{Topic: "tally.events", Partition: 1, Offset: 7}
+	exp := at.Add(time.Minute)
+	for _, d := range []events.Data{
+		events.RequestStarted{RequestID: "r", AccountID: "proj", FundingAccountID: "org", Endpoint: "e", Tier: "pro", Priority: "batch",
+			Funding: "credits", EstimateMicros: 7, HoldMicros: 7, HoldExpiresAt: exp, PriceBookVersion: "v"},
+		events.RequestFinished{RequestID: "r", AccountID: "proj", FundingAccountID: "org", Endpoint: "e", Status: "succeeded",
+			CostMicros: 9, CreditsMicros: 9, PriceBookVersion: "v"},
+		events.RequestExpired{RequestID: "r", AccountID: "proj", FundingAccountID: "org", Endpoint: "e", Funding: "credits",
+			HoldMicros: 7, ReleasedMicros: 7, StartedEventID: "s", ExpiredAt: exp},
+	} {
+		e := ev(t, d)
+		if e.Subject != "org" {
+			t.Fatalf("%s: subject %q, want the funding account", e.Type, e.Subject)
+		}
+		raw, err := e.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dec events.Decoder
+		got, err := dec.Decode(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, _, ok := rows.FromEvent(got, pos)
+		if !ok || u == nil {
+			t.Fatalf("%s: no row", e.Type)
+		}
+		if u.AccountID != "proj" || u.FundingAccountID != "org" || u.RequestID != "r" {
+			t.Errorf("%s: account_id %q funding_account_id %q request_id %q, want proj, org, r", e.Type, u.AccountID, u.FundingAccountID, u.RequestID)
+		}
+	}
+	// Unfunded: the account funds itself, funding_account_id is ''.
+	u, _, _ := rows.FromEvent(ev(t, events.RequestFinished{RequestID: "r", AccountID: "a", Endpoint: "e", Status: "succeeded", PriceBookVersion: "v"}), pos)
+	if u.AccountID != "a" || u.FundingAccountID != "" {
+		t.Errorf("unfunded: account_id %q funding_account_id %q", u.AccountID, u.FundingAccountID)
+	}
+	// A rejection is keyed by the project and carries no funding account.
+	u, _, _ = rows.FromEvent(ev(t, events.RequestRejected{RequestID: "r", AccountID: "proj", Endpoint: "e", Tier: "pro", Priority: "batch",
+		Reason: "budget_exhausted", PriceBookVersion: "v"}), pos)
+	if u.AccountID != "proj" || u.FundingAccountID != "" {
+		t.Errorf("rejected: account_id %q funding_account_id %q", u.AccountID, u.FundingAccountID)
+	}
+}
+
+// TestFromEventAccountUpdatedOrganizationFields: account.updated's funding_account_id and
+// project_budget are kept in attrs (as organization_id is), "" (back to the account's own
+// balance) distinct from absent (unchanged).
+func TestFromEventAccountUpdatedOrganizationFields(t *testing.T) {
+	pos := rows.Position{Topic: "tally.events"}
+	str := func(s string) *string { return &s }
+	for _, c := range []struct {
+		d    events.AccountUpdated
+		want map[string]string
+	}{
+		{events.AccountUpdated{AccountID: "proj", Tier: "pro", Priority: "standard", FundingAccountID: str("org")},
+			map[string]string{"suspended": "false", "funding_account_id": "org"}},
+		{events.AccountUpdated{AccountID: "proj", Tier: "pro", Priority: "standard", FundingAccountID: str("")},
+			map[string]string{"suspended": "false", "funding_account_id": ""}},
+		{events.AccountUpdated{AccountID: "org", Tier: "pro", Priority: "standard",
+			ProjectBudget: &events.ProjectBudget{ProjectID: "proj", BudgetMicros: 5_000_000}},
+			map[string]string{"suspended": "false", "project_budget.project_id": "proj", "project_budget.budget_micros": "5000000"}},
+		{events.AccountUpdated{AccountID: "org", Tier: "pro", Priority: "standard",
+			ProjectBudget: &events.ProjectBudget{ProjectID: "proj", Remove: true}},
+			map[string]string{"suspended": "false", "project_budget.project_id": "proj", "project_budget.budget_micros": "0", "project_budget.remove": "true"}},
+		{events.AccountUpdated{AccountID: "proj", Tier: "pro", Priority: "standard"},
+			map[string]string{"suspended": "false"}},
+	} {
+		u, _, ok := rows.FromEvent(ev(t, c.d), pos)
+		if !ok || !maps.Equal(u.Attrs, c.want) {
+			t.Errorf("%+v: attrs %v, want %v", c.d, u.Attrs, c.want)
+		}
+		if u.FundingAccountID != "" {
+			t.Errorf("%+v: funding_account_id column %q, want '' (a request's column)", c.d, u.FundingAccountID)
+		}
 	}
 }

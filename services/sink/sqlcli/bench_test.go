@@ -51,6 +51,7 @@ func BenchmarkNamedQueries(b *testing.B) {
 		{"accounts_near_exhaustion", "", map[string]string{"now": "2026-03-20 12:00:00", "lookback_hours": "24", "runway_hours": "100"}},
 		{"top_spenders", "", map[string]string{"from": span["from"], "to": span["to"], "limit": "10"}},
 		{"duration_percentiles_by_endpoint", "", span},
+		{"usage_by_organization_and_project", "", map[string]string{"month": "2026-03-01"}},
 	}
 	for _, c := range cases {
 		q := c.sql

@@ -120,11 +120,74 @@ func TestAnalystQueriesOnTheEngine(t *testing.T) {
 		"acct-a|4000|6000|250|16")
 }
 
+// TestOrganizationUsageQuery: usage_by_organization_and_project gives, for one UTC month by
+// finish time, each project's requests and cost under the account that paid (its funding
+// organization, or itself) and each paying account's total, to the micro-credit; two projects
+// of one organization with the same request id are two requests.
+func TestOrganizationUsageQuery(t *testing.T) {
+	_, conn := chtest.Open(t)
+	s := &testevents.Seeder{TB: t, Store: chstore.NewStore(conn, time.Minute), Topic: "seed"}
+	march := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	// req adds a started and, unless finish is zero, a finished request; paid is the cost's
+	// split (allowance, credits, overage).
+	req := func(acct, funder, id string, start, finish time.Time, paid [3]int64) {
+		cost := paid[0] + paid[1] + paid[2]
+		funding := map[[2]bool]string{{true, false}: events.FundingAllowance, {false, true}: events.FundingCredits,
+			{true, true}: events.FundingSplit}[[2]bool{paid[0] > 0, cost > paid[0]}]
+		s.Add(events.RequestStarted{RequestID: id, AccountID: acct, FundingAccountID: funder, Endpoint: "video", Tier: "pro",
+			Priority: events.PriorityStandard, Funding: funding, EstimateMicros: cost, AllowanceMicros: paid[0],
+			HoldMicros: cost - paid[0], HoldExpiresAt: start.Add(time.Hour), PriceBookVersion: "2026-01"}, start)
+		if !finish.IsZero() {
+			s.Add(events.RequestFinished{RequestID: id, AccountID: acct, FundingAccountID: funder, Endpoint: "video",
+				Status: events.StatusSucceeded, CostMicros: cost, AllowanceMicros: paid[0], CreditsMicros: paid[1],
+				OverageMicros: paid[2], PriceBookVersion: "2026-01"}, finish)
+		}
+	}
+	day5 := march.Add(4 * 24 * time.Hour)
+	req("proj-a", "org-1", "x1", day5, day5.Add(time.Second), [3]int64{0, 1_000_001, 0})
+	req("proj-a", "org-1", "x2", march.Add(-time.Second), march.Add(time.Second), [3]int64{2_000_000, 2, 0})              // started in February
+	req("proj-a", "org-1", "x3", march.AddDate(0, 1, 0).Add(-time.Second), march.AddDate(0, 1, 0), [3]int64{0, 9_999, 0}) // finished in April
+	req("proj-b", "org-1", "x1", day5, day5.Add(2*time.Second), [3]int64{0, 3_000_000, 3})                                // proj-a's request id
+	req("proj-b", "org-1", "x4", day5, time.Time{}, [3]int64{0, 77, 0})                                                   // in flight
+	req("org-1", "", "o1", day5, day5.Add(time.Minute), [3]int64{500_000, 0, 0})                                          // the organization's own
+	req("solo", "", "s1", day5, day5.Add(time.Minute), [3]int64{0, 700_000, 0})
+	req("solo", "", "s0", march.Add(-time.Hour), march.Add(-time.Millisecond), [3]int64{0, 5, 0}) // finished in February
+	s.Reject("proj-b", "x5", "video", "budget_exhausted", day5, "1.1.1.1")
+	// The journal: the organization's balance (which its projects' requests draw on) and solo's.
+	for acct, amount := range map[string]int64{"org-1": 2_000_000, "solo": 100_000_000} {
+		s.Add(events.LedgerEntry{EntryID: events.DerivedID(acct, "grant"), TransactionID: "grant-" + acct, AccountID: acct,
+			LedgerAccount: events.LedgerAvailable, AmountMicros: amount, Kind: "grant", CauseEventID: "grant-" + acct, EffectiveAt: march}, march)
+	}
+	s.Flush()
+
+	want := []string{
+		"paying_account_id|account_id|requests|cost_micros|paid_allowance_micros|paid_credits_micros|overage_micros|cost_credits",
+		"org-1||4|6500006|2500000|4000003|3|6.500006",
+		"org-1|org-1|1|500000|500000|0|0|0.5",
+		"org-1|proj-a|2|3000003|2000000|1000003|0|3.000003",
+		"org-1|proj-b|1|3000003|0|3000000|3|3.000003",
+		"solo||1|700000|0|700000|0|0.7",
+		"solo|solo|1|700000|0|700000|0|0.7",
+	}
+	for _, day := range []string{"2026-03-01", "2026-03-31"} { // any day names its month
+		expect(t, "usage_by_organization_and_project "+day, run(t, conn, "usage_by_organization_and_project", map[string]string{"month": day}), want...)
+	}
+	// accounts_near_exhaustion burns a funded project's credit-funded requests from its
+	// organization's balance: org-1's projects burned 1,000,001 + 3,000,003 in the 24 hours
+	// (its own request was allowance-funded), so its 2,000,000 last 12 hours.
+	expect(t, "accounts_near_exhaustion with organizations", run(t, conn, "accounts_near_exhaustion",
+		map[string]string{"now": "2026-03-06 00:00:00", "lookback_hours": "24", "runway_hours": "100"}),
+		"account_id|available_micros|burned_micros|burn_per_hour_micros|runway_hours",
+		"org-1|2000000|4000004|166667|12")
+	expect(t, "usage_by_organization_and_project April", run(t, conn, "usage_by_organization_and_project", map[string]string{"month": "2026-04-15"}),
+		want[0], "org-1||1|9999|0|9999|0|0.009999", "org-1|proj-a|1|9999|0|9999|0|0.009999")
+}
+
 func cut(line string, fields int) string { return strings.Join(strings.Split(line, "|")[:fields], "|") }
 
 func TestEveryNamedQueryIsTested(t *testing.T) {
 	want := []string{"accounts_near_exhaustion", "allowance_vs_credits", "credits_by_tier_endpoint_daily",
-		"duration_percentiles_by_endpoint", "rejection_reasons_over_time", "top_spenders"}
+		"duration_percentiles_by_endpoint", "rejection_reasons_over_time", "top_spenders", "usage_by_organization_and_project"}
 	if got := sqlcli.NamedList(); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("named queries %v; add a test for each new one", got)
 	}
