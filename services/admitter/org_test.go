@@ -3,6 +3,7 @@ package admitter
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -244,5 +245,60 @@ func TestFinishNamesAdmitTimeFunderHTTP(t *testing.T) {
 	s.mu.Unlock()
 	if org1.PendingAvailMicros != -7_500 || org2.PendingAvailMicros != -7_500 {
 		t.Fatalf("org1 %+v, org2 %+v", org1, org2)
+	}
+}
+
+// TestFundedAtTwoAdmittersHTTP: two admitters (log-order confirmation on). A admits p1's
+// 7,500 µ on the organization's 10,000 µ; B, which learns of it only from the events log,
+// denies p1 budget_exhausted (A's open estimate counts against p1's 10,000 µ budget) and p2
+// insufficient_credits (A's hold is on the organization), then settles p1's finish from the
+// log, naming the organization; A frees the request when it reads that finish.
+func TestFundedAtTwoAdmittersHTTP(t *testing.T) {
+	c := kafkatest.Start(t)
+	now := time.Now().UTC()
+	org := bal("org", "enterprise", 10_000)
+	org.Projects = []events.ProjectSpend{{ProjectID: "p1", BudgetMicros: 10_000,
+		PeriodStart: time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)}}
+	seed(t, c, org, fundedBal("p1", "enterprise", "org"), fundedBal("p2", "enterprise", "org"))
+	var inst []*running
+	for i := range 2 {
+		cfg := testConfig(t, c)
+		cfg.Instances = 2
+		cfg.InstanceID = fmt.Sprint("org-", i)
+		inst = append(inst, start(t, cfg))
+		waitFor(t, inst[i], "balances", func(tb *decide.Table) bool { return tb.Accounts() == 3 })
+	}
+	a, b := inst[0], inst[1]
+	if ad := post(t, a.url+api.PathAdmit, testSecret, code1kReq("r1", "p1")); ad.status != 200 {
+		t.Fatalf("p1 at A (confirmed in log order on the org): %d %s", ad.status, ad.body)
+	}
+	waitFor(t, b, "A's hold on the org", func(tb *decide.Table) bool {
+		o, _ := tb.Account("org")
+		p, _ := tb.Account("p1")
+		return o.PendingAvailMicros == -7_500 && p.BudgetReservedMicros == 7_500
+	})
+	if ad := post(t, b.url+api.PathAdmit, testSecret, code1kReq("r2", "p1")); ad.status != 429 || answerField(t, ad, "reason") != "budget_exhausted" {
+		t.Fatalf("p1 at B: %d %s", ad.status, ad.body)
+	}
+	if ad := post(t, b.url+api.PathAdmit, testSecret, code1kReq("r3", "p2")); ad.status != 429 || answerField(t, ad, "reason") != api.ReasonInsufficientCredits {
+		t.Fatalf("p2 at B: %d %s", ad.status, ad.body)
+	}
+	f := post(t, b.url+api.PathFinish, testSecret, api.FinishRequest{RequestID: "r1", Status: "succeeded", Usage: usage9000})
+	var fr api.FinishResponse
+	f.decode(t, &fr)
+	if f.status != 200 || fr.CreditsMicros != 9_000 || fr.OverageMicros != 0 { // the hold + 1,500 of the org's 2,500
+		t.Fatalf("finish at B: %d %s", f.status, f.body)
+	}
+	evs := readKeyed(t, c, has(map[string]string{"r1": events.TypeRequestFinished}))
+	fin := find(t, evs, events.TypeRequestFinished, "r1")
+	if p := fin.ev.Payload.(events.RequestFinished); fin.key != "org" || p.FundingAccountID != "org" || p.AccountID != "p1" {
+		t.Fatalf("finished: key %q %+v", fin.key, p)
+	}
+	for _, s := range inst {
+		waitFor(t, s, "the finish", func(tb *decide.Table) bool {
+			p, _ := tb.Account("p1")
+			o, _ := tb.Account("org")
+			return tb.OpenRequests() == 0 && p.BudgetReservedMicros == 0 && o.PendingAvailMicros == -9_000
+		})
 	}
 }
