@@ -166,7 +166,8 @@ func TestOrgSharedBalanceHTTP(t *testing.T) {
 
 // TestProjectBudgetHTTP: the organization's budget of 10,000 µ a month for p1 admits one
 // 7,500 µ request and denies the next 429 budget_exhausted (Retry-After: the next UTC month,
-// capped), while p2, funded by the same organization without a budget, continues.
+// capped), also after the first finished (no ledger view includes its cost yet), while p2,
+// funded by the same organization without a budget, continues.
 func TestProjectBudgetHTTP(t *testing.T) {
 	c := kafkatest.Start(t)
 	now := time.Now().UTC()
@@ -196,6 +197,15 @@ func TestProjectBudgetHTTP(t *testing.T) {
 	}
 	if a := post(t, s.url+api.PathAdmit, testSecret, code1kReq("r3", "p2")); a.status != 200 {
 		t.Fatalf("p2: %d %s", a.status, a.body)
+	}
+	// No ledger runs: p1's finished 7,500 µ still counts (no view includes it), so p1 stays
+	// capped after its finish.
+	if f := post(t, s.url+api.PathFinish, testSecret, api.FinishRequest{RequestID: "r1", Status: "succeeded",
+		Usage: events.Units{TokensIn: 1000, TokensOut: 1000}}); f.status != 200 {
+		t.Fatalf("finish: %d %s", f.status, f.body)
+	}
+	if a := post(t, s.url+api.PathAdmit, testSecret, code1kReq("r4", "p1")); a.status != 429 || answerField(t, a, "reason") != "budget_exhausted" {
+		t.Fatalf("p1 after its finish: %d %s", a.status, a.body)
 	}
 	evs := readKeyed(t, c, has(map[string]string{"r2": events.TypeRequestRejected, "r3": events.TypeRequestStarted}))
 	if rej := find(t, evs, events.TypeRequestRejected, "r2"); rej.ev.Payload.(events.RequestRejected).Reason != "budget_exhausted" {

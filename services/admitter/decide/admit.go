@@ -223,8 +223,9 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 }
 
 // budgetExceeded reports whether est would take project pr past its monthly budget at nowMs,
-// and the ms until the next UTC month starts (bounded). Spent counts only when the ledger's
-// period is the current month (a month roll resets it).
+// and the ms until the next UTC month starts (bounded): the ledger's spent (only when its
+// period is the current month: a month roll resets it), the estimates of the open requests and
+// the costs of the finished ones the ledger's view does not include yet, plus est.
 func budgetExceeded(pr *project, est, nowMs int64) (retryMs int64, over bool) {
 	start, next := monthSpan(nowMs)
 	spent := pr.spentMicros
@@ -234,7 +235,7 @@ func budgetExceeded(pr *project, est, nowMs int64) (retryMs int64, over bool) {
 	// Without overflow: the budget is at most events.MaxAmountMicros; spent, reserved and
 	// est are not negative.
 	left := pr.budgetMicros - min(spent, pr.budgetMicros)
-	if pr.reservedMicros <= left && est <= left-pr.reservedMicros {
+	if used := pr.reservedMicros + pr.settledMicros; used <= left && est <= left-used {
 		return 0, false
 	}
 	return min(max(next-nowMs, 1), retryMsMax), true
@@ -558,6 +559,7 @@ func (t *Table) ApplyPeerFinish(p *Peer, costMicros int64, partition int32, offs
 		return false
 	}
 	if mi != ai {
+		t.settleBudget(ai, mi, costMicros, partition, offset)
 		t.unreserve(ai, p.HoldMicros+p.AllowanceMicros)
 	}
 	s := t.settle(&t.accounts[mi], p.Funding, p.HoldMicros, p.AllowanceMicros, p.StartedMs, costMicros, nowMs)
@@ -565,6 +567,42 @@ func (t *Table) ApplyPeerFinish(p *Peer, costMicros int64, partition int32, offs
 		t.acked(t.newPending(mi, s.availDelta, s.allowDelta), partition, offset)
 	}
 	return true
+}
+
+// settleBudget counts the cost of project ai's request finished at (partition, offset) on
+// funding account fi's partition against its budget (when fi's view lists one for it) until
+// fi's view passes that position; nothing when the view already has.
+func (t *Table) settleBudget(ai, fi uint32, cost int64, partition int32, offset int64) {
+	pr, ok := t.projects[ai]
+	f := &t.accounts[fi]
+	if !ok || pr.budgetOf != fi || cost <= 0 || (f.foldedPartition == partition && f.foldedOffset >= offset) {
+		return
+	}
+	t.settling[ai] = append(t.settling[ai], settledCost{partition: partition, offset: offset, micros: cost})
+	pr.settledMicros += cost
+	t.projects[ai] = pr
+}
+
+// foldSettled drops project pi's settled costs that funding account's view at (partition,
+// offset) includes (all of them when all).
+func (t *Table) foldSettled(pi uint32, pr *project, partition int32, offset int64, all bool) {
+	list, ok := t.settling[pi]
+	if !ok {
+		return
+	}
+	kept := list[:0]
+	for _, c := range list {
+		if all || (c.partition == partition && c.offset <= offset) {
+			pr.settledMicros -= c.micros
+			continue
+		}
+		kept = append(kept, c)
+	}
+	if len(kept) == 0 {
+		delete(t.settling, pi)
+		return
+	}
+	t.settling[pi] = kept
 }
 
 // reserve counts micros against project ai's budget (an open funded request's estimate).
@@ -590,7 +628,7 @@ func (t *Table) unreserve(ai uint32, micros int64) {
 
 // setProject stores account ai's project state, or drops it when it holds nothing.
 func (t *Table) setProject(ai uint32, pr project) {
-	if pr.funder == none && pr.budgetOf == none && pr.reservedMicros == 0 {
+	if pr.funder == none && pr.budgetOf == none && pr.reservedMicros == 0 && pr.settledMicros == 0 {
 		delete(t.projects, ai)
 		t.accounts[ai].project = false
 		return
@@ -612,6 +650,9 @@ func (t *Table) Finish(h uint32, s Settlement, nowMs int64, out Outcome, partiti
 	ai := o.funder // the settlement is the funding account's
 	if out != OutcomeNone {
 		t.endpoints[o.endpoint].adaptive.Observe(o.startedMs, nowMs, out == OutcomeFailed)
+	}
+	if o.funder != o.account {
+		t.settleBudget(o.account, o.funder, s.CostMicros, partition, offset)
 	}
 	t.release(h)
 	if s.availDelta == 0 && s.allowDelta == 0 {
@@ -732,7 +773,7 @@ func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
 			t.funderIDs[fi] = b.FundingAccountID
 		}
 	}
-	t.applyBudgets(ai, b.Projects) // may insert accounts too
+	t.applyBudgets(ai, b.Projects, b.Partition, b.Offset) // may insert accounts too
 	pr := project{funder: none, budgetOf: none}
 	if t.accounts[ai].project {
 		pr = t.projects[ai]
@@ -799,13 +840,16 @@ func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
 // applyBudgets records the project budgets funding account fi's balance.updated lists
 // (projects), replacing those its previous one listed. A project the table cannot hold (full)
 // is left out: it then has no budget here.
-func (t *Table) applyBudgets(fi uint32, projects []events.ProjectSpend) {
+func (t *Table) applyBudgets(fi uint32, projects []events.ProjectSpend, partition int32, offset int64) {
 	old := t.budgetsOf[fi]
 	if len(old) == 0 && len(projects) == 0 {
 		return
 	}
 	for _, pi := range old {
 		if pr := t.projects[pi]; pr.budgetOf == fi {
+			// The view's spent includes the finishes up to its position; a budget it no
+			// longer lists takes its unfolded costs with it.
+			t.foldSettled(pi, &pr, partition, offset, !t.listed(projects, pi))
 			pr.budgetOf, pr.budgetMicros, pr.spentMicros, pr.periodStartMs = none, 0, 0, 0
 			t.setProject(pi, pr)
 		}
@@ -817,9 +861,14 @@ func (t *Table) applyBudgets(fi uint32, projects []events.ProjectSpend) {
 		if !ok || pi == fi {
 			continue
 		}
-		pr := project{funder: none}
+		pr := project{funder: none, budgetOf: none}
 		if t.accounts[pi].project {
 			pr = t.projects[pi]
+		}
+		if pr.budgetOf != none && pr.budgetOf != fi {
+			// Listed by another funding account before: its costs would only be folded by
+			// that account's views, which no longer apply to it.
+			t.foldSettled(pi, &pr, 0, 0, true)
 		}
 		pr.budgetOf, pr.budgetMicros, pr.spentMicros, pr.periodStartMs = fi, e.BudgetMicros, e.SpentMicros, e.PeriodStart.UnixMilli()
 		t.setProject(pi, pr)
@@ -860,9 +909,11 @@ type Snapshot struct {
 	Tier                                                                string
 	Suspended                                                           bool
 	// FundingAccountID is the account's funding account ("" its own); BudgetReservedMicros
-	// the estimates of its open funded requests counted against its budget.
+	// the estimates of its open funded requests counted against its budget,
+	// BudgetSettledMicros the costs of its finished ones the funder's view does not include.
 	FundingAccountID     string
 	BudgetReservedMicros int64
+	BudgetSettledMicros  int64
 }
 
 // Account reports an account's local view; ok is false when it is not cached.
@@ -882,7 +933,7 @@ func (t *Table) Account(id string) (Snapshot, bool) {
 		if pr.funder != none {
 			snap.FundingAccountID = t.id(pr.funder)
 		}
-		snap.BudgetReservedMicros = pr.reservedMicros
+		snap.BudgetReservedMicros, snap.BudgetSettledMicros = pr.reservedMicros, pr.settledMicros
 	}
 	return snap, true
 }
@@ -958,4 +1009,14 @@ func (t *Table) expiredMicros(ai uint32, nowMs int64) int64 {
 		}
 	}
 	return sum
+}
+
+// listed reports whether projects (a balance.updated's) lists project pi.
+func (t *Table) listed(projects []events.ProjectSpend, pi uint32) bool {
+	for i := range projects {
+		if t.keyIs(pi, projects[i].ProjectID) {
+			return true
+		}
+	}
+	return false
 }

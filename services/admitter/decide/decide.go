@@ -267,8 +267,19 @@ type project struct {
 	// budgetMicros per UTC calendar month; spentMicros what the project's finished requests
 	// cost in the month starting at periodStartMs (Unix ms), as the ledger last published.
 	budgetMicros, spentMicros, periodStartMs int64
-	// reservedMicros is the sum of the estimates of its open funded requests.
-	reservedMicros int64
+	// reservedMicros is the sum of the estimates of its open funded requests;
+	// settledMicros the sum of Table.settling's entries of it.
+	reservedMicros, settledMicros int64
+}
+
+// settledCost is the cost of a finished funded request of a project with a budget, at the
+// position of its request.finished on the funding account's partition: it counts against the
+// budget until the funding account's balance.updated passes that position (then its spent
+// includes it).
+type settledCost struct {
+	partition int32
+	offset    int64
+	micros    int64
 }
 
 // epState is one account's state on one endpoint: the GCRA theoretical arrival time and the
@@ -350,6 +361,9 @@ type Table struct {
 	// projects holds, for the accounts that are funded by another, have a budget or have
 	// funded requests open (account.project), their project state; the others cost nothing.
 	projects map[uint32]project
+	// settling holds, per project with a budget, the costs of its finished requests the
+	// funding account's view has not folded yet (see settledCost).
+	settling map[uint32][]settledCost
 	// budgetsOf lists, per funding account, the projects its last balance.updated listed
 	// budgets for (so that the next one can drop those it no longer lists).
 	budgetsOf map[uint32][]uint32
@@ -383,7 +397,7 @@ func NewTable(book *pricebook.Book, cfg Config) (*Table, error) {
 	}
 	t := &Table{cfg: cfg, book: book, tierIdx: map[string]uint8{}, epIdx: map[string]uint8{},
 		idx: newIndex(), openFree: none, pendFree: none, expiring: map[uint32]expiringGrants{},
-		projects: map[uint32]project{}, budgetsOf: map[uint32][]uint32{}, funderIDs: map[uint32]string{}}
+		projects: map[uint32]project{}, settling: map[uint32][]settledCost{}, budgetsOf: map[uint32][]uint32{}, funderIDs: map[uint32]string{}}
 	for _, name := range slices.Sorted(maps.Keys(book.Tiers)) {
 		t.tierIdx[name] = uint8(len(t.tiers))
 		t.tiers = append(t.tiers, tierInfo{name: name, t: book.Tiers[name]})

@@ -211,8 +211,21 @@ func checkReservations(t *testing.T, tb *Table, peer map[string]int64) {
 		if pr.reservedMicros != want[uint32(ai)] {
 			t.Fatalf("account %d: reserved %d, open funded estimates %d", ai, pr.reservedMicros, want[uint32(ai)])
 		}
-		if ok && pr.funder == none && pr.budgetOf == none && pr.reservedMicros == 0 {
+		if ok && pr.funder == none && pr.budgetOf == none && pr.reservedMicros == 0 && pr.settledMicros == 0 {
 			t.Fatalf("account %d: empty project state kept", ai)
+		}
+		var settled int64
+		for _, c := range tb.settling[uint32(ai)] {
+			settled += c.micros
+			if pr.budgetOf == none {
+				t.Fatalf("account %d: settled cost kept without a budget", ai)
+			}
+			if f := &tb.accounts[pr.budgetOf]; f.foldedPartition == c.partition && f.foldedOffset >= c.offset {
+				t.Fatalf("account %d: settled cost at %d kept after its funder's view folded %d", ai, c.offset, f.foldedOffset)
+			}
+		}
+		if settled != pr.settledMicros || (!ok && len(tb.settling[uint32(ai)]) > 0) {
+			t.Fatalf("account %d: settled %d, entries sum %d", ai, pr.settledMicros, settled)
 		}
 	}
 }

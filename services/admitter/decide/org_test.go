@@ -357,3 +357,59 @@ func TestFundedDecisionAllocatesNothing(t *testing.T) {
 		t.Fatalf("funded admit+publish+finish allocates %.1f per run (last %+v)", allocs, d)
 	}
 }
+
+// TestBudgetCountsFinishedUntilFolded: a finished request's cost counts against the budget
+// from its finish until the funder's view includes it (its spent), so that a ledger behind
+// (or stopped) does not let a project past its budget; a view behind the finish keeps it.
+func TestBudgetCountsFinishedUntilFolded(t *testing.T) {
+	tb := newTable(t, nil)
+	month := monthOf(t0)
+	tb.ApplyBalance(orgWith("org", "enterprise", 1e9, 0, 1, budget("p", 20_000, 0, month)))
+	tb.ApplyBalance(funded("p", "enterprise", "org", 2, 1))
+	d := admit(t, tb, code1k("p"), t0)
+	tb.Published(d.Handle, 0, 2)
+	s, _ := tb.Quote(d.Handle, 9_000, t0) // costs more than its 7,500 estimate
+	_ = tb.Finish(d.Handle, s, t0, OutcomeSucceeded, 0, 3)
+	// 9,000 finished + 7,500 ≤ 20,000; a second 7,500 would be 24,000.
+	d = admit(t, tb, code1k("p"), t0)
+	if !d.Allowed {
+		t.Fatalf("second: %+v", d)
+	}
+	if d2 := admit(t, tb, code1k("p"), t0); d2.Reason != ReasonBudgetExhausted {
+		t.Fatalf("third (9,000 finished, 7,500 open): %+v", d2)
+	}
+	tb.Abort(d.Handle)
+	// A view of the org before the finish (offset 2) keeps the finished cost.
+	tb.ApplyBalance(orgWith("org", "enterprise", 1e9, 0, 2, budget("p", 20_000, 0, month)))
+	if p, _ := tb.Account("p"); p.BudgetSettledMicros != 9_000 {
+		t.Fatalf("after a view behind the finish: %+v", p)
+	}
+	// The view that folds it carries it as spent: counted once.
+	tb.ApplyBalance(orgWith("org", "enterprise", 1e9, 0, 3, budget("p", 20_000, 9_000, month)))
+	if p, _ := tb.Account("p"); p.BudgetSettledMicros != 0 {
+		t.Fatalf("after the fold: %+v", p)
+	}
+	if d = admit(t, tb, code1k("p"), t0); !d.Allowed {
+		t.Fatalf("after the fold (9,000 + 7,500): %+v", d)
+	}
+	// A peer's finish counts the same way; one the view already passed does not.
+	peer := &Peer{AccountID: "p", FundingAccountID: "org", Funding: FundingCredits, HoldMicros: 1_000, StartedMs: t0}
+	tb.ApplyPeerStart(peer, 0, 4)
+	tb.ApplyPeerFinish(peer, 2_000, 0, 5, t0)
+	if p, _ := tb.Account("p"); p.BudgetSettledMicros != 2_000 || p.BudgetReservedMicros != 7_500 {
+		t.Fatalf("after the peer's finish: %+v", p)
+	}
+	tb.ApplyBalance(orgWith("org", "enterprise", 1e9, 0, 7, budget("p", 20_000, 11_000, month)))
+	tb.ApplyPeerStart(peer, 0, 6)
+	tb.ApplyPeerFinish(peer, 2_000, 0, 7, t0)
+	if p, _ := tb.Account("p"); p.BudgetSettledMicros != 0 {
+		t.Fatalf("a finish the view passed counted: %+v", p)
+	}
+	// A view without p's budget drops what was counted for it.
+	s, _ = tb.Quote(d.Handle, 100, t0)
+	_ = tb.Finish(d.Handle, s, t0, OutcomeSucceeded, 0, 8)
+	tb.ApplyBalance(orgWith("org", "enterprise", 1e9, 0, 7)) // same offset: not stale
+	if p, _ := tb.Account("p"); p.BudgetSettledMicros != 0 || len(tb.settling) != 0 {
+		t.Fatalf("budget removed: %+v", p)
+	}
+}
