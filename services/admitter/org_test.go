@@ -312,3 +312,35 @@ func TestFundedAtTwoAdmittersHTTP(t *testing.T) {
 		})
 	}
 }
+
+// TestFundedHoldExpiryHTTP: when a funded request's hold expires, its estimate stops counting
+// against the project's budget, at the admitter that admitted it and at one that read its
+// start from the log.
+func TestFundedHoldExpiryHTTP(t *testing.T) {
+	c := kafkatest.Start(t)
+	seed(t, c, bal("org", "enterprise", 1_000_000), fundedBal("p1", "enterprise", "org"))
+	var inst []*running
+	for i := range 2 {
+		cfg := testConfig(t, c)
+		cfg.Instances = 2
+		cfg.InstanceID = fmt.Sprint("exp-", i)
+		inst = append(inst, start(t, cfg))
+		waitFor(t, inst[i], "balances", func(tb *decide.Table) bool { return tb.Accounts() == 2 })
+	}
+	if ad := post(t, inst[0].url+api.PathAdmit, testSecret, code1kReq("r1", "p1")); ad.status != 200 {
+		t.Fatalf("admit: %d %s", ad.status, ad.body)
+	}
+	reserved := func(tb *decide.Table) int64 { p, _ := tb.Account("p1"); return p.BudgetReservedMicros }
+	for _, s := range inst {
+		waitFor(t, s, "the reservation", func(tb *decide.Table) bool { return reserved(tb) == 7_500 })
+	}
+	for i, s := range inst {
+		s.expire(time.Now().Add(30 * 24 * time.Hour))
+		s.mu.Lock()
+		r := reserved(s.table)
+		s.mu.Unlock()
+		if r != 0 {
+			t.Fatalf("instance %d: %d µ still reserved after the hold expired", i, r)
+		}
+	}
+}
