@@ -1,7 +1,8 @@
 // Package decide is the admitter's pure decision core: the account state table, the decision
-// order (blocked, overload shedding, concurrency, rate limit, funding waterfall), the local
-// balance (the ledger's view minus this admitter's unfolded holds and settlements) and the
-// local adaptive concurrency limit. It imports no Kafka or HTTP; time is always a parameter.
+// order (blocked, overload shedding, concurrency, rate limit, budget, funding waterfall), the
+// local balance (the ledger's view minus this admitter's unfolded holds and settlements), the
+// funding of accounts by others (an organization's shared balance and its project budgets)
+// and the local adaptive concurrency limit. It imports no Kafka or HTTP; time is always a parameter.
 //
 // A Table is not safe for concurrent use: the service serialises calls with one mutex. Every
 // decision runs in well under a microsecond and allocates nothing once the account is known.
