@@ -134,7 +134,7 @@ func (s *Service) decideLocked(a *admission) *httpx.Error {
 // pending (repeats wait) until recordAdmit.
 func (s *Service) reserveLocked(a *admission, slot idem.Slot, buf []byte) idem.Ref {
 	a.body = s.appendAdmit(buf, &a.req, &a.d)
-	return s.idem.Add(slot, &a.req, a.keyID, a.client, a.body)
+	return s.idem.Add(slot, &a.req, a.d.FundingAccountID, a.keyID, a.client, a.body)
 }
 
 // publishAdmit makes a's request.started (allowed) or request.rejected durable and notes
@@ -143,7 +143,11 @@ func (s *Service) publishAdmit(ctx context.Context, a *admission) error {
 	vp := bodyPool.Get().(*[]byte)
 	value, name, err := s.admitEvent((*vp)[:0], a.keyID, a.client, &a.req, &a.d, a.now)
 	if err == nil {
-		a.part, a.off, err = s.publish(ctx, name, a.req.AccountID, value)
+		key := a.req.AccountID // a rejection is the account's (no money)
+		if a.d.Allowed {
+			key = eventKey(a.req.AccountID, a.d.FundingAccountID)
+		}
+		a.part, a.off, err = s.publish(ctx, name, key, value)
 	}
 	if err == nil && s.pub == Publisher(s.producer) && s.producer.ValueReusable() { // acknowledged: the producer holds no reference to it
 		*vp = value
@@ -226,19 +230,20 @@ func (s *Service) revokeIfUncovered(ctx context.Context, keyID, client string, r
 		return false
 	}
 	s.mu.Lock()
-	ok := s.table.FundedInLogOrder(req.AccountID, d.HoldMicros, d.AllowanceMicros, part, off, now.UnixMilli())
+	money := eventKey(req.AccountID, d.FundingAccountID) // the funding account's position and balance
+	ok := s.table.FundedInLogOrder(money, d.HoldMicros, d.AllowanceMicros, part, off, now.UnixMilli())
 	q, qerr := s.table.Quote(d.Handle, 0, now.UnixMilli())
 	s.mu.Unlock()
 	if ok || qerr != nil {
 		return false
 	}
 	value, name, err := encode(s.source, time.Now(), events.RequestFinished{RequestID: req.RequestID,
-		AccountID: req.AccountID, Endpoint: req.Endpoint, Model: req.Model, Status: events.StatusCancelled,
-		PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: client})
+		AccountID: req.AccountID, FundingAccountID: d.FundingAccountID, Endpoint: req.Endpoint, Model: req.Model,
+		Status: events.StatusCancelled, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: client})
 	var p2 int32
 	var o2 int64
 	if err == nil {
-		p2, o2, err = s.publish(ctx, name, req.AccountID, value)
+		p2, o2, err = s.publish(ctx, name, money, value)
 	}
 	if err != nil {
 		s.log.Warn("log-order revoke not published; admission stands", "request_id", req.RequestID, "err", err)
@@ -301,7 +306,7 @@ func (s *Service) awaitFirstLocked(w http.ResponseWriter, r *http.Request, reque
 func (s *Service) admitEvent(buf []byte, keyID, client string, req *api.AdmitRequest, d *decide.Decision, now time.Time) ([]byte, string, error) {
 	var data events.Data
 	if d.Allowed {
-		data = events.RequestStarted{RequestID: req.RequestID, AccountID: req.AccountID, Endpoint: req.Endpoint,
+		data = events.RequestStarted{RequestID: req.RequestID, AccountID: req.AccountID, FundingAccountID: d.FundingAccountID, Endpoint: req.Endpoint,
 			Model: req.Model, Tier: d.Tier, Priority: d.Priority.String(), Funding: d.Funding.String(),
 			Estimate: req.Estimate, EstimateMicros: d.EstimateMicros, HoldMicros: d.HoldMicros,
 			AllowanceMicros: d.AllowanceMicros, HoldExpiresAt: time.UnixMilli(d.HoldExpiresAtMs).UTC(),

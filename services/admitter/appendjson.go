@@ -29,6 +29,9 @@ func (s *Service) appendAdmit(b []byte, req *api.AdmitRequest, d *decide.Decisio
 	if f := d.Funding.String(); f != "" {
 		b = events.AppendKeyString(b, `,"funding":`, f)
 	}
+	if d.FundingAccountID != "" {
+		b = events.AppendKeyString(b, `,"funding_account_id":`, d.FundingAccountID)
+	}
 	b = events.AppendKeyString(b, `,"tier":`, d.Tier)
 	b = events.AppendKeyString(b, `,"priority":`, d.Priority.String())
 	b = events.AppendKeyInt(b, `,"estimate_micros":`, d.EstimateMicros)

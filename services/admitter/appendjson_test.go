@@ -30,6 +30,13 @@ func TestAppendAdmitMatchesEncodingJSON(t *testing.T) {
 			Priority: events.PriorityStandard, AvailableMicros: int64(i) * 3_000_000, Partition: 0, Offset: int64(i)})
 	}
 	tb.ApplyBalance(&events.BalanceUpdated{AccountID: "susp", Tier: "pro", Suspended: true, Partition: 0, Offset: 9})
+	// Projects funded by an organization (the answer names it), one with a small budget.
+	month := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	tb.ApplyBalance(&events.BalanceUpdated{AccountID: "org<ä>", Tier: "plus", AvailableMicros: 50_000_000, Partition: 1, Offset: 1,
+		Projects: []events.ProjectSpend{{ProjectID: "proj-b", BudgetMicros: 100_000, PeriodStart: month}}})
+	for _, p := range []string{"proj-a", "proj-b"} {
+		tb.ApplyBalance(&events.BalanceUpdated{AccountID: p, Tier: "enterprise", FundingAccountID: "org<ä>", Partition: 2, Offset: 1})
+	}
 	seen := map[string]bool{}
 	for i := range 400 {
 		req := api.AdmitRequest{RequestID: fmt.Sprintf("r-%d-ä\x01<", i), AccountID: fmt.Sprintf("a%d", i%8),
@@ -37,6 +44,9 @@ func TestAppendAdmitMatchesEncodingJSON(t *testing.T) {
 			Estimate: events.Units{TokensIn: int64(i) * 997, TokensOut: int64(i) * 13, VideoSeconds: int64(i % 50), Resolution: "720p"}}
 		if i%37 == 0 {
 			req.AccountID = "susp"
+		}
+		if i%5 == 0 {
+			req.AccountID = []string{"proj-a", "proj-b"}[i/5%2]
 		}
 		var d decide.Decision
 		if err := tb.Admit(&decide.Request{AccountID: req.AccountID, Endpoint: req.Endpoint, Priority: req.Priority,
@@ -50,7 +60,12 @@ func TestAppendAdmitMatchesEncodingJSON(t *testing.T) {
 		if got := s.appendAdmit(nil, &req, &d); !bytes.Equal(got, want) {
 			t.Fatalf("decision %d differs:\n got %s\nwant %s", i, got, want)
 		}
-		seen[fmt.Sprintf("%v/%s/%d", d.Allowed, d.Reason, d.NumWindows)] = true
+		seen[fmt.Sprintf("%v/%s/%d/%s", d.Allowed, d.Reason, d.NumWindows, d.FundingAccountID)] = true
+	}
+	for _, k := range []string{"true//2/org<ä>", "false/budget_exhausted/2/org<ä>"} {
+		if !seen[k] {
+			t.Fatalf("decision %s not covered: %v", k, seen)
+		}
 	}
 	if len(seen) < 5 {
 		t.Fatalf("too few kinds of decisions covered: %v", seen)
@@ -70,6 +85,10 @@ func TestAppendPayloadMatchesEncodingJSON(t *testing.T) {
 			EstimateMicros: 7, HoldMicros: 5, AllowanceMicros: 2, HoldExpiresAt: at.Add(time.Nanosecond),
 			PriceBookVersion: odd, KeyID: odd, ClientAddr: odd},
 		events.RequestStarted{RequestID: "r", Estimate: events.Units{TokensOut: 9}, HoldExpiresAt: at.Truncate(time.Second), ClientAddr: "::1"},
+		events.RequestStarted{RequestID: "r1", AccountID: "p", FundingAccountID: "org", Endpoint: "e", Tier: "t", Priority: "standard",
+			Funding: "credits", HoldExpiresAt: at, PriceBookVersion: "v"},
+		events.RequestStarted{RequestID: odd, AccountID: odd, FundingAccountID: odd + "2", Endpoint: odd, Model: odd, Tier: odd,
+			Priority: odd, Funding: odd, HoldExpiresAt: at, PriceBookVersion: odd, KeyID: odd, ClientAddr: odd},
 		events.RequestRejected{RequestID: "r2", AccountID: "a", Endpoint: "e", Tier: "t", Priority: "batch",
 			Reason: "rate_limited", RetryAfterMs: 10, PriceBookVersion: "v1", KeyID: "k"},
 		events.RequestRejected{RequestID: odd, AccountID: odd, Endpoint: odd, Model: odd, Tier: odd, Priority: odd,

@@ -122,7 +122,7 @@ func priceError(err error) *httpx.Error {
 
 func (s *Service) admitResponse(req *api.AdmitRequest, d *decide.Decision) api.AdmitResponse {
 	resp := api.AdmitResponse{RequestID: req.RequestID, Allowed: d.Allowed, Reason: d.Reason.String(),
-		RetryAfterMs: d.RetryAfterMs, Funding: d.Funding.String(), Tier: d.Tier, Priority: d.Priority.String(),
+		RetryAfterMs: d.RetryAfterMs, Funding: d.Funding.String(), FundingAccountID: d.FundingAccountID, Tier: d.Tier, Priority: d.Priority.String(),
 		EstimateMicros: d.EstimateMicros, ReservedMicros: d.HoldMicros + d.AllowanceMicros, HoldMicros: d.HoldMicros,
 		AllowanceMicros: d.AllowanceMicros, PriceBookVersion: s.book.Version,
 		Remaining: api.Remaining{AvailableMicros: d.AvailableMicros, Allowance: []api.Window{},
@@ -221,7 +221,7 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, api.CodeUnknownRequest, "request %q: its hold expired", req.RequestID))
 		return
 	}
-	account, endpoint, model := s.idem.Request(ri)
+	account, funder, endpoint, model := s.idem.Request(ri)
 	var cost int64
 	var err error
 	if req.Usage != (events.Units{}) { // no usage at all (e.g. a cancelled request) costs nothing
@@ -243,7 +243,7 @@ func (s *Service) handleFinish(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 
 	resp := finishAnswer(req.RequestID, &q, s.book.Version)
-	part, off, err := s.publishFinish(r, &req, keyID, account, endpoint, model, &q, now)
+	part, off, err := s.publishFinish(r, &req, keyID, account, funder, endpoint, model, &q, now)
 	body, _ := json.Marshal(resp)
 	s.mu.Lock()
 	// The record cannot have left the cache meanwhile: only answered records that are neither
@@ -277,18 +277,28 @@ func finishAnswer(requestID string, q *decide.Settlement, priceBookVersion strin
 }
 
 // publishFinish publishes req's request.finished, settled as q at now (the event's time, at
-// which the settlement was priced) for the request's account, endpoint and model, and
-// returns where it is durable.
-func (s *Service) publishFinish(r *http.Request, req *api.FinishRequest, keyID, account, endpoint, model string,
+// which the settlement was priced) for the request's account, funding account (fixed at
+// admission; "" the account's own), endpoint and model, and returns where it is durable.
+func (s *Service) publishFinish(r *http.Request, req *api.FinishRequest, keyID, account, funder, endpoint, model string,
 	q *decide.Settlement, now time.Time) (int32, int64, error) {
 	value, name, err := encode(s.source, now, events.RequestFinished{RequestID: req.RequestID,
-		AccountID: account, Endpoint: endpoint, Model: model, Status: req.Status, Usage: req.Usage,
+		AccountID: account, FundingAccountID: funder, Endpoint: endpoint, Model: model, Status: req.Status, Usage: req.Usage,
 		CostMicros: q.CostMicros, AllowanceMicros: q.AllowanceMicros, CreditsMicros: q.CreditsMicros, OverageMicros: q.OverageMicros,
 		DurationMs: req.DurationMs, PriceBookVersion: s.book.Version, KeyID: keyID, ClientAddr: clientAddr(r)})
 	if err != nil {
 		return 0, 0, err
 	}
-	return s.publish(r.Context(), name, account, value)
+	return s.publish(r.Context(), name, eventKey(account, funder), value)
+}
+
+// eventKey is the Kafka key (and the envelope's subject) of a request's money events
+// (request.started, request.finished): its funding account when it has one, so that they
+// are in order with the funding account's other events on its partition; else its account.
+func eventKey(account, funder string) string {
+	if funder != "" {
+		return funder
+	}
+	return account
 }
 
 func (s *Service) replayFinishLocked(w http.ResponseWriter, r *http.Request, ri uint32, req *api.FinishRequest) {

@@ -77,11 +77,11 @@ func (s *Service) finishFromLogLocked(w http.ResponseWriter, r *http.Request, ke
 	q := s.table.QuotePeer(&po.peer, cost, now.UnixMilli())
 	// A record for the request, pending its finish: a concurrent repeat waits for this answer.
 	_, slot, _ := s.idem.Find(req.RequestID)
-	ri := s.idem.AddFromLog(slot, req.RequestID, po.peer.AccountID, po.endpoint, po.model)
+	ri := s.idem.AddFromLog(slot, req.RequestID, po.peer.AccountID, po.peer.FundingAccountID, po.endpoint, po.model)
 	s.mu.Unlock()
 
 	resp := finishAnswer(req.RequestID, &q, s.book.Version)
-	part, off, err := s.publishFinish(r, req, keyID, po.peer.AccountID, po.endpoint, po.model, &q, now)
+	part, off, err := s.publishFinish(r, req, keyID, po.peer.AccountID, po.peer.FundingAccountID, po.endpoint, po.model, &q, now)
 	body, _ := json.Marshal(resp)
 	s.mu.Lock()
 	if err != nil { // forget the record: a retry finds the log request again

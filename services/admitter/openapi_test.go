@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/tallyhq/tally/services/admitter/api"
+	"github.com/tallyhq/tally/services/admitter/decide"
 	"github.com/tallyhq/tally/shared/events"
 	"github.com/tallyhq/tally/shared/kafkax/kafkatest"
 )
@@ -65,9 +66,14 @@ func TestOpenAPIMatchesGoTypes(t *testing.T) {
 	// Enums carry exactly the codes the Go side defines.
 	reasons := d.Components.Schemas["AdmitResponse"].Properties["reason"].Enum
 	want := []string{api.ReasonSuspended, api.ReasonBlocked, api.ReasonOverloaded, api.ReasonConcurrencyLimited,
-		api.ReasonRateLimited, api.ReasonInsufficientCredits}
+		api.ReasonRateLimited, api.ReasonBudgetExhausted, api.ReasonInsufficientCredits}
 	if fmt.Sprint(reasons) != fmt.Sprint(want) {
 		t.Errorf("reason enum %v, want %v", reasons, want)
+	}
+	// ... and the decision core's (account_table_full is answered 503, not as a reason).
+	core := slices.DeleteFunc(decide.Reasons(), func(r string) bool { return r == decide.ReasonTableFull.String() })
+	if fmt.Sprint(core) != fmt.Sprint(want) {
+		t.Errorf("decide reasons %v, want %v", core, want)
 	}
 }
 

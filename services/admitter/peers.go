@@ -93,7 +93,7 @@ func (s *Service) applyPeer(msg kafka.Message, old bool) {
 		if old && expMs <= time.Now().UnixMilli() {
 			return // expired: the ledger releases it, nothing can finish it here
 		}
-		po := peerOpen{peer: decide.Peer{AccountID: p.AccountID, HoldMicros: p.HoldMicros, AllowanceMicros: p.AllowanceMicros,
+		po := peerOpen{peer: decide.Peer{AccountID: p.AccountID, FundingAccountID: p.FundingAccountID, HoldMicros: p.HoldMicros, AllowanceMicros: p.AllowanceMicros,
 			Funding: decide.ParseFunding(p.Funding), StartedMs: ev.Time.UnixMilli()}, expiresAtMs: expMs, endpoint: p.Endpoint,
 			model: p.Model, partition: part, offset: off}
 		s.mu.Lock()
@@ -103,6 +103,9 @@ func (s *Service) applyPeer(msg kafka.Message, old bool) {
 				s.peers[p.RequestID] = po
 			} else {
 				s.m.logIndexFull.Inc()
+				if po.started { // nothing will finish it here: its budget reservation goes now
+					s.table.ApplyPeerEnd(&po.peer)
+				}
 			}
 		}
 		s.mu.Unlock()
@@ -180,6 +183,9 @@ func (s *Service) expirePeersLocked(nowMs int64, budget int) {
 			return
 		}
 		if po.expiresAtMs <= nowMs {
+			if po.started && po.fin == nil { // its project's budget reservation ends with its hold
+				s.table.ApplyPeerEnd(&po.peer)
+			}
 			delete(s.peers, id)
 		}
 	}

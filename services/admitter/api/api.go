@@ -25,6 +25,7 @@ const (
 	ReasonOverloaded          = "overloaded"
 	ReasonConcurrencyLimited  = "concurrency_limited"
 	ReasonRateLimited         = "rate_limited"
+	ReasonBudgetExhausted     = "budget_exhausted"
 	ReasonInsufficientCredits = "insufficient_credits"
 )
 
@@ -102,9 +103,13 @@ type AdmitResponse struct {
 	Reason       string `json:"reason,omitempty"`
 	RetryAfterMs int64  `json:"retry_after_ms,omitempty"`
 	// Funding is allowance, credits or split (both) when allowed.
-	Funding  string `json:"funding,omitempty"`
-	Tier     string `json:"tier"`
-	Priority string `json:"priority"`
+	Funding string `json:"funding,omitempty"`
+	// FundingAccountID is the account whose balance funds the request (an organization's
+	// shared balance) when it is not the account's own: the allowance, balance and hold of
+	// this answer are that account's.
+	FundingAccountID string `json:"funding_account_id,omitempty"`
+	Tier             string `json:"tier"`
+	Priority         string `json:"priority"`
 	// EstimateMicros is the priced estimate; ReservedMicros what is reserved for it: the
 	// allowance, AllowanceMicros (what every window has left, at most the estimate), plus the
 	// credit hold, HoldMicros (the rest).

@@ -31,6 +31,7 @@ const (
 	ReasonOverloaded          Reason = api.ReasonOverloaded
 	ReasonConcurrencyLimited  Reason = api.ReasonConcurrencyLimited
 	ReasonRateLimited         Reason = api.ReasonRateLimited
+	ReasonBudgetExhausted     Reason = api.ReasonBudgetExhausted
 	ReasonInsufficientCredits Reason = api.ReasonInsufficientCredits
 )
 

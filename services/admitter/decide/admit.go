@@ -2,6 +2,7 @@ package decide
 
 import (
 	"errors"
+	"time"
 
 	"github.com/tallyhq/tally/shared/events"
 )
@@ -62,6 +63,11 @@ type Decision struct {
 	LoadFactorPermille    int64
 	HistoryFactorPermille int64 // 1000 when the account has no history factor
 
+	// FundingAccountID is the account whose money the request takes when it is not the
+	// account's own (an organization's shared balance): the windows, balance and hold above
+	// are that account's.
+	FundingAccountID string
+
 	// Handle names the open request when allowed; pass it to Published, Abort and Finish.
 	Handle uint32
 }
@@ -89,6 +95,18 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 	a := &t.accounts[ai]
 	tier := &t.tiers[a.tier]
 	d.Tier = tier.name
+	// The money side (allowance windows of the funder's tier, balance, pending changes,
+	// expiring grants, the hold) is the funding account's when the account has one (one
+	// level: the funder's own funding is not followed); the rest is the account's own.
+	mi := ai
+	var pr project
+	if a.project {
+		if pr = t.projects[ai]; pr.funder != none {
+			mi = pr.funder
+			d.FundingAccountID = t.funderIDs[mi]
+		}
+	}
+	m := &t.accounts[mi]
 	prio, given := ParsePriority(req.Priority)
 	if !given || prio < a.priority {
 		prio = a.priority
@@ -101,18 +119,18 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		hist = 1000
 	}
 	d.LoadFactorPermille, d.HistoryFactorPermille = load, hist
-	t.fillWindows(a, tier, nowMs, d)
-	d.AvailableMicros = a.availableMicros + a.pendingAvail
-	if a.expiring {
-		if v := d.AvailableMicros - t.expiredMicros(ai, nowMs); v >= 0 || d.AvailableMicros < 0 {
+	t.fillWindows(m, &t.tiers[m.tier], nowMs, d)
+	d.AvailableMicros = m.availableMicros + m.pendingAvail
+	if m.expiring {
+		if v := d.AvailableMicros - t.expiredMicros(mi, nowMs); v >= 0 || d.AvailableMicros < 0 {
 			d.AvailableMicros = v
 		} else {
 			d.AvailableMicros = 0 // what the expired grants took was already spent locally
 		}
 	}
 
-	// 1. Blocked.
-	if a.suspended {
+	// 1. Blocked (a suspended funding account blocks its projects).
+	if a.suspended || m.suspended {
 		return t.deny(d, ReasonSuspended, t.cfg.RetryBlockedMs)
 	}
 	if hist == 0 {
@@ -155,7 +173,14 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		return t.deny(d, ReasonRateLimited, min((over+999)/1000, retryMsMax))
 	}
 	d.RateRemaining = (burst*stepUs - (newTat - nowUs)) / stepUs
-	// 5. Funding waterfall: the allowance covers what every window has left, a credit hold
+	// 5. Budget: a project's month of finished requests, its open requests' estimates and
+	// this estimate stay within the budget its funding account set for it.
+	if mi != ai && pr.budgetOf == mi {
+		if retry, over := budgetExceeded(&pr, est, nowMs); over {
+			return t.deny(d, ReasonBudgetExhausted, retry)
+		}
+	}
+	// 6. Funding waterfall: the allowance covers what every window has left, a credit hold
 	// the rest (split funding); denied only when both together cannot cover the estimate.
 	var allow int64
 	if d.NumWindows > 0 {
@@ -171,9 +196,13 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		return t.deny(d, ReasonTableFull, t.cfg.RetryOverloadedMs)
 	}
 	// Allowed: reserve.
-	p := t.newPending(ai, -d.HoldMicros, d.AllowanceMicros)
+	p := t.newPending(mi, -d.HoldMicros, d.AllowanceMicros)
 	oi := t.newOpen()
-	*t.opens.at(oi) = open{account: ai, endpoint: ei, funding: d.Funding, priority: prio, holdMicros: d.HoldMicros,
+	if mi != ai {
+		pr.reservedMicros += est
+		t.projects[ai] = pr
+	}
+	*t.opens.at(oi) = open{account: ai, funder: mi, endpoint: ei, funding: d.Funding, priority: prio, holdMicros: d.HoldMicros,
 		allowMicros: d.AllowanceMicros, startedMs: nowMs, expiresAtMs: nowMs + ep.ep.HoldTimeoutMs,
 		startPending: p, stepUs: stepUs, nextFree: none, live: true}
 	slot.tatUs = newTat
@@ -191,6 +220,31 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		d.Windows[i].RemainingMicros -= d.AllowanceMicros
 	}
 	return nil
+}
+
+// budgetExceeded reports whether est would take project pr past its monthly budget at nowMs,
+// and the ms until the next UTC month starts (bounded): the ledger's spent (only when its
+// period is the current month: a month roll resets it), the estimates of the open requests and
+// the costs of the finished ones the ledger's view does not include yet, plus est.
+func budgetExceeded(pr *project, est, nowMs int64) (retryMs int64, over bool) {
+	start, next := monthSpan(nowMs)
+	spent := pr.spentMicros
+	if pr.periodStartMs < start {
+		spent = 0
+	}
+	// Without overflow: the budget is at most events.MaxAmountMicros; spent, reserved and
+	// est are not negative.
+	left := pr.budgetMicros - min(spent, pr.budgetMicros)
+	if used := pr.reservedMicros + pr.settledMicros; used <= left && est <= left-used {
+		return 0, false
+	}
+	return min(max(next-nowMs, 1), retryMsMax), true
+}
+
+// monthSpan is the UTC calendar month of nowMs: its first instant and the next month's, Unix ms.
+func monthSpan(nowMs int64) (start, next int64) {
+	y, m, _ := time.UnixMilli(nowMs).UTC().Date()
+	return time.Date(y, m, 1, 0, 0, 0, 0, time.UTC).UnixMilli(), time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
 }
 
 func (t *Table) deny(d *Decision, r Reason, retryMs int64) error {
@@ -331,6 +385,9 @@ func (t *Table) release(h uint32) {
 	if o.priority == PriorityCritical && ep.critInflight > 0 {
 		ep.critInflight--
 	}
+	if o.funder != o.account {
+		t.unreserve(o.account, o.holdMicros+o.allowMicros)
+	}
 	*o = open{live: false, nextFree: t.openFree, startPending: none}
 	t.openFree = h
 	t.openLive--
@@ -344,6 +401,8 @@ type Open struct {
 	HoldMicros      int64
 	AllowanceMicros int64
 	ExpiresAtMs     int64
+	// FundingAccountID is the funding account fixed at admission ("" the account's own).
+	FundingAccountID string
 }
 
 // OpenInfo reports an open request; ok is false when it is not open.
@@ -352,8 +411,12 @@ func (t *Table) OpenInfo(h uint32) (Open, bool) {
 		return Open{}, false
 	}
 	o := t.opens.at(h)
-	return Open{Endpoint: t.endpoints[o.endpoint].name, Funding: o.funding, Priority: o.priority,
-		HoldMicros: o.holdMicros, AllowanceMicros: o.allowMicros, ExpiresAtMs: o.expiresAtMs}, true
+	info := Open{Endpoint: t.endpoints[o.endpoint].name, Funding: o.funding, Priority: o.priority,
+		HoldMicros: o.holdMicros, AllowanceMicros: o.allowMicros, ExpiresAtMs: o.expiresAtMs}
+	if o.funder != o.account {
+		info.FundingAccountID = t.id(o.funder)
+	}
+	return info, true
 }
 
 // Settlement is how a finish is paid, by the funding waterfall the ledger applies.
@@ -380,7 +443,7 @@ func (t *Table) Quote(h uint32, costMicros, nowMs int64) (Settlement, error) {
 		return Settlement{}, ErrUnknownRequest
 	}
 	o := t.opens.at(h)
-	return t.settle(&t.accounts[o.account], o.funding, o.holdMicros, o.allowMicros, o.startedMs, costMicros, nowMs), nil
+	return t.settle(&t.accounts[o.funder], o.funding, o.holdMicros, o.allowMicros, o.startedMs, costMicros, nowMs), nil
 }
 
 // settle is the finish policy, the ledger's settlement rule on the local view: the allowance
@@ -436,37 +499,142 @@ func (t *Table) allowanceRoom(a *account, startedMs, nowMs int64) int64 {
 
 // Peer is another admitter's request, seen on the events topic.
 type Peer struct {
-	AccountID       string
-	Funding         Funding
-	HoldMicros      int64
-	AllowanceMicros int64
-	StartedMs       int64 // the request.started event's time
+	AccountID string
+	// FundingAccountID is the start's funding account ("" the account's own): the hold and
+	// the settlement are its, and the estimate counts against the account's budget.
+	FundingAccountID string
+	Funding          Funding
+	HoldMicros       int64
+	AllowanceMicros  int64
+	StartedMs        int64 // the request.started event's time
 }
 
 // ApplyPeerStart records another admitter's durable request.started at (partition, offset)
 // as a pending change, so that this admitter's local balance counts the peer's hold and
 // allowance reservation until the ledger folds it. It returns false when the table is full.
 func (t *Table) ApplyPeerStart(p *Peer, partition int32, offset int64) bool {
-	ai, ok := t.lookup(p.AccountID)
+	ai, mi, ok := t.peerAccounts(p)
 	if !ok || t.pendLive >= t.cfg.PendingMax {
 		return false
 	}
-	t.acked(t.newPending(ai, -p.HoldMicros, p.AllowanceMicros), partition, offset)
+	t.acked(t.newPending(mi, -p.HoldMicros, p.AllowanceMicros), partition, offset)
+	if mi != ai {
+		t.reserve(ai, p.HoldMicros+p.AllowanceMicros)
+	}
 	return true
+}
+
+// ApplyPeerEnd gives back the budget reservation of a peer's request whose start
+// ApplyPeerStart counted and that will not be finished through ApplyPeerFinish (its hold
+// expired, or it is not kept).
+func (t *Table) ApplyPeerEnd(p *Peer) {
+	if p.FundingAccountID == "" {
+		return
+	}
+	if ai, ok := t.known(p.AccountID); ok {
+		t.unreserve(ai, p.HoldMicros+p.AllowanceMicros)
+	}
+}
+
+// peerAccounts returns the indexes of a peer request's account and of the account whose
+// money it takes (its funding account, or itself), inserting them when absent.
+func (t *Table) peerAccounts(p *Peer) (ai, mi uint32, ok bool) {
+	if ai, ok = t.lookup(p.AccountID); !ok {
+		return 0, 0, false
+	}
+	mi = ai
+	if p.FundingAccountID != "" && p.FundingAccountID != p.AccountID {
+		if mi, ok = t.lookup(p.FundingAccountID); !ok {
+			return 0, 0, false
+		}
+	}
+	return ai, mi, true
 }
 
 // ApplyPeerFinish records another admitter's durable request.finished (event time nowMs) the
 // same way, with the settlement this admitter's policy computes for it.
 func (t *Table) ApplyPeerFinish(p *Peer, costMicros int64, partition int32, offset int64, nowMs int64) bool {
-	ai, ok := t.lookup(p.AccountID)
+	ai, mi, ok := t.peerAccounts(p)
 	if !ok {
 		return false
 	}
-	s := t.settle(&t.accounts[ai], p.Funding, p.HoldMicros, p.AllowanceMicros, p.StartedMs, costMicros, nowMs)
+	if mi != ai {
+		t.settleBudget(ai, mi, costMicros, partition, offset)
+		t.unreserve(ai, p.HoldMicros+p.AllowanceMicros)
+	}
+	s := t.settle(&t.accounts[mi], p.Funding, p.HoldMicros, p.AllowanceMicros, p.StartedMs, costMicros, nowMs)
 	if s.availDelta != 0 || s.allowDelta != 0 {
-		t.acked(t.newPending(ai, s.availDelta, s.allowDelta), partition, offset)
+		t.acked(t.newPending(mi, s.availDelta, s.allowDelta), partition, offset)
 	}
 	return true
+}
+
+// settleBudget counts the cost of project ai's request finished at (partition, offset) on
+// funding account fi's partition against its budget (when fi's view lists one for it) until
+// fi's view passes that position; nothing when the view already has.
+func (t *Table) settleBudget(ai, fi uint32, cost int64, partition int32, offset int64) {
+	pr, ok := t.projects[ai]
+	f := &t.accounts[fi]
+	if !ok || pr.budgetOf != fi || cost <= 0 || (f.foldedPartition == partition && f.foldedOffset >= offset) {
+		return
+	}
+	t.settling[ai] = append(t.settling[ai], settledCost{partition: partition, offset: offset, micros: cost})
+	pr.settledMicros += cost
+	t.projects[ai] = pr
+}
+
+// foldSettled drops project pi's settled costs that funding account's view at (partition,
+// offset) includes (all of them when all).
+func (t *Table) foldSettled(pi uint32, pr *project, partition int32, offset int64, all bool) {
+	list, ok := t.settling[pi]
+	if !ok {
+		return
+	}
+	kept := list[:0]
+	for _, c := range list {
+		if all || (c.partition == partition && c.offset <= offset) {
+			pr.settledMicros -= c.micros
+			continue
+		}
+		kept = append(kept, c)
+	}
+	if len(kept) == 0 {
+		delete(t.settling, pi)
+		return
+	}
+	t.settling[pi] = kept
+}
+
+// reserve counts micros against project ai's budget (an open funded request's estimate).
+func (t *Table) reserve(ai uint32, micros int64) {
+	pr, ok := t.projects[ai]
+	if !ok {
+		pr = project{funder: none, budgetOf: none}
+		t.accounts[ai].project = true
+	}
+	pr.reservedMicros += micros
+	t.projects[ai] = pr
+}
+
+// unreserve gives back what reserve counted, dropping the project state when nothing is left.
+func (t *Table) unreserve(ai uint32, micros int64) {
+	pr, ok := t.projects[ai]
+	if !ok {
+		return
+	}
+	pr.reservedMicros = max(pr.reservedMicros-micros, 0)
+	t.setProject(ai, pr)
+}
+
+// setProject stores account ai's project state, or drops it when it holds nothing.
+func (t *Table) setProject(ai uint32, pr project) {
+	if pr.funder == none && pr.budgetOf == none && pr.reservedMicros == 0 && pr.settledMicros == 0 {
+		delete(t.projects, ai)
+		t.accounts[ai].project = false
+		return
+	}
+	t.projects[ai] = pr
+	t.accounts[ai].project = true
 }
 
 // Finish settles open request h once its request.finished event is durable at (partition,
@@ -479,9 +647,12 @@ func (t *Table) Finish(h uint32, s Settlement, nowMs int64, out Outcome, partiti
 		return ErrUnknownRequest
 	}
 	o := t.opens.at(h)
-	ai := o.account
+	ai := o.funder // the settlement is the funding account's
 	if out != OutcomeNone {
 		t.endpoints[o.endpoint].adaptive.Observe(o.startedMs, nowMs, out == OutcomeFailed)
+	}
+	if o.funder != o.account {
+		t.settleBudget(o.account, o.funder, s.CostMicros, partition, offset)
 	}
 	t.release(h)
 	if s.availDelta == 0 && s.allowDelta == 0 {
@@ -588,10 +759,28 @@ func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
 	if !ok {
 		return false
 	}
-	a := &t.accounts[ai]
-	if a.foldedPartition == b.Partition && b.Offset < a.foldedOffset {
+	if a := &t.accounts[ai]; a.foldedPartition == b.Partition && b.Offset < a.foldedOffset {
 		return true
 	}
+	fi := none
+	if b.FundingAccountID != "" && b.FundingAccountID != b.AccountID {
+		// An unknown funding account gets a record like any account (lookup may move the
+		// records: a is taken after it).
+		if fi, ok = t.lookup(b.FundingAccountID); !ok {
+			return false
+		}
+		if _, ok := t.funderIDs[fi]; !ok {
+			t.funderIDs[fi] = b.FundingAccountID
+		}
+	}
+	t.applyBudgets(ai, b.Projects, b.Partition, b.Offset) // may insert accounts too
+	pr := project{funder: none, budgetOf: none}
+	if t.accounts[ai].project {
+		pr = t.projects[ai]
+	}
+	pr.funder = fi
+	t.setProject(ai, pr)
+	a := &t.accounts[ai]
 	a.availableMicros, a.heldMicros = b.AvailableMicros, b.HeldMicros
 	a.suspended = b.Suspended
 	if len(b.Expiring) > 0 {
@@ -648,6 +837,50 @@ func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
 	return true
 }
 
+// applyBudgets records the project budgets funding account fi's balance.updated lists
+// (projects), replacing those its previous one listed. A project the table cannot hold (full)
+// is left out: it then has no budget here.
+func (t *Table) applyBudgets(fi uint32, projects []events.ProjectSpend, partition int32, offset int64) {
+	old := t.budgetsOf[fi]
+	if len(old) == 0 && len(projects) == 0 {
+		return
+	}
+	for _, pi := range old {
+		if pr := t.projects[pi]; pr.budgetOf == fi {
+			// The view's spent includes the finishes up to its position; a budget it no
+			// longer lists takes its unfolded costs with it.
+			t.foldSettled(pi, &pr, partition, offset, !t.listed(projects, pi))
+			pr.budgetOf, pr.budgetMicros, pr.spentMicros, pr.periodStartMs = none, 0, 0, 0
+			t.setProject(pi, pr)
+		}
+	}
+	list := old[:0]
+	for i := range projects {
+		e := &projects[i]
+		pi, ok := t.lookup(e.ProjectID)
+		if !ok || pi == fi {
+			continue
+		}
+		pr := project{funder: none, budgetOf: none}
+		if t.accounts[pi].project {
+			pr = t.projects[pi]
+		}
+		if pr.budgetOf != none && pr.budgetOf != fi {
+			// Listed by another funding account before: its costs would only be folded by
+			// that account's views, which no longer apply to it.
+			t.foldSettled(pi, &pr, 0, 0, true)
+		}
+		pr.budgetOf, pr.budgetMicros, pr.spentMicros, pr.periodStartMs = fi, e.BudgetMicros, e.SpentMicros, e.PeriodStart.UnixMilli()
+		t.setProject(pi, pr)
+		list = append(list, pi)
+	}
+	if len(list) == 0 {
+		delete(t.budgetsOf, fi)
+		return
+	}
+	t.budgetsOf[fi] = list
+}
+
 // ApplyLimits folds a limits.adjusted factor. Unknown endpoints are ignored (another price
 // book version may know them). It returns false when the table is full.
 func (t *Table) ApplyLimits(l *events.LimitsAdjusted) bool {
@@ -675,6 +908,12 @@ type Snapshot struct {
 	Pending                                                             int
 	Tier                                                                string
 	Suspended                                                           bool
+	// FundingAccountID is the account's funding account ("" its own); BudgetReservedMicros
+	// the estimates of its open funded requests counted against its budget,
+	// BudgetSettledMicros the costs of its finished ones the funder's view does not include.
+	FundingAccountID     string
+	BudgetReservedMicros int64
+	BudgetSettledMicros  int64
 }
 
 // Account reports an account's local view; ok is false when it is not cached.
@@ -688,8 +927,15 @@ func (t *Table) Account(id string) (Snapshot, bool) {
 	for cur := a.pendingHead; cur != none; cur = t.pend.at(cur).next {
 		n++
 	}
-	return Snapshot{AvailableMicros: a.availableMicros, HeldMicros: a.heldMicros, PendingAvailMicros: a.pendingAvail,
-		PendingAllowMicros: a.pendingAllow, Pending: n, Tier: t.tiers[a.tier].name, Suspended: a.suspended}, true
+	snap := Snapshot{AvailableMicros: a.availableMicros, HeldMicros: a.heldMicros, PendingAvailMicros: a.pendingAvail,
+		PendingAllowMicros: a.pendingAllow, Pending: n, Tier: t.tiers[a.tier].name, Suspended: a.suspended}
+	if pr, ok := t.projects[ai]; ok {
+		if pr.funder != none {
+			snap.FundingAccountID = t.id(pr.funder)
+		}
+		snap.BudgetReservedMicros, snap.BudgetSettledMicros = pr.reservedMicros, pr.settledMicros
+	}
+	return snap, true
 }
 
 // Price prices units on an endpoint with the table's book (used at finish).
@@ -763,4 +1009,14 @@ func (t *Table) expiredMicros(ai uint32, nowMs int64) int64 {
 		}
 	}
 	return sum
+}
+
+// listed reports whether projects (a balance.updated's) lists project pi.
+func (t *Table) listed(projects []events.ProjectSpend, pi uint32) bool {
+	for i := range projects {
+		if t.keyIs(pi, projects[i].ProjectID) {
+			return true
+		}
+	}
+	return false
 }

@@ -1,7 +1,8 @@
 // Package decide is the admitter's pure decision core: the account state table, the decision
-// order (blocked, overload shedding, concurrency, rate limit, funding waterfall), the local
-// balance (the ledger's view minus this admitter's unfolded holds and settlements) and the
-// local adaptive concurrency limit. It imports no Kafka or HTTP; time is always a parameter.
+// order (blocked, overload shedding, concurrency, rate limit, budget, funding waterfall), the
+// local balance (the ledger's view minus this admitter's unfolded holds and settlements), the
+// funding of accounts by others (an organization's shared balance and its project budgets)
+// and the local adaptive concurrency limit. It imports no Kafka or HTTP; time is always a parameter.
 //
 // A Table is not safe for concurrent use: the service serialises calls with one mutex. Every
 // decision runs in well under a microsecond and allocates nothing once the account is known.
@@ -41,13 +42,14 @@ const (
 	ReasonOverloaded
 	ReasonConcurrency
 	ReasonRateLimited
+	ReasonBudgetExhausted
 	ReasonInsufficientCredits
 	ReasonTableFull
 	numReasons
 )
 
 var reasonNames = [numReasons]string{"", "account_suspended", "account_blocked", "overloaded",
-	"concurrency_limited", "rate_limited", "insufficient_credits", "account_table_full"}
+	"concurrency_limited", "rate_limited", "budget_exhausted", "insufficient_credits", "account_table_full"}
 
 // String is the stable reason code ("" for allowed).
 func (r Reason) String() string {
@@ -231,6 +233,7 @@ type account struct {
 	suspended       bool
 	factorPermille  uint16 // history factor, factorUnset when never adjusted
 	expiring        bool   // Table.expiring holds the ledger's expiring grants of this account
+	project         bool   // Table.projects holds this account's funding, budget or reservations
 	pendingHead     uint32 // first pending change, or none
 	foldedPartition int32
 	availableMicros int64 // ledger's available balance
@@ -253,6 +256,31 @@ const expiringSlots = 2
 type expiringGrants struct {
 	atSec  [expiringSlots]uint32
 	micros [expiringSlots]int64
+}
+
+// project is what an account funded by another (a project of an organization) needs beyond
+// its record, kept in Table.projects for those accounts only: its funding account, the
+// monthly budget its funding account's balance.updated lists for it, and the estimates of its
+// open funded requests (this admitter's and its peers'), which count against the budget.
+type project struct {
+	funder   uint32 // the funding account (from the project's balance.updated), or none
+	budgetOf uint32 // the funding account whose balance.updated lists the budget, or none
+	// budgetMicros per UTC calendar month; spentMicros what the project's finished requests
+	// cost in the month starting at periodStartMs (Unix ms), as the ledger last published.
+	budgetMicros, spentMicros, periodStartMs int64
+	// reservedMicros is the sum of the estimates of its open funded requests;
+	// settledMicros the sum of Table.settling's entries of it.
+	reservedMicros, settledMicros int64
+}
+
+// settledCost is the cost of a finished funded request of a project with a budget, at the
+// position of its request.finished on the funding account's partition: it counts against the
+// budget until the funding account's balance.updated passes that position (then its spent
+// includes it).
+type settledCost struct {
+	partition int32
+	offset    int64
+	micros    int64
 }
 
 // epState is one account's state on one endpoint: the GCRA theoretical arrival time and the
@@ -286,6 +314,7 @@ type open struct {
 	startPending uint32
 	nextFree     uint32
 	live         bool
+	funder       uint32 // the account whose money the request takes: its funding account, or account
 }
 
 type tierInfo struct {
@@ -330,6 +359,18 @@ type Table struct {
 	// expiring holds, for the accounts whose ledger view lists expiring grants (most have
 	// none: the map costs nothing for them), when each remainder stops counting.
 	expiring map[uint32]expiringGrants
+	// projects holds, for the accounts that are funded by another, have a budget or have
+	// funded requests open (account.project), their project state; the others cost nothing.
+	projects map[uint32]project
+	// settling holds, per project with a budget, the costs of its finished requests the
+	// funding account's view has not folded yet (see settledCost).
+	settling map[uint32][]settledCost
+	// budgetsOf lists, per funding account, the projects its last balance.updated listed
+	// budgets for (so that the next one can drop those it no longer lists).
+	budgetsOf map[uint32][]uint32
+	// funderIDs holds the ids of the accounts that fund others, for Decision.FundingAccountID
+	// (written without allocating).
+	funderIDs map[uint32]string
 	// per account × endpoint beyond the inline ones (index account×(endpoints−2)+endpoint−2).
 	eps []epState
 
@@ -356,7 +397,8 @@ func NewTable(book *pricebook.Book, cfg Config) (*Table, error) {
 		return nil, fmt.Errorf("decide: at most %d endpoints and 255 tiers", EndpointsMax)
 	}
 	t := &Table{cfg: cfg, book: book, tierIdx: map[string]uint8{}, epIdx: map[string]uint8{},
-		idx: newIndex(), openFree: none, pendFree: none, expiring: map[uint32]expiringGrants{}}
+		idx: newIndex(), openFree: none, pendFree: none, expiring: map[uint32]expiringGrants{},
+		projects: map[uint32]project{}, settling: map[uint32][]settledCost{}, budgetsOf: map[uint32][]uint32{}, funderIDs: map[uint32]string{}}
 	for _, name := range slices.Sorted(maps.Keys(book.Tiers)) {
 		t.tierIdx[name] = uint8(len(t.tiers))
 		t.tiers = append(t.tiers, tierInfo{name: name, t: book.Tiers[name]})

@@ -2,6 +2,7 @@ package decide
 
 import (
 	"testing"
+	"time"
 
 	"github.com/tallyhq/tally/shared/events"
 )
@@ -9,7 +10,9 @@ import (
 // FuzzTable drives a table with an arbitrary sequence of admits, acks, aborts, finishes,
 // ledger views, limit changes and expiries, and checks after every step what must never
 // happen: a pending sum that differs from its changes, a negative in-flight count, an open
-// count that drifts, a hold kept after the ledger folded it, a panic.
+// count that drifts, a hold kept after the ledger folded it, a project's budget reservation
+// that differs from its open funded requests' (and peers') estimates, a panic. Accounts may
+// be funded by one another and carry budgets.
 func FuzzTable(f *testing.F) {
 	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
 	f.Add([]byte{0, 0, 0, 1, 1, 3, 3, 4, 4, 5, 200, 7, 9, 0, 0, 2})
@@ -18,10 +21,12 @@ func FuzzTable(f *testing.F) {
 		accts := []string{"a", "b", "c"}
 		eps := []string{"sora.video", "codex.responses", "nope"}
 		var handles []uint32
+		var peers []*Peer
+		peerReserved := map[string]int64{}
 		offset := int64(0)
 		now := t0
 		for i := 0; i+1 < len(ops); i += 2 {
-			op, arg := ops[i]%10, int(ops[i+1])
+			op, arg := ops[i]%12, int(ops[i+1])
 			acct := accts[arg%len(accts)]
 			switch op {
 			case 0, 1:
@@ -67,14 +72,53 @@ func FuzzTable(f *testing.F) {
 				tb.Expire(now, arg, nil)
 			case 8:
 				offset++
-				tb.ApplyPeerStart(&Peer{AccountID: acct, Funding: Funding(1 + arg%3), HoldMicros: int64(arg) * 1000,
-					AllowanceMicros: int64(arg) * 7, StartedMs: now}, int32(arg%2), offset)
-			case 9:
+				p := &Peer{AccountID: acct, Funding: Funding(1 + arg%3), HoldMicros: int64(arg) * 1000,
+					AllowanceMicros: int64(arg) * 7, StartedMs: now}
+				if arg%3 == 1 {
+					p.FundingAccountID = accts[(arg/3+1)%len(accts)]
+					if p.FundingAccountID == acct {
+						p.FundingAccountID = ""
+					}
+				}
+				if tb.ApplyPeerStart(p, int32(arg%2), offset) {
+					peers = append(peers, p)
+					if p.FundingAccountID != "" {
+						peerReserved[acct] += p.HoldMicros + p.AllowanceMicros
+					}
+				}
+			case 9, 11:
+				if len(peers) == 0 {
+					break
+				}
+				k := arg % len(peers)
+				p := peers[k]
+				peers = append(peers[:k], peers[k+1:]...)
+				if p.FundingAccountID != "" {
+					peerReserved[p.AccountID] -= p.HoldMicros + p.AllowanceMicros
+				}
+				if op == 11 {
+					tb.ApplyPeerEnd(p)
+					break
+				}
 				offset++
-				tb.ApplyPeerFinish(&Peer{AccountID: acct, Funding: Funding(1 + arg%3), HoldMicros: int64(arg) * 1000,
-					AllowanceMicros: int64(arg) * 7, StartedMs: now - int64(arg)}, int64(arg)*1500, int32(arg%2), offset, now)
+				tb.ApplyPeerFinish(p, int64(arg)*1500, int32(arg%2), offset, now)
+			case 10:
+				// A view that funds acct by another account (or by nobody) and lists budgets.
+				b := &events.BalanceUpdated{AccountID: acct, Tier: []string{"free", "enterprise"}[arg%2],
+					AvailableMicros: int64(arg) * 100_000, Partition: int32(arg % 2), Offset: int64(arg)}
+				if f := accts[(arg/2)%len(accts)]; f != acct && arg%5 != 0 {
+					b.FundingAccountID = f
+				}
+				for j, p := range accts {
+					if p != acct && (arg>>(3+j))&1 == 1 {
+						b.Projects = append(b.Projects, events.ProjectSpend{ProjectID: p, BudgetMicros: int64(arg%7) * 1_000_000,
+							SpentMicros: int64(arg%3) * 500_000, PeriodStart: time.UnixMilli(now - int64(arg%2)*40*24*3600*1000).UTC()})
+					}
+				}
+				tb.ApplyBalance(b)
 			}
 			checkInvariants(t, tb)
+			checkReservations(t, tb, peerReserved)
 		}
 	})
 }
@@ -139,6 +183,49 @@ func checkInvariants(t *testing.T, tb *Table) {
 		}
 		if a := &tb.endpoints[i].adaptive; a.cfg.Enabled && (a.limit < a.floor || a.limit > a.capacity) {
 			t.Fatalf("endpoint %d adaptive limit %d outside [%d, %d]", i, a.limit, a.floor, a.capacity)
+		}
+	}
+}
+
+// checkReservations checks each account's budget reservation against its open funded
+// requests' estimates plus the funded peer starts counted and not yet finished or ended
+// (peer), and that the project state exists exactly for the accounts flagged so.
+func checkReservations(t *testing.T, tb *Table, peer map[string]int64) {
+	t.Helper()
+	want := map[uint32]int64{}
+	for id, v := range peer {
+		if ai, ok := tb.known(id); ok {
+			want[ai] += v
+		}
+	}
+	for i := 0; i < tb.opens.len(); i++ {
+		if o := tb.opens.at(uint32(i)); o.live && o.funder != o.account {
+			want[o.account] += o.holdMicros + o.allowMicros
+		}
+	}
+	for ai := range tb.accounts {
+		pr, ok := tb.projects[uint32(ai)]
+		if ok != tb.accounts[ai].project {
+			t.Fatalf("account %d: project state %v, flag %v", ai, ok, tb.accounts[ai].project)
+		}
+		if pr.reservedMicros != want[uint32(ai)] {
+			t.Fatalf("account %d: reserved %d, open funded estimates %d", ai, pr.reservedMicros, want[uint32(ai)])
+		}
+		if ok && pr.funder == none && pr.budgetOf == none && pr.reservedMicros == 0 && pr.settledMicros == 0 {
+			t.Fatalf("account %d: empty project state kept", ai)
+		}
+		var settled int64
+		for _, c := range tb.settling[uint32(ai)] {
+			settled += c.micros
+			if pr.budgetOf == none {
+				t.Fatalf("account %d: settled cost kept without a budget", ai)
+			}
+			if f := &tb.accounts[pr.budgetOf]; f.foldedPartition == c.partition && f.foldedOffset >= c.offset {
+				t.Fatalf("account %d: settled cost at %d kept after its funder's view folded %d", ai, c.offset, f.foldedOffset)
+			}
+		}
+		if settled != pr.settledMicros || (!ok && len(tb.settling[uint32(ai)]) > 0) {
+			t.Fatalf("account %d: settled %d, entries sum %d", ai, pr.settledMicros, settled)
 		}
 	}
 }

@@ -37,6 +37,7 @@ import (
 const (
 	segID = iota
 	segAccount
+	segFunder // the funding account fixed at admission ("" the account's own)
 	segEndpoint
 	segModel
 	segPriority
@@ -176,8 +177,9 @@ func (st *Store) Lookup(id string) (Ref, bool) {
 func (st *Store) Len() int { return st.n }
 
 // Add creates the pending record of an admit with its answer body, at slot (from Find, which
-// did not find req.RequestID). Until Answered or Forget, a repeat Awaits it.
-func (st *Store) Add(slot Slot, req *api.AdmitRequest, keyID, client string, body []byte) Ref {
+// did not find req.RequestID), and funder, the funding account the decision fixed ("" the
+// account's own). Until Answered or Forget, a repeat Awaits it.
+func (st *Store) Add(slot Slot, req *api.AdmitRequest, funder, keyID, client string, body []byte) Ref {
 	h := slot.h
 	var ri uint32
 	if n := len(st.free); n > 0 {
@@ -191,7 +193,7 @@ func (st *Store) Add(slot Slot, req *api.AdmitRequest, keyID, client string, bod
 	r := &st.recs[ri]
 	*r = idemRec{hash: h, gen: st.gen,
 		est: [4]int64{req.Estimate.VideoSeconds, req.Estimate.TokensIn, req.Estimate.TokensOut, req.Estimate.ComputeMs}}
-	fields := [...]string{segID: req.RequestID, segAccount: req.AccountID, segEndpoint: req.Endpoint,
+	fields := [...]string{segID: req.RequestID, segAccount: req.AccountID, segFunder: funder, segEndpoint: req.Endpoint,
 		segModel: req.Model, segPriority: req.Priority, segResolution: req.Estimate.Resolution,
 		segKeyID: keyID, segClient: client}
 	n := len(body)
@@ -305,8 +307,8 @@ func (st *Store) SameFinish(ri uint32, req *api.FinishRequest) bool {
 // events log by another admitter, or an earlier incarnation) while its finish is published:
 // allowed, no admit answer to replay, its finish pending (a concurrent repeat Awaits it).
 // slot comes from Find, which did not find id.
-func (st *Store) AddFromLog(slot Slot, id, account, endpoint, model string) Ref {
-	ri := st.Add(slot, &api.AdmitRequest{RequestID: id, AccountID: account, Endpoint: endpoint, Model: model}, "", "", nil)
+func (st *Store) AddFromLog(slot Slot, id, account, funder, endpoint, model string) Ref {
+	ri := st.Add(slot, &api.AdmitRequest{RequestID: id, AccountID: account, Endpoint: endpoint, Model: model}, funder, "", "", nil)
 	r := &st.recs[ri]
 	r.status, r.flags = http.StatusOK, recAllowed|recFromLog
 	st.BeginFinish(ri)
@@ -365,9 +367,11 @@ func (st *Store) Open(ri Ref) (handle uint32, ok bool) {
 	return r.handle, r.flags&recOpen != 0 && r.status != 0
 }
 
-// Request returns the account, endpoint and model record ri's request was admitted with.
-func (st *Store) Request(ri Ref) (account, endpoint, model string) {
-	return st.str(ri, segAccount), st.str(ri, segEndpoint), st.str(ri, segModel)
+// Request returns the account, the funding account ("" the account's own), the endpoint and
+// the model record ri's request was admitted with: the finish names the same funding account
+// as the start, whatever the account's funding is by then.
+func (st *Store) Request(ri Ref) (account, funder, endpoint, model string) {
+	return st.str(ri, segAccount), st.str(ri, segFunder), st.str(ri, segEndpoint), st.str(ri, segModel)
 }
 
 // BeginFinish marks record ri's finish as being published: repeats Await it.

@@ -40,7 +40,7 @@ func TestStoreModel(t *testing.T) {
 			continue
 		}
 		req := api.AdmitRequest{RequestID: id, AccountID: "acct-" + id, Endpoint: "e", Estimate: events.Units{TokensIn: int64(step)}}
-		model[id] = st.Add(slot, &req, "k", "127.0.0.1", []byte(`{"answer":"`+id+`"}`))
+		model[id] = st.Add(slot, &req, "", "k", "127.0.0.1", []byte(`{"answer":"`+id+`"}`))
 		ids = append(ids, id)
 	}
 	if st.n != len(model) {
