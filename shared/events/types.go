@@ -1,5 +1,12 @@
 package events
 
+// The payload types are the one definition of the event contract: the JSON Schemas
+// (schemas/events, internal/schemagen) and the hot types' codec (codec_gen.go: the Decoder's
+// parsers, the Append functions; internal/codecgen, steered by the //codec: directives and
+// codec:"..." tags) are generated from them. After changing a type, run go generate ./... here
+// (make generate); TestSchemasAreGenerated and TestCodecIsGenerated fail while either is stale.
+//
+//go:generate go run ./internal/codecgen/cmd/codecgen -dir .
 //go:generate go run ./internal/schemagen/cmd/schemagen -dir ../../schemas/events
 
 import (
@@ -49,9 +56,11 @@ const (
 
 // Units are the measured (or, for a hold, estimated) quantities of a request. The price book
 // turns them into micro-credits.
+//
+//codec:append
 type Units struct {
 	VideoSeconds int64  `json:"video_seconds,omitempty" schema:"min=0,max=MaxUnit"`
-	Resolution   string `json:"resolution,omitempty" schema:"maxLength=32"`
+	Resolution   string `json:"resolution,omitempty" schema:"maxLength=32" codec:"intern"`
 	TokensIn     int64  `json:"tokens_in,omitempty" schema:"min=0,max=MaxUnit"`
 	TokensOut    int64  `json:"tokens_out,omitempty" schema:"min=0,max=MaxUnit"`
 	ComputeMs    int64  `json:"compute_ms,omitempty" schema:"min=0,max=MaxUnit"`
@@ -80,21 +89,24 @@ func (u Units) Validate() error {
 // RequestStarted records an admitted request and what funds it: AllowanceMicros of the tier's
 // included allowance and a credit hold of HoldMicros. Funding names the sources: "allowance"
 // (HoldMicros is 0), "credits" (AllowanceMicros is 0) or "split" (both are above 0).
+//
+//codec:decode
+//codec:append
 type RequestStarted struct {
 	RequestID        string    `json:"request_id" schema:"id"`
-	AccountID        string    `json:"account_id" schema:"id"`
-	FundingAccountID string    `json:"funding_account_id,omitempty" schema:"id" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
-	Endpoint         string    `json:"endpoint" schema:"id"`
-	Model            string    `json:"model,omitempty" schema:"id"`
-	Tier             string    `json:"tier" schema:"id"`
-	Priority         string    `json:"priority" schema:"enum=critical|standard|batch"`
-	Funding          string    `json:"funding" schema:"enum=allowance|credits|split"`
+	AccountID        string    `json:"account_id" schema:"id" codec:"subject"`
+	FundingAccountID string    `json:"funding_account_id,omitempty" schema:"id" codec:"subject" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
+	Endpoint         string    `json:"endpoint" schema:"id" codec:"intern"`
+	Model            string    `json:"model,omitempty" schema:"id" codec:"intern"`
+	Tier             string    `json:"tier" schema:"id" codec:"intern"`
+	Priority         string    `json:"priority" schema:"enum=critical|standard|batch" codec:"intern"`
+	Funding          string    `json:"funding" schema:"enum=allowance|credits|split" codec:"intern"`
 	Estimate         Units     `json:"estimate"`
 	EstimateMicros   int64     `json:"estimate_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
 	HoldMicros       int64     `json:"hold_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
 	AllowanceMicros  int64     `json:"allowance_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
 	HoldExpiresAt    time.Time `json:"hold_expires_at"`
-	PriceBookVersion string    `json:"price_book_version" schema:"id"`
+	PriceBookVersion string    `json:"price_book_version" schema:"id" codec:"intern"`
 	KeyID            string    `json:"key_id,omitempty" schema:"id"`
 	ClientAddr       string    `json:"client_addr,omitempty" schema:"id"`
 }
@@ -131,17 +143,20 @@ func (e RequestStarted) Validate() error {
 }
 
 // RequestRejected records a denied request and why.
+//
+//codec:decode
+//codec:append
 type RequestRejected struct {
 	RequestID        string `json:"request_id" schema:"id"`
-	AccountID        string `json:"account_id" schema:"id"`
-	Endpoint         string `json:"endpoint" schema:"id"`
-	Model            string `json:"model,omitempty" schema:"id"`
-	Tier             string `json:"tier" schema:"id"`
-	Priority         string `json:"priority" schema:"enum=critical|standard|batch"`
-	Reason           string `json:"reason" schema:"id"`
+	AccountID        string `json:"account_id" schema:"id" codec:"subject"`
+	Endpoint         string `json:"endpoint" schema:"id" codec:"intern"`
+	Model            string `json:"model,omitempty" schema:"id" codec:"intern"`
+	Tier             string `json:"tier" schema:"id" codec:"intern"`
+	Priority         string `json:"priority" schema:"enum=critical|standard|batch" codec:"intern"`
+	Reason           string `json:"reason" schema:"id" codec:"intern"`
 	RetryAfterMs     int64  `json:"retry_after_ms" schema:"min=0,max=604800000"`
 	EstimateMicros   int64  `json:"estimate_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
-	PriceBookVersion string `json:"price_book_version" schema:"id"`
+	PriceBookVersion string `json:"price_book_version" schema:"id" codec:"intern"`
 	KeyID            string `json:"key_id,omitempty" schema:"id"`
 	ClientAddr       string `json:"client_addr,omitempty" schema:"id"`
 }
@@ -167,20 +182,22 @@ func (e RequestRejected) Validate() error {
 // credits: the hold, then the available balance, then overage); they sum to CostMicros, or
 // are all 0 when the producer did not say (older events). The ledger settles by the same
 // rule on its own state, and its journal is the authority.
+//
+//codec:decode
 type RequestFinished struct {
 	RequestID        string `json:"request_id" schema:"id"`
-	AccountID        string `json:"account_id" schema:"id"`
-	FundingAccountID string `json:"funding_account_id,omitempty" schema:"id" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
-	Endpoint         string `json:"endpoint" schema:"id"`
-	Model            string `json:"model,omitempty" schema:"id"`
-	Status           string `json:"status" schema:"enum=succeeded|failed|cancelled"`
+	AccountID        string `json:"account_id" schema:"id" codec:"subject"`
+	FundingAccountID string `json:"funding_account_id,omitempty" schema:"id" codec:"subject" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
+	Endpoint         string `json:"endpoint" schema:"id" codec:"intern"`
+	Model            string `json:"model,omitempty" schema:"id" codec:"intern"`
+	Status           string `json:"status" schema:"enum=succeeded|failed|cancelled" codec:"intern"`
 	Usage            Units  `json:"usage"`
 	CostMicros       int64  `json:"cost_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
 	AllowanceMicros  int64  `json:"allowance_micros,omitempty" schema:"amount" doc:"the part of cost_micros charged to the included allowance (as the admitter answered)"`
 	CreditsMicros    int64  `json:"credits_micros,omitempty" schema:"amount" doc:"the part of cost_micros charged to credits: the hold, then the available balance"`
 	OverageMicros    int64  `json:"overage_micros,omitempty" schema:"amount" doc:"the part of cost_micros that could not be paid (overage receivable)"`
 	DurationMs       int64  `json:"duration_ms" schema:"min=0,max=604800000"`
-	PriceBookVersion string `json:"price_book_version" schema:"id"`
+	PriceBookVersion string `json:"price_book_version" schema:"id" codec:"intern"`
 	KeyID            string `json:"key_id,omitempty" schema:"id"`
 	ClientAddr       string `json:"client_addr,omitempty" schema:"id"`
 }
@@ -576,6 +593,8 @@ type ExpiringGrant struct {
 // all the rest, at the earliest of their expiries (it errs on the early side). An admitter
 // stops counting an entry's remainder once its wall clock reaches ExpiresAt, without
 // waiting for the ledger's next view.
+//
+//codec:append
 type BalanceUpdated struct {
 	AccountID        string            `json:"account_id" schema:"id"`
 	Tier             string            `json:"tier" schema:"optid"`
@@ -712,13 +731,17 @@ const (
 // LedgerEntry is one line of a balanced double-entry transaction. AmountMicros is signed:
 // positive increases the ledger account's balance. The lines of one TransactionID sum to zero.
 // EntryID is DerivedID(CauseEventID, leg), so a replay reproduces it.
+//
+//codec:decode
+//codec:append
+//codec:fields
 type LedgerEntry struct {
-	EntryID       string    `json:"entry_id" schema:"id"`
-	TransactionID string    `json:"transaction_id" schema:"id"`
-	AccountID     string    `json:"account_id" schema:"id"`
-	LedgerAccount string    `json:"ledger_account" schema:"enum=customer.available|customer.held|system.revenue|system.grants_issued|system.breakage|system.overage_receivable|system.adjustments"`
+	EntryID       string    `json:"entry_id" schema:"id" codec:"bytes"`
+	TransactionID string    `json:"transaction_id" schema:"id" codec:"bytes"`
+	AccountID     string    `json:"account_id" schema:"id" codec:"subject"`
+	LedgerAccount string    `json:"ledger_account" schema:"enum=customer.available|customer.held|system.revenue|system.grants_issued|system.breakage|system.overage_receivable|system.adjustments" codec:"intern"`
 	AmountMicros  int64     `json:"amount_micros" schema:"signed" doc:"signed micro-credits"`
-	Kind          string    `json:"kind" schema:"id"`
+	Kind          string    `json:"kind" schema:"id" codec:"intern"`
 	CauseEventID  string    `json:"cause_event_id" schema:"id"`
 	RequestID     string    `json:"request_id,omitempty" schema:"id"`
 	GrantID       string    `json:"grant_id,omitempty" schema:"id"`
