@@ -3,7 +3,12 @@
 
 package events
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+)
 
 // The Decoder's intern slots of payload fields (codec:"intern"), one per JSON name, after
 // the envelope's.
@@ -545,4 +550,417 @@ func AppendLedgerEntryFields[T ~string | ~[]byte](dst []byte,
 	}
 	dst = AppendTime(append(dst, `,"effective_at":`...), effectiveAt)
 	return append(dst, '}')
+}
+
+// validateTags checks what the struct tags and field types of RequestStarted state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *RequestStarted) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("request_id", e.RequestID))
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkOptID("funding_account_id", e.FundingAccountID))
+	errs = appendErr(errs, checkID("endpoint", e.Endpoint))
+	errs = appendErr(errs, checkOptID("model", e.Model))
+	errs = appendErr(errs, checkID("tier", e.Tier))
+	switch e.Priority {
+	case "critical", "standard", "batch":
+	default:
+		errs = append(errs, fmt.Errorf("priority: want critical, standard or batch, got %q", e.Priority))
+	}
+	switch e.Funding {
+	case "allowance", "credits", "split":
+	default:
+		errs = append(errs, fmt.Errorf("funding: want allowance, credits or split, got %q", e.Funding))
+	}
+	errs = appendErr(errs, prefix("estimate", e.Estimate.validateTags()))
+	errs = appendErr(errs, checkRange("estimate_micros", e.EstimateMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkRange("hold_micros", e.HoldMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkRange("allowance_micros", e.AllowanceMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, CheckTime("hold_expires_at", e.HoldExpiresAt))
+	errs = appendErr(errs, checkID("price_book_version", e.PriceBookVersion))
+	errs = appendErr(errs, checkOptID("key_id", e.KeyID))
+	errs = appendErr(errs, checkOptID("client_addr", e.ClientAddr))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of Units state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *Units) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkRange("video_seconds", e.VideoSeconds, 0, MaxUnit))
+	if len(e.Resolution) > 4*32 || utf8.RuneCountInString(e.Resolution) > 32 {
+		errs = append(errs, fmt.Errorf("resolution: at most %d characters", 32))
+	}
+	errs = appendErr(errs, checkRange("tokens_in", e.TokensIn, 0, MaxUnit))
+	errs = appendErr(errs, checkRange("tokens_out", e.TokensOut, 0, MaxUnit))
+	errs = appendErr(errs, checkRange("compute_ms", e.ComputeMs, 0, MaxUnit))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of RequestRejected state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *RequestRejected) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("request_id", e.RequestID))
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkID("endpoint", e.Endpoint))
+	errs = appendErr(errs, checkOptID("model", e.Model))
+	errs = appendErr(errs, checkID("tier", e.Tier))
+	switch e.Priority {
+	case "critical", "standard", "batch":
+	default:
+		errs = append(errs, fmt.Errorf("priority: want critical, standard or batch, got %q", e.Priority))
+	}
+	errs = appendErr(errs, checkID("reason", e.Reason))
+	errs = appendErr(errs, checkRange("retry_after_ms", e.RetryAfterMs, 0, 604800000))
+	errs = appendErr(errs, checkRange("estimate_micros", e.EstimateMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkID("price_book_version", e.PriceBookVersion))
+	errs = appendErr(errs, checkOptID("key_id", e.KeyID))
+	errs = appendErr(errs, checkOptID("client_addr", e.ClientAddr))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of RequestFinished state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *RequestFinished) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("request_id", e.RequestID))
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkOptID("funding_account_id", e.FundingAccountID))
+	errs = appendErr(errs, checkID("endpoint", e.Endpoint))
+	errs = appendErr(errs, checkOptID("model", e.Model))
+	switch e.Status {
+	case "succeeded", "failed", "cancelled":
+	default:
+		errs = append(errs, fmt.Errorf("status: want succeeded, failed or cancelled, got %q", e.Status))
+	}
+	errs = appendErr(errs, prefix("usage", e.Usage.validateTags()))
+	errs = appendErr(errs, checkRange("cost_micros", e.CostMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkRange("allowance_micros", e.AllowanceMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkRange("credits_micros", e.CreditsMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkRange("overage_micros", e.OverageMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkRange("duration_ms", e.DurationMs, 0, 604800000))
+	errs = appendErr(errs, checkID("price_book_version", e.PriceBookVersion))
+	errs = appendErr(errs, checkOptID("key_id", e.KeyID))
+	errs = appendErr(errs, checkOptID("client_addr", e.ClientAddr))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of RequestExpired state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *RequestExpired) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("request_id", e.RequestID))
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkOptID("funding_account_id", e.FundingAccountID))
+	errs = appendErr(errs, checkID("endpoint", e.Endpoint))
+	switch e.Funding {
+	case "allowance", "credits", "split":
+	default:
+		errs = append(errs, fmt.Errorf("funding: want allowance, credits or split, got %q", e.Funding))
+	}
+	errs = appendErr(errs, checkRange("hold_micros", e.HoldMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkRange("allowance_micros", e.AllowanceMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkRange("released_micros", e.ReleasedMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkID("started_event_id", e.StartedEventID))
+	errs = appendErr(errs, CheckTime("expired_at", e.ExpiredAt))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of CreditsGranted state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *CreditsGranted) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("grant_id", e.GrantID))
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkRange("amount_micros", e.AmountMicros, 1, MaxAmountMicros))
+	switch e.Source {
+	case "purchase", "subscription", "promotion":
+	default:
+		errs = append(errs, fmt.Errorf("source: want purchase, subscription or promotion, got %q", e.Source))
+	}
+	errs = appendErr(errs, checkRange("priority", int64(e.Priority), 0, MaxGrantPriority))
+	if e.ExpiresAt != nil {
+		errs = appendErr(errs, CheckTime("expires_at", *e.ExpiresAt))
+	}
+	errs = appendErr(errs, checkOptID("admin_key_id", e.AdminKeyID))
+	errs = appendErr(errs, checkOptID("payment_ref", e.PaymentRef))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of CreditsAdjusted state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *CreditsAdjusted) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("adjustment_id", e.AdjustmentID))
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	if e.AmountMicros == 0 || e.AmountMicros < -MaxAmountMicros || e.AmountMicros > MaxAmountMicros {
+		errs = append(errs, fmt.Errorf("amount_micros: %d must be non-zero and within ±%d", e.AmountMicros, MaxAmountMicros))
+	}
+	if e.Reason == "" {
+		errs = append(errs, errors.New("reason: required"))
+	}
+	if len(e.Reason) > 4*MaxReasonChars || utf8.RuneCountInString(e.Reason) > MaxReasonChars {
+		errs = append(errs, fmt.Errorf("reason: at most %d characters", MaxReasonChars))
+	}
+	errs = appendErr(errs, checkOptID("admin_key_id", e.AdminKeyID))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of AccountUpdated state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *AccountUpdated) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkID("tier", e.Tier))
+	switch e.Priority {
+	case "critical", "standard", "batch":
+	default:
+		errs = append(errs, fmt.Errorf("priority: want critical, standard or batch, got %q", e.Priority))
+	}
+	errs = appendErr(errs, checkOptID("admin_key_id", e.AdminKeyID))
+	if e.OrganizationID != nil {
+		errs = appendErr(errs, checkOptID("organization_id", *e.OrganizationID))
+	}
+	if e.NotifyUsagePermille != nil {
+		if len(*e.NotifyUsagePermille) > MaxNotifyThresholds {
+			errs = append(errs, fmt.Errorf("notify_usage_permille: at most %d entries", MaxNotifyThresholds))
+		}
+		for i, x := range *e.NotifyUsagePermille {
+			if x < 1 || x > MaxNotifyPermille {
+				errs = append(errs, fmt.Errorf("notify_usage_permille[%d]: %d out of range [%d, %d]", i, x, 1, MaxNotifyPermille))
+			}
+		}
+	}
+	if e.NotifyFloorMicros != nil {
+		errs = appendErr(errs, checkRange("notify_floor_micros", *e.NotifyFloorMicros, 0, MaxAmountMicros))
+	}
+	if e.AutoTopUpThresholdMicros != nil {
+		errs = appendErr(errs, checkRange("auto_top_up_threshold_micros", *e.AutoTopUpThresholdMicros, 0, MaxAmountMicros))
+	}
+	if e.AutoTopUpAmountMicros != nil {
+		errs = appendErr(errs, checkRange("auto_top_up_amount_micros", *e.AutoTopUpAmountMicros, 0, MaxAmountMicros))
+	}
+	if e.FundingAccountID != nil {
+		errs = appendErr(errs, checkOptID("funding_account_id", *e.FundingAccountID))
+	}
+	if e.ProjectBudget != nil {
+		errs = appendErr(errs, prefix("project_budget", e.ProjectBudget.validateTags()))
+	}
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of ProjectBudget state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *ProjectBudget) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("project_id", e.ProjectID))
+	errs = appendErr(errs, checkRange("budget_micros", e.BudgetMicros, 0, MaxAmountMicros))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of SubscriptionChanged state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *SubscriptionChanged) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkOptID("plan_id", e.PlanID))
+	errs = appendErr(errs, CheckTime("anchor_at", e.AnchorAt))
+	errs = appendErr(errs, checkOptID("admin_key_id", e.AdminKeyID))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of Notification state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *Notification) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("notification_id", e.NotificationID))
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	switch e.Kind {
+	case "usage_threshold", "balance_floor":
+	default:
+		errs = append(errs, fmt.Errorf("kind: want usage_threshold or balance_floor, got %q", e.Kind))
+	}
+	if e.ThresholdPermille != 0 {
+		errs = appendErr(errs, checkRange("threshold_permille", int64(e.ThresholdPermille), 1, MaxNotifyPermille))
+	}
+	if e.FloorMicros != 0 {
+		errs = appendErr(errs, checkRange("floor_micros", e.FloorMicros, 1, MaxAmountMicros))
+	}
+	errs = appendErr(errs, CheckTime("period_start", e.PeriodStart))
+	errs = appendErr(errs, CheckTime("period_end", e.PeriodEnd))
+	errs = appendErr(errs, checkBalance("used_micros", e.UsedMicros))
+	errs = appendErr(errs, checkBalance("allocation_micros", e.AllocationMicros))
+	errs = appendErr(errs, checkBalance("available_micros", e.AvailableMicros))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of TopUpRequested state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *TopUpRequested) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("topup_id", e.TopUpID))
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkRange("amount_micros", e.AmountMicros, 1, MaxAmountMicros))
+	errs = appendErr(errs, checkRange("threshold_micros", e.ThresholdMicros, 1, MaxAmountMicros))
+	errs = appendErr(errs, checkBalance("available_micros", e.AvailableMicros))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of BalanceUpdated state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *BalanceUpdated) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkOptID("tier", e.Tier))
+	switch e.Priority {
+	case "critical", "standard", "batch", "":
+	default:
+		errs = append(errs, fmt.Errorf("priority: want critical, standard or batch, got %q", e.Priority))
+	}
+	errs = appendErr(errs, checkBalance("available_micros", e.AvailableMicros))
+	errs = appendErr(errs, checkBalance("held_micros", e.HeldMicros))
+	errs = appendErr(errs, checkBalance("overage_micros", e.OverageMicros))
+	if len(e.Allowance) > 8 {
+		errs = append(errs, fmt.Errorf("allowance: at most %d entries", 8))
+	}
+	for i := range e.Allowance {
+		if err := e.Allowance[i].validateTags(); err != nil {
+			errs = append(errs, fmt.Errorf("allowance[%d]: %w", i, err))
+		}
+	}
+	if len(e.Expiring) > MaxExpiringGrants {
+		errs = append(errs, fmt.Errorf("expiring: at most %d entries", MaxExpiringGrants))
+	}
+	for i := range e.Expiring {
+		if err := e.Expiring[i].validateTags(); err != nil {
+			errs = append(errs, fmt.Errorf("expiring[%d]: %w", i, err))
+		}
+	}
+	errs = appendErr(errs, checkOptID("funding_account_id", e.FundingAccountID))
+	if len(e.Projects) > MaxProjectBudgets {
+		errs = append(errs, fmt.Errorf("projects: at most %d entries", MaxProjectBudgets))
+	}
+	for i := range e.Projects {
+		if err := e.Projects[i].validateTags(); err != nil {
+			errs = append(errs, fmt.Errorf("projects[%d]: %w", i, err))
+		}
+	}
+	errs = appendErr(errs, checkBalance("partition", int64(e.Partition)))
+	if e.Offset < -1 {
+		errs = append(errs, fmt.Errorf("offset: %d is below %d", e.Offset, -1))
+	}
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of AllowanceWindow state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *AllowanceWindow) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("window", e.Window))
+	errs = appendErr(errs, CheckTime("start", e.Start))
+	errs = appendErr(errs, checkBalance("used_micros", e.UsedMicros))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of ExpiringGrant state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *ExpiringGrant) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, CheckTime("expires_at", e.ExpiresAt))
+	errs = appendErr(errs, checkBalance("remaining_micros", e.RemainingMicros))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of ProjectSpend state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *ProjectSpend) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("project_id", e.ProjectID))
+	errs = appendErr(errs, checkRange("budget_micros", e.BudgetMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, CheckTime("period_start", e.PeriodStart))
+	errs = appendErr(errs, checkBalance("spent_micros", e.SpentMicros))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of LimitsAdjusted state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *LimitsAdjusted) validateTags() error {
+	var errs []error
+	switch e.Scope {
+	case "endpoint", "account":
+	default:
+		errs = append(errs, fmt.Errorf("scope: want endpoint or account, got %q", e.Scope))
+	}
+	errs = appendErr(errs, checkOptID("endpoint", e.Endpoint))
+	switch e.Priority {
+	case "critical", "standard", "batch", "":
+	default:
+		errs = append(errs, fmt.Errorf("priority: want critical, standard or batch, got %q", e.Priority))
+	}
+	errs = appendErr(errs, checkOptID("account_id", e.AccountID))
+	errs = appendErr(errs, checkRange("factor_permille", int64(e.FactorPermille), 0, MaxFactorPermille))
+	errs = appendErr(errs, checkID("reason", e.Reason))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of LedgerEntry state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *LedgerEntry) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("entry_id", e.EntryID))
+	errs = appendErr(errs, checkID("transaction_id", e.TransactionID))
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	switch e.LedgerAccount {
+	case "customer.available", "customer.held", "system.revenue", "system.grants_issued", "system.breakage", "system.overage_receivable", "system.adjustments":
+	default:
+		errs = append(errs, fmt.Errorf("ledger_account: unknown %q", e.LedgerAccount))
+	}
+	errs = appendErr(errs, checkRange("amount_micros", e.AmountMicros, -MaxAmountMicros, MaxAmountMicros))
+	errs = appendErr(errs, checkID("kind", e.Kind))
+	errs = appendErr(errs, checkID("cause_event_id", e.CauseEventID))
+	errs = appendErr(errs, checkOptID("request_id", e.RequestID))
+	errs = appendErr(errs, checkOptID("grant_id", e.GrantID))
+	errs = appendErr(errs, CheckTime("effective_at", e.EffectiveAt))
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of AbuseFlagged state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *AbuseFlagged) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("flag_id", e.FlagID))
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkOptID("key_id", e.KeyID))
+	errs = appendErr(errs, checkID("rule", e.Rule))
+	if e.Score != e.Score || e.Score < 0 || e.Score > 1e12 {
+		errs = append(errs, errors.New("score: out of range [0, 1e12]"))
+	}
+	switch e.Action {
+	case "throttle", "block":
+	default:
+		errs = append(errs, fmt.Errorf("action: want throttle or block, got %q", e.Action))
+	}
+	errs = appendErr(errs, CheckTime("window_start", e.WindowStart))
+	errs = appendErr(errs, CheckTime("window_end", e.WindowEnd))
+	if len(e.Evidence) > 32 {
+		errs = append(errs, fmt.Errorf("evidence: at most %d entries", 32))
+	}
+	for k, v := range e.Evidence {
+		if len(k) > 4*MaxIDChars || utf8.RuneCountInString(k) > MaxIDChars {
+			errs = append(errs, fmt.Errorf("evidence: key %q longer than %d characters", k, MaxIDChars))
+		}
+		if len(v) > 4*1024 || utf8.RuneCountInString(v) > 1024 {
+			errs = append(errs, fmt.Errorf("evidence %q: value longer than %d characters", k, 1024))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validateTags checks what the struct tags and field types of ClockTick state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *ClockTick) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkBalance("partition", int64(e.Partition)))
+	return errors.Join(errs...)
 }

@@ -1,6 +1,8 @@
-// Package codecgen writes shared/events/codec_gen.go: the Decoder's per-type parsers and the
-// payload appenders of the hot event types, from the Go types in shared/events, which are the
-// source of truth (as for the JSON Schemas, see schemagen). It reads the package's source
+// Package codecgen writes shared/events/codec_gen.go from the Go types in shared/events, which
+// are the source of truth (as for the JSON Schemas, see schemagen): the Decoder's per-type
+// parsers and the payload appenders of the hot event types, and every payload type's
+// validateTags, the per-field checks its schema tags state (see validators), which its
+// Validate calls before the rules across fields. It reads the package's source
 // (go/parser, not reflection), so it runs even when the generated file is stale and no longer
 // compiles.
 //
@@ -51,7 +53,9 @@ const (
 	kBool
 	kTime
 	kStruct
-	kSlice // of a struct type
+	kSlice // typeName is the element type
+	kFloat64
+	kMap // map[string]string
 )
 
 type field struct {
@@ -61,6 +65,8 @@ type field struct {
 	typeName         string // kStruct, kSlice: the struct type; kOther: the type's source
 	intern, subject  bool
 	bytes            bool
+	ptr              bool        // a pointer to the kind
+	schema           [][2]string // the schema tag's items: name, value
 }
 
 type structType struct {
@@ -237,6 +243,9 @@ func parseField(name string, typ ast.Expr, tag reflect.StructTag) (field, error)
 			f.omitempty = f.omitempty || o == "omitempty"
 		}
 	}
+	if star, ok := typ.(*ast.StarExpr); ok {
+		f.ptr, typ = true, star.X
+	}
 	switch x := typ.(type) {
 	case *ast.Ident:
 		switch x.Name {
@@ -248,6 +257,8 @@ func parseField(name string, typ ast.Expr, tag reflect.StructTag) (field, error)
 			f.kind = kInt32
 		case "bool":
 			f.kind = kBool
+		case "float64":
+			f.kind = kFloat64
 		default:
 			f.kind, f.typeName = kStruct, x.Name // checked against the package's structs when used
 		}
@@ -259,6 +270,12 @@ func parseField(name string, typ ast.Expr, tag reflect.StructTag) (field, error)
 		if elt, ok := x.Elt.(*ast.Ident); ok && x.Len == nil {
 			f.kind, f.typeName = kSlice, elt.Name
 		}
+	case *ast.MapType:
+		k, kok := x.Key.(*ast.Ident)
+		v, vok := x.Value.(*ast.Ident)
+		if kok && vok && k.Name == "string" && v.Name == "string" {
+			f.kind = kMap
+		}
 	}
 	if f.kind == kOther {
 		var b bytes.Buffer
@@ -266,6 +283,12 @@ func parseField(name string, typ ast.Expr, tag reflect.StructTag) (field, error)
 			return f, err
 		}
 		f.typeName = b.String()
+	}
+	if sc := tag.Get("schema"); sc != "" {
+		for _, item := range strings.Split(sc, ",") {
+			k, v, _ := strings.Cut(item, "=")
+			f.schema = append(f.schema, [2]string{k, v})
+		}
 	}
 	if c, ok := tag.Lookup("codec"); ok {
 		for _, item := range strings.Split(c, ",") {

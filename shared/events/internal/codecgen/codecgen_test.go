@@ -24,9 +24,9 @@ const TypeSample = "tally.sample.v1"
 //codec:decode
 //codec:append
 type Sample struct {
-	ID      string    ` + "`" + `json:"id"` + "`" + `
+	ID      string    ` + "`" + `json:"id" schema:"id"` + "`" + `
 	Account string    ` + "`" + `json:"account_id" codec:"subject"` + "`" + `
-	Tier    string    ` + "`" + `json:"tier,omitempty" codec:"intern"` + "`" + `
+	Tier    string    ` + "`" + `json:"tier,omitempty" schema:"enum=a|b" codec:"intern"` + "`" + `
 	N       int64     ` + "`" + `json:"n,omitempty"` + "`" + `
 	At      time.Time ` + "`" + `json:"at"` + "`" + `
 	Inner   Inner     ` + "`" + `json:"inner"` + "`" + `
@@ -36,7 +36,7 @@ func (Sample) EventType() string { return TypeSample }
 
 type Inner struct {
 	A int64  ` + "`" + `json:"a,omitempty"` + "`" + `
-	B string ` + "`" + `json:"b"` + "`" + `
+	B string ` + "`" + `json:"b" schema:"maxLength=MaxB"` + "`" + `
 }
 `
 
@@ -58,6 +58,10 @@ func TestGenerateFromTags(t *testing.T) {
 		"dst = AppendTime(append(dst, `,\"at\":`...), p.At)",
 		"dst = appendInner(append(dst, `,\"inner\":`...), &p.Inner)",
 		"dst = append(dst, '{')\n\tn := len(dst)", "dst = AppendKeyString(comma(dst, n), `\"b\":`, p.B)",
+		"func (e *Sample) validateTags() error", `errs = appendErr(errs, checkID("id", e.ID))`,
+		"case \"a\", \"b\", \"\":", `fmt.Errorf("tier: want a or b, got %q", e.Tier)`,
+		`errs = appendErr(errs, CheckTime("at", e.At))`, `errs = appendErr(errs, prefix("inner", e.Inner.validateTags()))`,
+		"if len(e.B) > 4*MaxB || utf8.RuneCountInString(e.B) > MaxB {",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("generated code lacks %q:\n%s", want, out)
@@ -80,6 +84,7 @@ func TestGenerateRefuses(t *testing.T) {
 		{"unknown codec item", `codec:"intern"`, `codec:"internn"`, `unknown item "internn"`},
 		{"codec tag on an int", "`json:\"n,omitempty\"`", "`json:\"n,omitempty\" codec:\"intern\"`", "not a string"},
 		{"intern and subject", `codec:"subject"`, `codec:"subject,intern"`, "exclude each other"},
+		{"unknown schema item", `schema:"id"`, `schema:"idd"`, `unknown schema tag item "idd"`},
 		{"unknown directive", "//codec:append", "//codec:apend", "unknown directive"},
 		{"fields without append", "//codec:append", "//codec:fields", "without //codec:append"},
 		{"decode a type it cannot parse", "N       int64 ", "N       int32 ", "does not parse a field of type int32"},
