@@ -55,15 +55,23 @@ func TestValidateTagsAgreeWithSchemas(t *testing.T) {
 		// Each settable field, nested structs included, set to each boundary value in turn.
 		var walk func(v reflect.Value, path string, set func(path string))
 		walk = func(v reflect.Value, path string, set func(path string)) {
+			each := func(values any) {
+				old := reflect.ValueOf(v.Interface())
+				xs := reflect.ValueOf(values)
+				for i := range xs.Len() {
+					x := xs.Index(i)
+					if x.CanInt() && v.OverflowInt(x.Int()) {
+						continue
+					}
+					v.Set(x.Convert(v.Type()))
+					set(path)
+				}
+				v.Set(old)
+			}
 			switch v.Kind() {
 			case reflect.Struct:
 				if v.Type() == reflect.TypeOf(time.Time{}) {
-					old := v.Interface()
-					for _, x := range times {
-						v.Set(reflect.ValueOf(x))
-						set(path)
-					}
-					v.Set(reflect.ValueOf(old))
+					each(times)
 					return
 				}
 				for i := range v.NumField() {
@@ -78,28 +86,11 @@ func TestValidateTagsAgreeWithSchemas(t *testing.T) {
 					walk(v.Index(i), path+"[]", set)
 				}
 			case reflect.Int64, reflect.Int32:
-				old := v.Int()
-				for _, x := range ints {
-					if !v.OverflowInt(x) {
-						v.SetInt(x)
-						set(path)
-					}
-				}
-				v.SetInt(old)
+				each(ints)
 			case reflect.String:
-				old := v.String()
-				for _, x := range strs {
-					v.SetString(x)
-					set(path)
-				}
-				v.SetString(old)
+				each(strs)
 			case reflect.Float64:
-				old := v.Float()
-				for _, x := range floats {
-					v.SetFloat(x)
-					set(path)
-				}
-				v.SetFloat(old)
+				each(floats)
 			}
 		}
 		p := reflect.New(reflect.TypeOf(d)).Elem()
