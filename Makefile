@@ -74,13 +74,13 @@ gowork-off: ## every module builds, vets and compiles its tests on its own (GOWO
 	  GOWORK=off go test -count=1 -run '^$$' ./... >/dev/null) || { echo "GOWORK=off failed in $$m"; exit 1; }; done
 
 .PHONY: generate
-generate: ## write the event payload schemas (schemas/events/*.v1.json) from the Go types in shared/events
+generate: ## write the event payload schemas (schemas/events/*.v1.json) and the hot types' codec (shared/events/codec_gen.go) from the Go types in shared/events
 	cd shared/events && go generate ./...
 
 .PHONY: generate-check
-generate-check: ## fail when a committed payload schema differs from what make generate writes
-	@(cd shared && go test -count=1 -run '^TestSchemasAreGenerated$$' ./events/ >/dev/null) || \
-	  { echo "schemas/events differ from the Go types: run make generate"; (cd shared && go test -count=1 -run '^TestSchemasAreGenerated$$' ./events/) || true; exit 1; }
+generate-check: ## fail when a committed payload schema or codec_gen.go differs from what make generate writes
+	@(cd shared && go test -count=1 -run '^(TestSchemasAreGenerated|TestCodecIsGenerated)$$' ./events/ >/dev/null) || \
+	  { echo "schemas/events or shared/events/codec_gen.go differ from the Go types: run make generate"; (cd shared && go test -count=1 -run '^(TestSchemasAreGenerated|TestCodecIsGenerated)$$' ./events/) || true; exit 1; }
 
 .PHONY: check
 check: fmt-check vet gowork-off generate-check ## static checks

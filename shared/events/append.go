@@ -10,7 +10,9 @@ import (
 // (the admitter's admit path, the ledger engine's hot outputs). encoding/json over the
 // envelope re-scans and compacts the already-encoded data (json.RawMessage) and reflects over
 // each payload, which was a visible share of both the admit path and the ledger end to end.
-// Each function appends to dst and returns it; none allocates unless dst must grow.
+// Each function appends to dst and returns it; none allocates unless dst must grow. The
+// payload appenders (AppendData, AppendRequestStarted, AppendLedgerEntry, ...) are generated
+// from the Go types (codec_gen.go, the types marked //codec:append) and call the functions here.
 //
 // Every byte written is what encoding/json writes for the same value (append_test.go and
 // FuzzAppendString check it), so the output is decoded by Decode (strict) like any other.
@@ -122,214 +124,15 @@ func AppendEnvelope(dst []byte, id, source, typ string, at time.Time, subject st
 	return append(dst, '}')
 }
 
-// AppendData appends the JSON of d as json.Marshal writes it, by hand for the hot payload
-// types (request.started, request.rejected, ledger.entry, balance.updated); ok is false,
-// and nothing is appended, for any other type or for a payload whose times encoding/json
-// would write differently (not UTC) or refuse (a year outside [0, 9999]): the caller then
-// uses json.Marshal.
-func AppendData(dst []byte, d Data) (_ []byte, ok bool) {
-	switch e := d.(type) {
-	case RequestStarted:
-		if !plainTime(e.HoldExpiresAt) {
-			return dst, false
-		}
-		return AppendRequestStarted(dst, &e), true
-	case RequestRejected:
-		return AppendRequestRejected(dst, &e), true
-	case LedgerEntry:
-		if !plainTime(e.EffectiveAt) {
-			return dst, false
-		}
-		return AppendLedgerEntry(dst, &e), true
-	case BalanceUpdated:
-		for i := range e.Allowance {
-			if !plainTime(e.Allowance[i].Start) {
-				return dst, false
-			}
-		}
-		for i := range e.Expiring {
-			if !plainTime(e.Expiring[i].ExpiresAt) {
-				return dst, false
-			}
-		}
-		for i := range e.Projects {
-			if !plainTime(e.Projects[i].PeriodStart) {
-				return dst, false
-			}
-		}
-		return AppendBalanceUpdated(dst, &e), true
-	}
-	return dst, false
-}
-
 // plainTime reports whether AppendTime writes t as time.Time's MarshalJSON does.
 func plainTime(t time.Time) bool {
 	return t.Location() == time.UTC && t.Year() >= 0 && t.Year() <= 9999
 }
 
-// AppendRequestStarted appends the JSON of e (the field order and omitempty of the Go type).
-// Its time is written in UTC (AppendTime).
-func AppendRequestStarted(dst []byte, e *RequestStarted) []byte {
-	dst = appendRequestIDs(dst, e.RequestID, e.AccountID, e.FundingAccountID, e.Endpoint, e.Model)
-	dst = AppendKeyString(dst, `,"tier":`, e.Tier)
-	dst = AppendKeyString(dst, `,"priority":`, e.Priority)
-	dst = AppendKeyString(dst, `,"funding":`, e.Funding)
-	dst = AppendUnits(append(dst, `,"estimate":`...), &e.Estimate)
-	dst = AppendKeyInt(dst, `,"estimate_micros":`, e.EstimateMicros)
-	dst = AppendKeyInt(dst, `,"hold_micros":`, e.HoldMicros)
-	dst = AppendKeyInt(dst, `,"allowance_micros":`, e.AllowanceMicros)
-	dst = AppendTime(append(dst, `,"hold_expires_at":`...), e.HoldExpiresAt)
-	dst = AppendKeyString(dst, `,"price_book_version":`, e.PriceBookVersion)
-	return append(appendOrigin(dst, e.KeyID, e.ClientAddr), '}')
-}
-
-// AppendRequestRejected appends the JSON of e (the field order and omitempty of the Go type).
-func AppendRequestRejected(dst []byte, e *RequestRejected) []byte {
-	dst = appendRequestIDs(dst, e.RequestID, e.AccountID, "", e.Endpoint, e.Model)
-	dst = AppendKeyString(dst, `,"tier":`, e.Tier)
-	dst = AppendKeyString(dst, `,"priority":`, e.Priority)
-	dst = AppendKeyString(dst, `,"reason":`, e.Reason)
-	dst = AppendKeyInt(dst, `,"retry_after_ms":`, e.RetryAfterMs)
-	dst = AppendKeyInt(dst, `,"estimate_micros":`, e.EstimateMicros)
-	dst = AppendKeyString(dst, `,"price_book_version":`, e.PriceBookVersion)
-	return append(appendOrigin(dst, e.KeyID, e.ClientAddr), '}')
-}
-
-func appendRequestIDs(dst []byte, requestID, accountID, fundingAccountID, endpoint, model string) []byte {
-	dst = AppendKeyString(dst, `{"request_id":`, requestID)
-	dst = AppendKeyString(dst, `,"account_id":`, accountID)
-	if fundingAccountID != "" {
-		dst = AppendKeyString(dst, `,"funding_account_id":`, fundingAccountID)
-	}
-	dst = AppendKeyString(dst, `,"endpoint":`, endpoint)
-	if model != "" {
-		dst = AppendKeyString(dst, `,"model":`, model)
+// comma appends ',' unless nothing follows the object's opening brace, which ends at n.
+func comma(dst []byte, n int) []byte {
+	if len(dst) > n {
+		dst = append(dst, ',')
 	}
 	return dst
-}
-
-func appendOrigin(dst []byte, keyID, clientAddr string) []byte {
-	if keyID != "" {
-		dst = AppendKeyString(dst, `,"key_id":`, keyID)
-	}
-	if clientAddr != "" {
-		dst = AppendKeyString(dst, `,"client_addr":`, clientAddr)
-	}
-	return dst
-}
-
-// AppendUnits appends the JSON of u (every field omitempty).
-func AppendUnits(dst []byte, u *Units) []byte {
-	dst = append(dst, '{')
-	n := len(dst)
-	sep := func(dst []byte, key string) []byte {
-		if len(dst) > n {
-			dst = append(dst, ',')
-		}
-		return append(dst, key...)
-	}
-	if u.VideoSeconds != 0 {
-		dst = strconv.AppendInt(sep(dst, `"video_seconds":`), u.VideoSeconds, 10)
-	}
-	if u.Resolution != "" {
-		dst = AppendString(sep(dst, `"resolution":`), u.Resolution)
-	}
-	if u.TokensIn != 0 {
-		dst = strconv.AppendInt(sep(dst, `"tokens_in":`), u.TokensIn, 10)
-	}
-	if u.TokensOut != 0 {
-		dst = strconv.AppendInt(sep(dst, `"tokens_out":`), u.TokensOut, 10)
-	}
-	if u.ComputeMs != 0 {
-		dst = strconv.AppendInt(sep(dst, `"compute_ms":`), u.ComputeMs, 10)
-	}
-	return append(dst, '}')
-}
-
-// AppendLedgerEntry appends the JSON of le (the field order and omitempty of the Go type).
-// Its time is written in UTC (AppendTime).
-func AppendLedgerEntry(dst []byte, le *LedgerEntry) []byte {
-	return AppendLedgerEntryFields(dst, le.EntryID, le.TransactionID, le.AccountID, le.LedgerAccount,
-		le.AmountMicros, le.Kind, le.CauseEventID, le.RequestID, le.GrantID, le.EffectiveAt)
-}
-
-// AppendLedgerEntryFields is AppendLedgerEntry from the fields, so that a producer holding
-// them elsewhere (ids in stack buffers) need not build a LedgerEntry.
-func AppendLedgerEntryFields[T ~string | ~[]byte](dst []byte, entryID, transactionID T, accountID, ledgerAccount string,
-	amountMicros int64, kind, causeEventID, requestID, grantID string, effectiveAt time.Time) []byte {
-	dst = AppendKeyString(dst, `{"entry_id":`, entryID)
-	dst = AppendKeyString(dst, `,"transaction_id":`, transactionID)
-	dst = AppendKeyString(dst, `,"account_id":`, accountID)
-	dst = AppendKeyString(dst, `,"ledger_account":`, ledgerAccount)
-	dst = AppendKeyInt(dst, `,"amount_micros":`, amountMicros)
-	dst = AppendKeyString(dst, `,"kind":`, kind)
-	dst = AppendKeyString(dst, `,"cause_event_id":`, causeEventID)
-	if requestID != "" {
-		dst = AppendKeyString(dst, `,"request_id":`, requestID)
-	}
-	if grantID != "" {
-		dst = AppendKeyString(dst, `,"grant_id":`, grantID)
-	}
-	dst = AppendTime(append(dst, `,"effective_at":`...), effectiveAt)
-	return append(dst, '}')
-}
-
-// AppendBalanceUpdated appends the JSON of bu (the field order and omitempty of the Go
-// type). Its times are written in UTC (AppendTime).
-func AppendBalanceUpdated(dst []byte, bu *BalanceUpdated) []byte {
-	dst = AppendKeyString(dst, `{"account_id":`, bu.AccountID)
-	dst = AppendKeyString(dst, `,"tier":`, bu.Tier)
-	dst = AppendKeyString(dst, `,"priority":`, bu.Priority)
-	dst = AppendKeyBool(dst, `,"suspended":`, bu.Suspended)
-	dst = AppendKeyInt(dst, `,"available_micros":`, bu.AvailableMicros)
-	dst = AppendKeyInt(dst, `,"held_micros":`, bu.HeldMicros)
-	dst = AppendKeyInt(dst, `,"overage_micros":`, bu.OverageMicros)
-	if len(bu.Allowance) > 0 {
-		dst = append(dst, `,"allowance":[`...)
-		for i := range bu.Allowance {
-			w := &bu.Allowance[i]
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = AppendKeyString(dst, `{"window":`, w.Window)
-			dst = AppendTime(append(dst, `,"start":`...), w.Start)
-			dst = AppendKeyInt(dst, `,"used_micros":`, w.UsedMicros)
-			dst = append(dst, '}')
-		}
-		dst = append(dst, ']')
-	}
-	if len(bu.Expiring) > 0 {
-		dst = append(dst, `,"expiring":[`...)
-		for i := range bu.Expiring {
-			x := &bu.Expiring[i]
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = AppendTime(append(dst, `{"expires_at":`...), x.ExpiresAt)
-			dst = AppendKeyInt(dst, `,"remaining_micros":`, x.RemainingMicros)
-			dst = append(dst, '}')
-		}
-		dst = append(dst, ']')
-	}
-	if bu.FundingAccountID != "" {
-		dst = AppendKeyString(dst, `,"funding_account_id":`, bu.FundingAccountID)
-	}
-	if len(bu.Projects) > 0 {
-		dst = append(dst, `,"projects":[`...)
-		for i := range bu.Projects {
-			p := &bu.Projects[i]
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = AppendKeyString(dst, `{"project_id":`, p.ProjectID)
-			dst = AppendKeyInt(dst, `,"budget_micros":`, p.BudgetMicros)
-			dst = AppendTime(append(dst, `,"period_start":`...), p.PeriodStart)
-			dst = AppendKeyInt(dst, `,"spent_micros":`, p.SpentMicros)
-			dst = append(dst, '}')
-		}
-		dst = append(dst, ']')
-	}
-	dst = AppendKeyInt(dst, `,"partition":`, int64(bu.Partition))
-	dst = AppendKeyInt(dst, `,"offset":`, bu.Offset)
-	return append(dst, '}')
 }

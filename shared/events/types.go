@@ -1,5 +1,13 @@
 package events
 
+// The payload types are the one definition of the event contract: the JSON Schemas
+// (schemas/events, internal/schemagen), the hot types' codec (codec_gen.go: the Decoder's
+// parsers, the Append functions; internal/codecgen, steered by the //codec: directives and
+// codec:"..." tags) and the per-field part of every Validate (validateTags, from the schema
+// tags, in codec_gen.go too) are generated from them; Validate adds the rules across fields. After changing a type, run go generate ./... here
+// (make generate); TestSchemasAreGenerated and TestCodecIsGenerated fail while either is stale.
+//
+//go:generate go run ./internal/codecgen/cmd/codecgen -dir .
 //go:generate go run ./internal/schemagen/cmd/schemagen -dir ../../schemas/events
 
 import (
@@ -49,9 +57,11 @@ const (
 
 // Units are the measured (or, for a hold, estimated) quantities of a request. The price book
 // turns them into micro-credits.
+//
+//codec:append
 type Units struct {
 	VideoSeconds int64  `json:"video_seconds,omitempty" schema:"min=0,max=MaxUnit"`
-	Resolution   string `json:"resolution,omitempty" schema:"maxLength=32"`
+	Resolution   string `json:"resolution,omitempty" schema:"maxLength=32" codec:"intern"`
 	TokensIn     int64  `json:"tokens_in,omitempty" schema:"min=0,max=MaxUnit"`
 	TokensOut    int64  `json:"tokens_out,omitempty" schema:"min=0,max=MaxUnit"`
 	ComputeMs    int64  `json:"compute_ms,omitempty" schema:"min=0,max=MaxUnit"`
@@ -60,41 +70,32 @@ type Units struct {
 // MaxUnit bounds each unit count.
 const MaxUnit int64 = 1 << 40
 
-// Validate checks the ranges of every unit.
+// Validate checks the ranges of every unit (validateTags: the schema tags).
 func (u Units) Validate() error {
-	var errs []error
-	for _, f := range []struct {
-		name string
-		v    int64
-	}{{"video_seconds", u.VideoSeconds}, {"tokens_in", u.TokensIn}, {"tokens_out", u.TokensOut}, {"compute_ms", u.ComputeMs}} {
-		if f.v < 0 || f.v > MaxUnit {
-			errs = append(errs, fmt.Errorf("%s: %d out of range [0, %d]", f.name, f.v, MaxUnit))
-		}
-	}
-	if len(u.Resolution) > 4*32 || utf8.RuneCountInString(u.Resolution) > 32 {
-		errs = append(errs, errors.New("resolution: at most 32 characters"))
-	}
-	return errors.Join(errs...)
+	return u.validateTags()
 }
 
 // RequestStarted records an admitted request and what funds it: AllowanceMicros of the tier's
 // included allowance and a credit hold of HoldMicros. Funding names the sources: "allowance"
 // (HoldMicros is 0), "credits" (AllowanceMicros is 0) or "split" (both are above 0).
+//
+//codec:decode
+//codec:append
 type RequestStarted struct {
 	RequestID        string    `json:"request_id" schema:"id"`
-	AccountID        string    `json:"account_id" schema:"id"`
-	FundingAccountID string    `json:"funding_account_id,omitempty" schema:"id" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
-	Endpoint         string    `json:"endpoint" schema:"id"`
-	Model            string    `json:"model,omitempty" schema:"id"`
-	Tier             string    `json:"tier" schema:"id"`
-	Priority         string    `json:"priority" schema:"enum=critical|standard|batch"`
-	Funding          string    `json:"funding" schema:"enum=allowance|credits|split"`
+	AccountID        string    `json:"account_id" schema:"id" codec:"subject"`
+	FundingAccountID string    `json:"funding_account_id,omitempty" schema:"id" codec:"subject" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
+	Endpoint         string    `json:"endpoint" schema:"id" codec:"intern"`
+	Model            string    `json:"model,omitempty" schema:"id" codec:"intern"`
+	Tier             string    `json:"tier" schema:"id" codec:"intern"`
+	Priority         string    `json:"priority" schema:"enum=critical|standard|batch" codec:"intern"`
+	Funding          string    `json:"funding" schema:"enum=allowance|credits|split" codec:"intern"`
 	Estimate         Units     `json:"estimate"`
 	EstimateMicros   int64     `json:"estimate_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
 	HoldMicros       int64     `json:"hold_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
 	AllowanceMicros  int64     `json:"allowance_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
 	HoldExpiresAt    time.Time `json:"hold_expires_at"`
-	PriceBookVersion string    `json:"price_book_version" schema:"id"`
+	PriceBookVersion string    `json:"price_book_version" schema:"id" codec:"intern"`
 	KeyID            string    `json:"key_id,omitempty" schema:"id"`
 	ClientAddr       string    `json:"client_addr,omitempty" schema:"id"`
 }
@@ -102,15 +103,8 @@ type RequestStarted struct {
 func (RequestStarted) EventType() string { return TypeRequestStarted }
 func (e RequestStarted) Subject() string { return fundingSubject(e.AccountID, e.FundingAccountID) }
 func (e RequestStarted) Validate() error {
-	errs := []error{
-		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
-		checkOptID("model", e.Model), checkID("tier", e.Tier), checkPriority(e.Priority),
-		checkID("price_book_version", e.PriceBookVersion), checkOptID("key_id", e.KeyID),
-		checkOptID("client_addr", e.ClientAddr), prefix("estimate", e.Estimate.Validate()),
-		checkAmount("estimate_micros", e.EstimateMicros), checkAmount("hold_micros", e.HoldMicros),
-		checkAmount("allowance_micros", e.AllowanceMicros), checkFundingAccount(e.AccountID, e.FundingAccountID),
-	}
-	switch e.Funding {
+	errs := []error{e.validateTags(), checkFundingAccount(e.AccountID, e.FundingAccountID)}
+	switch e.Funding { // its values: validateTags
 	case FundingCredits:
 		if e.AllowanceMicros != 0 {
 			errs = append(errs, errors.New("allowance_micros: must be 0 when funding is credits"))
@@ -123,25 +117,25 @@ func (e RequestStarted) Validate() error {
 		if e.HoldMicros <= 0 || e.AllowanceMicros <= 0 {
 			errs = append(errs, errors.New("hold_micros, allowance_micros: both must be above 0 when funding is split"))
 		}
-	default:
-		errs = append(errs, fmt.Errorf("funding: want allowance, credits or split, got %q", e.Funding))
 	}
-	errs = append(errs, CheckTime("hold_expires_at", e.HoldExpiresAt))
 	return errors.Join(errs...)
 }
 
 // RequestRejected records a denied request and why.
+//
+//codec:decode
+//codec:append
 type RequestRejected struct {
 	RequestID        string `json:"request_id" schema:"id"`
-	AccountID        string `json:"account_id" schema:"id"`
-	Endpoint         string `json:"endpoint" schema:"id"`
-	Model            string `json:"model,omitempty" schema:"id"`
-	Tier             string `json:"tier" schema:"id"`
-	Priority         string `json:"priority" schema:"enum=critical|standard|batch"`
-	Reason           string `json:"reason" schema:"id"`
+	AccountID        string `json:"account_id" schema:"id" codec:"subject"`
+	Endpoint         string `json:"endpoint" schema:"id" codec:"intern"`
+	Model            string `json:"model,omitempty" schema:"id" codec:"intern"`
+	Tier             string `json:"tier" schema:"id" codec:"intern"`
+	Priority         string `json:"priority" schema:"enum=critical|standard|batch" codec:"intern"`
+	Reason           string `json:"reason" schema:"id" codec:"intern"`
 	RetryAfterMs     int64  `json:"retry_after_ms" schema:"min=0,max=604800000"`
 	EstimateMicros   int64  `json:"estimate_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
-	PriceBookVersion string `json:"price_book_version" schema:"id"`
+	PriceBookVersion string `json:"price_book_version" schema:"id" codec:"intern"`
 	KeyID            string `json:"key_id,omitempty" schema:"id"`
 	ClientAddr       string `json:"client_addr,omitempty" schema:"id"`
 }
@@ -149,16 +143,7 @@ type RequestRejected struct {
 func (RequestRejected) EventType() string { return TypeRequestRejected }
 func (e RequestRejected) Subject() string { return e.AccountID }
 func (e RequestRejected) Validate() error {
-	errs := []error{
-		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
-		checkOptID("model", e.Model), checkID("tier", e.Tier), checkPriority(e.Priority), checkID("reason", e.Reason),
-		checkAmount("estimate_micros", e.EstimateMicros), checkID("price_book_version", e.PriceBookVersion),
-		checkOptID("key_id", e.KeyID), checkOptID("client_addr", e.ClientAddr),
-	}
-	if e.RetryAfterMs < 0 || e.RetryAfterMs > 7*24*3600*1000 {
-		errs = append(errs, fmt.Errorf("retry_after_ms: %d out of range", e.RetryAfterMs))
-	}
-	return errors.Join(errs...)
+	return e.validateTags()
 }
 
 // RequestFinished records the actual usage of a request and its price, CostMicros, computed
@@ -167,20 +152,22 @@ func (e RequestRejected) Validate() error {
 // credits: the hold, then the available balance, then overage); they sum to CostMicros, or
 // are all 0 when the producer did not say (older events). The ledger settles by the same
 // rule on its own state, and its journal is the authority.
+//
+//codec:decode
 type RequestFinished struct {
 	RequestID        string `json:"request_id" schema:"id"`
-	AccountID        string `json:"account_id" schema:"id"`
-	FundingAccountID string `json:"funding_account_id,omitempty" schema:"id" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
-	Endpoint         string `json:"endpoint" schema:"id"`
-	Model            string `json:"model,omitempty" schema:"id"`
-	Status           string `json:"status" schema:"enum=succeeded|failed|cancelled"`
+	AccountID        string `json:"account_id" schema:"id" codec:"subject"`
+	FundingAccountID string `json:"funding_account_id,omitempty" schema:"id" codec:"subject" doc:"The account whose balance funds this request (an organization's shared balance) and the event's subject (its Kafka key); absent: account_id funds it."`
+	Endpoint         string `json:"endpoint" schema:"id" codec:"intern"`
+	Model            string `json:"model,omitempty" schema:"id" codec:"intern"`
+	Status           string `json:"status" schema:"enum=succeeded|failed|cancelled" codec:"intern"`
 	Usage            Units  `json:"usage"`
 	CostMicros       int64  `json:"cost_micros" schema:"amount" doc:"micro-credits (1 credit = 1,000,000)"`
 	AllowanceMicros  int64  `json:"allowance_micros,omitempty" schema:"amount" doc:"the part of cost_micros charged to the included allowance (as the admitter answered)"`
 	CreditsMicros    int64  `json:"credits_micros,omitempty" schema:"amount" doc:"the part of cost_micros charged to credits: the hold, then the available balance"`
 	OverageMicros    int64  `json:"overage_micros,omitempty" schema:"amount" doc:"the part of cost_micros that could not be paid (overage receivable)"`
 	DurationMs       int64  `json:"duration_ms" schema:"min=0,max=604800000"`
-	PriceBookVersion string `json:"price_book_version" schema:"id"`
+	PriceBookVersion string `json:"price_book_version" schema:"id" codec:"intern"`
 	KeyID            string `json:"key_id,omitempty" schema:"id"`
 	ClientAddr       string `json:"client_addr,omitempty" schema:"id"`
 }
@@ -188,24 +175,9 @@ type RequestFinished struct {
 func (RequestFinished) EventType() string { return TypeRequestFinished }
 func (e RequestFinished) Subject() string { return fundingSubject(e.AccountID, e.FundingAccountID) }
 func (e RequestFinished) Validate() error {
-	errs := []error{
-		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
-		checkOptID("model", e.Model), prefix("usage", e.Usage.Validate()), checkAmount("cost_micros", e.CostMicros),
-		checkAmount("allowance_micros", e.AllowanceMicros), checkAmount("credits_micros", e.CreditsMicros),
-		checkAmount("overage_micros", e.OverageMicros),
-		checkID("price_book_version", e.PriceBookVersion), checkOptID("key_id", e.KeyID),
-		checkOptID("client_addr", e.ClientAddr), checkFundingAccount(e.AccountID, e.FundingAccountID),
-	}
+	errs := []error{e.validateTags(), checkFundingAccount(e.AccountID, e.FundingAccountID)}
 	if sum := e.AllowanceMicros + e.CreditsMicros + e.OverageMicros; sum != 0 && sum != e.CostMicros {
 		errs = append(errs, fmt.Errorf("allowance_micros + credits_micros + overage_micros: %d, want 0 or cost_micros %d", sum, e.CostMicros))
-	}
-	switch e.Status {
-	case StatusSucceeded, StatusFailed, StatusCancelled:
-	default:
-		errs = append(errs, fmt.Errorf("status: want succeeded, failed or cancelled, got %q", e.Status))
-	}
-	if e.DurationMs < 0 || e.DurationMs > 7*24*3600*1000 {
-		errs = append(errs, fmt.Errorf("duration_ms: %d out of range", e.DurationMs))
 	}
 	return errors.Join(errs...)
 }
@@ -230,15 +202,7 @@ type RequestExpired struct {
 func (RequestExpired) EventType() string { return TypeRequestExpired }
 func (e RequestExpired) Subject() string { return fundingSubject(e.AccountID, e.FundingAccountID) }
 func (e RequestExpired) Validate() error {
-	errs := []error{
-		checkID("request_id", e.RequestID), checkID("account_id", e.AccountID), checkID("endpoint", e.Endpoint),
-		checkAmount("hold_micros", e.HoldMicros), checkAmount("allowance_micros", e.AllowanceMicros),
-		checkAmount("released_micros", e.ReleasedMicros),
-		checkID("started_event_id", e.StartedEventID), checkFunding(e.Funding),
-		checkFundingAccount(e.AccountID, e.FundingAccountID),
-	}
-	errs = append(errs, CheckTime("expired_at", e.ExpiredAt))
-	return errors.Join(errs...)
+	return errors.Join(e.validateTags(), checkFundingAccount(e.AccountID, e.FundingAccountID))
 }
 
 // Grant sources.
@@ -277,25 +241,9 @@ type CreditsGranted struct {
 func (CreditsGranted) EventType() string { return TypeCreditsGranted }
 func (e CreditsGranted) Subject() string { return e.AccountID }
 func (e CreditsGranted) Validate() error {
-	errs := []error{checkID("grant_id", e.GrantID), checkID("account_id", e.AccountID), checkOptID("admin_key_id", e.AdminKeyID),
-		checkOptID("payment_ref", e.PaymentRef)}
-	if e.AmountMicros <= 0 || e.AmountMicros > MaxAmountMicros {
-		errs = append(errs, fmt.Errorf("amount_micros: %d out of range [1, %d]", e.AmountMicros, MaxAmountMicros))
-	}
-	switch e.Source {
-	case GrantPurchase, GrantSubscription, GrantPromotion:
-	default:
-		errs = append(errs, fmt.Errorf("source: want purchase, subscription or promotion, got %q", e.Source))
-	}
-	if e.Priority < 0 || e.Priority > MaxGrantPriority {
-		errs = append(errs, fmt.Errorf("priority: %d out of range [0, %d]", e.Priority, MaxGrantPriority))
-	}
-	if e.ExpiresAt != nil {
-		// Not checked against any clock (a replay must decide alike): an expires_at already
-		// passed in log time is all breakage at once. The ledger API refuses one in the past.
-		errs = append(errs, CheckTime("expires_at", *e.ExpiresAt))
-	}
-	return errors.Join(errs...)
+	// ExpiresAt is not checked against any clock (a replay must decide alike): an expires_at
+	// already passed in log time is all breakage at once. The ledger API refuses one in the past.
+	return e.validateTags()
 }
 
 // CreditsAdjusted is a signed finance correction with a reason.
@@ -311,14 +259,10 @@ type CreditsAdjusted struct {
 func (CreditsAdjusted) EventType() string { return TypeCreditsAdjusted }
 func (e CreditsAdjusted) Subject() string { return e.AccountID }
 func (e CreditsAdjusted) Validate() error {
-	errs := []error{checkID("adjustment_id", e.AdjustmentID), checkID("account_id", e.AccountID), checkOptID("admin_key_id", e.AdminKeyID)}
-	if e.AmountMicros == 0 || e.AmountMicros > MaxAmountMicros || e.AmountMicros < -MaxAmountMicros {
-		errs = append(errs, fmt.Errorf("amount_micros: %d must be non-zero and within ±%d", e.AmountMicros, MaxAmountMicros))
+	if !utf8.ValidString(e.Reason) {
+		return errors.Join(e.validateTags(), errors.New("reason: not valid UTF-8"))
 	}
-	if e.Reason == "" || !utf8.ValidString(e.Reason) || utf8.RuneCountInString(e.Reason) > MaxReasonChars {
-		errs = append(errs, fmt.Errorf("reason: required, valid UTF-8, at most %d characters", MaxReasonChars))
-	}
-	return errors.Join(errs...)
+	return e.validateTags()
 }
 
 // AccountUpdated sets an account's tier, default priority class and suspension (all three, as
@@ -387,15 +331,13 @@ func fundingSubject(account, funding string) string {
 	return account
 }
 
-// checkFundingAccount checks an optional funding account: an id other than the account's.
+// checkFundingAccount checks an optional funding account against the account: another one
+// (its id is checked with the other fields, validateTags).
 func checkFundingAccount(account, funding string) error {
-	if funding == "" {
-		return nil
-	}
-	if funding == account {
+	if funding != "" && funding == account {
 		return errors.New("funding_account_id: must differ from account_id (absent when the account funds itself)")
 	}
-	return checkOptID("funding_account_id", funding)
+	return nil
 }
 
 // MaxNotifyThresholds bounds AccountUpdated.NotifyUsagePermille.
@@ -410,19 +352,11 @@ var DefaultNotifyUsagePermille = []int32{500, 800, 1000}
 func (AccountUpdated) EventType() string { return TypeAccountUpdated }
 func (e AccountUpdated) Subject() string { return e.AccountID }
 func (e AccountUpdated) Validate() error {
-	errs := []error{checkID("account_id", e.AccountID), checkID("tier", e.Tier), checkPriority(e.Priority),
-		checkOptID("admin_key_id", e.AdminKeyID)}
-	if e.OrganizationID != nil {
-		errs = append(errs, checkOptID("organization_id", *e.OrganizationID))
-	}
-	if e.NotifyFloorMicros != nil {
-		errs = append(errs, checkAmount("notify_floor_micros", *e.NotifyFloorMicros))
-	}
+	errs := []error{e.validateTags()}
 	if e.FundingAccountID != nil {
 		errs = append(errs, checkFundingAccount(e.AccountID, *e.FundingAccountID))
 	}
 	if b := e.ProjectBudget; b != nil {
-		errs = append(errs, checkID("project_budget.project_id", b.ProjectID), checkAmount("project_budget.budget_micros", b.BudgetMicros))
 		if b.ProjectID == e.AccountID {
 			errs = append(errs, errors.New("project_budget.project_id: must differ from account_id"))
 		}
@@ -432,21 +366,14 @@ func (e AccountUpdated) Validate() error {
 	}
 	if (e.AutoTopUpThresholdMicros == nil) != (e.AutoTopUpAmountMicros == nil) {
 		errs = append(errs, errors.New("auto_top_up_threshold_micros and auto_top_up_amount_micros: give both or neither"))
-	} else if e.AutoTopUpThresholdMicros != nil {
-		th, amt := *e.AutoTopUpThresholdMicros, *e.AutoTopUpAmountMicros
-		errs = append(errs, checkAmount("auto_top_up_threshold_micros", th), checkAmount("auto_top_up_amount_micros", amt))
-		if th > 0 && amt == 0 {
-			errs = append(errs, errors.New("auto_top_up_amount_micros: must be above 0 when auto_top_up_threshold_micros is"))
-		}
+	} else if e.AutoTopUpThresholdMicros != nil && *e.AutoTopUpThresholdMicros > 0 && *e.AutoTopUpAmountMicros == 0 {
+		errs = append(errs, errors.New("auto_top_up_amount_micros: must be above 0 when auto_top_up_threshold_micros is"))
 	}
 	if e.NotifyUsagePermille != nil {
 		l := *e.NotifyUsagePermille
-		if len(l) > MaxNotifyThresholds {
-			errs = append(errs, fmt.Errorf("notify_usage_permille: at most %d thresholds", MaxNotifyThresholds))
-		}
-		for i, v := range l {
-			if v < 1 || v > MaxNotifyPermille || i > 0 && v <= l[i-1] {
-				errs = append(errs, fmt.Errorf("notify_usage_permille: want strictly increasing values in [1, %d], got %v", MaxNotifyPermille, l))
+		for i := 1; i < len(l); i++ {
+			if l[i] <= l[i-1] {
+				errs = append(errs, fmt.Errorf("notify_usage_permille: want strictly increasing values, got %v", l))
 				break
 			}
 		}
@@ -469,8 +396,7 @@ type SubscriptionChanged struct {
 func (SubscriptionChanged) EventType() string { return TypeSubscriptionChanged }
 func (e SubscriptionChanged) Subject() string { return e.AccountID }
 func (e SubscriptionChanged) Validate() error {
-	return errors.Join(checkID("account_id", e.AccountID), checkOptID("plan_id", e.PlanID), CheckTime("anchor_at", e.AnchorAt),
-		checkOptID("admin_key_id", e.AdminKeyID))
+	return e.validateTags()
 }
 
 // Notification kinds.
@@ -499,21 +425,16 @@ type Notification struct {
 func (Notification) EventType() string { return TypeNotification }
 func (e Notification) Subject() string { return e.AccountID }
 func (e Notification) Validate() error {
-	errs := []error{checkID("notification_id", e.NotificationID), checkID("account_id", e.AccountID),
-		CheckTime("period_start", e.PeriodStart), CheckTime("period_end", e.PeriodEnd),
-		checkBalance("used_micros", e.UsedMicros), checkBalance("allocation_micros", e.AllocationMicros),
-		checkBalance("available_micros", e.AvailableMicros)}
-	switch e.Kind {
+	errs := []error{e.validateTags()}
+	switch e.Kind { // its values: validateTags
 	case NotifyUsageThreshold:
-		if e.ThresholdPermille < 1 || e.ThresholdPermille > MaxNotifyPermille || e.FloorMicros != 0 {
+		if e.ThresholdPermille == 0 || e.FloorMicros != 0 {
 			errs = append(errs, fmt.Errorf("threshold_permille: want [1, %d] (and no floor_micros) for %s", MaxNotifyPermille, e.Kind))
 		}
 	case NotifyBalanceFloor:
-		if e.FloorMicros < 1 || e.FloorMicros > MaxAmountMicros || e.ThresholdPermille != 0 {
+		if e.FloorMicros == 0 || e.ThresholdPermille != 0 {
 			errs = append(errs, fmt.Errorf("floor_micros: want [1, %d] (and no threshold_permille) for %s", MaxAmountMicros, e.Kind))
 		}
-	default:
-		errs = append(errs, fmt.Errorf("kind: want %s or %s, got %q", NotifyUsageThreshold, NotifyBalanceFloor, e.Kind))
 	}
 	if !e.PeriodEnd.After(e.PeriodStart) {
 		errs = append(errs, errors.New("period_end: must be after period_start"))
@@ -535,14 +456,7 @@ type TopUpRequested struct {
 func (TopUpRequested) EventType() string { return TypeTopUpRequested }
 func (e TopUpRequested) Subject() string { return e.AccountID }
 func (e TopUpRequested) Validate() error {
-	errs := []error{checkID("topup_id", e.TopUpID), checkID("account_id", e.AccountID), checkBalance("available_micros", e.AvailableMicros)}
-	if e.AmountMicros < 1 || e.AmountMicros > MaxAmountMicros {
-		errs = append(errs, fmt.Errorf("amount_micros: %d out of range [1, %d]", e.AmountMicros, MaxAmountMicros))
-	}
-	if e.ThresholdMicros < 1 || e.ThresholdMicros > MaxAmountMicros {
-		errs = append(errs, fmt.Errorf("threshold_micros: %d out of range [1, %d]", e.ThresholdMicros, MaxAmountMicros))
-	}
-	return errors.Join(errs...)
+	return e.validateTags()
 }
 
 // AllowanceWindow is the usage of one included-allowance window, aligned to the Unix epoch.
@@ -576,6 +490,8 @@ type ExpiringGrant struct {
 // all the rest, at the earliest of their expiries (it errs on the early side). An admitter
 // stops counting an entry's remainder once its wall clock reaches ExpiresAt, without
 // waiting for the ledger's next view.
+//
+//codec:append
 type BalanceUpdated struct {
 	AccountID        string            `json:"account_id" schema:"id"`
 	Tier             string            `json:"tier" schema:"optid"`
@@ -595,50 +511,16 @@ type BalanceUpdated struct {
 func (BalanceUpdated) EventType() string { return TypeBalanceUpdated }
 func (e BalanceUpdated) Subject() string { return e.AccountID }
 func (e BalanceUpdated) Validate() error {
-	errs := []error{checkID("account_id", e.AccountID), checkBalance("available_micros", e.AvailableMicros),
-		checkBalance("held_micros", e.HeldMicros), checkBalance("overage_micros", e.OverageMicros)}
-	if e.Tier != "" {
-		errs = append(errs, checkID("tier", e.Tier))
-	}
-	if e.Priority != "" {
-		errs = append(errs, checkPriority(e.Priority))
-	}
-	if len(e.Allowance) > 8 {
-		errs = append(errs, errors.New("allowance: at most 8 windows"))
-	}
-	for i, w := range e.Allowance {
-		if err := errors.Join(checkID("window", w.Window), checkBalance("used_micros", w.UsedMicros), CheckTime("start", w.Start)); err != nil {
-			errs = append(errs, fmt.Errorf("allowance[%d]: %w", i, err))
+	errs := []error{e.validateTags(), checkFundingAccount(e.AccountID, e.FundingAccountID)}
+	for i := 1; i < len(e.Expiring); i++ {
+		if e.Expiring[i].ExpiresAt.Before(e.Expiring[i-1].ExpiresAt) {
+			errs = append(errs, fmt.Errorf("expiring[%d]: expires_at: before the previous entry's", i))
 		}
 	}
-	if len(e.Expiring) > MaxExpiringGrants {
-		errs = append(errs, fmt.Errorf("expiring: at most %d entries", MaxExpiringGrants))
-	}
-	for i, x := range e.Expiring {
-		err := errors.Join(CheckTime("expires_at", x.ExpiresAt), checkBalance("remaining_micros", x.RemainingMicros))
-		if i > 0 && x.ExpiresAt.Before(e.Expiring[i-1].ExpiresAt) {
-			err = errors.Join(err, errors.New("expires_at: before the previous entry's"))
+	for i := 1; i < len(e.Projects); i++ {
+		if e.Projects[i].ProjectID <= e.Projects[i-1].ProjectID {
+			errs = append(errs, fmt.Errorf("projects[%d]: project_id: not after the previous entry's", i))
 		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("expiring[%d]: %w", i, err))
-		}
-	}
-	errs = append(errs, checkFundingAccount(e.AccountID, e.FundingAccountID))
-	if len(e.Projects) > MaxProjectBudgets {
-		errs = append(errs, fmt.Errorf("projects: at most %d entries", MaxProjectBudgets))
-	}
-	for i, p := range e.Projects {
-		err := errors.Join(checkID("project_id", p.ProjectID), checkAmount("budget_micros", p.BudgetMicros),
-			CheckTime("period_start", p.PeriodStart), checkBalance("spent_micros", p.SpentMicros))
-		if i > 0 && p.ProjectID <= e.Projects[i-1].ProjectID {
-			err = errors.Join(err, errors.New("project_id: not after the previous entry's"))
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("projects[%d]: %w", i, err))
-		}
-	}
-	if e.Partition < 0 || e.Offset < -1 {
-		errs = append(errs, errors.New("partition/offset: negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -676,23 +558,22 @@ func (e LimitsAdjusted) Key() string {
 	return "endpoint/" + e.Endpoint + "/" + e.Priority
 }
 func (e LimitsAdjusted) Validate() error {
-	errs := []error{checkID("reason", e.Reason)}
-	switch e.Scope {
+	errs := []error{e.validateTags()}
+	switch e.Scope { // its values: validateTags
 	case ScopeEndpoint:
-		errs = append(errs, checkID("endpoint", e.Endpoint), checkPriority(e.Priority))
+		if e.Endpoint == "" || e.Priority == "" {
+			errs = append(errs, errors.New("endpoint, priority: required for endpoint scope"))
+		}
 		if e.AccountID != "" {
 			errs = append(errs, errors.New("account_id: must be empty for endpoint scope"))
 		}
 	case ScopeAccount:
-		errs = append(errs, checkID("account_id", e.AccountID))
+		if e.AccountID == "" {
+			errs = append(errs, errors.New("account_id: required for account scope"))
+		}
 		if e.Endpoint != "" || e.Priority != "" {
 			errs = append(errs, errors.New("endpoint/priority: must be empty for account scope"))
 		}
-	default:
-		errs = append(errs, fmt.Errorf("scope: want endpoint or account, got %q", e.Scope))
-	}
-	if e.FactorPermille < 0 || e.FactorPermille > MaxFactorPermille {
-		errs = append(errs, fmt.Errorf("factor_permille: %d out of range [0, %d]", e.FactorPermille, MaxFactorPermille))
 	}
 	return errors.Join(errs...)
 }
@@ -712,13 +593,17 @@ const (
 // LedgerEntry is one line of a balanced double-entry transaction. AmountMicros is signed:
 // positive increases the ledger account's balance. The lines of one TransactionID sum to zero.
 // EntryID is DerivedID(CauseEventID, leg), so a replay reproduces it.
+//
+//codec:decode
+//codec:append
+//codec:fields
 type LedgerEntry struct {
-	EntryID       string    `json:"entry_id" schema:"id"`
-	TransactionID string    `json:"transaction_id" schema:"id"`
-	AccountID     string    `json:"account_id" schema:"id"`
-	LedgerAccount string    `json:"ledger_account" schema:"enum=customer.available|customer.held|system.revenue|system.grants_issued|system.breakage|system.overage_receivable|system.adjustments"`
+	EntryID       string    `json:"entry_id" schema:"id" codec:"bytes"`
+	TransactionID string    `json:"transaction_id" schema:"id" codec:"bytes"`
+	AccountID     string    `json:"account_id" schema:"id" codec:"subject"`
+	LedgerAccount string    `json:"ledger_account" schema:"enum=customer.available|customer.held|system.revenue|system.grants_issued|system.breakage|system.overage_receivable|system.adjustments" codec:"intern"`
 	AmountMicros  int64     `json:"amount_micros" schema:"signed" doc:"signed micro-credits"`
-	Kind          string    `json:"kind" schema:"id"`
+	Kind          string    `json:"kind" schema:"id" codec:"intern"`
 	CauseEventID  string    `json:"cause_event_id" schema:"id"`
 	RequestID     string    `json:"request_id,omitempty" schema:"id"`
 	GrantID       string    `json:"grant_id,omitempty" schema:"id"`
@@ -728,19 +613,7 @@ type LedgerEntry struct {
 func (LedgerEntry) EventType() string { return TypeLedgerEntry }
 func (e LedgerEntry) Subject() string { return e.AccountID }
 func (e LedgerEntry) Validate() error {
-	errs := []error{checkID("entry_id", e.EntryID), checkID("transaction_id", e.TransactionID),
-		checkID("account_id", e.AccountID), checkID("kind", e.Kind), checkID("cause_event_id", e.CauseEventID),
-		checkOptID("request_id", e.RequestID), checkOptID("grant_id", e.GrantID)}
-	switch e.LedgerAccount {
-	case LedgerAvailable, LedgerHeld, LedgerRevenue, LedgerGrantsIssued, LedgerBreakage, LedgerOverageReceivable, LedgerAdjustments:
-	default:
-		errs = append(errs, fmt.Errorf("ledger_account: unknown %q", e.LedgerAccount))
-	}
-	if e.AmountMicros > MaxAmountMicros || e.AmountMicros < -MaxAmountMicros {
-		errs = append(errs, fmt.Errorf("amount_micros: %d out of range", e.AmountMicros))
-	}
-	errs = append(errs, CheckTime("effective_at", e.EffectiveAt))
-	return errors.Join(errs...)
+	return e.validateTags()
 }
 
 // Abuse actions.
@@ -766,27 +639,11 @@ type AbuseFlagged struct {
 func (AbuseFlagged) EventType() string { return TypeAbuseFlagged }
 func (e AbuseFlagged) Subject() string { return e.AccountID }
 func (e AbuseFlagged) Validate() error {
-	errs := []error{checkID("flag_id", e.FlagID), checkID("account_id", e.AccountID), checkOptID("key_id", e.KeyID), checkID("rule", e.Rule)}
-	if e.Action != ActionThrottle && e.Action != ActionBlock {
-		errs = append(errs, fmt.Errorf("action: want throttle or block, got %q", e.Action))
+	err := e.validateTags()
+	if CheckTime("window_start", e.WindowStart) == nil && CheckTime("window_end", e.WindowEnd) == nil && !e.WindowEnd.After(e.WindowStart) {
+		err = errors.Join(err, errors.New("window_start/window_end: required, end after start"))
 	}
-	if e.Score != e.Score || e.Score < 0 || e.Score > 1e12 {
-		errs = append(errs, errors.New("score: out of range [0, 1e12]"))
-	}
-	if err := errors.Join(CheckTime("window_start", e.WindowStart), CheckTime("window_end", e.WindowEnd)); err != nil {
-		errs = append(errs, err)
-	} else if !e.WindowEnd.After(e.WindowStart) {
-		errs = append(errs, errors.New("window_start/window_end: required, end after start"))
-	}
-	if len(e.Evidence) > 32 {
-		errs = append(errs, errors.New("evidence: at most 32 entries"))
-	}
-	for k, v := range e.Evidence {
-		if len(k) > MaxIDBytes || len(v) > 1024 {
-			errs = append(errs, fmt.Errorf("evidence %q: key at most %d bytes, value at most 1024", k, MaxIDBytes))
-		}
-	}
-	return errors.Join(errs...)
+	return err
 }
 
 // CheckID reports whether s is a valid identifier. The grammar, the same everywhere (events,
@@ -874,21 +731,6 @@ var invisibleRanges = [][2]rune{
 	{0xF0000, 0x10FFFF},
 }
 
-func checkPriority(p string) error {
-	switch p {
-	case PriorityCritical, PriorityStandard, PriorityBatch:
-		return nil
-	}
-	return fmt.Errorf("priority: want critical, standard or batch, got %q", p)
-}
-
-func checkFunding(f string) error {
-	if f == FundingAllowance || f == FundingCredits || f == FundingSplit {
-		return nil
-	}
-	return fmt.Errorf("funding: want allowance, credits or split, got %q", f)
-}
-
 // checkBalance checks a sum of amounts: never negative; int64 is its only upper bound.
 func checkBalance(name string, v int64) error {
 	if v < 0 {
@@ -897,9 +739,18 @@ func checkBalance(name string, v int64) error {
 	return nil
 }
 
-func checkAmount(name string, v int64) error {
-	if v < 0 || v > MaxAmountMicros {
-		return fmt.Errorf("%s: %d out of range [0, %d]", name, v, MaxAmountMicros)
+// appendErr appends err to errs unless it is nil (so that a valid payload allocates nothing).
+func appendErr(errs []error, err error) []error {
+	if err != nil {
+		return append(errs, err)
+	}
+	return errs
+}
+
+// checkRange checks lo <= v <= hi.
+func checkRange(name string, v, lo, hi int64) error {
+	if v < lo || v > hi {
+		return fmt.Errorf("%s: %d out of range [%d, %d]", name, v, lo, hi)
 	}
 	return nil
 }
@@ -924,8 +775,5 @@ type ClockTick struct {
 func (ClockTick) EventType() string { return TypeClockTick }
 func (ClockTick) Subject() string   { return "" }
 func (e ClockTick) Validate() error {
-	if e.Partition < 0 {
-		return fmt.Errorf("partition: %d is negative", e.Partition)
-	}
-	return nil
+	return e.validateTags()
 }
