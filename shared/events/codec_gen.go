@@ -759,6 +759,17 @@ func (e *ProjectBudget) validateTags() error {
 	return errors.Join(errs...)
 }
 
+// validateTags checks what the struct tags and field types of BudgetChanged state (its schema):
+// each field on its own. Validate adds the rules across fields.
+func (e *BudgetChanged) validateTags() error {
+	var errs []error
+	errs = appendErr(errs, checkID("account_id", e.AccountID))
+	errs = appendErr(errs, checkID("project_id", e.ProjectID))
+	errs = appendErr(errs, checkRange("budget_micros", e.BudgetMicros, 0, MaxAmountMicros))
+	errs = appendErr(errs, checkOptID("admin_key_id", e.AdminKeyID))
+	return errors.Join(errs...)
+}
+
 // validateTags checks what the struct tags and field types of SubscriptionChanged state (its schema):
 // each field on its own. Validate adds the rules across fields.
 func (e *SubscriptionChanged) validateTags() error {

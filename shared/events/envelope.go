@@ -40,6 +40,8 @@ const (
 	TypeClockTick       = "tally.clock.tick.v1"
 	// TypeSubscriptionChanged is an input: an account subscribes to a plan, changes or cancels it.
 	TypeSubscriptionChanged = "tally.subscription.changed.v1"
+	// TypeBudgetChanged is an input: a funding account sets, changes or removes a project's budget.
+	TypeBudgetChanged = "tally.budget.changed.v1"
 	// TypeNotification and TypeTopUpRequested are ledger outputs on the notifications topic.
 	TypeNotification   = "tally.notification.v1"
 	TypeTopUpRequested = "tally.topup.requested.v1"
@@ -195,6 +197,8 @@ func newPayload(typ string) Data {
 		return &ClockTick{}
 	case TypeSubscriptionChanged:
 		return &SubscriptionChanged{}
+	case TypeBudgetChanged:
+		return &BudgetChanged{}
 	case TypeNotification:
 		return &Notification{}
 	case TypeTopUpRequested:
@@ -208,7 +212,7 @@ var Types = []string{
 	TypeRequestStarted, TypeRequestRejected, TypeRequestFinished, TypeRequestExpired,
 	TypeCreditsGranted, TypeCreditsAdjusted, TypeAccountUpdated, TypeBalanceUpdated,
 	TypeLimitsAdjusted, TypeLedgerEntry, TypeAbuseFlagged, TypeClockTick,
-	TypeSubscriptionChanged, TypeNotification, TypeTopUpRequested,
+	TypeSubscriptionChanged, TypeNotification, TypeTopUpRequested, TypeBudgetChanged,
 }
 
 // Decode parses and validates one structured-mode event. Unknown fields, unknown types,
@@ -353,6 +357,8 @@ func deref(d Data) Data {
 	case *ClockTick:
 		return *p
 	case *SubscriptionChanged:
+		return *p
+	case *BudgetChanged:
 		return *p
 	case *Notification:
 		return *p

@@ -61,6 +61,12 @@ func TestValidateRejects(t *testing.T) {
 		{"budget of itself", events.AccountUpdated{AccountID: "a", Tier: "free", Priority: "standard", ProjectBudget: &events.ProjectBudget{ProjectID: "a", BudgetMicros: 1}}, "project_budget.project_id: must differ"},
 		{"budget removed with an amount", events.AccountUpdated{AccountID: "o", Tier: "free", Priority: "standard", ProjectBudget: &events.ProjectBudget{ProjectID: "p", BudgetMicros: 1, Remove: true}}, "must be 0 when remove"},
 		{"budget negative", events.AccountUpdated{AccountID: "o", Tier: "free", Priority: "standard", ProjectBudget: &events.ProjectBudget{ProjectID: "p", BudgetMicros: -1}}, "project_budget.budget_micros"},
+		{"budget change of itself", events.BudgetChanged{AccountID: "a", ProjectID: "a", BudgetMicros: 1}, "project_id: must differ from account_id"},
+		{"budget change removed with an amount", events.BudgetChanged{AccountID: "o", ProjectID: "p", BudgetMicros: 1, Remove: true}, "budget_micros: must be 0 when remove"},
+		{"budget change negative", events.BudgetChanged{AccountID: "o", ProjectID: "p", BudgetMicros: -1}, "budget_micros: -1 out of range"},
+		{"budget change too large", events.BudgetChanged{AccountID: "o", ProjectID: "p", BudgetMicros: events.MaxAmountMicros + 1}, "budget_micros"},
+		{"budget change without project", events.BudgetChanged{AccountID: "o", BudgetMicros: 1}, "project_id: required"},
+		{"budget change without account", events.BudgetChanged{ProjectID: "p", BudgetMicros: 1}, "account_id: required"},
 		{"projects out of order", events.BalanceUpdated{AccountID: "o", Projects: []events.ProjectSpend{{ProjectID: "p2", PeriodStart: t0}, {ProjectID: "p1", PeriodStart: t0}}}, "projects[1]: project_id: not after"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -98,6 +98,8 @@ func samples() []events.Data {
 		events.BalanceUpdated{AccountID: "a3", AvailableMicros: 1<<63 - 1, HeldMicros: 2 * events.MaxAmountMicros,
 			Expiring: []events.ExpiringGrant{{ExpiresAt: t0, RemainingMicros: 7}, {ExpiresAt: exp, RemainingMicros: 3 * events.MaxAmountMicros}}, Offset: 5},
 		events.ClockTick{Partition: 3},
+		events.BudgetChanged{AccountID: "org-1", ProjectID: "p1", BudgetMicros: events.MaxAmountMicros, AdminKeyID: "ops"},
+		events.BudgetChanged{AccountID: "org-1", ProjectID: "p1", Remove: true},
 		events.AccountUpdated{AccountID: "a4", Tier: "pro", Priority: events.PriorityStandard, OrganizationID: ptr("org-1"),
 			NotifyUsagePermille: &[]int32{500, 1000}, NotifyFloorMicros: ptr[int64](5), AutoTopUpThresholdMicros: ptr[int64](10), AutoTopUpAmountMicros: ptr[int64](20)},
 		events.AccountUpdated{AccountID: "a5", Tier: "pro", Priority: events.PriorityStandard, NotifyUsagePermille: &[]int32{}, OrganizationID: ptr(""),

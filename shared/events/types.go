@@ -313,6 +313,36 @@ type ProjectBudget struct {
 // MaxProjectBudgets bounds the project budgets one funding account holds.
 const MaxProjectBudgets = 64
 
+// BudgetChanged sets, changes or removes the monthly budget (UTC calendar month, in log time)
+// of one project, an account whose requests AccountID funds: what that project's finished
+// requests may cost in a month, enforced at admission. It is the funding account's event
+// (its subject and Kafka key), so that the budget and the project's spending are folded on one
+// partition; it carries nothing else, so a budget change never touches the funding account's
+// tier, priority or suspension (account.updated sets those, whole). BudgetMicros of 0 stops
+// the project; Remove drops the budget (BudgetMicros is then 0). At most MaxProjectBudgets
+// budgets per funding account.
+type BudgetChanged struct {
+	AccountID    string `json:"account_id" schema:"id" doc:"The funding account (an organization) whose budget this is: the event's subject (its Kafka key)."`
+	ProjectID    string `json:"project_id" schema:"id" doc:"The funded account (project) the budget caps; not account_id."`
+	BudgetMicros int64  `json:"budget_micros" schema:"amount" doc:"What the project's finished requests may cost in a UTC calendar month, micro-credits; 0 stops it."`
+	Remove       bool   `json:"remove,omitempty" doc:"Drop the budget (budget_micros is then 0)."`
+	// AdminKeyID is the id of the admin key that made the change (the audit trail).
+	AdminKeyID string `json:"admin_key_id,omitempty" schema:"id" doc:"The id of the admin key that made this change (the audit trail)."`
+}
+
+func (BudgetChanged) EventType() string { return TypeBudgetChanged }
+func (e BudgetChanged) Subject() string { return e.AccountID }
+func (e BudgetChanged) Validate() error {
+	errs := []error{e.validateTags()}
+	if e.ProjectID != "" && e.ProjectID == e.AccountID {
+		errs = append(errs, errors.New("project_id: must differ from account_id (a budget caps a project the account funds)"))
+	}
+	if e.Remove && e.BudgetMicros != 0 {
+		errs = append(errs, errors.New("budget_micros: must be 0 when remove is true"))
+	}
+	return errors.Join(errs...)
+}
+
 // ProjectSpend is one project budget of a funding account as the ledger folded it: the
 // budget, the month it counts (PeriodStart, the first instant of a UTC calendar month) and
 // what the project's finished requests cost in it.

@@ -81,6 +81,7 @@ var payloadDoc = map[string]string{
 	events.TypeAbuseFlagged:        "A detector's finding.",
 	events.TypeClockTick:           "Published by the ledger into an events-topic partition it owns that has been idle for LEDGER_TICK_INTERVAL_MS: folding it advances the partition's log time (watermark) to the event time, so expired grants and holds are swept without customer traffic. The subject is empty; consumers other than the ledger fold skip it.",
 	events.TypeSubscriptionChanged: "An account subscribes to a plan, changes plan, or cancels (plan_id \"\"). Folded by the ledger: renewals, rollover, upgrades and downgrades are described in the ledger README.",
+	events.TypeBudgetChanged:       "A funding account (an organization) sets, changes (budget_micros) or removes (remove) the monthly budget of one project it funds: what the project's finished requests may cost in a UTC calendar month (log time), enforced at admission. It carries no other setting (account.updated sets tier, priority and suspension). At most 64 per funding account: the ledger dead-letters one that would add a 65th (too_many_budgets).",
 	events.TypeNotification:        "Published by the ledger on the notifications topic: an account crossed a usage threshold of its period's allocation, or its available balance fell below its floor. At most once per period per threshold; the envelope id is deterministic (receivers dedupe on it).",
 	events.TypeTopUpRequested:      "Published by the ledger on the notifications topic: the account's available balance fell below its auto-top-up threshold. Requested once, and again only after the balance was back at or above the threshold; topup_id is deterministic.",
 }
@@ -88,6 +89,8 @@ var payloadDoc = map[string]string{
 // payloadAllOf holds the rules across fields that the Validate methods check and a field tag
 // cannot express, as JSON ("ID" in a pattern stands for IDPattern).
 var payloadAllOf = map[string]string{
+	events.TypeBudgetChanged: `[
+	{"if": {"properties": {"remove": {"const": true}}, "required": ["remove"]}, "then": {"properties": {"budget_micros": {"const": 0}}}}]`,
 	events.TypeRequestStarted: `[
 	{"if": {"properties": {"funding": {"const": "credits"}}}, "then": {"properties": {"allowance_micros": {"const": 0}}}},
 	{"if": {"properties": {"funding": {"const": "allowance"}}}, "then": {"properties": {"hold_micros": {"const": 0}}}},
@@ -127,7 +130,7 @@ var payloadTypes = func() map[string]reflect.Type {
 		events.RequestStarted{}, events.RequestRejected{}, events.RequestFinished{}, events.RequestExpired{},
 		events.CreditsGranted{}, events.CreditsAdjusted{}, events.AccountUpdated{}, events.BalanceUpdated{},
 		events.LimitsAdjusted{}, events.LedgerEntry{}, events.AbuseFlagged{}, events.ClockTick{},
-		events.SubscriptionChanged{}, events.Notification{}, events.TopUpRequested{},
+		events.SubscriptionChanged{}, events.Notification{}, events.TopUpRequested{}, events.BudgetChanged{},
 	} {
 		m[d.EventType()] = reflect.TypeOf(d)
 	}
