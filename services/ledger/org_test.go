@@ -53,7 +53,7 @@ func TestOrganizationOnKafka(t *testing.T) {
 			t.Fatalf("%s %s: %d %s", w.method, w.path, code, b)
 		}
 	}
-	// The budget route re-publishes the organization's folded tier: wait for it first.
+	// The budget route refuses an account no ledger instance knows yet (404): wait for it.
 	waitAccount(t, r.base, "org", func(v view.Account) bool { return v.AvailableMicros == 5_000_000 })
 	if code, b := call(t, "PUT", r.base+"/v1/accounts/org/budgets/p1", adminToken, map[string]any{"budget_micros": 2_000_000}); code != 202 {
 		t.Fatalf("budget: %d %s", code, b)
@@ -141,17 +141,16 @@ func TestOrganizationOnKafka(t *testing.T) {
 	}
 }
 
-// TestTooManyBudgetsDeadLettered: an account.updated that would give an organization a 65th
-// budget (the API refuses it; another producer may not) is not applied but dead-lettered with
-// the reason.
+// TestTooManyBudgetsDeadLettered: a budget.changed that would give an organization a 65th
+// budget (the API refuses it; another producer, or two PUTs racing, may not) is not applied
+// but dead-lettered with the reason.
 func TestTooManyBudgetsDeadLettered(t *testing.T) {
 	c := kafkatest.Start(t)
 	start(t, testConfig(c))
 	now := time.Now().UTC()
 	var evs []events.Event
 	for i := range events.MaxProjectBudgets + 1 {
-		evs = append(evs, ev(t, now, events.AccountUpdated{AccountID: "org", Tier: "free", Priority: events.PriorityStandard,
-			ProjectBudget: &events.ProjectBudget{ProjectID: fmt.Sprintf("p%02d", i), BudgetMicros: 1}}))
+		evs = append(evs, ev(t, now, events.BudgetChanged{AccountID: "org", ProjectID: fmt.Sprintf("p%02d", i), BudgetMicros: 1}))
 	}
 	produce(t, c, evs...)
 	bad := evs[len(evs)-1]

@@ -12,10 +12,11 @@ import (
 
 // Organizations: PUT /v1/accounts/{id} sets funding_account_id (the account whose balance
 // funds this one's requests); the budget routes set and remove the monthly budget of a
-// project the account funds. Both publish account.updated, which carries the account's tier,
-// priority and suspension whole: the budget routes re-publish them as the ledger has folded
-// them (a PUT /v1/accounts/{id} not yet folded may be overwritten, as by any two PUTs in a
-// row).
+// project the account funds. They publish budget.changed, which carries the budget alone:
+// nothing read from the folded view goes into the event (account.updated carries the tier,
+// priority and suspension whole, so a budget carried by it re-sent them as last folded, and a
+// PUT /v1/accounts/{id} not folded yet was silently undone). The view is read only to refuse
+// early what the fold would refuse (an unknown account, a 65th budget).
 
 // BudgetRequest is PUT /v1/accounts/{id}/budgets/{project}.
 type BudgetRequest struct {
@@ -49,6 +50,8 @@ func (s *server) putBudget(w http.ResponseWriter, r *http.Request, id string) {
 	if !ok {
 		return
 	}
+	// Advisory: a budget folded meanwhile may still make this one the 65th; the fold then
+	// dead-letters it (too_many_budgets).
 	others := 0
 	for _, p := range v.Projects {
 		if p.ProjectID != project {
@@ -60,7 +63,7 @@ func (s *server) putBudget(w http.ResponseWriter, r *http.Request, id string) {
 			"account %q already holds %d project budgets, the most it may: remove one first", id, others))
 		return
 	}
-	s.publish(w, r, budgetUpdate(v, id, events.ProjectBudget{ProjectID: project, BudgetMicros: *req.BudgetMicros}, adminKeyID(r)))
+	s.publish(w, r, events.BudgetChanged{AccountID: id, ProjectID: project, BudgetMicros: *req.BudgetMicros, AdminKeyID: adminKeyID(r)})
 }
 
 func (s *server) deleteBudget(w http.ResponseWriter, r *http.Request, id string) {
@@ -68,11 +71,10 @@ func (s *server) deleteBudget(w http.ResponseWriter, r *http.Request, id string)
 	if !ok {
 		return
 	}
-	v, ok := s.settingsOf(w, r, id)
-	if !ok {
+	if _, ok := s.settingsOf(w, r, id); !ok {
 		return
 	}
-	s.publish(w, r, budgetUpdate(v, id, events.ProjectBudget{ProjectID: project, Remove: true}, adminKeyID(r)))
+	s.publish(w, r, events.BudgetChanged{AccountID: id, ProjectID: project, Remove: true, AdminKeyID: adminKeyID(r)})
 }
 
 // budgetProject is the request's {project}, checked: an id, not the account's own.
@@ -88,16 +90,6 @@ func (s *server) budgetProject(w http.ResponseWriter, r *http.Request, id string
 		return "", false
 	}
 	return project, true
-}
-
-// budgetUpdate is the account.updated of a budget change: v's tier, priority (standard when
-// the account never had one) and suspension, unchanged.
-func budgetUpdate(v view.Account, id string, b events.ProjectBudget, keyID string) events.AccountUpdated {
-	prio := v.Priority
-	if prio == "" {
-		prio = events.PriorityStandard
-	}
-	return events.AccountUpdated{AccountID: id, Tier: v.Tier, Priority: prio, Suspended: v.Suspended, AdminKeyID: keyID, ProjectBudget: &b}
 }
 
 // settingsOf returns the folded view of account id, from this instance or its peers; it

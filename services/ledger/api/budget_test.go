@@ -51,31 +51,28 @@ func adminDo(h http.Handler, method, path, body string) *httptest.ResponseRecord
 	return rec
 }
 
-// TestBudgetRoutes: PUT and DELETE /v1/accounts/{id}/budgets/{project} publish account.updated
-// with project_budget and the account's folded tier, priority and suspension; bad input is a
-// 4xx with a stable code and publishes nothing.
+// TestBudgetRoutes: PUT and DELETE /v1/accounts/{id}/budgets/{project} publish
+// budget.changed with the budget alone (none of the account's folded settings: an account
+// that never had a priority is not given one); bad input is a 4xx with a stable code and
+// publishes nothing.
 func TestBudgetRoutes(t *testing.T) {
 	h, pub := budgetFixture(t, "p1")
-	budget := func(b events.ProjectBudget) *events.ProjectBudget { return &b }
 	for _, c := range []struct {
 		method, path, body string
-		want               events.AccountUpdated
+		want               events.BudgetChanged
 	}{
-		{http.MethodPut, "/v1/accounts/org/budgets/p2", `{"budget_micros":2500000}`, events.AccountUpdated{AccountID: "org", Tier: "pro",
-			Priority: "batch", Suspended: true, AdminKeyID: "ops", ProjectBudget: budget(events.ProjectBudget{ProjectID: "p2", BudgetMicros: 2_500_000})}},
-		{http.MethodPut, "/v1/accounts/org/budgets/p1", `{"budget_micros":0}`, events.AccountUpdated{AccountID: "org", Tier: "pro",
-			Priority: "batch", Suspended: true, AdminKeyID: "ops", ProjectBudget: budget(events.ProjectBudget{ProjectID: "p1"})}},
-		{http.MethodDelete, "/v1/accounts/org/budgets/p1", ``, events.AccountUpdated{AccountID: "org", Tier: "pro",
-			Priority: "batch", Suspended: true, AdminKeyID: "ops", ProjectBudget: budget(events.ProjectBudget{ProjectID: "p1", Remove: true})}},
-		{http.MethodPut, "/v1/accounts/fresh/budgets/p1", `{"budget_micros":1}`, events.AccountUpdated{AccountID: "fresh", Tier: "free",
-			Priority: "standard", AdminKeyID: "ops", ProjectBudget: budget(events.ProjectBudget{ProjectID: "p1", BudgetMicros: 1})}},
+		{http.MethodPut, "/v1/accounts/org/budgets/p2", `{"budget_micros":2500000}`,
+			events.BudgetChanged{AccountID: "org", ProjectID: "p2", BudgetMicros: 2_500_000, AdminKeyID: "ops"}},
+		{http.MethodPut, "/v1/accounts/org/budgets/p1", `{"budget_micros":0}`, events.BudgetChanged{AccountID: "org", ProjectID: "p1", AdminKeyID: "ops"}},
+		{http.MethodDelete, "/v1/accounts/org/budgets/p1", ``, events.BudgetChanged{AccountID: "org", ProjectID: "p1", Remove: true, AdminKeyID: "ops"}},
+		{http.MethodPut, "/v1/accounts/fresh/budgets/p1", `{"budget_micros":1}`, events.BudgetChanged{AccountID: "fresh", ProjectID: "p1", BudgetMicros: 1, AdminKeyID: "ops"}},
 	} {
 		rec := adminDo(h, c.method, c.path, c.body)
 		evs := pub.take()
 		if rec.Code != http.StatusAccepted || len(evs) != 1 {
 			t.Fatalf("%s %s: %d %s, %d events", c.method, c.path, rec.Code, rec.Body, len(evs))
 		}
-		if got := evs[0].Payload.(events.AccountUpdated); !reflect.DeepEqual(got, c.want) || evs[0].Subject != c.want.AccountID {
+		if got, ok := evs[0].Payload.(events.BudgetChanged); !ok || !reflect.DeepEqual(got, c.want) || evs[0].Subject != c.want.AccountID {
 			t.Fatalf("%s %s: published %+v, want %+v", c.method, c.path, got, c.want)
 		}
 	}
@@ -186,7 +183,7 @@ func TestViewsShowOrganization(t *testing.T) {
 
 // FuzzBudgetHandler throws arbitrary account and project ids, content types and bodies at
 // PUT /v1/accounts/{id}/budgets/{project}: no panic, no 5xx, every error the documented JSON
-// shape, and a 202 only with one valid account.updated published.
+// shape, and a 202 only with one valid budget.changed published.
 func FuzzBudgetHandler(f *testing.F) {
 	for _, s := range []string{`{"budget_micros":5}`, `{"budget_micros":0}`, `{"budget_micros":-1}`, `{"budget_micros":1e400}`,
 		`{"budget_micros":"5"}`, `{}`, `null`, `[]`, `{"budget_micros":5}{}`, `{"budget_micros":1000000000000000}`} {
@@ -204,7 +201,7 @@ func FuzzBudgetHandler(f *testing.F) {
 		req.Method = http.MethodPut
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
-		checkAnswer(t, rec, pub, account, events.TypeAccountUpdated)
+		checkAnswer(t, rec, pub, account, events.TypeBudgetChanged)
 	})
 }
 

@@ -201,7 +201,7 @@ func (s *State) Apply(in Input, out *Output) {
 	}
 	switch ev.Payload.(type) {
 	case events.RequestStarted, events.RequestRejected, events.RequestFinished, events.CreditsGranted,
-		events.CreditsAdjusted, events.AccountUpdated, events.AbuseFlagged, events.SubscriptionChanged:
+		events.CreditsAdjusted, events.AccountUpdated, events.AbuseFlagged, events.SubscriptionChanged, events.BudgetChanged:
 	default:
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnexpectedType, AccountID: acctID, EventID: ev.ID})
 		return
@@ -248,11 +248,6 @@ func (s *State) Apply(in Input, out *Output) {
 	case events.CreditsAdjusted:
 		s.adjust(a, ev, &p, out)
 	case events.AccountUpdated:
-		if budgetRefused(a, &p) {
-			out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyTooManyBudgets, AccountID: a.ID, EventID: ev.ID,
-				ProjectID: p.ProjectBudget.ProjectID, Offset: in.Offset})
-			break // not applied, nor remembered (as a refused grant: see overflow)
-		}
 		if s.duplicateEvent(a, ev, out) {
 			return
 		}
@@ -260,8 +255,17 @@ func (s *State) Apply(in Input, out *Output) {
 		if p.FundingAccountID != nil {
 			a.FundingAccountID = *p.FundingAccountID
 		}
-		s.setBudget(a, t, &p)
 		s.updateSettings(a, &p)
+	case events.BudgetChanged:
+		if budgetRefused(a, &p) {
+			out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyTooManyBudgets, AccountID: a.ID, EventID: ev.ID,
+				ProjectID: p.ProjectID, Offset: in.Offset})
+			break // not applied, nor remembered (as a refused grant: see overflow)
+		}
+		if s.duplicateEvent(a, ev, out) {
+			return
+		}
+		s.setBudget(a, t, &p)
 	case events.SubscriptionChanged:
 		s.subscription(a, ev, &p, out)
 	case events.AbuseFlagged:
@@ -295,7 +299,7 @@ func requestID(ev *events.Event) string {
 }
 
 // duplicateEvent checks and remembers the event id of an event that has no business id
-// the fold tracks (request.rejected, account.updated, abuse.flagged).
+// the fold tracks (request.rejected, account.updated, budget.changed, abuse.flagged).
 func (s *State) duplicateEvent(a *Account, ev *events.Event, out *Output) bool {
 	k := hashID(ev.ID) ^ saltEvent
 	if s.seen(a, k, ev.Time.UnixNano(), out) {

@@ -63,25 +63,20 @@ func (a *Account) findBudget(project string) (int, bool) {
 	return i, i < len(a.Budgets) && a.Budgets[i].ProjectID == project
 }
 
-// budgetRefused reports whether p would give a more than events.MaxProjectBudgets budgets.
-func budgetRefused(a *Account, p *events.AccountUpdated) bool {
-	b := p.ProjectBudget
-	if b == nil || b.Remove || len(a.Budgets) < events.MaxProjectBudgets {
+// budgetRefused reports whether b would give a more than events.MaxProjectBudgets budgets.
+func budgetRefused(a *Account, b *events.BudgetChanged) bool {
+	if b.Remove || len(a.Budgets) < events.MaxProjectBudgets {
 		return false
 	}
 	_, ok := a.findBudget(b.ProjectID)
 	return !ok
 }
 
-// setBudget folds an account.updated project_budget (checked by budgetRefused): a new
-// budget starts counting at the month of the event time t with nothing spent (a project
-// without a budget has no spending tracked); a changed one keeps its month and spending;
-// remove drops it.
-func (s *State) setBudget(a *Account, t int64, p *events.AccountUpdated) {
-	b := p.ProjectBudget
-	if b == nil {
-		return
-	}
+// setBudget folds a budget.changed (checked by budgetRefused): a new budget starts counting
+// at the month of the event time t with nothing spent (a project without a budget has no
+// spending tracked); a changed one keeps its month and spending; remove drops it. Nothing
+// else of the account changes (its tier, priority and suspension are account.updated's).
+func (s *State) setBudget(a *Account, t int64, b *events.BudgetChanged) {
 	i, ok := a.findBudget(b.ProjectID)
 	switch {
 	case b.Remove && ok:

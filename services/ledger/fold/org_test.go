@@ -53,9 +53,8 @@ func TestProjectsShareRequestIDs(t *testing.T) {
 	}
 }
 
-func budgetUpdate(org, proj string, micros int64, remove bool) events.AccountUpdated {
-	return events.AccountUpdated{AccountID: org, Tier: "free", Priority: events.PriorityStandard,
-		ProjectBudget: &events.ProjectBudget{ProjectID: proj, BudgetMicros: micros, Remove: remove}}
+func budgetUpdate(org, proj string, micros int64, remove bool) events.BudgetChanged {
+	return events.BudgetChanged{AccountID: org, ProjectID: proj, BudgetMicros: micros, Remove: remove}
 }
 
 // TestFundedRequestPaysFromOrg: a project's funded request takes the organization's
@@ -230,22 +229,21 @@ func TestProjectBudgets(t *testing.T) {
 	}
 }
 
-// TestTooManyBudgets: the 65th budget of an organization is refused (not applied at all:
-// the tier it carries neither), while changing or removing one of the 64 is applied.
+// TestTooManyBudgets: the 65th budget of an organization is refused (not applied), while
+// changing or removing one of the 64 is applied.
 func TestTooManyBudgets(t *testing.T) {
 	l := &logb{t: t}
+	l.add(t0, events.AccountUpdated{AccountID: "org", Tier: "free", Priority: events.PriorityStandard})
 	for i := range events.MaxProjectBudgets {
 		l.add(t0, budgetUpdate("org", fmt.Sprintf("p%02d", i), int64(i), false))
 	}
-	over := budgetUpdate("org", "q", 5, false)
-	over.Tier = "pro"
-	l.add(t0, over)
+	l.add(t0, budgetUpdate("org", "q", 5, false))
 	l.add(t0, budgetUpdate("org", "p07", 70, false))
 	s, out := run(t, l.evs)
 	mustCheck(t, s, out)
 	o := s.Account("org")
 	if k := kinds(out); len(k) != 1 || k[0] != AnomalyTooManyBudgets || out.Anomalies[0].ProjectID != "q" ||
-		out.Anomalies[0].Offset != int64(events.MaxProjectBudgets) {
+		out.Anomalies[0].Offset != int64(events.MaxProjectBudgets+1) {
 		t.Fatalf("anomalies %+v", out.Anomalies)
 	}
 	if len(o.Budgets) != events.MaxProjectBudgets || o.Tier != "free" || o.Budgets[7].BudgetMicros != 70 {
@@ -253,12 +251,40 @@ func TestTooManyBudgets(t *testing.T) {
 	}
 	// After a removal there is room; the refused event was not remembered, so it counts now.
 	s.Apply(Input{Offset: 200, Event: l.add(t0, budgetUpdate("org", "p00", 0, true))}, out)
-	s.Apply(Input{Offset: 201, Event: l.evs[events.MaxProjectBudgets]}, out)
-	if _, ok := o.findBudget("q"); !ok || o.Tier != "pro" || len(o.Budgets) != events.MaxProjectBudgets {
+	s.Apply(Input{Offset: 201, Event: l.evs[events.MaxProjectBudgets+1]}, out)
+	if _, ok := o.findBudget("q"); !ok || o.Tier != "free" || len(o.Budgets) != events.MaxProjectBudgets {
 		t.Fatalf("q not applied after a removal: %d budgets, tier %q", len(o.Budgets), o.Tier)
 	}
 	if err := s.Balance(o).Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBudgetLeavesSettings: a budget.changed sets the budget and nothing else: the funding
+// account's tier, priority, suspension and funding stay as account.updated set them, also
+// when an account.updated with a new tier comes just before it, and an account that never
+// had a tier or priority (known by a grant only) gets none.
+func TestBudgetLeavesSettings(t *testing.T) {
+	l := &logb{t: t}
+	l.add(t0, events.AccountUpdated{AccountID: "org", Tier: "free", Priority: events.PriorityBatch, Suspended: true, FundingAccountID: ptr("top")})
+	l.add(t0, events.AccountUpdated{AccountID: "org", Tier: "pro", Priority: events.PriorityBatch, Suspended: true})
+	l.add(t0, budgetUpdate("org", "p1", 7, false))
+	l.add(t0, grant("bare", "g1", 1_000, 0, nil))
+	l.add(t0, budgetUpdate("bare", "p1", 9, false))
+	l.add(t0, budgetUpdate("bare", "p1", 0, true))
+	s, out := run(t, l.evs)
+	mustCheck(t, s, out)
+	if len(out.Anomalies) != 0 {
+		t.Fatalf("anomalies %v", kinds(out))
+	}
+	o := s.Account("org")
+	if o.Tier != "pro" || o.Priority != events.PriorityBatch || !o.Suspended || o.FundingAccountID != "top" ||
+		len(o.Budgets) != 1 || o.Budgets[0].BudgetMicros != 7 {
+		t.Fatalf("org: tier %q priority %q suspended %v funding %q budgets %+v", o.Tier, o.Priority, o.Suspended, o.FundingAccountID, o.Budgets)
+	}
+	b := s.Account("bare")
+	if b.Tier != "" || b.Priority != "" || b.Suspended || len(b.Budgets) != 0 || b.AvailableMicros != 1_000 {
+		t.Fatalf("bare: tier %q priority %q suspended %v budgets %+v available %d", b.Tier, b.Priority, b.Suspended, b.Budgets, b.AvailableMicros)
 	}
 }
 

@@ -385,7 +385,7 @@ const (
 	// balances or running totals (each amount is bounded by events.MaxAmountMicros, but
 	// their sums are not): it is not applied, and the engine dead-letters it with the reason.
 	AnomalyOverflow = "overflow"
-	// AnomalyTooManyBudgets is an account.updated that would give its account more than
+	// AnomalyTooManyBudgets is a budget.changed that would give its account more than
 	// events.MaxProjectBudgets project budgets: it is not applied, and the engine
 	// dead-letters it with the reason.
 	AnomalyTooManyBudgets = "too_many_budgets"
