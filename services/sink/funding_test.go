@@ -18,7 +18,7 @@ import (
 // by the organization in Kafka (their subject), go through the sink's pipeline into
 // ClickHouse as the projects' requests with the organization as funding_account_id: two
 // projects that use the same request id stay two requests, an expiry (journal topic) joins
-// its request, and the organization's account.updated keeps its project budget in attrs.
+// its request, and the organization's budget.changed lands with its budget in attrs.
 func TestSinkStoresFundedRequests(t *testing.T) {
 	c := kafkatest.Start(t)
 	ch := chtest.Config(t)
@@ -47,8 +47,8 @@ func TestSinkStoresFundedRequests(t *testing.T) {
 		Status: events.StatusSucceeded, CostMicros: 650, CreditsMicros: 650, PriceBookVersion: "2026-01"})
 	add(c.Topics.Journal, 5, events.RequestExpired{RequestID: "r2", AccountID: "p2", FundingAccountID: "org", Endpoint: "video",
 		Funding: events.FundingCredits, HoldMicros: 900, ReleasedMicros: 900, StartedEventID: events.DerivedID("s", "r2"), ExpiredAt: at.Add(5 * time.Second)})
-	add(c.Topics.Events, 6, events.AccountUpdated{AccountID: "org", Tier: "pro", Priority: events.PriorityStandard,
-		ProjectBudget: &events.ProjectBudget{ProjectID: "p1", BudgetMicros: 5_000_000}})
+	add(c.Topics.Events, 6, events.BudgetChanged{AccountID: "org", ProjectID: "p1", BudgetMicros: 5_000_000, AdminKeyID: "ops"})
+	add(c.Topics.Events, 7, events.BudgetChanged{AccountID: "org", ProjectID: "p2", Remove: true})
 	testevents.Produce(t, c.Brokers, msgs)
 	start(t, testConfig(c, ch), pipeline.Hooks{})
 
@@ -71,9 +71,10 @@ FROM requests_v ORDER BY account_id, request_id`)
 	if want := "p1|r1|org|succeeded|800;p2|r1|org|succeeded|650;p2|r2|org|expired|0"; strings.Join(got, ";") != want {
 		t.Fatalf("requests_v: %q, want %q", got, want)
 	}
-	var budget string
-	if err := conn.QueryRow(t.Context(), `SELECT concat(attrs['project_budget.project_id'], '=', attrs['project_budget.budget_micros'])
-FROM usage_events WHERE type = 'tally.account.updated.v1' AND account_id = 'org'`).Scan(&budget); err != nil || budget != "p1=5000000" {
-		t.Fatalf("account.updated's project budget in attrs: %q (%v)", budget, err)
+	var budgets string
+	if err := conn.QueryRow(t.Context(), `SELECT arrayStringConcat(groupArray(concat(account_id, ':', attrs['project_id'], '=',
+  attrs['budget_micros'], attrs['remove'])), ';') FROM (SELECT * FROM usage_events FINAL WHERE type = 'tally.budget.changed.v1' ORDER BY time)`).Scan(&budgets); err != nil ||
+		budgets != "org:p1=5000000;org:p2=0true" {
+		t.Fatalf("budget.changed rows: %q (%v), want org:p1=5000000;org:p2=0true", budgets, err)
 	}
 }

@@ -163,12 +163,12 @@ func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
 		if p.FundingAccountID != nil { // "" is kept: back to the account's own balance
 			r.Attrs["funding_account_id"] = *p.FundingAccountID
 		}
-		if b := p.ProjectBudget; b != nil {
-			r.Attrs["project_budget.project_id"] = b.ProjectID
-			r.Attrs["project_budget.budget_micros"] = strconv.FormatInt(b.BudgetMicros, 10)
-			if b.Remove {
-				r.Attrs["project_budget.remove"] = "true"
-			}
+	case events.BudgetChanged:
+		// account_id is the funding account (the subject); the budget goes to attrs, as
+		// account.updated's settings do (no column of its own; amount_micros is money moved).
+		r.Attrs = map[string]string{"project_id": p.ProjectID, "budget_micros": strconv.FormatInt(p.BudgetMicros, 10)}
+		if p.Remove {
+			r.Attrs["remove"] = "true"
 		}
 	case events.SubscriptionChanged:
 		r.Attrs = map[string]string{"plan_id": p.PlanID, "anchor_at": p.AnchorAt.UTC().Format(time.RFC3339Nano)}

@@ -247,9 +247,9 @@ func TestFromEventFundedRequest(t *testing.T) {
 	}
 }
 
-// TestFromEventAccountUpdatedOrganizationFields: account.updated's funding_account_id and
-// project_budget are kept in attrs (as organization_id is), "" (back to the account's own
-// balance) distinct from absent (unchanged).
+// TestFromEventAccountUpdatedOrganizationFields: account.updated's funding_account_id is
+// kept in attrs (as organization_id is), "" (back to the account's own balance) distinct
+// from absent (unchanged).
 func TestFromEventAccountUpdatedOrganizationFields(t *testing.T) {
 	pos := rows.Position{Topic: "tally.events"}
 	str := func(s string) *string { return &s }
@@ -261,12 +261,6 @@ func TestFromEventAccountUpdatedOrganizationFields(t *testing.T) {
 			map[string]string{"suspended": "false", "funding_account_id": "org"}},
 		{events.AccountUpdated{AccountID: "proj", Tier: "pro", Priority: "standard", FundingAccountID: str("")},
 			map[string]string{"suspended": "false", "funding_account_id": ""}},
-		{events.AccountUpdated{AccountID: "org", Tier: "pro", Priority: "standard",
-			ProjectBudget: &events.ProjectBudget{ProjectID: "proj", BudgetMicros: 5_000_000}},
-			map[string]string{"suspended": "false", "project_budget.project_id": "proj", "project_budget.budget_micros": "5000000"}},
-		{events.AccountUpdated{AccountID: "org", Tier: "pro", Priority: "standard",
-			ProjectBudget: &events.ProjectBudget{ProjectID: "proj", Remove: true}},
-			map[string]string{"suspended": "false", "project_budget.project_id": "proj", "project_budget.budget_micros": "0", "project_budget.remove": "true"}},
 		{events.AccountUpdated{AccountID: "proj", Tier: "pro", Priority: "standard"},
 			map[string]string{"suspended": "false"}},
 	} {
@@ -276,6 +270,31 @@ func TestFromEventAccountUpdatedOrganizationFields(t *testing.T) {
 		}
 		if u.FundingAccountID != "" {
 			t.Errorf("%+v: funding_account_id column %q, want '' (a request's column)", c.d, u.FundingAccountID)
+		}
+	}
+}
+
+// TestFromEventBudgetChanged: budget.changed is stored as the funding account's row (its
+// subject) with the budget in attrs, remove only when true, and no money or tier columns.
+func TestFromEventBudgetChanged(t *testing.T) {
+	pos := rows.Position{Topic: "tally.events"}
+	for _, c := range []struct {
+		d    events.BudgetChanged
+		want map[string]string
+	}{
+		{events.BudgetChanged{AccountID: "org", ProjectID: "proj", BudgetMicros: 5_000_000, AdminKeyID: "ops"},
+			map[string]string{"project_id": "proj", "budget_micros": "5000000"}},
+		{events.BudgetChanged{AccountID: "org", ProjectID: "proj"}, map[string]string{"project_id": "proj", "budget_micros": "0"}},
+		{events.BudgetChanged{AccountID: "org", ProjectID: "proj", Remove: true},
+			map[string]string{"project_id": "proj", "budget_micros": "0", "remove": "true"}},
+	} {
+		u, l, ok := rows.FromEvent(ev(t, c.d), pos)
+		if !ok || u == nil || l != nil {
+			t.Fatalf("%+v: usage %v ledger %v ok %v, want a usage row", c.d, u, l, ok)
+		}
+		if !maps.Equal(u.Attrs, c.want) || u.AccountID != "org" || u.Type != events.TypeBudgetChanged ||
+			u.AmountMicros != 0 || u.Tier != "" || u.Priority != "" || u.FundingAccountID != "" {
+			t.Errorf("%+v: row %+v, want account org, attrs %v and nothing else", c.d, u, c.want)
 		}
 	}
 }
