@@ -744,18 +744,6 @@ func (e *AccountUpdated) validateTags() error {
 	if e.FundingAccountID != nil {
 		errs = appendErr(errs, checkOptID("funding_account_id", *e.FundingAccountID))
 	}
-	if e.ProjectBudget != nil {
-		errs = appendErr(errs, prefix("project_budget", e.ProjectBudget.validateTags()))
-	}
-	return errors.Join(errs...)
-}
-
-// validateTags checks what the struct tags and field types of ProjectBudget state (its schema):
-// each field on its own. Validate adds the rules across fields.
-func (e *ProjectBudget) validateTags() error {
-	var errs []error
-	errs = appendErr(errs, checkID("project_id", e.ProjectID))
-	errs = appendErr(errs, checkRange("budget_micros", e.BudgetMicros, 0, MaxAmountMicros))
 	return errors.Join(errs...)
 }
 

@@ -266,8 +266,10 @@ func (e CreditsAdjusted) Validate() error {
 }
 
 // AccountUpdated sets an account's tier, default priority class and suspension (all three, as
-// given), and those of its organization, notification and auto-top-up settings that it
-// carries: a settings field that is absent leaves the setting unchanged.
+// given), and those of its organization, notification, auto-top-up and funding settings that
+// it carries: a settings field that is absent leaves the setting unchanged. The budgets of
+// the projects an account funds are BudgetChanged's, which carries nothing else: a budget
+// change must not re-send (and so undo) the tier, priority and suspension.
 type AccountUpdated struct {
 	AccountID string `json:"account_id" schema:"id"`
 	Tier      string `json:"tier" schema:"id"`
@@ -294,23 +296,9 @@ type AccountUpdated struct {
 	// credits, overage) is the funding account's, and its request events are keyed by it.
 	// One level: the funding account's own funding setting is not followed.
 	FundingAccountID *string `json:"funding_account_id,omitempty" schema:"optid" doc:"The account whose balance funds this account's requests (an organization's shared balance); \"\" the account's own; absent: unchanged. One level: the funding account's own funding is not followed."`
-	// ProjectBudget sets or removes the monthly budget (UTC calendar month, in log time) of
-	// one account this account funds: what that project's finished requests may cost in a
-	// month, enforced at admission. Carried by the funding account's event, so that the
-	// budget and the project's spending are folded on one partition.
-	ProjectBudget *ProjectBudget `json:"project_budget,omitempty" doc:"Sets or removes the monthly budget of one account this account funds; absent: unchanged."`
 }
 
-// ProjectBudget is the monthly budget of a funded account (a project), set on its funding
-// account (the organization): BudgetMicros of finished requests' cost per UTC calendar month;
-// Remove drops the budget (BudgetMicros is then 0).
-type ProjectBudget struct {
-	ProjectID    string `json:"project_id" schema:"id" doc:"The funded account (project) the budget caps."`
-	BudgetMicros int64  `json:"budget_micros" schema:"amount" doc:"What the project's finished requests may cost in a UTC calendar month, micro-credits; 0 stops it."`
-	Remove       bool   `json:"remove,omitempty" doc:"Drop the budget (budget_micros is then 0)."`
-}
-
-// MaxProjectBudgets bounds the project budgets one funding account holds.
+// MaxProjectBudgets bounds the project budgets (budget.changed) one funding account holds.
 const MaxProjectBudgets = 64
 
 // BudgetChanged sets, changes or removes the monthly budget (UTC calendar month, in log time)
@@ -385,14 +373,6 @@ func (e AccountUpdated) Validate() error {
 	errs := []error{e.validateTags()}
 	if e.FundingAccountID != nil {
 		errs = append(errs, checkFundingAccount(e.AccountID, *e.FundingAccountID))
-	}
-	if b := e.ProjectBudget; b != nil {
-		if b.ProjectID == e.AccountID {
-			errs = append(errs, errors.New("project_budget.project_id: must differ from account_id"))
-		}
-		if b.Remove && b.BudgetMicros != 0 {
-			errs = append(errs, errors.New("project_budget.budget_micros: must be 0 when remove is true"))
-		}
 	}
 	if (e.AutoTopUpThresholdMicros == nil) != (e.AutoTopUpAmountMicros == nil) {
 		errs = append(errs, errors.New("auto_top_up_threshold_micros and auto_top_up_amount_micros: give both or neither"))
