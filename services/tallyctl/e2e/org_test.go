@@ -201,6 +201,19 @@ func TestOrganizationSharedBalance(t *testing.T) {
 		return nil
 	})
 
+	// The budget.changed the budget route published is stored by the sink (not dead-lettered).
+	waitfor.Eventually(t, "the budget.changed row in ClickHouse", 60*time.Second, func() error {
+		var budget string
+		if err := conn.QueryRow(ctx, `SELECT concat(attrs['project_id'], '=', attrs['budget_micros']) FROM usage_events
+WHERE type = 'tally.budget.changed.v1' AND account_id = {org:String}`, clickhouse.Named("org", org)).Scan(&budget); err != nil {
+			return err
+		}
+		if budget != projB+"=3000000" {
+			return fmt.Errorf("budget.changed attrs %q, want %s=3000000", budget, projB)
+		}
+		return nil
+	})
+
 	// 7. Reconcile: replay of the log, the live ledger and the ClickHouse journal agree.
 	rep, err := finance.Replay(ctx, st.Brokers, st.Topics, st.FoldConfig, false, nil)
 	if err != nil {
