@@ -314,11 +314,12 @@ func csvText(s string) string {
 }
 
 // WriteCSV writes a header, an "opening" row, one row per entry with the running customer
-// balance, and a "closing" row. Text cells go through csvText.
+// balance, and a "closing" row. project_id, the project of a funded request's line, is the
+// last column so that the columns before it keep their places. Text cells go through csvText.
 func (s *Statement) WriteCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
-	_ = cw.Write([]string{"row", "effective_at", "entry_id", "transaction_id", "kind", "ledger_account", "request_id", "grant_id", "amount_micros", "balance_micros"})
-	_ = cw.Write([]string{"opening", s.From.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.OpeningMicros, 10)})
+	_ = cw.Write([]string{"row", "effective_at", "entry_id", "transaction_id", "kind", "ledger_account", "request_id", "grant_id", "amount_micros", "balance_micros", "project_id"})
+	_ = cw.Write([]string{"opening", s.From.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.OpeningMicros, 10), ""})
 	bal := s.OpeningMicros
 	for _, e := range s.Entries {
 		if customer(&e) {
@@ -326,9 +327,9 @@ func (s *Statement) WriteCSV(w io.Writer) error {
 		}
 		_ = cw.Write([]string{"entry", e.EffectiveAt.UTC().Format(time.RFC3339Nano), csvText(e.EntryID), csvText(e.TransactionID),
 			csvText(e.Kind), csvText(e.LedgerAccount), csvText(e.RequestID), csvText(e.GrantID),
-			strconv.FormatInt(e.AmountMicros, 10), strconv.FormatInt(bal, 10)})
+			strconv.FormatInt(e.AmountMicros, 10), strconv.FormatInt(bal, 10), csvText(e.ProjectID)})
 	}
-	_ = cw.Write([]string{"closing", s.To.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.ClosingMicros, 10)})
+	_ = cw.Write([]string{"closing", s.To.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.ClosingMicros, 10), ""})
 	cw.Flush()
 	return cw.Error()
 }
