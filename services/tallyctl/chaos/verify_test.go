@@ -348,20 +348,12 @@ func checkJournal(t *testing.T, ctx context.Context, h *Harness, ref *Reference,
 		}
 	}
 	// No request is charged twice: one charge transaction per request at most.
-	rows, err := h.Conn.Query(ctx, `SELECT request_id, uniqExact(transaction_id) FROM ledger_entries FINAL
-		WHERE request_id != '' AND kind IN ('charge', 'late_charge', 'unknown_finish_charge')
-		GROUP BY request_id HAVING uniqExact(transaction_id) > 1`)
+	double, err := journal.DoubleCharges(ctx, h.Conn)
 	if err != nil {
 		t.Fatalf("double charges: %v", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var rid string
-		var n uint64
-		if err := rows.Scan(&rid, &n); err != nil {
-			t.Fatalf("double charges: %v", err)
-		}
-		f.dupe("request %s charged by %d transactions", rid, n)
+	for _, d := range double {
+		f.dupe("%s", d)
 	}
 }
 
