@@ -417,11 +417,14 @@ func TestRequestsViewUpgrade(t *testing.T) {
 	if _, err := chstore.Migrate(ctx, conn, upTo6); err != nil {
 		t.Fatal(err)
 	}
-	// The store writes the latest schema's columns: add 0010's and 0011's by hand (their ADD
-	// COLUMN IF NOT EXISTS then leaves them) so that it can write the rows of the old schema.
+	// The store writes the latest schema's columns: add 0010's, 0011's and 0013's by hand (their
+	// ADD COLUMN IF NOT EXISTS then leaves them) so that it can write the rows of the old schema.
 	if err := conn.Exec(ctx, `ALTER TABLE usage_events ADD COLUMN paid_allowance_micros Int64 DEFAULT 0,
 ADD COLUMN paid_credits_micros Int64 DEFAULT 0, ADD COLUMN overage_micros Int64 DEFAULT 0,
 ADD COLUMN funding_account_id LowCardinality(String) DEFAULT ''`); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Exec(ctx, `ALTER TABLE ledger_entries ADD COLUMN project_id String DEFAULT '' AFTER request_id`); err != nil {
 		t.Fatal(err)
 	}
 	st := chstore.NewStore(conn, time.Minute)
