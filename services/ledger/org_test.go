@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -109,6 +110,42 @@ func TestOrganizationOnKafka(t *testing.T) {
 		if le.AccountID != "org" {
 			t.Fatalf("journal line of %s: %+v", le.AccountID, le)
 		}
+	}
+	// The two projects' r1 are two requests in the journal, on the topic and in the entries
+	// API (the cache): each line of a request names its project, and each request's lines
+	// add up on their own (its hold placed and posted once; revenue its cost).
+	byProject := func(les []events.LedgerEntry) string {
+		type sums struct{ held, revenue int64 }
+		m := map[string]sums{}
+		for _, le := range les {
+			if le.RequestID != "" {
+				s := m[le.ProjectID+"/"+le.RequestID]
+				switch le.LedgerAccount {
+				case events.LedgerHeld:
+					s.held += le.AmountMicros
+				case events.LedgerRevenue:
+					s.revenue += le.AmountMicros
+				}
+				m[le.ProjectID+"/"+le.RequestID] = s
+			}
+		}
+		return fmt.Sprint(m)
+	}
+	const wantByProject = "map[p1/r1:{0 700000} p2/r1:{0 300000}]"
+	if got := byProject(journal); got != wantByProject {
+		t.Fatalf("journal topic by project and request: %s, want %s", got, wantByProject)
+	}
+	code, b := call(t, "GET", r.base+"/v1/accounts/org/entries?limit=100", adminToken, nil)
+	var page view.Entries
+	if code != 200 || json.Unmarshal(b, &page) != nil {
+		t.Fatalf("entries: %d %s", code, b)
+	}
+	cached := make([]events.LedgerEntry, len(page.Entries))
+	for i, e := range page.Entries {
+		cached[i] = e.LedgerEntry
+	}
+	if got := byProject(cached); got != wantByProject {
+		t.Fatalf("entries API by project and request: %s, want %s", got, wantByProject)
 	}
 	st, err := finance.NewStatement(journal, "org", now.Add(-time.Hour), now.Add(time.Hour))
 	if err != nil || st.Check() != nil || st.ClosingMicros != 4_000_000 {

@@ -90,6 +90,8 @@ func TestAppendEventMatchesEncode(t *testing.T) {
 				HoldExpiresAt: at, PriceBookVersion: s},
 			events.LedgerEntry{EntryID: s, TransactionID: s, AccountID: "a1", LedgerAccount: s, Kind: s, CauseEventID: s,
 				RequestID: s, GrantID: s, EffectiveAt: at},
+			events.LedgerEntry{EntryID: s, TransactionID: s, AccountID: "a1", LedgerAccount: s, Kind: s, CauseEventID: s,
+				RequestID: s, ProjectID: s, EffectiveAt: at},
 			events.BalanceUpdated{AccountID: "a1", Tier: s, Priority: s, Suspended: true,
 				Allowance: []events.AllowanceWindow{{Window: s, Start: at}, {Window: "5h", Start: at.Add(time.Hour), UsedMicros: 9}},
 				Expiring:  []events.ExpiringGrant{{ExpiresAt: at, RemainingMicros: 1}}, Partition: 7, Offset: 1 << 40},
@@ -159,7 +161,7 @@ func FuzzAppendEnvelope(f *testing.F) {
 			events.RequestRejected{RequestID: s1, AccountID: account, Endpoint: s2, Tier: s1, Priority: events.PriorityBatch,
 				Reason: s2, RetryAfterMs: n, EstimateMicros: n, PriceBookVersion: s1},
 			events.LedgerEntry{EntryID: s1, TransactionID: s2, AccountID: account, LedgerAccount: events.LedgerHeld, AmountMicros: n,
-				Kind: "charge", CauseEventID: s1, RequestID: s2, EffectiveAt: at},
+				Kind: "charge", CauseEventID: s1, RequestID: s2, ProjectID: s1, EffectiveAt: at},
 		} {
 			if want, err := json.Marshal(d); err == nil {
 				if got, ok := events.AppendData(nil, d); ok && !bytes.Equal(got, want) {

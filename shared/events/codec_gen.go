@@ -314,10 +314,12 @@ func (d *Decoder) decodeLedgerEntry(s *scanner, subject string, p *LedgerEntry) 
 			bit, ok = 1<<6, plainStr(s, &p.CauseEventID)
 		case "request_id":
 			bit, ok = 1<<7, plainStr(s, &p.RequestID)
+		case "project_id":
+			bit, ok = 1<<8, plainStr(s, &p.ProjectID)
 		case "grant_id":
-			bit, ok = 1<<8, plainStr(s, &p.GrantID)
+			bit, ok = 1<<9, plainStr(s, &p.GrantID)
 		case "effective_at":
-			bit, ok = 1<<9, s.timeTo(&p.EffectiveAt)
+			bit, ok = 1<<10, s.timeTo(&p.EffectiveAt)
 		default:
 			return false
 		}
@@ -329,7 +331,7 @@ func (d *Decoder) decodeLedgerEntry(s *scanner, subject string, p *LedgerEntry) 
 			return false
 		}
 	}
-	return seen&0x27f == 0x27f // the fields without omitempty
+	return seen&0x47f == 0x47f // the fields without omitempty
 }
 
 // AppendData appends the JSON of d as json.Marshal writes it, by hand for the payload types
@@ -527,14 +529,14 @@ func appendProjectSpend(dst []byte, p *ProjectSpend) []byte {
 // and omitempty of the Go type, its times in UTC (AppendTime).
 func AppendLedgerEntry(dst []byte, p *LedgerEntry) []byte {
 	return AppendLedgerEntryFields(dst, p.EntryID, p.TransactionID, p.AccountID, p.LedgerAccount,
-		p.AmountMicros, p.Kind, p.CauseEventID, p.RequestID, p.GrantID,
-		p.EffectiveAt)
+		p.AmountMicros, p.Kind, p.CauseEventID, p.RequestID, p.ProjectID,
+		p.GrantID, p.EffectiveAt)
 }
 
 // AppendLedgerEntryFields is AppendLedgerEntry from the fields, so that a producer
 // holding them elsewhere (ids in stack buffers) need not build a LedgerEntry.
 func AppendLedgerEntryFields[T ~string | ~[]byte](dst []byte,
-	entryID, transactionID T, accountID, ledgerAccount string, amountMicros int64, kind, causeEventID, requestID, grantID string, effectiveAt time.Time) []byte {
+	entryID, transactionID T, accountID, ledgerAccount string, amountMicros int64, kind, causeEventID, requestID, projectID, grantID string, effectiveAt time.Time) []byte {
 	dst = AppendKeyString(dst, `{"entry_id":`, entryID)
 	dst = AppendKeyString(dst, `,"transaction_id":`, transactionID)
 	dst = AppendKeyString(dst, `,"account_id":`, accountID)
@@ -544,6 +546,9 @@ func AppendLedgerEntryFields[T ~string | ~[]byte](dst []byte,
 	dst = AppendKeyString(dst, `,"cause_event_id":`, causeEventID)
 	if requestID != "" {
 		dst = AppendKeyString(dst, `,"request_id":`, requestID)
+	}
+	if projectID != "" {
+		dst = AppendKeyString(dst, `,"project_id":`, projectID)
 	}
 	if grantID != "" {
 		dst = AppendKeyString(dst, `,"grant_id":`, grantID)
@@ -919,6 +924,7 @@ func (e *LedgerEntry) validateTags() error {
 	errs = appendErr(errs, checkID("kind", e.Kind))
 	errs = appendErr(errs, checkID("cause_event_id", e.CauseEventID))
 	errs = appendErr(errs, checkOptID("request_id", e.RequestID))
+	errs = appendErr(errs, checkOptID("project_id", e.ProjectID))
 	errs = appendErr(errs, checkOptID("grant_id", e.GrantID))
 	errs = appendErr(errs, CheckTime("effective_at", e.EffectiveAt))
 	return errors.Join(errs...)

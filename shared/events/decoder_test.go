@@ -140,6 +140,9 @@ func decodeCorpus(t testing.TB) [][]byte {
 		events.LedgerEntry{EntryID: events.DerivedID("c1", "a"), TransactionID: events.DerivedID("c1", "t"), AccountID: "acct-1",
 			LedgerAccount: events.LedgerHeld, AmountMicros: 9999, Kind: "charge", CauseEventID: events.DerivedID("c1", "c"),
 			RequestID: "r1", GrantID: "g1", EffectiveAt: at.Add(time.Second)},
+		events.LedgerEntry{EntryID: events.DerivedID("c3", "a"), TransactionID: events.DerivedID("c3", "t"), AccountID: "org",
+			LedgerAccount: events.LedgerAvailable, AmountMicros: -5, Kind: "hold", CauseEventID: events.DerivedID("c3", "c"),
+			RequestID: "r1", ProjectID: "p1", EffectiveAt: at},
 		events.LedgerEntry{EntryID: events.DerivedID("c2", "a"), TransactionID: events.DerivedID("c2", "t"), AccountID: "acct-2",
 			LedgerAccount: events.LedgerRevenue, AmountMicros: -1, Kind: "charge", CauseEventID: events.DerivedID("c2", "c"), EffectiveAt: at},
 	}

@@ -602,7 +602,11 @@ const (
 
 // LedgerEntry is one line of a balanced double-entry transaction. AmountMicros is signed:
 // positive increases the ledger account's balance. The lines of one TransactionID sum to zero.
-// EntryID is DerivedID(CauseEventID, leg), so a replay reproduces it.
+// EntryID is DerivedID(CauseEventID, leg), so a replay reproduces it. ProjectID is the funded
+// account (project) whose request caused the line, on the lines of the funding account (the
+// organization): two projects may use the same request id, so a request's lines are those of
+// one (AccountID, ProjectID, RequestID). It is absent on the lines of the account's own
+// requests and on lines that are not a request's.
 //
 //codec:decode
 //codec:append
@@ -616,6 +620,7 @@ type LedgerEntry struct {
 	Kind          string    `json:"kind" schema:"id" codec:"intern"`
 	CauseEventID  string    `json:"cause_event_id" schema:"id"`
 	RequestID     string    `json:"request_id,omitempty" schema:"id"`
+	ProjectID     string    `json:"project_id,omitempty" schema:"id" doc:"The funded account (project) whose request caused the line; absent when the request was the account's own or the line is not a request's."`
 	GrantID       string    `json:"grant_id,omitempty" schema:"id"`
 	EffectiveAt   time.Time `json:"effective_at"`
 }

@@ -211,9 +211,13 @@ type CustomerUsage struct {
 }
 
 // CustomerRequest is one request in GET /v1/customer/accounts/{id}/requests: the sums of its
-// journal lines that the ledger still caches.
+// journal lines that the ledger still caches. A request is its project's (ProjectID) or the
+// account's own: two projects the account funds may use the same request id.
 type CustomerRequest struct {
-	RequestID string    `json:"request_id"`
+	RequestID string `json:"request_id"`
+	// ProjectID is the project (a funded account) whose request the account paid for;
+	// absent for the account's own request.
+	ProjectID string    `json:"project_id,omitempty"`
 	FirstAt   time.Time `json:"first_at"`
 	LastAt    time.Time `json:"last_at"`
 	// Kinds are the transaction kinds, in journal order (hold, charge, expiry, ...).
@@ -332,21 +336,24 @@ func (s *server) getCustomerRequests(w http.ResponseWriter, r *http.Request, v v
 	httpx.WriteJSON(w, http.StatusOK, groupRequests(v.AccountID, lines, limit))
 }
 
-// groupRequests sums lines (in journal order) by request id, newest (latest line) first,
-// and keeps the first limit.
+// groupRequests sums lines (in journal order) by request (project and request id), newest
+// (latest line) first, and keeps the first limit.
 func groupRequests(account string, lines []view.Entry, limit int) CustomerRequests {
-	byID := map[string]int{}
+	type key struct{ project, request string }
+	byID := map[key]int{}
 	var reqs []CustomerRequest
 	last := []int{}
 	for i, l := range lines {
 		if l.RequestID == "" {
 			continue
 		}
-		j, ok := byID[l.RequestID]
+		k := key{l.ProjectID, l.RequestID}
+		j, ok := byID[k]
 		if !ok {
 			j = len(reqs)
-			byID[l.RequestID] = j
-			reqs = append(reqs, CustomerRequest{RequestID: l.RequestID, FirstAt: l.EffectiveAt, LastAt: l.EffectiveAt, Kinds: []string{}})
+			byID[k] = j
+			reqs = append(reqs, CustomerRequest{RequestID: l.RequestID, ProjectID: l.ProjectID, FirstAt: l.EffectiveAt, LastAt: l.EffectiveAt,
+				Kinds: []string{}})
 			last = append(last, 0)
 		}
 		q := &reqs[j]

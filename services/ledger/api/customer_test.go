@@ -294,6 +294,46 @@ func TestCustomerRequestsGroupsJournal(t *testing.T) {
 	}
 }
 
+// TestCustomerRequestsTellProjectsApart: an organization's cached journal holds the lines of
+// two projects it funds and of its own request, all with request id r1: the requests page
+// lists three requests, each with its own sums, and names the project of a funded one.
+func TestCustomerRequestsTellProjectsApart(t *testing.T) {
+	h, _, rd := customerFixture(t)
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	var seq uint64
+	line := func(project, acct, kind string, amt int64, dt time.Duration) view.Entry {
+		seq++
+		return view.Entry{Seq: seq, LedgerEntry: events.LedgerEntry{EntryID: fmt.Sprint("e", seq), TransactionID: "t", AccountID: "acme",
+			LedgerAccount: acct, AmountMicros: amt, Kind: kind, CauseEventID: "c", RequestID: "r1", ProjectID: project, EffectiveAt: at.Add(dt)}}
+	}
+	rd.lines["acme"] = []view.Entry{
+		line("p1", events.LedgerAvailable, "hold", -40, time.Second), line("p1", events.LedgerHeld, "hold", 40, time.Second),
+		line("p2", events.LedgerAvailable, "hold", -10, 2*time.Second), line("p2", events.LedgerHeld, "hold", 10, 2*time.Second),
+		line("", events.LedgerAvailable, "hold", -7, 3*time.Second), line("", events.LedgerHeld, "hold", 7, 3*time.Second),
+		line("p1", events.LedgerHeld, "charge", -40, 4*time.Second), line("p1", events.LedgerAvailable, "charge", 15, 4*time.Second),
+		line("p1", events.LedgerRevenue, "charge", 25, 4*time.Second),
+	}
+	w := do(h, "GET", "/v1/customer/accounts/acme/requests", custAcct, "")
+	var page struct {
+		Requests []map[string]any `json:"requests"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &page); err != nil || w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	var got []string
+	for _, r := range page.Requests {
+		got = append(got, fmt.Sprintf("%v/%v held %v available %v charged %v", r["project_id"], r["request_id"], r["held_micros"], r["available_micros"], r["charged_micros"]))
+	}
+	want := []string{ // newest (latest line) first
+		"p1/r1 held 0 available -25 charged 25",
+		"<nil>/r1 held 7 available -7 charged 0",
+		"p2/r1 held 10 available -10 charged 0",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("requests:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
 func must(b []byte, err error) []byte {
 	if err != nil {
 		panic(err)

@@ -23,7 +23,7 @@ func appendEntryEvent(dst []byte, en *fold.Entry, txID []byte) []byte {
 	id := events.AppendDerivedID(idBuf[:0], en.Cause, en.LedgerAccount)
 	dst = events.AppendEnvelopeHead(dst, id, Source, events.TypeLedgerEntry, en.At, en.AccountID)
 	dst = events.AppendLedgerEntryFields(dst, id, txID, en.AccountID, en.LedgerAccount, en.AmountMicros, en.Kind,
-		en.Cause, en.RequestID, en.GrantID, en.At)
+		en.Cause, en.RequestID, en.ProjectID, en.GrantID, en.At)
 	return append(dst, '}')
 }
 

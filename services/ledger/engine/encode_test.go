@@ -19,6 +19,8 @@ func TestHandEncodingMatchesJSON(t *testing.T) {
 			AmountMicros: -42, Kind: "charge", CauseEventID: events.DerivedID("x", "y"), RequestID: "r<1>&\"q\"", EffectiveAt: at},
 		{EntryID: events.DerivedID("c", "b"), TransactionID: events.DerivedID("c", "tx"), AccountID: "ünï", LedgerAccount: events.LedgerRevenue,
 			AmountMicros: 42, Kind: "grant", CauseEventID: events.DerivedID("x", "y"), GrantID: "g\\1", EffectiveAt: at.Add(-time.Nanosecond * 123456789)},
+		{EntryID: events.DerivedID("c", "h"), TransactionID: events.DerivedID("c", "tx"), AccountID: "org", LedgerAccount: events.LedgerHeld,
+			AmountMicros: 7, Kind: "hold", CauseEventID: events.DerivedID("x", "y"), RequestID: "r1", ProjectID: "p&1", EffectiveAt: at},
 	}
 	for _, le := range les {
 		want, err := events.NewWithID(le.EntryID, Source, le.EffectiveAt, le)
@@ -65,6 +67,7 @@ func TestEntryEventMatchesJSON(t *testing.T) {
 		{Cause: "0190f5a2-7c3e-7b1d-9f00-0123456789ab", AccountID: "acme", LedgerAccount: events.LedgerAvailable, AmountMicros: -42, Kind: "charge", RequestID: "r<1>&\"q\"", At: at},
 		{Cause: "0190F5A2-7C3E-7B1D-9F00-0123456789AB", AccountID: "ünï", LedgerAccount: events.LedgerRevenue, AmountMicros: 42, Kind: "grant", GrantID: "g\\1", At: at.Add(-123456789)},
 		{Cause: "0190f5a2-7c3e-7b1d-9f00-0123456789ac", AccountID: "a", LedgerAccount: events.LedgerHeld, AmountMicros: 0, Kind: "hold", RequestID: "r", GrantID: "g", At: at.UTC()},
+		{Cause: "0190f5a2-7c3e-7b1d-9f00-0123456789ad", AccountID: "org", LedgerAccount: events.LedgerAvailable, AmountMicros: -7, Kind: "hold", RequestID: "r1", ProjectID: "p<1>", At: at},
 	} {
 		le := en.Event()
 		want, err := events.NewWithID(le.EntryID, Source, le.EffectiveAt, le)

@@ -23,21 +23,21 @@ type lines struct {
 
 // line is a journal line kept compact: the account is the map key, the entry and
 // transaction ids are derived again from the cause when a page is served, and ledgerAccount
-// and kind are the fold's constants. It is 112 bytes with 6 pointers, against an
-// events.LedgerEntry's 160 bytes and 9 pointers, which the garbage collector scans on every
+// and kind are the fold's constants. It is 128 bytes with 7 pointers, against an
+// events.LedgerEntry's 176 bytes and 10 pointers, which the garbage collector scans on every
 // cycle (up to LEDGER_JOURNAL_ACCOUNTS_MAX × LEDGER_JOURNAL_PER_ACCOUNT lines).
 type line struct {
-	cause, requestID, grantID string
-	ledgerAccount, kind       string
-	amountMicros              int64
-	at                        time.Time // UTC
+	cause, requestID, projectID, grantID string
+	ledgerAccount, kind                  string
+	amountMicros                         int64
+	at                                   time.Time // UTC
 }
 
 func (l *line) entry(account string) events.LedgerEntry {
 	return events.LedgerEntry{
 		EntryID: events.DerivedID(l.cause, l.ledgerAccount), TransactionID: fold.TransactionID(l.cause),
 		AccountID: account, LedgerAccount: l.ledgerAccount, AmountMicros: l.amountMicros, Kind: l.kind,
-		CauseEventID: l.cause, RequestID: l.requestID, GrantID: l.grantID, EffectiveAt: l.at,
+		CauseEventID: l.cause, RequestID: l.requestID, ProjectID: l.projectID, GrantID: l.grantID, EffectiveAt: l.at,
 	}
 }
 
@@ -62,7 +62,7 @@ func (j *journal) add(entries []fold.Entry) {
 			l = &lines{}
 			j.accts[en.AccountID] = l
 		}
-		ln := line{cause: en.Cause, requestID: en.RequestID, grantID: en.GrantID, ledgerAccount: en.LedgerAccount,
+		ln := line{cause: en.Cause, requestID: en.RequestID, projectID: en.ProjectID, grantID: en.GrantID, ledgerAccount: en.LedgerAccount,
 			kind: en.Kind, amountMicros: en.AmountMicros, at: en.At.UTC()}
 		if len(l.buf) < j.perAccount {
 			l.buf = append(l.buf, ln)

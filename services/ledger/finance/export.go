@@ -45,15 +45,21 @@ type ExportLine struct {
 	LedgerAccount string    `json:"ledger_account"`
 	AmountMicros  int64     `json:"amount_micros"`
 	RequestID     string    `json:"request_id,omitempty"`
-	GrantID       string    `json:"grant_id,omitempty"`
+	// ProjectID is the project (a funded account) whose request caused the line, on the
+	// lines of the organization that funds it; absent otherwise.
+	ProjectID string `json:"project_id,omitempty"`
+	GrantID   string `json:"grant_id,omitempty"`
 }
 
 // Total is the sum of the export's lines on one ledger account, of one kind of transaction
 // (TotalsByKind) or of any kind (TotalsByLedgerAccount, Kind ""). A kind's lines alone sum to
 // zero (each transaction does), so a kind is totalled per ledger account: the charges'
 // revenue line is what the month's usage cost, the grants' customer.available line what was
-// granted, the breakage line what expired.
+// granted, the breakage line what expired. TotalsByProject total the lines of each project's
+// requests per ledger account (ProjectID set, Kind ""): a project's revenue line is what its
+// requests cost the organization that month.
 type Total struct {
+	ProjectID     string `json:"project_id,omitempty"`
 	Kind          string `json:"kind,omitempty"`
 	LedgerAccount string `json:"ledger_account"`
 	Lines         int    `json:"lines"`
@@ -76,6 +82,10 @@ type Export struct {
 	Lines                 []ExportLine `json:"lines"`
 	TotalsByKind          []Total      `json:"totals_by_kind"`
 	TotalsByLedgerAccount []Total      `json:"totals_by_ledger_account"`
+	// TotalsByProject are the totals of the lines of funded requests by project and ledger
+	// account, in project then ledger account order; absent when the account funds no
+	// project's request in the month.
+	TotalsByProject []Total `json:"totals_by_project,omitempty"`
 }
 
 // NewExport builds the export of account for month ("YYYY-MM", parsed with ParseMonth at now)
@@ -97,43 +107,63 @@ func NewExport(journal []events.LedgerEntry, account, month string, now time.Tim
 		OpeningMicros: st.OpeningMicros, ClosingMicros: st.ClosingMicros, Lines: make([]ExportLine, 0, len(st.Entries))}
 	for _, e := range st.Entries {
 		x.Lines = append(x.Lines, ExportLine{Time: e.EffectiveAt.UTC(), TransactionID: e.TransactionID, EntryID: e.EntryID,
-			Kind: e.Kind, LedgerAccount: e.LedgerAccount, AmountMicros: e.AmountMicros, RequestID: e.RequestID, GrantID: e.GrantID})
+			Kind: e.Kind, LedgerAccount: e.LedgerAccount, AmountMicros: e.AmountMicros, RequestID: e.RequestID, ProjectID: e.ProjectID,
+			GrantID: e.GrantID})
 	}
-	x.TotalsByKind, x.TotalsByLedgerAccount = totals(x.Lines)
+	x.TotalsByKind, x.TotalsByLedgerAccount, x.TotalsByProject = totals(x.Lines)
 	return x, nil
 }
 
-// totals sums lines by kind and ledger account, and by ledger account, sorted.
-func totals(lines []ExportLine) (byKind, byLedger []Total) {
-	sum := func(withKind bool) []Total {
-		type key struct{ kind, ledger string }
+// totals sums lines by kind and ledger account, by ledger account, and (the lines that
+// name a project) by project and ledger account, sorted; byProject is nil without such lines.
+func totals(lines []ExportLine) (byKind, byLedger, byProject []Total) {
+	const (
+		byKindKey = iota
+		byLedgerKey
+		byProjectKey
+	)
+	sum := func(by int) []Total {
+		type key struct{ project, kind, ledger string }
 		m := map[key]*Total{}
 		for i := range lines {
 			k := key{ledger: lines[i].LedgerAccount}
-			if withKind {
+			switch by {
+			case byKindKey:
 				k.kind = lines[i].Kind
+			case byProjectKey:
+				if lines[i].ProjectID == "" {
+					continue
+				}
+				k.project = lines[i].ProjectID
 			}
 			t := m[k]
 			if t == nil {
-				t = &Total{Kind: k.kind, LedgerAccount: k.ledger}
+				t = &Total{ProjectID: k.project, Kind: k.kind, LedgerAccount: k.ledger}
 				m[k] = t
 			}
 			t.Lines++
 			t.AmountMicros += lines[i].AmountMicros
+		}
+		if by == byProjectKey && len(m) == 0 {
+			return nil
 		}
 		out := make([]Total, 0, len(m))
 		for _, t := range m {
 			out = append(out, *t)
 		}
 		sort.Slice(out, func(i, j int) bool {
-			if out[i].Kind != out[j].Kind {
-				return out[i].Kind < out[j].Kind
+			a, b := &out[i], &out[j]
+			if a.ProjectID != b.ProjectID {
+				return a.ProjectID < b.ProjectID
 			}
-			return out[i].LedgerAccount < out[j].LedgerAccount
+			if a.Kind != b.Kind {
+				return a.Kind < b.Kind
+			}
+			return a.LedgerAccount < b.LedgerAccount
 		})
 		return out
 	}
-	return sum(true), sum(false)
+	return sum(byKindKey), sum(byLedgerKey), sum(byProjectKey)
 }
 
 // Check verifies that the totals are the sums of the lines, that the ledger-account totals
@@ -141,9 +171,12 @@ func totals(lines []ExportLine) (byKind, byLedger []Total) {
 // an edited export (e.g. its JSON).
 func (x *Export) Check() error {
 	var errs []error
-	byKind, byLedger := totals(x.Lines)
+	byKind, byLedger, byProject := totals(x.Lines)
 	if fmt.Sprint(byKind) != fmt.Sprint(x.TotalsByKind) {
 		errs = append(errs, fmt.Errorf("totals by kind %v, the lines sum to %v", x.TotalsByKind, byKind))
+	}
+	if fmt.Sprint(byProject) != fmt.Sprint(x.TotalsByProject) {
+		errs = append(errs, fmt.Errorf("totals by project %v, the lines sum to %v", x.TotalsByProject, byProject))
 	}
 	if fmt.Sprint(byLedger) != fmt.Sprint(x.TotalsByLedgerAccount) {
 		errs = append(errs, fmt.Errorf("totals by ledger account %v, the lines sum to %v", x.TotalsByLedgerAccount, byLedger))
@@ -182,29 +215,34 @@ func (x *Export) WriteJSON(w io.Writer) error {
 
 // ExportCSVHeader is the export's CSV header. The row column says what a row is: "opening",
 // "line" (one per journal line), "total_kind" (a kind and ledger account), "total_ledger_account"
-// (a ledger account; both totals give the line count in lines), and "closing".
-var ExportCSVHeader = []string{"row", "time", "transaction_id", "entry_id", "kind", "ledger_account", "amount_micros", "request_id", "grant_id", "lines"}
+// (a ledger account), "total_project" (a project and ledger account; the totals give the line
+// count in lines), and "closing". project_id, last so that the columns before it keep their
+// places, is the project of a funded request's line and of a total_project row.
+var ExportCSVHeader = []string{"row", "time", "transaction_id", "entry_id", "kind", "ledger_account", "amount_micros", "request_id", "grant_id", "lines", "project_id"}
 
 // WriteCSV writes the header, an opening row, one row per line, the totals by kind, the
-// totals by ledger account and a closing row (the balances in amount_micros). Text cells go
-// through csvText.
+// totals by ledger account, the totals by project and a closing row (the balances in
+// amount_micros). Text cells go through csvText.
 func (x *Export) WriteCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
 	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 	i64 := func(v int64) string { return strconv.FormatInt(v, 10) }
 	_ = cw.Write(ExportCSVHeader)
-	_ = cw.Write([]string{"opening", ts(x.From), "", "", "", "", i64(x.OpeningMicros), "", "", ""})
+	_ = cw.Write([]string{"opening", ts(x.From), "", "", "", "", i64(x.OpeningMicros), "", "", "", ""})
 	for _, l := range x.Lines {
 		_ = cw.Write([]string{"line", ts(l.Time), csvText(l.TransactionID), csvText(l.EntryID), csvText(l.Kind), csvText(l.LedgerAccount),
-			i64(l.AmountMicros), csvText(l.RequestID), csvText(l.GrantID), "1"})
+			i64(l.AmountMicros), csvText(l.RequestID), csvText(l.GrantID), "1", csvText(l.ProjectID)})
 	}
 	for _, t := range x.TotalsByKind {
-		_ = cw.Write([]string{"total_kind", "", "", "", t.Kind, t.LedgerAccount, i64(t.AmountMicros), "", "", strconv.Itoa(t.Lines)})
+		_ = cw.Write([]string{"total_kind", "", "", "", t.Kind, t.LedgerAccount, i64(t.AmountMicros), "", "", strconv.Itoa(t.Lines), ""})
 	}
 	for _, t := range x.TotalsByLedgerAccount {
-		_ = cw.Write([]string{"total_ledger_account", "", "", "", "", t.LedgerAccount, i64(t.AmountMicros), "", "", strconv.Itoa(t.Lines)})
+		_ = cw.Write([]string{"total_ledger_account", "", "", "", "", t.LedgerAccount, i64(t.AmountMicros), "", "", strconv.Itoa(t.Lines), ""})
 	}
-	_ = cw.Write([]string{"closing", ts(x.To), "", "", "", "", i64(x.ClosingMicros), "", "", ""})
+	for _, t := range x.TotalsByProject {
+		_ = cw.Write([]string{"total_project", "", "", "", "", t.LedgerAccount, i64(t.AmountMicros), "", "", strconv.Itoa(t.Lines), csvText(t.ProjectID)})
+	}
+	_ = cw.Write([]string{"closing", ts(x.To), "", "", "", "", i64(x.ClosingMicros), "", "", "", ""})
 	cw.Flush()
 	return cw.Error()
 }

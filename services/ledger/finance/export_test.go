@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -155,21 +156,28 @@ func checkCSVMatchesJSON(t *testing.T, x *finance.Export) {
 	}
 	var lines int
 	byLedger, totLedger, byKind, totKind := map[string]int64{}, map[string]int64{}, map[string]int64{}, map[string]int64{}
+	byProject, totProject := map[string]int64{}, map[string]int64{}
 	var opening, closing int64
 	for _, r := range rows[1:] {
 		switch r[col["row"]] {
 		case "line":
 			l := fromJSON.Lines[lines]
-			if r[col["entry_id"]] != l.EntryID || amount(r) != l.AmountMicros || r[col["kind"]] != l.Kind || r[col["request_id"]] != l.RequestID {
+			if r[col["entry_id"]] != l.EntryID || amount(r) != l.AmountMicros || r[col["kind"]] != l.Kind || r[col["request_id"]] != l.RequestID ||
+				r[col["project_id"]] != l.ProjectID {
 				t.Fatalf("CSV line %d %v, JSON %+v", lines, r, l)
 			}
 			lines++
 			byLedger[r[col["ledger_account"]]] += amount(r)
 			byKind[r[col["kind"]]+"/"+r[col["ledger_account"]]] += amount(r)
+			if p := r[col["project_id"]]; p != "" {
+				byProject[p+"/"+r[col["ledger_account"]]] += amount(r)
+			}
 		case "total_kind":
 			totKind[r[col["kind"]]+"/"+r[col["ledger_account"]]] = amount(r)
 		case "total_ledger_account":
 			totLedger[r[col["ledger_account"]]] = amount(r)
+		case "total_project":
+			totProject[r[col["project_id"]]+"/"+r[col["ledger_account"]]] = amount(r)
 		case "opening":
 			opening = amount(r)
 		case "closing":
@@ -193,7 +201,139 @@ func checkCSVMatchesJSON(t *testing.T, x *finance.Export) {
 			t.Fatalf("%s: CSV lines sum to %d, CSV total %d, JSON total %d", k, byKind[k], totKind[k], tot.AmountMicros)
 		}
 	}
-	if len(totLedger) != len(fromJSON.TotalsByLedgerAccount) || len(totKind) != len(fromJSON.TotalsByKind) {
-		t.Fatalf("CSV totals %v %v, JSON %v %v", totLedger, totKind, fromJSON.TotalsByLedgerAccount, fromJSON.TotalsByKind)
+	for _, tot := range fromJSON.TotalsByProject {
+		k := tot.ProjectID + "/" + tot.LedgerAccount
+		if byProject[k] != tot.AmountMicros || totProject[k] != tot.AmountMicros {
+			t.Fatalf("%s: CSV lines sum to %d, CSV total %d, JSON total %d", k, byProject[k], totProject[k], tot.AmountMicros)
+		}
+	}
+	if len(totLedger) != len(fromJSON.TotalsByLedgerAccount) || len(totKind) != len(fromJSON.TotalsByKind) || len(totProject) != len(fromJSON.TotalsByProject) {
+		t.Fatalf("CSV totals %v %v %v, JSON %v %v %v", totLedger, totKind, totProject, fromJSON.TotalsByLedgerAccount, fromJSON.TotalsByKind, fromJSON.TotalsByProject)
+	}
+}
+
+// TestExportByProject: an organization's export names the project of each line of a funded
+// request (JSON and CSV) and totals the lines by project and ledger account, so finance can
+// bill each project what its requests cost, although two projects and the organization
+// itself all used request id r1; the export still adds up.
+func TestExportByProject(t *testing.T) {
+	var log []events.Event
+	add := func(at time.Time, d events.Data) {
+		ev, err := events.NewWithID(events.DerivedID("x", strconv.Itoa(len(log))), "test", at, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log = append(log, ev)
+	}
+	req := func(project, id string, hold, cost int64, at time.Time) {
+		acct, funder := project, "org"
+		if project == "" {
+			acct, funder = "org", ""
+		}
+		add(at, events.RequestStarted{RequestID: id, AccountID: acct, FundingAccountID: funder, Endpoint: "codex.responses", Tier: "plus",
+			Priority: events.PriorityStandard, Funding: events.FundingCredits, HoldMicros: hold, EstimateMicros: hold,
+			HoldExpiresAt: at.Add(5 * time.Minute), PriceBookVersion: "v1"})
+		add(at.Add(time.Second), events.RequestFinished{RequestID: id, AccountID: acct, FundingAccountID: funder, Endpoint: "codex.responses",
+			Status: events.StatusSucceeded, CostMicros: cost, PriceBookVersion: "v1"})
+	}
+	add(t0, events.CreditsGranted{GrantID: "g1", AccountID: "org", AmountMicros: 10_000_000, Source: events.GrantPurchase})
+	req("p1", "r1", 500_000, 700_000, t0.Add(time.Minute))
+	req("p2", "r1", 500_000, 300_000, t0.Add(2*time.Minute))
+	req("", "r1", 100_000, 50_000, t0.Add(3*time.Minute))
+	_, journal := foldLog(t, log)
+	x, err := finance.NewExport(journal, "org", t0.Format(finance.MonthLayout), t0.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkCSVMatchesJSON(t, x)
+	var jb, cb bytes.Buffer
+	if err := x.WriteJSON(&jb); err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Lines           []map[string]any `json:"lines"`
+		TotalsByProject []map[string]any `json:"totals_by_project"`
+	}
+	if err := json.Unmarshal(jb.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	revenue := map[string]any{}
+	for _, l := range doc.Lines {
+		if l["ledger_account"] == events.LedgerRevenue {
+			revenue[fmt.Sprint(l["project_id"], "/", l["request_id"])] = l["amount_micros"]
+		}
+	}
+	if got, want := fmt.Sprint(revenue), "map[<nil>/r1:50000 p1/r1:700000 p2/r1:300000]"; got != want {
+		t.Errorf("JSON revenue lines by project/request %s, want %s", got, want)
+	}
+	var byProject []string
+	for _, tot := range doc.TotalsByProject {
+		byProject = append(byProject, fmt.Sprint(tot["project_id"], " ", tot["ledger_account"], " ", tot["amount_micros"], " ", tot["lines"]))
+	}
+	want := []string{
+		"p1 customer.available -700000 2", "p1 customer.held 0 2", "p1 system.revenue 700000 1",
+		"p2 customer.available -300000 2", "p2 customer.held 0 2", "p2 system.revenue 300000 1",
+	}
+	if strings.Join(byProject, "; ") != strings.Join(want, "; ") {
+		t.Errorf("totals by project:\n%s\nwant\n%s", strings.Join(byProject, "\n"), strings.Join(want, "\n"))
+	}
+	if err := x.WriteCSV(&cb); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := csv.NewReader(&cb).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := map[string]int{}
+	for i, h := range rows[0] {
+		col[h] = i
+	}
+	pc, ok := col["project_id"]
+	if !ok {
+		t.Fatalf("CSV header %v has no project_id", rows[0])
+	}
+	csvRevenue := map[string]string{}
+	for _, r := range rows[1:] {
+		if r[col["row"]] == "line" && r[col["ledger_account"]] == events.LedgerRevenue {
+			csvRevenue[r[pc]+"/"+r[col["request_id"]]] = r[col["amount_micros"]]
+		}
+	}
+	if got, want := fmt.Sprint(csvRevenue), "map[/r1:50000 p1/r1:700000 p2/r1:300000]"; got != want {
+		t.Errorf("CSV revenue lines by project/request %s, want %s", got, want)
+	}
+	// The statement's CSV names the projects too.
+	st, err := finance.NewStatement(journal, "org", x.From, x.To)
+	if err != nil || st.Check() != nil {
+		t.Fatalf("statement: %v %v", err, st.Check())
+	}
+	cb.Reset()
+	if err := st.WriteCSV(&cb); err != nil {
+		t.Fatal(err)
+	}
+	if rows, err = csv.NewReader(&cb).ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	clear(col)
+	for i, h := range rows[0] {
+		col[h] = i
+	}
+	clear(csvRevenue)
+	for _, r := range rows[1:] {
+		if r[col["row"]] == "entry" && r[col["ledger_account"]] == events.LedgerRevenue {
+			csvRevenue[r[col["project_id"]]+"/"+r[col["request_id"]]] = r[col["amount_micros"]]
+		}
+	}
+	if got, want := fmt.Sprint(csvRevenue), "map[/r1:50000 p1/r1:700000 p2/r1:300000]"; got != want || col["project_id"] != 10 {
+		t.Errorf("statement CSV revenue by project/request %s (project_id column %d), want %s", got, col["project_id"], want)
+	}
+	// A line moved from one project to the other fails Check.
+	for i := range x.Lines {
+		if x.Lines[i].ProjectID == "p1" {
+			x.Lines[i].ProjectID = "p2"
+			break
+		}
+	}
+	if err := x.Check(); err == nil || !strings.Contains(err.Error(), "totals by project") {
+		t.Fatalf("Check of an export with a line moved to another project: %v", err)
 	}
 }

@@ -194,17 +194,40 @@ func ReadJournalTLS(ctx context.Context, brokers []string, tc *tls.Config, topic
 		if !ok {
 			return nil // request.expired
 		}
-		if prev, dup := seen[le.EntryID]; dup {
-			if prev != le {
-				return fmt.Errorf("finance: entry %s re-emitted with different content", le.EntryID)
-			}
-			return nil
-		}
-		seen[le.EntryID] = le
-		out = append(out, le)
-		return nil
+		var err2 error
+		out, err2 = addJournalLine(seen, out, le)
+		return err2
 	})
 	return out, err
+}
+
+// addJournalLine appends le to out unless its entry id was seen: a copy with the same content
+// is dropped, one with other content is an error (a non-deterministic fold). The one
+// exception is a copy that names the project an earlier copy lacked: a funded request's line
+// published before the ledger named projects and re-emitted after (a crash across the
+// upgrade); the line with the project replaces it.
+func addJournalLine(seen map[string]events.LedgerEntry, out []events.LedgerEntry, le events.LedgerEntry) ([]events.LedgerEntry, error) {
+	prev, dup := seen[le.EntryID]
+	if !dup {
+		seen[le.EntryID] = le
+		return append(out, le), nil
+	}
+	if prev == le {
+		return out, nil
+	}
+	if withProject := prev; prev.ProjectID == "" && le.ProjectID != "" {
+		withProject.ProjectID = le.ProjectID
+		if withProject == le {
+			seen[le.EntryID] = le
+			for i := range out {
+				if out[i].EntryID == le.EntryID {
+					out[i] = le
+				}
+			}
+			return out, nil
+		}
+	}
+	return out, fmt.Errorf("finance: entry %s re-emitted with different content", le.EntryID)
 }
 
 // Statement is an account's journal over [From, To): the opening balance, every entry and the
@@ -314,11 +337,12 @@ func csvText(s string) string {
 }
 
 // WriteCSV writes a header, an "opening" row, one row per entry with the running customer
-// balance, and a "closing" row. Text cells go through csvText.
+// balance, and a "closing" row. project_id, the project of a funded request's line, is the
+// last column so that the columns before it keep their places. Text cells go through csvText.
 func (s *Statement) WriteCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
-	_ = cw.Write([]string{"row", "effective_at", "entry_id", "transaction_id", "kind", "ledger_account", "request_id", "grant_id", "amount_micros", "balance_micros"})
-	_ = cw.Write([]string{"opening", s.From.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.OpeningMicros, 10)})
+	_ = cw.Write([]string{"row", "effective_at", "entry_id", "transaction_id", "kind", "ledger_account", "request_id", "grant_id", "amount_micros", "balance_micros", "project_id"})
+	_ = cw.Write([]string{"opening", s.From.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.OpeningMicros, 10), ""})
 	bal := s.OpeningMicros
 	for _, e := range s.Entries {
 		if customer(&e) {
@@ -326,9 +350,9 @@ func (s *Statement) WriteCSV(w io.Writer) error {
 		}
 		_ = cw.Write([]string{"entry", e.EffectiveAt.UTC().Format(time.RFC3339Nano), csvText(e.EntryID), csvText(e.TransactionID),
 			csvText(e.Kind), csvText(e.LedgerAccount), csvText(e.RequestID), csvText(e.GrantID),
-			strconv.FormatInt(e.AmountMicros, 10), strconv.FormatInt(bal, 10)})
+			strconv.FormatInt(e.AmountMicros, 10), strconv.FormatInt(bal, 10), csvText(e.ProjectID)})
 	}
-	_ = cw.Write([]string{"closing", s.To.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.ClosingMicros, 10)})
+	_ = cw.Write([]string{"closing", s.To.UTC().Format(time.RFC3339Nano), "", "", "", "", "", "", "", strconv.FormatInt(s.ClosingMicros, 10), ""})
 	cw.Flush()
 	return cw.Error()
 }

@@ -138,12 +138,12 @@ func (s *State) expireHold(a *Account, e expiry, out *Output) bool {
 		a.HeldMicros -= h.HoldMicros
 		a.BreakageMicros += gone
 		out.Entries = append(out.Entries,
-			Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: -h.HoldMicros, Kind: "expiry", RequestID: h.RequestID, At: at})
+			Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: -h.HoldMicros, Kind: "expiry", RequestID: h.RequestID, ProjectID: h.ProjectID, At: at})
 		if back != 0 {
-			out.Entries = append(out.Entries, Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: back, Kind: "expiry", RequestID: h.RequestID, At: at})
+			out.Entries = append(out.Entries, Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: back, Kind: "expiry", RequestID: h.RequestID, ProjectID: h.ProjectID, At: at})
 		}
 		if gone != 0 {
-			out.Entries = append(out.Entries, Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerBreakage, AmountMicros: gone, Kind: "expiry", RequestID: h.RequestID, At: at})
+			out.Entries = append(out.Entries, Entry{Cause: id, AccountID: a.ID, LedgerAccount: events.LedgerBreakage, AmountMicros: gone, Kind: "expiry", RequestID: h.RequestID, ProjectID: h.ProjectID, At: at})
 		}
 	}
 	out.Expired = append(out.Expired, Expired{ID: id, Data: x})

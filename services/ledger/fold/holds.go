@@ -51,8 +51,8 @@ func (s *State) start(a *Account, ev *events.Event, p *events.RequestStarted, ou
 		a.HeldMicros += amt
 		hold.HoldMicros = amt
 		out.Entries = append(out.Entries,
-			Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: -amt, Kind: "hold", RequestID: p.RequestID, At: ev.Time},
-			Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: amt, Kind: "hold", RequestID: p.RequestID, At: ev.Time})
+			Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: -amt, Kind: "hold", RequestID: p.RequestID, ProjectID: proj, At: ev.Time},
+			Entry{Cause: ev.ID, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: amt, Kind: "hold", RequestID: p.RequestID, ProjectID: proj, At: ev.Time})
 	}
 	a.Holds = append(a.Holds, hold)
 	s.schedule(expiry{atNs: hold.ExpiresNs, acct: a, kind: expHold, hash: rh})
@@ -87,7 +87,7 @@ func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, 
 		// request is remembered as settled from now on (a copy of this finish is a duplicate).
 		s.remember(a, rh, out)
 		out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyLateFinish, AccountID: a.ID, EventID: ev.ID, RequestID: p.RequestID, ProjectID: proj})
-		s.charge(a, ev.ID, "late_charge", p.RequestID, p.Endpoint, nil, p.CostMicros, ev.Time, out)
+		s.charge(a, ev.ID, "late_charge", proj, p.RequestID, p.Endpoint, nil, p.CostMicros, ev.Time, out)
 		s.spend(a, proj, p.CostMicros, ev.Time)
 		s.settledOK(a, p.Status)
 	case a.findParked(proj, p.RequestID) >= 0:
@@ -104,7 +104,7 @@ func (s *State) finish(a *Account, ev *events.Event, p *events.RequestFinished, 
 func (s *State) unknownFinish(a *Account, eventID, project, requestID, endpoint string, cost int64, at time.Time, out *Output) {
 	s.remember(a, requestKey(project, requestID), out)
 	out.Anomalies = append(out.Anomalies, Anomaly{Kind: AnomalyUnknownFinish, AccountID: a.ID, EventID: eventID, RequestID: requestID, ProjectID: project})
-	s.charge(a, eventID, "unknown_finish_charge", requestID, endpoint, nil, cost, at, out)
+	s.charge(a, eventID, "unknown_finish_charge", project, requestID, endpoint, nil, cost, at, out)
 	s.spend(a, project, cost, at)
 }
 
@@ -125,7 +125,7 @@ func (s *State) settle(a *Account, i int, causeID, status string, cost int64, at
 		// The windows are corrected to what the allowance actually paid.
 		s.useAllowance(a, h.StartNs, at.UnixNano(), fromAllow-h.AllowanceMicros)
 	}
-	s.charge(a, causeID, "charge", h.RequestID, h.Endpoint, &h, cost-fromAllow, at, out)
+	s.charge(a, causeID, "charge", h.ProjectID, h.RequestID, h.Endpoint, &h, cost-fromAllow, at, out)
 }
 
 // allowanceShare is the part of cost the allowance pays at settlement time nowNs: at most
@@ -174,9 +174,9 @@ func (s *State) allowanceRoom(a *Account, startNs, nowNs int64) int64 {
 // of them released to the grants they came from (a part whose grant is gone is breakage),
 // and a cost above the hold is paid from the available balance (price book policy), the
 // rest being overage. Lines: held −hold, available +released−paid, breakage +gone,
-// overage −unpaid, revenue +cost. The request and its cost count in the account's period
-// usage (on endpoint).
-func (s *State) charge(a *Account, causeID, kind, requestID, endpoint string, h *Hold, cost int64, at time.Time, out *Output) {
+// overage −unpaid, revenue +cost, each naming project (the funded request's project, or "").
+// The request and its cost count in the account's period usage (on endpoint).
+func (s *State) charge(a *Account, causeID, kind, project, requestID, endpoint string, h *Hold, cost int64, at time.Time, out *Output) {
 	s.recordUse(a, endpoint, cost)
 	var held int64
 	if h != nil {
@@ -204,19 +204,19 @@ func (s *State) charge(a *Account, causeID, kind, requestID, endpoint string, h 
 	a.OverageMicros += unpaid
 	a.BreakageMicros += gone
 	if held != 0 {
-		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: -held, Kind: kind, RequestID: requestID, At: at})
+		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerHeld, AmountMicros: -held, Kind: kind, RequestID: requestID, ProjectID: project, At: at})
 	}
 	if availDelta != 0 {
-		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: availDelta, Kind: kind, RequestID: requestID, At: at})
+		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerAvailable, AmountMicros: availDelta, Kind: kind, RequestID: requestID, ProjectID: project, At: at})
 	}
 	if gone != 0 {
-		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerBreakage, AmountMicros: gone, Kind: kind, RequestID: requestID, At: at})
+		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerBreakage, AmountMicros: gone, Kind: kind, RequestID: requestID, ProjectID: project, At: at})
 	}
 	if unpaid != 0 {
-		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerOverageReceivable, AmountMicros: -unpaid, Kind: kind, RequestID: requestID, At: at})
+		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerOverageReceivable, AmountMicros: -unpaid, Kind: kind, RequestID: requestID, ProjectID: project, At: at})
 	}
 	if cost != 0 {
-		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerRevenue, AmountMicros: cost, Kind: kind, RequestID: requestID, At: at})
+		out.Entries = append(out.Entries, Entry{Cause: causeID, AccountID: a.ID, LedgerAccount: events.LedgerRevenue, AmountMicros: cost, Kind: kind, RequestID: requestID, ProjectID: project, At: at})
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -505,5 +506,99 @@ func TestFundedProjectRejectionRatio(t *testing.T) {
 	}
 	if o := s.Account("org"); o.HistoryFactor() != 700 {
 		t.Fatalf("org history factor %d, want 700 (its own 30 requests all rejected)", o.HistoryFactor())
+	}
+}
+
+// TestFundedJournalNamesProject: every journal line a funded request causes on the
+// organization (hold, charge, release, breakage of a held grant, expiry, late charge, the
+// charge of a parked finish that timed out) names the project; lines of the organization's
+// own request and lines that are no request's name none, and publish no project_id key (the
+// bytes of an unfunded request's lines are unchanged). Two projects' requests "r1" and the
+// organization's own "r1" are three requests in the journal, each adding up on its own.
+func TestFundedJournalNamesProject(t *testing.T) {
+	l := &logb{t: t}
+	exp := t0.Add(3 * time.Minute)
+	l.add(t0, grant("org", "g1", 500_000, 0, &exp))
+	l.add(t0, grant("org", "g2", 5_000_000, 0, nil))
+	l.add(t0, fundedStart("org", "p1", "r1", 300_000, t0))
+	l.add(t0, fundedStart("org", "p2", "r1", 100_000, t0))
+	l.add(t0, start("org", "r1", 50_000, t0))
+	l.add(t0.Add(time.Second), fundedFinish("org", "p3", "r9", 20_000)) // parked: its start never comes
+	l.add(t0.Add(4*time.Minute), fundedFinish("org", "p1", "r1", 400_000))
+	l.add(t0.Add(4*time.Minute), finish("org", "r1", 10_000))
+	l.add(t0.Add(6*time.Minute), grant("b", "gb", 1, 0, nil)) // the clock passes p2's hold expiry
+	l.add(t0.Add(7*time.Minute), fundedFinish("org", "p2", "r1", 50_000))
+	l.add(t0.Add(2*time.Hour), grant("b", "gb2", 1, 0, nil)) // and p3's park timeout
+	s, out := run(t, l.evs)
+	mustCheck(t, s, out)
+	// The project each cause's lines must name.
+	want := map[string]string{}
+	for _, e := range l.evs {
+		switch p := e.Payload.(type) {
+		case events.RequestStarted:
+			if p.FundingAccountID != "" {
+				want[e.ID] = p.AccountID
+			}
+		case events.RequestFinished:
+			if p.FundingAccountID != "" {
+				want[e.ID] = p.AccountID
+			}
+		}
+	}
+	for _, x := range out.Expired {
+		if x.Data.FundingAccountID != "" {
+			want[x.ID] = x.Data.AccountID
+		}
+	}
+	type req struct{ project, request string }
+	held := map[req]int64{}
+	kindsOf := map[req][]string{}
+	breakageOfHold := false
+	for i := range out.Entries {
+		le := out.Entries[i].Event()
+		w := ""
+		if le.RequestID != "" {
+			w = want[le.CauseEventID]
+		}
+		if le.ProjectID != w {
+			t.Errorf("line %s %s %s of request %q names project %q, want %q", le.AccountID, le.Kind, le.LedgerAccount, le.RequestID, le.ProjectID, w)
+		}
+		b, err := json.Marshal(le)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has := strings.Contains(string(b), `"project_id"`); has != (w != "") {
+			t.Errorf("line %s: project_id key present %v, want %v", b, has, w != "")
+		}
+		if le.RequestID == "" {
+			continue
+		}
+		k := req{le.ProjectID, le.RequestID}
+		if le.LedgerAccount == events.LedgerHeld {
+			held[k] += le.AmountMicros
+		}
+		if le.LedgerAccount == events.LedgerBreakage && le.ProjectID != "" {
+			breakageOfHold = true
+		}
+		if ks := kindsOf[k]; len(ks) == 0 || ks[len(ks)-1] != le.Kind {
+			kindsOf[k] = append(ks, le.Kind)
+		}
+	}
+	wantKinds := map[req][]string{
+		{"p1", "r1"}: {"hold", "charge"},
+		{"p2", "r1"}: {"hold", "expiry", "late_charge"},
+		{"", "r1"}:   {"hold", "charge"},
+		{"p3", "r9"}: {"unknown_finish_charge"},
+	}
+	if fmt.Sprint(kindsOf) != fmt.Sprint(wantKinds) {
+		t.Errorf("requests in the journal %v\nwant %v", kindsOf, wantKinds)
+	}
+	for k, h := range held {
+		if h != 0 {
+			t.Errorf("request %v: %d still held", k, h)
+		}
+	}
+	if !breakageOfHold {
+		t.Error("no breakage line of a funded request's held grant")
 	}
 }

@@ -340,8 +340,13 @@ type Entry struct {
 	AmountMicros  int64
 	Kind          string
 	RequestID     string
-	GrantID       string
-	At            time.Time
+	// ProjectID is the project of a funded request's line (AccountID is then the funding
+	// account): every line a funded request causes carries it, so that two projects' lines of
+	// one request id are told apart. "" on the lines of the account's own requests and on
+	// lines that are no request's (their published form then has no project_id key).
+	ProjectID string
+	GrantID   string
+	At        time.Time
 }
 
 // Event returns the journal line as an events.LedgerEntry.
@@ -352,7 +357,7 @@ func (e *Entry) EventInTx(txID string) events.LedgerEntry {
 	return events.LedgerEntry{
 		EntryID: events.DerivedID(e.Cause, e.LedgerAccount), TransactionID: txID,
 		AccountID: e.AccountID, LedgerAccount: e.LedgerAccount, AmountMicros: e.AmountMicros, Kind: e.Kind,
-		CauseEventID: e.Cause, RequestID: e.RequestID, GrantID: e.GrantID, EffectiveAt: e.At.UTC(),
+		CauseEventID: e.Cause, RequestID: e.RequestID, ProjectID: e.ProjectID, GrantID: e.GrantID, EffectiveAt: e.At.UTC(),
 	}
 }
 

@@ -61,6 +61,10 @@ func TestClusterSchemaShape(t *testing.T) {
 		"ALTER TABLE usage_1m ON CLUSTER tally ADD COLUMN IF NOT EXISTS funding_account_id LowCardinality(String) AFTER account_id",
 		"CREATE MATERIALIZED VIEW IF NOT EXISTS usage_1m_mv ON CLUSTER tally TO usage_1m_local",
 		"ALTER TABLE sink_intents_local ON CLUSTER tally ADD INDEX",
+		// 0013: the journal's project column on both tables; the view reads the Distributed one.
+		"ALTER TABLE ledger_entries_local ON CLUSTER tally ADD COLUMN IF NOT EXISTS project_id String DEFAULT '' AFTER request_id",
+		"ALTER TABLE ledger_entries ON CLUSTER tally ADD COLUMN IF NOT EXISTS project_id String DEFAULT '' AFTER request_id",
+		"CREATE OR REPLACE VIEW ledger_entries_v ON CLUSTER tally AS SELECT *, toDecimal64(toDecimal128(amount_micros, 6) / 1000000, 6) AS amount_credits FROM ledger_entries FINAL",
 	} {
 		if !strings.Contains(strings.Join(strings.Fields(all), " "), want) {
 			t.Errorf("cluster schema lacks %q", want)

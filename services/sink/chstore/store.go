@@ -168,14 +168,14 @@ func (s *Store) sendColumns(ctx context.Context, token, query string, cols []any
 
 const ledgerInsert = `INSERT INTO ledger_entries (entry_id, transaction_id, account_id, ledger_account,
 amount_micros, kind, cause_event_id, request_id, grant_id, effective_at, event_id, kafka_topic,
-kafka_partition, kafka_offset)`
+kafka_partition, kafka_offset, project_id)`
 
 func (s *Store) insertLedger(ctx context.Context, tok string, ls []*rows.Ledger) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	n := len(ls)
 	var (
-		strs    [7][]string // entry_id, transaction_id, account_id, cause_event_id, request_id, grant_id, event_id
+		strs    [8][]string // entry_id, transaction_id, account_id, cause_event_id, request_id, grant_id, event_id, project_id
 		lc      [3][]any    // ledger_account, kind, kafka_topic (LowCardinality)
 		amounts = make([]int64, n)
 		offsets = make([]int64, n)
@@ -190,7 +190,7 @@ func (s *Store) insertLedger(ctx context.Context, tok string, ls []*rows.Ledger)
 	}
 	lcs := make(interner, 16)
 	for i, l := range ls {
-		s := [...]string{l.EntryID, l.TransactionID, l.AccountID, l.CauseEventID, l.RequestID, l.GrantID, l.EventID}
+		s := [...]string{l.EntryID, l.TransactionID, l.AccountID, l.CauseEventID, l.RequestID, l.GrantID, l.EventID, l.ProjectID}
 		for j, v := range s {
 			strs[j][i] = v
 		}
@@ -198,7 +198,7 @@ func (s *Store) insertLedger(ctx context.Context, tok string, ls []*rows.Ledger)
 		amounts[i], offsets[i], parts[i], at[i] = l.AmountMicros, l.Pos.Offset, l.Pos.Partition, l.EffectiveAt
 	}
 	return s.sendColumns(ctx, tok, ledgerInsert,
-		[]any{strs[0], strs[1], strs[2], lc[0], amounts, lc[1], strs[3], strs[4], strs[5], at, strs[6], lc[2], parts, offsets})
+		[]any{strs[0], strs[1], strs[2], lc[0], amounts, lc[1], strs[3], strs[4], strs[5], at, strs[6], lc[2], parts, offsets, strs[7]})
 }
 
 // RecordIntents durably records the ranges of an insert about to be made with token, so

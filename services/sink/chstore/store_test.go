@@ -127,7 +127,7 @@ func TestBatchInsertRoundTrip(t *testing.T) {
 		Pos: rows.Position{Topic: "topic-u", Partition: 12, Offset: 13}, PaidAllowanceMicros: 17, PaidCreditsMicros: 18, OverageMicros: 19,
 		FundingAccountID: "org"}
 	l := &rows.Ledger{EntryID: "entry", TransactionID: "tx", AccountID: "acct", LedgerAccount: "lacct", AmountMicros: -14,
-		Kind: "kind", CauseEventID: "cause", RequestID: "req", GrantID: "grant", EffectiveAt: at.Add(time.Second),
+		Kind: "kind", CauseEventID: "cause", RequestID: "req", ProjectID: "proj", GrantID: "grant", EffectiveAt: at.Add(time.Second),
 		EventID: "0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11f", Pos: rows.Position{Topic: "topic-l", Partition: 15, Offset: 16}}
 	if err := st.BatchInsert(ctx, &rows.Batch{Range: rows.Range{Topic: "t", First: 1, Last: 2}, Usage: []*rows.Usage{u}, Ledger: []*rows.Ledger{l}}); err != nil {
 		t.Fatal(err)
@@ -148,10 +148,10 @@ funding_account_id) FROM usage_events`).Scan(&got); err != nil {
 	}
 	if err := conn.QueryRow(ctx, `SELECT concatWithSeparator('|', entry_id, transaction_id, account_id, ledger_account,
 toString(amount_micros), kind, cause_event_id, request_id, grant_id, toString(effective_at), toString(event_id), kafka_topic,
-toString(kafka_partition), toString(kafka_offset)) FROM ledger_entries`).Scan(&got); err != nil {
+toString(kafka_partition), toString(kafka_offset), project_id) FROM ledger_entries`).Scan(&got); err != nil {
 		t.Fatal(err)
 	}
-	want = "entry|tx|acct|lacct|-14|kind|cause|req|grant|2026-03-01 12:00:01.000|0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11f|topic-l|15|16"
+	want = "entry|tx|acct|lacct|-14|kind|cause|req|grant|2026-03-01 12:00:01.000|0190f5e4-7d3c-7b8e-9a57-7a1e11e7a11f|topic-l|15|16|proj"
 	if got != want {
 		t.Errorf("ledger_entries row:\n got %s\nwant %s", got, want)
 	}
@@ -417,11 +417,14 @@ func TestRequestsViewUpgrade(t *testing.T) {
 	if _, err := chstore.Migrate(ctx, conn, upTo6); err != nil {
 		t.Fatal(err)
 	}
-	// The store writes the latest schema's columns: add 0010's and 0011's by hand (their ADD
-	// COLUMN IF NOT EXISTS then leaves them) so that it can write the rows of the old schema.
+	// The store writes the latest schema's columns: add 0010's, 0011's and 0013's by hand (their
+	// ADD COLUMN IF NOT EXISTS then leaves them) so that it can write the rows of the old schema.
 	if err := conn.Exec(ctx, `ALTER TABLE usage_events ADD COLUMN paid_allowance_micros Int64 DEFAULT 0,
 ADD COLUMN paid_credits_micros Int64 DEFAULT 0, ADD COLUMN overage_micros Int64 DEFAULT 0,
 ADD COLUMN funding_account_id LowCardinality(String) DEFAULT ''`); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Exec(ctx, `ALTER TABLE ledger_entries ADD COLUMN project_id String DEFAULT '' AFTER request_id`); err != nil {
 		t.Fatal(err)
 	}
 	st := chstore.NewStore(conn, time.Minute)

@@ -86,6 +86,7 @@ type Ledger struct {
 	Kind          string
 	CauseEventID  string
 	RequestID     string
+	ProjectID     string // the project of a funded request's line ('' otherwise; 0013)
 	GrantID       string
 	EffectiveAt   time.Time
 	EventID       string
@@ -113,7 +114,7 @@ func FromEvent(ev events.Event, pos Position) (u *Usage, l *Ledger, ok bool) {
 		return nil, &Ledger{
 			EntryID: le.EntryID, TransactionID: le.TransactionID, AccountID: le.AccountID,
 			LedgerAccount: le.LedgerAccount, AmountMicros: le.AmountMicros, Kind: le.Kind,
-			CauseEventID: le.CauseEventID, RequestID: le.RequestID, GrantID: le.GrantID,
+			CauseEventID: le.CauseEventID, RequestID: le.RequestID, ProjectID: le.ProjectID, GrantID: le.GrantID,
 			EffectiveAt: le.EffectiveAt.UTC(), EventID: ev.ID, Pos: pos,
 		}, true
 	}

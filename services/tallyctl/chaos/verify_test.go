@@ -292,8 +292,8 @@ func checkJournal(t *testing.T, ctx context.Context, h *Harness, ref *Reference,
 	err := eventually(ctx, settleTimeout, func() error {
 		got = map[string]row{}
 		rows, err := h.Conn.Query(ctx, `SELECT entry_id, uniqExact(transaction_id, account_id, ledger_account, amount_micros, kind,
-			cause_event_id, request_id, grant_id, effective_at), any(transaction_id), any(account_id), any(ledger_account),
-			any(amount_micros), any(kind), any(cause_event_id), any(request_id), any(grant_id)
+			cause_event_id, request_id, project_id, grant_id, effective_at), any(transaction_id), any(account_id), any(ledger_account),
+			any(amount_micros), any(kind), any(cause_event_id), any(request_id), any(project_id), any(grant_id)
 			FROM ledger_entries GROUP BY entry_id`)
 		if err != nil {
 			return err
@@ -303,7 +303,7 @@ func checkJournal(t *testing.T, ctx context.Context, h *Harness, ref *Reference,
 			var r row
 			var id string
 			if err := rows.Scan(&id, &r.contents, &r.le.TransactionID, &r.le.AccountID, &r.le.LedgerAccount, &r.le.AmountMicros,
-				&r.le.Kind, &r.le.CauseEventID, &r.le.RequestID, &r.le.GrantID); err != nil {
+				&r.le.Kind, &r.le.CauseEventID, &r.le.RequestID, &r.le.ProjectID, &r.le.GrantID); err != nil {
 				return err
 			}
 			got[id] = r
@@ -327,7 +327,7 @@ func checkJournal(t *testing.T, ctx context.Context, h *Harness, ref *Reference,
 		case r.contents != 1:
 			f.dupe("journal entry %s has %d distinct contents in ClickHouse", id, r.contents)
 		case r.le.AccountID != le.AccountID || r.le.LedgerAccount != le.LedgerAccount || r.le.AmountMicros != le.AmountMicros ||
-			r.le.Kind != le.Kind || r.le.TransactionID != le.TransactionID || r.le.RequestID != le.RequestID:
+			r.le.Kind != le.Kind || r.le.TransactionID != le.TransactionID || r.le.RequestID != le.RequestID || r.le.ProjectID != le.ProjectID:
 			f.dupe("journal entry %s differs from the reference: %+v vs %+v", id, r.le, le)
 		}
 	}
@@ -348,20 +348,12 @@ func checkJournal(t *testing.T, ctx context.Context, h *Harness, ref *Reference,
 		}
 	}
 	// No request is charged twice: one charge transaction per request at most.
-	rows, err := h.Conn.Query(ctx, `SELECT request_id, uniqExact(transaction_id) FROM ledger_entries FINAL
-		WHERE request_id != '' AND kind IN ('charge', 'late_charge', 'unknown_finish_charge')
-		GROUP BY request_id HAVING uniqExact(transaction_id) > 1`)
+	double, err := journal.DoubleCharges(ctx, h.Conn)
 	if err != nil {
 		t.Fatalf("double charges: %v", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var rid string
-		var n uint64
-		if err := rows.Scan(&rid, &n); err != nil {
-			t.Fatalf("double charges: %v", err)
-		}
-		f.dupe("request %s charged by %d transactions", rid, n)
+	for _, d := range double {
+		f.dupe("%s", d)
 	}
 }
 

@@ -232,4 +232,31 @@ WHERE type = 'tally.budget.changed.v1' AND account_id = {org:String}`, clickhous
 			t.Fatalf("replayed organization available %d, want %d", b.AvailableMicros, want)
 		}
 	}
+	// 8. The organization's journal in ClickHouse names the project of each funded request's
+	// line: its revenue by project is what each project's requests cost, and no request is
+	// charged twice.
+	waitfor.Eventually(t, "the organization's journal by project in ClickHouse", 60*time.Second, func() error {
+		rows, err := conn.Query(ctx, `SELECT project_id, sum(amount_micros) FROM ledger_entries FINAL
+			WHERE account_id = {org:String} AND ledger_account = 'system.revenue' GROUP BY project_id`, clickhouse.Named("org", org))
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		got := map[string]int64{}
+		for rows.Next() {
+			var p string
+			var sum int64
+			if err := rows.Scan(&p, &sum); err != nil {
+				return err
+			}
+			got[p] = sum
+		}
+		if wantRev := map[string]int64{projA: 1_600_000, projB: 2_000_000}; fmt.Sprint(got) != fmt.Sprint(wantRev) {
+			return fmt.Errorf("revenue by project %v, want %v", got, wantRev)
+		}
+		return rows.Err()
+	})
+	if double, err := journal.DoubleCharges(ctx, conn); err != nil || len(double) != 0 {
+		t.Fatalf("double charges %v: %v", double, err)
+	}
 }

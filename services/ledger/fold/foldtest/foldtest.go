@@ -15,11 +15,13 @@ type JournalTotals struct {
 	Available, Held, Overage int64
 }
 
-// CheckJournal checks a journal (the fold's Entry lines as published, Entry.Event): every transaction sums to zero, no entry id repeats, each
-// ledger account appears once per transaction, and each request's hold is placed once and
-// released or posted at most once (its customer.held lines never go below zero and end at
-// zero unless it is still open). It returns the per-account sums of customer.available,
-// customer.held and overage receivable (negated: what is owed).
+// CheckJournal checks a journal (the fold's Entry lines as published, Entry.Event): every
+// transaction sums to zero, no entry id repeats, each ledger account appears once per
+// transaction, and each request (its account, project and request id: two projects funded by
+// one account may use the same id) has its hold placed once and released or posted at most
+// once (its customer.held lines never go below zero and end at zero unless it is still open).
+// It returns the per-account sums of customer.available, customer.held and overage receivable
+// (negated: what is owed).
 func CheckJournal(lines []events.LedgerEntry) (map[string]JournalTotals, error) {
 	var errs []error
 	txSum := map[string]int64{}
@@ -47,7 +49,7 @@ func CheckJournal(lines []events.LedgerEntry) (map[string]JournalTotals, error) 
 		case events.LedgerHeld:
 			t.Held += e.AmountMicros
 			if e.RequestID != "" {
-				k := e.AccountID + "/" + e.RequestID
+				k := e.AccountID + "/" + e.ProjectID + "/" + e.RequestID // a request is its project's (or its account's own)
 				heldByReq[k] += e.AmountMicros
 				if heldByReq[k] < 0 {
 					errs = append(errs, fmt.Errorf("request %s: hold released or posted more than once", k))
