@@ -106,3 +106,45 @@ func TestAccountAndGrantDefaults(t *testing.T) {
 		}
 	}
 }
+
+// TestOrganizationCommands: `tallyctl account -funding-account` makes a project funded by an
+// organization (keeping its tier), `tallyctl budget` sets and removes the organization's
+// monthly budget for it, and a command line giving both or neither of -micros and -remove is
+// refused before any call.
+func TestOrganizationCommands(t *testing.T) {
+	startCLIStack(t)
+	if code, out, stderr := run(t, "grant", "-account", "org_cli", "-micros", "1000000", "-id", "g-org"); code != 0 {
+		t.Fatalf("grant: exit %d, %s %s", code, out, stderr)
+	}
+	accountUntil(t, "org_cli", "the grant", func(v view.Account) bool { return v.AvailableMicros == 1_000_000 })
+	if code, out, stderr := run(t, "account", "-account", "proj_cli", "-tier", "pro"); code != 0 {
+		t.Fatalf("account: exit %d, %s %s", code, out, stderr)
+	}
+	accountUntil(t, "proj_cli", "tier pro", func(v view.Account) bool { return v.Tier == "pro" })
+	if code, out, stderr := run(t, "account", "-account", "proj_cli", "-funding-account", "org_cli", "-organization", "org_cli"); code != 0 {
+		t.Fatalf("funding: exit %d, %s %s", code, out, stderr)
+	}
+	v := accountUntil(t, "proj_cli", "funded by org_cli", func(v view.Account) bool { return v.FundingAccountID == "org_cli" })
+	if v.Tier != "pro" || v.OrganizationID != "org_cli" {
+		t.Fatalf("the funding change lost the tier or the organization: %+v", v)
+	}
+	if code, out, stderr := run(t, "budget", "-account", "org_cli", "-project", "proj_cli", "-micros", "2500000"); code != 0 {
+		t.Fatalf("budget: exit %d, %s %s", code, out, stderr)
+	}
+	accountUntil(t, "org_cli", "the budget", func(v view.Account) bool {
+		return len(v.Projects) == 1 && v.Projects[0].ProjectID == "proj_cli" && v.Projects[0].BudgetMicros == 2_500_000
+	})
+	if code, out, stderr := run(t, "budget", "-account", "org_cli", "-project", "proj_cli", "-remove"); code != 0 {
+		t.Fatalf("remove: exit %d, %s %s", code, out, stderr)
+	}
+	accountUntil(t, "org_cli", "no budget", func(v view.Account) bool { return len(v.Projects) == 0 })
+	for _, args := range [][]string{
+		{"budget", "-account", "org_cli", "-project", "proj_cli"},
+		{"budget", "-account", "org_cli", "-project", "proj_cli", "-micros", "5", "-remove"},
+		{"budget", "-project", "proj_cli", "-micros", "5"},
+	} {
+		if code, _, stderr := run(t, args...); code != 2 {
+			t.Fatalf("%v: exit %d (%s), want 2 (usage)", args, code, stderr)
+		}
+	}
+}

@@ -152,6 +152,8 @@ func cmdAccount(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	tier := fs.String("tier", "", "set the tier (default: keep the current one; required for a new account)")
 	priority := fs.String("priority", events.PriorityStandard, "set the priority class: critical | standard | batch (default: keep the current one; standard for a new account)")
 	suspended := fs.Bool("suspended", false, "set the suspension: -suspended or -suspended=false (default: keep the current one)")
+	organization := fs.String("organization", "", `set the organization the account belongs to ("" none; default: keep)`)
+	funding := fs.String("funding-account", "", `set the account whose balance funds this one's requests, an organization's shared balance ("" its own; default: keep)`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -161,7 +163,7 @@ func cmdAccount(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	path := "/v1/accounts/" + url.PathEscape(*account)
-	if !given["tier"] && !given["priority"] && !given["suspended"] {
+	if !given["tier"] && !given["priority"] && !given["suspended"] && !given["organization"] && !given["funding-account"] {
 		return a.call(ctx, http.MethodGet, path, nil, stdout)
 	}
 	var cur struct {
@@ -193,5 +195,39 @@ func cmdAccount(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if cur.Tier == "" {
 		return usageError{"-tier is required for an account the ledger does not know"}
 	}
-	return a.call(ctx, http.MethodPut, path, map[string]any{"tier": cur.Tier, "priority": cur.Priority, "suspended": cur.Suspended}, stdout)
+	body := map[string]any{"tier": cur.Tier, "priority": cur.Priority, "suspended": cur.Suspended}
+	if given["organization"] {
+		body["organization_id"] = *organization
+	}
+	if given["funding-account"] {
+		body["funding_account_id"] = *funding
+	}
+	return a.call(ctx, http.MethodPut, path, body, stdout)
+}
+
+// cmdBudget sets (-micros) or removes (-remove) the monthly budget an organization (the
+// funding account) gives one of the projects it funds: PUT or DELETE
+// /v1/accounts/{account}/budgets/{project}, one budget.changed event.
+func cmdBudget(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("budget", stderr)
+	var a adminFlags
+	a.register(fs)
+	account := fs.String("account", "", "the funding account (the organization) (required)")
+	project := fs.String("project", "", "the funded account (the project) whose budget is set (required)")
+	micros := fs.Int64("micros", -1, "the budget: what the project's finished requests may cost in a UTC calendar month, micro-credits (0 stops it)")
+	remove := fs.Bool("remove", false, "remove the project's budget")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *account == "" || *project == "" {
+		return usageError{"-account and -project are required"}
+	}
+	if *remove == (*micros >= 0) {
+		return usageError{"give exactly one of -micros N (N >= 0) and -remove"}
+	}
+	path := "/v1/accounts/" + url.PathEscape(*account) + "/budgets/" + url.PathEscape(*project)
+	if *remove {
+		return a.call(ctx, http.MethodDelete, path, nil, stdout)
+	}
+	return a.call(ctx, http.MethodPut, path, map[string]any{"budget_micros": *micros}, stdout)
 }
