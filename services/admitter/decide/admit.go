@@ -2,6 +2,7 @@ package decide
 
 import (
 	"errors"
+	"math"
 	"time"
 
 	"github.com/tallyhq/tally/shared/events"
@@ -578,8 +579,13 @@ func (t *Table) settleBudget(ai, fi uint32, cost int64, partition int32, offset 
 	if !ok || pr.budgetOf != fi || cost <= 0 || (f.foldedPartition == partition && f.foldedOffset >= offset) {
 		return
 	}
-	t.settling[ai] = append(t.settling[ai], settledCost{partition: partition, offset: offset, micros: cost})
-	pr.settledMicros += cost
+	if list := t.settling[ai]; len(list) >= settlingMax {
+		last := &list[len(list)-1] // merged: counted until the view passes the later position
+		last.partition, last.offset, last.micros = partition, max(last.offset, offset), satAdd(last.micros, cost)
+	} else {
+		t.settling[ai] = append(list, settledCost{partition: partition, offset: offset, micros: cost})
+	}
+	pr.settledMicros = satAdd(pr.settledMicros, cost)
 	t.projects[ai] = pr
 }
 
@@ -612,8 +618,18 @@ func (t *Table) reserve(ai uint32, micros int64) {
 		pr = project{funder: none, budgetOf: none}
 		t.accounts[ai].project = true
 	}
-	pr.reservedMicros += micros
+	pr.reservedMicros = satAdd(pr.reservedMicros, micros)
 	t.projects[ai] = pr
+}
+
+// satAdd is a + b for non-negative amounts, saturating at the int64 maximum instead of
+// wrapping to a negative sum (which would read as budget left). A saturated sum only
+// overstates what is counted: it denies more, never less.
+func satAdd(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // unreserve gives back what reserve counted, dropping the project state when nothing is left.

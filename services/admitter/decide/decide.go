@@ -277,6 +277,11 @@ type project struct {
 // position of its request.finished on the funding account's partition: it counts against the
 // budget until the funding account's balance.updated passes that position (then its spent
 // includes it).
+// settlingMax bounds Table.settling's entries per project: a further finished cost merges into
+// the last entry (its sum, the later position), so it is counted until the view passes the
+// later position: never less than each cost alone would be.
+const settlingMax = 32
+
 type settledCost struct {
 	partition int32
 	offset    int64

@@ -450,3 +450,70 @@ func BenchmarkAdmitFinishFunded1M(b *testing.B) {
 	}
 	b.ReportMetric(float64(allowed)/float64(b.N), "allowed/op")
 }
+
+// TestSettlingBounded: while the funding account's view stays behind (a stopped ledger), a
+// project's finished costs are kept until the view passes them, but in at most settlingMax
+// entries: later ones merge into the last (counted until the view passes the later position,
+// never less), so the budget still counts every micro-credit and the memory stays bounded. The
+// sums saturate instead of wrapping.
+func TestSettlingBounded(t *testing.T) {
+	tb := newTable(t, nil)
+	month := monthOf(t0)
+	tb.ApplyBalance(orgWith("org", "enterprise", 1e12, 0, 1, budget("p", 10_000_000, 0, month)))
+	tb.ApplyBalance(funded("p", "enterprise", "org", 2, 1))
+	off := int64(2)
+	now := t0
+	for i := 0; i < 1000; i++ {
+		now += 10 // the enterprise tier's rate: 6,000 a minute
+		d := admit(t, tb, code1k("p"), now)
+		if !d.Allowed {
+			t.Fatalf("admit %d: %+v", i, d)
+		}
+		tb.Published(d.Handle, 0, off)
+		s, _ := tb.Quote(d.Handle, 7_500, now)
+		_ = tb.Finish(d.Handle, s, now, OutcomeSucceeded, 0, off+1)
+		off += 2
+	}
+	ai, _ := tb.known("p")
+	if n := len(tb.settling[ai]); n > settlingMax {
+		t.Fatalf("%d settled-cost entries for one project, bound %d", n, settlingMax)
+	}
+	p, _ := tb.Account("p")
+	if p.BudgetSettledMicros != 7_500_000 {
+		t.Fatalf("settled %d µ, want every finish counted (7,500,000)", p.BudgetSettledMicros)
+	}
+	// 7,500,000 finished: 333 more requests of 7,500 fit in 10,000,000, the 334th does not.
+	for i := 0; ; i++ {
+		now += 10
+		d := admit(t, tb, code1k("p"), now)
+		if !d.Allowed {
+			if d.Reason != ReasonBudgetExhausted || i != 333 {
+				t.Fatalf("denied after %d more: %+v", i, d)
+			}
+			break
+		}
+		tb.Published(d.Handle, 0, off)
+		s, _ := tb.Quote(d.Handle, 7_500, now)
+		_ = tb.Finish(d.Handle, s, now, OutcomeSucceeded, 0, off+1)
+		off += 2
+	}
+	if n := len(tb.settling[ai]); n > settlingMax {
+		t.Fatalf("%d settled-cost entries for one project, bound %d", n, settlingMax)
+	}
+	// A view that folds everything clears it.
+	tb.ApplyBalance(orgWith("org", "enterprise", 1e12, 0, off, budget("p", 10_000_000, 9_997_500, month)))
+	if p, _ := tb.Account("p"); p.BudgetSettledMicros != 0 || len(tb.settling[ai]) != 0 {
+		t.Fatalf("after the fold: %+v, %d entries", p, len(tb.settling[ai]))
+	}
+	// Peers' reservations saturate rather than wrap to a negative sum (which would admit).
+	big := &Peer{AccountID: "p", FundingAccountID: "org", Funding: FundingCredits, HoldMicros: events.MaxAmountMicros, StartedMs: t0}
+	for i := 0; i < 10_000; i++ {
+		tb.ApplyPeerStart(big, 0, off+int64(i))
+	}
+	if p, _ := tb.Account("p"); p.BudgetReservedMicros < 0 {
+		t.Fatalf("reserved wrapped: %+v", p)
+	}
+	if d := admit(t, tb, code1k("p"), now+10); d.Allowed {
+		t.Fatalf("admitted with 10,000 peers' billion-credit estimates open: %+v", d)
+	}
+}
