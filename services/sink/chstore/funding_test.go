@@ -2,10 +2,8 @@ package chstore_test
 
 import (
 	"context"
-	"io/fs"
 	"strings"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -114,30 +112,8 @@ FROM (SELECT *, if(funding_account_id = '', account_id, funding_account_id) AS p
 // requests are unchanged in requests_v, and a funded request written after the upgrade lands
 // with its organization.
 func TestFundingColumnUpgrade(t *testing.T) {
-	cfg := chtest.Config(t)
-	conn, err := chstore.Open(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	_, conn := migratedUpTo(t, 10)
 	ctx := context.Background()
-	ms, err := chstore.LoadMigrations(chschema.Migrations)
-	if err != nil {
-		t.Fatal(err)
-	}
-	upTo10 := fstest.MapFS{}
-	for _, m := range ms {
-		if m.Version <= 10 {
-			b, err := fs.ReadFile(chschema.Migrations, m.Name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			upTo10[m.Name] = &fstest.MapFile{Data: b}
-		}
-	}
-	if _, err := chstore.Migrate(ctx, conn, upTo10); err != nil {
-		t.Fatal(err)
-	}
 	// Rows as a sink of 0010 wrote them (its column list; no funding_account_id).
 	if err := conn.Exec(ctx, `INSERT INTO usage_events (event_id, type, time, account_id, request_id, endpoint, tier, funding,
 status, hold_micros, cost_micros, paid_credits_micros, hold_expires_at) VALUES
@@ -170,15 +146,7 @@ toString(sum(cost_micros))) FROM usage_1m GROUP BY account_id, funding_account_i
 	}
 	// A migration interrupted half-way is run again from its first statement: 0011's and
 	// 0012's statements succeed a second time and change nothing.
-	for _, m := range ms {
-		if m.Version == 11 || m.Version == 12 {
-			for _, stmt := range m.Statements {
-				if err := conn.Exec(ctx, stmt); err != nil {
-					t.Fatalf("%s run again: %v\n%s", m.Name, err, stmt)
-				}
-			}
-		}
-	}
+	runAgain(t, conn, 11, 12)
 	if err := chstore.NewStore(conn, time.Minute).BatchInsert(ctx, fundedBatch(t, 0)); err != nil {
 		t.Fatal(err)
 	}

@@ -2,10 +2,8 @@ package chstore_test
 
 import (
 	"context"
-	"io/fs"
 	"strings"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	chschema "github.com/tallyhq/tally/schemas/clickhouse"
@@ -72,30 +70,8 @@ func TestLedgerEntriesProject(t *testing.T) {
 // migrated to the latest schema: the old rows read project_id ” (they name none), 0013 run a
 // second time changes nothing, and lines written after the upgrade keep their project.
 func TestLedgerProjectColumnUpgrade(t *testing.T) {
-	cfg := chtest.Config(t)
-	conn, err := chstore.Open(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	_, conn := migratedUpTo(t, 12)
 	ctx := context.Background()
-	ms, err := chstore.LoadMigrations(chschema.Migrations)
-	if err != nil {
-		t.Fatal(err)
-	}
-	upTo12 := fstest.MapFS{}
-	for _, m := range ms {
-		if m.Version <= 12 {
-			b, err := fs.ReadFile(chschema.Migrations, m.Name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			upTo12[m.Name] = &fstest.MapFile{Data: b}
-		}
-	}
-	if _, err := chstore.Migrate(ctx, conn, upTo12); err != nil {
-		t.Fatal(err)
-	}
 	// A line as a sink of 0012 wrote it (its column list; no project_id).
 	if err := conn.Exec(ctx, `INSERT INTO ledger_entries (entry_id, transaction_id, account_id, ledger_account, amount_micros, kind,
 cause_event_id, request_id, grant_id, effective_at, event_id, kafka_topic, kafka_partition, kafka_offset) VALUES
@@ -109,15 +85,7 @@ cause_event_id, request_id, grant_id, effective_at, event_id, kafka_topic, kafka
 	if len(done) == 0 || done[0] != 13 {
 		t.Fatalf("upgrade applied %v, want 13 first", done)
 	}
-	for _, m := range ms {
-		if m.Version == 13 {
-			for _, stmt := range m.Statements {
-				if err := conn.Exec(ctx, stmt); err != nil {
-					t.Fatalf("%s run again: %v\n%s", m.Name, err, stmt)
-				}
-			}
-		}
-	}
+	runAgain(t, conn, 13)
 	if err := chstore.NewStore(conn, time.Minute).BatchInsert(ctx, projectJournalBatch(t, 0)); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -393,30 +394,8 @@ func explainIndexes(t *testing.T, conn clickhouse.Conn, q string) string {
 // data in it, then to 0007, answers requests_v and requests_credits_v from usage_events with
 // the same rows, and later inserts no longer reach a requests table.
 func TestRequestsViewUpgrade(t *testing.T) {
-	cfg := chtest.Config(t)
-	conn, err := chstore.Open(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	_, conn := migratedUpTo(t, 6)
 	ctx := context.Background()
-	ms, err := chstore.LoadMigrations(chschema.Migrations)
-	if err != nil {
-		t.Fatal(err)
-	}
-	upTo6 := fstest.MapFS{}
-	for _, m := range ms {
-		if m.Version <= 6 {
-			b, err := fs.ReadFile(chschema.Migrations, m.Name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			upTo6[m.Name] = &fstest.MapFile{Data: b}
-		}
-	}
-	if _, err := chstore.Migrate(ctx, conn, upTo6); err != nil {
-		t.Fatal(err)
-	}
 	// The store writes the latest schema's columns: add 0010's, 0011's and 0013's by hand (their
 	// ADD COLUMN IF NOT EXISTS then leaves them) so that it can write the rows of the old schema.
 	if err := conn.Exec(ctx, `ALTER TABLE usage_events ADD COLUMN paid_allowance_micros Int64 DEFAULT 0,
@@ -508,5 +487,55 @@ toString(cost_micros), toString(paid_allowance_micros), toString(paid_credits_mi
 	}
 	if want := "split|1000000|1000000|3000000|1000000|1500000|500000"; got != want {
 		t.Fatalf("requests_v: %s, want %s", got, want)
+	}
+}
+
+// migratedUpTo opens the test database (closed at cleanup) and runs the migrations up to
+// version, as a store of that release left it; the test then writes rows and migrates on.
+func migratedUpTo(t *testing.T, version uint32) (chstore.Config, clickhouse.Conn) {
+	t.Helper()
+	cfg := chtest.Config(t)
+	conn, err := chstore.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ms, err := chstore.LoadMigrations(chschema.Migrations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upTo := fstest.MapFS{}
+	for _, m := range ms {
+		if m.Version <= version {
+			b, err := fs.ReadFile(chschema.Migrations, m.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			upTo[m.Name] = &fstest.MapFile{Data: b}
+		}
+	}
+	if _, err := chstore.Migrate(context.Background(), conn, upTo); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, conn
+}
+
+// runAgain runs every statement of the given migrations once more, as a migration interrupted
+// half-way is run again from its first statement: each must succeed and change nothing.
+func runAgain(t *testing.T, conn clickhouse.Conn, versions ...uint32) {
+	t.Helper()
+	ms, err := chstore.LoadMigrations(chschema.Migrations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if !slices.Contains(versions, m.Version) {
+			continue
+		}
+		for _, stmt := range m.Statements {
+			if err := conn.Exec(context.Background(), stmt); err != nil {
+				t.Fatalf("%s run again: %v\n%s", m.Name, err, stmt)
+			}
+		}
 	}
 }
