@@ -209,9 +209,17 @@ var positions sync.Map
 // readEvents reads the events topic from the start until stop says enough or 20 s pass.
 func readEvents(t testing.TB, c *kafkatest.Cluster, stop func([]events.Event) bool) []events.Event {
 	t.Helper()
+	return readEventsAs(t, c, func(_ kafka.Message, ev events.Event) events.Event { return ev }, stop)
+}
+
+// readEventsAs reads the events topic from the start, each record as as makes it of the
+// message and its decoded event, until stop says enough or 20 s pass. It records every
+// event's position in positions.
+func readEventsAs[T any](t testing.TB, c *kafkatest.Cluster, as func(kafka.Message, events.Event) T, stop func([]T) bool) []T {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out := make(chan events.Event, 1024)
+	out := make(chan T, 1024)
 	for p := 0; p < kafkatest.Partitions; p++ {
 		r := kafka.NewReader(kafka.ReaderConfig{Brokers: c.Brokers, Topic: c.Topics.Events, Partition: p,
 			MinBytes: 1, MaxBytes: 1 << 20, MaxWait: 50 * time.Millisecond})
@@ -229,18 +237,18 @@ func readEvents(t testing.TB, c *kafkatest.Cluster, stop func([]events.Event) bo
 				}
 				positions.Store(ev.ID, [2]int64{int64(p), m.Offset})
 				select {
-				case out <- ev:
+				case out <- as(m, ev):
 				case <-ctx.Done():
 					return
 				}
 			}
 		}()
 	}
-	var got []events.Event
+	var got []T
 	for !stop(got) {
 		select {
-		case ev := <-out:
-			got = append(got, ev)
+		case v := <-out:
+			got = append(got, v)
 		case <-ctx.Done():
 			t.Fatalf("events: timed out with %d events", len(got))
 		}

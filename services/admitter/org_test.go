@@ -1,7 +1,6 @@
 package admitter
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"testing"
@@ -25,42 +24,7 @@ type keyed struct {
 // enough or 20 s pass.
 func readKeyed(t *testing.T, c *kafkatest.Cluster, stop func([]keyed) bool) []keyed {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	out := make(chan keyed, 1024)
-	for p := 0; p < kafkatest.Partitions; p++ {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: c.Brokers, Topic: c.Topics.Events, Partition: p,
-			MinBytes: 1, MaxBytes: 1 << 20, MaxWait: 50 * time.Millisecond})
-		defer r.Close()
-		go func() {
-			for {
-				m, err := r.FetchMessage(ctx)
-				if err != nil {
-					return
-				}
-				ev, err := events.Decode(m.Value)
-				if err != nil {
-					t.Errorf("undecodable event at %d/%d: %v", p, m.Offset, err)
-					continue
-				}
-				select {
-				case out <- keyed{string(m.Key), ev}:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
-	}
-	var got []keyed
-	for !stop(got) {
-		select {
-		case k := <-out:
-			got = append(got, k)
-		case <-ctx.Done():
-			t.Fatalf("events: timed out with %d events", len(got))
-		}
-	}
-	return got
+	return readEventsAs(t, c, func(m kafka.Message, ev events.Event) keyed { return keyed{string(m.Key), ev} }, stop)
 }
 
 // find returns the event of type typ of request id, or fails.
