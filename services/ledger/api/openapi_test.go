@@ -71,3 +71,62 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenAPIAuthAndRefs: every operation behind a key documents 401, 403 and 429 (a
+// throttled address gets too_many_auth_failures on every authenticated route, so a client
+// generated from the document must expect it), and every $ref in the document resolves.
+func TestOpenAPIAuthAndRefs(t *testing.T) {
+	raw, err := os.ReadFile("../openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	global, _ := doc["security"].([]any)
+	for path, item := range doc["paths"].(map[string]any) {
+		for method, v := range item.(map[string]any) {
+			op, ok := v.(map[string]any)
+			if !ok || op["responses"] == nil {
+				continue
+			}
+			sec, given := op["security"].([]any)
+			if !given {
+				sec = global
+			}
+			if len(sec) == 0 {
+				continue
+			}
+			for _, code := range []string{"401", "403", "429"} {
+				if _, ok := op["responses"].(map[string]any)[code]; !ok {
+					t.Errorf("%s %s: behind a key but %s is not documented", strings.ToUpper(method), path, code)
+				}
+			}
+		}
+	}
+	var walk func(v any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			if ref, ok := x["$ref"].(string); ok {
+				var cur any = doc
+				for _, part := range strings.Split(strings.TrimPrefix(ref, "#/"), "/") {
+					m, _ := cur.(map[string]any)
+					cur = m[part]
+				}
+				if cur == nil {
+					t.Errorf("$ref %s does not resolve", ref)
+				}
+			}
+			for _, e := range x {
+				walk(e)
+			}
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		}
+	}
+	walk(doc)
+}
