@@ -6,6 +6,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -72,8 +73,14 @@ func TestExportAddsUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admit := func(id, endpoint string, est events.Units) {
-		waitfor.Eventually(t, "admit "+id, time.Minute, func() error {
+	// admit returns the request id that was admitted: a denial is an answer too (a repeat of
+	// its request id replays it), so each attempt uses a new id.
+	admit := func(name, endpoint string, est events.Units) string {
+		attempt := 0
+		var id string
+		waitfor.Eventually(t, "admit "+name, time.Minute, func() error {
+			attempt++
+			id = fmt.Sprintf("%s-%d", name, attempt)
 			_, err := cl.Admit(ctx, api.AdmitRequest{RequestID: id, AccountID: acct, Endpoint: endpoint, Estimate: est})
 			var denied *client.DeniedError
 			if errors.As(err, &denied) {
@@ -84,9 +91,10 @@ func TestExportAddsUp(t *testing.T) {
 			}
 			return nil
 		})
+		return id
 	}
-	admit("r-video", "sora.video", events.Units{VideoSeconds: 10, Resolution: "1080p"})
-	if _, err := cl.Finish(ctx, api.FinishRequest{RequestID: "r-video", Status: events.StatusSucceeded,
+	video := admit("r-video", "sora.video", events.Units{VideoSeconds: 10, Resolution: "1080p"})
+	if _, err := cl.Finish(ctx, api.FinishRequest{RequestID: video, Status: events.StatusSucceeded,
 		Usage: events.Units{VideoSeconds: 8, Resolution: "1080p"}, DurationMs: 1000}); err != nil {
 		t.Fatalf("finish: %v", err)
 	}
