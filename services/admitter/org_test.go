@@ -129,26 +129,37 @@ func TestOrgSharedBalanceHTTP(t *testing.T) {
 }
 
 // TestProjectBudgetHTTP: the organization's budget of 10,000 µ a month for p1 admits one
-// 7,500 µ request and denies the next 429 budget_exhausted (Retry-After: the next UTC month,
-// capped), also after the first finished (no ledger view includes its cost yet), while p2,
-// funded by the same organization without a budget, continues.
+// 7,500 µ request and denies the next 429 budget_exhausted (its open request is what stands in
+// the way: Retry-After the concurrency retry), also after the first finished (no ledger view
+// includes its cost yet), while p2, funded by the same organization without a budget,
+// continues; p3, whose 5,000 µ budget a 7,500 µ estimate exceeds alone, is told to retry at
+// the next UTC month (capped).
 func TestProjectBudgetHTTP(t *testing.T) {
 	c := kafkatest.Start(t)
 	now := time.Now().UTC()
 	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
 	org := bal("org", "enterprise", 1_000_000_000)
-	org.Projects = []events.ProjectSpend{{ProjectID: "p1", BudgetMicros: 10_000, PeriodStart: month}}
-	seed(t, c, org, fundedBal("p1", "enterprise", "org"), fundedBal("p2", "enterprise", "org"))
-	s := start(t, testConfig(t, c))
-	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 3 })
+	org.Projects = []events.ProjectSpend{{ProjectID: "p1", BudgetMicros: 10_000, PeriodStart: month},
+		{ProjectID: "p3", BudgetMicros: 5_000, PeriodStart: month}}
+	seed(t, c, org, fundedBal("p1", "enterprise", "org"), fundedBal("p2", "enterprise", "org"), fundedBal("p3", "enterprise", "org"))
+	cfg := testConfig(t, c)
+	s := start(t, cfg)
+	waitFor(t, s, "balances", func(tb *decide.Table) bool { return tb.Accounts() == 4 })
 
 	if a := post(t, s.url+api.PathAdmit, testSecret, code1kReq("r1", "p1")); a.status != 200 {
 		t.Fatalf("p1 first: %d %s", a.status, a.body)
 	}
-	before := time.Now()
 	a := post(t, s.url+api.PathAdmit, testSecret, code1kReq("r2", "p1"))
 	if a.status != 429 || answerField(t, a, "reason") != "budget_exhausted" {
 		t.Fatalf("p1 second: %d %s", a.status, a.body)
+	}
+	if retry, _ := answerField(t, a, "retry_after_ms").(float64); int64(retry) != cfg.RetryConcurrencyMs {
+		t.Fatalf("p1 second: retry_after_ms %v, want the concurrency retry %d: %s", retry, cfg.RetryConcurrencyMs, a.body)
+	}
+	before := time.Now()
+	a = post(t, s.url+api.PathAdmit, testSecret, code1kReq("r2b", "p3"))
+	if a.status != 429 || answerField(t, a, "reason") != "budget_exhausted" {
+		t.Fatalf("p3: %d %s", a.status, a.body)
 	}
 	retry, _ := answerField(t, a, "retry_after_ms").(float64)
 	next := month.AddDate(0, 1, 0)

@@ -105,6 +105,8 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 		if pr = t.projects[ai]; pr.funder != none {
 			mi = pr.funder
 			d.FundingAccountID = t.funderIDs[mi]
+		} else if pr.funderLost {
+			return t.deny(d, ReasonTableFull, t.cfg.RetryOverloadedMs)
 		}
 	}
 	m := &t.accounts[mi]
@@ -177,7 +179,7 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 	// 5. Budget: a project's month of finished requests, its open requests' estimates and
 	// this estimate stay within the budget its funding account set for it.
 	if mi != ai && pr.budgetOf == mi {
-		if retry, over := budgetExceeded(&pr, est, nowMs); over {
+		if retry, over := budgetExceeded(&pr, est, nowMs, t.cfg.RetryConcurrencyMs); over {
 			return t.deny(d, ReasonBudgetExhausted, retry)
 		}
 	}
@@ -200,7 +202,7 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 	p := t.newPending(mi, -d.HoldMicros, d.AllowanceMicros)
 	oi := t.newOpen()
 	if mi != ai {
-		pr.reservedMicros += est
+		pr.reservedMicros = satAdd(pr.reservedMicros, est)
 		t.projects[ai] = pr
 	}
 	*t.opens.at(oi) = open{account: ai, funder: mi, endpoint: ei, funding: d.Funding, priority: prio, holdMicros: d.HoldMicros,
@@ -223,21 +225,26 @@ func (t *Table) Admit(req *Request, nowMs int64, d *Decision) error {
 	return nil
 }
 
-// budgetExceeded reports whether est would take project pr past its monthly budget at nowMs,
-// and the ms until the next UTC month starts (bounded): the ledger's spent (only when its
-// period is the current month: a month roll resets it), the estimates of the open requests and
-// the costs of the finished ones the ledger's view does not include yet, plus est.
-func budgetExceeded(pr *project, est, nowMs int64) (retryMs int64, over bool) {
+// budgetExceeded reports whether est would take project pr past its monthly budget at nowMs:
+// the ledger's spent (only when its period is the current month: a month roll resets it), the
+// estimates of the open requests and the costs of the finished ones the ledger's view does not
+// include yet, plus est. The retry is the ms until the next UTC month starts (bounded) when
+// spent and est alone exceed the budget, and retryOpenMs when it is the open and not yet
+// folded requests that do: those clear as they finish and the ledger folds them.
+func budgetExceeded(pr *project, est, nowMs, retryOpenMs int64) (retryMs int64, over bool) {
 	start, next := monthSpan(nowMs)
 	spent := pr.spentMicros
 	if pr.periodStartMs < start {
 		spent = 0
 	}
-	// Without overflow: the budget is at most events.MaxAmountMicros; spent, reserved and
-	// est are not negative.
+	// Without overflow: the budget is at most events.MaxAmountMicros; spent and est are not
+	// negative, and the sums of reservations saturate (satAdd).
 	left := pr.budgetMicros - min(spent, pr.budgetMicros)
-	if used := pr.reservedMicros + pr.settledMicros; used <= left && est <= left-used {
+	if used := satAdd(pr.reservedMicros, pr.settledMicros); used <= left && est <= left-used {
 		return 0, false
+	}
+	if est <= left {
+		return max(retryOpenMs, 1), true
 	}
 	return min(max(next-nowMs, 1), retryMsMax), true
 }
@@ -508,6 +515,9 @@ type Peer struct {
 	HoldMicros       int64
 	AllowanceMicros  int64
 	StartedMs        int64 // the request.started event's time
+	// Counted is set by ApplyPeerStart when it counted the estimate against the account's
+	// budget reservation: ApplyPeerFinish and ApplyPeerEnd give back exactly what it counted.
+	Counted bool
 }
 
 // ApplyPeerStart records another admitter's durable request.started at (partition, offset)
@@ -519,8 +529,9 @@ func (t *Table) ApplyPeerStart(p *Peer, partition int32, offset int64) bool {
 		return false
 	}
 	t.acked(t.newPending(mi, -p.HoldMicros, p.AllowanceMicros), partition, offset)
-	if mi != ai {
+	if mi != ai && !p.Counted {
 		t.reserve(ai, p.HoldMicros+p.AllowanceMicros)
+		p.Counted = true
 	}
 	return true
 }
@@ -529,12 +540,13 @@ func (t *Table) ApplyPeerStart(p *Peer, partition int32, offset int64) bool {
 // ApplyPeerStart counted and that will not be finished through ApplyPeerFinish (its hold
 // expired, or it is not kept).
 func (t *Table) ApplyPeerEnd(p *Peer) {
-	if p.FundingAccountID == "" {
+	if !p.Counted {
 		return
 	}
 	if ai, ok := t.known(p.AccountID); ok {
 		t.unreserve(ai, p.HoldMicros+p.AllowanceMicros)
 	}
+	p.Counted = false
 }
 
 // peerAccounts returns the indexes of a peer request's account and of the account whose
@@ -561,7 +573,10 @@ func (t *Table) ApplyPeerFinish(p *Peer, costMicros int64, partition int32, offs
 	}
 	if mi != ai {
 		t.settleBudget(ai, mi, costMicros, partition, offset)
+	}
+	if p.Counted {
 		t.unreserve(ai, p.HoldMicros+p.AllowanceMicros)
+		p.Counted = false
 	}
 	s := t.settle(&t.accounts[mi], p.Funding, p.HoldMicros, p.AllowanceMicros, p.StartedMs, costMicros, nowMs)
 	if s.availDelta != 0 || s.allowDelta != 0 {
@@ -644,7 +659,7 @@ func (t *Table) unreserve(ai uint32, micros int64) {
 
 // setProject stores account ai's project state, or drops it when it holds nothing.
 func (t *Table) setProject(ai uint32, pr project) {
-	if pr.funder == none && pr.budgetOf == none && pr.reservedMicros == 0 && pr.settledMicros == 0 {
+	if pr.funder == none && !pr.funderLost && pr.budgetOf == none && pr.reservedMicros == 0 && pr.settledMicros == 0 {
 		delete(t.projects, ai)
 		t.accounts[ai].project = false
 		return
@@ -778,14 +793,14 @@ func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
 	if a := &t.accounts[ai]; a.foldedPartition == b.Partition && b.Offset < a.foldedOffset {
 		return true
 	}
-	fi := none
+	fi, lost := none, false
 	if b.FundingAccountID != "" && b.FundingAccountID != b.AccountID {
 		// An unknown funding account gets a record like any account (lookup may move the
-		// records: a is taken after it).
+		// records: a is taken after it). When the table is full the account's own fields are
+		// still applied (a suspension must take effect), and it is denied until a funder fits.
 		if fi, ok = t.lookup(b.FundingAccountID); !ok {
-			return false
-		}
-		if _, ok := t.funderIDs[fi]; !ok {
+			fi, lost = none, true
+		} else if _, ok := t.funderIDs[fi]; !ok {
 			t.funderIDs[fi] = b.FundingAccountID
 		}
 	}
@@ -794,7 +809,7 @@ func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
 	if t.accounts[ai].project {
 		pr = t.projects[ai]
 	}
-	pr.funder = fi
+	pr.funder, pr.funderLost = fi, lost
 	t.setProject(ai, pr)
 	a := &t.accounts[ai]
 	a.availableMicros, a.heldMicros = b.AvailableMicros, b.HeldMicros
@@ -850,7 +865,7 @@ func (t *Table) ApplyBalance(b *events.BalanceUpdated) bool {
 		}
 		cur = next
 	}
-	return true
+	return !lost
 }
 
 // applyBudgets records the project budgets funding account fi's balance.updated lists
@@ -882,6 +897,11 @@ func (t *Table) applyBudgets(fi uint32, projects []events.ProjectSpend, partitio
 			pr = t.projects[pi]
 		}
 		if pr.budgetOf != none && pr.budgetOf != fi {
+			if pr.budgetOf == pr.funder {
+				// The project's current funder lists its budget: another account's list (a
+				// former funder's, or any account's) does not take it over.
+				continue
+			}
 			// Listed by another funding account before: its costs would only be folded by
 			// that account's views, which no longer apply to it.
 			t.foldSettled(pi, &pr, 0, 0, true)

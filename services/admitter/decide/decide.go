@@ -263,8 +263,12 @@ type expiringGrants struct {
 // monthly budget its funding account's balance.updated lists for it, and the estimates of its
 // open funded requests (this admitter's and its peers'), which count against the budget.
 type project struct {
-	funder   uint32 // the funding account (from the project's balance.updated), or none
-	budgetOf uint32 // the funding account whose balance.updated lists the budget, or none
+	funder uint32 // the funding account (from the project's balance.updated), or none
+	// funderLost: the project's balance.updated names a funding account the full table could
+	// not take; it is denied (table_full) until a view's funder fits, never served on its
+	// own balance or a former funder's.
+	funderLost bool
+	budgetOf   uint32 // the funding account whose balance.updated lists the budget, or none
 	// budgetMicros per UTC calendar month; spentMicros what the project's finished requests
 	// cost in the month starting at periodStartMs (Unix ms), as the ledger last published.
 	budgetMicros, spentMicros, periodStartMs int64
@@ -273,15 +277,15 @@ type project struct {
 	reservedMicros, settledMicros int64
 }
 
-// settledCost is the cost of a finished funded request of a project with a budget, at the
-// position of its request.finished on the funding account's partition: it counts against the
-// budget until the funding account's balance.updated passes that position (then its spent
-// includes it).
 // settlingMax bounds Table.settling's entries per project: a further finished cost merges into
 // the last entry (its sum, the later position), so it is counted until the view passes the
 // later position: never less than each cost alone would be.
 const settlingMax = 32
 
+// settledCost is the cost of a finished funded request of a project with a budget, at the
+// position of its request.finished on the funding account's partition: it counts against the
+// budget until the funding account's balance.updated passes that position (then its spent
+// includes it).
 type settledCost struct {
 	partition int32
 	offset    int64

@@ -184,7 +184,8 @@ func TestFundingFixedAtAdmission(t *testing.T) {
 }
 
 // TestBudgetExhausted is the budget rule, case by case: spent this month + the project's
-// open estimates + this estimate against the budget its funder's view lists.
+// open estimates + this estimate against the budget its funder's view lists, and the retry:
+// the next month when spent and the estimate alone exceed it, soon when open requests do.
 func TestBudgetExhausted(t *testing.T) {
 	thisMonth := monthOf(t0)
 	lastMonth := monthOf(thisMonth.UnixMilli() - 1)
@@ -223,8 +224,14 @@ func TestBudgetExhausted(t *testing.T) {
 			if d.Allowed != c.wantAllow {
 				t.Fatalf("allowed %v, want %v: %+v", d.Allowed, c.wantAllow, d)
 			}
-			if !c.wantAllow && (d.Reason != ReasonBudgetExhausted || d.RetryAfterMs != min(nextMonth-t0, retryMsMax)) {
-				t.Fatalf("denial: %+v", d)
+			// The month's spent and the estimate alone over the budget: retry next month; the
+			// open requests' estimates: retry as they finish (the concurrency retry).
+			wantRetry := min(nextMonth-t0, retryMsMax)
+			if c.open > 0 {
+				wantRetry = DefaultConfig.RetryConcurrencyMs
+			}
+			if !c.wantAllow && (d.Reason != ReasonBudgetExhausted || d.RetryAfterMs != wantRetry) {
+				t.Fatalf("denial: %+v, want retry after %d ms", d, wantRetry)
 			}
 		})
 	}
@@ -515,5 +522,79 @@ func TestSettlingBounded(t *testing.T) {
 	}
 	if d := admit(t, tb, code1k("p"), now+10); d.Allowed {
 		t.Fatalf("admitted with 10,000 peers' billion-credit estimates open: %+v", d)
+	}
+}
+
+// TestBudgetOfTheCurrentFunderStands: a project moved from org1 to org2 keeps org2's budget
+// when org1 (or any account) later lists a budget for it: another account's list does not
+// take the project's budget over and leave it unchecked.
+func TestBudgetOfTheCurrentFunderStands(t *testing.T) {
+	tb := newTable(t, nil)
+	month := monthOf(t0)
+	tb.ApplyBalance(orgWith("org2", "enterprise", 1e9, 1, 1, budget("p", 0, 0, month))) // stops p
+	tb.ApplyBalance(funded("p", "enterprise", "org2", 2, 1))
+	tb.ApplyBalance(orgWith("org1", "enterprise", 1e9, 0, 1, budget("p", 1e12, 0, month)))
+	if d := admit(t, tb, code1k("p"), t0); d.Allowed || d.Reason != ReasonBudgetExhausted {
+		t.Fatalf("org2's zero budget no longer applied once org1 listed one: %+v", d)
+	}
+	// org2 drops the budget: p is capped by org2's balance only; org1's list still does not apply.
+	tb.ApplyBalance(orgWith("org2", "enterprise", 1e9, 1, 2))
+	tb.ApplyBalance(orgWith("org1", "enterprise", 1e9, 0, 2, budget("p", 0, 0, month)))
+	if d := admit(t, tb, code1k("p"), t0); !d.Allowed || d.FundingAccountID != "org2" {
+		t.Fatalf("after org2 dropped the budget: %+v", d)
+	}
+}
+
+// TestFunderNotFittingStillAppliesTheAccount: when the table is full and a project's view
+// names a funding account it cannot hold, the project's own fields still apply (a
+// suspension takes effect) and it is denied table_full, never served on its own balance.
+func TestFunderNotFittingStillAppliesTheAccount(t *testing.T) {
+	tb := newTable(t, func(c *Config) { c.AccountsMax = 2 })
+	tb.ApplyBalance(balance("p", "enterprise", 1e9, 0, 1))
+	tb.ApplyBalance(balance("q", "enterprise", 1e9, 0, 1)) // the table is full
+	b := funded("p", "enterprise", "org-new", 0, 2)
+	b.AvailableMicros = 1e9
+	if tb.ApplyBalance(b) {
+		t.Fatal("ApplyBalance reported success with the funding account left out")
+	}
+	if d := admit(t, tb, code1k("p"), t0); d.Allowed || d.Reason != ReasonTableFull {
+		t.Fatalf("a project whose funder did not fit: %+v, want table_full", d)
+	}
+	s := funded("p", "enterprise", "org-new", 0, 3)
+	s.Suspended = true
+	tb.ApplyBalance(s)
+	if snap, _ := tb.Account("p"); !snap.Suspended {
+		t.Fatalf("the suspension in the view was not applied: %+v", snap)
+	}
+	// Back on its own balance: served again.
+	tb.ApplyBalance(balance("p", "enterprise", 1e9, 0, 4))
+	if d := admit(t, tb, code1k("p"), t0); !d.Allowed || d.FundingAccountID != "" {
+		t.Fatalf("back on its own balance: %+v", d)
+	}
+}
+
+// TestPeerFinishGivesBackOnlyWhatItsStartCounted: a peer's finish (or end) whose start was
+// never counted (it was not applied) leaves the other open requests' reservations alone.
+func TestPeerFinishGivesBackOnlyWhatItsStartCounted(t *testing.T) {
+	tb := newTable(t, nil)
+	month := monthOf(t0)
+	tb.ApplyBalance(orgWith("org", "enterprise", 1e9, 0, 1, budget("p", 1e9, 0, month)))
+	tb.ApplyBalance(funded("p", "enterprise", "org", 2, 1))
+	if d := admit(t, tb, code1k("p"), t0); !d.Allowed {
+		t.Fatalf("admit: %+v", d)
+	}
+	uncounted := &Peer{AccountID: "p", FundingAccountID: "org", Funding: FundingCredits, HoldMicros: 5_000, StartedMs: t0}
+	tb.ApplyPeerFinish(uncounted, 5_000, 0, 5, t0)
+	tb.ApplyPeerEnd(&Peer{AccountID: "p", FundingAccountID: "org", Funding: FundingCredits, HoldMicros: 2_000, StartedMs: t0})
+	if p, _ := tb.Account("p"); p.BudgetReservedMicros != 7_500 {
+		t.Fatalf("reserved %d µ, want the open request's 7,500 alone", p.BudgetReservedMicros)
+	}
+	// A counted start is given back once, whichever of finish and end comes (twice: once).
+	counted := &Peer{AccountID: "p", FundingAccountID: "org", Funding: FundingCredits, HoldMicros: 1_000, StartedMs: t0}
+	tb.ApplyPeerStart(counted, 0, 6)
+	tb.ApplyPeerFinish(counted, 1_000, 0, 7, t0)
+	tb.ApplyPeerEnd(counted)
+	if p, _ := tb.Account("p"); p.BudgetReservedMicros != 7_500 {
+		t.Fatalf("reserved %d µ after a counted peer finished and ended, want 7,500", p.BudgetReservedMicros)
 	}
 }
