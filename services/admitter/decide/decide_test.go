@@ -495,6 +495,12 @@ func BenchmarkDecide1M(b *testing.B) {
 
 func BenchmarkAdmitFinish1M(b *testing.B) {
 	tb, ids := load1M(b, 1_000_000)
+	admitFinishLoop(b, tb, ids)
+}
+
+// admitFinishLoop is the timed loop of the AdmitFinish benchmarks: b.N admits spread over ids,
+// each allowed one published, quoted and finished at once. It returns how many were allowed.
+func admitFinishLoop(b *testing.B, tb *Table, ids []string) (allowed int) {
 	req := code1k(ids[0])
 	var d Decision
 	b.ReportAllocs()
@@ -503,11 +509,13 @@ func BenchmarkAdmitFinish1M(b *testing.B) {
 		req.AccountID = ids[(i*7919)%len(ids)]
 		_ = tb.Admit(req, t0+int64(i/1000), &d)
 		if d.Allowed {
+			allowed++
 			tb.Published(d.Handle, 0, int64(i))
 			s, _ := tb.Quote(d.Handle, 5000, t0)
 			_ = tb.Finish(d.Handle, s, t0+int64(i)+3, OutcomeSucceeded, 0, int64(i))
 		}
 	}
+	return allowed
 }
 
 func BenchmarkMemoryPerAccount(b *testing.B) {

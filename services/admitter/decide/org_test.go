@@ -440,21 +440,7 @@ func BenchmarkAdmitFinishFunded1M(b *testing.B) {
 		}
 		tb.ApplyBalance(orgWith(org, "enterprise", 1e15, 0, 1<<62, budgets...))
 	}
-	req := code1k(ids[0])
-	var d Decision
-	allowed := 0
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		req.AccountID = ids[(i*7919)%len(ids)]
-		_ = tb.Admit(req, t0+int64(i/1000), &d)
-		if d.Allowed {
-			allowed++
-			tb.Published(d.Handle, 0, int64(i))
-			s, _ := tb.Quote(d.Handle, 5000, t0)
-			_ = tb.Finish(d.Handle, s, t0+int64(i)+3, OutcomeSucceeded, 0, int64(i))
-		}
-	}
+	allowed := admitFinishLoop(b, tb, ids)
 	b.ReportMetric(float64(allowed)/float64(b.N), "allowed/op")
 }
 

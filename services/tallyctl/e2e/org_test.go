@@ -13,24 +13,12 @@ import (
 	"github.com/tallyhq/tally/services/admitter/api"
 	"github.com/tallyhq/tally/services/admitter/client"
 	"github.com/tallyhq/tally/services/ledger/finance"
+	"github.com/tallyhq/tally/services/ledger/view"
 	"github.com/tallyhq/tally/services/sink/sqlcli"
 	"github.com/tallyhq/tally/services/tallyctl/internal/journal"
 	"github.com/tallyhq/tally/services/tallyctl/internal/waitfor"
 	"github.com/tallyhq/tally/shared/events"
 )
-
-// orgView is the part of the ledger's account view an organization's test reads.
-type orgView struct {
-	AvailableMicros  int64  `json:"available_micros"`
-	HeldMicros       int64  `json:"held_micros"`
-	OverageMicros    int64  `json:"overage_micros"`
-	FundingAccountID string `json:"funding_account_id"`
-	Projects         []struct {
-		ProjectID    string `json:"project_id"`
-		BudgetMicros int64  `json:"budget_micros"`
-		SpentMicros  int64  `json:"spent_micros"`
-	} `json:"projects"`
-}
 
 // TestOrganizationSharedBalance drives issue 15's organizations through the whole pipeline:
 // two projects funded by one organization draw on its single balance through the admitter,
@@ -63,7 +51,7 @@ func TestOrganizationSharedBalance(t *testing.T) {
 		t.Fatalf("grant: status %d", code)
 	}
 	waitfor.Eventually(t, "the ledger folded the organization's grant", 30*time.Second, func() error {
-		var v orgView
+		var v view.Account
 		if code := admin(t, st, "GET", "/v1/accounts/"+org, nil, &v); code != 200 || v.AvailableMicros != 10_000_000 {
 			return fmt.Errorf("status %d, %+v", code, v)
 		}
@@ -73,7 +61,7 @@ func TestOrganizationSharedBalance(t *testing.T) {
 		t.Fatalf("PUT budget: status %d", code)
 	}
 	waitfor.Eventually(t, "the ledger folded the budget", 30*time.Second, func() error {
-		var v orgView
+		var v view.Account
 		admin(t, st, "GET", "/v1/accounts/"+org, nil, &v)
 		if len(v.Projects) != 1 || v.Projects[0].ProjectID != projB || v.Projects[0].BudgetMicros != 3_000_000 {
 			return fmt.Errorf("projects %+v", v.Projects)
@@ -157,7 +145,7 @@ func TestOrganizationSharedBalance(t *testing.T) {
 	// own; B's budget shows 2 credits spent.
 	want := int64(10_000_000 - 3_600_000)
 	waitfor.Eventually(t, "the organization's balance and budget spend in the ledger", 30*time.Second, func() error {
-		var o, a, b orgView
+		var o, a, b view.Account
 		admin(t, st, "GET", "/v1/accounts/"+org, nil, &o)
 		admin(t, st, "GET", "/v1/accounts/"+projA, nil, &a)
 		admin(t, st, "GET", "/v1/accounts/"+projB, nil, &b)
