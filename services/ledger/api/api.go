@@ -282,14 +282,32 @@ func (s *server) fromPeers(w http.ResponseWriter, r *http.Request, id string) bo
 // fromPeersIf is fromPeers where notHere says which peer answers mean "not known there"
 // (the customer routes add an org key's 403).
 func (s *server) fromPeersIf(w http.ResponseWriter, r *http.Request, id string, notHere func(code int) bool) bool {
-	if len(s.cfg.Peers) == 0 || r.Header.Get(ForwardedHeader) != "" {
+	if r.Header.Get(ForwardedHeader) != "" {
 		return false
 	}
-	var failed []string
+	body, failed := s.peerAnswer(r, r.URL.RequestURI(), id, notHere)
+	if body != nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(body)
+		return true
+	}
+	if failed > 0 {
+		writePeersFailed(w, id, failed)
+		return true
+	}
+	return false
+}
+
+// peerAnswer asks each peer in turn for GET uri (forwarded: answered from the peer's own
+// state, with r's token) and returns the body of the first 200 (nil when none answered one),
+// and how many peers could not be asked or gave an unusable answer. An answer notHere
+// accepts means the peer does not know the account either.
+func (s *server) peerAnswer(r *http.Request, uri, id string, notHere func(code int) bool) (body []byte, failed int) {
 	for _, peer := range s.cfg.Peers {
-		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, peer+r.URL.RequestURI(), nil)
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, peer+uri, nil)
 		if err != nil {
-			failed = append(failed, peer)
+			failed++
 			continue
 		}
 		req.Header.Set("Authorization", r.Header.Get("Authorization"))
@@ -297,30 +315,29 @@ func (s *server) fromPeersIf(w http.ResponseWriter, r *http.Request, id string, 
 		resp, err := s.cfg.PeerClient.Do(req)
 		if err != nil {
 			s.cfg.Logger.Warn("ledger api: peer did not answer", "peer", peer, "account", id, "err", err)
-			failed = append(failed, peer)
+			failed++
 			continue
 		}
-		body, err := io.ReadAll(io.LimitReader(resp.Body, peerAnswerBytesMax+1))
+		b, err := io.ReadAll(io.LimitReader(resp.Body, peerAnswerBytesMax+1))
 		_ = resp.Body.Close()
 		switch {
 		case err == nil && notHere(resp.StatusCode):
 			continue
-		case err != nil || len(body) > peerAnswerBytesMax || resp.StatusCode != http.StatusOK:
-			s.cfg.Logger.Warn("ledger api: peer answer unusable", "peer", peer, "account", id, "status", resp.StatusCode, "bytes", len(body), "err", err)
-			failed = append(failed, peer)
+		case err != nil || len(b) > peerAnswerBytesMax || resp.StatusCode != http.StatusOK:
+			s.cfg.Logger.Warn("ledger api: peer answer unusable", "peer", peer, "account", id, "status", resp.StatusCode, "bytes", len(b), "err", err)
+			failed++
 			continue
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(body)
-		return true
+		return b, failed
 	}
-	if len(failed) > 0 {
-		httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable,
-			"account %q is not known to this ledger instance, and %d of its peers could not be asked", id, len(failed)))
-		return true
-	}
-	return false
+	return nil, failed
+}
+
+// writePeersFailed answers 503 for an account this instance does not know while failed of its
+// peers, one of which may well know it, could not be asked.
+func writePeersFailed(w http.ResponseWriter, id string, failed int) {
+	httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable,
+		"account %q is not known to this ledger instance, and %d of its peers could not be asked", id, failed))
 }
 
 // cursorRe is the cursor grammar the OpenAPI document states: decimal, no leading zeros.

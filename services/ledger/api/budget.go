@@ -2,7 +2,6 @@ package api
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 
 	"github.com/tallyhq/tally/services/ledger/view"
@@ -46,7 +45,7 @@ func (s *server) putBudget(w http.ResponseWriter, r *http.Request, id string) {
 			"budget_micros: required, from 0 (stops the project) to %d micro-credits per UTC calendar month", int64(events.MaxAmountMicros)))
 		return
 	}
-	v, ok := s.settingsOf(w, r, id)
+	v, ok := s.accountOf(w, r, id)
 	if !ok {
 		return
 	}
@@ -71,7 +70,7 @@ func (s *server) deleteBudget(w http.ResponseWriter, r *http.Request, id string)
 	if !ok {
 		return
 	}
-	if _, ok := s.settingsOf(w, r, id); !ok {
+	if _, ok := s.accountOf(w, r, id); !ok {
 		return
 	}
 	s.publish(w, r, events.BudgetChanged{AccountID: id, ProjectID: project, Remove: true, AdminKeyID: adminKeyID(r)})
@@ -92,51 +91,26 @@ func (s *server) budgetProject(w http.ResponseWriter, r *http.Request, id string
 	return project, true
 }
 
-// settingsOf returns the folded view of account id, from this instance or its peers; it
+// accountOf returns the folded view of account id, from this instance or its peers; it
 // answers 404 when no instance knows the account (set its tier first: PUT
 // /v1/accounts/{id}) and 503 when a peer that might could not be asked.
-func (s *server) settingsOf(w http.ResponseWriter, r *http.Request, id string) (view.Account, bool) {
+func (s *server) accountOf(w http.ResponseWriter, r *http.Request, id string) (view.Account, bool) {
 	if v, ok := s.r.Account(id); ok {
 		return v, true
 	}
-	var failed int
-	for _, peer := range s.cfg.Peers {
-		v, code, err := s.peerAccount(r, peer, id)
-		switch {
-		case err == nil && code == http.StatusOK:
+	body, failed := s.peerAnswer(r, "/v1/accounts/"+id, id, func(code int) bool { return code == http.StatusNotFound })
+	if body != nil {
+		var v view.Account
+		if err := json.Unmarshal(body, &v); err == nil {
 			return v, true
-		case err == nil && code == http.StatusNotFound:
-		default:
-			s.cfg.Logger.Warn("ledger api: peer did not answer", "peer", peer, "account", id, "status", code, "err", err)
-			failed++
 		}
+		failed++
 	}
 	if failed > 0 {
-		httpx.WriteError(w, httpx.Errorf(http.StatusServiceUnavailable, httpx.CodeUnavailable,
-			"account %q is not known to this ledger instance, and %d of its peers could not be asked", id, failed))
+		writePeersFailed(w, id, failed)
 		return view.Account{}, false
 	}
 	httpx.WriteError(w, httpx.Errorf(http.StatusNotFound, httpx.CodeNotFound,
 		"account %q not known to the ledger: set its tier first (PUT /v1/accounts/%s)", id, id))
 	return view.Account{}, false
-}
-
-// peerAccount asks peer for GET /v1/accounts/{id} (forwarded: answered from its own state).
-func (s *server) peerAccount(r *http.Request, peer, id string) (view.Account, int, error) {
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, peer+"/v1/accounts/"+id, nil)
-	if err != nil {
-		return view.Account{}, 0, err
-	}
-	req.Header.Set("Authorization", r.Header.Get("Authorization"))
-	req.Header.Set(ForwardedHeader, "1")
-	resp, err := s.cfg.PeerClient.Do(req)
-	if err != nil {
-		return view.Account{}, 0, err
-	}
-	defer resp.Body.Close()
-	var v view.Account
-	if resp.StatusCode == http.StatusOK {
-		err = json.NewDecoder(io.LimitReader(resp.Body, peerAnswerBytesMax)).Decode(&v)
-	}
-	return v, resp.StatusCode, err
 }
